@@ -1,0 +1,6 @@
+//! placeholder
+use fungible_types::{ChatRequest, ChatResponse, ProviderError};
+use crate::{ChatProvider, EventStream};
+#[derive(Debug, Clone)]
+pub struct AnthropicProvider;
+impl ChatProvider for AnthropicProvider { async fn chat(&self, _r: &ChatRequest, _m: &str) -> Result<ChatResponse, ProviderError> { unimplemented!() } async fn chat_stream(&self, _r: &ChatRequest, _m: &str) -> Result<EventStream, ProviderError> { unimplemented!() } }

@@ -1,0 +1,122 @@
+//! Outbound providers: each maps the canonical request to one vendor's real API and back.
+//!
+//! One module per wire format ([`openai`] — which also serves every OpenAI-compatible
+//! server —, [`anthropic`], [`gemini`]); their wire structs are private to them. All of them
+//! implement [`ChatProvider`], and [`Provider`] is the closed enum the gateway dispatches on:
+//! adding a vendor is a compile error until every `match` handles it.
+
+pub mod anthropic;
+pub mod gemini;
+mod http;
+pub mod openai;
+mod secret;
+mod sse;
+
+pub use http::HttpClient;
+pub use secret::Secret;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::Stream;
+use fungible_types::{ChatRequest, ChatResponse, ProviderError, StreamEvent};
+
+/// A stream of canonical events from one upstream response. It ends after a
+/// [`StreamEvent::Finish`] (and possibly a last [`StreamEvent::Usage`]), or with an error:
+/// a stream that stops early yields an error, never a silent end.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, ProviderError>> + Send>>;
+
+/// What every provider can do.
+pub trait ChatProvider {
+    /// One whole response. `model` is the vendor's own model name.
+    fn chat(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+    ) -> impl Future<Output = Result<ChatResponse, ProviderError>> + Send;
+
+    /// A streamed response. The future resolves once the upstream accepted the request (so
+    /// an upstream error status is an `Err` here, before any event), then events flow.
+    fn chat_stream(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+    ) -> impl Future<Output = Result<EventStream, ProviderError>> + Send;
+}
+
+/// Which wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    /// Any server that speaks OpenAI Chat Completions (vLLM, Ollama, Groq, ...).
+    OpenAiCompatible,
+    Anthropic,
+    Gemini,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::OpenAiCompatible => "openai_compatible",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+        }
+    }
+}
+
+/// The closed set of providers.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    OpenAi(openai::OpenAiProvider),
+    Anthropic(anthropic::AnthropicProvider),
+    Gemini(gemini::GeminiProvider),
+}
+
+impl Provider {
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Provider::OpenAi(p) => p.kind(),
+            Provider::Anthropic(_) => ProviderKind::Anthropic,
+            Provider::Gemini(_) => ProviderKind::Gemini,
+        }
+    }
+
+    pub async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
+        match self {
+            Provider::OpenAi(p) => p.chat(req, model).await,
+            Provider::Anthropic(p) => p.chat(req, model).await,
+            Provider::Gemini(p) => p.chat(req, model).await,
+        }
+    }
+
+    pub async fn chat_stream(&self, req: &ChatRequest, model: &str) -> Result<EventStream, ProviderError> {
+        match self {
+            Provider::OpenAi(p) => p.chat_stream(req, model).await,
+            Provider::Anthropic(p) => p.chat_stream(req, model).await,
+            Provider::Gemini(p) => p.chat_stream(req, model).await,
+        }
+    }
+}
+
+/// Settings every provider has, resolved from config (secrets already read from the
+/// environment).
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// The configured name (`openai`, `groq`, `my-vllm`); used in errors and logs.
+    pub name: String,
+    /// Base URL as the vendor's SDKs take it (OpenAI-family: ending in `/v1`; Anthropic and
+    /// Gemini: the origin, paths are appended).
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    /// Extra headers sent on every request to this provider.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Seconds since the Unix epoch; for vendors whose responses carry no timestamp.
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

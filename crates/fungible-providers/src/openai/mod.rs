@@ -1,0 +1,332 @@
+//! OpenAI Chat Completions, and every server that speaks it (vLLM, Ollama, llama.cpp,
+//! Groq, Together, DeepSeek, Mistral, OpenRouter, Fireworks, ...). The servers differ only by
+//! [`OpenAiFlavor`], set from config.
+
+mod stream;
+mod types;
+
+use fungible_types::{
+    AssistantMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ProviderError, ReasoningBlock,
+    ResponseFormat, Role, ToolCall, ToolChoice, Usage,
+};
+use serde_json::{Value, json};
+
+use crate::http::{self, HttpClient};
+use crate::{ChatProvider, EventStream, ProviderKind, ProviderSettings, sse};
+use types::*;
+
+/// Which name the server takes for the output-token limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxTokensField {
+    /// `max_completion_tokens` (OpenAI; required by its reasoning models).
+    MaxCompletionTokens,
+    /// `max_tokens` (most OpenAI-compatible servers).
+    MaxTokens,
+}
+
+/// How one OpenAI-compatible server differs from OpenAI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenAiFlavor {
+    pub kind: ProviderKind,
+    /// Whether the server accepts the `developer` role; if not it is sent as `system`.
+    pub developer_role: bool,
+    pub max_tokens_field: MaxTokensField,
+    /// Whether the server accepts `stream_options.include_usage`.
+    pub stream_usage: bool,
+}
+
+impl OpenAiFlavor {
+    pub const OPENAI: OpenAiFlavor = OpenAiFlavor {
+        kind: ProviderKind::OpenAi,
+        developer_role: true,
+        max_tokens_field: MaxTokensField::MaxCompletionTokens,
+        stream_usage: true,
+    };
+
+    pub const COMPATIBLE: OpenAiFlavor = OpenAiFlavor {
+        kind: ProviderKind::OpenAiCompatible,
+        developer_role: false,
+        max_tokens_field: MaxTokensField::MaxTokens,
+        stream_usage: true,
+    };
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenAiProvider {
+    settings: ProviderSettings,
+    flavor: OpenAiFlavor,
+    http: HttpClient,
+    url: String,
+}
+
+impl OpenAiProvider {
+    pub fn new(settings: ProviderSettings, flavor: OpenAiFlavor, http: HttpClient) -> OpenAiProvider {
+        let url = format!("{}/chat/completions", settings.base_url.trim_end_matches('/'));
+        OpenAiProvider { settings, flavor, http, url }
+    }
+
+    pub fn kind(&self) -> ProviderKind {
+        self.flavor.kind
+    }
+
+    fn request(&self) -> reqwest::RequestBuilder {
+        let rb = self.http.post(&self.url);
+        match &self.settings.api_key {
+            Some(key) => rb.bearer_auth(key.expose()),
+            None => rb,
+        }
+    }
+
+    async fn send(&self, req: &ChatRequest, model: &str, stream: bool) -> Result<reqwest::Response, ProviderError> {
+        let body = build_request(req, model, stream, self.flavor);
+        let body = serde_json::to_vec(&body).map_err(|e| {
+            ProviderError::invalid_request(&self.settings.name, format!("could not encode the request: {e}"))
+        })?;
+        http::send_json(&self.settings, self.request(), body, http::error_message_field).await
+    }
+}
+
+impl ChatProvider for OpenAiProvider {
+    async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
+        let response = self.send(req, model, false).await?;
+        let wire: Response = http::read_json(&self.settings, response).await?;
+        convert_response(&self.settings.name, wire, model)
+    }
+
+    async fn chat_stream(&self, req: &ChatRequest, model: &str) -> Result<EventStream, ProviderError> {
+        let response = self.send(req, model, true).await?;
+        Ok(sse::event_stream(&self.settings, response, stream::ChunkDecoder::new(&self.settings.name)))
+    }
+}
+
+fn build_request<'a>(req: &'a ChatRequest, model: &'a str, stream: bool, flavor: OpenAiFlavor) -> Request<'a> {
+    let (max_tokens, max_completion_tokens) = match flavor.max_tokens_field {
+        MaxTokensField::MaxTokens => (req.params.max_tokens, None),
+        MaxTokensField::MaxCompletionTokens => (None, req.params.max_tokens),
+    };
+    let is_openai = flavor.kind == ProviderKind::OpenAi;
+    let o = &req.openai;
+    Request {
+        model,
+        messages: req.messages.iter().map(|m| wire_message(m, flavor)).collect(),
+        tools: req
+            .tools
+            .iter()
+            .map(|t| WireTool {
+                kind: "function",
+                function: WireFunction {
+                    name: &t.name,
+                    description: t.description.as_deref(),
+                    parameters: &t.parameters,
+                    strict: t.strict,
+                },
+            })
+            .collect(),
+        tool_choice: req.tool_choice.as_ref().map(|c| match c {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+        }),
+        parallel_tool_calls: req.parallel_tool_calls,
+        response_format: req.response_format.as_ref().map(|f| match f {
+            ResponseFormat::Text => json!({"type": "text"}),
+            ResponseFormat::JsonObject => json!({"type": "json_object"}),
+            ResponseFormat::JsonSchema(s) => {
+                let mut schema = json!({"name": s.name, "schema": s.schema});
+                if let Some(d) = &s.description {
+                    schema["description"] = json!(d);
+                }
+                if let Some(strict) = s.strict {
+                    schema["strict"] = json!(strict);
+                }
+                json!({"type": "json_schema", "json_schema": schema})
+            }
+        }),
+        temperature: req.params.temperature,
+        top_p: req.params.top_p,
+        max_tokens,
+        max_completion_tokens,
+        stop: &req.params.stop,
+        seed: req.params.seed,
+        presence_penalty: req.params.presence_penalty,
+        frequency_penalty: req.params.frequency_penalty,
+        reasoning_effort: req.reasoning.as_ref().and_then(|r| r.effort).map(|e| e.as_str()),
+        user: req.user.as_deref(),
+        metadata: if is_openai { req.metadata.as_ref() } else { None },
+        logprobs: o.logprobs,
+        top_logprobs: o.top_logprobs,
+        logit_bias: o.logit_bias.as_ref(),
+        service_tier: o.service_tier.as_deref(),
+        store: if is_openai { o.store } else { None },
+        verbosity: o.verbosity.as_deref(),
+        prompt_cache_key: o.prompt_cache_key.as_deref(),
+        safety_identifier: o.safety_identifier.as_deref(),
+        stream,
+        // Always ask for usage upstream: it is recorded whether or not the client wants it.
+        stream_options: (stream && flavor.stream_usage).then_some(StreamOptions { include_usage: true }),
+        extra: &req.extra_body,
+    }
+}
+
+fn wire_message(m: &fungible_types::Message, flavor: OpenAiFlavor) -> WireMessage<'_> {
+    let role = match m.role {
+        Role::Developer if !flavor.developer_role => "system",
+        role => role.as_str(),
+    };
+    let content = match m.role {
+        Role::Assistant if m.content.is_empty() => Value::Null,
+        _ => wire_content(&m.content),
+    };
+    WireMessage {
+        role,
+        content,
+        name: m.name.as_deref(),
+        tool_calls: m
+            .tool_calls
+            .iter()
+            .map(|c| WireToolCall {
+                id: &c.id,
+                kind: "function",
+                function: WireFunctionCall { name: &c.name, arguments: &c.arguments },
+            })
+            .collect(),
+        tool_call_id: m.tool_call_id.as_deref(),
+    }
+}
+
+/// A single text part goes as a plain string (every compatible server takes that); anything
+/// else as an array of parts.
+fn wire_content(parts: &[ContentPart]) -> Value {
+    match parts {
+        [] => json!(""),
+        [ContentPart::Text { text }] => json!(text),
+        parts => Value::Array(
+            parts
+                .iter()
+                .map(|p| match p {
+                    ContentPart::Text { text } => json!({"type": "text", "text": text}),
+                    ContentPart::Image { source, detail } => {
+                        let mut image = json!({"url": source.to_openai_url()});
+                        if let Some(d) = detail {
+                            image["detail"] = json!(d);
+                        }
+                        json!({"type": "image_url", "image_url": image})
+                    }
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn convert_response(provider: &str, wire: Response, model: &str) -> Result<ChatResponse, ProviderError> {
+    let Some(choice) = wire.choices.into_iter().next() else {
+        return Err(ProviderError::malformed(provider, "the response has no choices"));
+    };
+    let mut tool_calls = Vec::new();
+    for (i, call) in choice.message.tool_calls.unwrap_or_default().into_iter().enumerate() {
+        tool_calls.push(ToolCall {
+            id: call.id.unwrap_or_else(|| format!("call_{i}")),
+            name: call.function.name,
+            arguments: arguments_text(call.function.arguments),
+        });
+    }
+    let finish_reason = finish_reason(choice.finish_reason.as_deref(), !tool_calls.is_empty());
+    let reasoning = choice
+        .message
+        .reasoning_content
+        .filter(|t| !t.is_empty())
+        .map(|text| vec![ReasoningBlock::Thinking { text, signature: None }])
+        .unwrap_or_default();
+    Ok(ChatResponse {
+        id: wire.id,
+        model: if wire.model.is_empty() { model.to_owned() } else { wire.model },
+        created: if wire.created == 0 { crate::now_unix() } else { wire.created },
+        message: AssistantMessage {
+            content: choice.message.content,
+            tool_calls,
+            reasoning,
+            refusal: choice.message.refusal,
+        },
+        finish_reason,
+        usage: wire.usage.map(convert_usage).unwrap_or_default(),
+    })
+}
+
+/// Arguments as JSON text, whether the server sent a string or an object.
+fn arguments_text(arguments: Option<Value>) -> String {
+    match arguments {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Some servers report `stop` for a turn that ended in tool calls; clients branch on
+/// `tool_calls`, so the reason is normalised.
+fn finish_reason(reason: Option<&str>, has_tool_calls: bool) -> FinishReason {
+    match reason {
+        Some("length") => FinishReason::Length,
+        Some("content_filter") => FinishReason::ContentFilter,
+        Some("tool_calls" | "function_call") => FinishReason::ToolCalls,
+        _ if has_tool_calls => FinishReason::ToolCalls,
+        _ => FinishReason::Stop,
+    }
+}
+
+fn convert_usage(u: WireUsage) -> Usage {
+    Usage {
+        input_tokens: u.prompt_tokens,
+        output_tokens: u.completion_tokens,
+        cache_read_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+        cache_write_tokens: 0,
+        reasoning_tokens: u.completion_tokens_details.and_then(|d| d.reasoning_tokens).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fungible_types::{Message, SamplingParams};
+
+    fn request() -> ChatRequest {
+        ChatRequest {
+            model: "openai/gpt-5".into(),
+            messages: vec![Message::text(Role::Developer, "be brief"), Message::text(Role::User, "hi")],
+            params: SamplingParams { max_tokens: Some(10), ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn compatible_servers_get_system_role_and_max_tokens() {
+        let req = request();
+        let body = serde_json::to_value(build_request(&req, "llama", false, OpenAiFlavor::COMPATIBLE)).unwrap();
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert_eq!(body["max_tokens"], 10);
+        assert!(body.get("max_completion_tokens").is_none());
+    }
+
+    #[test]
+    fn openai_gets_developer_role_and_max_completion_tokens() {
+        let req = request();
+        let body = serde_json::to_value(build_request(&req, "gpt-5", true, OpenAiFlavor::OPENAI)).unwrap();
+        assert_eq!(body["messages"][0]["role"], "developer");
+        assert_eq!(body["max_completion_tokens"], 10);
+        assert_eq!(body["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn extra_body_is_merged_at_top_level() {
+        let mut req = request();
+        req.extra_body.insert("top_k".into(), json!(5));
+        let body = serde_json::to_value(build_request(&req, "m", false, OpenAiFlavor::COMPATIBLE)).unwrap();
+        assert_eq!(body["top_k"], 5);
+    }
+
+    #[test]
+    fn stop_with_tool_calls_is_reported_as_tool_calls() {
+        assert_eq!(finish_reason(Some("stop"), true), FinishReason::ToolCalls);
+        assert_eq!(finish_reason(Some("stop"), false), FinishReason::Stop);
+    }
+}
