@@ -1,1 +1,195 @@
-//! placeholder
+//! The gateway core: configuration, model resolution and dispatch to providers.
+//!
+//! [`Gateway`] is what every inbound front end calls with a canonical request; it knows no
+//! HTTP status codes and no inbound wire format.
+
+pub mod config;
+mod presets;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fungible_providers::anthropic::AnthropicProvider;
+use fungible_providers::gemini::GeminiProvider;
+use fungible_providers::openai::OpenAiProvider;
+use fungible_providers::{EventStream, HttpClient, Provider, ProviderKind, ProviderSettings};
+use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError};
+
+pub use config::{ConfigError, ConfigFile, GatewayConfig, Target};
+
+/// Why the gateway could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// The client named a model that no configured provider or alias serves.
+    #[error("{0}")]
+    UnknownModel(String),
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+}
+
+/// A provider the config enabled.
+#[derive(Debug)]
+struct ProviderEntry {
+    provider: Provider,
+    models: Vec<String>,
+}
+
+/// A model the gateway can serve, for `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// What a client puts in `model`.
+    pub id: String,
+    /// The provider name, or `fungible` for an alias.
+    pub owned_by: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    inner: Arc<GatewayInner>,
+}
+
+#[derive(Debug)]
+struct GatewayInner {
+    providers: HashMap<String, ProviderEntry>,
+    aliases: BTreeMap<String, Target>,
+    request_timeout: Duration,
+}
+
+impl Gateway {
+    pub fn new(config: &GatewayConfig) -> Result<Gateway, ConfigError> {
+        let http = HttpClient::new(config.connect_timeout)
+            .map_err(|message| ConfigError::Invalid { at: "server".into(), message })?;
+        let mut providers = HashMap::new();
+        for p in &config.providers {
+            let settings = ProviderSettings {
+                name: p.name.clone(),
+                base_url: p.base_url.clone(),
+                api_key: p.api_key.clone(),
+                headers: p.headers.clone(),
+            };
+            let provider = match p.kind {
+                ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
+                    Provider::OpenAi(OpenAiProvider::new(settings, p.flavor, http.clone()))
+                }
+                ProviderKind::Anthropic => {
+                    Provider::Anthropic(AnthropicProvider::new(settings, http.clone(), p.default_max_tokens))
+                }
+                ProviderKind::Gemini => Provider::Gemini(GeminiProvider::new(settings, http.clone())),
+            };
+            if p.api_key.is_none() && p.api_key_env.is_some() {
+                tracing::warn!(
+                    provider = %p.name,
+                    "{} is not set; requests to this provider are sent without credentials",
+                    p.api_key_env.as_deref().unwrap_or_default()
+                );
+            }
+            providers.insert(p.name.clone(), ProviderEntry { provider, models: p.models.clone() });
+        }
+        Ok(Gateway {
+            inner: Arc::new(GatewayInner {
+                providers,
+                aliases: config.aliases.clone(),
+                request_timeout: config.request_timeout,
+            }),
+        })
+    }
+
+    /// Which provider and provider model serve `model` (an alias or `PROVIDER/MODEL`).
+    pub fn resolve(&self, model: &str) -> Result<(&Provider, Target), GatewayError> {
+        let target = match self.inner.aliases.get(model) {
+            Some(target) => target.clone(),
+            None => Target::parse(model).ok_or_else(|| {
+                GatewayError::UnknownModel(format!(
+                    "model {model:?} is neither a configured alias nor PROVIDER/MODEL (for example openai/gpt-5); see GET /v1/models"
+                ))
+            })?,
+        };
+        match self.inner.providers.get(&target.provider) {
+            Some(entry) => Ok((&entry.provider, target)),
+            None => Err(GatewayError::UnknownModel(format!(
+                "provider {:?} in model {model:?} is not enabled: set its API key (for example {}_API_KEY) or configure [providers.{}]",
+                target.provider,
+                target.provider.to_ascii_uppercase(),
+                target.provider
+            ))),
+        }
+    }
+
+    pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, GatewayError> {
+        let (provider, target) = self.resolve(&req.model)?;
+        match tokio::time::timeout(self.inner.request_timeout, provider.chat(req, &target.model)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(self.timeout(&target).into()),
+        }
+    }
+
+    /// Opens a stream; resolves once the upstream accepted the request.
+    pub async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, GatewayError> {
+        let (provider, target) = self.resolve(&req.model)?;
+        match tokio::time::timeout(self.inner.request_timeout, provider.chat_stream(req, &target.model)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(self.timeout(&target).into()),
+        }
+    }
+
+    fn timeout(&self, target: &Target) -> ProviderError {
+        ProviderError::new(
+            ErrorKind::Timeout,
+            &target.provider,
+            format!("no response within {} s", self.inner.request_timeout.as_secs()),
+        )
+    }
+
+    /// Aliases first, then each provider's listed models, sorted within each group.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let mut out: Vec<ModelInfo> = self
+            .inner
+            .aliases
+            .keys()
+            .map(|alias| ModelInfo { id: alias.clone(), owned_by: "fungible".into() })
+            .collect();
+        let mut names: Vec<&String> = self.inner.providers.keys().collect();
+        names.sort();
+        for name in names {
+            for model in &self.inner.providers[name].models {
+                out.push(ModelInfo { id: format!("{name}/{model}"), owned_by: name.clone() });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(toml: &str) -> Gateway {
+        let file = ConfigFile::parse(toml, "t.toml").unwrap();
+        let env = |k: &str| (k == "OPENAI_API_KEY").then(|| "sk-test".to_owned());
+        Gateway::new(&GatewayConfig::resolve(file, &env).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn resolves_aliases_and_provider_prefixes() {
+        let gw = gateway("[models.fast]\ntarget = \"openai/gpt-5-mini\"\n");
+        assert_eq!(gw.resolve("fast").unwrap().1.model, "gpt-5-mini");
+        assert_eq!(gw.resolve("openai/gpt-5").unwrap().1.model, "gpt-5");
+    }
+
+    #[test]
+    fn unknown_provider_says_how_to_enable_it() {
+        let gw = gateway("");
+        let err = gw.resolve("groq/llama").unwrap_err().to_string();
+        assert!(err.contains("GROQ_API_KEY"), "{err}");
+        let err = gw.resolve("gpt-5").unwrap_err().to_string();
+        assert!(err.contains("PROVIDER/MODEL"), "{err}");
+    }
+
+    #[test]
+    fn models_lists_aliases_then_provider_models() {
+        let gw = gateway("[models.fast]\ntarget = \"openai/gpt-5-mini\"\n[providers.openai]\nmodels = [\"gpt-5\"]\n");
+        let ids: Vec<_> = gw.models().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["fast", "openai/gpt-5"]);
+    }
+}

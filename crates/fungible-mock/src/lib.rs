@@ -1,1 +1,382 @@
-//! placeholder
+//! A programmable mock upstream: the vendor servers fungible talks to, on loopback.
+//!
+//! Tests script it response by response ([`MockUpstream::push`]) and read back exactly what
+//! fungible sent ([`MockUpstream::received`]); when nothing is scripted it falls back to a
+//! [`Fallback`]: vendor fixtures chosen by path and model (end-to-end runs with the official
+//! SDKs), or one fixed body (benchmarks). It can also misbehave on purpose: hang before
+//! headers, stall or reset mid-stream, and report when the client went away.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub struct MockResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: MockBody,
+}
+
+#[derive(Debug, Clone)]
+pub enum MockBody {
+    /// The whole body in one write.
+    Full(Bytes),
+    /// Each piece written as its own frame.
+    Chunks(Vec<Bytes>),
+    /// The pieces, then silence until the client goes away.
+    ChunksThenStall(Vec<Bytes>),
+    /// The pieces, then the connection is cut (a truncated stream).
+    ChunksThenReset(Vec<Bytes>),
+    /// No response at all until the client goes away.
+    Hang,
+    /// The connection is closed without a response.
+    Reset,
+}
+
+impl MockResponse {
+    pub fn json(status: u16, body: impl Into<Bytes>) -> MockResponse {
+        MockResponse {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: MockBody::Full(body.into()),
+        }
+    }
+
+    pub fn sse(body: impl Into<Bytes>) -> MockResponse {
+        MockResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            body: MockBody::Full(body.into()),
+        }
+    }
+
+    /// A fixture file: `.sse` is served as an event stream, anything else as JSON.
+    pub fn fixture(status: u16, path: impl Into<PathBuf>) -> MockResponse {
+        let path = path.into();
+        let body = std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+        if path.extension().is_some_and(|e| e == "sse") {
+            MockResponse { status, ..MockResponse::sse(body) }
+        } else {
+            MockResponse::json(status, body)
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> MockResponse {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn with_body(mut self, body: MockBody) -> MockResponse {
+        self.body = body;
+        self
+    }
+}
+
+/// What the mock answers when no scripted response is queued.
+#[derive(Debug, Clone)]
+pub enum Fallback {
+    /// 500 with a plain message: an unscripted request is a test bug.
+    Fail,
+    /// Vendor fixtures under a directory, chosen from the request (see [`fixture_for`]).
+    Fixtures(PathBuf),
+    /// One JSON body, or one SSE body when the request asks for a stream (benchmarks).
+    Fixed { json: Bytes, sse: Bytes },
+}
+
+/// A request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl RecordedRequest {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<MockResponse>>,
+    received: Mutex<Vec<RecordedRequest>>,
+    record: bool,
+    fallback: Fallback,
+    disconnects: AtomicUsize,
+    disconnected: Notify,
+}
+
+/// A running mock; it stops when dropped.
+pub struct MockUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockUpstream {
+    /// Starts on an ephemeral loopback port, recording every request.
+    pub async fn start(fallback: Fallback) -> MockUpstream {
+        MockUpstream::start_on("127.0.0.1:0".parse().expect("loopback address"), fallback, true)
+            .await
+            .expect("bind a loopback port")
+    }
+
+    /// Starts on `addr`. With `record` false nothing is kept per request (benchmarks).
+    pub async fn start_on(addr: SocketAddr, fallback: Fallback, record: bool) -> std::io::Result<MockUpstream> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            received: Mutex::new(Vec::new()),
+            record,
+            fallback,
+            disconnects: AtomicUsize::new(0),
+            disconnected: Notify::new(),
+        });
+        let task = tokio::spawn(serve(listener, shared.clone()));
+        Ok(MockUpstream { addr, shared, task })
+    }
+
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Queues a response for the next request (first in, first out).
+    pub fn push(&self, response: MockResponse) {
+        lock(&self.shared.queue).push_back(response);
+    }
+
+    /// Everything received so far, in order.
+    pub fn received(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.received).clone()
+    }
+
+    /// The only request received; panics (a test failure) if there were not exactly one.
+    pub fn single_request(&self) -> RecordedRequest {
+        let received = self.received();
+        assert_eq!(received.len(), 1, "expected exactly one upstream request, got {}", received.len());
+        received.into_iter().next().expect("one request")
+    }
+
+    /// How many streamed or hanging responses ended because the client went away.
+    pub fn disconnects(&self) -> usize {
+        self.shared.disconnects.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` clients have gone away mid-response.
+    pub async fn wait_for_disconnects(&self, n: usize) {
+        loop {
+            let notified = self.shared.disconnected.notified();
+            if self.disconnects() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, shared.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+#[derive(Debug)]
+struct ResetConnection;
+
+impl std::fmt::Display for ResetConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mock: connection reset on purpose")
+    }
+}
+
+impl std::error::Error for ResetConnection {}
+
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Body>, ResetConnection> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let uri = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let scripted = lock(&shared.queue).pop_front();
+    let response = match scripted {
+        Some(r) => r,
+        None => fallback_response(&shared.fallback, &uri, &body),
+    };
+    if shared.record {
+        lock(&shared.received).push(RecordedRequest {
+            method: parts.method.to_string(),
+            uri,
+            headers: parts.headers,
+            body,
+        });
+    }
+    build(response, shared).await
+}
+
+async fn build(response: MockResponse, shared: Arc<Shared>) -> Result<Response<Body>, ResetConnection> {
+    let body: Body = match response.body {
+        MockBody::Reset => return Err(ResetConnection),
+        MockBody::Hang => {
+            // Park until the client drops the connection (hyper then drops this future).
+            let _guard = DisconnectGuard(shared.clone());
+            std::future::pending::<()>().await;
+            unreachable!("pending never resolves")
+        }
+        MockBody::Full(bytes) => Full::new(bytes).map_err(|never: Infallible| match never {}).boxed(),
+        MockBody::Chunks(chunks) => stream_body(chunks, Tail::End, shared),
+        MockBody::ChunksThenStall(chunks) => stream_body(chunks, Tail::Stall, shared),
+        MockBody::ChunksThenReset(chunks) => stream_body(chunks, Tail::Reset, shared),
+    };
+    let mut builder = Response::builder().status(StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK));
+    for (name, value) in &response.headers {
+        builder = builder.header(name, value);
+    }
+    Ok(builder.body(body).unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).map_err(|n| match n {}).boxed())))
+}
+
+enum Tail {
+    End,
+    Stall,
+    Reset,
+}
+
+/// Counts a client that went away while the mock was still answering.
+struct DisconnectGuard(Arc<Shared>);
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        self.0.disconnects.fetch_add(1, Ordering::SeqCst);
+        self.0.disconnected.notify_waiters();
+    }
+}
+
+fn stream_body(chunks: Vec<Bytes>, tail: Tail, shared: Arc<Shared>) -> Body {
+    let guard = match tail {
+        Tail::Stall => Some(DisconnectGuard(shared)),
+        _ => None,
+    };
+    let head = futures::stream::iter(chunks.into_iter().map(|c| Ok(Frame::data(c))));
+    let tail = futures::stream::once(async move {
+        match tail {
+            Tail::End => None,
+            Tail::Reset => Some(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock reset"))),
+            Tail::Stall => {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                None
+            }
+        }
+    })
+    .filter_map(futures::future::ready);
+    BodyExt::boxed(StreamBody::new(head.chain(tail)))
+}
+
+fn fallback_response(fallback: &Fallback, uri: &str, body: &[u8]) -> MockResponse {
+    match fallback {
+        Fallback::Fail => MockResponse::json(500, format!("{{\"error\":\"mock: no scripted response for {uri}\"}}")),
+        Fallback::Fixed { json, sse } => {
+            if wants_stream(uri, body) {
+                MockResponse::sse(sse.clone())
+            } else {
+                MockResponse::json(200, json.clone())
+            }
+        }
+        Fallback::Fixtures(dir) => match fixture_for(dir, uri, body) {
+            Some(r) => r,
+            None => MockResponse::json(
+                404,
+                format!("{{\"error\":{{\"message\":\"mock: no fixture for {uri}\",\"type\":\"not_found_error\",\"code\":404}}}}"),
+            ),
+        },
+    }
+}
+
+fn wants_stream(uri: &str, body: &[u8]) -> bool {
+    if uri.contains(":streamGenerateContent") {
+        return true;
+    }
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("stream").and_then(|s| s.as_bool()))
+        .unwrap_or(false)
+}
+
+/// Picks a fixture from the request: the vendor from the path (`/v1/chat/completions` ->
+/// `openai`, `/v1/messages` -> `anthropic`, `/v1beta/models/M:...` -> `gemini`), the case
+/// from the model name. Model `error_<status>` answers that status with the vendor's
+/// `error.json` (and `Retry-After: 1` for 429 and 503); any other model `M` answers
+/// `M.response.sse` for a stream, else `M.response.json`.
+pub fn fixture_for(dir: &std::path::Path, uri: &str, body: &[u8]) -> Option<MockResponse> {
+    let path = uri.split('?').next().unwrap_or(uri);
+    let (vendor, model) = if path.ends_with("/chat/completions") {
+        ("openai", model_from_body(body)?)
+    } else if path.ends_with("/v1/messages") {
+        ("anthropic", model_from_body(body)?)
+    } else {
+        let rest = path.split("/models/").nth(1)?;
+        ("gemini", rest.split(':').next()?.to_owned())
+    };
+    let vendor_dir = dir.join(vendor);
+    if let Some(status) = model.strip_prefix("error_").and_then(|s| s.parse::<u16>().ok()) {
+        let mut response = MockResponse::fixture(status, vendor_dir.join("error.json"));
+        if status == 429 || status == 503 {
+            response = response.with_header("retry-after", "1");
+        }
+        return Some(response);
+    }
+    let file = if wants_stream(uri, body) {
+        vendor_dir.join(format!("{model}.response.sse"))
+    } else {
+        vendor_dir.join(format!("{model}.response.json"))
+    };
+    file.exists().then(|| MockResponse::fixture(200, file))
+}
+
+fn model_from_body(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("model")?.as_str().map(str::to_owned)
+}

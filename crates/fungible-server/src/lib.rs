@@ -1,1 +1,115 @@
-//! placeholder
+//! The HTTP server: routes, inbound API front ends and error rendering over the gateway
+//! core. This is the only crate that knows axum and HTTP status codes.
+//!
+//! [`app`] builds the whole router, so tests drive it with `oneshot` and no socket;
+//! [`serve`] binds it to an address.
+
+pub mod error;
+pub mod openai_chat;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use fungible_gateway::Gateway;
+use serde::Serialize;
+
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub gateway: Gateway,
+    pub max_body_bytes: usize,
+}
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(openai_chat::chat_completions))
+        // Some clients are configured with the origin only.
+        .route("/chat/completions", post(openai_chat::chat_completions))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Serves `app` on `addr` until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    state: AppState,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("fungible listening on http://{}", listener.local_addr()?);
+    serve_on(state, listener, shutdown).await
+}
+
+/// Like [`serve`], on a listener the caller bound (tests and benchmarks use port 0).
+pub async fn serve_on(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// Reads a request body up to `limit` bytes; more is a 413 in the client's error shape.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(err) = source {
+            if err.is::<http_body_util::LengthLimitError>() {
+                return ApiError::payload_too_large(limit);
+            }
+            source = err.source();
+        }
+        ApiError::invalid_request(None, format!("could not read the request body: {e}"))
+    })
+}
+
+async fn health() -> Response {
+    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+async fn models(State(state): State<AppState>) -> Response {
+    #[derive(Serialize)]
+    struct List {
+        object: &'static str,
+        data: Vec<Model>,
+    }
+    #[derive(Serialize)]
+    struct Model {
+        id: String,
+        object: &'static str,
+        created: u64,
+        owned_by: String,
+    }
+    let data = state
+        .gateway
+        .models()
+        .into_iter()
+        .map(|m| Model { id: m.id, object: "model", created: 0, owned_by: m.owned_by })
+        .collect();
+    json_response(StatusCode::OK, serde_json::to_vec(&List { object: "list", data }).unwrap_or_default())
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError { status: StatusCode::METHOD_NOT_ALLOWED, ..ApiError::invalid_request(None, "method not allowed") }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

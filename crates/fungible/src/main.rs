@@ -1,1 +1,171 @@
-fn main() {}
+//! The `fungible` binary: command-line parsing and glue. Everything else lives in the
+//! library crates beside this one.
+
+mod bench;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fungible_gateway::{ConfigFile, Gateway, GatewayConfig};
+use fungible_server::AppState;
+
+/// fungible: one API in front of every model provider.
+///
+/// Clients speak the OpenAI Chat Completions API; fungible routes `PROVIDER/MODEL`
+/// (`openai/gpt-5`, `anthropic/claude-sonnet-4-5`, `gemini/gemini-2.5-flash`,
+/// `groq/llama-3.3-70b-versatile`, ...) or a configured alias to that provider's real API,
+/// translating requests, streams, tool calls and errors both ways.
+#[derive(Parser)]
+#[command(name = "fungible", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the gateway.
+    ///
+    /// With no config file, every built-in provider whose API key is in the environment is
+    /// enabled: OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY (or GOOGLE_API_KEY),
+    /// GROQ_API_KEY, TOGETHER_API_KEY, DEEPSEEK_API_KEY, MISTRAL_API_KEY,
+    /// OPENROUTER_API_KEY, FIREWORKS_API_KEY, XAI_API_KEY. `<PROVIDER>_BASE_URL`
+    /// (OPENAI_BASE_URL, ANTHROPIC_BASE_URL, GEMINI_BASE_URL, ...) points a provider at a
+    /// proxy, a self-hosted server or a mock.
+    Serve(ServeArgs),
+    /// Check a config file and print what it enables (never the keys).
+    Check(ConfigArgs),
+    /// Measure the overhead fungible adds over calling an upstream directly.
+    ///
+    /// Starts an in-process mock upstream and `fungible serve` as a child process pointed
+    /// at it, then measures direct vs through fungible: requests/s at fixed concurrency,
+    /// added p50/p99 latency at a fixed rate, streaming time to last byte, and the gateway's
+    /// peak RSS.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Config file (TOML). Default: ./fungible.toml when it exists.
+    #[arg(long, short = 'c', env = "FUNGIBLE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to listen on [default: 127.0.0.1, or server.host in the config].
+    #[arg(long)]
+    host: Option<IpAddr>,
+    /// Port to listen on [default: 4000, or server.port in the config].
+    #[arg(long, short = 'p')]
+    port: Option<u16>,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fungible: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => check(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FUNGIBLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn load_config(args: &ConfigArgs) -> anyhow::Result<GatewayConfig> {
+    let default = Path::new("fungible.toml");
+    let file = match &args.config {
+        Some(path) => ConfigFile::read(path)?,
+        None if default.exists() => ConfigFile::read(default)?,
+        None => ConfigFile::default(),
+    };
+    Ok(GatewayConfig::resolve(file, &|k| std::env::var(k).ok())?)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(&args.config)?;
+    if let Some(host) = args.host {
+        config.host = host.to_string();
+    }
+    if let Some(port) = args.port {
+        config.port = port;
+    }
+    let ip: IpAddr = config.host.parse().with_context(|| format!("server.host: {:?} is not an IP address", config.host))?;
+    let addr = SocketAddr::new(ip, config.port);
+    let gateway = Gateway::new(&config)?;
+    if config.providers.is_empty() {
+        tracing::warn!("no provider is enabled: set an API key (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) or add [providers] to the config");
+    }
+    for p in &config.providers {
+        tracing::info!(provider = %p.name, kind = p.kind.as_str(), base_url = %p.base_url, "provider enabled");
+    }
+    let state = AppState { gateway, max_body_bytes: config.max_body_bytes };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime
+        .block_on(fungible_server::serve(state, addr, shutdown_signal()))
+        .with_context(|| format!("could not serve on {addr}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args)?;
+    println!("listen: {}:{}", config.host, config.port);
+    if config.providers.is_empty() {
+        println!("providers: none enabled");
+    }
+    for p in &config.providers {
+        let key = match (&p.api_key, &p.api_key_env) {
+            (Some(_), Some(var)) => format!("key from {var}"),
+            (None, Some(var)) => format!("no key ({var} is not set)"),
+            (_, None) => "no key".to_owned(),
+        };
+        println!("provider {:<12} {:<18} {}  [{key}]", p.name, p.kind.as_str(), p.base_url);
+    }
+    for (alias, target) in &config.aliases {
+        println!("model    {alias:<12} -> {target}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,412 @@
+//! Configuration, loaded in two phases: the TOML file as written ([`ConfigFile`], serde with
+//! `deny_unknown_fields`) is merged with the built-in provider presets and the environment
+//! into a validated [`GatewayConfig`]. Every error names the config path it is about, and a
+//! bad config fails at start, never mid-request. Secrets are read from the environment here
+//! and nowhere else.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use fungible_providers::openai::{MaxTokensField, OpenAiFlavor};
+use fungible_providers::{ProviderKind, Secret};
+use serde::Deserialize;
+
+use crate::presets::{PRESETS, Preset};
+
+/// The config file as written. Every field is optional: an empty file (or none) is valid.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSection>,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: Option<usize>,
+    /// Deadline for a whole non-streamed request, and for a stream's first response.
+    pub request_timeout_secs: Option<u64>,
+    pub connect_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    /// `openai`, `openai_compatible`, `anthropic` or `gemini`. Defaults to the preset's kind
+    /// for a built-in name, else `openai_compatible`.
+    pub kind: Option<String>,
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// Extra headers sent on every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Models listed by `GET /v1/models` for this provider.
+    pub models: Option<Vec<String>>,
+    /// OpenAI-compatible only: does the server accept the `developer` role?
+    pub developer_role: Option<bool>,
+    /// OpenAI-compatible only: `max_tokens` or `max_completion_tokens`.
+    pub max_tokens_field: Option<String>,
+    /// OpenAI-compatible only: does the server accept `stream_options.include_usage`?
+    pub stream_usage: Option<bool>,
+    /// Anthropic only: `max_tokens` sent when the client gives none.
+    pub default_max_tokens: Option<u32>,
+    /// Set to false to switch off a built-in provider even when its key is set.
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// `PROVIDER/MODEL` this name stands for.
+    pub target: String,
+}
+
+/// A validated configuration, ready to build a gateway from.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub host: String,
+    pub port: u16,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub providers: Vec<ProviderConfig>,
+    /// Alias -> target, both validated.
+    pub aliases: BTreeMap<String, Target>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    /// The variable the key was expected in, for messages.
+    pub api_key_env: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub models: Vec<String>,
+    pub flavor: OpenAiFlavor,
+    pub default_max_tokens: u32,
+}
+
+/// A provider and the provider's own model name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub provider: String,
+    pub model: String,
+}
+
+impl Target {
+    /// Splits `PROVIDER/MODEL` at the first `/` (the model part may contain more).
+    pub fn parse(text: &str) -> Option<Target> {
+        let (provider, model) = text.split_once('/')?;
+        if provider.is_empty() || model.is_empty() {
+            return None;
+        }
+        Some(Target { provider: provider.to_owned(), model: model.to_owned() })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.provider, self.model)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{at}: {message}")]
+    Invalid { at: String, message: String },
+}
+
+fn invalid(at: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { at: at.into(), message: message.into() }
+}
+
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+pub const DEFAULT_PORT: u16 = 4000;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+
+impl ConfigFile {
+    pub fn parse(text: &str, path: &str) -> Result<ConfigFile, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+    }
+
+    pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        ConfigFile::parse(&text, &shown)
+    }
+}
+
+impl GatewayConfig {
+    /// Validates `file` against the presets and the environment (`env` looks a variable up;
+    /// pass `|k| std::env::var(k).ok()` in production, a map in tests).
+    pub fn resolve(file: ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Result<GatewayConfig, ConfigError> {
+        let server = file.server;
+        let max_body_bytes = server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+        }
+        let request_timeout = nonzero_secs(server.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS, "server.request_timeout_secs")?;
+        let connect_timeout = nonzero_secs(server.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT_SECS, "server.connect_timeout_secs")?;
+
+        let mut providers = Vec::new();
+        let mut sections = file.providers;
+        // Built-in presets: enabled by their key (or base URL) in the environment, or by a
+        // section of the same name.
+        for preset in PRESETS {
+            let section = sections.remove(preset.name);
+            let configured = section.is_some();
+            let section = section.unwrap_or_default();
+            if section.enabled == Some(false) {
+                continue;
+            }
+            let key = preset.key_envs.iter().find_map(|k| env(k).filter(|v| !v.is_empty()));
+            let base_env = env(&preset.base_url_env()).filter(|v| !v.is_empty());
+            let enabled = configured || key.is_some() || (preset.key_envs.is_empty() && base_env.is_some());
+            if enabled {
+                providers.push(provider_config(preset.name, Some(preset), section, env)?);
+            }
+        }
+        for (name, section) in sections {
+            if section.enabled == Some(false) {
+                continue;
+            }
+            providers.push(provider_config(&name, None, section, env)?);
+        }
+
+        let mut aliases = BTreeMap::new();
+        for (alias, section) in file.models {
+            let at = format!("models.{alias}.target");
+            let target = Target::parse(&section.target)
+                .ok_or_else(|| invalid(&at, format!("expected PROVIDER/MODEL, got {:?}", section.target)))?;
+            if !providers.iter().any(|p| p.name == target.provider) {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "provider {:?} is not enabled (configure [providers.{}] or set its API key)",
+                        target.provider, target.provider
+                    ),
+                ));
+            }
+            aliases.insert(alias, target);
+        }
+
+        Ok(GatewayConfig {
+            host: server.host.unwrap_or_else(|| DEFAULT_HOST.to_owned()),
+            port: server.port.unwrap_or(DEFAULT_PORT),
+            max_body_bytes,
+            request_timeout,
+            connect_timeout,
+            providers,
+            aliases,
+        })
+    }
+}
+
+fn nonzero_secs(value: Option<u64>, default: u64, at: &str) -> Result<Duration, ConfigError> {
+    match value.unwrap_or(default) {
+        0 => Err(invalid(at, "must be greater than 0")),
+        secs => Ok(Duration::from_secs(secs)),
+    }
+}
+
+fn provider_config(
+    name: &str,
+    preset: Option<&Preset>,
+    section: ProviderSection,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ProviderConfig, ConfigError> {
+    let at = |field: &str| format!("providers.{name}.{field}");
+    if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
+        return Err(invalid(format!("providers.{name:?}"), "a provider name must be non-empty, without '/' or spaces"));
+    }
+    let kind = match (&section.kind, preset) {
+        (Some(kind), _) => parse_kind(kind).ok_or_else(|| {
+            invalid(at("kind"), format!("unknown kind {kind:?} (expected openai, openai_compatible, anthropic or gemini)"))
+        })?,
+        (None, Some(p)) => p.kind,
+        (None, None) => ProviderKind::OpenAiCompatible,
+    };
+    let base_url = section
+        .base_url
+        .clone()
+        .or_else(|| preset.and_then(|p| env(&p.base_url_env()).filter(|v| !v.is_empty())))
+        .or_else(|| preset.map(|p| p.base_url.to_owned()))
+        .ok_or_else(|| invalid(at("base_url"), "required for a provider that is not built in"))?;
+    let base_url = base_url.trim_end_matches('/').to_owned();
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(invalid(at("base_url"), format!("must start with http:// or https://, got {base_url:?}")));
+    }
+    let key_envs: Vec<String> = match &section.api_key_env {
+        Some(var) => vec![var.clone()],
+        None => preset.map(|p| p.key_envs.iter().map(|s| (*s).to_owned()).collect()).unwrap_or_default(),
+    };
+    let api_key = key_envs.iter().find_map(|k| env(k).filter(|v| !v.is_empty())).map(Secret::new);
+    let api_key_env = key_envs.first().cloned();
+
+    let mut flavor = match kind {
+        ProviderKind::OpenAi => OpenAiFlavor::OPENAI,
+        _ => OpenAiFlavor::COMPATIBLE,
+    };
+    if let Some(v) = section.developer_role {
+        flavor.developer_role = v;
+    }
+    if let Some(v) = section.stream_usage {
+        flavor.stream_usage = v;
+    }
+    if let Some(field) = &section.max_tokens_field {
+        flavor.max_tokens_field = match field.as_str() {
+            "max_tokens" => MaxTokensField::MaxTokens,
+            "max_completion_tokens" => MaxTokensField::MaxCompletionTokens,
+            other => {
+                return Err(invalid(
+                    at("max_tokens_field"),
+                    format!("expected \"max_tokens\" or \"max_completion_tokens\", got {other:?}"),
+                ));
+            }
+        };
+    }
+    let default_max_tokens = section.default_max_tokens.unwrap_or(fungible_providers::anthropic::DEFAULT_MAX_TOKENS);
+    if default_max_tokens == 0 {
+        return Err(invalid(at("default_max_tokens"), "must be greater than 0"));
+    }
+    let mut headers = Vec::new();
+    for (header, value) in section.headers {
+        if http_header_name_ok(&header) && !value.contains(['\r', '\n']) {
+            headers.push((header, value));
+        } else {
+            return Err(invalid(at("headers"), format!("invalid header {header:?}")));
+        }
+    }
+    let models = section
+        .models
+        .unwrap_or_else(|| preset.map(|p| p.models.iter().map(|s| (*s).to_owned()).collect()).unwrap_or_default());
+    Ok(ProviderConfig {
+        name: name.to_owned(),
+        kind,
+        base_url,
+        api_key,
+        api_key_env,
+        headers,
+        models,
+        flavor: OpenAiFlavor { kind, ..flavor },
+        default_max_tokens,
+    })
+}
+
+fn parse_kind(kind: &str) -> Option<ProviderKind> {
+    Some(match kind {
+        "openai" => ProviderKind::OpenAi,
+        "openai_compatible" | "openai-compatible" => ProviderKind::OpenAiCompatible,
+        "anthropic" => ProviderKind::Anthropic,
+        "gemini" | "google" => ProviderKind::Gemini,
+        _ => return None,
+    })
+}
+
+fn http_header_name_ok(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn resolve(toml: &str, env: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::resolve(ConfigFile::parse(toml, "test.toml")?, &env_of(env))
+    }
+
+    #[test]
+    fn zero_config_enables_providers_whose_key_is_set() {
+        let cfg = resolve("", &[("ANTHROPIC_API_KEY", "sk-ant"), ("GOOGLE_API_KEY", "g")]).unwrap();
+        let names: Vec<_> = cfg.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["anthropic", "gemini"]);
+        assert_eq!(cfg.port, 4000);
+        assert_eq!(cfg.host, "127.0.0.1");
+    }
+
+    #[test]
+    fn base_url_comes_from_the_environment() {
+        let cfg = resolve("", &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/")]).unwrap();
+        assert_eq!(cfg.providers[0].base_url, "http://127.0.0.1:9/v1");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_path() {
+        let err = resolve("[providers.openai]\nbase_urll = \"x\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("base_urll"), "{err}");
+        assert!(err.contains("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn custom_provider_needs_a_base_url() {
+        let err = resolve("[providers.myvllm]\n", &[]).unwrap_err().to_string();
+        assert_eq!(err, "providers.myvllm.base_url: required for a provider that is not built in");
+    }
+
+    #[test]
+    fn alias_to_a_disabled_provider_fails_at_start() {
+        let err = resolve("[models.fast]\ntarget = \"groq/llama\"\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("models.fast.target: provider \"groq\" is not enabled"), "{err}");
+    }
+
+    #[test]
+    fn alias_resolves_to_configured_compatible_provider() {
+        let toml = r#"
+            [providers.local]
+            base_url = "http://localhost:8000/v1"
+            models = ["qwen"]
+            [models.fast]
+            target = "local/qwen"
+        "#;
+        let cfg = resolve(toml, &[]).unwrap();
+        assert_eq!(cfg.aliases["fast"], Target { provider: "local".into(), model: "qwen".into() });
+        assert_eq!(cfg.providers[0].kind, ProviderKind::OpenAiCompatible);
+        assert!(cfg.providers[0].api_key.is_none());
+    }
+
+    #[test]
+    fn target_keeps_slashes_in_the_model() {
+        let t = Target::parse("openrouter/anthropic/claude-sonnet-4.5").unwrap();
+        assert_eq!(t.provider, "openrouter");
+        assert_eq!(t.model, "anthropic/claude-sonnet-4.5");
+        assert!(Target::parse("gpt-5").is_none());
+        assert!(Target::parse("/x").is_none());
+    }
+
+    #[test]
+    fn bad_kind_is_named() {
+        let err = resolve("[providers.x]\nkind = \"azure\"\nbase_url = \"http://h\"\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("providers.x.kind: unknown kind \"azure\""), "{err}");
+    }
+
+    #[test]
+    fn example_config_loads() {
+        let text = include_str!("../../../fungible.example.toml");
+        let file = ConfigFile::parse(text, "fungible.example.toml").unwrap();
+        let cfg = GatewayConfig::resolve(file, &env_of(&[])).unwrap();
+        assert!(cfg.aliases.contains_key("fast"));
+    }
+}
