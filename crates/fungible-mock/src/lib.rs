@@ -301,6 +301,9 @@ fn stream_body(chunks: Vec<Bytes>, tail: Tail, shared: Arc<Shared>) -> Body {
     };
     let head = futures::stream::iter(chunks.into_iter().map(|c| Ok(Frame::data(c))));
     let tail = futures::stream::once(async move {
+        // Give hyper a chance to flush what was written before the tail acts, so a reset
+        // really happens mid-stream rather than before the headers left.
+        tokio::task::yield_now().await;
         match tail {
             Tail::End => None,
             Tail::Reset => Some(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock reset"))),
