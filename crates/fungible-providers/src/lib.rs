@@ -6,6 +6,7 @@
 //! adding a vendor is a compile error until every `match` handles it.
 
 pub mod anthropic;
+mod body;
 pub mod gemini;
 mod http;
 pub mod openai;

@@ -17,10 +17,10 @@ use fungible_types::{
     AssistantMessage, ChatRequest, ChatResponse, ContentPart, ErrorKind, FinishReason, ImageSource, Message,
     ProviderError, ReasoningBlock, ResponseFormat, Role, ToolCall, ToolChoice, Usage,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::http::{self, HttpClient};
-use crate::{ChatProvider, EventStream, ProviderSettings, sse};
+use crate::{ChatProvider, EventStream, ProviderSettings, body, sse};
 use types::*;
 
 #[derive(Debug, Clone)]
@@ -126,45 +126,14 @@ fn wire_error(provider: &str, error: WireError) -> ProviderError {
 
 // ---- request ----
 
-/// The request body as bytes. `extra_body` is merged at the top level; where it names a field
-/// fungible also sets (`generationConfig`, ...), objects are merged key by key (the client's
-/// keys win) and anything else is replaced by the client's value.
+/// The request body as bytes, with `extra_body` merged in (see [`crate::body`]).
 fn encode_request(provider: &str, req: &ChatRequest) -> Result<Vec<u8>, ProviderError> {
-    let encode_error =
-        |e: serde_json::Error| ProviderError::invalid_request(provider, format!("could not encode the request: {e}"));
-    let empty = Map::new();
-    let mut wire = build_request(provider, req, &empty)?;
-    const OWN: [&str; 5] = ["contents", "systemInstruction", "tools", "toolConfig", "generationConfig"];
-    if !OWN.iter().any(|k| req.extra_body.contains_key(*k)) {
-        wire.extra = &req.extra_body;
-        return serde_json::to_vec(&wire).map_err(encode_error);
-    }
-    let mut body = serde_json::to_value(&wire).map_err(encode_error)?;
-    merge_json(&mut body, &Value::Object(req.extra_body.clone()));
-    serde_json::to_vec(&body).map_err(encode_error)
-}
-
-/// Merges `patch` into `target`: objects key by key, recursively; anything else replaces.
-fn merge_json(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(target), Value::Object(patch)) => {
-            for (key, value) in patch {
-                match target.get_mut(key) {
-                    Some(existing) => merge_json(existing, value),
-                    None => {
-                        target.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-        }
-        (target, patch) => *target = patch.clone(),
-    }
+    body::encode(provider, &build_request(provider, req)?, &req.extra_body)
 }
 
 fn build_request<'a>(
     provider: &str,
     req: &'a ChatRequest,
-    extra: &'a Map<String, Value>,
 ) -> Result<GenerateContentRequest<'a>, ProviderError> {
     if !req.openai.is_empty() || req.parallel_tool_calls.is_some() {
         tracing::debug!(provider, "dropping OpenAI-only options Gemini has no equivalent for");
@@ -255,7 +224,6 @@ fn build_request<'a>(
         tools,
         tool_config,
         generation_config: (!generation_config.is_empty()).then_some(generation_config),
-        extra,
     })
 }
 

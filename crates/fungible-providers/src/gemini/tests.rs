@@ -415,7 +415,7 @@ fn tool_choice_and_generation_config_map() {
     req.response_format = Some(ResponseFormat::JsonObject);
     req.reasoning = Some(ReasoningConfig { effort: Some(ReasoningEffort::Low), budget_tokens: None });
     req.openai.logprobs = Some(true);
-    req.metadata = Some(Map::new());
+    req.metadata = Some(serde_json::Map::new());
     let b = body(&req);
     assert_eq!(
         b["toolConfig"],

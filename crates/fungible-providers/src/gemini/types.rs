@@ -3,7 +3,7 @@
 //! Field names are camelCase, as the vendor spells them.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 // ---- request ----
 
@@ -19,9 +19,6 @@ pub(super) struct GenerateContentRequest<'a> {
     pub tool_config: Option<ToolConfig<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation_config: Option<GenerationConfig<'a>>,
-    /// The client's `extra_body` (`safetySettings`, `cachedContent`, ...).
-    #[serde(flatten)]
-    pub extra: &'a Map<String, Value>,
 }
 
 #[derive(Serialize, Debug, PartialEq)]

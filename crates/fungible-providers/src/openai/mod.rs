@@ -12,7 +12,7 @@ use fungible_types::{
 use serde_json::{Value, json};
 
 use crate::http::{self, HttpClient};
-use crate::{ChatProvider, EventStream, ProviderKind, ProviderSettings, sse};
+use crate::{ChatProvider, EventStream, ProviderKind, ProviderSettings, body, sse};
 use types::*;
 
 /// Which name the server takes for the output-token limit.
@@ -78,10 +78,8 @@ impl OpenAiProvider {
     }
 
     async fn send(&self, req: &ChatRequest, model: &str, stream: bool) -> Result<reqwest::Response, ProviderError> {
-        let body = build_request(req, model, stream, self.flavor);
-        let body = serde_json::to_vec(&body).map_err(|e| {
-            ProviderError::invalid_request(&self.settings.name, format!("could not encode the request: {e}"))
-        })?;
+        let wire = build_request(req, model, stream, self.flavor);
+        let body = body::encode(&self.settings.name, &wire, &req.extra_body)?;
         http::send_json(&self.settings, self.request(), body, http::error_message_field).await
     }
 }
@@ -165,7 +163,6 @@ fn build_request<'a>(req: &'a ChatRequest, model: &'a str, stream: bool, flavor:
         stream,
         // Always ask for usage upstream: it is recorded whether or not the client wants it.
         stream_options: (stream && flavor.stream_usage).then_some(StreamOptions { include_usage: true }),
-        extra: &req.extra_body,
     }
 }
 
@@ -320,7 +317,8 @@ mod tests {
     fn extra_body_is_merged_at_top_level() {
         let mut req = request();
         req.extra_body.insert("top_k".into(), json!(5));
-        let body = serde_json::to_value(build_request(&req, "m", false, OpenAiFlavor::COMPATIBLE)).unwrap();
+        let wire = build_request(&req, "m", false, OpenAiFlavor::COMPATIBLE);
+        let body: Value = serde_json::from_slice(&body::encode("p", &wire, &req.extra_body).unwrap()).unwrap();
         assert_eq!(body["top_k"], 5);
     }
 

@@ -57,8 +57,6 @@ pub(super) struct Request<'a> {
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
-    #[serde(flatten)]
-    pub extra: &'a Map<String, Value>,
 }
 
 #[derive(Serialize)]
