@@ -57,6 +57,14 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm and delayed
+    // ACKs add ~40 ms to each.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("could not set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
 }
 
