@@ -56,11 +56,7 @@ pub(crate) async fn send_json(
     }
     let retry_after = retry_after(response.headers());
     let bytes = read_capped(response, MAX_ERROR_BODY).await;
-    let message = vendor_message(&bytes).unwrap_or_else(|| quote_body(&bytes));
-    let message = match &settings.api_key {
-        Some(key) => key.scrub(&message),
-        None => message,
-    };
+    let message = scrub_key(settings, vendor_message(&bytes).unwrap_or_else(|| quote_body(&bytes)));
     Err(ProviderError {
         kind: ErrorKind::from_upstream_status(status.as_u16()),
         provider: settings.name.clone(),
@@ -68,6 +64,14 @@ pub(crate) async fn send_json(
         upstream_status: Some(status.as_u16()),
         retry_after,
     })
+}
+
+/// `message` with the provider's API key replaced, for vendor text that may echo it back.
+pub(crate) fn scrub_key(settings: &ProviderSettings, message: String) -> String {
+    match &settings.api_key {
+        Some(key) => key.scrub(&message),
+        None => message,
+    }
 }
 
 /// Reads a whole 2xx body and parses it.

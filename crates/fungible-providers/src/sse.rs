@@ -11,7 +11,8 @@ use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::StreamExt;
 use fungible_types::{ErrorKind, ProviderError, StreamEvent};
 
-use crate::{EventStream, ProviderSettings, http::transport_error};
+use crate::http::{scrub_key, transport_error};
+use crate::{EventStream, ProviderSettings};
 
 pub(crate) trait SseDecoder: Send + 'static {
     /// Handles one SSE event, appending the canonical events it means to `out`.
@@ -55,8 +56,10 @@ pub(crate) fn event_stream<D: SseDecoder>(
             match st.inner.next().await {
                 Some(Ok(event)) => {
                     st.scratch.clear();
-                    if let Err(e) = st.decoder.on_event(&event, &mut st.scratch) {
+                    if let Err(mut e) = st.decoder.on_event(&event, &mut st.scratch) {
                         st.finished = true;
+                        // Mid-stream error events carry the vendor's words, like error bodies.
+                        e.message = scrub_key(&st.settings, e.message);
                         return Some((Err(e), st));
                     }
                     st.pending.extend(st.scratch.drain(..));

@@ -93,7 +93,7 @@ fn build_request<'a>(
     default_max_tokens: u32,
 ) -> Result<Request<'a>, ProviderError> {
     let (system, messages) = convert_messages(provider, &req.messages)?;
-    let budget = req.reasoning.as_ref().and_then(|r| r.effective_budget()).filter(|&b| b > 0);
+    let budget = thinking_budget(provider, req);
     let max_tokens = match (req.params.max_tokens, budget) {
         (Some(max), _) => max,
         // The limit counts thinking too, and must exceed the budget.
@@ -136,6 +136,30 @@ fn build_request<'a>(
         metadata: req.user.as_deref().map(|user_id| WireMetadata { user_id }),
         stream,
     })
+}
+
+/// The smallest `thinking.budget_tokens` Anthropic accepts.
+const MIN_THINKING_BUDGET: u32 = 1024;
+
+/// The thinking budget to send, if any. Anthropic requires it to be below `max_tokens`; a
+/// budget derived from an effort level (not one the client set) is fitted under the client's
+/// limit, as the limit counts reasoning too in OpenAI's API, and thinking is left off when
+/// no valid budget fits.
+fn thinking_budget(provider: &str, req: &ChatRequest) -> Option<u32> {
+    let reasoning = req.reasoning.as_ref()?;
+    let budget = reasoning.effective_budget().filter(|&b| b > 0)?;
+    let Some(max) = req.params.max_tokens else {
+        return Some(budget);
+    };
+    if reasoning.budget_tokens.is_some() || budget < max {
+        return Some(budget);
+    }
+    let fitted = max.saturating_sub(1);
+    if fitted < MIN_THINKING_BUDGET {
+        tracing::debug!(provider, max, "leaving thinking off: max_tokens leaves no room for a thinking budget");
+        return None;
+    }
+    Some(fitted)
 }
 
 /// Canonical fields the Messages API has no equivalent for are dropped, not sent: Anthropic

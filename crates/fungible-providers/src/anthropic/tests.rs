@@ -640,6 +640,36 @@ fn reasoning_turns_thinking_on_and_makes_room_for_it() {
 }
 
 #[test]
+fn an_effort_budget_at_or_above_max_tokens_is_fitted_under_it() {
+    let thinking = |effort, budget, max_tokens| {
+        let req = ChatRequest {
+            reasoning: Some(ReasoningConfig { effort, budget_tokens: budget }),
+            params: SamplingParams { max_tokens: Some(max_tokens), ..Default::default() },
+            ..base(vec![Message::text(Role::User, "x")])
+        };
+        let body = body(&req);
+        (body.get("thinking").cloned(), body["max_tokens"].as_u64())
+    };
+    // `reasoning_effort: high` (24576) with `max_completion_tokens: 16000`: Anthropic rejects
+    // a budget that is not below max_tokens, so the budget shrinks and the limit stays.
+    assert_eq!(
+        thinking(Some(ReasoningEffort::High), None, 16_000),
+        (Some(json!({"type":"enabled","budget_tokens":15_999})), Some(16_000))
+    );
+    assert_eq!(
+        thinking(Some(ReasoningEffort::Minimal), None, 1024),
+        (None, Some(1024)),
+        "no budget of at least 1024 fits below 1024"
+    );
+    assert_eq!(thinking(Some(ReasoningEffort::Low), None, 500), (None, Some(500)));
+    // A budget the client set itself is sent as it is: the vendor's error is the client's.
+    assert_eq!(
+        thinking(None, Some(20_000), 16_000),
+        (Some(json!({"type":"enabled","budget_tokens":20_000})), Some(16_000))
+    );
+}
+
+#[test]
 fn vendor_less_fields_are_dropped_and_extra_body_is_merged() {
     let mut req = case_plain();
     req.params.top_p = Some(0.9);
@@ -799,6 +829,21 @@ async fn an_error_status_carries_the_vendor_message() {
     let (url, _server) = serve_once("529 Overloaded", "application/json", fixture("error.json")).await;
     let err = provider(url).chat_stream(&case_stream(), MODEL).await.err().expect("fails");
     assert_eq!(err.kind, ErrorKind::Overloaded);
+}
+
+#[tokio::test]
+async fn a_mid_stream_error_event_echoing_the_key_is_scrubbed() {
+    let sse = format!(
+        "event: message_start\ndata: {}\n\nevent: error\ndata: {}\n\n",
+        r#"{"type":"message_start","message":{"id":"msg_1","model":"m","usage":{"input_tokens":3,"output_tokens":1}}}"#,
+        json!({"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key: sk-ant-test-key"}}),
+    );
+    let (url, _server) = serve_once("200 OK", "text/event-stream", sse).await;
+    let events: Vec<Result<StreamEvent, ProviderError>> =
+        provider(url).chat_stream(&case_stream(), MODEL).await.expect("stream starts").collect().await;
+    let err = events.last().expect("some events").as_ref().expect_err("the stream fails");
+    assert_eq!(err.kind, ErrorKind::Authentication);
+    assert_eq!(err.message, "invalid x-api-key: [redacted]");
 }
 
 #[tokio::test]

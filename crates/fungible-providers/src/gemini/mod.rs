@@ -48,14 +48,28 @@ impl GeminiProvider {
         })
     }
 
+    /// The POST to `url` with the key header, marked sensitive so that no `Debug` of the
+    /// request (nor an HTTP/2 header table) shows it.
+    fn request(&self, url: &str) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let request = self.http.post(url);
+        let Some(key) = &self.settings.api_key else {
+            return Ok(request);
+        };
+        let mut value = reqwest::header::HeaderValue::from_str(key.expose()).map_err(|_| {
+            ProviderError::new(
+                ErrorKind::Authentication,
+                &self.settings.name,
+                "the configured API key is not a valid HTTP header value",
+            )
+        })?;
+        value.set_sensitive(true);
+        Ok(request.header("x-goog-api-key", value))
+    }
+
     async fn send(&self, req: &ChatRequest, model: &str, stream: bool) -> Result<reqwest::Response, ProviderError> {
         let url = self.url(model, stream)?;
         let body = encode_request(&self.settings.name, req)?;
-        let mut request = self.http.post(&url);
-        if let Some(key) = &self.settings.api_key {
-            request = request.header("x-goog-api-key", key.expose());
-        }
-        http::send_json(&self.settings, request, body, error_message).await
+        http::send_json(&self.settings, self.request(&url)?, body, error_message).await
     }
 }
 
@@ -149,6 +163,7 @@ fn build_request<'a>(
             Role::System | Role::Developer => {
                 for part in &m.content {
                     match part {
+                        ContentPart::Text { text } if text.is_empty() => {}
                         ContentPart::Text { text } => system.push(Part { text: Some(text), ..Part::default() }),
                         ContentPart::Image { .. } => {
                             tracing::debug!(provider, "dropping an image from a system message");
@@ -156,7 +171,10 @@ fn build_request<'a>(
                     }
                 }
             }
-            Role::User => push_content(&mut contents, "user", m.content.iter().map(wire_part).collect()),
+            Role::User => {
+                let parts = m.content.iter().filter(|p| !is_empty_text(p)).map(wire_part).collect();
+                push_content(&mut contents, "user", parts);
+            }
             Role::Assistant => push_content(&mut contents, "model", assistant_parts(provider, i, m)?),
             Role::Tool => {
                 let part = function_response(provider, i, m, &req.messages[..i])?;
@@ -239,6 +257,12 @@ fn push_content<'a>(contents: &mut Vec<Content<'a>>, role: &'static str, parts: 
     }
 }
 
+/// An empty text part is an unset `data` oneof to Gemini's protobuf API, which rejects it
+/// ("required oneof field 'data' must have one initialized field"); OpenAI accepts `""`.
+fn is_empty_text(part: &ContentPart) -> bool {
+    matches!(part, ContentPart::Text { text } if text.is_empty())
+}
+
 fn wire_part(part: &ContentPart) -> Part<'_> {
     match part {
         ContentPart::Text { text } => Part { text: Some(text), ..Part::default() },
@@ -271,7 +295,7 @@ fn assistant_parts<'a>(provider: &str, i: usize, m: &'a Message) -> Result<Vec<P
     let mut parts: Vec<Part<'a>> = m
         .content
         .iter()
-        .filter(|p| !matches!(p, ContentPart::Text { text } if text.is_empty()))
+        .filter(|p| !is_empty_text(p))
         .map(wire_part)
         .collect();
     for (j, call) in m.tool_calls.iter().enumerate() {

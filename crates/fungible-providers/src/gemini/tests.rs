@@ -402,6 +402,49 @@ fn roles_merge_and_instructions_collect() {
 }
 
 #[test]
+fn empty_text_parts_are_not_sent() {
+    let req = ChatRequest {
+        messages: vec![
+            Message::text(Role::System, ""),
+            Message::text(Role::User, "hi"),
+            Message::text(Role::Assistant, "hello"),
+            Message::text(Role::User, ""),
+            Message::new(
+                Role::User,
+                vec![ContentPart::Text { text: String::new() }, ContentPart::Text { text: "again".into() }],
+            ),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(
+        body(&req),
+        json!({
+            "contents": [
+                {"role": "user", "parts": [{"text": "hi"}]},
+                {"role": "model", "parts": [{"text": "hello"}]},
+                {"role": "user", "parts": [{"text": "again"}]}
+            ]
+        })
+    );
+}
+
+#[test]
+fn the_api_key_header_is_marked_sensitive() {
+    let p = provider("http://127.0.0.1:9");
+    let request = p.request("http://127.0.0.1:9/v1beta/models/m:generateContent").unwrap().build().unwrap();
+    let key = request.headers().get("x-goog-api-key").unwrap();
+    assert_eq!(key, "test-key-123");
+    assert!(key.is_sensitive());
+    assert!(!format!("{request:?}").contains("test-key-123"));
+
+    let mut settings = p.settings.clone();
+    settings.api_key = Some(Secret::new("bad\nkey"));
+    let err = GeminiProvider::new(settings, p.http.clone()).request("http://127.0.0.1:9/").unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Authentication);
+    assert!(!err.message.contains("bad"), "{}", err.message);
+}
+
+#[test]
 fn tool_choice_and_generation_config_map() {
     let mut req = tools_case("q", false);
     req.tool_choice = Some(ToolChoice::Tool("get_weather".into()));

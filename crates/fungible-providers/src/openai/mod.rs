@@ -229,10 +229,7 @@ fn convert_response(provider: &str, wire: Response, model: &str) -> Result<ChatR
         });
     }
     let finish_reason = finish_reason(choice.finish_reason.as_deref(), !tool_calls.is_empty());
-    let reasoning = choice
-        .message
-        .reasoning_content
-        .filter(|t| !t.is_empty())
+    let reasoning = reasoning_text(choice.message.reasoning_content, choice.message.reasoning)
         .map(|text| vec![ReasoningBlock::Thinking { text, signature: None }])
         .unwrap_or_default();
     Ok(ChatResponse {
@@ -284,7 +281,7 @@ fn convert_usage(u: WireUsage) -> Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fungible_types::{Message, SamplingParams};
+    use fungible_types::{Message, SamplingParams, StreamEvent};
 
     fn request() -> ChatRequest {
         ChatRequest {
@@ -326,5 +323,123 @@ mod tests {
     fn stop_with_tool_calls_is_reported_as_tool_calls() {
         assert_eq!(finish_reason(Some("stop"), true), FinishReason::ToolCalls);
         assert_eq!(finish_reason(Some("stop"), false), FinishReason::Stop);
+    }
+
+    /// Runs each `data` through the chunk decoder; the first error ends it.
+    fn decode(data: &[&str]) -> Result<Vec<StreamEvent>, ProviderError> {
+        let mut decoder = stream::ChunkDecoder::new("p");
+        let mut out = Vec::new();
+        for d in data {
+            let event = eventsource_stream::Event { data: (*d).to_owned(), ..Default::default() };
+            crate::sse::SseDecoder::on_event(&mut decoder, &event, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn reasoning_and_reasoning_content_in_one_message_are_not_a_parse_error() {
+        let wire: Response = serde_json::from_str(
+            r#"{"id":"x","model":"m","created":1,"choices":[{"message":{"role":"assistant","content":"4","reasoning":"2+2","reasoning_content":"2+2"},"finish_reason":"stop"}]}"#,
+        )
+        .expect("both reasoning fields parse");
+        let r = convert_response("p", wire, "m").expect("converts");
+        assert_eq!(r.message.reasoning_text().as_deref(), Some("2+2"));
+
+        let wire: Response = serde_json::from_str(
+            r#"{"choices":[{"message":{"content":"4","reasoning_content":null,"reasoning":"new name"}}]}"#,
+        )
+        .expect("parses");
+        let r = convert_response("p", wire, "m").expect("converts");
+        assert_eq!(r.message.reasoning_text().as_deref(), Some("new name"));
+
+        let events = decode(&[
+            r#"{"id":"c","choices":[{"delta":{"reasoning":"hm","reasoning_content":"hm"}}]}"#,
+            r#"{"id":"c","choices":[{"delta":{"reasoning":null,"reasoning_content":"m"}}]}"#,
+        ])
+        .expect("deltas with both reasoning fields decode");
+        let reasoning: Vec<&StreamEvent> =
+            events.iter().filter(|e| matches!(e, StreamEvent::ReasoningDelta { .. })).collect();
+        assert_eq!(
+            reasoning,
+            [&StreamEvent::ReasoningDelta { text: "hm".into() }, &StreamEvent::ReasoningDelta { text: "m".into() }]
+        );
+    }
+
+    #[test]
+    fn a_tool_call_id_repeated_on_every_delta_starts_one_call() {
+        // DeepSeek / Qwen / Fireworks style: id, type and name on every delta of a call.
+        let events = decode(&[
+            r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"f","arguments":""}}]}}]}"#,
+            r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"f","arguments":"{\"x\":"}}]}}]}"#,
+            r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"arguments":"1}"}}]}}]}"#,
+            r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"g","arguments":"{}"}}]}}]}"#,
+            r#"{"id":"c","choices":[{"delta":{},"finish_reason":"tool_calls"}]}"#,
+            "[DONE]",
+        ])
+        .expect("decodes");
+        let starts: Vec<(u32, &str, &str)> = events
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::ToolCallStart { index, id, name } => Some((*index, id.as_str(), name.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(starts, [(0, "call_a", "f"), (1, "call_b", "g")]);
+        let args: String = events
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::ToolCallArgs { index: 0, arguments } => Some(arguments.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(args, r#"{"x":1}"#);
+
+        // The same without indices: a repeated id continues the call, a new id starts one.
+        let events = decode(&[
+            r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"id":"call_a","function":{"name":"f","arguments":"{"}}]}}]}"#,
+            r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"id":"call_a","function":{"arguments":"}"}}]}}]}"#,
+            r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"id":"call_b","function":{"name":"g","arguments":"{}"}}]}}]}"#,
+        ])
+        .expect("decodes");
+        let starts = events.iter().filter(|e| matches!(e, StreamEvent::ToolCallStart { .. })).count();
+        assert_eq!(starts, 2, "{events:?}");
+        assert!(events.contains(&StreamEvent::ToolCallArgs { index: 0, arguments: "}".into() }), "{events:?}");
+        assert!(events.contains(&StreamEvent::ToolCallArgs { index: 1, arguments: "{}".into() }), "{events:?}");
+
+        // Gemini's OpenAI endpoint: whole calls, no index, `"id": ""`; two calls stay two.
+        let events = decode(&[
+            r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"id":"","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+            r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"id":"","function":{"name":"g","arguments":"{}"}}]}}]}"#,
+        ])
+        .expect("decodes");
+        let starts: Vec<&StreamEvent> =
+            events.iter().filter(|e| matches!(e, StreamEvent::ToolCallStart { .. })).collect();
+        assert_eq!(
+            starts,
+            [
+                &StreamEvent::ToolCallStart { index: 0, id: "call_0".into(), name: "f".into() },
+                &StreamEvent::ToolCallStart { index: 1, id: "call_1".into(), name: "g".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn azure_prompt_filter_preamble_does_not_become_the_start() {
+        let events = decode(&[
+            r#"{"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[{"prompt_index":0,"content_filter_results":{}}]}"#,
+            r#"{"id":"chatcmpl-1","created":1700000000,"model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#,
+        ])
+        .expect("decodes");
+        assert_eq!(
+            events,
+            [
+                StreamEvent::Start { id: "chatcmpl-1".into(), model: "gpt-4o".into(), created: 1_700_000_000 },
+                StreamEvent::TextDelta { text: "Hi".into() },
+            ]
+        );
+
+        // A server that never sends `created` still gets a timestamp.
+        let events = decode(&[r#"{"id":"x","choices":[{"delta":{"content":"a"}}]}"#]).expect("decodes");
+        assert!(matches!(events[0], StreamEvent::Start { created, .. } if created > 0), "{events:?}");
     }
 }

@@ -3,7 +3,7 @@
 use eventsource_stream::Event;
 use fungible_types::{ErrorKind, ProviderError, StreamEvent};
 
-use super::types::Chunk;
+use super::types::{Chunk, reasoning_text};
 use super::{arguments_text, convert_usage, finish_reason};
 use crate::sse::{SseDecoder, parse_data};
 
@@ -11,8 +11,8 @@ pub(super) struct ChunkDecoder {
     provider: String,
     started: bool,
     done: bool,
-    /// Upstream tool-call index -> ours, in order of first appearance.
-    tool_indices: Vec<u32>,
+    /// Upstream tool-call index -> ours, in order of first appearance, with the call's id.
+    tool_indices: Vec<(u32, Option<String>)>,
     finished: bool,
 }
 
@@ -21,22 +21,32 @@ impl ChunkDecoder {
         ChunkDecoder { provider: provider.to_owned(), started: false, done: false, tool_indices: Vec::new(), finished: false }
     }
 
-    /// Our index for an upstream tool-call index. Servers that omit the index and send each
-    /// call whole get consecutive indices.
-    fn tool_index(&mut self, upstream: Option<u32>, starts_new: bool) -> u32 {
+    /// Our index for an upstream tool-call index, and whether the call is new. Servers that
+    /// omit the index and send each call whole get consecutive indices; a delta without an
+    /// index that repeats the last call's id continues that call.
+    fn tool_index(&mut self, upstream: Option<u32>, id: Option<&str>, starts_new: bool) -> (u32, bool) {
         let upstream = match upstream {
             Some(i) => i,
-            None if starts_new => self.tool_indices.iter().max().map_or(0, |m| m + 1),
-            None => self.tool_indices.last().copied().unwrap_or(0),
+            None if id.is_some() && self.tool_indices.last().is_some_and(|(_, last)| last.as_deref() == id) => {
+                return ((self.tool_indices.len() - 1) as u32, false);
+            }
+            None if starts_new => self.tool_indices.iter().map(|(i, _)| *i).max().map_or(0, |m| m + 1),
+            None => self.tool_indices.last().map_or(0, |(i, _)| *i),
         };
-        match self.tool_indices.iter().position(|&i| i == upstream) {
-            Some(pos) => pos as u32,
+        match self.tool_indices.iter().position(|(i, _)| *i == upstream) {
+            Some(pos) => (pos as u32, false),
             None => {
-                self.tool_indices.push(upstream);
-                (self.tool_indices.len() - 1) as u32
+                self.tool_indices.push((upstream, id.map(str::to_owned)));
+                ((self.tool_indices.len() - 1) as u32, true)
             }
         }
     }
+}
+
+/// Whether a chunk carries anything but metadata. Azure OpenAI opens its streams with a
+/// chunk holding only `prompt_filter_results` (`"id":""`, `"created":0`, no choices).
+fn has_payload(chunk: &Chunk) -> bool {
+    chunk.usage.is_some() || chunk.choices.iter().any(|c| c.delta.is_some() || c.finish_reason.is_some())
 }
 
 impl SseDecoder for ChunkDecoder {
@@ -65,12 +75,16 @@ impl SseDecoder for ChunkDecoder {
             return Err(ProviderError::new(ErrorKind::UpstreamServer, &self.provider, message));
         }
         if !self.started {
+            if chunk.id.is_empty() && !has_payload(&chunk) {
+                return Ok(());
+            }
             self.started = true;
-            out.push(StreamEvent::Start { id: chunk.id, model: chunk.model, created: chunk.created });
+            let created = if chunk.created == 0 { crate::now_unix() } else { chunk.created };
+            out.push(StreamEvent::Start { id: chunk.id, model: chunk.model, created });
         }
         for choice in chunk.choices {
             if let Some(delta) = choice.delta {
-                if let Some(text) = delta.reasoning_content.filter(|t| !t.is_empty()) {
+                if let Some(text) = reasoning_text(delta.reasoning_content, delta.reasoning) {
                     out.push(StreamEvent::ReasoningDelta { text });
                 }
                 if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
@@ -84,12 +98,16 @@ impl SseDecoder for ChunkDecoder {
                         Some(f) => (f.name, arguments_text(f.arguments)),
                         None => (None, String::new()),
                     };
-                    let starts_new = call.id.is_some() || name.is_some();
-                    let index = self.tool_index(call.index, starts_new);
-                    if starts_new {
+                    // Gemini's OpenAI endpoint sends `"id": ""`: no id, not a shared one.
+                    let id = call.id.filter(|id| !id.is_empty());
+                    let starts_new = id.is_some() || name.is_some();
+                    let (index, is_new) = self.tool_index(call.index, id.as_deref(), starts_new);
+                    // DeepSeek, Qwen, Fireworks and LiteLLM repeat the id (and name) on every
+                    // delta of a call; only its first delta starts it.
+                    if starts_new && is_new {
                         out.push(StreamEvent::ToolCallStart {
                             index,
-                            id: call.id.unwrap_or_else(|| format!("call_{index}")),
+                            id: id.unwrap_or_else(|| format!("call_{index}")),
                             name: name.unwrap_or_default(),
                         });
                     }

@@ -138,9 +138,13 @@ pub(super) struct ResponseMessage {
     pub refusal: Option<String>,
     #[serde(default)]
     pub tool_calls: Option<Vec<ResponseToolCall>>,
-    /// DeepSeek, vLLM and others return visible reasoning here.
-    #[serde(default, alias = "reasoning")]
+    /// DeepSeek and older vLLM return visible reasoning here.
+    #[serde(default)]
     pub reasoning_content: Option<String>,
+    /// vLLM 0.10+, Groq and OpenRouter return it here; some servers send both fields (one
+    /// may be `null`), so they cannot be one field with a serde alias.
+    #[serde(default)]
+    pub reasoning: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -215,8 +219,11 @@ pub(super) struct Delta {
     pub content: Option<String>,
     #[serde(default)]
     pub refusal: Option<String>,
-    #[serde(default, alias = "reasoning")]
+    /// See [`ResponseMessage::reasoning`].
+    #[serde(default)]
     pub reasoning_content: Option<String>,
+    #[serde(default)]
+    pub reasoning: Option<String>,
     #[serde(default)]
     pub tool_calls: Option<Vec<DeltaToolCall>>,
 }
@@ -237,4 +244,10 @@ pub(super) struct DeltaFunction {
     pub name: Option<String>,
     #[serde(default)]
     pub arguments: Option<Value>,
+}
+
+/// The visible reasoning of a message or delta, from whichever of the two field names the
+/// server filled (the same text when it filled both).
+pub(super) fn reasoning_text(reasoning_content: Option<String>, reasoning: Option<String>) -> Option<String> {
+    reasoning_content.filter(|t| !t.is_empty()).or(reasoning).filter(|t| !t.is_empty())
 }
