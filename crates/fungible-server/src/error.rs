@@ -10,6 +10,14 @@ use fungible_gateway::GatewayError;
 use fungible_types::{ErrorKind, ProviderError};
 use serde::Serialize;
 
+/// The inbound API whose error shape a response uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiFormat {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -58,7 +66,72 @@ impl ApiError {
         ApiError { status, kind, message, param: None, code: None, retry_after: error.retry_after }
     }
 
-    /// The OpenAI error body, `{"error": {...}}`.
+    /// The body in `format`'s own error shape.
+    pub fn body(&self, format: ApiFormat) -> Vec<u8> {
+        match format {
+            ApiFormat::OpenAi => self.openai_body(),
+            ApiFormat::Anthropic => self.anthropic_body(),
+            ApiFormat::Gemini => self.gemini_body(),
+        }
+    }
+
+    /// The response in `format`'s own error shape, with `Retry-After` when known.
+    pub fn into_response_for(self, format: ApiFormat) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), "{}", self.message);
+        } else {
+            tracing::debug!(status = self.status.as_u16(), "{}", self.message);
+        }
+        let mut response = (self.status, self.body(format)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+
+    /// Anthropic's `{"type":"error","error":{"type":..,"message":..}}`.
+    pub fn anthropic_body(&self) -> Vec<u8> {
+        let kind = match self.status.as_u16() {
+            400 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            504 => "timeout_error",
+            _ => "api_error",
+        };
+        serde_json::to_vec(&serde_json::json!({
+            "type": "error",
+            "error": {"type": kind, "message": self.message},
+        }))
+        .unwrap_or_default()
+    }
+
+    /// Google's `{"error":{"code":..,"message":..,"status":..}}`.
+    pub fn gemini_body(&self) -> Vec<u8> {
+        let status = match self.status.as_u16() {
+            400 | 413 | 422 => "INVALID_ARGUMENT",
+            401 => "UNAUTHENTICATED",
+            403 => "PERMISSION_DENIED",
+            404 => "NOT_FOUND",
+            405 => "UNIMPLEMENTED",
+            409 => "ABORTED",
+            429 => "RESOURCE_EXHAUSTED",
+            503 => "UNAVAILABLE",
+            504 => "DEADLINE_EXCEEDED",
+            _ => "INTERNAL",
+        };
+        serde_json::to_vec(&serde_json::json!({
+            "error": {"code": self.status.as_u16(), "message": self.message, "status": status},
+        }))
+        .unwrap_or_default()
+    }
+
+    /// OpenAI's `{"error": {"message","type","param","code"}}`.
     pub fn openai_body(&self) -> Vec<u8> {
         #[derive(Serialize)]
         struct Body<'a> {
@@ -117,18 +190,7 @@ fn status_for(kind: ErrorKind) -> (StatusCode, &'static str) {
 /// Rendered in OpenAI's shape: the default for routes that belong to no other API.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(status = self.status.as_u16(), "{}", self.message);
-        } else {
-            tracing::debug!(status = self.status.as_u16(), "{}", self.message);
-        }
-        let mut response = (self.status, self.openai_body()).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(secs) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
+        self.into_response_for(ApiFormat::OpenAi)
     }
 }
 
@@ -170,5 +232,9 @@ mod tests {
         assert_eq!(api.retry_after, Some(2));
         let body: serde_json::Value = serde_json::from_slice(&api.openai_body()).unwrap();
         assert_eq!(body["error"]["type"], "rate_limit_error");
+        let body: serde_json::Value = serde_json::from_slice(&api.anthropic_body()).unwrap();
+        assert_eq!(body, serde_json::json!({"type": "error", "error": {"type": "rate_limit_error", "message": api.message}}));
+        let body: serde_json::Value = serde_json::from_slice(&api.gemini_body()).unwrap();
+        assert_eq!(body, serde_json::json!({"error": {"code": 429, "message": api.message, "status": "RESOURCE_EXHAUSTED"}}));
     }
 }
