@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Creates the Python environments the end-to-end tests run in (idempotent).
+# Creates the environments the end-to-end tests run in (idempotent): one Python virtual
+# environment per SDK generation (tests/e2e/requirements-*.txt) and the Node SDKs
+# (tests/e2e/node/package.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-declare -A PINS=([3]="openai==3.57.0" [1]="openai==1.109.1")
-for sdk in 3 1; do
-    venv="target/e2e/openai-$sdk"
-    if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c "import openai, pytest, pydantic" 2>/dev/null; then
+for generation in current older; do
+    venv="target/e2e/$generation"
+    req="tests/e2e/requirements-$generation.txt"
+    stamp="$venv/.installed"
+    if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$req" "$stamp"; then
         python3 -m venv "$venv"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check "${PINS[$sdk]}" "pytest==8.4.2" "pydantic>=2,<3"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+        cp "$req" "$stamp"
     fi
 done
+if [[ -f tests/e2e/node/package.json ]]; then
+    if ! command -v npm >/dev/null; then
+        apt-get update && apt-get install -y nodejs npm
+    fi
+    (cd tests/e2e/node && npm install --no-audit --no-fund --silent)
+fi

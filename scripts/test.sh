@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests, then the end-to-end tests that
-# drive `fungible serve` with the official OpenAI Python SDK (a current 3.x and an older
-# 1.x) against the mock upstream. Needs network access to PyPI the first time only.
+# drive `fungible serve` with the vendors' official SDKs against the mock upstream, once per
+# SDK generation. Needs PyPI / npm the first time only (scripts/setup-e2e.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,9 +10,13 @@ cargo build --locked -p fungible -p fungible-mock
 
 scripts/setup-e2e.sh
 status=0
-for sdk in 3 1; do
-    venv="target/e2e/openai-$sdk"
-    echo "== end-to-end with $("$venv/bin/python" -c 'import openai; print("openai", openai.__version__)')"
+if [[ -f tests/e2e/node/package.json ]]; then
+    echo "== end-to-end with the Node SDKs"
+    node --test tests/e2e/node/ || status=$?
+fi
+for generation in older current; do
+    venv="target/e2e/$generation"
+    echo "== end-to-end with the $generation Python SDKs: $("$venv/bin/pip" freeze | grep -iE '^(openai|anthropic|google-genai)==' | tr '\n' ' ')"
     "$venv/bin/python" -m pytest -q tests/e2e -p no:cacheprovider || status=$?
 done
 exit $status

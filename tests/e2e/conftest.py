@@ -50,6 +50,7 @@ def wait_until_up(url: str, proc: subprocess.Popen, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def gateway():
+    """The gateway's origin, `http://127.0.0.1:PORT`."""
     mock_port, port = free_port(), free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
     procs = []
@@ -73,7 +74,7 @@ def gateway():
         )
         procs.append(serve)
         wait_until_up(f"http://127.0.0.1:{port}/health", serve, "fungible serve")
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}"
     finally:
         for p in procs:
             p.terminate()
@@ -88,4 +89,4 @@ def gateway():
 def client(gateway):
     import openai
 
-    return openai.OpenAI(base_url=gateway, api_key="sk-client-key", max_retries=0, timeout=30)
+    return openai.OpenAI(base_url=f"{gateway}/v1", api_key="sk-client-key", max_retries=0, timeout=30)

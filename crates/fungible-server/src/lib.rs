@@ -27,6 +27,12 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
+impl AppState {
+    pub fn new(gateway: Gateway, max_body_bytes: usize) -> AppState {
+        AppState { gateway, max_body_bytes }
+    }
+}
+
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
     Router::new()

@@ -119,7 +119,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for p in &config.providers {
         tracing::info!(provider = %p.name, kind = p.kind.as_str(), base_url = %p.base_url, "provider enabled");
     }
-    let state = AppState { gateway, max_body_bytes: config.max_body_bytes };
+    let state = AppState::new(gateway, config.max_body_bytes);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime
         .block_on(fungible_server::serve(state, addr, shutdown_signal()))

@@ -433,7 +433,7 @@ mod tests {
 
     #[test]
     fn assistant_tool_calls_and_tool_results_parse() {
-        let req = parse(include_bytes!("../../../../tests/fixtures/inbound/tool_result.json")).unwrap();
+        let req = parse(include_bytes!("../../../../tests/fixtures/inbound/openai_chat/tool_result.json")).unwrap();
         assert_eq!(req.messages[1].tool_calls[0].arguments, r#"{"city":"Paris"}"#);
         assert_eq!(req.messages[2].tool_call_id.as_deref(), Some("call_abc"));
     }

@@ -3,7 +3,7 @@
 
 mod bad_input;
 mod errors;
-mod matrix;
+mod conformance;
 mod streaming;
 
 use std::path::PathBuf;
@@ -60,7 +60,7 @@ impl Harness {
         let env = move |k: &str| (k == key_var).then(|| key.clone());
         let config = GatewayConfig::resolve(file, &env).expect("test config is valid");
         let gateway = Gateway::new(&config).expect("gateway builds");
-        let app = app(AppState { gateway, max_body_bytes: config.max_body_bytes });
+        let app = app(AppState::new(gateway, config.max_body_bytes));
         Harness { mock, app }
     }
 
@@ -79,7 +79,7 @@ impl Harness {
 
     /// The inbound case file with `{model}` replaced for this provider.
     pub fn inbound(p: ProviderCase, case: &str) -> String {
-        let path = fixtures().join("inbound").join(format!("{case}.json"));
+        let path = fixtures().join("inbound").join("openai_chat").join(format!("{case}.json"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         text.replace("{model}", &format!("{}/{}", p.name, p.model))
     }
