@@ -263,7 +263,7 @@ macro_rules! providers {
 
 macro_rules! conformance {
     ($($module:ident => $api:ty),* $(,)?) => {
-        $( mod $module { use super::*; providers!($api); } )*
+        $( mod $module { providers!($api); } )*
     };
 }
 
