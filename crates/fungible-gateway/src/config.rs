@@ -36,6 +36,8 @@ pub struct ServerSection {
     /// Deadline for a whole non-streamed request, and for a stream's first response.
     pub request_timeout_secs: Option<u64>,
     pub connect_timeout_secs: Option<u64>,
+    /// Threads serving requests. Default: one per CPU core.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +81,7 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    pub worker_threads: usize,
     pub providers: Vec<ProviderConfig>,
     /// Alias -> target, both validated.
     pub aliases: BTreeMap<String, Target>,
@@ -165,6 +168,11 @@ impl GatewayConfig {
         }
         let request_timeout = nonzero_secs(server.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS, "server.request_timeout_secs")?;
         let connect_timeout = nonzero_secs(server.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT_SECS, "server.connect_timeout_secs")?;
+        let worker_threads = match server.worker_threads {
+            Some(0) => return Err(invalid("server.worker_threads", "must be greater than 0")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        };
 
         let mut providers = Vec::new();
         let mut sections = file.providers;
@@ -214,6 +222,7 @@ impl GatewayConfig {
             max_body_bytes,
             request_timeout,
             connect_timeout,
+            worker_threads,
             providers,
             aliases,
         })

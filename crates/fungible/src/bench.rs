@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// Port for the gateway under test.
     #[arg(long, default_value_t = 14999)]
     port: u16,
+    /// Worker threads of the gateway under test [default: one per core].
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -102,7 +105,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         false,
     )
     .await?;
-    let mut gateway = GatewayProcess::start(&mock.url(), args.port)?;
+    let mut gateway = GatewayProcess::start(&mock.url(), args.port, args.workers)?;
     let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
     gateway.wait_ready(&client).await?;
 
@@ -279,10 +282,14 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    fn start(mock_url: &str, port: u16) -> anyhow::Result<GatewayProcess> {
+    fn start(mock_url: &str, port: u16, workers: Option<usize>) -> anyhow::Result<GatewayProcess> {
         let exe = std::env::current_exe().context("where is the fungible binary?")?;
-        let child = Command::new(exe)
-            .args(["serve", "--port", &port.to_string(), "--config", "/dev/null"])
+        let mut command = Command::new(exe);
+        command.args(["serve", "--port", &port.to_string(), "--config", "/dev/null"]);
+        if let Some(n) = workers {
+            command.args(["--workers", &n.to_string()]);
+        }
+        let child = command
             .env("OPENAI_API_KEY", "sk-bench")
             .env("OPENAI_BASE_URL", format!("{mock_url}/v1"))
             .env("FUNGIBLE_LOG", "warn")

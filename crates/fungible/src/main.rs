@@ -64,6 +64,9 @@ struct ServeArgs {
     /// Port to listen on [default: 4000, or server.port in the config].
     #[arg(long, short = 'p')]
     port: Option<u16>,
+    /// Threads serving requests [default: one per core, or server.worker_threads].
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -110,6 +113,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(port) = args.port {
         config.port = port;
     }
+    if let Some(workers) = args.workers.filter(|&n| n > 0) {
+        config.worker_threads = workers;
+    }
     let ip: IpAddr = config.host.parse().with_context(|| format!("server.host: {:?} is not an IP address", config.host))?;
     let addr = SocketAddr::new(ip, config.port);
     let gateway = Gateway::new(&config)?;
@@ -120,7 +126,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(provider = %p.name, kind = p.kind.as_str(), base_url = %p.base_url, "provider enabled");
     }
     let state = AppState::new(gateway, config.max_body_bytes);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads).enable_all().build()?;
     runtime
         .block_on(fungible_server::serve(state, addr, shutdown_signal()))
         .with_context(|| format!("could not serve on {addr}"))?;
