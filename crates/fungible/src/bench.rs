@@ -242,8 +242,11 @@ async fn closed_loop(client: &HttpClient, url: &str, body: &Bytes, concurrency: 
     finish(latencies, errors.load(Ordering::Relaxed), start.elapsed())
 }
 
-/// Requests started on a fixed schedule whatever the responses do; latency counts from the
-/// scheduled start, so a slow response cannot hide the queueing it causes.
+/// Requests started on a fixed schedule whatever the responses do (an open loop: a slow
+/// response cannot slow the offered load down). Latency counts from the moment each request
+/// was sent: tokio's timer has millisecond granularity, so counting from the scheduled
+/// instant would add up to 1 ms of timer slack to every sample. Queueing, if the target
+/// cannot keep up, shows as a lower achieved rate.
 async fn open_loop(client: &HttpClient, url: &str, body: &Bytes, rate: u64, duration: Duration) -> Measurement {
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
@@ -251,13 +254,10 @@ async fn open_loop(client: &HttpClient, url: &str, body: &Bytes, rate: u64, dura
     let mut tasks = Vec::with_capacity(total as usize);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for i in 0..total {
+    for _ in 0..total {
         ticker.tick().await;
-        let scheduled = start + interval.mul_f64(i as f64);
         let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            one(&client, &url, &body).await.map(|_| scheduled.elapsed().as_micros() as u64)
-        }));
+        tasks.push(tokio::spawn(async move { one(&client, &url, &body).await }));
     }
     let mut latencies = Vec::new();
     let mut errors = 0;
