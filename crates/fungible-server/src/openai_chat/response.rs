@@ -263,7 +263,12 @@ impl ChunkEncoder {
     /// The frame for an error after the stream started: OpenAI's own mid-stream error shape,
     /// which the official SDKs raise as an exception.
     pub fn error(&self, error: &ApiError) -> Bytes {
-        sse_frame(&error.openai_body())
+        let body = error.openai_body();
+        let mut frame = Vec::with_capacity(body.len() + 8);
+        frame.extend_from_slice(b"data: ");
+        frame.extend_from_slice(&body);
+        frame.extend_from_slice(b"\n\n");
+        Bytes::from(frame)
     }
 
     fn ensure_role(&mut self, out: &mut Vec<Bytes>) {
@@ -285,16 +290,16 @@ impl ChunkEncoder {
             choices,
             usage,
         };
-        sse_frame(&serde_json::to_vec(&chunk).unwrap_or_default())
+        // Serialised straight into the frame: one buffer per chunk, no copy.
+        let mut frame = Vec::with_capacity(256);
+        frame.extend_from_slice(b"data: ");
+        if serde_json::to_writer(&mut frame, &chunk).is_err() {
+            frame.truncate(6);
+            frame.extend_from_slice(b"{}");
+        }
+        frame.extend_from_slice(b"\n\n");
+        Bytes::from(frame)
     }
-}
-
-fn sse_frame(json: &[u8]) -> Bytes {
-    let mut frame = Vec::with_capacity(json.len() + 8);
-    frame.extend_from_slice(b"data: ");
-    frame.extend_from_slice(json);
-    frame.extend_from_slice(b"\n\n");
-    Bytes::from(frame)
 }
 
 #[cfg(test)]
