@@ -349,15 +349,15 @@ fn wants_stream(uri: &str, body: &[u8]) -> bool {
 }
 
 /// Picks a fixture from the request: the vendor from the path (`/v1/chat/completions` ->
-/// `openai`, `/v1/messages` -> `anthropic`, `/v1beta/models/M:...` -> `gemini`), the case
-/// from the model name. Model `error_<status>` answers that status with the vendor's
-/// `error.json` (and `Retry-After: 1` for 429 and 503); any other model `M` answers
-/// `M.response.sse` for a stream, else `M.response.json`.
+/// `openai`, `/v1/messages` and `/v1/messages/count_tokens` -> `anthropic`,
+/// `/v1beta/models/M:...` -> `gemini`), the case from the model name. Model `error_<status>`
+/// answers that status with the vendor's `error.json` (and `Retry-After: 1` for 429 and 503);
+/// any other model `M` answers `M.response.sse` for a stream, else `M.response.json`.
 pub fn fixture_for(dir: &std::path::Path, uri: &str, body: &[u8]) -> Option<MockResponse> {
     let path = uri.split('?').next().unwrap_or(uri);
     let (vendor, model) = if path.ends_with("/chat/completions") {
         ("openai", model_from_body(body)?)
-    } else if path.ends_with("/v1/messages") {
+    } else if path.ends_with("/v1/messages") || path.ends_with("/v1/messages/count_tokens") {
         ("anthropic", model_from_body(body)?)
     } else {
         let rest = path.split("/models/").nth(1)?;

@@ -28,6 +28,23 @@ pub(crate) fn encode<T: Serialize>(provider: &str, wire: &T, extra: &Map<String,
     serde_json::to_vec(&body).map_err(encode_error)
 }
 
+/// `wire` as a JSON value with `extra` merged in, for a body that nests the request.
+pub(crate) fn merged_value<T: Serialize>(provider: &str, wire: &T, extra: &Map<String, Value>) -> Result<Value, ProviderError> {
+    let mut body = serde_json::to_value(wire)
+        .map_err(|e| ProviderError::invalid_request(provider, format!("could not encode the request: {e}")))?;
+    if let Value::Object(target) = &mut body {
+        for (key, value) in extra {
+            match target.get_mut(key) {
+                Some(existing) => merge_json(existing, value),
+                None => {
+                    target.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+    Ok(body)
+}
+
 /// Merges `patch` into `target`: objects key by key, recursively; anything else replaces.
 fn merge_json(target: &mut Value, patch: &Value) {
     match (target, patch) {

@@ -7,6 +7,7 @@
 
 pub mod anthropic;
 mod body;
+mod estimate;
 pub mod gemini;
 mod http;
 pub mod openai;
@@ -43,6 +44,15 @@ pub trait ChatProvider {
         req: &ChatRequest,
         model: &str,
     ) -> impl Future<Output = Result<EventStream, ProviderError>> + Send;
+
+    /// How many input tokens `req` takes with `model`, without generating anything: the
+    /// vendor's own count where it has an endpoint for it (Anthropic, Gemini), a local
+    /// `o200k_base` estimate otherwise (OpenAI family, see `estimate.rs`).
+    fn count_tokens(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+    ) -> impl Future<Output = Result<u64, ProviderError>> + Send;
 }
 
 /// Which wire format a provider speaks.
@@ -96,6 +106,14 @@ impl Provider {
             Provider::OpenAi(p) => p.chat_stream(req, model).await,
             Provider::Anthropic(p) => p.chat_stream(req, model).await,
             Provider::Gemini(p) => p.chat_stream(req, model).await,
+        }
+    }
+
+    pub async fn count_tokens(&self, req: &ChatRequest, model: &str) -> Result<u64, ProviderError> {
+        match self {
+            Provider::OpenAi(p) => p.count_tokens(req, model).await,
+            Provider::Anthropic(p) => p.count_tokens(req, model).await,
+            Provider::Gemini(p) => p.count_tokens(req, model).await,
         }
     }
 }

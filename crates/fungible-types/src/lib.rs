@@ -175,6 +175,11 @@ pub struct Message {
     /// Reasoning the assistant produced in this turn, kept so it can be sent back to vendors
     /// that require it (Anthropic thinking blocks with signatures).
     pub reasoning: Vec<ReasoningBlock>,
+    /// For `Role::Tool`: the tool failed and `content` describes the failure (Anthropic
+    /// `tool_result.is_error`). Vendors without the notion send the content as it is.
+    pub is_error: bool,
+    /// A prompt-cache breakpoint after this message; see [`CacheControl`].
+    pub cache_control: Option<CacheControl>,
 }
 
 impl Message {
@@ -186,6 +191,8 @@ impl Message {
             tool_calls: Vec::new(),
             tool_call_id: None,
             reasoning: Vec::new(),
+            is_error: false,
+            cache_control: None,
         }
     }
 
@@ -275,6 +282,27 @@ pub struct Tool {
     /// JSON Schema of the arguments.
     pub parameters: Value,
     pub strict: Option<bool>,
+    /// A prompt-cache breakpoint after this tool's definition; see [`CacheControl`].
+    pub cache_control: Option<CacheControl>,
+}
+
+impl Tool {
+    /// A tool with no strictness setting and no cache breakpoint.
+    pub fn new(name: impl Into<String>, description: Option<String>, parameters: Value) -> Tool {
+        Tool { name: name.into(), description, parameters, strict: None, cache_control: None }
+    }
+}
+
+/// A prompt-cache breakpoint: the client asks the vendor to cache the prompt up to and
+/// including the marked message or tool definition, so later requests that share that prefix
+/// are billed (and served) as cache reads. Vendors with explicit breakpoints (Anthropic
+/// `cache_control: {"type": "ephemeral"}`) receive it; vendors that cache prefixes on their
+/// own (OpenAI, Gemini, most OpenAI-compatible servers) ignore it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheControl {
+    /// How long the cache entry should live, in the vendor's notation (`"5m"`, `"1h"`);
+    /// `None` leaves the vendor's default.
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -34,6 +34,7 @@ pub struct AnthropicProvider {
     settings: ProviderSettings,
     http: HttpClient,
     url: String,
+    count_url: String,
     default_max_tokens: u32,
 }
 
@@ -42,12 +43,13 @@ impl AnthropicProvider {
     /// means [`DEFAULT_MAX_TOKENS`].
     pub fn new(settings: ProviderSettings, http: HttpClient, default_max_tokens: u32) -> AnthropicProvider {
         let url = format!("{}/v1/messages", settings.base_url.trim_end_matches('/'));
+        let count_url = format!("{url}/count_tokens");
         let default_max_tokens = if default_max_tokens == 0 { DEFAULT_MAX_TOKENS } else { default_max_tokens };
-        AnthropicProvider { settings, http, url, default_max_tokens }
+        AnthropicProvider { settings, http, url, count_url, default_max_tokens }
     }
 
-    fn request(&self) -> Result<reqwest::RequestBuilder, ProviderError> {
-        let rb = self.http.post(&self.url).header("anthropic-version", API_VERSION);
+    fn request(&self, url: &str) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let rb = self.http.post(url).header("anthropic-version", API_VERSION);
         let Some(key) = &self.settings.api_key else {
             return Ok(rb);
         };
@@ -67,7 +69,7 @@ impl AnthropicProvider {
         let body = body::encode(&self.settings.name, &body, &req.extra_body)?;
         // Anthropic's error body is `{"type":"error","error":{"type":..,"message":..}}`, which
         // the shared `error.message` reader handles; the type is implied by the status.
-        http::send_json(&self.settings, self.request()?, body, http::error_message_field).await
+        http::send_json(&self.settings, self.request(&self.url)?, body, http::error_message_field).await
     }
 }
 
@@ -82,6 +84,18 @@ impl ChatProvider for AnthropicProvider {
         let response = self.send(req, model, true).await?;
         let decoder = stream::EventDecoder::new(&self.settings.name, model);
         Ok(sse::event_stream(&self.settings, response, decoder))
+    }
+
+    /// `POST /v1/messages/count_tokens` with the prompt part of the Messages body.
+    async fn count_tokens(&self, req: &ChatRequest, model: &str) -> Result<u64, ProviderError> {
+        let Request { model, system, messages, tools, tool_choice, output_config, thinking, .. } =
+            build_request(&self.settings.name, req, model, false, self.default_max_tokens)?;
+        let wire = CountTokensRequest { model, system, messages, tools, tool_choice, output_config, thinking };
+        let body = body::encode(&self.settings.name, &wire, &req.extra_body)?;
+        let response =
+            http::send_json(&self.settings, self.request(&self.count_url)?, body, http::error_message_field).await?;
+        let count: CountTokensResponse = http::read_json(&self.settings, response).await?;
+        Ok(count.input_tokens)
     }
 }
 
@@ -118,6 +132,7 @@ fn build_request<'a>(
                     Cow::Borrowed(&t.parameters)
                 },
                 strict: (t.strict == Some(true)).then_some(true),
+                cache_control: WireCacheControl::from_canonical(t.cache_control.as_ref()),
             })
             .collect(),
         tool_choice: tool_choice(provider, req),
@@ -211,24 +226,29 @@ fn tool_choice(provider: &str, req: &ChatRequest) -> Option<Value> {
     choice
 }
 
-/// Splits the canonical messages into the `system` blocks and alternating `messages`.
+/// Splits the canonical messages into the `system` blocks and alternating `messages`. A
+/// message's cache breakpoint goes on its last block (a system message's own block, a tool
+/// result's `tool_result` block), which is where Anthropic reads it.
 fn convert_messages<'a>(
     provider: &str,
     messages: &'a [Message],
-) -> Result<(Vec<SystemBlock>, Vec<WireMessage<'a>>), ProviderError> {
+) -> Result<(Vec<SystemBlock<'a>>, Vec<WireMessage<'a>>), ProviderError> {
     let mut system = Vec::new();
     let mut out: Vec<WireMessage<'a>> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
+        let cache_control = || WireCacheControl::from_canonical(m.cache_control.as_ref());
         match m.role {
             Role::System | Role::Developer => {
                 let text = m.joined_text();
                 // Anthropic rejects empty text blocks.
                 if !text.is_empty() {
-                    system.push(SystemBlock { kind: "text", text });
+                    system.push(SystemBlock { kind: "text", text, cache_control: cache_control() });
                 }
             }
-            Role::User => push_blocks(&mut out, "user", user_blocks(&m.content)),
-            Role::Assistant => push_blocks(&mut out, "assistant", assistant_blocks(provider, i, m)?),
+            Role::User => push_blocks(&mut out, "user", marked(user_blocks(&m.content), cache_control())),
+            Role::Assistant => {
+                push_blocks(&mut out, "assistant", marked(assistant_blocks(provider, i, m)?, cache_control()));
+            }
             Role::Tool => {
                 let Some(tool_use_id) = m.tool_call_id.as_deref() else {
                     return Err(ProviderError::invalid_request(
@@ -236,16 +256,35 @@ fn convert_messages<'a>(
                         format!("messages[{i}].tool_call_id is required in a tool message"),
                     ));
                 };
-                push_tool_result(&mut out, Block::ToolResult { tool_use_id, content: m.joined_text() });
+                let block = Block::ToolResult { tool_use_id, content: tool_result_content(&m.content), is_error: m.is_error };
+                push_tool_result(&mut out, WireBlock { block, cache_control: cache_control() });
             }
         }
     }
     Ok((system, out))
 }
 
+/// `blocks` as wire blocks, the last one carrying `cache_control`.
+fn marked<'a>(blocks: Vec<Block<'a>>, cache_control: Option<WireCacheControl<'a>>) -> Vec<WireBlock<'a>> {
+    let mut out: Vec<WireBlock<'a>> = blocks.into_iter().map(WireBlock::from).collect();
+    if let Some(last) = out.last_mut() {
+        last.cache_control = cache_control;
+    }
+    out
+}
+
+/// A tool result's text as one string, or text and image blocks when it has images.
+fn tool_result_content(parts: &[ContentPart]) -> ToolResultContent<'_> {
+    if parts.iter().any(|p| matches!(p, ContentPart::Image { .. })) {
+        ToolResultContent::Blocks(user_blocks(parts))
+    } else {
+        ToolResultContent::Text(fungible_types::joined_text(parts))
+    }
+}
+
 /// Appends `blocks` as a turn of `role`, merged into the previous turn if it has that role
 /// (the Messages API wants roles to alternate). A message with no blocks adds nothing.
-fn push_blocks<'a>(out: &mut Vec<WireMessage<'a>>, role: &'static str, blocks: Vec<Block<'a>>) {
+fn push_blocks<'a>(out: &mut Vec<WireMessage<'a>>, role: &'static str, blocks: Vec<WireBlock<'a>>) {
     if blocks.is_empty() {
         return;
     }
@@ -257,10 +296,10 @@ fn push_blocks<'a>(out: &mut Vec<WireMessage<'a>>, role: &'static str, blocks: V
 
 /// Tool results travel in a `user` turn, before any other block of it (Anthropic requires
 /// them first), so consecutive results share one turn and a following user message joins it.
-fn push_tool_result<'a>(out: &mut Vec<WireMessage<'a>>, block: Block<'a>) {
+fn push_tool_result<'a>(out: &mut Vec<WireMessage<'a>>, block: WireBlock<'a>) {
     match out.last_mut() {
         Some(last) if last.role == "user" => {
-            let at = last.content.iter().take_while(|b| matches!(b, Block::ToolResult { .. })).count();
+            let at = last.content.iter().take_while(|b| matches!(b.block, Block::ToolResult { .. })).count();
             last.content.insert(at, block);
         }
         _ => out.push(WireMessage { role: "user", content: vec![block] }),

@@ -19,6 +19,10 @@ pub(super) struct EventDecoder {
     finished: bool,
     done: bool,
     usage_sent: bool,
+    /// `message_start` carried prompt counts not yet passed on: they go out as a `Usage` just
+    /// before the next content or end event (so a stream that fails right after its start
+    /// yields only `Start`).
+    start_usage_pending: bool,
     /// Counts so far: `message_start`'s, updated by `message_delta`.
     usage: WireUsage,
     /// Content block index -> what the block is.
@@ -44,6 +48,7 @@ impl EventDecoder {
             finished: false,
             done: false,
             usage_sent: false,
+            start_usage_pending: false,
             usage: WireUsage::default(),
             blocks: HashMap::new(),
             tool_calls: 0,
@@ -166,9 +171,17 @@ impl SseDecoder for EventDecoder {
         if data.is_empty() || self.done {
             return Ok(());
         }
-        match parse_data::<WireEvent>(&self.provider, data)? {
+        let event = parse_data::<WireEvent>(&self.provider, data)?;
+        if self.start_usage_pending && !matches!(event, WireEvent::Ping | WireEvent::Error { .. } | WireEvent::Other) {
+            // Front ends that report usage when a stream starts (Anthropic's own
+            // `message_start`) get the prompt's counts before the first content.
+            self.start_usage_pending = false;
+            out.push(StreamEvent::Usage(convert_usage(self.usage)));
+        }
+        match event {
             WireEvent::MessageStart { message } => {
                 self.usage = message.usage;
+                self.start_usage_pending = self.usage.input_tokens.is_some();
                 self.start(message.id, message.model, out);
             }
             WireEvent::ContentBlockStart { index, content_block } => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use fungible_types::{
-    ChatRequest, JsonSchemaFormat, Message, ReasoningConfig, ReasoningEffort, SamplingParams, StreamEvent, Tool,
+    CacheControl, ChatRequest, JsonSchemaFormat, Message, ReasoningConfig, ReasoningEffort, SamplingParams, StreamEvent, Tool,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -34,6 +34,7 @@ fn weather_tool() -> Tool {
         description: Some("Current weather for a city.".into()),
         parameters: json!({"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}),
         strict: None,
+        cache_control: None,
     }
 }
 
@@ -324,6 +325,16 @@ async fn usage_of_message_start_is_used_when_message_delta_only_has_output() {
 }
 
 #[tokio::test]
+async fn prompt_usage_of_message_start_comes_before_the_first_content() {
+    let (events, result, _) = decode_sse(&fixture("stream.response.sse")).await;
+    result.expect("decodes");
+    let prompt = Usage { input_tokens: 20, output_tokens: 1, cache_read_tokens: 8, ..Usage::default() };
+    assert!(matches!(events[0], StreamEvent::Start { .. }), "{events:?}");
+    assert_eq!(events[1], StreamEvent::Usage(prompt), "{events:?}");
+    assert_eq!(events[2], StreamEvent::TextDelta { text: "Hel".into() }, "{events:?}");
+}
+
+#[tokio::test]
 async fn thinking_streams_as_reasoning_and_unknown_events_are_skipped() {
     let sse = concat!(
         "event: message_start\n",
@@ -493,6 +504,74 @@ fn tool_results_share_one_user_turn_before_its_text() {
 }
 
 #[test]
+fn cache_breakpoints_go_on_the_last_block_of_a_marked_message_and_on_tools() {
+    let one_hour = Some(CacheControl { ttl: Some("1h".into()) });
+    let mut system = Message::text(Role::System, "long instructions");
+    system.cache_control = Some(CacheControl::default());
+    let mut user = Message::new(
+        Role::User,
+        vec![ContentPart::Text { text: "a".into() }, ContentPart::Text { text: "b".into() }],
+    );
+    user.cache_control = one_hour.clone();
+    let mut assistant = Message::new(Role::Assistant, Vec::new());
+    assistant.tool_calls = vec![ToolCall { id: "t1".into(), name: "f".into(), arguments: "{}".into() }];
+    let mut result = Message::text(Role::Tool, "boom");
+    result.tool_call_id = Some("t1".into());
+    result.is_error = true;
+    result.cache_control = Some(CacheControl::default());
+    let req = ChatRequest {
+        tools: vec![Tool { cache_control: one_hour, ..weather_tool() }, Tool::new("f", None, json!({"type":"object"}))],
+        ..base(vec![system, Message::text(Role::System, "unmarked"), user, assistant, result, Message::text(Role::User, "next")])
+    };
+    let body = body(&req);
+    assert_eq!(
+        body["system"],
+        json!([
+            {"type":"text","text":"long instructions","cache_control":{"type":"ephemeral"}},
+            {"type":"text","text":"unmarked"},
+        ])
+    );
+    assert_eq!(
+        body["messages"],
+        json!([
+            {"role":"user","content":[
+                {"type":"text","text":"a"},
+                {"type":"text","text":"b","cache_control":{"type":"ephemeral","ttl":"1h"}},
+            ]},
+            {"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":{}}]},
+            {"role":"user","content":[
+                {"type":"tool_result","tool_use_id":"t1","content":"boom","is_error":true,"cache_control":{"type":"ephemeral"}},
+                {"type":"text","text":"next"},
+            ]},
+        ])
+    );
+    assert_eq!(body["tools"][0]["cache_control"], json!({"type":"ephemeral","ttl":"1h"}));
+    assert!(body["tools"][1].get("cache_control").is_none(), "{}", body["tools"][1]);
+}
+
+#[test]
+fn a_tool_result_with_an_image_is_sent_as_blocks() {
+    let mut assistant = Message::new(Role::Assistant, Vec::new());
+    assistant.tool_calls = vec![ToolCall { id: "t1".into(), name: "shot".into(), arguments: "{}".into() }];
+    let mut result = Message::new(
+        Role::Tool,
+        vec![
+            ContentPart::Text { text: "here".into() },
+            ContentPart::Image { source: ImageSource::Url("https://example.com/s.png".into()), detail: None },
+        ],
+    );
+    result.tool_call_id = Some("t1".into());
+    let req = base(vec![Message::text(Role::User, "go"), assistant, result]);
+    assert_eq!(
+        messages_of(&req)[2]["content"][0],
+        json!({"type":"tool_result","tool_use_id":"t1","content":[
+            {"type":"text","text":"here"},
+            {"type":"image","source":{"type":"url","url":"https://example.com/s.png"}},
+        ]})
+    );
+}
+
+#[test]
 fn invalid_tool_arguments_are_an_invalid_request_naming_the_field() {
     let mut assistant = Message::new(Role::Assistant, Vec::new());
     assistant.tool_calls = vec![
@@ -596,7 +675,7 @@ fn tool_choice_and_parallel_calls_map_to_anthropic_shapes() {
 
 #[test]
 fn strict_tools_and_tools_without_parameters() {
-    let tool = Tool { name: "now".into(), description: None, parameters: Value::Null, strict: Some(true) };
+    let tool = Tool { strict: Some(true), ..Tool::new("now", None, Value::Null) };
     let lax = Tool { strict: Some(false), ..weather_tool() };
     let req = ChatRequest { tools: vec![tool, lax], ..base(vec![Message::text(Role::User, "x")]) };
     let tools = body(&req)["tools"].clone();
@@ -799,6 +878,23 @@ async fn chat_posts_the_fixture_body_with_anthropic_headers() {
     assert!(head.contains("\r\ncontent-type: application/json"), "{head}");
     assert!(!head.contains("authorization"), "{head}");
     assert_eq!(body, fixture_json("plain.request.json"));
+}
+
+#[tokio::test]
+async fn count_tokens_posts_the_prompt_without_sampling_fields() {
+    let (url, server) = serve_once("200 OK", "application/json", r#"{"input_tokens":17}"#.into()).await;
+    let n = provider(url).count_tokens(&case_plain(), MODEL).await.expect("count succeeds");
+    assert_eq!(n, 17);
+
+    let (head, body) = split_request(&server.await.expect("server"));
+    assert!(head.starts_with("post /v1/messages/count_tokens http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nx-api-key: sk-ant-test-key"), "{head}");
+    assert!(head.contains("\r\nanthropic-version: 2023-06-01"), "{head}");
+    let mut expected = fixture_json("plain.request.json");
+    for key in ["max_tokens", "temperature", "stop_sequences", "metadata"] {
+        expected.as_object_mut().expect("object").remove(key);
+    }
+    assert_eq!(body, expected);
 }
 
 #[tokio::test]

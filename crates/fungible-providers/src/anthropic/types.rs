@@ -13,7 +13,7 @@ pub(super) struct Request<'a> {
     pub model: &'a str,
     pub max_tokens: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub system: Vec<SystemBlock>,
+    pub system: Vec<SystemBlock<'a>>,
     pub messages: Vec<WireMessage<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<WireTool<'a>>,
@@ -37,12 +37,52 @@ pub(super) struct Request<'a> {
     pub stream: bool,
 }
 
+/// The body of `POST /v1/messages/count_tokens`: the prompt part of a [`Request`] (the
+/// endpoint rejects sampling fields such as `max_tokens` or `temperature`).
+#[derive(Serialize)]
+pub(super) struct CountTokensRequest<'a> {
+    pub model: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub system: Vec<SystemBlock<'a>>,
+    pub messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_config: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<Value>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct CountTokensResponse {
+    pub input_tokens: u64,
+}
+
 /// A `system` text block (one per instruction message).
 #[derive(Serialize)]
-pub(super) struct SystemBlock {
+pub(super) struct SystemBlock<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<WireCacheControl<'a>>,
+}
+
+/// `{"type":"ephemeral"[,"ttl":..]}`: a prompt-cache breakpoint after the block it is on.
+#[derive(Serialize, Debug, PartialEq)]
+pub(super) struct WireCacheControl<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<&'a str>,
+}
+
+impl<'a> WireCacheControl<'a> {
+    pub fn from_canonical(cache: Option<&'a fungible_types::CacheControl>) -> Option<WireCacheControl<'a>> {
+        cache.map(|c| WireCacheControl { kind: "ephemeral", ttl: c.ttl.as_deref() })
+    }
 }
 
 #[derive(Serialize)]
@@ -53,7 +93,22 @@ pub(super) struct WireMetadata<'a> {
 #[derive(Serialize)]
 pub(super) struct WireMessage<'a> {
     pub role: &'static str,
-    pub content: Vec<Block<'a>>,
+    pub content: Vec<WireBlock<'a>>,
+}
+
+/// A content block of a request message, with the cache breakpoint it may carry.
+#[derive(Serialize, Debug, PartialEq)]
+pub(super) struct WireBlock<'a> {
+    #[serde(flatten)]
+    pub block: Block<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<WireCacheControl<'a>>,
+}
+
+impl<'a> From<Block<'a>> for WireBlock<'a> {
+    fn from(block: Block<'a>) -> WireBlock<'a> {
+        WireBlock { block, cache_control: None }
+    }
 }
 
 /// One content block of a request message.
@@ -80,9 +135,28 @@ pub(super) enum Block<'a> {
     },
     ToolResult {
         tool_use_id: &'a str,
-        #[serde(skip_serializing_if = "String::is_empty")]
-        content: String,
+        #[serde(skip_serializing_if = "ToolResultContent::is_empty")]
+        content: ToolResultContent<'a>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
     },
+}
+
+/// A `tool_result`'s content: a string, or blocks when it carries images.
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(untagged)]
+pub(super) enum ToolResultContent<'a> {
+    Text(String),
+    Blocks(Vec<Block<'a>>),
+}
+
+impl ToolResultContent<'_> {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            ToolResultContent::Text(text) => text.is_empty(),
+            ToolResultContent::Blocks(blocks) => blocks.is_empty(),
+        }
+    }
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -100,6 +174,8 @@ pub(super) struct WireTool<'a> {
     pub input_schema: Cow<'a, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<WireCacheControl<'a>>,
 }
 
 // ---- response ----

@@ -39,6 +39,11 @@ impl GeminiProvider {
         GeminiProvider { settings, http, base }
     }
 
+    fn count_url(&self, model: &str) -> Result<String, ProviderError> {
+        let model = url_model(&self.settings.name, model)?;
+        Ok(format!("{}/v1beta/models/{model}:countTokens", self.base))
+    }
+
     fn url(&self, model: &str, stream: bool) -> Result<String, ProviderError> {
         let model = url_model(&self.settings.name, model)?;
         Ok(if stream {
@@ -84,6 +89,24 @@ impl ChatProvider for GeminiProvider {
         let response = self.send(req, model, true).await?;
         let decoder = stream::ChunkDecoder::new(&self.settings.name, model);
         Ok(sse::event_stream(&self.settings, response, decoder))
+    }
+
+    /// `POST {model}:countTokens` with the whole request as `generateContentRequest`, so the
+    /// system instruction and tool declarations count too (plain `contents` would leave them
+    /// out).
+    async fn count_tokens(&self, req: &ChatRequest, model: &str) -> Result<u64, ProviderError> {
+        let url = self.count_url(model)?;
+        let name = &self.settings.name;
+        let mut inner = body::merged_value(name, &build_request(name, req)?, &req.extra_body)?;
+        if let Value::Object(fields) = &mut inner {
+            let model = url_model(name, model)?;
+            fields.insert("model".into(), Value::String(format!("models/{model}")));
+        }
+        let body = serde_json::to_vec(&json!({ "generateContentRequest": inner }))
+            .map_err(|e| ProviderError::invalid_request(name, format!("could not encode the request: {e}")))?;
+        let response = http::send_json(&self.settings, self.request(&url)?, body, error_message).await?;
+        let count: CountTokensResponse = http::read_json(&self.settings, response).await?;
+        Ok(count.total_tokens)
     }
 }
 

@@ -39,6 +39,7 @@ fn weather_tool() -> Tool {
         description: Some("Current weather for a city.".into()),
         parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
         strict: None,
+        cache_control: None,
     }
 }
 
@@ -758,4 +759,17 @@ async fn bad_model_fails_before_any_request() {
     let p = provider("http://127.0.0.1:9");
     let err = p.chat(&plain_case(false), "gemini?key=x").await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidRequest);
+}
+
+#[tokio::test]
+async fn count_tokens_sends_the_whole_request_as_generate_content_request() {
+    let (base, seen) = serve_once("200 OK", "application/json", r#"{"totalTokens": 31, "promptTokensDetails": []}"#.into()).await;
+    let n = provider(&base).count_tokens(&plain_case(false), MODEL).await.unwrap();
+    assert_eq!(n, 31);
+    let seen = seen.await.unwrap();
+    assert!(seen.head.starts_with("POST /v1beta/models/gemini-2.5-flash:countTokens HTTP/1.1"), "{}", seen.head);
+    assert!(seen.head.to_ascii_lowercase().contains("x-goog-api-key: test-key-123"), "{}", seen.head);
+    let mut expected = fixture_json("plain.request.json");
+    expected["model"] = json!("models/gemini-2.5-flash");
+    assert_eq!(seen.body, json!({ "generateContentRequest": expected }));
 }

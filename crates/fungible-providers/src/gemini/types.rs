@@ -245,3 +245,13 @@ pub(super) struct WireError {
     #[serde(default)]
     pub status: Option<String>,
 }
+
+// ---- token counting ----
+
+/// The answer of `countTokens`; a zero count is omitted, as proto3 JSON omits defaults.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct CountTokensResponse {
+    #[serde(default)]
+    pub total_tokens: u64,
+}

@@ -95,6 +95,11 @@ impl ChatProvider for OpenAiProvider {
         let response = self.send(req, model, true).await?;
         Ok(sse::event_stream(&self.settings, response, stream::ChunkDecoder::new(&self.settings.name)))
     }
+
+    /// Chat Completions has no token-counting endpoint: a local estimate.
+    async fn count_tokens(&self, req: &ChatRequest, _model: &str) -> Result<u64, ProviderError> {
+        crate::estimate::input_tokens(&self.settings.name, req).await
+    }
 }
 
 fn build_request<'a>(req: &'a ChatRequest, model: &'a str, stream: bool, flavor: OpenAiFlavor) -> Request<'a> {

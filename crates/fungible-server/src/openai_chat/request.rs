@@ -301,6 +301,7 @@ fn parse_tool(value: Value, path: &str) -> Result<Tool, ApiError> {
         // OpenAI treats a missing schema as "no arguments".
         parameters: function.parameters.unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
         strict: function.strict,
+        cache_control: None,
     })
 }
 
