@@ -118,7 +118,7 @@ impl ApiError {
             401 => "UNAUTHENTICATED",
             403 => "PERMISSION_DENIED",
             404 => "NOT_FOUND",
-            405 => "UNIMPLEMENTED",
+            405 | 501 => "UNIMPLEMENTED",
             409 => "ABORTED",
             429 => "RESOURCE_EXHAUSTED",
             503 => "UNAVAILABLE",

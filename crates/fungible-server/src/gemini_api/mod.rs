@@ -1,0 +1,177 @@
+//! The Gemini API front end: `POST /v1beta/models/{model}:{method}` (and `/v1/...`), so
+//! Google's own SDKs can call any provider.
+//!
+//! The model is fungible's `PROVIDER/MODEL` (or an alias) and may contain `/` or arrive
+//! percent-encoded; the method is what follows the last `:` (`generateContent`,
+//! `streamGenerateContent`, `countTokens`). Errors, before or during a stream, are Google's
+//! `{"error":{"code","message","status"}}`. Keys (`x-goog-api-key`, `?key=`) are accepted and
+//! not checked yet.
+
+mod request;
+mod response;
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiFormat};
+use response::{Framing, StreamEncoder};
+
+pub use request::parse as parse_request;
+
+/// `POST /v1beta/models/{*rest}` and `POST /v1/models/{*rest}`.
+pub async fn models_post(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    match handle(state, path, query, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response_for(ApiFormat::Gemini),
+    }
+}
+
+/// The method a request asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum Method {
+    Generate,
+    Stream(Framing),
+    CountTokens,
+}
+
+/// Splits `PROVIDER/MODEL:method` (already percent-decoded) at the last `:`, since model
+/// names may contain `:` themselves (`ollama/llama3:8b`).
+fn split_target<'a>(rest: &'a str, query: Option<&str>) -> Result<(&'a str, Method), ApiError> {
+    let Some((model, method)) = rest.rsplit_once(':') else {
+        return Err(ApiError::not_found(format!(
+            "no method in models/{rest}: expected models/MODEL:generateContent, :streamGenerateContent or :countTokens"
+        )));
+    };
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    if model.is_empty() {
+        return Err(ApiError::invalid_request(None, "the model name in the URL is empty"));
+    }
+    let method = match method {
+        "generateContent" => Method::Generate,
+        "streamGenerateContent" => {
+            let sse = query.into_iter().flat_map(|q| q.split('&')).any(|pair| pair == "alt=sse");
+            Method::Stream(if sse { Framing::Sse } else { Framing::JsonArray })
+        }
+        "countTokens" => Method::CountTokens,
+        "embedContent" | "batchEmbedContents" => {
+            return Err(ApiError {
+                status: StatusCode::NOT_IMPLEMENTED,
+                kind: "not_implemented",
+                ..ApiError::invalid_request(None, format!("{method} is not supported yet: fungible does not serve embeddings through the Gemini API"))
+            });
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "method {other:?} is not supported (expected generateContent, streamGenerateContent or countTokens)"
+            )));
+        }
+    };
+    Ok((model, method))
+}
+
+async fn handle(
+    state: AppState,
+    path: Result<Path<String>, PathRejection>,
+    query: Option<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(rest) = path.map_err(|e| ApiError::invalid_request(None, format!("bad request path: {}", e.body_text())))?;
+    let (model, method) = split_target(&rest, query.as_deref())?;
+    let bytes = crate::read_body(body, state.max_body_bytes).await?;
+    let (provider, target) = state.gateway.resolve(model)?;
+    let gemini_upstream = provider.kind().as_str() == "gemini";
+    let provider_name = target.provider;
+
+    let framing = match method {
+        Method::CountTokens => {
+            let parsed = request::parse_count_tokens(&bytes, model, gemini_upstream)?;
+            let total = state.gateway.count_tokens(&parsed.request).await?;
+            return Ok(json(response::count_tokens_body(total)));
+        }
+        Method::Generate => {
+            let parsed = request::parse(&bytes, model, false, gemini_upstream)?;
+            let answer = state.gateway.chat(&parsed.request).await?;
+            return Ok(json(response::response_body(&answer, parsed.include_thoughts, &provider_name)?));
+        }
+        Method::Stream(framing) => framing,
+    };
+
+    let parsed = request::parse(&bytes, model, true, gemini_upstream)?;
+    let upstream = state.gateway.chat_stream(&parsed.request).await?;
+    let encoder = StreamEncoder::new(framing, model, &provider_name, parsed.include_thoughts);
+    // Each upstream event becomes its frames as it arrives; nothing is buffered but function
+    // calls whose arguments are still arriving. Dropping this stream (the client went away)
+    // drops the upstream response and so cancels the upstream request.
+    let frames = futures::stream::unfold((upstream, encoder, false), |(mut upstream, mut encoder, ended)| async move {
+        if ended {
+            return None;
+        }
+        let mut out = Vec::new();
+        while out.is_empty() {
+            let step = match upstream.next().await {
+                Some(Ok(event)) => encoder.encode(event, &mut out),
+                Some(Err(error)) => Err(ApiError::from_provider(&error)),
+                None => match encoder.finish(&mut out) {
+                    Ok(()) => {
+                        let frames = out.into_iter().map(Ok).collect::<Vec<_>>();
+                        return Some((futures::stream::iter(frames), (upstream, encoder, true)));
+                    }
+                    Err(error) => Err(error),
+                },
+            };
+            if let Err(error) = step {
+                tracing::warn!(status = error.status.as_u16(), "stream failed after it started: {}", error.message);
+                out.push(encoder.error(&error));
+                let frames = out.into_iter().map(Ok::<Bytes, Infallible>).collect::<Vec<_>>();
+                return Some((futures::stream::iter(frames), (upstream, encoder, true)));
+            }
+        }
+        let frames = out.into_iter().map(Ok).collect::<Vec<_>>();
+        Some((futures::stream::iter(frames), (upstream, encoder, false)))
+    })
+    .flatten();
+
+    let mut http = Response::new(Body::from_stream(frames));
+    let headers = http.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(framing.content_type()));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(http)
+}
+
+fn json(body: Vec<u8>) -> Response {
+    let mut http = (StatusCode::OK, body).into_response();
+    http.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    http
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_and_method_split_at_the_last_colon() {
+        let (model, method) = split_target("anthropic/claude-sonnet-4-5:generateContent", None).unwrap();
+        assert_eq!((model, method), ("anthropic/claude-sonnet-4-5", Method::Generate));
+        let (model, method) = split_target("ollama/llama3:8b:streamGenerateContent", Some("alt=sse&key=k")).unwrap();
+        assert_eq!((model, method), ("ollama/llama3:8b", Method::Stream(Framing::Sse)));
+        let (_, method) = split_target("a/b:streamGenerateContent", Some("key=k")).unwrap();
+        assert_eq!(method, Method::Stream(Framing::JsonArray));
+        assert_eq!(split_target("models/a/b:countTokens", None).unwrap(), ("a/b", Method::CountTokens));
+        assert_eq!(split_target("a/b:embedContent", None).unwrap_err().status, StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(split_target("a/b:predict", None).unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(split_target("a/b", None).unwrap_err().status, StatusCode::NOT_FOUND);
+    }
+}
