@@ -4,8 +4,11 @@
 //! [`app`] builds the whole router, so tests drive it with `oneshot` and no socket;
 //! [`serve`] binds it to an address.
 
+pub mod anthropic_messages;
 pub mod error;
+pub mod gemini_api;
 pub mod openai_chat;
+pub mod openai_responses;
 
 use std::net::SocketAddr;
 
@@ -25,11 +28,13 @@ use error::ApiError;
 pub struct AppState {
     pub gateway: Gateway,
     pub max_body_bytes: usize,
+    /// Responses kept for `previous_response_id` and `GET /v1/responses/{id}`.
+    pub responses: openai_responses::ResponseStore,
 }
 
 impl AppState {
     pub fn new(gateway: Gateway, max_body_bytes: usize) -> AppState {
-        AppState { gateway, max_body_bytes }
+        AppState { gateway, max_body_bytes, responses: openai_responses::ResponseStore::default() }
     }
 }
 
@@ -41,6 +46,14 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai_chat::chat_completions))
         // Some clients are configured with the origin only.
         .route("/chat/completions", post(openai_chat::chat_completions))
+        .route("/v1/messages", post(anthropic_messages::messages))
+        .route("/v1/messages/count_tokens", post(anthropic_messages::count_tokens))
+        .route("/v1/responses", post(openai_responses::create_response))
+        .route("/v1/responses/{id}", get(openai_responses::get_response).delete(openai_responses::delete_response))
+        // Gemini API: `models/{PROVIDER/MODEL}:{method}`; the google-genai SDKs use v1beta (1.x) or v1 (3.x).
+        .route("/v1beta/models/{*rest}", post(gemini_api::models_post))
+        // Other methods stay 404 here, as `GET /v1/models/{id}` (OpenAI's model lookup) was.
+        .route("/v1/models/{*rest}", post(gemini_api::models_post).fallback(not_found))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -1,9 +1,11 @@
 //! Integration tests of the HTTP server against the mock upstream: the provider matrix,
 //! error mapping, streaming edge cases and bad input. One binary for the crate.
 
+mod anthropic_messages;
 mod bad_input;
 mod errors;
 mod conformance;
+mod routing;
 mod streaming;
 
 use std::path::PathBuf;

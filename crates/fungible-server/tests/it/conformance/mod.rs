@@ -17,7 +17,10 @@
 //! A new inbound API implements [`Inbound`] and adds one line to `conformance!` below; a new
 //! provider adds one line to `providers!`. Either joins the whole matrix at once.
 
+mod anthropic_messages;
+mod gemini_api;
 mod openai_chat;
+mod openai_responses;
 
 use axum::body::Body;
 use axum::http::Request;
@@ -123,6 +126,7 @@ fn normalise(text: &str) -> String {
             "id",
             "created",
             "created_at",
+            "completed_at",
             "model",
             "modelVersion",
             "responseId",
@@ -269,4 +273,7 @@ macro_rules! conformance {
 
 conformance! {
     openai_chat_in => openai_chat::OpenAiChat,
+    anthropic_messages_in => anthropic_messages::AnthropicMessages,
+    gemini_api_in => gemini_api::GeminiApi,
+    openai_responses_in => openai_responses::OpenAiResponses,
 }
