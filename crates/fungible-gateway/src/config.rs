@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub providers: BTreeMap<String, ProviderSection>,
     #[serde(default)]
     pub models: BTreeMap<String, ModelSection>,
+    #[serde(default)]
+    pub routing: RoutingSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,12 +68,7 @@ pub struct ProviderSection {
     pub enabled: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSection {
-    /// `PROVIDER/MODEL` this name stands for.
-    pub target: String,
-}
+pub use crate::routing::config::{ModelSection, RouteConfig, RoutingConfig, RoutingSection};
 
 /// A validated configuration, ready to build a gateway from.
 #[derive(Debug, Clone)]
@@ -83,8 +80,12 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     pub worker_threads: usize,
     pub providers: Vec<ProviderConfig>,
-    /// Alias -> target, both validated.
+    /// Alias -> its route's first target, both validated (what `GET /v1/models` lists).
     pub aliases: BTreeMap<String, Target>,
+    /// Alias -> its route: targets, strategy, retries, breaker.
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// `[routing]`: limits over all routes.
+    pub routing: RoutingConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -199,22 +200,12 @@ impl GatewayConfig {
             providers.push(provider_config(&name, None, section, env)?);
         }
 
-        let mut aliases = BTreeMap::new();
-        for (alias, section) in file.models {
-            let at = format!("models.{alias}.target");
-            let target = Target::parse(&section.target)
-                .ok_or_else(|| invalid(&at, format!("expected PROVIDER/MODEL, got {:?}", section.target)))?;
-            if !providers.iter().any(|p| p.name == target.provider) {
-                return Err(invalid(
-                    at,
-                    format!(
-                        "provider {:?} is not enabled (configure [providers.{}] or set its API key)",
-                        target.provider, target.provider
-                    ),
-                ));
-            }
-            aliases.insert(alias, target);
-        }
+        let enabled = |name: &str| providers.iter().any(|p| p.name == name);
+        let (routing, routes) = crate::routing::config::resolve(file.models, file.routing, &enabled)?;
+        let aliases = routes
+            .iter()
+            .filter_map(|(alias, route)| Some((alias.clone(), route.targets.first()?.target.clone())))
+            .collect();
 
         Ok(GatewayConfig {
             host: server.host.unwrap_or_else(|| DEFAULT_HOST.to_owned()),
@@ -225,6 +216,8 @@ impl GatewayConfig {
             worker_threads,
             providers,
             aliases,
+            routes,
+            routing,
         })
     }
 }
@@ -417,5 +410,7 @@ mod tests {
         let file = ConfigFile::parse(text, "fungible.example.toml").unwrap();
         let cfg = GatewayConfig::resolve(file, &env_of(&[])).unwrap();
         assert!(cfg.aliases.contains_key("fast"));
+        assert_eq!(cfg.routes["smart"].targets.len(), 2);
+        assert_eq!(cfg.routes["ab"].sticky, Some(crate::routing::config::Sticky::User));
     }
 }

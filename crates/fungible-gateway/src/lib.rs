@@ -5,6 +5,7 @@
 
 pub mod config;
 mod presets;
+pub mod routing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use fungible_providers::{EventStream, HttpClient, Provider, ProviderKind, Provid
 use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError};
 
 pub use config::{ConfigError, ConfigFile, GatewayConfig, Target};
+pub use routing::{Attempt, AttemptOutcome, RouteError, RouteHints, RouteInfo, Routed, TargetStatus};
 
 /// Why the gateway could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,6 +55,7 @@ pub struct Gateway {
 struct GatewayInner {
     providers: HashMap<String, ProviderEntry>,
     aliases: BTreeMap<String, Target>,
+    routing: routing::Routing,
     request_timeout: Duration,
 }
 
@@ -90,6 +93,7 @@ impl Gateway {
             inner: Arc::new(GatewayInner {
                 providers,
                 aliases: config.aliases.clone(),
+                routing: routing::Routing::new(&config.routes, &config.routing),
                 request_timeout: config.request_timeout,
             }),
         })
@@ -116,18 +120,23 @@ impl Gateway {
         }
     }
 
+    /// One whole response, routed (see [`routing`]); [`Gateway::chat_routed`] also says
+    /// which target answered.
     pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, GatewayError> {
-        let (provider, target) = self.resolve(&req.model)?;
-        match tokio::time::timeout(self.inner.request_timeout, provider.chat(req, &target.model)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(self.timeout(&target).into()),
-        }
+        Ok(self.chat_routed(req, &RouteHints::default()).await?.value)
     }
 
-    /// Opens a stream; resolves once the upstream accepted the request.
+    /// Opens a stream, routed (see [`routing`]): resolves once a target's stream produced
+    /// its first content, or once the last target left to try accepted the request.
     pub async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, GatewayError> {
+        Ok(self.chat_stream_routed(req, &RouteHints::default()).await?.value)
+    }
+
+    /// The input tokens `req` would take with the model it names: the vendor's count where it
+    /// has an endpoint for it, a local estimate otherwise (see `Provider::count_tokens`).
+    pub async fn count_tokens(&self, req: &ChatRequest) -> Result<u64, GatewayError> {
         let (provider, target) = self.resolve(&req.model)?;
-        match tokio::time::timeout(self.inner.request_timeout, provider.chat_stream(req, &target.model)).await {
+        match tokio::time::timeout(self.inner.request_timeout, provider.count_tokens(req, &target.model)).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(self.timeout(&target).into()),
         }

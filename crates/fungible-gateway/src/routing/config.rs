@@ -1,0 +1,462 @@
+//! The routing part of the config: `[models.NAME]` routes (one target or several, a
+//! strategy, retries, a circuit breaker, sticky A/B variants) and the global `[routing]`
+//! limits. Sections as written (serde, `deny_unknown_fields`) are validated here into
+//! [`RouteConfig`] and [`RoutingConfig`]; every error names the config path at fault.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use fungible_types::ChatRequest;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::balance::Strategy;
+use super::breaker::BreakerConfig;
+use super::policy::{RetryBudgetConfig, RetryPolicy};
+use crate::config::{ConfigError, Target};
+
+/// `[models.NAME]`: what a client's `model = "NAME"` stands for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// `PROVIDER/MODEL`: a route with one target.
+    pub target: Option<String>,
+    /// Several targets, tried in the order `strategy` picks.
+    pub targets: Option<Vec<TargetSection>>,
+    /// `fallback` (default), `weighted`, `least_latency` or `least_busy`.
+    pub strategy: Option<Strategy>,
+    pub retries: Option<RetriesSection>,
+    pub breaker: Option<BreakerSection>,
+    /// `weighted` only: `"user"` or `"header:NAME"` keeps each user or session on one variant.
+    pub sticky: Option<String>,
+    /// Deadline of one try of one target (for a stream: until its first token), so a hung
+    /// target falls back in time. Default: whatever is left of `server.request_timeout_secs`.
+    pub attempt_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    /// `PROVIDER/MODEL`.
+    pub target: String,
+    /// `weighted` only: relative share of first picks (default 1; 0 = fallback only).
+    pub weight: Option<u32>,
+    /// The variant's name in reports and `RouteInfo` (default: the target).
+    pub name: Option<String>,
+    /// Sampling parameters that override the client's for this target.
+    pub params: Option<TargetParams>,
+    /// Fields merged into the provider request body for this target (over the client's).
+    pub extra_body: Option<Map<String, Value>>,
+}
+
+/// Sampling parameters a target sets whatever the client sent.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetParams {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u32>,
+    pub max_tokens: Option<u32>,
+    pub stop: Option<Vec<String>>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+}
+
+impl TargetParams {
+    pub fn is_empty(&self) -> bool {
+        *self == TargetParams::default()
+    }
+
+    /// Overrides `req`'s sampling parameters with the ones set here.
+    pub fn apply(&self, req: &mut ChatRequest) {
+        let p = &mut req.params;
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { p.$field = Some(v.clone()); } )* };
+        }
+        set!(temperature, top_p, top_k, max_tokens, seed, presence_penalty, frequency_penalty);
+        if let Some(stop) = &self.stop {
+            p.stop = stop.clone();
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesSection {
+    /// Retries of a target after its first try (0: no retries).
+    pub attempts: Option<u32>,
+    pub initial_backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    pub failures: Option<u32>,
+    pub window_secs: Option<u64>,
+    pub cooldown_secs: Option<u64>,
+}
+
+/// `[routing]`: limits over all routes, and the defaults of every route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// Upstream calls one client request may cause, retries and fallbacks together.
+    pub max_attempts_per_request: Option<u32>,
+    pub retry_budget: Option<RetryBudgetSection>,
+    /// Default `retries` of every route.
+    pub retries: Option<RetriesSection>,
+    /// Default `breaker` of every route.
+    pub breaker: Option<BreakerSection>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSection {
+    /// Retries per request on average, 0 to 1.
+    pub ratio: Option<f64>,
+    /// Retries allowed at once before the ratio applies.
+    pub burst: Option<u32>,
+}
+
+/// Validated `[routing]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoutingConfig {
+    pub max_attempts_per_request: u32,
+    pub retry_budget: RetryBudgetConfig,
+}
+
+pub const DEFAULT_MAX_ATTEMPTS_PER_REQUEST: u32 = 6;
+
+impl Default for RoutingConfig {
+    fn default() -> RoutingConfig {
+        RoutingConfig {
+            max_attempts_per_request: DEFAULT_MAX_ATTEMPTS_PER_REQUEST,
+            retry_budget: RetryBudgetConfig::DEFAULT,
+        }
+    }
+}
+
+/// A validated route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// At least one.
+    pub targets: Vec<RouteTargetConfig>,
+    pub strategy: Strategy,
+    pub retries: RetryPolicy,
+    pub breaker: BreakerConfig,
+    pub sticky: Option<Sticky>,
+    pub attempt_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteTargetConfig {
+    pub target: Target,
+    /// The variant name (default: the target as `PROVIDER/MODEL`).
+    pub name: String,
+    pub weight: u32,
+    pub params: TargetParams,
+    pub extra_body: Map<String, Value>,
+}
+
+/// What keeps a client on one variant of a weighted route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// The request's `user`.
+    User,
+    /// A request header (lowercase name).
+    Header(String),
+}
+
+fn invalid(at: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { at: at.into(), message: message.into() }
+}
+
+/// Validates `[routing]` and every `[models.NAME]`; `enabled` says whether a provider name
+/// is enabled.
+pub(crate) fn resolve(
+    models: BTreeMap<String, ModelSection>,
+    routing: RoutingSection,
+    enabled: &dyn Fn(&str) -> bool,
+) -> Result<(RoutingConfig, BTreeMap<String, RouteConfig>), ConfigError> {
+    let max_attempts_per_request = routing.max_attempts_per_request.unwrap_or(DEFAULT_MAX_ATTEMPTS_PER_REQUEST);
+    if max_attempts_per_request == 0 {
+        return Err(invalid("routing.max_attempts_per_request", "must be at least 1"));
+    }
+    let budget = routing.retry_budget.unwrap_or_default();
+    let ratio = budget.ratio.unwrap_or(RetryBudgetConfig::DEFAULT.ratio);
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(invalid("routing.retry_budget.ratio", format!("must be between 0 and 1, got {ratio}")));
+    }
+    let retry_budget = RetryBudgetConfig { ratio, burst: budget.burst.unwrap_or(RetryBudgetConfig::DEFAULT.burst) };
+    let default_retries = retries(routing.retries.unwrap_or_default(), RetryPolicy::DEFAULT, "routing.retries")?;
+    let default_breaker = breaker(routing.breaker.unwrap_or_default(), BreakerConfig::DEFAULT, "routing.breaker")?;
+
+    let mut routes = BTreeMap::new();
+    for (alias, section) in models {
+        let at = format!("models.{alias}");
+        let route = route(&at, section, default_retries, default_breaker, enabled)?;
+        routes.insert(alias, route);
+    }
+    Ok((RoutingConfig { max_attempts_per_request, retry_budget }, routes))
+}
+
+fn route(
+    at: &str,
+    section: ModelSection,
+    default_retries: RetryPolicy,
+    default_breaker: BreakerConfig,
+    enabled: &dyn Fn(&str) -> bool,
+) -> Result<RouteConfig, ConfigError> {
+    let strategy = section.strategy.unwrap_or_default();
+    let targets = match (section.target, section.targets) {
+        (Some(target), None) => vec![RouteTargetConfig {
+            target: target_of(&format!("{at}.target"), &target, enabled)?,
+            name: target,
+            weight: 1,
+            params: TargetParams::default(),
+            extra_body: Map::new(),
+        }],
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return Err(invalid(format!("{at}.targets"), "must list at least one target"));
+            }
+            let mut names = BTreeSet::new();
+            let mut out = Vec::with_capacity(list.len());
+            for (i, t) in list.into_iter().enumerate() {
+                let here = format!("{at}.targets[{i}]");
+                let target = target_of(&format!("{here}.target"), &t.target, enabled)?;
+                if t.weight.is_some() && strategy != Strategy::Weighted {
+                    return Err(invalid(format!("{here}.weight"), "only used with strategy = \"weighted\""));
+                }
+                let name = t.name.unwrap_or(t.target);
+                if !names.insert(name.clone()) {
+                    return Err(invalid(
+                        format!("{here}.name"),
+                        format!("{name:?} names two targets; give each a distinct `name`"),
+                    ));
+                }
+                out.push(RouteTargetConfig {
+                    target,
+                    name,
+                    weight: t.weight.unwrap_or(1),
+                    params: t.params.unwrap_or_default(),
+                    extra_body: t.extra_body.unwrap_or_default(),
+                });
+            }
+            out
+        }
+        _ => {
+            return Err(invalid(at, "set exactly one of target = \"PROVIDER/MODEL\" or targets = [{ target = ... }, ...]"));
+        }
+    };
+    if strategy == Strategy::Weighted && targets.iter().all(|t| t.weight == 0) {
+        return Err(invalid(format!("{at}.targets"), "strategy \"weighted\" needs a target with weight > 0"));
+    }
+    let sticky = match section.sticky {
+        None => None,
+        Some(_) if strategy != Strategy::Weighted => {
+            return Err(invalid(format!("{at}.sticky"), "only used with strategy = \"weighted\""));
+        }
+        Some(text) => Some(sticky(&format!("{at}.sticky"), &text)?),
+    };
+    let attempt_timeout = match section.attempt_timeout_ms {
+        Some(0) => return Err(invalid(format!("{at}.attempt_timeout_ms"), "must be greater than 0")),
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => None,
+    };
+    Ok(RouteConfig {
+        targets,
+        strategy,
+        retries: retries(section.retries.unwrap_or_default(), default_retries, &format!("{at}.retries"))?,
+        breaker: breaker(section.breaker.unwrap_or_default(), default_breaker, &format!("{at}.breaker"))?,
+        sticky,
+        attempt_timeout,
+    })
+}
+
+fn target_of(at: &str, text: &str, enabled: &dyn Fn(&str) -> bool) -> Result<Target, ConfigError> {
+    let target = Target::parse(text).ok_or_else(|| invalid(at, format!("expected PROVIDER/MODEL, got {text:?}")))?;
+    if !enabled(&target.provider) {
+        return Err(invalid(
+            at,
+            format!(
+                "provider {:?} is not enabled (configure [providers.{}] or set its API key)",
+                target.provider, target.provider
+            ),
+        ));
+    }
+    Ok(target)
+}
+
+fn sticky(at: &str, text: &str) -> Result<Sticky, ConfigError> {
+    if text == "user" {
+        return Ok(Sticky::User);
+    }
+    match text.strip_prefix("header:") {
+        Some(name)
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) =>
+        {
+            Ok(Sticky::Header(name.to_ascii_lowercase()))
+        }
+        _ => Err(invalid(at, format!("expected \"user\" or \"header:NAME\", got {text:?}"))),
+    }
+}
+
+/// Maximum retries of one target: more only multiplies load on a failing upstream.
+const MAX_RETRIES: u32 = 10;
+
+fn retries(section: RetriesSection, default: RetryPolicy, at: &str) -> Result<RetryPolicy, ConfigError> {
+    let policy = RetryPolicy {
+        attempts: section.attempts.unwrap_or(default.attempts),
+        initial_backoff: section.initial_backoff_ms.map(Duration::from_millis).unwrap_or(default.initial_backoff),
+        max_backoff: section.max_backoff_ms.map(Duration::from_millis).unwrap_or(default.max_backoff),
+    };
+    if policy.attempts > MAX_RETRIES {
+        return Err(invalid(format!("{at}.attempts"), format!("must be at most {MAX_RETRIES}")));
+    }
+    if policy.max_backoff < policy.initial_backoff {
+        return Err(invalid(format!("{at}.max_backoff_ms"), "must not be less than initial_backoff_ms"));
+    }
+    Ok(policy)
+}
+
+fn breaker(section: BreakerSection, default: BreakerConfig, at: &str) -> Result<BreakerConfig, ConfigError> {
+    let failures = section.failures.unwrap_or(default.failures);
+    if failures == 0 {
+        return Err(invalid(format!("{at}.failures"), "must be at least 1"));
+    }
+    let secs = |value: Option<u64>, default: Duration, field: &str| match value {
+        Some(0) => Err(invalid(format!("{at}.{field}"), "must be greater than 0")),
+        Some(s) => Ok(Duration::from_secs(s)),
+        None => Ok(default),
+    };
+    Ok(BreakerConfig {
+        failures,
+        window: secs(section.window_secs, default.window, "window_secs")?,
+        cooldown: secs(section.cooldown_secs, default.cooldown, "cooldown_secs")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve_toml(toml: &str) -> Result<(RoutingConfig, BTreeMap<String, RouteConfig>), ConfigError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            #[serde(default)]
+            models: BTreeMap<String, ModelSection>,
+            #[serde(default)]
+            routing: RoutingSection,
+        }
+        let file: File = toml::from_str(toml).map_err(|e| invalid("toml", e.to_string()))?;
+        resolve(file.models, file.routing, &|p| p == "a" || p == "b")
+    }
+
+    fn error(toml: &str) -> String {
+        match resolve_toml(toml) {
+            Ok(_) => panic!("expected an error for {toml}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_single_target_is_a_route_with_the_defaults() {
+        let (routing, routes) = resolve_toml("[models.fast]\ntarget = \"a/m\"\n").unwrap();
+        assert_eq!(routing, RoutingConfig::default());
+        let r = &routes["fast"];
+        assert_eq!(r.targets.len(), 1);
+        assert_eq!(r.targets[0].name, "a/m");
+        assert_eq!(r.strategy, Strategy::Fallback);
+        assert_eq!(r.retries, RetryPolicy::DEFAULT);
+        assert_eq!(r.breaker, BreakerConfig::DEFAULT);
+    }
+
+    #[test]
+    fn a_full_route_is_read_field_by_field() {
+        let toml = r#"
+            [routing]
+            max_attempts_per_request = 4
+            retry_budget = { ratio = 0.1, burst = 3 }
+            retries = { attempts = 1 }
+            [models.ab]
+            strategy = "weighted"
+            sticky = "header:X-Session-Id"
+            breaker = { failures = 2, cooldown_secs = 5 }
+            retries = { initial_backoff_ms = 50 }
+            attempt_timeout_ms = 1500
+            targets = [
+                { target = "a/m1", weight = 3, name = "control", params = { temperature = 0.2, max_tokens = 100, stop = ["x"] } },
+                { target = "b/m2", weight = 1, extra_body = { top_k = 5 } },
+            ]
+        "#;
+        let (routing, routes) = resolve_toml(toml).unwrap();
+        assert_eq!(routing.max_attempts_per_request, 4);
+        assert_eq!(routing.retry_budget, RetryBudgetConfig { ratio: 0.1, burst: 3 });
+        let r = &routes["ab"];
+        assert_eq!(r.strategy, Strategy::Weighted);
+        assert_eq!(r.sticky, Some(Sticky::Header("x-session-id".into())));
+        assert_eq!(r.breaker, BreakerConfig { failures: 2, cooldown: Duration::from_secs(5), ..BreakerConfig::DEFAULT });
+        // Route settings override [routing], which overrides the built-in defaults.
+        assert_eq!(r.retries.attempts, 1);
+        assert_eq!(r.retries.initial_backoff, Duration::from_millis(50));
+        assert_eq!(r.attempt_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(r.targets[0].name, "control");
+        assert_eq!(r.targets[0].weight, 3);
+        assert_eq!(r.targets[0].params.temperature, Some(0.2));
+        assert_eq!(r.targets[1].name, "b/m2");
+        assert_eq!(r.targets[1].extra_body["top_k"], 5);
+    }
+
+    #[test]
+    fn target_params_override_the_clients() {
+        let mut req = ChatRequest::default();
+        req.params.temperature = Some(1.0);
+        req.params.top_p = Some(0.5);
+        let params = TargetParams { temperature: Some(0.2), stop: Some(vec!["x".into()]), ..TargetParams::default() };
+        params.apply(&mut req);
+        assert_eq!(req.params.temperature, Some(0.2));
+        assert_eq!(req.params.top_p, Some(0.5), "what the target does not set stays the client's");
+        assert_eq!(req.params.stop, ["x"]);
+    }
+
+    #[test]
+    fn errors_name_the_path_at_fault() {
+        let cases = [
+            ("[models.x]\n", "models.x: set exactly one of target"),
+            ("[models.x]\ntarget = \"a/m\"\ntargets = [{ target = \"a/m\" }]\n", "models.x: set exactly one of target"),
+            ("[models.x]\ntargets = []\n", "models.x.targets: must list at least one target"),
+            ("[models.x]\ntargets = [{ target = \"a/m\" }, { target = \"c/m\" }]\n", "models.x.targets[1].target: provider \"c\" is not enabled"),
+            ("[models.x]\ntargets = [{ target = \"nope\" }]\n", "models.x.targets[0].target: expected PROVIDER/MODEL"),
+            ("[models.x]\ntargets = [{ target = \"a/m\", weight = 2 }]\n", "models.x.targets[0].weight: only used with strategy = \"weighted\""),
+            ("[models.x]\nstrategy = \"weighted\"\ntargets = [{ target = \"a/m\", weight = 0 }]\n", "models.x.targets: strategy \"weighted\" needs a target with weight > 0"),
+            ("[models.x]\ntargets = [{ target = \"a/m\" }, { target = \"a/m\" }]\n", "models.x.targets[1].name: \"a/m\" names two targets"),
+            ("[models.x]\ntarget = \"a/m\"\nsticky = \"user\"\n", "models.x.sticky: only used with strategy = \"weighted\""),
+            ("[models.x]\nstrategy = \"weighted\"\ntargets = [{ target = \"a/m\" }]\nsticky = \"cookie\"\n", "models.x.sticky: expected \"user\" or \"header:NAME\""),
+            ("[models.x]\ntarget = \"a/m\"\nretries = { attempts = 11 }\n", "models.x.retries.attempts: must be at most 10"),
+            ("[models.x]\ntarget = \"a/m\"\nretries = { initial_backoff_ms = 500, max_backoff_ms = 100 }\n", "models.x.retries.max_backoff_ms: must not be less"),
+            ("[models.x]\ntarget = \"a/m\"\nbreaker = { failures = 0 }\n", "models.x.breaker.failures: must be at least 1"),
+            ("[models.x]\ntarget = \"a/m\"\nbreaker = { cooldown_secs = 0 }\n", "models.x.breaker.cooldown_secs: must be greater than 0"),
+            ("[models.x]\ntarget = \"a/m\"\nattempt_timeout_ms = 0\n", "models.x.attempt_timeout_ms: must be greater than 0"),
+            ("[routing]\nmax_attempts_per_request = 0\n", "routing.max_attempts_per_request: must be at least 1"),
+            ("[routing]\nretry_budget = { ratio = 1.5 }\n", "routing.retry_budget.ratio: must be between 0 and 1"),
+        ];
+        for (toml, expected) in cases {
+            let err = error(toml);
+            assert!(err.starts_with(expected), "{toml}\n  got: {err}\n  expected: {expected}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_strategies_are_rejected() {
+        let err = error("[models.x]\ntarget = \"a/m\"\nretry = 3\n");
+        assert!(err.contains("unknown field `retry`"), "{err}");
+        let err = error("[models.x]\ntargets = [{ target = \"a/m\", params = { temprature = 1 } }]\n");
+        assert!(err.contains("unknown field `temprature`"), "{err}");
+        let err = error("[models.x]\ntarget = \"a/m\"\nstrategy = \"fastest\"\n");
+        assert!(err.contains("unknown variant `fastest`"), "{err}");
+    }
+}

@@ -1,0 +1,257 @@
+//! The executor: walks a request's plan (its legs, each a route with its targets in the
+//! order the balancer chose), calling targets until one answers. Retryable failures are
+//! retried on the same target with backoff (never sooner than `Retry-After`, within the
+//! retry budget), then the next target is tried; a non-retryable failure ends the request
+//! at once. Open circuit breakers are skipped without a call. What the attempt is (a whole
+//! chat, or a stream up to its first token) is a closure, so this file knows nothing of
+//! providers and is tested with scripted attempts on tokio's paused clock.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use fungible_providers::EventStream;
+use fungible_types::{ErrorKind, ProviderError, StreamEvent};
+use tokio::time::Instant;
+
+use super::breaker::{Admission, BreakerState};
+use super::policy::RetryBudget;
+use super::{Attempt, AttemptOutcome, Route, RouteInfo};
+
+/// The legs of one request: the model it named, then its per-request fallbacks.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// Each leg's route and the order to try its targets in.
+    pub legs: Vec<(Arc<Route>, Vec<usize>)>,
+    pub info: RouteInfo,
+}
+
+/// What one call gets.
+pub(crate) struct AttemptCtx {
+    pub route: Arc<Route>,
+    pub index: usize,
+    /// Nothing is left to try after this call: a stream need not be held back until its
+    /// first token, since a failure could not be retried anyway.
+    pub last_chance: bool,
+    /// Counts the call as in flight until dropped (a stream keeps it until it ends).
+    pub in_flight: InFlight,
+}
+
+/// Limits over all routes.
+pub(crate) struct Limits<'a> {
+    pub budget: &'a RetryBudget,
+    pub max_attempts: u32,
+}
+
+/// Runs `plan`, calling `attempt` for each try. Returns the route taken and the answer, or
+/// the last failure.
+pub(crate) async fn execute<T, F, Fut>(
+    limits: Limits<'_>,
+    plan: Plan,
+    total: Duration,
+    mut attempt: F,
+) -> (RouteInfo, Result<T, ProviderError>)
+where
+    F: FnMut(AttemptCtx) -> Fut,
+    Fut: Future<Output = Result<T, ProviderError>>,
+{
+    let Plan { legs, mut info } = plan;
+    let deadline = Instant::now() + total;
+    limits.budget.deposit();
+    let candidates: Vec<(usize, usize)> =
+        legs.iter().enumerate().flat_map(|(leg, (_, order))| order.iter().map(move |&i| (leg, i))).collect();
+    let mut last_error: Option<ProviderError> = None;
+    let mut open_wait: Option<Duration> = None;
+    let mut calls = 0u32;
+
+    'targets: for (position, &(leg, index)) in candidates.iter().enumerate() {
+        let route = &legs[leg].0;
+        let target = &route.targets[index];
+        let mut retry = 0u32;
+        loop {
+            if calls >= limits.max_attempts {
+                break 'targets;
+            }
+            let now = Instant::now();
+            if let Some(breaker) = &target.health.breaker
+                && let Admission::Denied { retry_in } = breaker.admit(now)
+            {
+                info.attempts.push(Attempt {
+                    target: target.config.target.clone(),
+                    outcome: AttemptOutcome::CircuitOpen,
+                    latency: Duration::ZERO,
+                });
+                open_wait = Some(open_wait.map_or(retry_in, |w| w.min(retry_in)));
+                continue 'targets;
+            }
+            let remaining = deadline.saturating_duration_since(now);
+            if remaining.is_zero() {
+                break 'targets;
+            }
+            let timeout = route.attempt_timeout.map_or(remaining, |t| t.min(remaining));
+            let last_chance = calls + 1 >= limits.max_attempts
+                || (position + 1 == candidates.len() && retry >= route.retries.attempts);
+            calls += 1;
+            let ctx = AttemptCtx { route: route.clone(), index, last_chance, in_flight: InFlight::start(route.clone(), index) };
+            let started = Instant::now();
+            let result = match tokio::time::timeout(timeout, attempt(ctx)).await {
+                Ok(result) => result,
+                Err(_) => Err(timed_out(&target.config.target.provider, timeout)),
+            };
+            let latency = started.elapsed();
+            target.health.attempts.fetch_add(1, Ordering::Relaxed);
+            let error = match result {
+                Ok(value) => {
+                    target.health.record_success(latency);
+                    info.attempts.push(Attempt { target: target.config.target.clone(), outcome: AttemptOutcome::Ok, latency });
+                    info.target = Some(target.config.target.clone());
+                    return (info, Ok(value));
+                }
+                Err(error) => error,
+            };
+            info.attempts.push(Attempt {
+                target: target.config.target.clone(),
+                outcome: AttemptOutcome::Failed(error.kind),
+                latency,
+            });
+            if !error.kind.is_retryable() {
+                // The request itself is at fault (or the credentials): another try, here or
+                // on the next target, would fail the same way.
+                return (info, Err(error));
+            }
+            let now = Instant::now();
+            target.health.record_failure(now);
+            let delay = if retry < route.retries.attempts {
+                route.retries.delay(retry, error.retry_after, &mut rand::rng())
+            } else {
+                None
+            };
+            tracing::debug!(
+                upstream = %target.config.target,
+                kind = ?error.kind,
+                retry_in_ms = delay.map(|d| d.as_millis()),
+                "attempt failed: {error}"
+            );
+            last_error = Some(error);
+            let Some(delay) = delay else { continue 'targets };
+            let breaker_opened = target.health.breaker.as_ref().is_some_and(|b| b.state(now) != BreakerState::Closed);
+            if breaker_opened || now + delay >= deadline || !limits.budget.try_withdraw() {
+                continue 'targets;
+            }
+            tokio::time::sleep(delay).await;
+            retry += 1;
+        }
+    }
+
+    let error = match (last_error, open_wait) {
+        (Some(error), _) => error,
+        (None, Some(wait)) => {
+            let mut error = ProviderError::new(
+                ErrorKind::Unavailable,
+                "fungible",
+                format!(
+                    "every target of {:?} is failing and has an open circuit breaker; the next probe is in {} s",
+                    info.route.as_deref().unwrap_or_default(),
+                    wait.as_secs().max(1)
+                ),
+            );
+            error.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+            error
+        }
+        (None, None) => {
+            let provider = candidates
+                .first()
+                .map(|&(leg, i)| legs[leg].0.targets[i].config.target.provider.clone())
+                .unwrap_or_else(|| "fungible".to_owned());
+            timed_out(&provider, total)
+        }
+    };
+    (info, Err(error))
+}
+
+fn timed_out(provider: &str, after: Duration) -> ProviderError {
+    let after = if after.subsec_millis() == 0 { format!("{} s", after.as_secs()) } else { format!("{} ms", after.as_millis()) };
+    ProviderError::new(ErrorKind::Timeout, provider, format!("no response within {after}"))
+}
+
+/// A call in flight on a route target, for `least_busy`; counted until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    route: Arc<Route>,
+    index: usize,
+}
+
+impl InFlight {
+    fn start(route: Arc<Route>, index: usize) -> InFlight {
+        route.targets[index].health.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { route, index }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.route.targets[self.index].health.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a stream event commits the stream to its target: anything the client would see
+/// as output. `Start` and `Usage` (input counts some vendors send first) do not, nor an
+/// empty text delta (OpenAI opens with `content: ""`).
+pub(crate) fn is_content(event: &StreamEvent) -> bool {
+    match event {
+        StreamEvent::Start { .. } | StreamEvent::Usage(_) => false,
+        StreamEvent::TextDelta { text } | StreamEvent::ReasoningDelta { text } => !text.is_empty(),
+        _ => true,
+    }
+}
+
+/// Reads `stream` up to its first content event, so that a failure before it is an `Err`
+/// here (and can be retried or fall back) instead of an error event after the client's
+/// response started. The events read are replayed in front of the rest.
+pub(crate) async fn until_first_content(mut stream: EventStream) -> Result<EventStream, ProviderError> {
+    let mut head = Vec::new();
+    loop {
+        match stream.next().await {
+            Some(Ok(event)) => {
+                let content = is_content(&event);
+                head.push(Ok(event));
+                if content {
+                    return Ok(Box::pin(futures::stream::iter(head).chain(stream)));
+                }
+            }
+            Some(Err(error)) => return Err(error),
+            None => return Ok(Box::pin(futures::stream::iter(head))),
+        }
+    }
+}
+
+/// A stream handed to the client: keeps its target counted in flight until it ends, and
+/// tells the target's breaker about a failure after it started.
+pub(crate) struct TrackedStream {
+    inner: EventStream,
+    in_flight: InFlight,
+}
+
+impl TrackedStream {
+    pub(crate) fn new(inner: EventStream, in_flight: InFlight) -> TrackedStream {
+        TrackedStream { inner, in_flight }
+    }
+}
+
+impl Stream for TrackedStream {
+    type Item = Result<StreamEvent, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = futures::ready!(self.inner.as_mut().poll_next(cx));
+        if let Some(Err(error)) = &item
+            && error.kind.is_retryable()
+        {
+            self.in_flight.route.targets[self.in_flight.index].health.record_failure(Instant::now());
+        }
+        Poll::Ready(item)
+    }
+}

@@ -1,0 +1,463 @@
+//! Routing: how a request for a model name becomes calls to provider targets, so that one
+//! slow, rate-limited or failing provider does not fail the request.
+//!
+//! A `[models.NAME]` alias is a **route**: one or more targets, ordered per request by its
+//! strategy ([`balance`]), each retried on retryable errors with jittered exponential
+//! backoff that never undercuts the upstream's `Retry-After` ([`policy`]), skipped without a
+//! call while its circuit breaker is open ([`breaker`]), and followed by the next target when
+//! its retries are spent. A non-retryable error (400, 401, 403, 404, 422, ...) ends the
+//! request at once and is not sent to the next target: the request, not the target, is at
+//! fault. A request naming `PROVIDER/MODEL` directly is one call, not retried (the client
+//! chose that exact target; SDKs retry on their own). A request may add an ad-hoc fallback
+//! list, OpenRouter's `models` or LiteLLM's `fallbacks` (model names or aliases), tried in
+//! order after the model it names; those keys are removed before the request goes upstream.
+//! Calls are bounded per request (`[routing] max_attempts_per_request`) and retries over
+//! all requests by a token bucket (`[routing] retry_budget`).
+//!
+//! **Streams** fail over transparently until their first content event (text, reasoning, a
+//! tool call, a refusal): the gateway holds the response back until then, so a failure to
+//! open or an error before any content is retried or falls back like a non-streamed call.
+//! Once content has flowed, a failure is not retried (the client has output it cannot take
+//! back); it reaches the client as the stream's error event, never as a normal finish. The
+//! last possible call of a request is handed over at once, without waiting for content.
+
+pub mod balance;
+pub mod breaker;
+pub mod config;
+mod execute;
+pub mod policy;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fungible_providers::{EventStream, Provider};
+use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use self::balance::{Ewma, Load, Strategy};
+use self::breaker::{BreakerState, CircuitBreaker};
+use self::config::{RouteConfig, RouteTargetConfig, RoutingConfig, Sticky};
+use self::execute::{AttemptCtx, Limits, Plan, TrackedStream};
+use self::policy::{RetryBudget, RetryPolicy};
+use crate::config::Target;
+use crate::{Gateway, GatewayError};
+
+/// How a request was routed: returned with every answer (and every failure), so a front end
+/// can report the target (`x-fungible-target`) and a log can record the attempts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteInfo {
+    /// The alias the client named, or `None` for `PROVIDER/MODEL`.
+    pub route: Option<String>,
+    /// The target that answered; `None` when none did.
+    pub target: Option<Target>,
+    /// The A/B variant: the name of the first target the balancer picked, for routes with
+    /// several targets (the answer may still come from a fallback: see `target`).
+    pub variant: Option<String>,
+    /// Every call made, and every target skipped for an open breaker, in order.
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub target: Target,
+    pub outcome: AttemptOutcome,
+    /// Until the answer (a stream: until its first content, or until it opened when it was
+    /// the last chance); zero for a skipped target.
+    pub latency: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Ok,
+    Failed(ErrorKind),
+    /// Not called: its circuit breaker was open.
+    CircuitOpen,
+}
+
+/// An answer and how it was routed.
+#[derive(Debug)]
+pub struct Routed<T> {
+    pub value: T,
+    pub route: RouteInfo,
+}
+
+/// A failure and how the request was routed before it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}")]
+pub struct RouteError {
+    pub error: GatewayError,
+    pub route: RouteInfo,
+}
+
+impl From<RouteError> for GatewayError {
+    fn from(e: RouteError) -> GatewayError {
+        e.error
+    }
+}
+
+/// What the front end knows of the request beyond the canonical body: the headers routes
+/// are sticky on. Build it with [`Gateway::route_hints`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteHints {
+    /// Lowercase name and value.
+    headers: Vec<(String, String)>,
+}
+
+impl RouteHints {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One target of one route, as a status report shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetStatus {
+    pub route: String,
+    /// The variant name.
+    pub name: String,
+    pub target: Target,
+    pub strategy: Strategy,
+    pub breaker: BreakerState,
+    pub in_flight: u64,
+    /// Moving average of time to first token (or to the whole answer, non-streamed).
+    pub ewma_ttft: Option<Duration>,
+    /// Requests whose first pick this target was (the A/B split).
+    pub first_picks: u64,
+    pub attempts: u64,
+    pub failures: u64,
+}
+
+/// The live state of one route target: what the breaker and the balancers read.
+#[derive(Debug)]
+pub(crate) struct TargetHealth {
+    /// `None` for a `PROVIDER/MODEL` request (nothing to route around).
+    breaker: Option<CircuitBreaker>,
+    ttft: Ewma,
+    in_flight: AtomicU64,
+    first_picks: AtomicU64,
+    attempts: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl TargetHealth {
+    fn new(breaker: Option<CircuitBreaker>) -> TargetHealth {
+        TargetHealth {
+            breaker,
+            ttft: Ewma::default(),
+            in_flight: AtomicU64::new(0),
+            first_picks: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    fn record_success(&self, latency: Duration) {
+        self.ttft.observe(latency);
+        if let Some(b) = &self.breaker {
+            b.record_success();
+        }
+    }
+
+    fn record_failure(&self, now: Instant) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = &self.breaker {
+            b.record_failure(now);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RouteTarget {
+    config: RouteTargetConfig,
+    health: TargetHealth,
+}
+
+/// A route with its live state.
+#[derive(Debug)]
+pub(crate) struct Route {
+    /// The alias; `None` for a `PROVIDER/MODEL` request.
+    name: Option<String>,
+    targets: Vec<RouteTarget>,
+    strategy: Strategy,
+    retries: RetryPolicy,
+    sticky: Option<Sticky>,
+    attempt_timeout: Option<Duration>,
+}
+
+impl Route {
+    fn configured(name: &str, config: &RouteConfig) -> Route {
+        Route {
+            name: Some(name.to_owned()),
+            targets: config
+                .targets
+                .iter()
+                .map(|t| RouteTarget {
+                    config: t.clone(),
+                    health: TargetHealth::new(Some(CircuitBreaker::new(config.breaker))),
+                })
+                .collect(),
+            strategy: config.strategy,
+            retries: config.retries,
+            sticky: config.sticky.clone(),
+            attempt_timeout: config.attempt_timeout,
+        }
+    }
+
+    /// A `PROVIDER/MODEL` request: one call, no retries, no breaker.
+    fn direct(target: Target) -> Route {
+        Route {
+            name: None,
+            targets: vec![RouteTarget {
+                config: RouteTargetConfig {
+                    name: target.to_string(),
+                    target,
+                    weight: 1,
+                    params: config::TargetParams::default(),
+                    extra_body: serde_json::Map::new(),
+                },
+                health: TargetHealth::new(None),
+            }],
+            strategy: Strategy::Fallback,
+            retries: RetryPolicy::NONE,
+            sticky: None,
+            attempt_timeout: None,
+        }
+    }
+
+    /// The order to try the targets in for one request.
+    fn order(&self, req: &ChatRequest, hints: &RouteHints) -> Vec<usize> {
+        let loads: Vec<Load> = self
+            .targets
+            .iter()
+            .map(|t| Load {
+                weight: t.config.weight,
+                ewma_ttft: t.health.ttft.get(),
+                in_flight: t.health.in_flight.load(Ordering::Relaxed),
+            })
+            .collect();
+        let key = match &self.sticky {
+            Some(Sticky::User) => req.user.as_deref(),
+            Some(Sticky::Header(name)) => hints.header(name),
+            None => None,
+        };
+        match key {
+            Some(key) => {
+                let seed = balance::sticky_seed(self.name.as_deref().unwrap_or_default(), key);
+                balance::order(self.strategy, &loads, &mut SmallRng::seed_from_u64(seed))
+            }
+            None => balance::order(self.strategy, &loads, &mut rand::rng()),
+        }
+    }
+}
+
+/// Every configured route with its live state, and the limits over all of them.
+#[derive(Debug)]
+pub(crate) struct Routing {
+    routes: BTreeMap<String, Arc<Route>>,
+    budget: RetryBudget,
+    max_attempts: u32,
+    /// The headers some route is sticky on, lowercase.
+    sticky_headers: Vec<String>,
+}
+
+impl Routing {
+    pub(crate) fn new(routes: &BTreeMap<String, RouteConfig>, limits: &RoutingConfig) -> Routing {
+        let mut sticky_headers: Vec<String> = routes
+            .values()
+            .filter_map(|r| match &r.sticky {
+                Some(Sticky::Header(name)) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        sticky_headers.sort();
+        sticky_headers.dedup();
+        Routing {
+            routes: routes.iter().map(|(name, r)| (name.clone(), Arc::new(Route::configured(name, r)))).collect(),
+            budget: RetryBudget::new(limits.retry_budget),
+            max_attempts: limits.max_attempts_per_request,
+            sticky_headers,
+        }
+    }
+}
+
+/// The keys of a per-request fallback list, OpenRouter's and LiteLLM's spelling.
+const FALLBACK_KEYS: [&str; 2] = ["models", "fallbacks"];
+
+fn bad_request(message: String) -> GatewayError {
+    GatewayError::Provider(ProviderError::invalid_request("fungible", message))
+}
+
+/// The request without the fallback-list keys, and the model names in them, each with the
+/// path it came from (`models[1]`) for errors.
+type Fallbacks = Vec<(String, String)>;
+
+fn split_fallbacks(req: &ChatRequest) -> Result<(Cow<'_, ChatRequest>, Fallbacks), GatewayError> {
+    if !FALLBACK_KEYS.iter().any(|k| req.extra_body.contains_key(*k)) {
+        return Ok((Cow::Borrowed(req), Vec::new()));
+    }
+    let mut owned = req.clone();
+    let mut names = Vec::new();
+    for key in FALLBACK_KEYS {
+        let Some(value) = owned.extra_body.remove(key) else { continue };
+        let Value::Array(items) = value else {
+            return Err(bad_request(format!("{key}: expected an array of model names")));
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Value::String(name) if !name.is_empty() => names.push((format!("{key}[{i}]"), name)),
+                _ => return Err(bad_request(format!("{key}[{i}]: expected a model name"))),
+            }
+        }
+    }
+    Ok((Cow::Owned(owned), names))
+}
+
+/// `req` as `target` gets it: with the target's params and extra body over the client's.
+fn request_for<'r>(req: &'r ChatRequest, target: &RouteTarget) -> Cow<'r, ChatRequest> {
+    let c = &target.config;
+    if c.params.is_empty() && c.extra_body.is_empty() {
+        return Cow::Borrowed(req);
+    }
+    let mut owned = req.clone();
+    c.params.apply(&mut owned);
+    for (key, value) in &c.extra_body {
+        owned.extra_body.insert(key.clone(), value.clone());
+    }
+    Cow::Owned(owned)
+}
+
+impl Gateway {
+    /// Keeps, of a request's headers, the ones some route is sticky on (none, unless a
+    /// route says `sticky = "header:NAME"`), for [`Gateway::chat_routed`].
+    pub fn route_hints<'a>(&self, headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> RouteHints {
+        let wanted = &self.inner.routing.sticky_headers;
+        if wanted.is_empty() {
+            return RouteHints::default();
+        }
+        let headers = headers
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let name = name.to_ascii_lowercase();
+                wanted.contains(&name).then(|| (name, value.to_owned()))
+            })
+            .collect();
+        RouteHints { headers }
+    }
+
+    /// One whole response, routed: retries, fallbacks and breakers as the model's route says.
+    pub async fn chat_routed(&self, req: &ChatRequest, hints: &RouteHints) -> Result<Routed<ChatResponse>, RouteError> {
+        let (req, plan) = self.plan(req, hints).map_err(|error| RouteError { error, route: RouteInfo::default() })?;
+        let req: &ChatRequest = &req;
+        let (route, result) = execute::execute(self.limits(), plan, self.inner.request_timeout, |ctx: AttemptCtx| async move {
+            let target = &ctx.route.targets[ctx.index];
+            let provider = self.provider_of(&target.config.target)?;
+            provider.chat(&request_for(req, target), &target.config.target.model).await
+        })
+        .await;
+        match result {
+            Ok(value) => Ok(Routed { value, route }),
+            Err(error) => Err(RouteError { error: error.into(), route }),
+        }
+    }
+
+    /// A stream, routed. It resolves once a target's stream produced its first content (or,
+    /// for the last target left to try, once it opened); see the module docs.
+    pub async fn chat_stream_routed(&self, req: &ChatRequest, hints: &RouteHints) -> Result<Routed<EventStream>, RouteError> {
+        let (req, plan) = self.plan(req, hints).map_err(|error| RouteError { error, route: RouteInfo::default() })?;
+        let req: &ChatRequest = &req;
+        let (route, result) = execute::execute(self.limits(), plan, self.inner.request_timeout, |ctx: AttemptCtx| async move {
+            let target = &ctx.route.targets[ctx.index];
+            let provider = self.provider_of(&target.config.target)?;
+            let stream = provider.chat_stream(&request_for(req, target), &target.config.target.model).await?;
+            let stream = if ctx.last_chance { stream } else { execute::until_first_content(stream).await? };
+            Ok::<EventStream, ProviderError>(Box::pin(TrackedStream::new(stream, ctx.in_flight)))
+        })
+        .await;
+        match result {
+            Ok(value) => Ok(Routed { value, route }),
+            Err(error) => Err(RouteError { error: error.into(), route }),
+        }
+    }
+
+    /// Every target of every configured route: breaker state, load and the A/B counts.
+    pub fn route_status(&self) -> Vec<TargetStatus> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (name, route) in &self.inner.routing.routes {
+            for t in &route.targets {
+                out.push(TargetStatus {
+                    route: name.clone(),
+                    name: t.config.name.clone(),
+                    target: t.config.target.clone(),
+                    strategy: route.strategy,
+                    breaker: t.health.breaker.as_ref().map_or(BreakerState::Closed, |b| b.state(now)),
+                    in_flight: t.health.in_flight.load(Ordering::Relaxed),
+                    ewma_ttft: t.health.ttft.get(),
+                    first_picks: t.health.first_picks.load(Ordering::Relaxed),
+                    attempts: t.health.attempts.load(Ordering::Relaxed),
+                    failures: t.health.failures.load(Ordering::Relaxed),
+                });
+            }
+        }
+        out
+    }
+
+    fn limits(&self) -> Limits<'_> {
+        Limits { budget: &self.inner.routing.budget, max_attempts: self.inner.routing.max_attempts }
+    }
+
+    fn provider_of(&self, target: &Target) -> Result<&Provider, ProviderError> {
+        self.inner.providers.get(&target.provider).map(|entry| &entry.provider).ok_or_else(|| {
+            ProviderError::new(ErrorKind::NotFound, &target.provider, "provider is not enabled")
+        })
+    }
+
+    /// The legs of a request (its model, then its per-request fallbacks) with each leg's
+    /// target order, and the request as it goes upstream.
+    fn plan<'r>(&self, req: &'r ChatRequest, hints: &RouteHints) -> Result<(Cow<'r, ChatRequest>, Plan), GatewayError> {
+        let (req, fallbacks) = split_fallbacks(req)?;
+        let mut legs: Vec<(Arc<Route>, Vec<usize>)> = Vec::with_capacity(1 + fallbacks.len());
+        let mut seen: Vec<&str> = Vec::with_capacity(1 + fallbacks.len());
+        let names = std::iter::once((None, req.model.as_str()))
+            .chain(fallbacks.iter().map(|(path, name)| (Some(path.as_str()), name.as_str())));
+        for (path, name) in names {
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
+            let route = match self.inner.routing.routes.get(name) {
+                Some(route) => route.clone(),
+                None => match (self.resolve(name), path) {
+                    (Ok((_, target)), _) => Arc::new(Route::direct(target)),
+                    (Err(GatewayError::UnknownModel(message)), Some(path)) => {
+                        return Err(GatewayError::UnknownModel(format!("{path}: {message}")));
+                    }
+                    (Err(error), _) => return Err(error),
+                },
+            };
+            let order = route.order(&req, hints);
+            legs.push((route, order));
+        }
+        let mut info = RouteInfo::default();
+        if let Some((route, order)) = legs.first() {
+            info.route = route.name.clone();
+            if let Some(&first) = order.first() {
+                let target = &route.targets[first];
+                target.health.first_picks.fetch_add(1, Ordering::Relaxed);
+                if route.targets.len() > 1 {
+                    info.variant = Some(target.config.name.clone());
+                }
+            }
+        }
+        Ok((req, Plan { legs, info }))
+    }
+}
+
+#[cfg(test)]
+mod tests;
