@@ -42,6 +42,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(openai_chat::chat_completions))
         // Some clients are configured with the origin only.
@@ -99,6 +100,14 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiErro
         }
         ApiError::invalid_request(None, format!("could not read the request body: {e}"))
     })
+}
+
+/// The OpenAPI 3.1 description of every route, kept beside the router (a test checks that
+/// each documented operation is routed).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    json_response(StatusCode::OK, OPENAPI.as_bytes().to_vec())
 }
 
 async fn health() -> Response {

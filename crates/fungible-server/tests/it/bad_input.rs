@@ -65,3 +65,27 @@ async fn models_and_health() {
     let res = h.send(Request::get("/health").body(Body::empty()).expect("request")).await;
     assert_eq!(res.json()["status"], "ok");
 }
+
+#[tokio::test]
+async fn every_documented_operation_is_routed() {
+    let spec: serde_json::Value = serde_json::from_str(fungible_server::OPENAPI).expect("openapi.json is JSON");
+    assert_eq!(spec["openapi"], "3.1.0");
+    let h = Harness::new(OPENAI).await;
+    let paths = spec["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 10, "{paths:?}");
+    for (path, ops) in paths {
+        let concrete = path.replace("{model}", "openai/gpt-5").replace("{id}", "resp_unknown");
+        for method in ops.as_object().expect("operations").keys() {
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&concrete)
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .expect("request");
+            let res = h.send(request).await;
+            // Routed: anything but the router's own "no route" / "method not allowed".
+            assert_ne!(res.status, 405, "{method} {path}");
+            assert!(!res.text().contains("no route for"), "{method} {path} is documented but not routed: {}", res.text());
+        }
+    }
+}
