@@ -5,9 +5,11 @@
 //! [`serve`] binds it to an address.
 
 pub mod anthropic_messages;
+pub mod dispatch;
 pub mod error;
 pub mod gemini_api;
 pub mod openai_chat;
+pub mod openai_embeddings;
 pub mod openai_responses;
 
 use std::net::SocketAddr;
@@ -47,6 +49,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai_chat::chat_completions))
         // Some clients are configured with the origin only.
         .route("/chat/completions", post(openai_chat::chat_completions))
+        .route("/v1/embeddings", post(openai_embeddings::embeddings))
         .route("/v1/messages", post(anthropic_messages::messages))
         .route("/v1/messages/count_tokens", post(anthropic_messages::count_tokens))
         .route("/v1/responses", post(openai_responses::create_response))
@@ -57,6 +60,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{*rest}", post(gemini_api::models_post).fallback(not_found))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), dispatch::layer))
         .with_state(state)
 }
 

@@ -65,11 +65,11 @@ async fn handle_count(state: AppState, body: Body) -> Result<Response, ApiError>
 async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
     let req = read_request(&state, body, Endpoint::Messages).await?;
     if !req.stream {
-        let response = state.gateway.chat(&req).await?;
+        let response = crate::dispatch::chat(&state, &req).await?;
         return Ok(json_response(response::message_body(&response, &req.model)));
     }
 
-    let upstream = state.gateway.chat_stream(&req).await?;
+    let upstream = crate::dispatch::chat_stream(&state, &req).await?;
     let encoder = EventEncoder::new(&req.model);
     // Each upstream event becomes its SSE events as it arrives; nothing is buffered but the
     // closing `message_delta`, which waits for the usage some vendors send after the finish.

@@ -102,14 +102,14 @@ async fn handle(
         }
         Method::Generate => {
             let parsed = request::parse(&bytes, model, false, gemini_upstream)?;
-            let answer = state.gateway.chat(&parsed.request).await?;
+            let answer = crate::dispatch::chat(&state, &parsed.request).await?;
             return Ok(json(response::response_body(&answer, parsed.include_thoughts, &provider_name)?));
         }
         Method::Stream(framing) => framing,
     };
 
     let parsed = request::parse(&bytes, model, true, gemini_upstream)?;
-    let upstream = state.gateway.chat_stream(&parsed.request).await?;
+    let upstream = crate::dispatch::chat_stream(&state, &parsed.request).await?;
     let encoder = StreamEncoder::new(framing, model, &provider_name, parsed.include_thoughts);
     // Each upstream event becomes its frames as it arrives; nothing is buffered but function
     // calls whose arguments are still arriving. Dropping this stream (the client went away)

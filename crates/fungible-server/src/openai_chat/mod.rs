@@ -28,13 +28,13 @@ async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
     let bytes = crate::read_body(body, state.max_body_bytes).await?;
     let req = request::parse(&bytes)?;
     if !req.stream {
-        let response = state.gateway.chat(&req).await?;
+        let response = crate::dispatch::chat(&state, &req).await?;
         let mut http = (StatusCode::OK, response::completion_body(&response)).into_response();
         http.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         return Ok(http);
     }
 
-    let upstream = state.gateway.chat_stream(&req).await?;
+    let upstream = crate::dispatch::chat_stream(&state, &req).await?;
     let encoder = ChunkEncoder::new(&req.model, req.stream_include_usage);
     // Each upstream event becomes its frames as it arrives; nothing is buffered. When the
     // client goes away hyper drops this stream, which drops the upstream response and so

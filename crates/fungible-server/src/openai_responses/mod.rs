@@ -113,7 +113,7 @@ async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
     let saver = store.then(|| Saver { store: state.responses.clone(), conversation });
 
     if !chat.stream {
-        let answer = state.gateway.chat(&chat).await?;
+        let answer = crate::dispatch::chat(&state, &chat).await?;
         let head = ResponseHead { model: answer.model.clone(), ..head };
         let rendered = response::response_body(&head, &answer);
         if let Some(saver) = saver {
@@ -122,7 +122,7 @@ async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
         return Ok(json_response(StatusCode::OK, rendered.body));
     }
 
-    let upstream = state.gateway.chat_stream(&chat).await?;
+    let upstream = crate::dispatch::chat_stream(&state, &chat).await?;
     let encoder = EventEncoder::new(head);
     // Each upstream event becomes its events as it arrives; nothing is buffered. When the
     // client goes away hyper drops this stream, which drops the upstream response and so

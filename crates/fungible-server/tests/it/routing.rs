@@ -128,6 +128,10 @@ async fn the_first_target_down_falls_back_to_the_next() {
     let res = t.chat("r", json!({"temperature": 0.9})).await;
     assert_eq!(answer_text(&res), "from b");
     assert_eq!(t.a().received().len(), 3, "the first try and two retries");
+    let header = |name: &str| res.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(header("x-fungible-target").as_deref(), Some("b/m2"), "the target that answered");
+    assert_eq!(header("x-fungible-attempts").as_deref(), Some("4"));
+    assert_eq!(header("x-fungible-route").as_deref(), Some("r"));
     let sent = t.b.single_request().json();
     assert_eq!(sent["model"], "m2");
     assert_eq!(sent["temperature"], 0.1, "the target's params win");
@@ -254,4 +258,38 @@ async fn sticky_variants_send_each_user_to_one_target() {
     }
     let (same, other) = if first == "a" { (t.a(), &t.b) } else { (&t.b, t.a()) };
     assert_eq!((same.received().len(), other.received().len()), (8, 0));
+}
+
+/// Every inbound API says which target answered, streamed or not.
+#[tokio::test]
+async fn every_front_end_reports_the_target_that_answered() {
+    let routes = format!("[models.r]\n{FAST_RETRIES}\ntargets = [{{ target = \"a/m1\" }}, {{ target = \"b/m2\" }}]\n");
+    let requests: [(&str, serde_json::Value); 4] = [
+        ("/v1/chat/completions", json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]})),
+        ("/v1/messages", json!({"model": "r", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})),
+        ("/v1/responses", json!({"model": "r", "input": "hi"})),
+        ("/v1beta/models/r:generateContent", json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})),
+    ];
+    for (path, body) in requests {
+        for stream in [false, true] {
+            let t = TwoUpstreams::new(&routes).await;
+            for _ in 0..3 {
+                t.a().push(failure(503));
+            }
+            t.b.push(if stream { full_stream() } else { completion("from b") });
+            let mut body = body.clone();
+            let path = if stream && path.contains(":generateContent") {
+                path.replace(":generateContent", ":streamGenerateContent?alt=sse")
+            } else {
+                if stream {
+                    body["stream"] = json!(true);
+                }
+                path.to_owned()
+            };
+            let res = t.h.post(&path, body.to_string()).await;
+            assert_eq!(res.status, 200, "{path}: {}", res.text());
+            let target = res.headers.get("x-fungible-target").and_then(|v| v.to_str().ok());
+            assert_eq!(target, Some("b/m2"), "{path} stream={stream}");
+        }
+    }
 }

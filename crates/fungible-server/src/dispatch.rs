@@ -1,0 +1,103 @@
+//! The one way front ends call the gateway for a chat, so every inbound API routes alike.
+//!
+//! A middleware ([`layer`]) opens a per-request context: it reads the routing hints from the
+//! request headers (sticky A/B variants), and once the handler returned it writes how the
+//! request was routed into the response headers — `x-fungible-target` (the `PROVIDER/MODEL`
+//! that answered), `x-fungible-attempts`, and `x-fungible-route` / `x-fungible-variant` for
+//! aliases. Front ends call [`chat`] and [`chat_stream`] instead of the gateway's methods.
+
+use std::cell::RefCell;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use fungible_gateway::{GatewayError, RouteHints, RouteInfo};
+use fungible_providers::EventStream;
+use fungible_types::{ChatRequest, ChatResponse};
+
+use crate::AppState;
+
+struct RequestContext {
+    hints: RouteHints,
+    route: RefCell<Option<RouteInfo>>,
+}
+
+tokio::task_local! {
+    static CONTEXT: RequestContext;
+}
+
+/// Middleware: the routing context of one request (see the module docs).
+pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let hints = state
+        .gateway
+        .route_hints(request.headers().iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))));
+    let context = RequestContext { hints, route: RefCell::new(None) };
+    CONTEXT
+        .scope(context, async move {
+            let mut response = next.run(request).await;
+            let route = CONTEXT.with(|c| c.route.borrow_mut().take());
+            if let Some(route) = route {
+                mark(&mut response, &route);
+            }
+            response
+        })
+        .await
+}
+
+fn mark(response: &mut Response, route: &RouteInfo) {
+    let headers = response.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    if let Some(target) = &route.target {
+        set("x-fungible-target", target.to_string());
+    }
+    if !route.attempts.is_empty() {
+        set("x-fungible-attempts", route.attempts.len().to_string());
+    }
+    if let Some(alias) = &route.route {
+        set("x-fungible-route", alias.clone());
+    }
+    if let Some(variant) = &route.variant {
+        set("x-fungible-variant", variant.clone());
+    }
+}
+
+fn hints() -> RouteHints {
+    CONTEXT.try_with(|c| c.hints.clone()).unwrap_or_default()
+}
+
+fn remember(route: RouteInfo) {
+    let _ = CONTEXT.try_with(|c| *c.route.borrow_mut() = Some(route));
+}
+
+/// A whole response, routed.
+pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, GatewayError> {
+    match state.gateway.chat_routed(req, &hints()).await {
+        Ok(routed) => {
+            remember(routed.route);
+            Ok(routed.value)
+        }
+        Err(e) => {
+            remember(e.route);
+            Err(e.error)
+        }
+    }
+}
+
+/// A stream, routed; resolves once a target's stream is under way.
+pub async fn chat_stream(state: &AppState, req: &ChatRequest) -> Result<EventStream, GatewayError> {
+    match state.gateway.chat_stream_routed(req, &hints()).await {
+        Ok(routed) => {
+            remember(routed.route);
+            Ok(routed.value)
+        }
+        Err(e) => {
+            remember(e.route);
+            Err(e.error)
+        }
+    }
+}
