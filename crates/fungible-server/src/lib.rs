@@ -11,6 +11,7 @@ pub mod gemini_api;
 pub mod openai_chat;
 pub mod openai_embeddings;
 pub mod openai_responses;
+mod streaming;
 
 use std::net::SocketAddr;
 

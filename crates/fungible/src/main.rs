@@ -170,8 +170,13 @@ fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         };
         println!("provider {:<12} {:<18} {}  [{key}]", p.name, p.kind.as_str(), p.base_url);
     }
-    for (alias, target) in &config.aliases {
-        println!("model    {alias:<12} -> {target}");
+    for (alias, route) in &config.routes {
+        let targets: Vec<String> = route
+            .targets
+            .iter()
+            .map(|t| if route.targets.len() > 1 { format!("{} (weight {})", t.target, t.weight) } else { t.target.to_string() })
+            .collect();
+        println!("model    {alias:<12} -> {}  [{:?}, {} retries]", targets.join(", "), route.strategy, route.retries.attempts);
     }
     Ok(ExitCode::SUCCESS)
 }

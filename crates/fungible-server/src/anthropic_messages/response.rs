@@ -417,6 +417,22 @@ fn event_frame(name: &str, data: &impl Serialize) -> Bytes {
     Bytes::from(frame)
 }
 
+impl crate::streaming::FrameEncoder for EventEncoder {
+    fn encode(&mut self, event: StreamEvent, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
+        EventEncoder::encode(self, event, out);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
+        EventEncoder::finish(self, out);
+        Ok(())
+    }
+
+    fn fail(&mut self, error: &ApiError, out: &mut Vec<Bytes>) {
+        out.push(self.error(error));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

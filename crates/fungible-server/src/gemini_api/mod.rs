@@ -10,14 +10,12 @@
 mod request;
 mod response;
 
-use std::convert::Infallible;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiFormat};
@@ -111,44 +109,7 @@ async fn handle(
     let parsed = request::parse(&bytes, model, true, gemini_upstream)?;
     let upstream = crate::dispatch::chat_stream(&state, &parsed.request).await?;
     let encoder = StreamEncoder::new(framing, model, &provider_name, parsed.include_thoughts);
-    // Each upstream event becomes its frames as it arrives; nothing is buffered but function
-    // calls whose arguments are still arriving. Dropping this stream (the client went away)
-    // drops the upstream response and so cancels the upstream request.
-    let frames = futures::stream::unfold((upstream, encoder, false), |(mut upstream, mut encoder, ended)| async move {
-        if ended {
-            return None;
-        }
-        let mut out = Vec::new();
-        while out.is_empty() {
-            let step = match upstream.next().await {
-                Some(Ok(event)) => encoder.encode(event, &mut out),
-                Some(Err(error)) => Err(ApiError::from_provider(&error)),
-                None => match encoder.finish(&mut out) {
-                    Ok(()) => {
-                        let frames = out.into_iter().map(Ok).collect::<Vec<_>>();
-                        return Some((futures::stream::iter(frames), (upstream, encoder, true)));
-                    }
-                    Err(error) => Err(error),
-                },
-            };
-            if let Err(error) = step {
-                tracing::warn!(status = error.status.as_u16(), "stream failed after it started: {}", error.message);
-                out.push(encoder.error(&error));
-                let frames = out.into_iter().map(Ok::<Bytes, Infallible>).collect::<Vec<_>>();
-                return Some((futures::stream::iter(frames), (upstream, encoder, true)));
-            }
-        }
-        let frames = out.into_iter().map(Ok).collect::<Vec<_>>();
-        Some((futures::stream::iter(frames), (upstream, encoder, false)))
-    })
-    .flatten();
-
-    let mut http = Response::new(Body::from_stream(frames));
-    let headers = http.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(framing.content_type()));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(http)
+    Ok(crate::streaming::response(upstream, encoder, framing.content_type()))
 }
 
 fn json(body: Vec<u8>) -> Response {

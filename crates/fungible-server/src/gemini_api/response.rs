@@ -455,6 +455,20 @@ fn sse_frame(json: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
+impl crate::streaming::FrameEncoder for StreamEncoder {
+    fn encode(&mut self, event: StreamEvent, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
+        StreamEncoder::encode(self, event, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
+        StreamEncoder::finish(self, out)
+    }
+
+    fn fail(&mut self, error: &ApiError, out: &mut Vec<Bytes>) {
+        out.push(self.error(error));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -302,6 +302,22 @@ impl ChunkEncoder {
     }
 }
 
+impl crate::streaming::FrameEncoder for ChunkEncoder {
+    fn encode(&mut self, event: StreamEvent, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
+        ChunkEncoder::encode(self, event, out);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
+        ChunkEncoder::finish(self, out);
+        Ok(())
+    }
+
+    fn fail(&mut self, error: &ApiError, out: &mut Vec<Bytes>) {
+        out.push(self.error(error));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,6 @@ mod request;
 mod response;
 mod store;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -19,7 +18,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fungible_types::{AssistantMessage, ContentPart, Message, Role};
-use futures::StreamExt;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiFormat};
@@ -124,47 +122,7 @@ async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
 
     let upstream = crate::dispatch::chat_stream(&state, &chat).await?;
     let encoder = EventEncoder::new(head);
-    // Each upstream event becomes its events as it arrives; nothing is buffered. When the
-    // client goes away hyper drops this stream, which drops the upstream response and so
-    // cancels the upstream request (and nothing is stored).
-    let frames = futures::stream::unfold(
-        (upstream, encoder, saver, false),
-        |(mut upstream, mut encoder, mut saver, ended)| async move {
-            if ended {
-                return None;
-            }
-            let mut out = Vec::new();
-            let mut ended = false;
-            while out.is_empty() && !ended {
-                match upstream.next().await {
-                    Some(Ok(event)) => encoder.encode(event, &mut out),
-                    Some(Err(error)) => {
-                        let api = ApiError::from_provider(&error);
-                        tracing::warn!(status = api.status.as_u16(), "stream failed after it started: {}", api.message);
-                        encoder.fail(&api, &mut out);
-                        ended = true;
-                    }
-                    None => {
-                        let rendered = encoder.finish(&mut out);
-                        if let Some(saver) = saver.take() {
-                            saver.save(encoder.id(), rendered.body, &rendered.message);
-                        }
-                        ended = true;
-                    }
-                }
-            }
-            let frames = out.into_iter().map(Ok::<Bytes, Infallible>).collect::<Vec<_>>();
-            Some((futures::stream::iter(frames), (upstream, encoder, saver, ended)))
-        },
-    )
-    .flatten();
-
-    let mut http = Response::new(Body::from_stream(frames));
-    let headers = http.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(http)
+    Ok(crate::streaming::response(upstream, Saving { encoder, saver }, "text/event-stream"))
 }
 
 fn previous_not_found(id: &str) -> ApiError {
@@ -204,4 +162,30 @@ fn assistant_turn(answer: &AssistantMessage) -> Message {
     message.tool_calls.clone_from(&answer.tool_calls);
     message.reasoning.clone_from(&answer.reasoning);
     message
+}
+
+/// The stream encoder plus what stores the response once it completed (never a failed or
+/// abandoned one).
+struct Saving {
+    encoder: EventEncoder,
+    saver: Option<Saver>,
+}
+
+impl crate::streaming::FrameEncoder for Saving {
+    fn encode(&mut self, event: fungible_types::StreamEvent, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
+        self.encoder.encode(event, out);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
+        let rendered = self.encoder.finish(out);
+        if let Some(saver) = self.saver.take() {
+            saver.save(self.encoder.id(), rendered.body, &rendered.message);
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, error: &ApiError, out: &mut Vec<Bytes>) {
+        self.encoder.fail(error, out);
+    }
 }
