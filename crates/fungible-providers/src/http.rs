@@ -134,10 +134,10 @@ fn quote_body(bytes: &[u8]) -> String {
 
 /// `Retry-After` in seconds (delta form), or `retry-after-ms` rounded up.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
-    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()) {
-        if let Ok(ms) = ms.trim().parse::<f64>() {
-            return Some((ms / 1000.0).ceil().max(0.0) as u64);
-        }
+    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok())
+        && let Ok(ms) = ms.trim().parse::<f64>()
+    {
+        return Some((ms / 1000.0).ceil().max(0.0) as u64);
     }
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     value.trim().parse::<u64>().ok()

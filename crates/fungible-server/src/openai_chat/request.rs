@@ -94,10 +94,10 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         presence_penalty: take(&mut f, "presence_penalty")?,
         frequency_penalty: take(&mut f, "frequency_penalty")?,
     };
-    if let Some(n) = take::<u32>(&mut f, "n")? {
-        if n != 1 {
-            return Err(bad("n", format!("only n = 1 is supported, got {n}")));
-        }
+    if let Some(n) = take::<u32>(&mut f, "n")?
+        && n != 1
+    {
+        return Err(bad("n", format!("only n = 1 is supported, got {n}")));
     }
     let reasoning = take::<ReasoningEffort>(&mut f, "reasoning_effort")?
         .map(|effort| ReasoningConfig { effort: Some(effort), budget_tokens: None });
