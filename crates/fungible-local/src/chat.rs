@@ -1,0 +1,608 @@
+//! GGUF chat models through llama.cpp.
+//!
+//! A loaded model owns one scheduler thread with one llama.cpp context holding a KV-cache
+//! sequence per slot (`[local] slots`): every step decodes the next token of all running
+//! requests in one batch (continuous batching), so one long generation does not hold up the
+//! others, and generation never runs on the async workers. Requests beyond the slots wait in
+//! a queue. The scheduler sends each piece of text through a channel as it is produced; when
+//! the client goes away the receiver is dropped, and the scheduler drops that sequence at its
+//! next step.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use fungible_types::{
+    AssistantMessage, ChatRequest, ChatResponse, ErrorKind, FinishReason, ProviderError, ResponseFormat, StreamEvent,
+    ToolChoice, Usage,
+};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::OnceCell;
+
+use crate::stop::StopMatcher;
+use crate::template::ChatTemplate;
+use crate::{LocalEventStream, error, invalid, mib, resident_bytes};
+
+#[derive(Debug, Clone, Copy)]
+pub struct ChatSettings {
+    pub slots: usize,
+    pub context_size: u32,
+    pub threads: usize,
+}
+
+/// A configured chat model; loaded on first use.
+#[derive(Debug)]
+pub struct ChatModel {
+    name: String,
+    path: PathBuf,
+    settings: ChatSettings,
+    loaded: OnceCell<Arc<Loaded>>,
+}
+
+/// A loaded model: its template and the queue its scheduler takes jobs from.
+pub(crate) struct Loaded {
+    model: Arc<LlamaModel>,
+    template: ChatTemplate,
+    n_ctx: u32,
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded").field("n_ctx", &self.n_ctx).finish_non_exhaustive()
+    }
+}
+
+/// One generation request for the scheduler.
+struct Job {
+    prompt: String,
+    params: GenParams,
+    out: tokio::sync::mpsc::UnboundedSender<Result<Output, ProviderError>>,
+}
+
+/// What the scheduler sends back, in order: `Accepted`, then `Text`s, then `Done`.
+#[derive(Debug)]
+enum Output {
+    Accepted { prompt_tokens: u64 },
+    Text(String),
+    Done { reason: FinishReason, completion_tokens: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct GenParams {
+    temperature: f32,
+    top_p: f32,
+    top_k: i32,
+    seed: u32,
+    max_tokens: Option<u32>,
+    stop: Vec<String>,
+    repeat_penalty: f32,
+    frequency_penalty: f32,
+    presence_penalty: f32,
+    grammar: Option<String>,
+}
+
+fn backend() -> Result<&'static LlamaBackend, ProviderError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| error(ErrorKind::Unavailable, format!("could not start llama.cpp: {e}")))
+}
+
+impl ChatModel {
+    pub fn new(name: &str, path: PathBuf, settings: ChatSettings) -> ChatModel {
+        ChatModel { name: name.to_owned(), path, settings, loaded: OnceCell::new() }
+    }
+
+    pub(crate) async fn loaded(&self) -> Result<Arc<Loaded>, ProviderError> {
+        self.loaded
+            .get_or_try_init(|| async {
+                let name = self.name.clone();
+                let path = self.path.clone();
+                let settings = self.settings;
+                tokio::task::spawn_blocking(move || load(&name, path, settings))
+                    .await
+                    .map_err(|e| error(ErrorKind::Unavailable, format!("loading local model {:?} failed: {e}", self.name)))?
+                    .map(Arc::new)
+            })
+            .await
+            .cloned()
+    }
+
+    pub async fn count_tokens(&self, req: &ChatRequest) -> Result<u64, ProviderError> {
+        let loaded = self.loaded().await?;
+        let prompt = render(&loaded, req)?;
+        let model = loaded.model.clone();
+        let tokens = tokio::task::spawn_blocking(move || tokenize(&model, &prompt))
+            .await
+            .map_err(|e| error(ErrorKind::Unavailable, e.to_string()))?;
+        Ok(tokens.len() as u64)
+    }
+
+    /// Starts a generation; resolves once the scheduler took it and the prompt fits.
+    async fn start(
+        &self,
+        req: &ChatRequest,
+    ) -> Result<(u64, tokio::sync::mpsc::UnboundedReceiver<Result<Output, ProviderError>>), ProviderError> {
+        let params = gen_params(req)?;
+        let loaded = self.loaded().await?;
+        let prompt = render(&loaded, req)?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = Job { prompt, params, out: tx };
+        loaded
+            .jobs
+            .lock()
+            .map_err(|_| error(ErrorKind::Unavailable, "the local model scheduler is gone"))?
+            .send(job)
+            .map_err(|_| error(ErrorKind::Unavailable, "the local model scheduler is gone"))?;
+        match rx.recv().await {
+            Some(Ok(Output::Accepted { prompt_tokens })) => Ok((prompt_tokens, rx)),
+            Some(Err(e)) => Err(e),
+            Some(Ok(other)) => Err(error(ErrorKind::UpstreamServer, format!("local scheduler answered {other:?} first"))),
+            None => Err(error(ErrorKind::UpstreamServer, "the local scheduler stopped before accepting the request")),
+        }
+    }
+
+    pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let (prompt_tokens, mut rx) = self.start(req).await?;
+        let mut text = String::new();
+        while let Some(item) = rx.recv().await {
+            match item? {
+                Output::Text(t) => text.push_str(&t),
+                Output::Done { reason, completion_tokens } => {
+                    return Ok(ChatResponse {
+                        id: response_id(),
+                        model: self.name.clone(),
+                        created: now(),
+                        message: AssistantMessage { content: Some(text), ..AssistantMessage::default() },
+                        finish_reason: reason,
+                        usage: Usage {
+                            input_tokens: prompt_tokens,
+                            output_tokens: completion_tokens,
+                            ..Usage::default()
+                        },
+                    });
+                }
+                Output::Accepted { .. } => {}
+            }
+        }
+        Err(error(ErrorKind::UpstreamServer, "local generation ended without finishing"))
+    }
+
+    pub async fn chat_stream(&self, req: &ChatRequest) -> Result<LocalEventStream, ProviderError> {
+        let (prompt_tokens, mut rx) = self.start(req).await?;
+        let model = self.name.clone();
+        let stream = async_stream::stream! {
+            yield Ok(StreamEvent::Start { id: response_id(), model, created: now() });
+            loop {
+                match rx.recv().await {
+                    Some(Ok(Output::Text(text))) => yield Ok(StreamEvent::TextDelta { text }),
+                    Some(Ok(Output::Done { reason, completion_tokens })) => {
+                        yield Ok(StreamEvent::Finish { reason });
+                        yield Ok(StreamEvent::Usage(Usage {
+                            input_tokens: prompt_tokens,
+                            output_tokens: completion_tokens,
+                            ..Usage::default()
+                        }));
+                        break;
+                    }
+                    Some(Ok(Output::Accepted { .. })) => {}
+                    Some(Err(e)) => { yield Err(e); break; }
+                    None => {
+                        yield Err(error(ErrorKind::UpstreamServer, "local generation ended without finishing"));
+                        break;
+                    }
+                }
+            }
+        };
+        Ok(Box::pin(stream))
+    }
+}
+
+fn render(loaded: &Loaded, req: &ChatRequest) -> Result<String, ProviderError> {
+    if req.messages.is_empty() {
+        return Err(invalid("messages must not be empty"));
+    }
+    if req.messages.iter().all(|m| m.joined_text().trim().is_empty()) {
+        return Err(invalid("the prompt is empty: send at least one message with text"));
+    }
+    loaded.template.render(req).map_err(invalid)
+}
+
+fn gen_params(req: &ChatRequest) -> Result<GenParams, ProviderError> {
+    if !req.tools.is_empty() && !matches!(req.tool_choice, Some(ToolChoice::None)) {
+        return Err(invalid("local models do not support tools yet"));
+    }
+    let p = &req.params;
+    let temperature = p.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(invalid(format!("temperature must be between 0 and 2, got {temperature}")));
+    }
+    let top_p = p.top_p.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&top_p) {
+        return Err(invalid(format!("top_p must be between 0 and 1, got {top_p}")));
+    }
+    let number = |name: &str| req.extra_body.get(name).and_then(serde_json::Value::as_f64);
+    let repeat_penalty = number("repetition_penalty").or_else(|| number("repeat_penalty")).unwrap_or(1.0);
+    if repeat_penalty <= 0.0 {
+        return Err(invalid(format!("repetition_penalty must be greater than 0, got {repeat_penalty}")));
+    }
+    let seed = match p.seed {
+        // Any i64 maps onto llama.cpp's u32 seed; equal seeds stay equal.
+        Some(seed) => (seed as u64 ^ ((seed as u64) >> 32)) as u32,
+        None => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) | 1,
+    };
+    let grammar = match &req.response_format {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonObject) => Some(schema_grammar(&serde_json::json!({"type": "object"}))?),
+        Some(ResponseFormat::JsonSchema(format)) => Some(schema_grammar(&format.schema)?),
+    };
+    if p.max_tokens == Some(0) {
+        return Err(invalid("max_tokens must be at least 1"));
+    }
+    Ok(GenParams {
+        temperature: temperature as f32,
+        top_p: top_p as f32,
+        top_k: p.top_k.map(|k| k.min(i32::MAX as u32) as i32).unwrap_or(0),
+        seed,
+        max_tokens: p.max_tokens,
+        stop: p.stop.clone(),
+        repeat_penalty: repeat_penalty as f32,
+        frequency_penalty: p.frequency_penalty.unwrap_or(0.0) as f32,
+        presence_penalty: p.presence_penalty.unwrap_or(0.0) as f32,
+        grammar,
+    })
+}
+
+/// llama.cpp's own JSON-Schema-to-GBNF converter (the one its server uses).
+fn schema_grammar(schema: &serde_json::Value) -> Result<String, ProviderError> {
+    llama_cpp_2::json_schema_to_grammar(&schema.to_string())
+        .map_err(|e| invalid(format!("response_format: the JSON schema cannot be turned into a grammar: {e}")))
+}
+
+fn tokenize(model: &LlamaModel, prompt: &str) -> Vec<LlamaToken> {
+    // The template already has the BOS text where the model wants it; special tokens in the
+    // rendered text (`<|im_start|>`) are parsed as such.
+    model.vocab().tokenize(prompt.as_bytes(), false, true)
+}
+
+fn load(name: &str, path: PathBuf, settings: ChatSettings) -> Result<Loaded, ProviderError> {
+    let unavailable = |message: String| error(ErrorKind::Unavailable, message);
+    if !path.is_file() {
+        return Err(unavailable(format!(
+            "local model {name:?}: {} does not exist (run scripts/setup-models.sh or fix [local] chat_models)",
+            path.display()
+        )));
+    }
+    let backend = backend()?;
+    let before = resident_bytes();
+    let started = Instant::now();
+    let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default()).map_err(|e| {
+        unavailable(format!("local model {name:?}: {} is not a loadable GGUF file: {e}", path.display()))
+    })?;
+    let model = Arc::new(model);
+    let vocab = model.vocab();
+    let token_text =
+        |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
+    let bos = token_text(vocab.bos());
+    let eos = token_text(vocab.eos());
+    let source = model.meta_val_str("tokenizer.chat_template").ok();
+    let template = ChatTemplate::new(source, bos, eos).map_err(unavailable)?;
+    let n_ctx = settings.context_size.min(model.n_ctx_train().max(64));
+
+    let (tx, rx) = mpsc::channel::<Job>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    {
+        let model = model.clone();
+        std::thread::Builder::new()
+            .name(format!("local-{name}"))
+            .spawn(move || scheduler(backend, &model, settings, n_ctx, &rx, &ready_tx))
+            .map_err(|e| unavailable(format!("could not start the scheduler thread: {e}")))?;
+    }
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(unavailable(format!("local model {name:?}: could not create a context: {e}"))),
+        Err(_) => return Err(unavailable(format!("local model {name:?}: the scheduler thread died"))),
+    }
+    let taken = match (before, resident_bytes()) {
+        (Some(b), Some(a)) => mib(a.saturating_sub(b)),
+        _ => "unknown".to_owned(),
+    };
+    tracing::info!(
+        model = %format!("local/{name}"),
+        file = %path.display(),
+        weights = %mib(model.size()),
+        memory = %taken,
+        context = n_ctx,
+        slots = settings.slots,
+        "loaded local chat model in {} ms",
+        started.elapsed().as_millis()
+    );
+    Ok(Loaded { model, template, n_ctx, jobs: Mutex::new(tx) })
+}
+
+/// A sequence being generated: one client's request in the shared batch.
+struct Sequence {
+    job: Job,
+    id: i32,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens already in the KV cache.
+    fed: usize,
+    /// Position of the next token.
+    pos: i32,
+    /// The token sampled last, to feed next.
+    last: Option<LlamaToken>,
+    /// Index of this sequence's logits in the batch just decoded.
+    logits_at: Option<i32>,
+    sampler: LlamaSampler,
+    stops: StopMatcher,
+    generated: u64,
+    max_tokens: u64,
+}
+
+/// The scheduler thread of one model: a single llama.cpp context with one KV-cache sequence
+/// per slot. Each step decodes one batch holding the next token of every generating
+/// sequence plus prompt chunks of newly admitted ones (continuous batching, as llama.cpp's
+/// server does), so concurrent requests share each pass over the weights instead of queueing
+/// behind each other.
+fn scheduler(
+    backend: &LlamaBackend,
+    model: &LlamaModel,
+    settings: ChatSettings,
+    n_ctx: u32,
+    jobs: &mpsc::Receiver<Job>,
+    ready: &mpsc::Sender<Result<(), String>>,
+) {
+    let threads = i32::try_from(settings.threads).unwrap_or(1);
+    let slots = settings.slots.max(1);
+    let n_batch: usize = 512;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx.saturating_mul(slots as u32)))
+        .with_n_batch(n_batch as u32)
+        .with_n_seq_max(slots as u32)
+        .with_kv_unified(false)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let mut ctx = match model.new_context(backend, params) {
+        Ok(ctx) => {
+            let _ = ready.send(Ok(()));
+            ctx
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let vocab = model.vocab();
+    let mut batch = LlamaBatch::new(n_batch, slots as i32);
+    let mut active: Vec<Sequence> = Vec::new();
+    let mut free: Vec<i32> = (0..slots as i32).rev().collect();
+    loop {
+        // Admit new requests while a slot is free; block only when there is nothing to do.
+        while let Some(&id) = free.last() {
+            let job = if active.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            } else {
+                match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            };
+            match admit(model, n_ctx, job, id) {
+                Some(seq) => {
+                    free.pop();
+                    active.push(seq);
+                }
+                None => continue,
+            }
+        }
+
+        // One batch: every generating sequence's last token, then prompt chunks.
+        batch.clear();
+        let mut budget = n_batch;
+        let mut failed: Option<String> = None;
+        for seq in &mut active {
+            seq.logits_at = None;
+            if let Some(token) = seq.last {
+                if budget == 0 {
+                    continue;
+                }
+                if let Err(e) = batch.add(token, seq.pos, &[seq.id], true) {
+                    failed = Some(e.to_string());
+                    break;
+                }
+                seq.logits_at = Some(batch.n_tokens() - 1);
+                seq.pos += 1;
+                budget -= 1;
+            }
+        }
+        for seq in &mut active {
+            if seq.last.is_some() || budget == 0 || failed.is_some() {
+                continue;
+            }
+            let take = (seq.prompt.len() - seq.fed).min(budget);
+            for k in 0..take {
+                let is_last = seq.fed + k + 1 == seq.prompt.len();
+                if let Err(e) = batch.add(seq.prompt[seq.fed + k], seq.pos, &[seq.id], is_last) {
+                    failed = Some(e.to_string());
+                    break;
+                }
+                seq.pos += 1;
+                if is_last {
+                    seq.logits_at = Some(batch.n_tokens() - 1);
+                }
+            }
+            seq.fed += take;
+            budget -= take;
+        }
+        let decoded = match failed {
+            Some(e) => Err(e),
+            None if batch.n_tokens() == 0 => Ok(()),
+            None => ctx.decode(&mut batch).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = decoded {
+            // The whole batch failed: end every sequence in it with the error.
+            for seq in active.drain(..) {
+                let _ = seq.job.out.send(Err(error(ErrorKind::UpstreamServer, format!("llama.cpp: {e}"))));
+                let _ = ctx.clear_kv_cache_seq(u32::try_from(seq.id).ok(), None, None);
+                free.push(seq.id);
+            }
+            continue;
+        }
+
+        // Sample for each sequence that has logits; finish or drop the ones that are done.
+        let mut i = 0;
+        while i < active.len() {
+            let done = step(&ctx, &vocab, &mut active[i]);
+            if done {
+                let seq = active.swap_remove(i);
+                let _ = ctx.clear_kv_cache_seq(u32::try_from(seq.id).ok(), None, None);
+                free.push(seq.id);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Tokenizes and checks a job, and tells its client it was accepted. `None`: the job was
+/// answered (with an error) or its client is gone.
+fn admit(model: &LlamaModel, n_ctx: u32, job: Job, id: i32) -> Option<Sequence> {
+    if job.out.is_closed() {
+        return None;
+    }
+    let fail = |job: &Job, e: ProviderError| {
+        let _ = job.out.send(Err(e));
+    };
+    let prompt = tokenize(model, &job.prompt);
+    if prompt.is_empty() {
+        fail(&job, invalid("the prompt is empty"));
+        return None;
+    }
+    let n_ctx = n_ctx as usize;
+    if prompt.len() >= n_ctx {
+        fail(
+            &job,
+            invalid(format!(
+                "the prompt is {} tokens, longer than the model's context of {n_ctx} tokens; shorten the messages",
+                prompt.len()
+            )),
+        );
+        return None;
+    }
+    let room = (n_ctx - prompt.len()) as u64;
+    let max_tokens = job.params.max_tokens.map_or(room, |m| u64::from(m).min(room));
+    let sampler = match sampler(model, &job.params) {
+        Ok(s) => s,
+        Err(e) => {
+            fail(&job, e);
+            return None;
+        }
+    };
+    if job.out.send(Ok(Output::Accepted { prompt_tokens: prompt.len() as u64 })).is_err() {
+        return None;
+    }
+    let stops = StopMatcher::new(&job.params.stop);
+    Some(Sequence {
+        job,
+        id,
+        prompt,
+        fed: 0,
+        pos: 0,
+        last: None,
+        logits_at: None,
+        sampler,
+        stops,
+        generated: 0,
+        max_tokens,
+    })
+}
+
+/// Samples the next token of `seq` if the last batch gave it logits; sends its text.
+/// Returns true when the sequence is finished (or its client went away).
+fn step(ctx: &llama_cpp_2::context::LlamaContext<'_>, vocab: &llama_cpp_2::vocab::LlamaVocab<'_>, seq: &mut Sequence) -> bool {
+    if seq.job.out.is_closed() {
+        return true;
+    }
+    let Some(at) = seq.logits_at else { return false };
+    let finish = |seq: &mut Sequence, reason: FinishReason| {
+        let rest = seq.stops.finish();
+        if !rest.is_empty() {
+            let _ = seq.job.out.send(Ok(Output::Text(rest)));
+        }
+        let _ = seq.job.out.send(Ok(Output::Done { reason, completion_tokens: seq.generated }));
+        true
+    };
+    if seq.generated >= seq.max_tokens {
+        return finish(seq, FinishReason::Length);
+    }
+    let token = seq.sampler.sample(ctx, at);
+    if vocab.is_eog(token) {
+        return finish(seq, FinishReason::Stop);
+    }
+    seq.generated += 1;
+    let piece = vocab.token_to_piece(token, false, None);
+    let out = seq.stops.push(&piece);
+    if !out.text.is_empty() && seq.job.out.send(Ok(Output::Text(out.text))).is_err() {
+        return true;
+    }
+    if out.stopped {
+        let _ = seq.job.out.send(Ok(Output::Done { reason: FinishReason::Stop, completion_tokens: seq.generated }));
+        return true;
+    }
+    if seq.generated >= seq.max_tokens {
+        return finish(seq, FinishReason::Length);
+    }
+    seq.last = Some(token);
+    false
+}
+
+fn sampler(model: &LlamaModel, p: &GenParams) -> Result<LlamaSampler, ProviderError> {
+    let mut chain = Vec::new();
+    if let Some(grammar) = &p.grammar {
+        chain.push(
+            LlamaSampler::grammar(model, grammar, "root")
+                .map_err(|e| invalid(format!("response_format: llama.cpp rejected the grammar: {e}")))?,
+        );
+    }
+    if p.repeat_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+        chain.push(LlamaSampler::penalties(model.n_vocab(), 64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty));
+    }
+    if p.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        if p.top_k > 0 {
+            chain.push(LlamaSampler::top_k(p.top_k));
+        }
+        if p.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(p.top_p, 1));
+        }
+        chain.push(LlamaSampler::temp(p.temperature));
+        chain.push(LlamaSampler::dist(p.seed));
+    }
+    Ok(LlamaSampler::chain_simple(chain))
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn response_id() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("chatcmpl-local-{nanos:x}")
+}

@@ -1,0 +1,201 @@
+//! In-process inference, offline and keyless: GGUF chat models through llama.cpp (the
+//! `llama-cpp-2` crate, built from vendored source) and BERT-style embedding models through
+//! candle. This is the only crate that links an inference engine, so the rest of the
+//! workspace builds without it being rebuilt.
+//!
+//! [`LocalEngine`] owns every configured model. Models load once, lazily on first use or at
+//! start ([`LocalEngine::preload`]); heavy work (loading, prompt processing, generation,
+//! embedding) runs on dedicated threads or tokio's blocking pool, never on the async workers.
+//! Errors are [`ProviderError`]s with provider `local`, so the gateway and front ends treat
+//! them like any other provider's.
+
+mod chat;
+mod embed;
+mod stop;
+mod template;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError, StreamEvent};
+
+pub use embed::Embeddings;
+
+/// The provider name in errors and in `local/MODEL`.
+pub const PROVIDER: &str = "local";
+/// The built-in chat model and the file `scripts/setup-models.sh` puts in the models dir.
+pub const DEFAULT_CHAT_MODEL: &str = "smollm2-135m-instruct";
+pub const DEFAULT_CHAT_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The built-in embedding model and its folder in the models dir.
+pub const DEFAULT_EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
+pub const DEFAULT_EMBEDDING_DIR: &str = "all-MiniLM-L6-v2";
+
+/// Same shape as `fungible_providers::EventStream`.
+pub type LocalEventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, ProviderError>> + Send>>;
+
+/// What the engine serves.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Model name -> GGUF file.
+    pub chat_models: BTreeMap<String, PathBuf>,
+    /// Model name -> folder with `config.json`, `tokenizer.json`, `model.safetensors`.
+    pub embedding_models: BTreeMap<String, PathBuf>,
+    /// Contexts per chat model: this many requests generate at once, others queue.
+    pub slots: usize,
+    /// Context length (prompt + output) of each slot, in tokens; capped by the model's own.
+    pub context_size: u32,
+    /// CPU threads each generation uses. Default: all cores.
+    pub threads: Option<usize>,
+}
+
+impl LocalConfig {
+    /// The built-in models found in `models_dir` (what `scripts/setup-models.sh` puts
+    /// there), plus nothing else.
+    pub fn discover(models_dir: &Path) -> LocalConfig {
+        let mut config = LocalConfig::empty();
+        let chat = models_dir.join(DEFAULT_CHAT_FILE);
+        if chat.is_file() {
+            config.chat_models.insert(DEFAULT_CHAT_MODEL.to_owned(), chat);
+        }
+        let embed = models_dir.join(DEFAULT_EMBEDDING_DIR);
+        if embed.join("model.safetensors").is_file() {
+            config.embedding_models.insert(DEFAULT_EMBEDDING_MODEL.to_owned(), embed);
+        }
+        config
+    }
+
+    pub fn empty() -> LocalConfig {
+        LocalConfig {
+            chat_models: BTreeMap::new(),
+            embedding_models: BTreeMap::new(),
+            slots: 4,
+            context_size: 4096,
+            threads: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chat_models.is_empty() && self.embedding_models.is_empty()
+    }
+}
+
+/// Every local model, loaded on first use (or by [`LocalEngine::preload`]).
+#[derive(Debug, Clone)]
+pub struct LocalEngine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    chat: BTreeMap<String, chat::ChatModel>,
+    embed: BTreeMap<String, embed::EmbeddingModel>,
+}
+
+pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> ProviderError {
+    ProviderError::new(kind, PROVIDER, message)
+}
+
+pub(crate) fn invalid(message: impl Into<String>) -> ProviderError {
+    error(ErrorKind::InvalidRequest, message)
+}
+
+impl LocalEngine {
+    pub fn new(config: &LocalConfig) -> LocalEngine {
+        let threads = config
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .max(1);
+        let chat = config
+            .chat_models
+            .iter()
+            .map(|(name, path)| {
+                let settings = chat::ChatSettings {
+                    slots: config.slots.max(1),
+                    context_size: config.context_size.max(64),
+                    threads,
+                };
+                (name.clone(), chat::ChatModel::new(name, path.clone(), settings))
+            })
+            .collect();
+        let embed = config
+            .embedding_models
+            .iter()
+            .map(|(name, path)| (name.clone(), embed::EmbeddingModel::new(name, path.clone())))
+            .collect();
+        LocalEngine { inner: Arc::new(Inner { chat, embed }) }
+    }
+
+    pub fn chat_models(&self) -> Vec<String> {
+        self.inner.chat.keys().cloned().collect()
+    }
+
+    pub fn embedding_models(&self) -> Vec<String> {
+        self.inner.embed.keys().cloned().collect()
+    }
+
+    /// Loads every model now, logging what each takes; returns the first failure.
+    pub async fn preload(&self) -> Result<(), ProviderError> {
+        for model in self.inner.chat.values() {
+            model.loaded().await?;
+        }
+        for model in self.inner.embed.values() {
+            model.loaded().await?;
+        }
+        Ok(())
+    }
+
+    fn chat_model(&self, model: &str) -> Result<&chat::ChatModel, ProviderError> {
+        self.inner.chat.get(model).ok_or_else(|| {
+            let known: Vec<String> = self.inner.chat.keys().map(|m| format!("local/{m}")).collect();
+            error(
+                ErrorKind::NotFound,
+                format!(
+                    "unknown local chat model {model:?}; available: {} (configure more under [local] chat_models)",
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            )
+        })
+    }
+
+    pub async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
+        self.chat_model(model)?.chat(req).await
+    }
+
+    pub async fn chat_stream(&self, req: &ChatRequest, model: &str) -> Result<LocalEventStream, ProviderError> {
+        self.chat_model(model)?.chat_stream(req).await
+    }
+
+    /// Exact prompt tokens of `req` with the model's own template and tokenizer.
+    pub async fn count_tokens(&self, req: &ChatRequest, model: &str) -> Result<u64, ProviderError> {
+        self.chat_model(model)?.count_tokens(req).await
+    }
+
+    /// One vector per input, in order: mean-pooled, L2-normalised.
+    pub async fn embed(&self, model: &str, inputs: Vec<String>) -> Result<Embeddings, ProviderError> {
+        let entry = self.inner.embed.get(model).ok_or_else(|| {
+            let known: Vec<String> = self.inner.embed.keys().map(|m| format!("local/{m}")).collect();
+            error(
+                ErrorKind::NotFound,
+                format!(
+                    "unknown local embedding model {model:?}; available: {}",
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            )
+        })?;
+        entry.embed(inputs).await
+    }
+}
+
+/// Resident memory of this process in bytes (Linux), for the load-time report.
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+pub(crate) fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}

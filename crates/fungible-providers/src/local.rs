@@ -1,0 +1,51 @@
+//! The in-process provider: `local/MODEL` served by `fungible-local` (llama.cpp for chat,
+//! candle for embeddings), offline and without a key. This module only adapts the engine to
+//! [`ChatProvider`]; the inference code lives in the `fungible-local` crate.
+
+use fungible_local::LocalEngine;
+use fungible_types::{ChatRequest, ChatResponse, ProviderError};
+
+use crate::{ChatProvider, EventStream};
+
+pub use fungible_local::{DEFAULT_CHAT_FILE, DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, Embeddings, LocalConfig, PROVIDER as NAME};
+
+#[derive(Debug, Clone)]
+pub struct LocalProvider {
+    engine: LocalEngine,
+}
+
+impl LocalProvider {
+    pub fn new(config: &LocalConfig) -> LocalProvider {
+        LocalProvider { engine: LocalEngine::new(config) }
+    }
+
+    /// Chat models first, then embedding models, for `GET /v1/models`.
+    pub fn models(&self) -> Vec<String> {
+        let mut models = self.engine.chat_models();
+        models.extend(self.engine.embedding_models());
+        models
+    }
+
+    /// Loads every model now (the `[local] preload` setting).
+    pub async fn preload(&self) -> Result<(), ProviderError> {
+        self.engine.preload().await
+    }
+
+    pub async fn embed(&self, model: &str, inputs: Vec<String>) -> Result<Embeddings, ProviderError> {
+        self.engine.embed(model, inputs).await
+    }
+}
+
+impl ChatProvider for LocalProvider {
+    async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
+        self.engine.chat(req, model).await
+    }
+
+    async fn chat_stream(&self, req: &ChatRequest, model: &str) -> Result<EventStream, ProviderError> {
+        self.engine.chat_stream(req, model).await
+    }
+
+    async fn count_tokens(&self, req: &ChatRequest, model: &str) -> Result<u64, ProviderError> {
+        self.engine.count_tokens(req, model).await
+    }
+}
