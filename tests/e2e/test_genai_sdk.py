@@ -222,8 +222,6 @@ def test_unknown_model_and_bad_request(genai_client):
     assert "candidateCount" in info.value.message
 
 
-def test_embeddings_are_not_served_yet(genai_client):
-    with pytest.raises(errors.APIError) as info:
-        genai_client.models.embed_content(model="gemini/text-embedding-004", contents="hi")
-    assert info.value.code == 501
-    assert "embeddings" in info.value.message
+def test_embed_content(genai_client):
+    r = genai_client.models.embed_content(model="gemini/embed", contents="cat")
+    assert [e.values for e in r.embeddings] == [[0.125, -0.5, 0.25, 1.0]]

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use fungible_providers::anthropic::AnthropicProvider;
 use fungible_providers::gemini::GeminiProvider;
+use fungible_providers::local::{self as local_provider, Embeddings, LocalProvider};
 use fungible_providers::openai::OpenAiProvider;
 use fungible_providers::{EventStream, HttpClient, Provider, ProviderKind, ProviderSettings};
 use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError};
@@ -79,6 +80,12 @@ impl Gateway {
                     Provider::Anthropic(AnthropicProvider::new(settings, http.clone(), p.default_max_tokens))
                 }
                 ProviderKind::Gemini => Provider::Gemini(GeminiProvider::new(settings, http.clone())),
+                ProviderKind::Local => {
+                    return Err(ConfigError::Invalid {
+                        at: format!("providers.{}", p.name),
+                        message: "local models are configured under [local]".into(),
+                    });
+                }
             };
             if p.api_key.is_none() && p.api_key_env.is_some() {
                 tracing::warn!(
@@ -88,6 +95,15 @@ impl Gateway {
                 );
             }
             providers.insert(p.name.clone(), ProviderEntry { provider, models: p.models.clone() });
+        }
+        if let Some(local) = &config.local {
+            let provider = LocalProvider::new(local);
+            let models = provider.models();
+            tracing::info!(
+                "local models (offline, no key): {}",
+                models.iter().map(|m| format!("local/{m}")).collect::<Vec<_>>().join(", ")
+            );
+            providers.insert(local_provider::NAME.to_owned(), ProviderEntry { provider: Provider::Local(provider), models });
         }
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
@@ -148,6 +164,48 @@ impl Gateway {
             &target.provider,
             format!("no response within {} s", self.inner.request_timeout.as_secs()),
         )
+    }
+
+    /// Loads the local models now (`[local] preload`). A model that fails to load is logged
+    /// and keeps failing its requests with the same clear error; the others serve.
+    pub async fn preload_local(&self) {
+        if let Some(ProviderEntry { provider: Provider::Local(local), .. }) = self.inner.providers.get(local_provider::NAME)
+            && let Err(e) = local.preload().await
+        {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Embeddings for `inputs` with `model`: a local embedding model (`local/all-minilm-l6-v2`),
+    /// an OpenAI-family model or a Gemini one (or an alias of one);
+    /// also returns the target that answered.
+    pub async fn embed(&self, model: &str, inputs: Vec<String>) -> Result<(Embeddings, Target), GatewayError> {
+        let (provider, target) = self.resolve(model)?;
+        let work = async {
+            match provider {
+                Provider::Local(local) => local.embed(&target.model, inputs).await,
+                Provider::OpenAi(p) => p
+                    .embed(&target.model, &inputs)
+                    .await
+                    .map(|(vectors, prompt_tokens)| Embeddings { vectors, prompt_tokens }),
+                Provider::Gemini(p) => p
+                    .embed(&target.model, &inputs)
+                    .await
+                    .map(|(vectors, prompt_tokens)| Embeddings { vectors, prompt_tokens }),
+                Provider::Anthropic(_) => Err(ProviderError::new(
+                    ErrorKind::InvalidRequest,
+                    &target.provider,
+                    format!(
+                        "Anthropic has no embeddings API; use an embedding model such as local/{}, openai/text-embedding-3-small or gemini/gemini-embedding-001",
+                        local_provider::DEFAULT_EMBEDDING_MODEL
+                    ),
+                )),
+            }
+        };
+        match tokio::time::timeout(self.inner.request_timeout, work).await {
+            Ok(result) => Ok((result?, target)),
+            Err(_) => Err(self.timeout(&target).into()),
+        }
     }
 
     /// Aliases first, then each provider's listed models, sorted within each group.

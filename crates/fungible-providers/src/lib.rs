@@ -1,15 +1,17 @@
 //! Outbound providers: each maps the canonical request to one vendor's real API and back.
 //!
 //! One module per wire format ([`openai`] — which also serves every OpenAI-compatible
-//! server —, [`anthropic`], [`gemini`]); their wire structs are private to them. All of them
-//! implement [`ChatProvider`], and [`Provider`] is the closed enum the gateway dispatches on:
-//! adding a vendor is a compile error until every `match` handles it.
+//! server —, [`anthropic`], [`gemini`]), plus [`local`] for the in-process models; their wire
+//! structs are private to them. All of them implement [`ChatProvider`], and [`Provider`] is the
+//! closed enum the gateway dispatches on: adding a vendor is a compile error until every
+//! `match` handles it.
 
 pub mod anthropic;
 mod body;
 mod estimate;
 pub mod gemini;
 mod http;
+pub mod local;
 pub mod openai;
 mod secret;
 mod sse;
@@ -63,6 +65,8 @@ pub enum ProviderKind {
     OpenAiCompatible,
     Anthropic,
     Gemini,
+    /// In-process models (`fungible-local`): no HTTP, no key.
+    Local,
 }
 
 impl ProviderKind {
@@ -72,6 +76,7 @@ impl ProviderKind {
             ProviderKind::OpenAiCompatible => "openai_compatible",
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Gemini => "gemini",
+            ProviderKind::Local => "local",
         }
     }
 }
@@ -82,6 +87,7 @@ pub enum Provider {
     OpenAi(openai::OpenAiProvider),
     Anthropic(anthropic::AnthropicProvider),
     Gemini(gemini::GeminiProvider),
+    Local(local::LocalProvider),
 }
 
 impl Provider {
@@ -90,6 +96,7 @@ impl Provider {
             Provider::OpenAi(p) => p.kind(),
             Provider::Anthropic(_) => ProviderKind::Anthropic,
             Provider::Gemini(_) => ProviderKind::Gemini,
+            Provider::Local(_) => ProviderKind::Local,
         }
     }
 
@@ -98,6 +105,7 @@ impl Provider {
             Provider::OpenAi(p) => p.chat(req, model).await,
             Provider::Anthropic(p) => p.chat(req, model).await,
             Provider::Gemini(p) => p.chat(req, model).await,
+            Provider::Local(p) => p.chat(req, model).await,
         }
     }
 
@@ -106,6 +114,7 @@ impl Provider {
             Provider::OpenAi(p) => p.chat_stream(req, model).await,
             Provider::Anthropic(p) => p.chat_stream(req, model).await,
             Provider::Gemini(p) => p.chat_stream(req, model).await,
+            Provider::Local(p) => p.chat_stream(req, model).await,
         }
     }
 
@@ -114,6 +123,7 @@ impl Provider {
             Provider::OpenAi(p) => p.count_tokens(req, model).await,
             Provider::Anthropic(p) => p.count_tokens(req, model).await,
             Provider::Gemini(p) => p.count_tokens(req, model).await,
+            Provider::Local(p) => p.count_tokens(req, model).await,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! [`ReasoningBlock::Thinking`] blocks with empty text and the signature, so they can be sent
 //! back on the next turn.
 
+mod embeddings;
 mod stream;
 mod types;
 

@@ -2,6 +2,7 @@
 //! Groq, Together, DeepSeek, Mistral, OpenRouter, Fireworks, ...). The servers differ only by
 //! [`OpenAiFlavor`], set from config.
 
+mod embeddings;
 mod stream;
 mod types;
 

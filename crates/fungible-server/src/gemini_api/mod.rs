@@ -7,6 +7,7 @@
 //! `{"error":{"code","message","status"}}`. Keys (`x-goog-api-key`, `?key=`) are accepted and
 //! not checked yet.
 
+mod embed;
 mod request;
 mod response;
 
@@ -42,6 +43,8 @@ enum Method {
     Generate,
     Stream(Framing),
     CountTokens,
+    /// `embedContent` (one content) or `batchEmbedContents` (several).
+    Embed { batch: bool },
 }
 
 /// Splits `PROVIDER/MODEL:method` (already percent-decoded) at the last `:`, since model
@@ -63,13 +66,8 @@ fn split_target<'a>(rest: &'a str, query: Option<&str>) -> Result<(&'a str, Meth
             Method::Stream(if sse { Framing::Sse } else { Framing::JsonArray })
         }
         "countTokens" => Method::CountTokens,
-        "embedContent" | "batchEmbedContents" => {
-            return Err(ApiError {
-                status: StatusCode::NOT_IMPLEMENTED,
-                kind: "not_implemented",
-                ..ApiError::invalid_request(None, format!("{method} is not supported yet: fungible does not serve embeddings through the Gemini API"))
-            });
-        }
+        "embedContent" => Method::Embed { batch: false },
+        "batchEmbedContents" => Method::Embed { batch: true },
         other => {
             return Err(ApiError::not_found(format!(
                 "method {other:?} is not supported (expected generateContent, streamGenerateContent or countTokens)"
@@ -93,6 +91,11 @@ async fn handle(
     let provider_name = target.provider;
 
     let framing = match method {
+        Method::Embed { batch } => {
+            let texts = embed::parse(&bytes, batch)?;
+            let (embeddings, _) = state.gateway.embed(model, texts).await?;
+            return Ok(json(embed::body(embeddings.vectors, batch)));
+        }
         Method::CountTokens => {
             let parsed = request::parse_count_tokens(&bytes, model, gemini_upstream)?;
             let total = state.gateway.count_tokens(&parsed.request).await?;
@@ -131,7 +134,8 @@ mod tests {
         let (_, method) = split_target("a/b:streamGenerateContent", Some("key=k")).unwrap();
         assert_eq!(method, Method::Stream(Framing::JsonArray));
         assert_eq!(split_target("models/a/b:countTokens", None).unwrap(), ("a/b", Method::CountTokens));
-        assert_eq!(split_target("a/b:embedContent", None).unwrap_err().status, StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(split_target("a/b:embedContent", None).unwrap(), ("a/b", Method::Embed { batch: false }));
+        assert_eq!(split_target("a/b:batchEmbedContents", None).unwrap(), ("a/b", Method::Embed { batch: true }));
         assert_eq!(split_target("a/b:predict", None).unwrap_err().status, StatusCode::NOT_FOUND);
         assert_eq!(split_target("a/b", None).unwrap_err().status, StatusCode::NOT_FOUND);
     }

@@ -203,10 +203,28 @@ async fn embeddings_bad_input_names_the_field() {
     .await
     .openai_error(400);
     assert_eq!(err["param"], "encoding_format");
-    let err = post("/v1/embeddings", serde_json::json!({"model": "openai/text-embedding-3-small", "input": "x"}))
-        .await
-        .openai_error(400);
-    assert!(err["message"].as_str().unwrap().contains("served by local models only"), "{err}");
     let err = post("/v1/embeddings", serde_json::json!({"model": "local/nope", "input": "x"})).await.openai_error(404);
     assert!(err["message"].as_str().unwrap().contains("unknown local embedding model"), "{err}");
+}
+
+/// `/v1/embeddings` with a remote model goes to the vendor's embeddings endpoint.
+#[tokio::test]
+async fn embeddings_through_an_openai_provider() {
+    let h = crate::Harness::new(crate::OPENAI).await;
+    h.mock.push(fungible_mock::MockResponse::fixture(200, crate::fixtures().join("openai").join("embeddings.response.json")));
+    let body = serde_json::json!({"model": "openai/text-embedding-3-small", "input": ["cat", "kitten"]});
+    let res = h.post("/v1/embeddings", body.to_string()).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let json = res.json();
+    // The vendor answered out of order; the client gets input order.
+    assert_eq!(json["data"][0]["embedding"], serde_json::json!([0.5, -0.25]));
+    assert_eq!(json["data"][1]["embedding"], serde_json::json!([0.125, 1.0]));
+    assert_eq!(json["usage"]["prompt_tokens"], 2);
+    let sent = h.mock.single_request();
+    assert_eq!(sent.uri, "/v1/embeddings");
+    assert_eq!(sent.header("authorization"), Some(format!("Bearer {}", crate::OPENAI.key)).as_deref());
+    assert_eq!(
+        sent.json(),
+        serde_json::json!({"model": "text-embedding-3-small", "input": ["cat", "kitten"], "encoding_format": "float"})
+    );
 }

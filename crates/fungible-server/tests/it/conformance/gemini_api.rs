@@ -186,14 +186,30 @@ async fn json_array_streaming_without_alt_sse() {
 }
 
 #[tokio::test]
+async fn embed_content_goes_through_the_gateway_embeddings() {
+    let h = Harness::new(GEMINI).await;
+    h.mock.push(fungible_mock::MockResponse::fixture(200, crate::fixtures().join("gemini").join("embed.response.json")));
+    let body = r#"{"content":{"parts":[{"text":"cat"}]},"taskType":"SEMANTIC_SIMILARITY"}"#;
+    let res = h.post("/v1beta/models/gemini/text-embedding-004:embedContent", body).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["embedding"]["values"], json!([0.125, -0.5, 0.25, 1.0]));
+    let sent = h.mock.single_request();
+    assert_eq!(sent.uri, "/v1beta/models/text-embedding-004:batchEmbedContents");
+    assert_eq!(
+        sent.json(),
+        json!({"requests": [{"model": "models/text-embedding-004", "content": {"parts": [{"text": "cat"}]}}]})
+    );
+    // Anthropic has no embeddings: a clear 400 in Google's shape.
+    let h = Harness::new(crate::ANTHROPIC).await;
+    let res = h.post("/v1beta/models/anthropic/claude-sonnet-4-5:batchEmbedContents", r#"{"requests":[{"content":{"parts":[{"text":"x"}]}}]}"#).await;
+    assert!(gemini_error(&res, 400).contains("no embeddings API"));
+    assert!(h.mock.received().is_empty());
+}
+
+#[tokio::test]
 async fn unsupported_methods_and_unknown_models_answer_in_googles_shape() {
     let h = Harness::new(GEMINI).await;
     let body = inbound_file("gemini_api", "plain");
-    let res = h.post("/v1beta/models/gemini/text-embedding-004:embedContent", body.clone()).await;
-    assert!(gemini_error(&res, 501).contains("embeddings"));
-    assert_eq!(res.json()["error"]["status"], "UNIMPLEMENTED");
-    let res = h.post("/v1beta/models/gemini/gemini-2.5-flash:batchEmbedContents", body.clone()).await;
-    gemini_error(&res, 501);
     let res = h.post("/v1beta/models/gemini/gemini-2.5-flash:predict", body.clone()).await;
     assert!(gemini_error(&res, 404).contains("predict"));
     let res = h.post("/v1/models/nosuch/model:generateContent", body.clone()).await;
