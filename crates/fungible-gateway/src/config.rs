@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 use crate::presets::{PRESETS, Preset};
 
+pub use fungible_providers::local::LocalConfig;
+
 /// The config file as written. Every field is optional: an empty file (or none) is valid.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,39 @@ pub struct ConfigFile {
     pub models: BTreeMap<String, ModelSection>,
     #[serde(default)]
     pub routing: RoutingSection,
+    #[serde(default)]
+    pub local: LocalSection,
+    /// `[store]`, validated by `fungible-store` (the gateway does not record).
+    pub store: Option<toml::Table>,
+    /// `[prices."PROVIDER/MODEL"]`, validated by `fungible-store`.
+    pub prices: Option<toml::Table>,
+}
+
+/// `[local]`: the in-process models (`local/MODEL`), served offline with no key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSection {
+    /// Set to false to serve no local model even when the models directory has some.
+    pub enabled: Option<bool>,
+    /// Where `scripts/setup-models.sh` put the models. Default: `$FUNGIBLE_MODELS_DIR`, else
+    /// `models` (relative to the working directory).
+    pub models_dir: Option<String>,
+    /// More chat models: name -> GGUF file (relative paths are inside `models_dir`).
+    #[serde(default)]
+    pub chat_models: BTreeMap<String, String>,
+    /// More embedding models: name -> folder with `config.json`, `tokenizer.json` and
+    /// `model.safetensors` (a BERT-style sentence-transformers model).
+    #[serde(default)]
+    pub embedding_models: BTreeMap<String, String>,
+    /// Load every local model at start instead of on first use. Default: false.
+    pub preload: Option<bool>,
+    /// Requests each chat model generates for at once (one llama.cpp context each). Default: 4.
+    pub slots: Option<usize>,
+    /// Context length of each slot in tokens (prompt + output). Default: 4096, capped by the
+    /// model's own.
+    pub context_size: Option<u32>,
+    /// CPU threads per generation. Default: one per core.
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +121,10 @@ pub struct GatewayConfig {
     pub routes: BTreeMap<String, RouteConfig>,
     /// `[routing]`: limits over all routes.
     pub routing: RoutingConfig,
+    /// The in-process models; `None` when there are none (no models directory).
+    pub local: Option<LocalConfig>,
+    /// `[local] preload`.
+    pub preload_local: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +215,11 @@ impl GatewayConfig {
         };
 
         let mut providers = Vec::new();
+        // A `[providers.local]` section (an OpenAI-compatible server named "local") wins over
+        // the in-process models.
+        let local_taken = file.providers.contains_key(fungible_providers::local::NAME);
+        let preload_local = file.local.preload.unwrap_or(false);
+        let local = if local_taken { None } else { local_config(file.local, env)? };
         let mut sections = file.providers;
         // Built-in presets: enabled by their key (or base URL) in the environment, or by a
         // section of the same name.
@@ -200,7 +244,9 @@ impl GatewayConfig {
             providers.push(provider_config(&name, None, section, env)?);
         }
 
-        let enabled = |name: &str| providers.iter().any(|p| p.name == name);
+        let enabled = |name: &str| {
+            providers.iter().any(|p| p.name == name) || (local.is_some() && name == fungible_providers::local::NAME)
+        };
         let (routing, routes) = crate::routing::config::resolve(file.models, file.routing, &enabled)?;
         let aliases = routes
             .iter()
@@ -218,8 +264,75 @@ impl GatewayConfig {
             aliases,
             routes,
             routing,
+            local,
+            preload_local,
         })
     }
+}
+
+/// `[local]` -> the models to serve: the built-in ones found in the models directory plus
+/// the configured ones (which must exist: a bad path fails at start).
+fn local_config(section: LocalSection, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<LocalConfig>, ConfigError> {
+    if section.enabled == Some(false) {
+        return Ok(None);
+    }
+    let dir = section
+        .models_dir
+        .or_else(|| env("FUNGIBLE_MODELS_DIR").filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "models".to_owned());
+    let dir = std::path::PathBuf::from(dir);
+    let mut config = LocalConfig::discover(&dir);
+    let check_name = |at: &str, name: &str| {
+        if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
+            Err(invalid(format!("local.{at}.{name:?}"), "a model name must be non-empty, without '/' or spaces"))
+        } else {
+            Ok(())
+        }
+    };
+    for (name, path) in section.chat_models {
+        check_name("chat_models", &name)?;
+        let path = dir.join(path);
+        if !path.is_file() {
+            return Err(invalid(format!("local.chat_models.{name}"), format!("{} is not a file", path.display())));
+        }
+        config.chat_models.insert(name, path);
+    }
+    for (name, path) in section.embedding_models {
+        check_name("embedding_models", &name)?;
+        let path = dir.join(path);
+        if !path.join("model.safetensors").is_file() {
+            return Err(invalid(
+                format!("local.embedding_models.{name}"),
+                format!("{} has no model.safetensors", path.display()),
+            ));
+        }
+        config.embedding_models.insert(name, path);
+    }
+    if let Some(slots) = section.slots {
+        if slots == 0 {
+            return Err(invalid("local.slots", "must be greater than 0"));
+        }
+        config.slots = slots;
+    }
+    if let Some(size) = section.context_size {
+        if size < 64 {
+            return Err(invalid("local.context_size", "must be at least 64"));
+        }
+        config.context_size = size;
+    }
+    if section.threads == Some(0) {
+        return Err(invalid("local.threads", "must be greater than 0"));
+    }
+    config.threads = section.threads;
+    if config.is_empty() {
+        tracing::info!(
+            "no local models in {}: run scripts/setup-models.sh to serve local/{} offline",
+            dir.display(),
+            fungible_providers::local::DEFAULT_CHAT_MODEL
+        );
+        return Ok(None);
+    }
+    Ok(Some(config))
 }
 
 fn nonzero_secs(value: Option<u64>, default: u64, at: &str) -> Result<Duration, ConfigError> {
@@ -402,6 +515,33 @@ mod tests {
     fn bad_kind_is_named() {
         let err = resolve("[providers.x]\nkind = \"azure\"\nbase_url = \"http://h\"\n", &[]).unwrap_err().to_string();
         assert!(err.starts_with("providers.x.kind: unknown kind \"azure\""), "{err}");
+    }
+
+    #[test]
+    fn local_models_come_from_the_models_dir() {
+        let dir = std::env::temp_dir().join(format!("fungible-cfg-local-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(fungible_providers::local::DEFAULT_CHAT_FILE), b"x").unwrap();
+        std::fs::write(dir.join("other.gguf"), b"x").unwrap();
+        let toml = format!("[local]\nmodels_dir = {:?}\nchat_models = {{ other = \"other.gguf\" }}\n", dir.display().to_string());
+        let cfg = resolve(&toml, &[]).unwrap();
+        let local = cfg.local.unwrap();
+        let names: Vec<_> = local.chat_models.keys().cloned().collect();
+        assert_eq!(names, ["other", "smollm2-135m-instruct"]);
+        assert!(local.embedding_models.is_empty());
+
+        let toml = format!("[local]\nmodels_dir = {:?}\nchat_models = {{ gone = \"gone.gguf\" }}\n", dir.display().to_string());
+        let err = resolve(&toml, &[]).unwrap_err().to_string();
+        assert!(err.starts_with("local.chat_models.gone: "), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_models_dir_serves_no_local_model() {
+        let cfg = resolve("", &[("FUNGIBLE_MODELS_DIR", "/nonexistent/fungible-models")]).unwrap();
+        assert!(cfg.local.is_none());
+        let err = resolve("[local]\nslots = 0\n", &[]).unwrap_err().to_string();
+        assert_eq!(err, "local.slots: must be greater than 0");
     }
 
     #[test]

@@ -76,7 +76,7 @@ fn remember(route: RouteInfo) {
 
 /// A whole response, routed.
 pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, GatewayError> {
-    match state.gateway.chat_routed(req, &hints()).await {
+    match crate::recording::observe_chat(state, req, state.gateway.chat_routed(req, &hints()).await) {
         Ok(routed) => {
             remember(routed.route);
             Ok(routed.value)
@@ -90,7 +90,7 @@ pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, G
 
 /// A stream, routed; resolves once a target's stream is under way.
 pub async fn chat_stream(state: &AppState, req: &ChatRequest) -> Result<EventStream, GatewayError> {
-    match state.gateway.chat_stream_routed(req, &hints()).await {
+    match crate::recording::observe_stream(state, req, state.gateway.chat_stream_routed(req, &hints()).await) {
         Ok(routed) => {
             remember(routed.route);
             Ok(routed.value)

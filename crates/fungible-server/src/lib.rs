@@ -8,9 +8,11 @@ pub mod anthropic_messages;
 pub mod dispatch;
 pub mod error;
 pub mod gemini_api;
+pub mod inferences;
 pub mod openai_chat;
 pub mod openai_embeddings;
 pub mod openai_responses;
+pub mod recording;
 mod streaming;
 
 use std::net::SocketAddr;
@@ -33,11 +35,34 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Responses kept for `previous_response_id` and `GET /v1/responses/{id}`.
     pub responses: openai_responses::ResponseStore,
+    /// Metrics, prices and the recorder every inference is handed to.
+    pub recording: recording::Recording,
+    /// The store read back by `/v1/inferences`, `/v1/stats` and `/v1/feedback`.
+    pub store: Option<fungible_store::Store>,
 }
 
 impl AppState {
     pub fn new(gateway: Gateway, max_body_bytes: usize) -> AppState {
-        AppState { gateway, max_body_bytes, responses: openai_responses::ResponseStore::default() }
+        AppState {
+            gateway,
+            max_body_bytes,
+            responses: openai_responses::ResponseStore::default(),
+            recording: recording::Recording::default(),
+            store: None,
+        }
+    }
+
+    /// Records every inference into `store` through `recorder` (which writes to it).
+    pub fn with_recorder(mut self, store: fungible_store::Store, recorder: fungible_store::Recorder) -> AppState {
+        self.store = Some(store);
+        self.recording.recorder = Some(recorder);
+        self
+    }
+
+    /// Prices costs with `prices` instead of the built-in table.
+    pub fn with_prices(mut self, prices: fungible_store::PriceTable) -> AppState {
+        self.recording.prices = std::sync::Arc::new(prices);
+        self
     }
 }
 
@@ -59,9 +84,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1beta/models/{*rest}", post(gemini_api::models_post))
         // Other methods stay 404 here, as `GET /v1/models/{id}` (OpenAI's model lookup) was.
         .route("/v1/models/{*rest}", post(gemini_api::models_post).fallback(not_found))
+        .route("/v1/feedback", post(inferences::feedback))
+        .route("/v1/inferences", get(inferences::list))
+        .route("/v1/inferences/{id}", get(inferences::get))
+        .route("/v1/stats", get(inferences::stats))
+        .route("/metrics", get(inferences::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), dispatch::layer))
+        .layer(axum::middleware::from_fn(recording::layer))
         .with_state(state)
 }
 

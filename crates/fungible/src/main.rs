@@ -2,6 +2,7 @@
 //! library crates beside this one.
 
 mod bench;
+mod traces;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -45,13 +46,18 @@ enum Command {
     /// added p50/p99 latency at a fixed rate, streaming time to last byte, and the gateway's
     /// peak RSS.
     Bench(bench::BenchArgs),
+    /// Recorded inferences: `traces list` (newest first, filters), `traces show ID`.
+    Traces(traces::TracesArgs),
+    /// Requests, errors, tokens, cost and p50/p95 latency from the store, grouped
+    /// `--by model|provider|route|user|day|inbound`.
+    Stats(traces::StatsArgs),
 }
 
 #[derive(clap::Args)]
-struct ConfigArgs {
+pub(crate) struct ConfigArgs {
     /// Config file (TOML). Default: ./fungible.toml when it exists.
     #[arg(long, short = 'c', env = "FUNGIBLE_CONFIG")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -86,12 +92,14 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
         Command::Bench(args) => bench::run(args),
+        Command::Traces(args) => traces::traces(args),
+        Command::Stats(args) => traces::stats(args),
     }
 }
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FUNGIBLE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama-cpp-2=warn,llama_cpp_2=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
@@ -119,17 +127,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let ip: IpAddr = config.host.parse().with_context(|| format!("server.host: {:?} is not an IP address", config.host))?;
     let addr = SocketAddr::new(ip, config.port);
     let gateway = Gateway::new(&config)?;
-    if config.providers.is_empty() {
+    if config.providers.is_empty() && config.local.is_none() {
         tracing::warn!("no provider is enabled: set an API key (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) or add [providers] to the config");
     }
     for p in &config.providers {
         tracing::info!(provider = %p.name, kind = p.kind.as_str(), base_url = %p.base_url, "provider enabled");
     }
-    let state = AppState::new(gateway, config.max_body_bytes);
+    let (store_config, prices) = traces::load(&args.config)?;
+    let mut state = AppState::new(gateway, config.max_body_bytes).with_prices(prices);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads).enable_all().build()?;
+    let recording = runtime.block_on(traces::start(&store_config))?;
+    let recorder = recording.as_ref().map(|(_, recorder)| recorder.clone());
+    if let Some((store, recorder)) = recording {
+        state = state.with_recorder(store, recorder);
+    }
+    if config.preload_local {
+        runtime.block_on(state.gateway.preload_local());
+    }
     runtime
         .block_on(fungible_server::serve(state, addr, shutdown_signal()))
         .with_context(|| format!("could not serve on {addr}"))?;
+    // The server has stopped: write every queued record before exiting.
+    if let Some(recorder) = recorder {
+        runtime.block_on(recorder.shutdown());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -169,6 +190,14 @@ fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             (_, None) => "no key".to_owned(),
         };
         println!("provider {:<12} {:<18} {}  [{key}]", p.name, p.kind.as_str(), p.base_url);
+    }
+    if let Some(local) = &config.local {
+        for (name, path) in &local.chat_models {
+            println!("local    {name:<24} chat       {}", path.display());
+        }
+        for (name, path) in &local.embedding_models {
+            println!("local    {name:<24} embeddings {}", path.display());
+        }
     }
     for (alias, route) in &config.routes {
         let targets: Vec<String> = route

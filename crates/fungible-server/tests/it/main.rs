@@ -4,7 +4,9 @@
 mod anthropic_messages;
 mod bad_input;
 mod errors;
+mod local;
 mod conformance;
+mod recording;
 mod routing;
 mod streaming;
 

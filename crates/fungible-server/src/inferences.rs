@@ -1,0 +1,224 @@
+//! Reading recorded inferences back: `POST /v1/feedback`, `GET /v1/inferences`,
+//! `GET /v1/inferences/{id}`, `GET /v1/stats`, and `GET /metrics` (Prometheus).
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fungible_store::{Feedback, FeedbackTarget, GroupBy, InferenceFilter, Store};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+fn store(state: &AppState) -> Result<&Store, ApiError> {
+    state.store.as_ref().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        ..ApiError::invalid_request(
+            None,
+            "the inference store is disabled ([store] enabled = false)",
+        )
+    })
+}
+
+fn internal(e: fungible_store::StoreError) -> ApiError {
+    tracing::error!("{e}");
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "server_error",
+        ..ApiError::invalid_request(None, "the inference store failed; see the gateway log")
+    }
+}
+
+fn json_ok(value: &Value) -> Response {
+    crate::json_response(
+        StatusCode::OK,
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    inference_id: Option<String>,
+    episode_id: Option<String>,
+    #[serde(default)]
+    boolean: Option<bool>,
+    #[serde(default)]
+    score: Option<f64>,
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    demonstration: Option<Value>,
+}
+
+/// `POST /v1/feedback`: `{"inference_id" | "episode_id", "boolean"?, "score"?, "comment"?, "demonstration"?}`.
+pub async fn feedback(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let bytes = crate::read_body(body, state.max_body_bytes).await?;
+    let body: FeedbackBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid_request(None, format!("invalid feedback: {e}")))?;
+    let (target, target_id) = match (body.inference_id, body.episode_id) {
+        (Some(id), None) => (FeedbackTarget::Inference, id),
+        (None, Some(id)) => (FeedbackTarget::Episode, id),
+        _ => {
+            return Err(ApiError::invalid_request(
+                None,
+                "give exactly one of inference_id and episode_id",
+            ));
+        }
+    };
+    if body.boolean.is_none()
+        && body.score.is_none()
+        && body.comment.is_none()
+        && body.demonstration.is_none()
+    {
+        return Err(ApiError::invalid_request(
+            None,
+            "feedback needs at least one of boolean, score, comment, demonstration",
+        ));
+    }
+    if body.score.is_some_and(|s| !s.is_finite()) {
+        return Err(ApiError::invalid_request(
+            Some("score".into()),
+            "score must be a finite number",
+        ));
+    }
+    let store = store(&state)?;
+    let mut known = store.exists(target, &target_id).await.map_err(internal)?;
+    if !known {
+        // It may still be in the recorder's queue.
+        if let Some(recorder) = &state.recording.recorder {
+            recorder.flush().await;
+            known = store.exists(target, &target_id).await.map_err(internal)?;
+        }
+    }
+    if !known {
+        return Err(ApiError::not_found(format!(
+            "no recorded {} with id {target_id:?}",
+            target.as_str()
+        )));
+    }
+    let feedback = Feedback {
+        id: fungible_store::new_id(),
+        time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        target,
+        target_id,
+        boolean: body.boolean,
+        score: body.score,
+        comment: body.comment,
+        demonstration: body.demonstration,
+    };
+    store.insert_feedback(&feedback).await.map_err(internal)?;
+    Ok(json_ok(&json!({"id": feedback.id})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    provider: Option<String>,
+    model: Option<String>,
+    route: Option<String>,
+    user: Option<String>,
+    episode_id: Option<String>,
+    errors: Option<bool>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    before: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/inferences`: newest first; `next` is the `before` of the next page.
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let filter = InferenceFilter {
+        provider: q.provider,
+        model: q.model,
+        route: q.route,
+        user: q.user,
+        episode_id: q.episode_id,
+        errors: q.errors,
+        since_ms: q.since_ms,
+        until_ms: q.until_ms,
+        before: q.before,
+        limit: q.limit,
+    };
+    let limit = filter.limit.unwrap_or(50).clamp(1, 1000) as usize;
+    let records = store(&state)?.list(&filter).await.map_err(internal)?;
+    let next = (records.len() == limit)
+        .then(|| records.last().map(|r| r.id.clone()))
+        .flatten();
+    Ok(json_ok(
+        &json!({"object": "list", "data": records, "next": next}),
+    ))
+}
+
+/// `GET /v1/inferences/{id}`: the record, its attempts and its feedback.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = store(&state)?;
+    let mut record = store.get(&id).await.map_err(internal)?;
+    if record.is_none()
+        && let Some(recorder) = &state.recording.recorder
+    {
+        recorder.flush().await;
+        record = store.get(&id).await.map_err(internal)?;
+    }
+    let Some(record) = record else {
+        return Err(ApiError::not_found(format!(
+            "no recorded inference with id {id:?}"
+        )));
+    };
+    let feedback = store.feedback(&id).await.map_err(internal)?;
+    let mut value = serde_json::to_value(&record).unwrap_or_default();
+    value["feedback"] = serde_json::to_value(feedback).unwrap_or_default();
+    Ok(json_ok(&value))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    by: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+}
+
+/// `GET /v1/stats?by=model|provider|route|user|day|inbound`.
+pub async fn stats(
+    State(state): State<AppState>,
+    Query(q): Query<StatsQuery>,
+) -> Result<Response, ApiError> {
+    let by: GroupBy =
+        q.by.as_deref()
+            .unwrap_or("model")
+            .parse()
+            .map_err(|e: String| ApiError::invalid_request(Some("by".into()), e))?;
+    let rows = store(&state)?
+        .stats(by, q.since_ms, q.until_ms)
+        .await
+        .map_err(internal)?;
+    Ok(json_ok(
+        &json!({"object": "list", "by": q.by.as_deref().unwrap_or("model"), "data": rows}),
+    ))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state
+        .recording
+        .metrics
+        .render(state.recording.recorder.as_ref());
+    let mut response = (StatusCode::OK, text).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,609 @@
+//! Recording every inference: what the request path hands to the store, and the Prometheus
+//! metrics.
+//!
+//! [`layer`] (middleware) notes when a chat request arrived, through which inbound API, and
+//! who it is for (`x-fungible-user`, `x-fungible-episode-id`, `x-fungible-tags: k=v,...`;
+//! the body's `user` and `metadata` too). `dispatch` hands every routed result to
+//! [`observe_chat`] / [`observe_stream`]: a whole answer is recorded at once; a stream is
+//! wrapped so that its events are collected as they pass (nothing is held back) and the
+//! record is made at its end, its error, or when the client goes away. Recording is a
+//! `try_send` into the recorder's queue: the request path never waits on the store.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use fungible_gateway::{AttemptOutcome, RouteError, RouteInfo, Routed};
+use fungible_providers::EventStream;
+use fungible_store::{AttemptRecord, InferenceRecord, PriceTable, Recorder};
+use fungible_types::{
+    AssistantMessage, ChatRequest, ChatResponse, ErrorKind, FinishReason, ReasoningBlock,
+    StreamEvent, ToolCall, Usage,
+};
+use futures::Stream;
+use prometheus::{CounterVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use serde_json::{Map, Value};
+
+/// Recording settings and sinks, shared by every request (cheap to clone).
+#[derive(Clone)]
+pub struct Recording {
+    pub recorder: Option<Recorder>,
+    pub prices: Arc<PriceTable>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Default for Recording {
+    fn default() -> Recording {
+        Recording {
+            recorder: None,
+            prices: Arc::new(PriceTable::builtin()),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording")
+            .field("recorder", &self.recorder)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Prometheus metrics, in their own registry (so each app, and each test, has its own).
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+    tokens: IntCounterVec,
+    cost: CounterVec,
+    latency: HistogramVec,
+    ttft: HistogramVec,
+}
+
+impl Metrics {
+    #[allow(clippy::expect_used)] // The names and labels below are constant and valid.
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let labels = &["provider", "model", "route"];
+        let requests = IntCounterVec::new(
+            Opts::new("fungible_requests_total", "Inferences answered or failed."),
+            labels,
+        )
+        .expect("metric");
+        let errors = IntCounterVec::new(
+            Opts::new("fungible_errors_total", "Failed inferences by error class."),
+            &["provider", "model", "route", "class"],
+        )
+        .expect("metric");
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "fungible_tokens_total",
+                "Tokens by kind (input, output, cache_read, cache_write, reasoning).",
+            ),
+            &["provider", "model", "route", "kind"],
+        )
+        .expect("metric");
+        let cost = CounterVec::new(
+            Opts::new(
+                "fungible_cost_usd_total",
+                "Cost of the inferences whose price is known, in USD.",
+            ),
+            labels,
+        )
+        .expect("metric");
+        let buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+        ];
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "fungible_request_duration_seconds",
+                "Whole inference latency.",
+            )
+            .buckets(buckets.clone()),
+            labels,
+        )
+        .expect("metric");
+        let ttft = HistogramVec::new(
+            HistogramOpts::new(
+                "fungible_time_to_first_token_seconds",
+                "Time to the first content of a stream.",
+            )
+            .buckets(buckets),
+            labels,
+        )
+        .expect("metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(tokens.clone()),
+            Box::new(cost.clone()),
+            Box::new(latency.clone()),
+            Box::new(ttft.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        Metrics {
+            registry,
+            requests,
+            errors,
+            tokens,
+            cost,
+            latency,
+            ttft,
+        }
+    }
+
+    fn observe(&self, r: &InferenceRecord) {
+        let provider = r.provider.as_deref().unwrap_or("");
+        let model = r.model.as_deref().unwrap_or("");
+        let route = r.route.as_deref().unwrap_or("");
+        let labels = [provider, model, route];
+        self.requests.with_label_values(&labels).inc();
+        if let Some(class) = &r.error {
+            self.errors
+                .with_label_values(&[provider, model, route, class])
+                .inc();
+        }
+        for (kind, n) in [
+            ("input", r.usage.input_tokens),
+            ("output", r.usage.output_tokens),
+            ("cache_read", r.usage.cache_read_tokens),
+            ("cache_write", r.usage.cache_write_tokens),
+            ("reasoning", r.usage.reasoning_tokens),
+        ] {
+            if n > 0 {
+                self.tokens
+                    .with_label_values(&[provider, model, route, kind])
+                    .inc_by(n);
+            }
+        }
+        if let Some(cost) = r.cost {
+            self.cost.with_label_values(&labels).inc_by(cost);
+        }
+        self.latency
+            .with_label_values(&labels)
+            .observe(r.latency_ms / 1000.0);
+        if let Some(ttft) = r.ttft_ms {
+            self.ttft.with_label_values(&labels).observe(ttft / 1000.0);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, recorder: Option<&Recorder>) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut text = String::from_utf8(out).unwrap_or_default();
+        if let Some(r) = recorder {
+            use std::sync::atomic::Ordering::Relaxed;
+            let c = r.counters();
+            text.push_str(&format!(
+                "# HELP fungible_store_written_total Inference records written to the store.\n# TYPE fungible_store_written_total counter\nfungible_store_written_total {}\n\
+                 # HELP fungible_store_dropped_total Inference records dropped (queue full, or lost at shutdown).\n# TYPE fungible_store_dropped_total counter\nfungible_store_dropped_total {}\n\
+                 # HELP fungible_store_write_errors_total Failed batch writes (retried).\n# TYPE fungible_store_write_errors_total counter\nfungible_store_write_errors_total {}\n\
+                 # HELP fungible_store_queued Inference records waiting to be written.\n# TYPE fungible_store_queued gauge\nfungible_store_queued {}\n",
+                c.written.load(Relaxed),
+                c.dropped.load(Relaxed),
+                c.write_errors.load(Relaxed),
+                r.queued()
+            ));
+        }
+        text
+    }
+}
+
+/// What the middleware learned about one chat request.
+#[derive(Clone)]
+struct RequestFacts {
+    inbound: &'static str,
+    started: Instant,
+    time_ms: i64,
+    user: Option<String>,
+    episode_id: Option<String>,
+    tags: Map<String, Value>,
+}
+
+tokio::task_local! {
+    static FACTS: RequestFacts;
+}
+
+fn inbound_of(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/v1/chat/completions" | "/chat/completions" => "openai_chat",
+        "/v1/messages" => "anthropic_messages",
+        "/v1/responses" => "openai_responses",
+        p if p.starts_with("/v1beta/models/") || p.starts_with("/v1/models/") => "gemini",
+        _ => return None,
+    })
+}
+
+/// Middleware: notes the facts of a chat request (see the module docs).
+pub async fn layer(request: Request, next: Next) -> Response {
+    let Some(inbound) = inbound_of(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let facts = facts(inbound, request.headers());
+    FACTS.scope(facts, next.run(request)).await
+}
+
+fn facts(inbound: &'static str, headers: &axum::http::HeaderMap) -> RequestFacts {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut tags = Map::new();
+    if let Some(list) = header("x-fungible-tags") {
+        for pair in list.split(',') {
+            if let Some((k, v)) = pair.split_once('=') {
+                tags.insert(k.trim().to_owned(), Value::String(v.trim().to_owned()));
+            }
+        }
+    }
+    RequestFacts {
+        inbound,
+        started: Instant::now(),
+        time_ms: fungible_store_now_ms(),
+        user: header("x-fungible-user"),
+        episode_id: header("x-fungible-episode-id"),
+        tags,
+    }
+}
+
+fn fungible_store_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The snake_case name of an error class.
+pub fn error_class(kind: ErrorKind) -> String {
+    let name = format!("{kind:?}");
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+fn gateway_error_class(e: &fungible_gateway::GatewayError) -> String {
+    match e {
+        fungible_gateway::GatewayError::UnknownModel(_) => "unknown_model".into(),
+        fungible_gateway::GatewayError::Provider(p) => error_class(p.kind),
+    }
+}
+
+/// Builds the record of one inference.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    state: &crate::AppState,
+    req: &ChatRequest,
+    route: &RouteInfo,
+    response: Option<&ChatResponse>,
+    error: Option<String>,
+    ttft_ms: Option<f64>,
+    stream: bool,
+    facts: &RequestFacts,
+) -> InferenceRecord {
+    let prices = &state.recording.prices;
+    let usage = response.map(|r| r.usage).unwrap_or_default();
+    let cost = route
+        .target
+        .as_ref()
+        .and_then(|t| prices.cost(&t.provider, &t.model, &usage));
+    let attempts = route
+        .attempts
+        .iter()
+        .map(|a| {
+            let (status, error) = match a.outcome {
+                AttemptOutcome::Ok => ("ok", None),
+                AttemptOutcome::Failed(kind) => ("failed", Some(error_class(kind))),
+                AttemptOutcome::CircuitOpen => ("circuit_open", None),
+            };
+            AttemptRecord {
+                provider: a.target.provider.clone(),
+                model: a.target.model.clone(),
+                status: status.into(),
+                error,
+                latency_ms: a.latency.as_secs_f64() * 1000.0,
+                cost: if a.outcome == AttemptOutcome::Ok {
+                    cost
+                } else {
+                    None
+                },
+            }
+        })
+        .collect();
+    // The target that answered, or else the last one tried.
+    let last_target = route
+        .target
+        .as_ref()
+        .or_else(|| route.attempts.last().map(|a| &a.target));
+    let mut tags = req.metadata.clone().unwrap_or_default();
+    tags.extend(facts.tags.clone());
+    let episode_id = facts.episode_id.clone().or_else(|| {
+        tags.get("episode_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    InferenceRecord {
+        id: fungible_store::new_id(),
+        time_ms: facts.time_ms,
+        inbound: facts.inbound.into(),
+        requested_model: req.model.clone(),
+        route: route.route.clone(),
+        variant: route.variant.clone(),
+        provider: last_target.map(|t| t.provider.clone()),
+        model: last_target.map(|t| t.model.clone()),
+        stream,
+        error,
+        request: serde_json::to_value(req).unwrap_or(Value::Null),
+        response: response.and_then(|r| serde_json::to_value(r).ok()),
+        usage,
+        cost,
+        ttft_ms,
+        latency_ms: facts.started.elapsed().as_secs_f64() * 1000.0,
+        user: facts.user.clone().or_else(|| req.user.clone()),
+        tags: Value::Object(tags),
+        episode_id,
+        attempts,
+    }
+}
+
+fn submit(state: &crate::AppState, record: InferenceRecord) {
+    state.recording.metrics.observe(&record);
+    if let Some(recorder) = &state.recording.recorder {
+        recorder.record(record);
+    }
+}
+
+/// Records a whole (non-streamed) answer or failure, and hands the result back.
+#[allow(clippy::result_large_err)] // The gateway's own result, passed through.
+pub fn observe_chat(
+    state: &crate::AppState,
+    req: &ChatRequest,
+    result: Result<Routed<ChatResponse>, RouteError>,
+) -> Result<Routed<ChatResponse>, RouteError> {
+    let Ok(facts) = FACTS.try_with(Clone::clone) else {
+        return result;
+    };
+    let record = match &result {
+        Ok(r) => build(
+            state,
+            req,
+            &r.route,
+            Some(&r.value),
+            None,
+            None,
+            false,
+            &facts,
+        ),
+        Err(e) => build(
+            state,
+            req,
+            &e.route,
+            None,
+            Some(gateway_error_class(&e.error)),
+            None,
+            false,
+            &facts,
+        ),
+    };
+    submit(state, record);
+    result
+}
+
+/// Wraps an opened stream so it is recorded when it ends; a stream that failed to open is
+/// recorded at once.
+#[allow(clippy::result_large_err)] // The gateway's own result, passed through.
+pub fn observe_stream(
+    state: &crate::AppState,
+    req: &ChatRequest,
+    result: Result<Routed<EventStream>, RouteError>,
+) -> Result<Routed<EventStream>, RouteError> {
+    let Ok(facts) = FACTS.try_with(Clone::clone) else {
+        return result;
+    };
+    match result {
+        Err(e) => {
+            submit(
+                state,
+                build(
+                    state,
+                    req,
+                    &e.route,
+                    None,
+                    Some(gateway_error_class(&e.error)),
+                    None,
+                    true,
+                    &facts,
+                ),
+            );
+            Err(e)
+        }
+        Ok(routed) => {
+            let observed = ObservedStream {
+                inner: routed.value,
+                pending: Some(Pending {
+                    state: state.clone(),
+                    req: req.clone(),
+                    route: routed.route.clone(),
+                    facts,
+                }),
+                acc: Accumulated::default(),
+            };
+            Ok(Routed {
+                value: Box::pin(observed),
+                route: routed.route,
+            })
+        }
+    }
+}
+
+struct Pending {
+    state: crate::AppState,
+    req: ChatRequest,
+    route: RouteInfo,
+    facts: RequestFacts,
+}
+
+#[derive(Default)]
+struct Accumulated {
+    id: String,
+    model: String,
+    created: u64,
+    text: String,
+    reasoning: String,
+    signature: Option<String>,
+    redacted: Vec<String>,
+    refusal: Option<String>,
+    tool_calls: Vec<ToolCall>,
+    usage: Usage,
+    finish: Option<FinishReason>,
+    ttft_ms: Option<f64>,
+}
+
+impl Accumulated {
+    fn add(&mut self, event: &StreamEvent, started: Instant) {
+        let content = !matches!(
+            event,
+            StreamEvent::Start { .. } | StreamEvent::Usage(_) | StreamEvent::Finish { .. }
+        );
+        if content && self.ttft_ms.is_none() {
+            self.ttft_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        match event {
+            StreamEvent::Start { id, model, created } => {
+                self.id = id.clone();
+                self.model = model.clone();
+                self.created = *created;
+            }
+            StreamEvent::TextDelta { text } => self.text.push_str(text),
+            StreamEvent::ReasoningDelta { text } => self.reasoning.push_str(text),
+            StreamEvent::ReasoningSignature { signature } => {
+                self.signature = Some(signature.clone())
+            }
+            StreamEvent::RedactedReasoning { data } => self.redacted.push(data.clone()),
+            StreamEvent::ToolCallStart { index, id, name } => {
+                let i = *index as usize;
+                if self.tool_calls.len() <= i {
+                    self.tool_calls.resize(
+                        i + 1,
+                        ToolCall {
+                            id: String::new(),
+                            name: String::new(),
+                            arguments: String::new(),
+                        },
+                    );
+                }
+                self.tool_calls[i].id = id.clone();
+                self.tool_calls[i].name = name.clone();
+            }
+            StreamEvent::ToolCallArgs { index, arguments } => {
+                if let Some(call) = self.tool_calls.get_mut(*index as usize) {
+                    call.arguments.push_str(arguments);
+                }
+            }
+            StreamEvent::Refusal { text } => {
+                self.refusal.get_or_insert_with(String::new).push_str(text)
+            }
+            StreamEvent::Usage(u) => self.usage = *u,
+            StreamEvent::Finish { reason } => self.finish = Some(reason.clone()),
+        }
+    }
+
+    fn response(&mut self) -> ChatResponse {
+        let mut reasoning = Vec::new();
+        if !self.reasoning.is_empty() || self.signature.is_some() {
+            reasoning.push(ReasoningBlock::Thinking {
+                text: std::mem::take(&mut self.reasoning),
+                signature: self.signature.take(),
+            });
+        }
+        reasoning.extend(
+            self.redacted
+                .drain(..)
+                .map(|data| ReasoningBlock::Redacted { data }),
+        );
+        ChatResponse {
+            id: std::mem::take(&mut self.id),
+            model: std::mem::take(&mut self.model),
+            created: self.created,
+            message: AssistantMessage {
+                content: (!self.text.is_empty()).then(|| std::mem::take(&mut self.text)),
+                tool_calls: std::mem::take(&mut self.tool_calls),
+                reasoning,
+                refusal: self.refusal.take(),
+            },
+            finish_reason: self.finish.clone().unwrap_or(FinishReason::Stop),
+            usage: self.usage,
+        }
+    }
+}
+
+/// A stream that records itself once, when it ends, fails, or is dropped unfinished.
+struct ObservedStream {
+    inner: EventStream,
+    pending: Option<Pending>,
+    acc: Accumulated,
+}
+
+impl ObservedStream {
+    fn finish(&mut self, error: Option<String>) {
+        if let Some(p) = self.pending.take() {
+            let response = self.acc.response();
+            let answered =
+                error.is_none() || !response.message.content.as_deref().unwrap_or("").is_empty();
+            let record = build(
+                &p.state,
+                &p.req,
+                &p.route,
+                answered.then_some(&response),
+                error,
+                self.acc.ttft_ms,
+                true,
+                &p.facts,
+            );
+            submit(&p.state, record);
+        }
+    }
+}
+
+impl Stream for ObservedStream {
+    type Item = <EventStream as Stream>::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let poll = this.inner.as_mut().poll_next(cx);
+        match &poll {
+            Poll::Ready(Some(Ok(event))) => {
+                if let Some(p) = &this.pending {
+                    let started = p.facts.started;
+                    this.acc.add(event, started);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => this.finish(Some(error_class(e.kind))),
+            Poll::Ready(None) => this.finish(None),
+            Poll::Pending => {}
+        }
+        poll
+    }
+}
+
+impl Drop for ObservedStream {
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            self.finish(Some("client_disconnected".into()));
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! `[store]` and `[prices]`: where records go and what tokens cost.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::prices::{Price, PriceTable};
+
+/// `[store]` as written (the gateway's config file hands it over as a raw table).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    enabled: Option<bool>,
+    /// SQLite file. Default `./fungible.db`.
+    path: Option<PathBuf>,
+    /// `postgres://...` (or `sqlite://...`); wins over `path`.
+    url: Option<String>,
+    /// Records buffered while the store is slow or down; more are dropped (and counted).
+    queue_capacity: Option<usize>,
+    /// Records written per transaction at most.
+    batch_size: Option<usize>,
+    /// Longest a record waits for its batch to fill, in milliseconds.
+    flush_interval_ms: Option<u64>,
+}
+
+/// The validated `[store]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub enabled: bool,
+    /// A sqlx URL: `sqlite://PATH?mode=rwc` or `postgres://...`.
+    pub url: String,
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            enabled: true,
+            url: sqlite_url(&PathBuf::from("fungible.db")),
+            queue_capacity: 100_000,
+            batch_size: 1_000,
+            flush_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{at}: {message}")]
+pub struct StoreConfigError {
+    pub at: String,
+    pub message: String,
+}
+
+fn err(at: &str, message: impl Into<String>) -> StoreConfigError {
+    StoreConfigError {
+        at: at.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The sqlx URL of a SQLite file, created when missing.
+pub fn sqlite_url(path: &std::path::Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+impl StoreConfig {
+    /// Validates `[store]` (absent: the defaults).
+    pub fn from_toml(table: Option<toml::Table>) -> Result<StoreConfig, StoreConfigError> {
+        let section: StoreSection = match table {
+            Some(t) => toml::Value::Table(t)
+                .try_into()
+                .map_err(|e: toml::de::Error| err("store", e.message()))?,
+            None => StoreSection::default(),
+        };
+        let mut config = StoreConfig {
+            enabled: section.enabled.unwrap_or(true),
+            ..StoreConfig::default()
+        };
+        if let Some(path) = section.path {
+            config.url = sqlite_url(&path);
+        }
+        if let Some(url) = section.url {
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                return Err(err("store.url", "expected postgres://... or sqlite://..."));
+            }
+            config.url = url;
+        }
+        if let Some(n) = section.queue_capacity {
+            if n == 0 {
+                return Err(err("store.queue_capacity", "must be at least 1"));
+            }
+            config.queue_capacity = n;
+        }
+        if let Some(n) = section.batch_size {
+            if n == 0 {
+                return Err(err("store.batch_size", "must be at least 1"));
+            }
+            config.batch_size = n;
+        }
+        if let Some(ms) = section.flush_interval_ms {
+            config.flush_interval = Duration::from_millis(ms);
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceSection {
+    input: f64,
+    output: f64,
+    cached_read: Option<f64>,
+    cache_write: Option<f64>,
+}
+
+impl PriceTable {
+    /// The built-in table with `[prices."PROVIDER/MODEL"]` entries laid over it.
+    pub fn from_toml(table: Option<toml::Table>) -> Result<PriceTable, StoreConfigError> {
+        let mut prices = PriceTable::builtin();
+        for (key, value) in table.unwrap_or_default() {
+            let at = format!("prices.{key:?}");
+            if !key.contains('/') {
+                return Err(err(
+                    &at,
+                    "expected a PROVIDER/MODEL key, for example \"openai/gpt-5\"",
+                ));
+            }
+            let s: PriceSection = value
+                .try_into()
+                .map_err(|e: toml::de::Error| err(&at, e.message()))?;
+            for (name, v) in [
+                ("input", Some(s.input)),
+                ("output", Some(s.output)),
+                ("cached_read", s.cached_read),
+                ("cache_write", s.cache_write),
+            ] {
+                if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+                    return Err(err(
+                        &format!("{at}.{name}"),
+                        "must be a non-negative number (USD per million tokens)",
+                    ));
+                }
+            }
+            prices.insert(
+                &key,
+                Price {
+                    input: s.input,
+                    output: s.output,
+                    cached_read: s.cached_read,
+                    cache_write: s.cache_write,
+                },
+            );
+        }
+        Ok(prices)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> Option<toml::Table> {
+        Some(text.parse().unwrap())
+    }
+
+    #[test]
+    fn defaults_to_sqlite_in_the_working_directory() {
+        let c = StoreConfig::from_toml(None).unwrap();
+        assert!(c.enabled);
+        assert_eq!(c.url, "sqlite://fungible.db?mode=rwc");
+    }
+
+    #[test]
+    fn url_wins_and_unknown_fields_are_named() {
+        let c =
+            StoreConfig::from_toml(table("url = \"postgres://u@h/db\"\npath = \"x.db\"")).unwrap();
+        assert_eq!(c.url, "postgres://u@h/db");
+        let e = StoreConfig::from_toml(table("pth = \"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("store: unknown field `pth`"), "{e}");
+        let e = StoreConfig::from_toml(table("url = \"mysql://x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("store.url:"), "{e}");
+    }
+
+    #[test]
+    fn price_overrides_replace_and_extend() {
+        let p = PriceTable::from_toml(table(
+            "[\"openai/gpt-5\"]\ninput = 2.0\noutput = 20.0\n[\"acme/m1\"]\ninput = 1\noutput = 1",
+        ))
+        .unwrap();
+        assert_eq!(p.get("openai", "gpt-5").unwrap().input, 2.0);
+        assert!(p.get("acme", "m1").is_some());
+        let e = PriceTable::from_toml(table("[\"gpt-5\"]\ninput = 1\noutput = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PROVIDER/MODEL"), "{e}");
+        let e = PriceTable::from_toml(table("[\"a/b\"]\ninput = -1\noutput = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("prices.\"a/b\".input:"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    #[test]
+    fn example_config_store_and_prices_are_valid() {
+        let mut file: toml::Table = include_str!("../../../fungible.example.toml")
+            .parse()
+            .unwrap();
+        let store =
+            StoreConfig::from_toml(file.remove("store").and_then(|v| v.as_table().cloned()))
+                .unwrap();
+        assert_eq!(store.url, "sqlite://fungible.db?mode=rwc");
+        let prices =
+            PriceTable::from_toml(file.remove("prices").and_then(|v| v.as_table().cloned()))
+                .unwrap();
+        assert_eq!(
+            prices.get("local-vllm", "Qwen/Qwen3-8B").unwrap().output,
+            0.0
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! The inference store: every inference the gateway answered (or failed), its attempts, its
+//! cost and the feedback on it, in an embedded SQLite file by default or in PostgreSQL when
+//! several gateway instances share one store.
+//!
+//! - [`Store`] is the only code that knows SQL: it opens the database, applies the versioned
+//!   migrations ([`migrations`]), writes batches and reads records, feedback and stats back.
+//!   The same SQL runs on both backends (through sqlx's `any` driver): text ids, integer
+//!   milliseconds, JSON as text.
+//! - [`Recorder`] takes records off the request path: `record` is a `try_send` into a bounded
+//!   queue (a full queue drops the record and counts it), and one writer task batches them
+//!   into a transaction each. A store that is slow or down only fills the queue; `shutdown`
+//!   drains it.
+//! - [`PriceTable`] turns usage into cost; an unknown price is an unknown cost (`None`),
+//!   never zero.
+
+mod config;
+pub mod migrations;
+mod prices;
+mod record;
+mod recorder;
+mod store;
+
+pub use config::{StoreConfig, StoreConfigError};
+pub use prices::{PRICES_AS_OF, Price, PriceTable};
+pub use record::{AttemptRecord, Feedback, FeedbackTarget, InferenceRecord, new_id};
+pub use recorder::{BatchSink, Recorder, RecorderCounters, RecorderOptions};
+pub use store::{GroupBy, InferenceFilter, StatsRow, Store, StoreError};

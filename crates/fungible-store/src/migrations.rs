@@ -1,0 +1,60 @@
+//! The schema, as versioned migrations applied in order at start. The SQL is portable
+//! between SQLite and PostgreSQL: text ids, `BIGINT` milliseconds, `DOUBLE PRECISION`
+//! costs and latencies, JSON as `TEXT`, booleans as 0/1. A migration, once released, is
+//! never edited: changes are new migrations appended here.
+
+/// `(version, statements)`; each runs in one transaction with its version row.
+pub const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE inferences (
+            id TEXT PRIMARY KEY,
+            time_ms BIGINT NOT NULL,
+            inbound TEXT NOT NULL,
+            requested_model TEXT NOT NULL,
+            route TEXT,
+            variant TEXT,
+            provider TEXT,
+            model TEXT,
+            stream BIGINT NOT NULL,
+            error TEXT,
+            request TEXT NOT NULL,
+            response TEXT,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            reasoning_tokens BIGINT NOT NULL,
+            cost DOUBLE PRECISION,
+            ttft_ms DOUBLE PRECISION,
+            latency_ms DOUBLE PRECISION NOT NULL,
+            user_id TEXT,
+            tags TEXT NOT NULL,
+            episode_id TEXT
+        )",
+        "CREATE INDEX inferences_time ON inferences (time_ms)",
+        "CREATE INDEX inferences_episode ON inferences (episode_id)",
+        "CREATE TABLE attempts (
+            inference_id TEXT NOT NULL,
+            idx BIGINT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT,
+            latency_ms DOUBLE PRECISION NOT NULL,
+            cost DOUBLE PRECISION,
+            PRIMARY KEY (inference_id, idx)
+        )",
+        "CREATE TABLE feedback (
+            id TEXT PRIMARY KEY,
+            time_ms BIGINT NOT NULL,
+            target TEXT NOT NULL,
+            target_id TEXT NOT NULL,
+            boolean BIGINT,
+            score DOUBLE PRECISION,
+            comment TEXT,
+            demonstration TEXT
+        )",
+        "CREATE INDEX feedback_target ON feedback (target_id)",
+    ],
+)];

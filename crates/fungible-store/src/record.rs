@@ -1,0 +1,116 @@
+//! What is recorded: one [`InferenceRecord`] per inference with its [`AttemptRecord`]s, and
+//! [`Feedback`] on an inference or an episode.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fungible_types::Usage;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One inference, whatever API it arrived in. Secrets never reach it: the canonical request
+/// holds no credentials, and no header is recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferenceRecord {
+    pub id: String,
+    /// Unix milliseconds when the request arrived.
+    pub time_ms: i64,
+    /// The inbound API: `openai_chat`, `anthropic_messages`, `gemini`, `openai_responses`.
+    pub inbound: String,
+    /// The model as the client named it (an alias or `PROVIDER/MODEL`).
+    pub requested_model: String,
+    /// The alias, when the client named one.
+    pub route: Option<String>,
+    pub variant: Option<String>,
+    /// The target that answered, else the last one tried (`None` when none was).
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub stream: bool,
+    /// `None` on success, else the error class (`rate_limited`, `timeout`, ...).
+    pub error: Option<String>,
+    /// The canonical request (`ChatRequest`) as JSON.
+    pub request: Value,
+    /// The canonical response (`ChatResponse`) as JSON; a stream's is assembled from its
+    /// events. `None` when there was no answer.
+    pub response: Option<Value>,
+    pub usage: Usage,
+    /// In US dollars; `None` when the price of the model is unknown (never zero for that).
+    pub cost: Option<f64>,
+    /// Time to the first content event of a stream, in milliseconds.
+    pub ttft_ms: Option<f64>,
+    /// Until the whole answer (a stream: until its end), in milliseconds.
+    pub latency_ms: f64,
+    pub user: Option<String>,
+    /// Client-supplied tags and metadata (a JSON object).
+    pub tags: Value,
+    pub episode_id: Option<String>,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One call (or skip) of one target while answering an inference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub provider: String,
+    pub model: String,
+    /// `ok`, `failed` or `circuit_open`.
+    pub status: String,
+    /// The error class of a failed attempt.
+    pub error: Option<String>,
+    pub latency_ms: f64,
+    /// Known only for the attempt that answered, and only when its price is known.
+    pub cost: Option<f64>,
+}
+
+/// What [`Feedback`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackTarget {
+    Inference,
+    Episode,
+}
+
+impl FeedbackTarget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedbackTarget::Inference => "inference",
+            FeedbackTarget::Episode => "episode",
+        }
+    }
+}
+
+/// Feedback on one inference or one episode: any of a boolean, a score, a comment and a
+/// demonstration (the ideal output, the raw material of fine-tuning).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    pub id: String,
+    pub time_ms: i64,
+    pub target: FeedbackTarget,
+    pub target_id: String,
+    pub boolean: Option<bool>,
+    pub score: Option<f64>,
+    pub comment: Option<String>,
+    pub demonstration: Option<Value>,
+}
+
+/// A new id: 32 hex digits, time-ordered (milliseconds first), unique within the process and
+/// unlikely to collide across instances.
+pub fn new_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let ms = now_ms() as u64;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // Per-process randomness without a dependency: the std hasher is randomly keyed.
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    let random = h.finish() & 0xffff_ffff_ffff;
+    // Time, then a per-process counter (ordered within a millisecond), then randomness.
+    format!("{ms:012x}{:08x}{random:012x}", n as u32)
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,258 @@
+//! [`Recorder`]: takes records off the request path and writes them in batches.
+//!
+//! `record` never waits: it is a `try_send` into a bounded queue, and a full queue drops the
+//! record (counted in [`RecorderCounters::dropped`], logged). One writer task takes up to
+//! `batch_size` records at a time and writes them in one transaction. When a write fails
+//! (the store is down or slow) the writer keeps the batch and retries with backoff, so
+//! records wait in the queue up to its bound and none that fit is lost. `shutdown` stops
+//! taking records, writes everything queued and returns.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::record::InferenceRecord;
+use crate::store::{Store, StoreError};
+
+/// Where the writer puts batches: the [`Store`], or a test double.
+pub trait BatchSink: Send + Sync + 'static {
+    fn write<'a>(
+        &'a self,
+        batch: &'a [InferenceRecord],
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+}
+
+impl BatchSink for Store {
+    fn write<'a>(
+        &'a self,
+        batch: &'a [InferenceRecord],
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+        Box::pin(self.insert(batch))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RecorderOptions {
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    /// How long the writer waits for more records before writing a partial batch.
+    pub flush_interval: Duration,
+    /// First retry delay after a failed write (doubles up to 5 s).
+    pub retry_delay: Duration,
+    /// On shutdown, how long to keep retrying a store that is down before giving up (and
+    /// reporting what was lost).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RecorderOptions {
+    fn default() -> RecorderOptions {
+        RecorderOptions {
+            queue_capacity: 100_000,
+            batch_size: 1_000,
+            flush_interval: Duration::from_millis(200),
+            retry_delay: Duration::from_millis(100),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the recorder has done so far.
+#[derive(Debug, Default)]
+pub struct RecorderCounters {
+    /// Records written to the store.
+    pub written: AtomicU64,
+    /// Records dropped because the queue was full, or lost at shutdown.
+    pub dropped: AtomicU64,
+    /// Failed batch writes (each is retried).
+    pub write_errors: AtomicU64,
+}
+
+enum Message {
+    Record(Box<InferenceRecord>),
+    /// Answered once everything queued before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle the request path holds. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Message>,
+    counters: Arc<RecorderCounters>,
+    closed: Arc<AtomicBool>,
+    writer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recorder {
+    /// Starts the writer task on the current runtime.
+    pub fn start(sink: impl BatchSink, options: RecorderOptions) -> Recorder {
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let counters = Arc::new(RecorderCounters::default());
+        let writer = tokio::spawn(write_loop(Arc::new(sink), rx, options, counters.clone()));
+        Recorder {
+            tx,
+            counters,
+            closed: Arc::new(AtomicBool::new(false)),
+            writer: Arc::new(std::sync::Mutex::new(Some(writer))),
+        }
+    }
+
+    /// Queues `record`; never waits. A full queue (or a recorder shut down) drops it.
+    pub fn record(&self, record: InferenceRecord) {
+        if self.closed.load(Ordering::Relaxed) {
+            self.count_drop("the recorder is shut down");
+            return;
+        }
+        if self.tx.try_send(Message::Record(Box::new(record))).is_err() {
+            self.count_drop("the queue is full (the store is slow or down)");
+        }
+    }
+
+    fn count_drop(&self, why: &str) {
+        let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // The first drop, then one line per 1,000.
+        if n == 1 || n.is_multiple_of(1000) {
+            tracing::warn!(dropped = n, "inference records dropped: {why}");
+        }
+    }
+
+    pub fn counters(&self) -> &RecorderCounters {
+        &self.counters
+    }
+
+    /// Records queued and not written yet (approximate).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Waits until every record queued before this call is written (or the writer gave up).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Message::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stops taking records, writes what is queued and waits for the writer to finish.
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.flush().await;
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer {
+            writer.abort();
+            let _ = writer.await;
+        }
+        let c = &self.counters;
+        tracing::info!(
+            written = c.written.load(Ordering::Relaxed),
+            dropped = c.dropped.load(Ordering::Relaxed),
+            "recorder stopped"
+        );
+    }
+}
+
+async fn write_loop(
+    sink: Arc<dyn BatchSink>,
+    mut rx: mpsc::Receiver<Message>,
+    options: RecorderOptions,
+    counters: Arc<RecorderCounters>,
+) {
+    let mut batch: Vec<InferenceRecord> = Vec::with_capacity(options.batch_size);
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        // Fill a batch: block for the first message, then take what is there, waiting at
+        // most `flush_interval` for the batch to fill.
+        let Some(first) = rx.recv().await else { break };
+        let deadline = tokio::time::Instant::now() + options.flush_interval;
+        let mut next = Some(first);
+        loop {
+            match next.take() {
+                Some(Message::Record(r)) => batch.push(*r),
+                Some(Message::Flush(done)) => {
+                    waiting.push(done);
+                    break;
+                }
+                None => {}
+            }
+            if batch.len() >= options.batch_size {
+                break;
+            }
+            next = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(m)) => Some(m),
+                        _ => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+        }
+        write_with_retry(&*sink, &mut batch, &options, &counters, !waiting.is_empty()).await;
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
+    }
+    write_with_retry(&*sink, &mut batch, &options, &counters, true).await;
+}
+
+/// Writes `batch`, retrying with backoff until it is written. A flush (shutdown) gives up
+/// after `shutdown_timeout` and counts the batch as dropped.
+async fn write_with_retry(
+    sink: &dyn BatchSink,
+    batch: &mut Vec<InferenceRecord>,
+    options: &RecorderOptions,
+    counters: &RecorderCounters,
+    flushing: bool,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let started = tokio::time::Instant::now();
+    let mut delay = options.retry_delay;
+    loop {
+        match sink.write(batch).await {
+            Ok(()) => {
+                counters
+                    .written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                batch.clear();
+                return;
+            }
+            Err(e) => {
+                let n = counters.write_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.is_power_of_two() {
+                    tracing::warn!(
+                        records = batch.len(),
+                        failures = n,
+                        "could not write inference records, retrying: {e}"
+                    );
+                }
+                if flushing && started.elapsed() >= options.shutdown_timeout {
+                    counters
+                        .dropped
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    tracing::error!(
+                        records = batch.len(),
+                        "inference records lost: the store stayed unavailable: {e}"
+                    );
+                    batch.clear();
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

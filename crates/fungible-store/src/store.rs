@@ -1,0 +1,647 @@
+//! [`Store`]: the database behind the recorder and the read-back API. The only SQL in the
+//! workspace is in this file and [`crate::migrations`].
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use fungible_types::Usage;
+use serde::Serialize;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, ConnectOptions, Row};
+
+use crate::migrations::MIGRATIONS;
+use crate::record::{AttemptRecord, Feedback, FeedbackTarget, InferenceRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("store: a recorded {field} is not valid JSON: {source}")]
+    Json {
+        field: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("store: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// An open store. Cheap to clone (a connection pool).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Filters and pagination for [`Store::list`]. Newest first; `before` is the id of the last
+/// record of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct InferenceFilter {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub route: Option<String>,
+    pub user: Option<String>,
+    pub episode_id: Option<String>,
+    /// `true`: only failures; `false`: only successes.
+    pub errors: Option<bool>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub before: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// What [`Store::stats`] groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    /// `PROVIDER/MODEL` that answered.
+    Model,
+    Provider,
+    Route,
+    User,
+    /// UTC date.
+    Day,
+    Inbound,
+}
+
+impl FromStr for GroupBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<GroupBy, String> {
+        Ok(match s {
+            "model" => GroupBy::Model,
+            "provider" => GroupBy::Provider,
+            "route" => GroupBy::Route,
+            "user" => GroupBy::User,
+            "day" => GroupBy::Day,
+            "inbound" => GroupBy::Inbound,
+            _ => {
+                return Err(format!(
+                    "unknown group {s:?}: expected model, provider, route, user, day or inbound"
+                ));
+            }
+        })
+    }
+}
+
+/// One group of [`Store::stats`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatsRow {
+    pub key: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    /// Sum of the known costs.
+    pub cost: f64,
+    /// Requests whose cost is unknown.
+    pub unpriced: u64,
+    pub p50_latency_ms: f64,
+    pub p95_latency_ms: f64,
+}
+
+const INSERT_INFERENCE: &str = "INSERT INTO inferences (id, time_ms, inbound, requested_model, route, variant, provider, model, stream, error, request, response, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost, ttft_ms, latency_ms, user_id, tags, episode_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)";
+const INSERT_ATTEMPT: &str = "INSERT INTO attempts (inference_id, idx, provider, model, status, error, latency_ms, cost) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+const INFERENCE_COLUMNS: &str = "id, time_ms, inbound, requested_model, route, variant, provider, model, stream, error, request, response, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost, ttft_ms, latency_ms, user_id, tags, episode_id";
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://...`) and applies the
+    /// migrations not applied yet. SQLite runs in WAL mode.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        use sqlx::Executor;
+                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        conn.execute("PRAGMA synchronous=NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies every migration not applied yet; running it again does nothing.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS fungible_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        for (version, statements) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM fungible_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if done.is_some() {
+                continue;
+            }
+            for statement in *statements {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO fungible_migrations (version, applied_ms) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(crate::record::now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(version, "store: migration applied");
+        }
+        Ok(())
+    }
+
+    /// The migration versions applied, in order.
+    pub async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM fungible_migrations ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
+    /// Whether statements with nullable floats may be prepared once and reused. sqlx 0.8's
+    /// `any` driver binds a NULL double as a PostgreSQL `float4`, and a statement prepared
+    /// with that type then rejects a real `f64`; on PostgreSQL such statements are prepared
+    /// per execution.
+    fn cache_statements(&self) -> bool {
+        self.backend == Backend::Sqlite
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Writes `records` and their attempts in one transaction.
+    pub async fn insert(&self, records: &[InferenceRecord]) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            return self.insert_multi_row(records).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            let request = serde_json::to_string(&r.request).unwrap_or_default();
+            let response = r
+                .response
+                .as_ref()
+                .map(|v| serde_json::to_string(v).unwrap_or_default());
+            sqlx::query(INSERT_INFERENCE)
+                .persistent(self.cache_statements())
+                .bind(&r.id)
+                .bind(r.time_ms)
+                .bind(&r.inbound)
+                .bind(&r.requested_model)
+                .bind(&r.route)
+                .bind(&r.variant)
+                .bind(&r.provider)
+                .bind(&r.model)
+                .bind(i64::from(r.stream))
+                .bind(&r.error)
+                .bind(request)
+                .bind(response)
+                .bind(r.usage.input_tokens as i64)
+                .bind(r.usage.output_tokens as i64)
+                .bind(r.usage.cache_read_tokens as i64)
+                .bind(r.usage.cache_write_tokens as i64)
+                .bind(r.usage.reasoning_tokens as i64)
+                .bind(r.cost)
+                .bind(r.ttft_ms)
+                .bind(r.latency_ms)
+                .bind(&r.user)
+                .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "{}".into()))
+                .bind(&r.episode_id)
+                .execute(&mut *tx)
+                .await?;
+            for (i, a) in r.attempts.iter().enumerate() {
+                sqlx::query(INSERT_ATTEMPT)
+                    .persistent(self.cache_statements())
+                    .bind(&r.id)
+                    .bind(i as i64)
+                    .bind(&a.provider)
+                    .bind(&a.model)
+                    .bind(&a.status)
+                    .bind(&a.error)
+                    .bind(a.latency_ms)
+                    .bind(a.cost)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// PostgreSQL: one multi-row `INSERT` per table and chunk, since each statement is a
+    /// network round trip (and is prepared per execution: see `cache_statements`).
+    async fn insert_multi_row(&self, records: &[InferenceRecord]) -> Result<(), StoreError> {
+        const ROWS: usize = 500;
+        let mut tx = self.pool.begin().await?;
+        for chunk in records.chunks(ROWS) {
+            let sql = multi_row(INSERT_INFERENCE, 23, chunk.len());
+            let mut query = sqlx::query(&sql).persistent(false);
+            for r in chunk {
+                query = query
+                    .bind(r.id.clone())
+                    .bind(r.time_ms)
+                    .bind(r.inbound.clone())
+                    .bind(r.requested_model.clone())
+                    .bind(r.route.clone())
+                    .bind(r.variant.clone())
+                    .bind(r.provider.clone())
+                    .bind(r.model.clone())
+                    .bind(i64::from(r.stream))
+                    .bind(r.error.clone())
+                    .bind(serde_json::to_string(&r.request).unwrap_or_default())
+                    .bind(
+                        r.response
+                            .as_ref()
+                            .map(|v| serde_json::to_string(v).unwrap_or_default()),
+                    )
+                    .bind(r.usage.input_tokens as i64)
+                    .bind(r.usage.output_tokens as i64)
+                    .bind(r.usage.cache_read_tokens as i64)
+                    .bind(r.usage.cache_write_tokens as i64)
+                    .bind(r.usage.reasoning_tokens as i64)
+                    .bind(r.cost)
+                    .bind(r.ttft_ms)
+                    .bind(r.latency_ms)
+                    .bind(r.user.clone())
+                    .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "{}".into()))
+                    .bind(r.episode_id.clone());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let attempts: Vec<(&str, usize, &AttemptRecord)> = records
+            .iter()
+            .flat_map(|r| {
+                r.attempts
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, a)| (r.id.as_str(), i, a))
+            })
+            .collect();
+        for chunk in attempts.chunks(ROWS) {
+            let sql = multi_row(INSERT_ATTEMPT, 8, chunk.len());
+            let mut query = sqlx::query(&sql).persistent(false);
+            for (id, i, a) in chunk {
+                query = query
+                    .bind(id.to_string())
+                    .bind(*i as i64)
+                    .bind(a.provider.clone())
+                    .bind(a.model.clone())
+                    .bind(a.status.clone())
+                    .bind(a.error.clone())
+                    .bind(a.latency_ms)
+                    .bind(a.cost);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One inference with its attempts.
+    pub async fn get(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {INFERENCE_COLUMNS} FROM inferences WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut record = inference_from_row(&row)?;
+        let attempts = sqlx::query("SELECT provider, model, status, error, latency_ms, cost FROM attempts WHERE inference_id = $1 ORDER BY idx")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        record.attempts = attempts
+            .iter()
+            .map(|a| -> Result<AttemptRecord, sqlx::Error> {
+                Ok(AttemptRecord {
+                    provider: a.try_get(0)?,
+                    model: a.try_get(1)?,
+                    status: a.try_get(2)?,
+                    error: a.try_get(3)?,
+                    latency_ms: a.try_get(4)?,
+                    cost: a.try_get(5)?,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(record))
+    }
+
+    /// Inferences matching `filter`, newest first, without their attempts.
+    pub async fn list(&self, filter: &InferenceFilter) -> Result<Vec<InferenceRecord>, StoreError> {
+        let mut sql = format!("SELECT {INFERENCE_COLUMNS} FROM inferences WHERE 1 = 1");
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut text = |sql: &mut String, column: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                binds.push(Bind::Text(v.clone()));
+                sql.push_str(&format!(" AND {column} = ${}", binds.len()));
+            }
+        };
+        text(&mut sql, "provider", &filter.provider);
+        text(&mut sql, "model", &filter.model);
+        text(&mut sql, "route", &filter.route);
+        text(&mut sql, "user_id", &filter.user);
+        text(&mut sql, "episode_id", &filter.episode_id);
+        if let Some(before) = &filter.before {
+            binds.push(Bind::Text(before.clone()));
+            sql.push_str(&format!(" AND id < ${}", binds.len()));
+        }
+        match filter.errors {
+            Some(true) => sql.push_str(" AND error IS NOT NULL"),
+            Some(false) => sql.push_str(" AND error IS NULL"),
+            None => {}
+        }
+        if let Some(since) = filter.since_ms {
+            binds.push(Bind::Int(since));
+            sql.push_str(&format!(" AND time_ms >= ${}", binds.len()));
+        }
+        if let Some(until) = filter.until_ms {
+            binds.push(Bind::Int(until));
+            sql.push_str(&format!(" AND time_ms < ${}", binds.len()));
+        }
+        let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = match b {
+                Bind::Text(s) => query.bind(s),
+                Bind::Int(i) => query.bind(i),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(inference_from_row).collect()
+    }
+
+    /// Whether an inference (or, for an episode, any inference of it) is recorded.
+    pub async fn exists(&self, target: FeedbackTarget, id: &str) -> Result<bool, StoreError> {
+        let sql = match target {
+            FeedbackTarget::Inference => "SELECT 1 FROM inferences WHERE id = $1 LIMIT 1",
+            FeedbackTarget::Episode => "SELECT 1 FROM inferences WHERE episode_id = $1 LIMIT 1",
+        };
+        Ok(sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
+    pub async fn insert_feedback(&self, f: &Feedback) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO feedback (id, time_ms, target, target_id, boolean, score, comment, demonstration) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .persistent(self.cache_statements())
+            .bind(&f.id)
+            .bind(f.time_ms)
+            .bind(f.target.as_str())
+            .bind(&f.target_id)
+            .bind(f.boolean.map(i64::from))
+            .bind(f.score)
+            .bind(&f.comment)
+            .bind(f.demonstration.as_ref().map(|v| serde_json::to_string(v).unwrap_or_default()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Feedback on `target_id` (an inference or an episode), oldest first.
+    pub async fn feedback(&self, target_id: &str) -> Result<Vec<Feedback>, StoreError> {
+        let rows = sqlx::query("SELECT id, time_ms, target, target_id, boolean, score, comment, demonstration FROM feedback WHERE target_id = $1 ORDER BY id")
+            .bind(target_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let target: String = r.try_get(2)?;
+                let boolean: Option<i64> = r.try_get(4)?;
+                let demonstration: Option<String> = r.try_get(7)?;
+                Ok(Feedback {
+                    id: r.try_get(0)?,
+                    time_ms: r.try_get(1)?,
+                    target: if target == "episode" {
+                        FeedbackTarget::Episode
+                    } else {
+                        FeedbackTarget::Inference
+                    },
+                    target_id: r.try_get(3)?,
+                    boolean: boolean.map(|b| b != 0),
+                    score: r.try_get(5)?,
+                    comment: r.try_get(6)?,
+                    demonstration: demonstration
+                        .map(|d| json("demonstration", &d))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Requests, errors, tokens, cost and latency percentiles per group, over the inferences
+    /// in `[since_ms, until_ms)`. Sorted by requests, most first.
+    pub async fn stats(
+        &self,
+        group: GroupBy,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+    ) -> Result<Vec<StatsRow>, StoreError> {
+        let key = match group {
+            GroupBy::Model => "provider || '/' || model",
+            GroupBy::Provider => "provider",
+            GroupBy::Route => "route",
+            GroupBy::User => "user_id",
+            GroupBy::Day => "time_ms",
+            GroupBy::Inbound => "inbound",
+        };
+        let sql = format!(
+            "SELECT {key}, CASE WHEN error IS NULL THEN 0 ELSE 1 END, input_tokens, output_tokens, cache_read_tokens, cost, latency_ms FROM inferences WHERE time_ms >= $1 AND time_ms < $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(since_ms.unwrap_or(i64::MIN))
+            .bind(until_ms.unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        struct Acc {
+            row: StatsRow,
+            latencies: Vec<f64>,
+        }
+        let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
+        for r in &rows {
+            let key = if group == GroupBy::Day {
+                utc_date(r.try_get::<i64, _>(0)?)
+            } else {
+                r.try_get::<Option<String>, _>(0)?
+                    .unwrap_or_else(|| "-".into())
+            };
+            let acc = groups.entry(key.clone()).or_insert_with(|| Acc {
+                row: StatsRow {
+                    key,
+                    requests: 0,
+                    errors: 0,
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    cache_read_tokens: 0,
+                    cost: 0.0,
+                    unpriced: 0,
+                    p50_latency_ms: 0.0,
+                    p95_latency_ms: 0.0,
+                },
+                latencies: Vec::new(),
+            });
+            acc.row.requests += 1;
+            acc.row.errors += r
+                .try_get::<i32, _>(1)
+                .map(i64::from)
+                .or_else(|_| r.try_get::<i64, _>(1))? as u64;
+            acc.row.input_tokens += r.try_get::<i64, _>(2)? as u64;
+            acc.row.output_tokens += r.try_get::<i64, _>(3)? as u64;
+            acc.row.cache_read_tokens += r.try_get::<i64, _>(4)? as u64;
+            match r.try_get::<Option<f64>, _>(5)? {
+                Some(c) => acc.row.cost += c,
+                None => acc.row.unpriced += 1,
+            }
+            acc.latencies.push(r.try_get(6)?);
+        }
+        let mut out: Vec<StatsRow> = groups
+            .into_values()
+            .map(|mut acc| {
+                acc.latencies.sort_by(f64::total_cmp);
+                acc.row.p50_latency_ms = percentile(&acc.latencies, 0.50);
+                acc.row.p95_latency_ms = percentile(&acc.latencies, 0.95);
+                acc.row
+            })
+            .collect();
+        out.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.key.cmp(&b.key)));
+        Ok(out)
+    }
+}
+
+/// `insert` (a one-row `INSERT ... VALUES (...)`) for `rows` rows of `columns` parameters.
+fn multi_row(insert: &str, columns: usize, rows: usize) -> String {
+    let head = insert.split(" VALUES ").next().unwrap_or(insert);
+    let mut sql = format!("{head} VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * columns + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `YYYY-MM-DD` (UTC) of Unix milliseconds.
+fn utc_date(ms: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn json(field: &'static str, text: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Json { field, source })
+}
+
+fn inference_from_row(r: &AnyRow) -> Result<InferenceRecord, StoreError> {
+    let request: String = r.try_get(10)?;
+    let response: Option<String> = r.try_get(11)?;
+    let tags: String = r.try_get(21)?;
+    let stream: i64 = r.try_get(8)?;
+    let tok = |i: usize| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(i)? as u64) };
+    Ok(InferenceRecord {
+        id: r.try_get(0)?,
+        time_ms: r.try_get(1)?,
+        inbound: r.try_get(2)?,
+        requested_model: r.try_get(3)?,
+        route: r.try_get(4)?,
+        variant: r.try_get(5)?,
+        provider: r.try_get(6)?,
+        model: r.try_get(7)?,
+        stream: stream != 0,
+        error: r.try_get(9)?,
+        request: json("request", &request)?,
+        response: response.map(|t| json("response", &t)).transpose()?,
+        usage: Usage {
+            input_tokens: tok(12)?,
+            output_tokens: tok(13)?,
+            cache_read_tokens: tok(14)?,
+            cache_write_tokens: tok(15)?,
+            reasoning_tokens: tok(16)?,
+        },
+        cost: r.try_get(17)?,
+        ttft_ms: r.try_get(18)?,
+        latency_ms: r.try_get(19)?,
+        user: r.try_get(20)?,
+        tags: json("tags", &tags)?,
+        episode_id: r.try_get(22)?,
+        attempts: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_row_numbers_every_parameter() {
+        assert_eq!(
+            multi_row("INSERT INTO t (a, b) VALUES ($1, $2)", 2, 2),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
+    }
+
+    #[test]
+    fn dates_and_percentiles() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(1_764_460_800_000), "2025-11-30");
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
+        assert_eq!(
+            percentile(&(1..=100).map(f64::from).collect::<Vec<_>>(), 0.95),
+            95.0
+        );
+    }
+}

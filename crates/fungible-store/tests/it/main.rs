@@ -1,0 +1,375 @@
+//! The store and the recorder on both backends: every test runs on a fresh SQLite file and,
+//! when `FUNGIBLE_TEST_POSTGRES_URL` is set (scripts/test.sh sets it), in a fresh PostgreSQL
+//! schema, so tests run in parallel.
+
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fungible_store::{
+    AttemptRecord, BatchSink, Feedback, FeedbackTarget, GroupBy, InferenceFilter, InferenceRecord,
+    Recorder, RecorderOptions, Store, StoreError, new_id,
+};
+use fungible_types::Usage;
+use serde_json::json;
+
+/// A fresh SQLite store in a new file.
+async fn sqlite() -> Store {
+    let dir = std::env::temp_dir().join("fungible-store-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}.db", new_id()));
+    Store::open(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap()
+}
+
+/// A fresh PostgreSQL store in a new schema, or `None` when no server is configured.
+async fn postgres() -> Option<Store> {
+    let Ok(url) = std::env::var("FUNGIBLE_TEST_POSTGRES_URL") else {
+        eprintln!(
+            "FUNGIBLE_TEST_POSTGRES_URL is not set: PostgreSQL case not run (scripts/test.sh sets it)"
+        );
+        return None;
+    };
+    Some(Store::open(&postgres_schema_url(&url).await).await.unwrap())
+}
+
+async fn postgres_schema_url(url: &str) -> String {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let schema = format!("t_{}", new_id());
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Runs `$body` (an async fn taking a `Store`) on SQLite and on PostgreSQL.
+macro_rules! both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$body(super::sqlite().await).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(store) = super::postgres().await {
+                    super::$body(store).await;
+                }
+            }
+        }
+    };
+}
+
+fn record(i: u64) -> InferenceRecord {
+    InferenceRecord {
+        id: new_id(),
+        time_ms: 1_764_460_800_000 + i as i64,
+        inbound: "anthropic_messages".into(),
+        requested_model: "smart".into(),
+        route: Some("smart".into()),
+        variant: Some("a".into()),
+        provider: Some("anthropic".into()),
+        model: Some("claude-sonnet-4-5".into()),
+        stream: i.is_multiple_of(2),
+        error: None,
+        request: json!({"model": "smart", "messages": [{"role": "user", "content": "héllo ✓ \"quoted\""}], "params": {"temperature": 0.5}}),
+        response: Some(
+            json!({"id": "msg_1", "message": {"content": "hi", "tool_calls": [{"id": "c1", "name": "f", "arguments": "{\"a\":1}"}]}}),
+        ),
+        usage: Usage {
+            input_tokens: 100 + i,
+            output_tokens: 20,
+            cache_read_tokens: 30,
+            cache_write_tokens: 10,
+            reasoning_tokens: 5,
+        },
+        cost: Some(0.001_234_5),
+        ttft_ms: Some(12.5),
+        latency_ms: 100.0 + i as f64,
+        user: Some("alice".into()),
+        tags: json!({"team": "search", "n": 3}),
+        episode_id: Some("ep-1".into()),
+        attempts: vec![
+            AttemptRecord {
+                provider: "openai".into(),
+                model: "gpt-5".into(),
+                status: "failed".into(),
+                error: Some("rate_limited".into()),
+                latency_ms: 3.25,
+                cost: None,
+            },
+            AttemptRecord {
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4-5".into(),
+                status: "ok".into(),
+                error: None,
+                latency_ms: 90.0,
+                cost: Some(0.001_234_5),
+            },
+        ],
+    }
+}
+
+async fn round_trip_every_field(store: Store) {
+    let full = record(1);
+    let bare = InferenceRecord {
+        id: new_id(),
+        route: None,
+        variant: None,
+        provider: None,
+        model: None,
+        error: Some("unknown_model".into()),
+        response: None,
+        usage: Usage::default(),
+        cost: None,
+        ttft_ms: None,
+        user: None,
+        tags: json!({}),
+        episode_id: None,
+        attempts: vec![],
+        ..record(2)
+    };
+    store.insert(&[full.clone(), bare.clone()]).await.unwrap();
+    assert_eq!(store.get(&full.id).await.unwrap().unwrap(), full);
+    assert_eq!(store.get(&bare.id).await.unwrap().unwrap(), bare);
+    assert_eq!(store.get("nope").await.unwrap(), None);
+}
+both!(round_trip, round_trip_every_field);
+
+async fn migrations_from_empty_and_rerun(store: Store) {
+    assert_eq!(store.applied_migrations().await.unwrap(), vec![1]);
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.applied_migrations().await.unwrap(), vec![1]);
+    store.insert(&[record(1)]).await.unwrap();
+}
+both!(migrations, migrations_from_empty_and_rerun);
+
+async fn list_filters_and_pages(store: Store) {
+    let mut records: Vec<_> = (0..5).map(record).collect();
+    records[4].user = Some("bob".into());
+    records[3].error = Some("timeout".into());
+    store.insert(&records).await.unwrap();
+    let page1 = store
+        .list(&InferenceFilter {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page1.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        [&records[4].id, &records[3].id]
+    );
+    let page2 = store
+        .list(&InferenceFilter {
+            limit: Some(2),
+            before: Some(page1[1].id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page2.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        [&records[2].id, &records[1].id]
+    );
+    let bob = store
+        .list(&InferenceFilter {
+            user: Some("bob".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bob.len(), 1);
+    let errors = store
+        .list(&InferenceFilter {
+            errors: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].error.as_deref(), Some("timeout"));
+    let since = store
+        .list(&InferenceFilter {
+            since_ms: Some(records[3].time_ms),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 2);
+}
+both!(list, list_filters_and_pages);
+
+async fn feedback_round_trip(store: Store) {
+    let r = record(1);
+    store.insert(std::slice::from_ref(&r)).await.unwrap();
+    assert!(
+        store
+            .exists(FeedbackTarget::Inference, &r.id)
+            .await
+            .unwrap()
+    );
+    assert!(store.exists(FeedbackTarget::Episode, "ep-1").await.unwrap());
+    assert!(
+        !store
+            .exists(FeedbackTarget::Inference, "nope")
+            .await
+            .unwrap()
+    );
+    let f = Feedback {
+        id: new_id(),
+        time_ms: 5,
+        target: FeedbackTarget::Inference,
+        target_id: r.id.clone(),
+        boolean: Some(true),
+        score: Some(0.75),
+        comment: Some("good".into()),
+        demonstration: Some(json!({"content": "the ideal answer"})),
+    };
+    let g = Feedback {
+        id: new_id(),
+        boolean: None,
+        score: None,
+        comment: None,
+        demonstration: None,
+        ..f.clone()
+    };
+    store.insert_feedback(&f).await.unwrap();
+    store.insert_feedback(&g).await.unwrap();
+    assert_eq!(store.feedback(&r.id).await.unwrap(), vec![f, g]);
+}
+both!(feedback, feedback_round_trip);
+
+async fn stats_group_and_percentiles(store: Store) {
+    let mut records: Vec<_> = (0..20).map(record).collect();
+    records[0].provider = Some("openai".into());
+    records[0].model = Some("gpt-5".into());
+    records[0].cost = None;
+    records[1].error = Some("timeout".into());
+    store.insert(&records).await.unwrap();
+    let rows = store.stats(GroupBy::Model, None, None).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let a = &rows[0];
+    assert_eq!(
+        (a.key.as_str(), a.requests, a.errors),
+        ("anthropic/claude-sonnet-4-5", 19, 1)
+    );
+    assert!((a.cost - 19.0 * 0.001_234_5).abs() < 1e-9);
+    assert_eq!(a.p50_latency_ms, 110.0);
+    assert_eq!(a.p95_latency_ms, 119.0);
+    assert_eq!((rows[1].unpriced, rows[1].cost), (1, 0.0));
+    let days = store.stats(GroupBy::Day, None, None).await.unwrap();
+    assert_eq!(days[0].key, "2025-11-30");
+    assert_eq!(
+        store.stats(GroupBy::User, Some(0), Some(1)).await.unwrap(),
+        vec![]
+    );
+}
+both!(stats, stats_group_and_percentiles);
+
+/// The store, failing every write while `down` is set.
+struct Flaky {
+    store: Store,
+    down: Arc<AtomicBool>,
+}
+
+impl BatchSink for Flaky {
+    fn write<'a>(
+        &'a self,
+        batch: &'a [InferenceRecord],
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down for the test".into()));
+            }
+            self.store.insert(batch).await
+        })
+    }
+}
+
+fn options(capacity: usize) -> RecorderOptions {
+    RecorderOptions {
+        queue_capacity: capacity,
+        batch_size: 7,
+        flush_interval: Duration::from_millis(5),
+        retry_delay: Duration::from_millis(5),
+        shutdown_timeout: Duration::from_secs(30),
+    }
+}
+
+async fn count(store: &Store) -> usize {
+    store
+        .list(&InferenceFilter {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+async fn outage_loses_nothing_that_fits(store: Store) {
+    let down = Arc::new(AtomicBool::new(false));
+    let recorder = Recorder::start(
+        Flaky {
+            store: store.clone(),
+            down: down.clone(),
+        },
+        options(50),
+    );
+    for i in 0..10 {
+        recorder.record(record(i));
+    }
+    recorder.flush().await;
+    assert_eq!(count(&store).await, 10);
+
+    // The store goes down mid-load: the queue (50) and the batch in hand (7) hold 57.
+    down.store(true, Ordering::SeqCst);
+    for i in 0..100 {
+        recorder.record(record(100 + i));
+        tokio::task::yield_now().await;
+    }
+    let dropped = recorder.counters().dropped.load(Ordering::SeqCst);
+    assert!(
+        (100 - 57..=100 - 50).contains(&dropped),
+        "dropped {dropped}"
+    );
+    assert!(recorder.counters().write_errors.load(Ordering::SeqCst) >= 1);
+    down.store(false, Ordering::SeqCst);
+    recorder.shutdown().await;
+    assert_eq!(count(&store).await as u64, 10 + 100 - dropped);
+    assert_eq!(
+        recorder.counters().written.load(Ordering::SeqCst),
+        110 - dropped
+    );
+}
+both!(outage, outage_loses_nothing_that_fits);
+
+async fn shutdown_drains(store: Store) {
+    let recorder = Recorder::start(
+        store.clone(),
+        RecorderOptions {
+            flush_interval: Duration::from_secs(3600),
+            ..options(10_000)
+        },
+    );
+    for i in 0..500 {
+        recorder.record(record(i));
+    }
+    recorder.shutdown().await;
+    assert_eq!(count(&store).await, 500);
+    // After shutdown, records are refused and counted.
+    recorder.record(record(1));
+    assert_eq!(recorder.counters().dropped.load(Ordering::SeqCst), 1);
+}
+both!(shutdown, shutdown_drains);

@@ -1,0 +1,360 @@
+//! The recording side of the binary: opening the store from `[store]` for `serve`, and the
+//! `fungible traces list|show` and `fungible stats` commands, which read the store directly.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use fungible_gateway::ConfigFile;
+use fungible_store::{
+    GroupBy, InferenceFilter, PriceTable, Recorder, RecorderOptions, Store, StoreConfig,
+};
+
+use crate::ConfigArgs;
+
+/// `[store]` and `[prices]` of the config file (validated).
+pub fn load(args: &ConfigArgs) -> anyhow::Result<(StoreConfig, PriceTable)> {
+    let default = Path::new("fungible.toml");
+    let file = match &args.config {
+        Some(path) => ConfigFile::read(path)?,
+        None if default.exists() => ConfigFile::read(default)?,
+        None => ConfigFile::default(),
+    };
+    let store = StoreConfig::from_toml(file.store)?;
+    let prices = PriceTable::from_toml(file.prices)?;
+    Ok((store, prices))
+}
+
+/// Opens the store (applying migrations) and starts the recorder; `None` when `[store]` is
+/// disabled.
+pub async fn start(config: &StoreConfig) -> anyhow::Result<Option<(Store, Recorder)>> {
+    if !config.enabled {
+        tracing::info!("inference store disabled");
+        return Ok(None);
+    }
+    let store = Store::open(&config.url)
+        .await
+        .with_context(|| format!("could not open the inference store {}", shown(&config.url)))?;
+    let recorder = Recorder::start(
+        store.clone(),
+        RecorderOptions {
+            queue_capacity: config.queue_capacity,
+            batch_size: config.batch_size,
+            flush_interval: config.flush_interval,
+            ..RecorderOptions::default()
+        },
+    );
+    tracing::info!(store = %shown(&config.url), "recording inferences");
+    Ok(Some((store, recorder)))
+}
+
+/// The URL without a password.
+fn shown(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = &url[scheme + 3..at];
+            let user = user.split(':').next().unwrap_or("");
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[derive(clap::Args)]
+pub struct TracesArgs {
+    #[command(subcommand)]
+    command: TracesCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum TracesCommand {
+    /// Recorded inferences, newest first.
+    List(ListArgs),
+    /// One recorded inference: request, response, attempts, feedback.
+    Show(ShowArgs),
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[arg(long)]
+    provider: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    route: Option<String>,
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    episode: Option<String>,
+    /// Only failures.
+    #[arg(long)]
+    errors: bool,
+    /// Ids older than this one (the next page).
+    #[arg(long)]
+    before: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ShowArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    id: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// model, provider, route, user, day or inbound.
+    #[arg(long, default_value = "model")]
+    by: String,
+    /// Only the last N hours.
+    #[arg(long)]
+    hours: Option<u64>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn open_for_reading(config: &ConfigArgs) -> anyhow::Result<(tokio::runtime::Runtime, Store)> {
+    let (store, _) = load(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let opened = runtime
+        .block_on(Store::open(&store.url))
+        .with_context(|| format!("could not open the inference store {}", shown(&store.url)))?;
+    Ok((runtime, opened))
+}
+
+pub fn traces(args: TracesArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        TracesCommand::List(a) => {
+            let (rt, store) = open_for_reading(&a.config)?;
+            let filter = InferenceFilter {
+                provider: a.provider,
+                model: a.model,
+                route: a.route,
+                user: a.user,
+                episode_id: a.episode,
+                errors: a.errors.then_some(true),
+                before: a.before,
+                limit: Some(a.limit),
+                ..Default::default()
+            };
+            let records = rt.block_on(store.list(&filter))?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut rows = vec![row([
+                "ID",
+                "TIME (UTC)",
+                "INBOUND",
+                "MODEL",
+                "TARGET",
+                "STATUS",
+                "TOKENS IN/OUT",
+                "COST $",
+                "LATENCY ms",
+            ])];
+            for r in &records {
+                rows.push(row([
+                    r.id.clone(),
+                    utc_time(r.time_ms),
+                    r.inbound.clone(),
+                    r.requested_model.clone(),
+                    match (&r.provider, &r.model) {
+                        (Some(p), Some(m)) => format!("{p}/{m}"),
+                        _ => "-".into(),
+                    },
+                    r.error.clone().unwrap_or_else(|| "ok".into()),
+                    format!("{}/{}", r.usage.input_tokens, r.usage.output_tokens),
+                    r.cost.map_or_else(|| "?".into(), |c| format!("{c:.6}")),
+                    format!("{:.0}", r.latency_ms),
+                ]));
+            }
+            print_table(&rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        TracesCommand::Show(a) => {
+            let (rt, store) = open_for_reading(&a.config)?;
+            let Some(record) = rt.block_on(store.get(&a.id))? else {
+                anyhow::bail!("no recorded inference with id {:?}", a.id);
+            };
+            let feedback = rt.block_on(store.feedback(&a.id))?;
+            let mut value = serde_json::to_value(&record)?;
+            value["feedback"] = serde_json::to_value(feedback)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("id        {}", record.id);
+            println!("time      {} UTC", utc_time(record.time_ms));
+            println!(
+                "inbound   {}   model {}   stream {}",
+                record.inbound, record.requested_model, record.stream
+            );
+            if let (Some(p), Some(m)) = (&record.provider, &record.model) {
+                println!("target    {p}/{m}");
+            }
+            println!("status    {}", record.error.as_deref().unwrap_or("ok"));
+            let u = &record.usage;
+            println!(
+                "usage     input {} (cache read {}, write {})  output {} (reasoning {})",
+                u.input_tokens,
+                u.cache_read_tokens,
+                u.cache_write_tokens,
+                u.output_tokens,
+                u.reasoning_tokens
+            );
+            println!(
+                "cost      {}",
+                record
+                    .cost
+                    .map_or_else(|| "unknown".into(), |c| format!("${c:.6}"))
+            );
+            println!(
+                "latency   {:.1} ms{}",
+                record.latency_ms,
+                record
+                    .ttft_ms
+                    .map(|t| format!("  (first token {t:.1} ms)"))
+                    .unwrap_or_default()
+            );
+            let mut rows = vec![row(["#", "TARGET", "STATUS", "LATENCY ms"])];
+            for (i, at) in record.attempts.iter().enumerate() {
+                let status = at
+                    .error
+                    .clone()
+                    .map_or(at.status.clone(), |e| format!("{} ({e})", at.status));
+                rows.push(row([
+                    i.to_string(),
+                    format!("{}/{}", at.provider, at.model),
+                    status,
+                    format!("{:.1}", at.latency_ms),
+                ]));
+            }
+            print_table(&rows);
+            println!(
+                "request   {}",
+                serde_json::to_string_pretty(&record.request)?
+            );
+            println!(
+                "response  {}",
+                serde_json::to_string_pretty(&record.response)?
+            );
+            println!(
+                "feedback  {}",
+                serde_json::to_string_pretty(&value["feedback"])?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let by: GroupBy = args
+        .by
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--by: {e}"))?;
+    let (rt, store) = open_for_reading(&args.config)?;
+    let since = args
+        .hours
+        .map(|h| fungible_store_now_ms() - (h as i64) * 3_600_000);
+    let rows = rt.block_on(store.stats(by, since, None))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = vec![row([
+        args.by.to_uppercase().as_str(),
+        "REQUESTS",
+        "ERRORS",
+        "TOKENS IN",
+        "TOKENS OUT",
+        "COST $",
+        "P50 ms",
+        "P95 ms",
+    ]
+    .map(str::to_owned))];
+    for r in &rows {
+        let cost = if r.unpriced > 0 {
+            format!("{:.6} (+{} unpriced)", r.cost, r.unpriced)
+        } else {
+            format!("{:.6}", r.cost)
+        };
+        table.push(row([
+            r.key.clone(),
+            r.requests.to_string(),
+            r.errors.to_string(),
+            r.input_tokens.to_string(),
+            r.output_tokens.to_string(),
+            cost,
+            format!("{:.0}", r.p50_latency_ms),
+            format!("{:.0}", r.p95_latency_ms),
+        ]));
+    }
+    print_table(&table);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fungible_store_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn row<const N: usize, S: Into<String>>(cells: [S; N]) -> Vec<String> {
+    cells.into_iter().map(Into::into).collect()
+}
+
+/// Left-aligned columns, two spaces apart.
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, s)| format!("{s:<w$}", w = widths[c]))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` of Unix milliseconds.
+fn utc_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
