@@ -40,7 +40,7 @@ impl Default for StoreConfig {
         StoreConfig {
             enabled: true,
             url: sqlite_url(&PathBuf::from("fungible.db")),
-            queue_capacity: 100_000,
+            queue_capacity: 10_000,
             batch_size: 1_000,
             flush_interval: Duration::from_millis(200),
         }

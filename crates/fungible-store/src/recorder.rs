@@ -51,7 +51,7 @@ pub struct RecorderOptions {
 impl Default for RecorderOptions {
     fn default() -> RecorderOptions {
         RecorderOptions {
-            queue_capacity: 100_000,
+            queue_capacity: 10_000,
             batch_size: 1_000,
             flush_interval: Duration::from_millis(200),
             retry_delay: Duration::from_millis(100),

@@ -38,6 +38,11 @@ pub struct BenchArgs {
     /// Worker threads of the gateway under test [default: one per core].
     #[arg(long)]
     workers: Option<usize>,
+    /// Record every inference in an SQLite store in a temporary directory, as `serve` does by
+    /// default; without it the gateway runs with `[store] enabled = false`, so the numbers
+    /// are the routing path alone.
+    #[arg(long)]
+    record: bool,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -105,7 +110,16 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         false,
     )
     .await?;
-    let mut gateway = GatewayProcess::start(&mock.url(), args.port, args.workers)?;
+    let dir = std::env::temp_dir().join(format!("fungible-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("fungible.toml");
+    let store = if args.record {
+        format!("[store]\npath = \"{}\"\n", dir.join("fungible.db").display())
+    } else {
+        "[store]\nenabled = false\n".to_owned()
+    };
+    std::fs::write(&config, store)?;
+    let mut gateway = GatewayProcess::start(&mock.url(), args.port, args.workers, &config)?;
     let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
     gateway.wait_ready(&client).await?;
 
@@ -128,11 +142,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     ];
     let duration = Duration::from_secs(args.duration);
     eprintln!(
-        "fungible bench: {} s per phase, c={}, rate={}/s, {} SSE chunks (mock upstream in-process; gateway pid {})",
+        "fungible bench: {} s per phase, c={}, rate={}/s, {} SSE chunks, recording {} (mock upstream in-process; gateway pid {})",
         args.duration,
         args.concurrency,
         args.rate,
         args.chunks,
+        if args.record { "on" } else { "off" },
         gateway.child.id()
     );
 
@@ -166,6 +181,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let rss = gateway.peak_rss_kib();
     gateway.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 
     println!();
     println!("| phase | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | gateway CPU ms/req | errors |");
@@ -282,10 +298,10 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    fn start(mock_url: &str, port: u16, workers: Option<usize>) -> anyhow::Result<GatewayProcess> {
+    fn start(mock_url: &str, port: u16, workers: Option<usize>, config: &std::path::Path) -> anyhow::Result<GatewayProcess> {
         let exe = std::env::current_exe().context("where is the fungible binary?")?;
         let mut command = Command::new(exe);
-        command.args(["serve", "--port", &port.to_string(), "--config", "/dev/null"]);
+        command.args(["serve", "--port", &port.to_string(), "--config"]).arg(config);
         if let Some(n) = workers {
             command.args(["--workers", &n.to_string()]);
         }
