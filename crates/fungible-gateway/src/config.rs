@@ -115,8 +115,6 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     pub worker_threads: usize,
     pub providers: Vec<ProviderConfig>,
-    /// Alias -> its route's first target, both validated (what `GET /v1/models` lists).
-    pub aliases: BTreeMap<String, Target>,
     /// Alias -> its route: targets, strategy, retries, breaker.
     pub routes: BTreeMap<String, RouteConfig>,
     /// `[routing]`: limits over all routes.
@@ -198,6 +196,11 @@ impl ConfigFile {
 }
 
 impl GatewayConfig {
+    /// Each alias with its route's first target (derived from `routes`).
+    pub fn aliases(&self) -> impl Iterator<Item = (&String, &Target)> {
+        self.routes.iter().filter_map(|(alias, route)| Some((alias, &route.targets.first()?.target)))
+    }
+
     /// Validates `file` against the presets and the environment (`env` looks a variable up;
     /// pass `|k| std::env::var(k).ok()` in production, a map in tests).
     pub fn resolve(file: ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Result<GatewayConfig, ConfigError> {
@@ -248,10 +251,6 @@ impl GatewayConfig {
             providers.iter().any(|p| p.name == name) || (local.is_some() && name == fungible_providers::local::NAME)
         };
         let (routing, routes) = crate::routing::config::resolve(file.models, file.routing, &enabled)?;
-        let aliases = routes
-            .iter()
-            .filter_map(|(alias, route)| Some((alias.clone(), route.targets.first()?.target.clone())))
-            .collect();
 
         Ok(GatewayConfig {
             host: server.host.unwrap_or_else(|| DEFAULT_HOST.to_owned()),
@@ -261,7 +260,6 @@ impl GatewayConfig {
             connect_timeout,
             worker_threads,
             providers,
-            aliases,
             routes,
             routing,
             local,
@@ -497,7 +495,8 @@ mod tests {
             target = "local/qwen"
         "#;
         let cfg = resolve(toml, &[]).unwrap();
-        assert_eq!(cfg.aliases["fast"], Target { provider: "local".into(), model: "qwen".into() });
+        let fast = cfg.aliases().find(|(alias, _)| *alias == "fast").map(|(_, t)| t.clone());
+        assert_eq!(fast, Some(Target { provider: "local".into(), model: "qwen".into() }));
         assert_eq!(cfg.providers[0].kind, ProviderKind::OpenAiCompatible);
         assert!(cfg.providers[0].api_key.is_none());
     }
@@ -549,7 +548,7 @@ mod tests {
         let text = include_str!("../../../fungible.example.toml");
         let file = ConfigFile::parse(text, "fungible.example.toml").unwrap();
         let cfg = GatewayConfig::resolve(file, &env_of(&[])).unwrap();
-        assert!(cfg.aliases.contains_key("fast"));
+        assert!(cfg.aliases().any(|(alias, _)| alias == "fast"));
         assert_eq!(cfg.routes["smart"].targets.len(), 2);
         assert_eq!(cfg.routes["ab"].sticky, Some(crate::routing::config::Sticky::User));
     }

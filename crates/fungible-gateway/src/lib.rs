@@ -108,7 +108,7 @@ impl Gateway {
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
                 providers,
-                aliases: config.aliases.clone(),
+                aliases: config.aliases().map(|(alias, target)| (alias.clone(), target.clone())).collect(),
                 routing: routing::Routing::new(&config.routes, &config.routing),
                 request_timeout: config.request_timeout,
             }),
