@@ -19,7 +19,9 @@ use fungible_providers::{EventStream, HttpClient, Provider, ProviderKind, Provid
 use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError};
 
 pub use config::{ConfigError, ConfigFile, GatewayConfig, Target};
-pub use routing::{Attempt, AttemptOutcome, RouteError, RouteHints, RouteInfo, Routed, TargetStatus};
+pub use routing::{
+    Attempt, AttemptOutcome, LateAttempts, PriceLookup, RouteError, RouteHints, RouteInfo, Routed, TargetStatus,
+};
 
 /// Why the gateway could not answer.
 #[derive(Debug, Clone, thiserror::Error)]

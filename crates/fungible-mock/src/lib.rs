@@ -4,13 +4,14 @@
 //! fungible sent ([`MockUpstream::received`]); when nothing is scripted it falls back to a
 //! [`Fallback`]: vendor fixtures chosen by path and model (end-to-end runs with the official
 //! SDKs), or one fixed body (benchmarks). It can also misbehave on purpose: hang before
-//! headers, stall or reset mid-stream, and report when the client went away.
+//! headers, stall or reset mid-stream, and report when the client went away. For load tests,
+//! [`Chaos`] fails a seeded random share of requests (500, 503, 429, connection resets).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -97,6 +98,52 @@ pub enum Fallback {
     Fixed { json: Bytes, sse: Bytes },
 }
 
+/// Random failures for load tests: each request fails with probability `rate`, with a
+/// 500, 503 or 429 (OpenAI's error shape, no `Retry-After`) or, for `reset_share` of the
+/// failures, a connection closed without a response. Request number `n` (in arrival order)
+/// fails or not as `seed` and `n` decide, so a run's failure count is reproducible.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Chaos {
+    /// 0 to 1.
+    pub rate: f64,
+    pub seed: u64,
+    /// The share of failures that are connection resets, 0 to 1.
+    pub reset_share: f64,
+}
+
+impl Chaos {
+    pub fn new(rate: f64, seed: u64) -> Chaos {
+        Chaos { rate, seed, reset_share: 0.05 }
+    }
+
+    /// The failure for request number `n`, if it fails.
+    pub fn failure(&self, n: u64) -> Option<MockResponse> {
+        let draw = |salt: u64| (splitmix64(self.seed ^ splitmix64(n.wrapping_mul(4).wrapping_add(salt))) >> 11) as f64 / (1u64 << 53) as f64;
+        if draw(0) >= self.rate {
+            return None;
+        }
+        if draw(1) < self.reset_share {
+            return Some(MockResponse::json(200, "").with_body(MockBody::Reset));
+        }
+        let (status, kind) = match (draw(2) * 3.0) as u32 {
+            0 => (500, "server_error"),
+            1 => (503, "service_unavailable"),
+            _ => (429, "rate_limit_exceeded"),
+        };
+        Some(MockResponse::json(
+            status,
+            format!("{{\"error\":{{\"message\":\"mock: injected failure {status}\",\"type\":\"{kind}\",\"param\":null,\"code\":null}}}}"),
+        ))
+    }
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// A request as the mock received it.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
@@ -124,6 +171,11 @@ struct Shared {
     fallback: Fallback,
     disconnects: AtomicUsize,
     disconnected: Notify,
+    chaos: Mutex<Option<Chaos>>,
+    /// Requests answered so far (numbers them for [`Chaos`]).
+    requests: AtomicU64,
+    /// Failures [`Chaos`] injected.
+    injected: AtomicU64,
 }
 
 /// A running mock; it stops when dropped.
@@ -158,6 +210,9 @@ impl MockUpstream {
             fallback,
             disconnects: AtomicUsize::new(0),
             disconnected: Notify::new(),
+            chaos: Mutex::new(None),
+            requests: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
         Ok(MockUpstream { addr, shared, task })
@@ -170,6 +225,22 @@ impl MockUpstream {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Fails a random share of the requests that have no scripted response (see [`Chaos`]);
+    /// `None` stops it.
+    pub fn set_chaos(&self, chaos: Option<Chaos>) {
+        *lock(&self.shared.chaos) = chaos;
+    }
+
+    /// How many failures [`Chaos`] injected so far.
+    pub fn injected_failures(&self) -> u64 {
+        self.shared.injected.load(Ordering::Relaxed)
+    }
+
+    /// How many requests the mock received so far (recorded or not).
+    pub fn request_count(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
     }
 
     /// Queues a response for the next request (first in, first out).
@@ -241,10 +312,16 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let uri = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let n = shared.requests.fetch_add(1, Ordering::Relaxed);
     let scripted = lock(&shared.queue).pop_front();
-    let response = match scripted {
-        Some(r) => r,
-        None => fallback_response(&shared.fallback, &uri, &body),
+    let chaos = *lock(&shared.chaos);
+    let response = match (scripted, chaos.and_then(|c| c.failure(n))) {
+        (Some(r), _) => r,
+        (None, Some(failure)) => {
+            shared.injected.fetch_add(1, Ordering::Relaxed);
+            failure
+        }
+        (None, None) => fallback_response(&shared.fallback, &uri, &body),
     };
     if shared.record {
         lock(&shared.received).push(RecordedRequest {
@@ -382,4 +459,35 @@ pub fn fixture_for(dir: &std::path::Path, uri: &str, body: &[u8]) -> Option<Mock
 fn model_from_body(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     value.get("model")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chaos_fails_the_configured_share_reproducibly_with_a_mix_of_failures() {
+        let chaos = Chaos::new(0.3, 42);
+        let mut statuses = std::collections::BTreeMap::new();
+        let mut resets = 0;
+        for n in 0..10_000 {
+            match chaos.failure(n).map(|r| (r.status, r.body)) {
+                Some((_, MockBody::Reset)) => resets += 1,
+                Some((status, _)) => *statuses.entry(status).or_insert(0) += 1,
+                None => {}
+            }
+        }
+        let failed: u32 = statuses.values().sum::<u32>() + resets;
+        // Binomial(10k, 0.3): sigma ≈ 46; ±5 sigma.
+        assert!(failed.abs_diff(3000) < 230, "{failed} failures");
+        assert!(resets > 50 && resets < 300, "{resets} resets");
+        for status in [500, 503, 429] {
+            assert!(statuses.get(&status).copied().unwrap_or(0) > 700, "{statuses:?}");
+        }
+        let again: Vec<bool> = (0..100).map(|n| Chaos::new(0.3, 42).failure(n).is_some()).collect();
+        let first: Vec<bool> = (0..100).map(|n| chaos.failure(n).is_some()).collect();
+        assert_eq!(again, first, "same seed, same failures");
+        let other: Vec<bool> = (0..100).map(|n| Chaos::new(0.3, 7).failure(n).is_some()).collect();
+        assert_ne!(other, first, "another seed, other failures");
+    }
 }

@@ -57,13 +57,47 @@ pub(crate) async fn send_json(
     let retry_after = retry_after(response.headers());
     let bytes = read_capped(response, MAX_ERROR_BODY).await;
     let message = scrub_key(settings, vendor_message(&bytes).unwrap_or_else(|| quote_body(&bytes)));
+    let mut kind = ErrorKind::from_upstream_status(status.as_u16());
+    if matches!(kind, ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::Unprocessable)
+        && is_context_length_error(&bytes, &message)
+    {
+        kind = ErrorKind::ContextLengthExceeded;
+    }
     Err(ProviderError {
-        kind: ErrorKind::from_upstream_status(status.as_u16()),
+        kind,
         provider: settings.name.clone(),
         message,
         upstream_status: Some(status.as_u16()),
         retry_after,
     })
+}
+
+/// Whether a 4xx error body says the prompt does not fit the model's context window, in the
+/// words of the vendors and servers fungible talks to:
+///
+/// - OpenAI: `"code": "context_length_exceeded"` ("This model's maximum context length is
+///   128000 tokens..." / "Your input exceeds the context window of this model"), which Groq,
+///   DeepSeek and other compatible APIs copy;
+/// - Anthropic: "prompt is too long: 208310 tokens > 200000 maximum";
+/// - Gemini: "The input token count (1200000) exceeds the maximum number of tokens allowed
+///   (1048576)";
+/// - vLLM, Mistral, DeepSeek: "This model's maximum context length is 4096 tokens" / "...too
+///   large for model with 32768 maximum context length";
+/// - llama.cpp server: `exceed_context_size_error`, "exceeds the available context size".
+pub(crate) fn is_context_length_error(body: &[u8], message: &str) -> bool {
+    const PATTERNS: [&str; 8] = [
+        "context_length_exceeded",
+        "maximum context length",
+        "exceeds the context window",
+        "prompt is too long",
+        "exceeds the maximum number of tokens",
+        "exceed_context_size",
+        "exceeds the available context size",
+        "context length exceeded",
+    ];
+    let body = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]).to_ascii_lowercase();
+    let message = message.to_ascii_lowercase();
+    PATTERNS.iter().any(|p| body.contains(p) || message.contains(p))
 }
 
 /// `message` with the provider's API key replaced, for vendor text that may echo it back.

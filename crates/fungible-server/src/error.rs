@@ -63,7 +63,9 @@ impl ApiError {
             Some(upstream) => format!("{} returned {upstream}: {}", error.provider, error.message),
             None => format!("{}: {}", error.provider, error.message),
         };
-        ApiError { status, kind, message, param: None, code: None, retry_after: error.retry_after }
+        // OpenAI's code for a prompt that does not fit, which SDKs and agents look for.
+        let code = (error.kind == ErrorKind::ContextLengthExceeded).then_some("context_length_exceeded");
+        ApiError { status, kind, message, param: None, code, retry_after: error.retry_after }
     }
 
     /// The body in `format`'s own error shape.
@@ -176,6 +178,7 @@ fn status_for(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
         ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict_error"),
         ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
+        ErrorKind::ContextLengthExceeded => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         ErrorKind::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error"),
         ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
         ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error"),

@@ -18,6 +18,10 @@ pub enum ErrorKind {
     Conflict,
     /// Upstream 413.
     PayloadTooLarge,
+    /// The prompt (plus the requested output) does not fit the model's context window
+    /// (an upstream 400 that says so). Not retried on the same target; a route falls back to
+    /// a target with a larger window.
+    ContextLengthExceeded,
     /// Upstream 422.
     Unprocessable,
     /// Upstream 429.

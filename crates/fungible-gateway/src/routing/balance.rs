@@ -3,7 +3,9 @@
 //! the first draw is the variant, the rest are its fallbacks), seeded from a sticky key when
 //! the route has one so the same user or session always gets the same variant;
 //! `least_latency` prefers the lowest moving average of time to first token; `least_busy`
-//! the fewest requests in flight. Ties are broken at random so equal targets share traffic.
+//! the fewest requests in flight; `cheapest` the lowest price per token (from the price table
+//! the binary injects, see `Gateway::with_prices`), unknown prices last. Ties are broken at
+//! random so equal targets share traffic.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,6 +26,8 @@ pub enum Strategy {
     LeastLatency,
     /// Fewest requests in flight first.
     LeastBusy,
+    /// Lowest blended price per token first; targets without a known price last.
+    Cheapest,
 }
 
 impl Strategy {
@@ -33,16 +37,19 @@ impl Strategy {
             Strategy::Weighted => "weighted",
             Strategy::LeastLatency => "least_latency",
             Strategy::LeastBusy => "least_busy",
+            Strategy::Cheapest => "cheapest",
         }
     }
 }
 
 /// What the balancer knows of one target when it orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Load {
     pub weight: u32,
     pub ewma_ttft: Option<Duration>,
     pub in_flight: u64,
+    /// Blended USD per million tokens, `None` when unknown.
+    pub price: Option<f64>,
 }
 
 /// The indices of `loads` in the order to try them.
@@ -59,6 +66,13 @@ pub fn order(strategy: Strategy, loads: &[Load], rng: &mut impl rand::Rng) -> Ve
         Strategy::LeastBusy => {
             let mut idx = shuffled(loads.len(), rng);
             idx.sort_by_key(|&i| loads[i].in_flight);
+            idx
+        }
+        Strategy::Cheapest => {
+            let mut idx = shuffled(loads.len(), rng);
+            // Stable: equal prices keep their random order. Unknown (or nonsense) prices last.
+            let key = |i: usize| loads[i].price.filter(|p| p.is_finite() && *p >= 0.0).unwrap_or(f64::INFINITY);
+            idx.sort_by(|&a, &b| key(a).total_cmp(&key(b)));
             idx
         }
     }
@@ -154,7 +168,7 @@ mod tests {
     use super::*;
 
     fn load(weight: u32) -> Load {
-        Load { weight, ewma_ttft: None, in_flight: 0 }
+        Load { weight, ewma_ttft: None, in_flight: 0, price: None }
     }
 
     #[test]
@@ -234,6 +248,23 @@ mod tests {
             firsts[order[0]] += 1;
         }
         assert!(firsts[1] > 400 && firsts[2] > 400, "ties share: {firsts:?}");
+    }
+
+    #[test]
+    fn cheapest_orders_by_price_with_unknown_prices_last_and_shares_ties() {
+        let price = |p: Option<f64>| Load { price: p, ..load(1) };
+        let loads = [price(None), price(Some(3.0)), price(Some(0.5)), price(Some(0.5)), price(Some(f64::NAN))];
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut firsts = [0u32; 5];
+        for _ in 0..1000 {
+            let order = order(Strategy::Cheapest, &loads, &mut rng);
+            assert_eq!(order[2], 1, "{order:?}");
+            let mut tail = order[3..].to_vec();
+            tail.sort_unstable();
+            assert_eq!(tail, [0, 4], "unknown prices last: {order:?}");
+            firsts[order[0]] += 1;
+        }
+        assert!(firsts[2] > 400 && firsts[3] > 400, "equal prices share: {firsts:?}");
     }
 
     #[test]

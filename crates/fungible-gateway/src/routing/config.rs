@@ -23,7 +23,7 @@ pub struct ModelSection {
     pub target: Option<String>,
     /// Several targets, tried in the order `strategy` picks.
     pub targets: Option<Vec<TargetSection>>,
-    /// `fallback` (default), `weighted`, `least_latency` or `least_busy`.
+    /// `fallback` (default), `weighted`, `least_latency`, `least_busy` or `cheapest`.
     pub strategy: Option<Strategy>,
     pub retries: Option<RetriesSection>,
     pub breaker: Option<BreakerSection>,
@@ -32,6 +32,13 @@ pub struct ModelSection {
     /// Deadline of one try of one target (for a stream: until its first token), so a hung
     /// target falls back in time. Default: whatever is left of `server.request_timeout_secs`.
     pub attempt_timeout_ms: Option<u64>,
+    /// Streams: the longest wait for the first content, from the call (default: `[routing]`).
+    pub ttft_timeout_ms: Option<u64>,
+    /// Streams: the longest silence between events once content flowed (default: `[routing]`).
+    pub idle_timeout_ms: Option<u64>,
+    /// Whether a stream that fails after content is continued on the next target that can
+    /// prefill (default: `[routing]`, which defaults to true).
+    pub continue_on_stream_failure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +54,13 @@ pub struct TargetSection {
     pub params: Option<TargetParams>,
     /// Fields merged into the provider request body for this target (over the client's).
     pub extra_body: Option<Map<String, Value>>,
+    /// This target's `ttft_timeout_ms`, over the route's.
+    pub ttft_timeout_ms: Option<u64>,
+    /// This target's `idle_timeout_ms`, over the route's.
+    pub idle_timeout_ms: Option<u64>,
+    /// The model's context window in tokens: after a context-length error, only targets with a
+    /// larger window (or an unknown one) are tried.
+    pub context_window: Option<u64>,
 }
 
 /// Sampling parameters a target sets whatever the client sent.
@@ -109,6 +123,12 @@ pub struct RoutingSection {
     pub retries: Option<RetriesSection>,
     /// Default `breaker` of every route.
     pub breaker: Option<BreakerSection>,
+    /// Default `ttft_timeout_ms` of every route (and of `PROVIDER/MODEL` requests).
+    pub ttft_timeout_ms: Option<u64>,
+    /// Default `idle_timeout_ms` of every route (and of `PROVIDER/MODEL` requests).
+    pub idle_timeout_ms: Option<u64>,
+    /// Default `continue_on_stream_failure` of every route (default true).
+    pub continue_on_stream_failure: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -125,6 +145,17 @@ pub struct RetryBudgetSection {
 pub struct RoutingConfig {
     pub max_attempts_per_request: u32,
     pub retry_budget: RetryBudgetConfig,
+    /// The stream timeouts of a `PROVIDER/MODEL` request (routes have their own, resolved).
+    pub stream_timeouts: StreamTimeouts,
+}
+
+/// How long a stream may take to its first content, and stay silent after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamTimeouts {
+    /// From the call to the first content event; a miss fails over like any retryable error.
+    pub ttft: Option<Duration>,
+    /// Between two events once content flowed; a miss is a stream failure after content.
+    pub idle: Option<Duration>,
 }
 
 pub const DEFAULT_MAX_ATTEMPTS_PER_REQUEST: u32 = 6;
@@ -134,6 +165,7 @@ impl Default for RoutingConfig {
         RoutingConfig {
             max_attempts_per_request: DEFAULT_MAX_ATTEMPTS_PER_REQUEST,
             retry_budget: RetryBudgetConfig::DEFAULT,
+            stream_timeouts: StreamTimeouts::default(),
         }
     }
 }
@@ -148,6 +180,8 @@ pub struct RouteConfig {
     pub breaker: BreakerConfig,
     pub sticky: Option<Sticky>,
     pub attempt_timeout: Option<Duration>,
+    /// Continue a stream that failed after content on the next target that can prefill.
+    pub continue_on_stream_failure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +192,25 @@ pub struct RouteTargetConfig {
     pub weight: u32,
     pub params: TargetParams,
     pub extra_body: Map<String, Value>,
+    /// Resolved: the target's, else the route's, else `[routing]`'s.
+    pub stream_timeouts: StreamTimeouts,
+    /// Tokens; `None` when unknown.
+    pub context_window: Option<u64>,
+}
+
+impl RouteTargetConfig {
+    /// A target with no settings of its own.
+    pub fn plain(target: Target, stream_timeouts: StreamTimeouts) -> RouteTargetConfig {
+        RouteTargetConfig {
+            name: target.to_string(),
+            target,
+            weight: 1,
+            params: TargetParams::default(),
+            extra_body: Map::new(),
+            stream_timeouts,
+            context_window: None,
+        }
+    }
 }
 
 /// What keeps a client on one variant of a weighted route.
@@ -192,31 +245,58 @@ pub(crate) fn resolve(
     let retry_budget = RetryBudgetConfig { ratio, burst: budget.burst.unwrap_or(RetryBudgetConfig::DEFAULT.burst) };
     let default_retries = retries(routing.retries.unwrap_or_default(), RetryPolicy::DEFAULT, "routing.retries")?;
     let default_breaker = breaker(routing.breaker.unwrap_or_default(), BreakerConfig::DEFAULT, "routing.breaker")?;
+    let stream_timeouts = StreamTimeouts {
+        ttft: millis(routing.ttft_timeout_ms, "routing.ttft_timeout_ms")?,
+        idle: millis(routing.idle_timeout_ms, "routing.idle_timeout_ms")?,
+    };
+    let defaults = RouteDefaults {
+        retries: default_retries,
+        breaker: default_breaker,
+        stream_timeouts,
+        continue_on_stream_failure: routing.continue_on_stream_failure.unwrap_or(true),
+    };
 
     let mut routes = BTreeMap::new();
     for (alias, section) in models {
         let at = format!("models.{alias}");
-        let route = route(&at, section, default_retries, default_breaker, enabled)?;
+        let route = route(&at, section, &defaults, enabled)?;
         routes.insert(alias, route);
     }
-    Ok((RoutingConfig { max_attempts_per_request, retry_budget }, routes))
+    Ok((RoutingConfig { max_attempts_per_request, retry_budget, stream_timeouts }, routes))
+}
+
+/// What `[routing]` sets for every route.
+struct RouteDefaults {
+    retries: RetryPolicy,
+    breaker: BreakerConfig,
+    stream_timeouts: StreamTimeouts,
+    continue_on_stream_failure: bool,
+}
+
+/// An optional positive number of milliseconds.
+fn millis(value: Option<u64>, at: &str) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        Some(0) => Err(invalid(at, "must be greater than 0")),
+        Some(ms) => Ok(Some(Duration::from_millis(ms))),
+        None => Ok(None),
+    }
 }
 
 fn route(
     at: &str,
     section: ModelSection,
-    default_retries: RetryPolicy,
-    default_breaker: BreakerConfig,
+    defaults: &RouteDefaults,
     enabled: &dyn Fn(&str) -> bool,
 ) -> Result<RouteConfig, ConfigError> {
     let strategy = section.strategy.unwrap_or_default();
+    let route_timeouts = StreamTimeouts {
+        ttft: millis(section.ttft_timeout_ms, &format!("{at}.ttft_timeout_ms"))?.or(defaults.stream_timeouts.ttft),
+        idle: millis(section.idle_timeout_ms, &format!("{at}.idle_timeout_ms"))?.or(defaults.stream_timeouts.idle),
+    };
     let targets = match (section.target, section.targets) {
         (Some(target), None) => vec![RouteTargetConfig {
-            target: target_of(&format!("{at}.target"), &target, enabled)?,
-            name: target,
-            weight: 1,
-            params: TargetParams::default(),
-            extra_body: Map::new(),
+            name: target.clone(),
+            ..RouteTargetConfig::plain(target_of(&format!("{at}.target"), &target, enabled)?, route_timeouts)
         }],
         (None, Some(list)) => {
             if list.is_empty() {
@@ -237,12 +317,20 @@ fn route(
                         format!("{name:?} names two targets; give each a distinct `name`"),
                     ));
                 }
+                if t.context_window == Some(0) {
+                    return Err(invalid(format!("{here}.context_window"), "must be greater than 0"));
+                }
                 out.push(RouteTargetConfig {
                     target,
                     name,
                     weight: t.weight.unwrap_or(1),
                     params: t.params.unwrap_or_default(),
                     extra_body: t.extra_body.unwrap_or_default(),
+                    stream_timeouts: StreamTimeouts {
+                        ttft: millis(t.ttft_timeout_ms, &format!("{here}.ttft_timeout_ms"))?.or(route_timeouts.ttft),
+                        idle: millis(t.idle_timeout_ms, &format!("{here}.idle_timeout_ms"))?.or(route_timeouts.idle),
+                    },
+                    context_window: t.context_window,
                 });
             }
             out
@@ -269,10 +357,11 @@ fn route(
     Ok(RouteConfig {
         targets,
         strategy,
-        retries: retries(section.retries.unwrap_or_default(), default_retries, &format!("{at}.retries"))?,
-        breaker: breaker(section.breaker.unwrap_or_default(), default_breaker, &format!("{at}.breaker"))?,
+        retries: retries(section.retries.unwrap_or_default(), defaults.retries, &format!("{at}.retries"))?,
+        breaker: breaker(section.breaker.unwrap_or_default(), defaults.breaker, &format!("{at}.breaker"))?,
         sticky,
         attempt_timeout,
+        continue_on_stream_failure: section.continue_on_stream_failure.unwrap_or(defaults.continue_on_stream_failure),
     })
 }
 
@@ -412,6 +501,38 @@ mod tests {
     }
 
     #[test]
+    fn stream_timeouts_resolve_target_over_route_over_routing() {
+        let toml = r#"
+            [routing]
+            ttft_timeout_ms = 10000
+            idle_timeout_ms = 20000
+            continue_on_stream_failure = false
+            [models.r]
+            ttft_timeout_ms = 5000
+            continue_on_stream_failure = true
+            targets = [
+                { target = "a/m", ttft_timeout_ms = 1000, context_window = 8192 },
+                { target = "b/m" },
+            ]
+            [models.plain]
+            strategy = "cheapest"
+            target = "a/m"
+        "#;
+        let (routing, routes) = resolve_toml(toml).unwrap();
+        let ms = |m: u64| Some(Duration::from_millis(m));
+        assert_eq!(routing.stream_timeouts, StreamTimeouts { ttft: ms(10000), idle: ms(20000) }, "PROVIDER/MODEL requests");
+        let r = &routes["r"];
+        assert_eq!(r.targets[0].stream_timeouts, StreamTimeouts { ttft: ms(1000), idle: ms(20000) });
+        assert_eq!(r.targets[1].stream_timeouts, StreamTimeouts { ttft: ms(5000), idle: ms(20000) });
+        assert_eq!((r.targets[0].context_window, r.targets[1].context_window), (Some(8192), None));
+        assert!(r.continue_on_stream_failure);
+        let plain = &routes["plain"];
+        assert_eq!(plain.targets[0].stream_timeouts, StreamTimeouts { ttft: ms(10000), idle: ms(20000) });
+        assert!(!plain.continue_on_stream_failure, "[routing] sets the default");
+        assert_eq!(plain.strategy, Strategy::Cheapest);
+    }
+
+    #[test]
     fn target_params_override_the_clients() {
         let mut req = ChatRequest::default();
         req.params.temperature = Some(1.0);
@@ -442,6 +563,10 @@ mod tests {
             ("[models.x]\ntarget = \"a/m\"\nbreaker = { cooldown_secs = 0 }\n", "models.x.breaker.cooldown_secs: must be greater than 0"),
             ("[models.x]\ntarget = \"a/m\"\nattempt_timeout_ms = 0\n", "models.x.attempt_timeout_ms: must be greater than 0"),
             ("[routing]\nmax_attempts_per_request = 0\n", "routing.max_attempts_per_request: must be at least 1"),
+            ("[routing]\nttft_timeout_ms = 0\n", "routing.ttft_timeout_ms: must be greater than 0"),
+            ("[models.x]\ntarget = \"a/m\"\nidle_timeout_ms = 0\n", "models.x.idle_timeout_ms: must be greater than 0"),
+            ("[models.x]\ntargets = [{ target = \"a/m\", ttft_timeout_ms = 0 }]\n", "models.x.targets[0].ttft_timeout_ms: must be greater than 0"),
+            ("[models.x]\ntargets = [{ target = \"a/m\", context_window = 0 }]\n", "models.x.targets[0].context_window: must be greater than 0"),
             ("[routing]\nretry_budget = { ratio = 1.5 }\n", "routing.retry_budget.ratio: must be between 0 and 1"),
         ];
         for (toml, expected) in cases {

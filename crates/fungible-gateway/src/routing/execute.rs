@@ -2,7 +2,9 @@
 //! order the balancer chose), calling targets until one answers. Retryable failures are
 //! retried on the same target with backoff (never sooner than `Retry-After`, within the
 //! retry budget), then the next target is tried; a non-retryable failure ends the request
-//! at once. Open circuit breakers are skipped without a call. What the attempt is (a whole
+//! at once, except a context-length error, which moves on to the next target whose context
+//! window is larger (or unknown). Open circuit breakers are skipped without a call. What
+//! the attempt is (a whole
 //! chat, or a stream up to its first token) is a closure, so this file knows nothing of
 //! providers and is tested with scripted attempts on tokio's paused clock.
 
@@ -67,10 +69,18 @@ where
     let mut last_error: Option<ProviderError> = None;
     let mut open_wait: Option<Duration> = None;
     let mut calls = 0u32;
+    // After a context-length error: `Some(largest window known too small)`, `Some(0)` when
+    // the window that failed is unknown.
+    let mut too_long: Option<u64> = None;
 
     'targets: for (position, &(leg, index)) in candidates.iter().enumerate() {
         let route = &legs[leg].0;
         let target = &route.targets[index];
+        if let (Some(limit), Some(window)) = (too_long, target.config.context_window)
+            && window <= limit
+        {
+            continue 'targets;
+        }
         let mut retry = 0u32;
         loop {
             if calls >= limits.max_attempts {
@@ -118,6 +128,14 @@ where
                 outcome: AttemptOutcome::Failed(error.kind),
                 latency,
             });
+            if error.kind == ErrorKind::ContextLengthExceeded {
+                // The prompt does not fit here, nor anywhere smaller: try a larger window.
+                let window = target.config.context_window.unwrap_or(0);
+                too_long = Some(too_long.map_or(window, |w| w.max(window)));
+                tracing::debug!(upstream = %target.config.target, "context window exceeded: {error}");
+                last_error = Some(error);
+                continue 'targets;
+            }
             if !error.kind.is_retryable() {
                 // The request itself is at fault (or the credentials): another try, here or
                 // on the next target, would fail the same way.
@@ -186,7 +204,7 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    fn start(route: Arc<Route>, index: usize) -> InFlight {
+    pub(crate) fn start(route: Arc<Route>, index: usize) -> InFlight {
         route.targets[index].health.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight { route, index }
     }
@@ -254,4 +272,84 @@ impl Stream for TrackedStream {
         }
         Poll::Ready(item)
     }
+}
+
+/// A stream with deadlines: the first content must come by `first_content` (the time to
+/// first token, counted from the call), and once content flowed no gap between two events may
+/// exceed `idle`. A missed deadline ends the stream with a `Timeout` error (dropping the
+/// upstream response): before content that error fails over like any retryable failure;
+/// after it, it is a stream failure the continuation logic may recover.
+pub(crate) struct Watchdog {
+    inner: EventStream,
+    provider: String,
+    first_content: Option<(Instant, Duration)>,
+    idle: Option<Duration>,
+    seen_content: bool,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    done: bool,
+}
+
+impl Watchdog {
+    /// `started` is when the call began; `ttft` and `idle` as configured for the target.
+    pub(crate) fn new(inner: EventStream, provider: &str, started: Instant, ttft: Option<Duration>, idle: Option<Duration>) -> Watchdog {
+        let timer = ttft.map(|t| Box::pin(tokio::time::sleep_until(started + t)));
+        Watchdog {
+            inner,
+            provider: provider.to_owned(),
+            first_content: ttft.map(|t| (started, t)),
+            idle,
+            seen_content: false,
+            timer,
+            done: false,
+        }
+    }
+
+    /// Whether the stream needs watching at all.
+    pub(crate) fn needed(ttft: Option<Duration>, idle: Option<Duration>) -> bool {
+        ttft.is_some() || idle.is_some()
+    }
+}
+
+impl Stream for Watchdog {
+    type Item = Result<StreamEvent, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(event))) => {
+                if is_content(&event) {
+                    this.seen_content = true;
+                }
+                if this.seen_content {
+                    this.timer = this.idle.map(|idle| Box::pin(tokio::time::sleep(idle)));
+                }
+                return Poll::Ready(Some(Ok(event)));
+            }
+            Poll::Ready(other) => {
+                this.done = true;
+                return Poll::Ready(other);
+            }
+            Poll::Pending => {}
+        }
+        let Some(timer) = this.timer.as_mut() else { return Poll::Pending };
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        this.done = true;
+        // Drop the upstream response now: a stalled vendor connection is not kept open.
+        this.inner = Box::pin(futures::stream::empty());
+        let message = match (this.seen_content, this.first_content, this.idle) {
+            (false, Some((_, ttft)), _) => format!("no first token within {} (ttft_timeout_ms)", show(ttft)),
+            (_, _, Some(idle)) => format!("the stream stalled: nothing for {} after content (idle_timeout_ms)", show(idle)),
+            _ => "the stream timed out".to_owned(),
+        };
+        Poll::Ready(Some(Err(ProviderError::new(ErrorKind::Timeout, &this.provider, message))))
+    }
+}
+
+fn show(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{} s", d.as_secs()) } else { format!("{} ms", d.as_millis()) }
 }

@@ -17,20 +17,31 @@
 //! **Streams** fail over transparently until their first content event (text, reasoning, a
 //! tool call, a refusal): the gateway holds the response back until then, so a failure to
 //! open or an error before any content is retried or falls back like a non-streamed call.
-//! Once content has flowed, a failure is not retried (the client has output it cannot take
-//! back); it reaches the client as the stream's error event, never as a normal finish. The
-//! last possible call of a request is handed over at once, without waiting for content.
+//! Once content has flowed, a failure is not retried from scratch (the client has output it
+//! cannot take back): the stream is **continued** on the next target that can prefill, with
+//! the text so far as the start of its answer ([`continuation`]); where none can (or a tool
+//! call was under way) the failure reaches the client as the stream's error event, never as
+//! a normal finish. The last possible call of a request is handed over at once, without
+//! waiting for content. A stream's first content must come within `ttft_timeout_ms` (else it
+//! fails over like any retryable error) and, once content flows, no gap between events may
+//! exceed `idle_timeout_ms` (a stall is a failure after content).
+//!
+//! A **context-length error** (the prompt does not fit the model) is not retried on the same
+//! target: the route moves on to the next target whose `context_window` is larger, or
+//! unknown. The `cheapest` strategy orders targets by the price the binary injects with
+//! [`Gateway::with_prices`] (the gateway does not read the price table itself).
 
 pub mod balance;
 pub mod breaker;
 pub mod config;
+mod continuation;
 mod execute;
 pub mod policy;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fungible_providers::{EventStream, Provider};
@@ -42,8 +53,9 @@ use tokio::time::Instant;
 
 use self::balance::{Ewma, Load, Strategy};
 use self::breaker::{BreakerState, CircuitBreaker};
-use self::config::{RouteConfig, RouteTargetConfig, RoutingConfig, Sticky};
-use self::execute::{AttemptCtx, Limits, Plan, TrackedStream};
+use self::config::{RouteConfig, RouteTargetConfig, RoutingConfig, Sticky, StreamTimeouts};
+use self::continuation::Continuation;
+use self::execute::{AttemptCtx, Limits, Plan, TrackedStream, Watchdog};
 use self::policy::{RetryBudget, RetryPolicy};
 use crate::config::Target;
 use crate::{Gateway, GatewayError};
@@ -61,7 +73,45 @@ pub struct RouteInfo {
     pub variant: Option<String>,
     /// Every call made, and every target skipped for an open breaker, in order.
     pub attempts: Vec<Attempt>,
+    /// Calls made after the answer was handed over: a stream that failed after content and
+    /// was continued elsewhere. Filled while the stream runs; read it once it has ended.
+    pub continuations: LateAttempts,
 }
+
+impl RouteInfo {
+    /// `attempts`, then the continuations made so far.
+    pub fn all_attempts(&self) -> Vec<Attempt> {
+        let mut all = self.attempts.clone();
+        all.extend(self.continuations.get());
+        all
+    }
+}
+
+/// Attempts recorded after a routed stream was handed over, shared with the stream.
+#[derive(Debug, Clone, Default)]
+pub struct LateAttempts(Arc<Mutex<Vec<Attempt>>>);
+
+impl LateAttempts {
+    pub fn get(&self) -> Vec<Attempt> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    fn push(&self, attempt: Attempt) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(attempt);
+        }
+    }
+}
+
+impl PartialEq for LateAttempts {
+    fn eq(&self, other: &LateAttempts) -> bool {
+        self.get() == other.get()
+    }
+}
+
+/// The blended price of `(provider, model)` in USD per million tokens, `None` when unknown:
+/// what the `cheapest` strategy orders by. The binary builds it from the price table.
+pub type PriceLookup = Arc<dyn Fn(&str, &str) -> Option<f64> + Send + Sync>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attempt {
@@ -188,6 +238,7 @@ pub(crate) struct Route {
     retries: RetryPolicy,
     sticky: Option<Sticky>,
     attempt_timeout: Option<Duration>,
+    continue_on_stream_failure: bool,
 }
 
 impl Route {
@@ -206,32 +257,28 @@ impl Route {
             retries: config.retries,
             sticky: config.sticky.clone(),
             attempt_timeout: config.attempt_timeout,
+            continue_on_stream_failure: config.continue_on_stream_failure,
         }
     }
 
     /// A `PROVIDER/MODEL` request: one call, no retries, no breaker.
-    fn direct(target: Target) -> Route {
+    fn direct(target: Target, stream_timeouts: StreamTimeouts) -> Route {
         Route {
             name: None,
             targets: vec![RouteTarget {
-                config: RouteTargetConfig {
-                    name: target.to_string(),
-                    target,
-                    weight: 1,
-                    params: config::TargetParams::default(),
-                    extra_body: serde_json::Map::new(),
-                },
+                config: RouteTargetConfig::plain(target, stream_timeouts),
                 health: TargetHealth::new(None),
             }],
             strategy: Strategy::Fallback,
             retries: RetryPolicy::NONE,
             sticky: None,
             attempt_timeout: None,
+            continue_on_stream_failure: true,
         }
     }
 
     /// The order to try the targets in for one request.
-    fn order(&self, req: &ChatRequest, hints: &RouteHints) -> Vec<usize> {
+    fn order(&self, req: &ChatRequest, hints: &RouteHints, prices: Option<&PriceLookup>) -> Vec<usize> {
         let loads: Vec<Load> = self
             .targets
             .iter()
@@ -239,6 +286,10 @@ impl Route {
                 weight: t.config.weight,
                 ewma_ttft: t.health.ttft.get(),
                 in_flight: t.health.in_flight.load(Ordering::Relaxed),
+                price: match (self.strategy, prices) {
+                    (Strategy::Cheapest, Some(prices)) => prices(&t.config.target.provider, &t.config.target.model),
+                    _ => None,
+                },
             })
             .collect();
         let key = match &self.sticky {
@@ -264,6 +315,19 @@ pub(crate) struct Routing {
     max_attempts: u32,
     /// The headers some route is sticky on, lowercase.
     sticky_headers: Vec<String>,
+    /// Stream timeouts of `PROVIDER/MODEL` requests.
+    direct_timeouts: StreamTimeouts,
+    /// Set once at start (`Gateway::with_prices`).
+    prices: Prices,
+}
+
+#[derive(Default)]
+struct Prices(std::sync::OnceLock<PriceLookup>);
+
+impl std::fmt::Debug for Prices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Prices(set)" } else { "Prices(unset)" })
+    }
 }
 
 impl Routing {
@@ -282,6 +346,8 @@ impl Routing {
             budget: RetryBudget::new(limits.retry_budget),
             max_attempts: limits.max_attempts_per_request,
             sticky_headers,
+            direct_timeouts: limits.stream_timeouts,
+            prices: Prices::default(),
         }
     }
 }
@@ -319,7 +385,7 @@ fn split_fallbacks(req: &ChatRequest) -> Result<(Cow<'_, ChatRequest>, Fallbacks
 }
 
 /// `req` as `target` gets it: with the target's params and extra body over the client's.
-fn request_for<'r>(req: &'r ChatRequest, target: &RouteTarget) -> Cow<'r, ChatRequest> {
+pub(crate) fn request_for<'r>(req: &'r ChatRequest, target: &RouteTarget) -> Cow<'r, ChatRequest> {
     let c = &target.config;
     if c.params.is_empty() && c.extra_body.is_empty() {
         return Cow::Borrowed(req);
@@ -370,19 +436,76 @@ impl Gateway {
     /// for the last target left to try, once it opened); see the module docs.
     pub async fn chat_stream_routed(&self, req: &ChatRequest, hints: &RouteHints) -> Result<Routed<EventStream>, RouteError> {
         let (req, plan) = self.plan(req, hints).map_err(|error| RouteError { error, route: RouteInfo::default() })?;
-        let req: &ChatRequest = &req;
+        let candidates: Vec<(Arc<Route>, usize)> =
+            plan.legs.iter().flat_map(|(route, order)| order.iter().map(move |&i| (route.clone(), i))).collect();
+        let request: &ChatRequest = &req;
         let (route, result) = execute::execute(self.limits(), plan, self.inner.request_timeout, |ctx: AttemptCtx| async move {
             let target = &ctx.route.targets[ctx.index];
             let provider = self.provider_of(&target.config.target)?;
-            let stream = provider.chat_stream(&request_for(req, target), &target.config.target.model).await?;
+            let timeouts = target.config.stream_timeouts;
+            let started = Instant::now();
+            let upstream_request = request_for(request, target);
+            let open = provider.chat_stream(&upstream_request, &target.config.target.model);
+            let stream = match timeouts.ttft {
+                Some(ttft) => tokio::time::timeout(ttft, open).await.map_err(|_| {
+                    ProviderError::new(
+                        ErrorKind::Timeout,
+                        &target.config.target.provider,
+                        format!("no first token within {} ms (ttft_timeout_ms)", ttft.as_millis()),
+                    )
+                })??,
+                None => open.await?,
+            };
+            let stream: EventStream = if Watchdog::needed(timeouts.ttft, timeouts.idle) {
+                Box::pin(Watchdog::new(stream, &target.config.target.provider, started, timeouts.ttft, timeouts.idle))
+            } else {
+                stream
+            };
             let stream = if ctx.last_chance { stream } else { execute::until_first_content(stream).await? };
-            Ok::<EventStream, ProviderError>(Box::pin(TrackedStream::new(stream, ctx.in_flight)))
+            let answered = (ctx.route.clone(), ctx.index);
+            Ok::<_, ProviderError>((Box::pin(TrackedStream::new(stream, ctx.in_flight)) as EventStream, answered))
         })
         .await;
         match result {
-            Ok(value) => Ok(Routed { value, route }),
+            Ok((stream, (answered, index))) => {
+                if !answered.continue_on_stream_failure {
+                    return Ok(Routed { value: stream, route });
+                }
+                let position = candidates.iter().position(|(r, i)| Arc::ptr_eq(r, &answered) && *i == index);
+                let rest = position.map(|p| candidates[p + 1..].to_vec()).unwrap_or_default();
+                let used = u32::try_from(route.attempts.iter().filter(|a| a.outcome != AttemptOutcome::CircuitOpen).count())
+                    .unwrap_or(u32::MAX);
+                let continuation = Continuation {
+                    gateway: self.clone(),
+                    req: req.into_owned(),
+                    rest,
+                    calls_left: self.inner.routing.max_attempts.saturating_sub(used),
+                    log: route.continuations.clone(),
+                };
+                Ok(Routed { value: continuation::continuing(stream, continuation), route })
+            }
             Err(error) => Err(RouteError { error: error.into(), route }),
         }
+    }
+
+    /// Gives the `cheapest` strategy its prices: `lookup(provider, model)` is the blended USD
+    /// per million tokens of a target, `None` when unknown (such targets are tried last). Set
+    /// once, at start; a later call is ignored.
+    pub fn with_prices(self, lookup: PriceLookup) -> Gateway {
+        for (name, route) in &self.inner.routing.routes {
+            if route.strategy != Strategy::Cheapest {
+                continue;
+            }
+            for t in &route.targets {
+                if lookup(&t.config.target.provider, &t.config.target.model).is_none() {
+                    tracing::warn!(route = %name, target = %t.config.target, "no price known: tried after the priced targets of this cheapest route (add it under [prices])");
+                }
+            }
+        }
+        if self.inner.routing.prices.0.set(lookup).is_err() {
+            tracing::warn!("prices were already set; keeping the first");
+        }
+        self
     }
 
     /// Every target of every configured route: breaker state, load and the A/B counts.
@@ -434,14 +557,14 @@ impl Gateway {
             let route = match self.inner.routing.routes.get(name) {
                 Some(route) => route.clone(),
                 None => match (self.resolve(name), path) {
-                    (Ok((_, target)), _) => Arc::new(Route::direct(target)),
+                    (Ok((_, target)), _) => Arc::new(Route::direct(target, self.inner.routing.direct_timeouts)),
                     (Err(GatewayError::UnknownModel(message)), Some(path)) => {
                         return Err(GatewayError::UnknownModel(format!("{path}: {message}")));
                     }
                     (Err(error), _) => return Err(error),
                 },
             };
-            let order = route.order(&req, hints);
+            let order = route.order(&req, hints, self.inner.routing.prices.0.get());
             legs.push((route, order));
         }
         let mut info = RouteInfo::default();

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 
 use super::balance::Strategy;
 use super::breaker::BreakerConfig;
-use super::config::{RouteConfig, RouteTargetConfig, TargetParams};
-use super::execute::{self, AttemptCtx, Limits, Plan};
+use super::config::{RouteConfig, RouteTargetConfig, StreamTimeouts};
+use super::execute::{self, AttemptCtx, Limits, Plan, Watchdog};
 use super::policy::{RetryBudget, RetryBudgetConfig, RetryPolicy};
 use super::*;
 use crate::{ConfigFile, GatewayConfig};
@@ -25,19 +25,14 @@ fn route(targets: &[&str], retries: u32, breaker: BreakerConfig) -> Arc<Route> {
     let config = RouteConfig {
         targets: targets
             .iter()
-            .map(|t| RouteTargetConfig {
-                target: Target::parse(t).unwrap(),
-                name: (*t).to_owned(),
-                weight: 1,
-                params: TargetParams::default(),
-                extra_body: serde_json::Map::new(),
-            })
+            .map(|t| RouteTargetConfig::plain(Target::parse(t).unwrap(), StreamTimeouts::default()))
             .collect(),
         strategy: Strategy::Fallback,
         retries: RetryPolicy { attempts: retries, ..RetryPolicy::DEFAULT },
         breaker,
         sticky: None,
         attempt_timeout: None,
+        continue_on_stream_failure: true,
     };
     Arc::new(Route::configured("r", &config))
 }
@@ -441,7 +436,8 @@ fn target_params_and_extra_body_override_the_clients() {
     assert_eq!(sent.params.seed, Some(7));
     assert_eq!(sent.extra_body["top_k"], 9);
     assert_eq!(sent.extra_body["keep"], true);
-    assert!(matches!(request_for(&req, &Route::direct(Target::parse("openai/a").unwrap()).targets[0]), Cow::Borrowed(_)));
+    let direct = Route::direct(Target::parse("openai/a").unwrap(), StreamTimeouts::default());
+    assert!(matches!(request_for(&req, &direct.targets[0]), Cow::Borrowed(_)));
 }
 
 const AB: &str = r#"
@@ -488,4 +484,113 @@ fn route_status_lists_every_target_of_every_route() {
     let names: Vec<_> = status.iter().map(|t| format!("{}:{}:{}", t.route, t.name, t.target)).collect();
     assert_eq!(names, ["ab:A:openai/a", "ab:B:groq/b", "ab-user:A:openai/a", "ab-user:B:groq/b"]);
     assert!(status.iter().all(|t| t.breaker == BreakerState::Closed && t.in_flight == 0));
+}
+
+// Context-length fallback.
+
+fn route_with_windows(targets: &[(&str, Option<u64>)]) -> Arc<Route> {
+    let config = RouteConfig {
+        targets: targets
+            .iter()
+            .map(|(t, window)| RouteTargetConfig {
+                context_window: *window,
+                ..RouteTargetConfig::plain(Target::parse(t).unwrap(), StreamTimeouts::default())
+            })
+            .collect(),
+        strategy: Strategy::Fallback,
+        retries: RetryPolicy { attempts: 2, ..RetryPolicy::DEFAULT },
+        breaker: BreakerConfig::DEFAULT,
+        sticky: None,
+        attempt_timeout: None,
+        continue_on_stream_failure: true,
+    };
+    Arc::new(Route::configured("r", &config))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_context_length_error_skips_to_a_larger_window_without_retrying() {
+    let r = route_with_windows(&[("a/small", Some(8_000)), ("b/same", Some(8_000)), ("c/smaller", Some(4_000)), ("d/big", Some(128_000))]);
+    let script = Script::default().answer("a/small", vec![Err(error(ErrorKind::ContextLengthExceeded, None))]);
+    let (info, result) = script.run(&budget(), 6, plan_of(&r), 600 * S).await;
+    assert_eq!(result.unwrap(), "d/big");
+    assert_eq!(script.calls(), ["a/small", "d/big"], "no retry, and no target that is no larger");
+    assert_eq!(script.times()[1], Duration::ZERO, "no backoff before the larger target");
+    assert_eq!(outcomes(&info)[0].1, AttemptOutcome::Failed(ErrorKind::ContextLengthExceeded));
+    let status = r.targets[0].health.breaker.as_ref().unwrap().state(Instant::now());
+    assert_eq!(status, BreakerState::Closed, "the request, not the target, was at fault");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_windows_are_tried_and_the_error_is_kept_when_nothing_is_larger() {
+    let r = route_with_windows(&[("a/m", None), ("b/m", Some(16_000)), ("c/m", None)]);
+    let too_long = || Err(error(ErrorKind::ContextLengthExceeded, None));
+    let script = Script::default().answer("a/m", vec![too_long()]).answer("b/m", vec![too_long()]).answer("c/m", vec![too_long()]);
+    let (_, result) = script.run(&budget(), 6, plan_of(&r), 600 * S).await;
+    assert_eq!(result.unwrap_err().kind, ErrorKind::ContextLengthExceeded);
+    assert_eq!(script.calls(), ["a/m", "b/m", "c/m"]);
+
+    let r = route_with_windows(&[("a/m", Some(32_000)), ("b/m", Some(16_000))]);
+    let script = Script::default().answer("a/m", vec![too_long()]);
+    let (info, result) = script.run(&budget(), 6, plan_of(&r), 600 * S).await;
+    assert_eq!(result.unwrap_err().kind, ErrorKind::ContextLengthExceeded, "the client learns its prompt is too long");
+    assert_eq!(script.calls(), ["a/m"]);
+    assert_eq!(info.attempts.len(), 1);
+}
+
+// Stream timeouts, on the paused clock.
+
+fn forever(head: Vec<Result<StreamEvent, ProviderError>>) -> EventStream {
+    Box::pin(futures::stream::iter(head).chain(futures::stream::pending()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_without_a_first_token_in_time_is_a_timeout_to_fall_back_on() {
+    let started = Instant::now();
+    let stream = forever(vec![Ok(start()), Ok(StreamEvent::TextDelta { text: String::new() })]);
+    let watched = Box::pin(Watchdog::new(stream, "p", started, Some(2 * S), Some(S)));
+    let error = execute::until_first_content(watched).await.err().expect("times out");
+    assert_eq!(error.kind, ErrorKind::Timeout);
+    assert!(error.kind.is_retryable(), "{error}");
+    assert_eq!(started.elapsed(), 2 * S, "exactly the TTFT budget, from the call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_after_content_ends_the_stream_with_a_timeout_after_the_idle_gap() {
+    let started = Instant::now();
+    let events = futures::stream::iter(vec![Ok(start()), Ok(StreamEvent::TextDelta { text: "Hel".into() })])
+        .chain(futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(StreamEvent::TextDelta { text: "lo".into() })
+        }))
+        .chain(futures::stream::pending());
+    // The TTFT budget does not cut a stream that is slow but flowing: only the idle gap.
+    let watched = Watchdog::new(Box::pin(events), "p", started, Some(S), Some(2 * S));
+    let all: Vec<_> = watched.collect().await;
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert_eq!(all[2], Ok(StreamEvent::TextDelta { text: "lo".into() }), "a 1.5 s gap is within the 2 s idle budget");
+    assert_eq!(all[3].as_ref().err().map(|e| e.kind), Some(ErrorKind::Timeout));
+    assert_eq!(started.elapsed(), Duration::from_millis(3500), "the last event plus the idle budget");
+}
+
+// Cheapest first.
+
+#[test]
+fn cheapest_orders_by_the_injected_prices_with_unknown_last() {
+    let gw = gateway(
+        "[models.c]\nstrategy = \"cheapest\"\ntargets = [{ target = \"openai/unknown\" }, { target = \"openai/dear\" }, { target = \"groq/cheap\" }]\n",
+    );
+    // Without prices every target is unknown: random order, all tried.
+    let (_, plan) = gw.plan(&request("c", json!({})), &RouteHints::default()).unwrap();
+    assert_eq!(plan.legs[0].1.len(), 3);
+    let gw = gw.with_prices(Arc::new(|provider: &str, model: &str| match (provider, model) {
+        ("openai", "dear") => Some(10.0),
+        ("groq", "cheap") => Some(0.2),
+        _ => None,
+    }));
+    for _ in 0..20 {
+        let (_, plan) = gw.plan(&request("c", json!({})), &RouteHints::default()).unwrap();
+        assert_eq!(leg_targets(&plan), [vec!["groq/cheap", "openai/dear", "openai/unknown"]]);
+    }
+    let status = gw.route_status();
+    assert_eq!(status[0].strategy, Strategy::Cheapest);
 }

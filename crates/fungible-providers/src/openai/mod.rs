@@ -34,6 +34,32 @@ pub struct OpenAiFlavor {
     pub max_tokens_field: MaxTokensField,
     /// Whether the server accepts `stream_options.include_usage`.
     pub stream_usage: bool,
+    /// How the server continues a trailing assistant message, if it can.
+    pub prefill: Prefill,
+}
+
+/// How an OpenAI-compatible server is asked to continue a request's trailing assistant
+/// message (prefill) instead of answering after it. Plain OpenAI cannot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Prefill {
+    /// Not supported: a trailing assistant message is sent as it is.
+    #[default]
+    None,
+    /// `"prefix": true` on the trailing assistant message (DeepSeek, Mistral).
+    Prefix,
+    /// `"continue_final_message": true, "add_generation_prompt": false` (vLLM, SGLang).
+    ContinueFinalMessage,
+}
+
+impl Prefill {
+    pub fn parse(text: &str) -> Option<Prefill> {
+        match text {
+            "none" => Some(Prefill::None),
+            "prefix" => Some(Prefill::Prefix),
+            "continue_final_message" => Some(Prefill::ContinueFinalMessage),
+            _ => None,
+        }
+    }
 }
 
 impl OpenAiFlavor {
@@ -42,6 +68,7 @@ impl OpenAiFlavor {
         developer_role: true,
         max_tokens_field: MaxTokensField::MaxCompletionTokens,
         stream_usage: true,
+        prefill: Prefill::None,
     };
 
     pub const COMPATIBLE: OpenAiFlavor = OpenAiFlavor {
@@ -49,6 +76,7 @@ impl OpenAiFlavor {
         developer_role: false,
         max_tokens_field: MaxTokensField::MaxTokens,
         stream_usage: true,
+        prefill: Prefill::None,
     };
 }
 
@@ -68,6 +96,11 @@ impl OpenAiProvider {
 
     pub fn kind(&self) -> ProviderKind {
         self.flavor.kind
+    }
+
+    /// Whether (and how) this server continues a trailing assistant message.
+    pub fn prefill(&self) -> Prefill {
+        self.flavor.prefill
     }
 
     fn request(&self) -> reqwest::RequestBuilder {
@@ -110,9 +143,19 @@ fn build_request<'a>(req: &'a ChatRequest, model: &'a str, stream: bool, flavor:
     };
     let is_openai = flavor.kind == ProviderKind::OpenAi;
     let o = &req.openai;
+    // A trailing assistant message is the start of the answer (prefill), where the server can.
+    let prefilled = req.messages.last().is_some_and(|m| m.role == Role::Assistant && m.tool_calls.is_empty());
+    let mut messages: Vec<WireMessage<'_>> = req.messages.iter().map(|m| wire_message(m, flavor)).collect();
+    if prefilled
+        && flavor.prefill == Prefill::Prefix
+        && let Some(last) = messages.last_mut()
+    {
+        last.prefix = Some(true);
+    }
+    let continue_final = (prefilled && flavor.prefill == Prefill::ContinueFinalMessage).then_some(true);
     Request {
         model,
-        messages: req.messages.iter().map(|m| wire_message(m, flavor)).collect(),
+        messages,
         tools: req
             .tools
             .iter()
@@ -169,6 +212,8 @@ fn build_request<'a>(req: &'a ChatRequest, model: &'a str, stream: bool, flavor:
         stream,
         // Always ask for usage upstream: it is recorded whether or not the client wants it.
         stream_options: (stream && flavor.stream_usage).then_some(StreamOptions { include_usage: true }),
+        continue_final_message: continue_final,
+        add_generation_prompt: continue_final.map(|_| false),
     }
 }
 
@@ -195,6 +240,7 @@ fn wire_message(m: &fungible_types::Message, flavor: OpenAiFlavor) -> WireMessag
             })
             .collect(),
         tool_call_id: m.tool_call_id.as_deref(),
+        prefix: None,
     }
 }
 

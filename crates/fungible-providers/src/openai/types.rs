@@ -57,6 +57,11 @@ pub(super) struct Request<'a> {
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// vLLM / SGLang prefill: continue the trailing assistant message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continue_final_message: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub add_generation_prompt: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -75,6 +80,9 @@ pub(super) struct WireMessage<'a> {
     pub tool_calls: Vec<WireToolCall<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<&'a str>,
+    /// DeepSeek / Mistral prefill: this trailing assistant message is the answer's start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<bool>,
 }
 
 #[derive(Serialize)]

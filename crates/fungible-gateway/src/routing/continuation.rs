@@ -1,0 +1,267 @@
+//! Continuing a stream that failed after its content started: the client already has part of
+//! the answer, so a retry from scratch would repeat it. Instead the next target of the route
+//! that can **prefill** (continue a trailing assistant message: Anthropic natively, DeepSeek
+//! and Mistral with `prefix`, vLLM with `continue_final_message`; see
+//! `fungible_providers::openai::Prefill`) is asked again with the text so far as the start
+//! of its answer, and its output is spliced onto the client's stream: its `Start` is dropped,
+//! whitespace the prefix lost is not sent twice, its usage is added to what the failed
+//! stream reported, and its finish is the one finish the client sees.
+//!
+//! No continuation is tried (the failure reaches the client as the stream's error event, as
+//! before) when it is switched off (`continue_on_stream_failure = false`), when the error is
+//! not retryable, when a tool call or a refusal was under way or the stream had finished,
+//! when no later target can prefill, or when the request's attempt limit is spent. Each
+//! continuation is recorded as an attempt in [`RouteInfo::continuations`](super::RouteInfo).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use fungible_providers::{EventStream, Provider};
+use fungible_types::{ChatRequest, ContentPart, ErrorKind, Message, ProviderError, Role, StreamEvent, Usage};
+use tokio::time::Instant;
+
+use super::breaker::Admission;
+use super::execute::{self, InFlight, TrackedStream, Watchdog};
+use super::{Attempt, AttemptOutcome, LateAttempts, Route, request_for};
+use crate::Gateway;
+
+/// What a continuation needs besides the stream: where to go next and what to ask.
+pub(crate) struct Continuation {
+    pub gateway: Gateway,
+    /// The request as planned (per-request fallback keys removed), before target params.
+    pub req: ChatRequest,
+    /// The targets after the one that answered, in the order they would have been tried.
+    pub rest: Vec<(Arc<Route>, usize)>,
+    /// Upstream calls this request may still make.
+    pub calls_left: u32,
+    pub log: LateAttempts,
+}
+
+/// Whether `provider` continues a trailing assistant message of `req`.
+pub(crate) fn supports_prefill(provider: &Provider, req: &ChatRequest) -> bool {
+    match provider {
+        // Anthropic rejects a prefilled answer when extended thinking is on.
+        Provider::Anthropic(_) => req.reasoning.as_ref().and_then(|r| r.effective_budget()).is_none(),
+        Provider::OpenAi(p) => p.prefill() != fungible_providers::openai::Prefill::None,
+        Provider::Gemini(_) | Provider::Local(_) => false,
+    }
+}
+
+/// `stream` (a target's, already past its first content or handed over as the last chance),
+/// continued on the next target that can prefill when it fails.
+pub(crate) fn continuing(stream: EventStream, continuation: Continuation) -> EventStream {
+    let state = State {
+        current: stream,
+        cont: continuation,
+        text: String::new(),
+        seen_content: false,
+        blocked: false,
+        failed_usage: Usage::default(),
+        last_usage: None,
+        strip_leading_space: false,
+        continued: false,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut state| async move {
+        let item = state.next_item().await?;
+        Some((item, state))
+    }))
+}
+
+struct State {
+    current: EventStream,
+    cont: Continuation,
+    /// The answer's text as the client got it.
+    text: String,
+    seen_content: bool,
+    /// A tool call or refusal was under way, or the stream finished: nothing to continue.
+    blocked: bool,
+    /// The last usage each failed stream reported, summed.
+    failed_usage: Usage,
+    /// The last usage the current stream reported.
+    last_usage: Option<Usage>,
+    /// The prefix lost trailing whitespace the client already has: drop the continuation's
+    /// leading whitespace.
+    strip_leading_space: bool,
+    continued: bool,
+    done: bool,
+}
+
+impl State {
+    async fn next_item(&mut self) -> Option<Result<StreamEvent, ProviderError>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.current.next().await {
+                None => {
+                    self.done = true;
+                    return None;
+                }
+                Some(Ok(event)) => {
+                    if let Some(event) = self.pass(event) {
+                        return Some(Ok(event));
+                    }
+                }
+                Some(Err(error)) => {
+                    if self.may_continue(&error)
+                        && let Some(stream) = self.continue_elsewhere(&error).await
+                    {
+                        self.current = stream;
+                        continue;
+                    }
+                    self.done = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+
+    /// The event as the client gets it (`None`: dropped), noting what it means for a
+    /// continuation.
+    fn pass(&mut self, event: StreamEvent) -> Option<StreamEvent> {
+        if execute::is_content(&event) {
+            self.seen_content = true;
+        }
+        match event {
+            StreamEvent::Start { .. } if self.continued => None,
+            StreamEvent::TextDelta { text } => {
+                let text = if self.strip_leading_space {
+                    let kept = text.trim_start();
+                    if kept.is_empty() {
+                        return None;
+                    }
+                    self.strip_leading_space = false;
+                    kept.to_owned()
+                } else {
+                    text
+                };
+                self.text.push_str(&text);
+                Some(StreamEvent::TextDelta { text })
+            }
+            StreamEvent::Usage(usage) => {
+                self.last_usage = Some(usage);
+                Some(StreamEvent::Usage(add(self.failed_usage, usage)))
+            }
+            event @ (StreamEvent::ToolCallStart { .. }
+            | StreamEvent::ToolCallArgs { .. }
+            | StreamEvent::Refusal { .. }
+            | StreamEvent::Finish { .. }) => {
+                self.blocked = true;
+                Some(event)
+            }
+            event => Some(event),
+        }
+    }
+
+    fn may_continue(&self, error: &ProviderError) -> bool {
+        self.seen_content && !self.blocked && error.kind.is_retryable() && self.cont.calls_left > 0
+    }
+
+    /// Opens the next target that can prefill with the answer so far, up to its first
+    /// content; `None` when none could.
+    async fn continue_elsewhere(&mut self, error: &ProviderError) -> Option<EventStream> {
+        while self.cont.calls_left > 0 && !self.cont.rest.is_empty() {
+            let (route, index) = self.cont.rest.remove(0);
+            let target = &route.targets[index];
+            let Ok(provider) = self.cont.gateway.provider_of(&target.config.target) else { continue };
+            if !supports_prefill(provider, &self.cont.req) {
+                continue;
+            }
+            if let Some(breaker) = &target.health.breaker
+                && let Admission::Denied { .. } = breaker.admit(Instant::now())
+            {
+                self.cont.log.push(Attempt {
+                    target: target.config.target.clone(),
+                    outcome: AttemptOutcome::CircuitOpen,
+                    latency: Duration::ZERO,
+                });
+                continue;
+            }
+            self.cont.calls_left -= 1;
+            let (req, stripped) = self.prefilled(&request_for(&self.cont.req, target));
+            tracing::info!(
+                upstream = %target.config.target,
+                sent_chars = self.text.len(),
+                "continuing a stream that failed after content ({error}) with a prefilled request"
+            );
+            let in_flight = InFlight::start(route.clone(), index);
+            let started = Instant::now();
+            let limit = route.attempt_timeout.unwrap_or(self.cont.gateway.inner.request_timeout);
+            let timeouts = target.config.stream_timeouts;
+            let open = async {
+                let stream = provider.chat_stream(&req, &target.config.target.model).await?;
+                let stream: EventStream = if Watchdog::needed(timeouts.ttft, timeouts.idle) {
+                    Box::pin(Watchdog::new(stream, &target.config.target.provider, started, timeouts.ttft, timeouts.idle))
+                } else {
+                    stream
+                };
+                execute::until_first_content(stream).await
+            };
+            let result = match tokio::time::timeout(limit, open).await {
+                Ok(result) => result,
+                Err(_) => Err(ProviderError::new(
+                    ErrorKind::Timeout,
+                    &target.config.target.provider,
+                    "no continuation within the attempt timeout",
+                )),
+            };
+            let latency = started.elapsed();
+            target.health.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match result {
+                Ok(stream) => {
+                    target.health.record_success(latency);
+                    self.cont.log.push(Attempt { target: target.config.target.clone(), outcome: AttemptOutcome::Ok, latency });
+                    let failed = self.last_usage.take().unwrap_or_default();
+                    self.failed_usage = add(self.failed_usage, failed);
+                    self.strip_leading_space = stripped;
+                    self.continued = true;
+                    return Some(Box::pin(TrackedStream::new(stream, in_flight)));
+                }
+                Err(e) => {
+                    if e.kind.is_retryable() {
+                        target.health.record_failure(Instant::now());
+                    }
+                    tracing::debug!(upstream = %target.config.target, "continuation failed: {e}");
+                    self.cont.log.push(Attempt {
+                        target: target.config.target.clone(),
+                        outcome: AttemptOutcome::Failed(e.kind),
+                        latency,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// `req` with the answer so far as its trailing assistant message (appended to one the
+    /// client already prefilled), trailing whitespace trimmed (Anthropic rejects it); also
+    /// whether whitespace was trimmed.
+    fn prefilled(&self, req: &ChatRequest) -> (ChatRequest, bool) {
+        let mut req = req.clone();
+        let prefix = self.text.trim_end();
+        let stripped = prefix.len() < self.text.len();
+        if prefix.is_empty() {
+            return (req, stripped);
+        }
+        match req.messages.last_mut() {
+            Some(last) if last.role == Role::Assistant && last.tool_calls.is_empty() => match last.content.last_mut() {
+                Some(ContentPart::Text { text }) => text.push_str(prefix),
+                _ => last.content.push(ContentPart::Text { text: prefix.to_owned() }),
+            },
+            _ => req.messages.push(Message::text(Role::Assistant, prefix)),
+        }
+        (req, stripped)
+    }
+}
+
+fn add(a: Usage, b: Usage) -> Usage {
+    Usage {
+        input_tokens: a.input_tokens + b.input_tokens,
+        output_tokens: a.output_tokens + b.output_tokens,
+        cache_read_tokens: a.cache_read_tokens + b.cache_read_tokens,
+        cache_write_tokens: a.cache_write_tokens + b.cache_write_tokens,
+        reasoning_tokens: a.reasoning_tokens + b.reasoning_tokens,
+    }
+}

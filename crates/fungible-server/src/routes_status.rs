@@ -1,0 +1,61 @@
+//! `GET /v1/routes`: the live state of every configured route, from
+//! `Gateway::route_status`: each target's circuit breaker, requests in flight, moving
+//! average of time to first token, and its A/B and attempt counts.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Serialize;
+
+use crate::AppState;
+
+#[derive(Serialize)]
+struct List {
+    object: &'static str,
+    data: Vec<Route>,
+}
+
+#[derive(Serialize)]
+struct Route {
+    route: String,
+    strategy: &'static str,
+    targets: Vec<Target>,
+}
+
+#[derive(Serialize)]
+struct Target {
+    /// The variant name.
+    name: String,
+    /// `PROVIDER/MODEL`.
+    target: String,
+    /// `closed`, `open` or `half_open`.
+    breaker: &'static str,
+    in_flight: u64,
+    /// Milliseconds; `null` until a call was measured.
+    ewma_ttft_ms: Option<f64>,
+    /// Requests whose first pick this target was (the A/B split).
+    first_picks: u64,
+    attempts: u64,
+    failures: u64,
+}
+
+pub async fn list(State(state): State<AppState>) -> Response {
+    let mut data: Vec<Route> = Vec::new();
+    for t in state.gateway.route_status() {
+        let target = Target {
+            name: t.name,
+            target: t.target.to_string(),
+            breaker: t.breaker.as_str(),
+            in_flight: t.in_flight,
+            ewma_ttft_ms: t.ewma_ttft.map(|d| d.as_secs_f64() * 1000.0),
+            first_picks: t.first_picks,
+            attempts: t.attempts,
+            failures: t.failures,
+        };
+        match data.last_mut() {
+            Some(route) if route.route == t.route => route.targets.push(target),
+            _ => data.push(Route { route: t.route, strategy: t.strategy.as_str(), targets: vec![target] }),
+        }
+    }
+    crate::json_response(StatusCode::OK, serde_json::to_vec(&List { object: "list", data }).unwrap_or_default())
+}
