@@ -124,6 +124,7 @@ pub struct ListQuery {
     route: Option<String>,
     user: Option<String>,
     episode_id: Option<String>,
+    key_id: Option<String>,
     errors: Option<bool>,
     since_ms: Option<i64>,
     until_ms: Option<i64>,
@@ -142,6 +143,7 @@ pub async fn list(
         route: q.route,
         user: q.user,
         episode_id: q.episode_id,
+        key_id: q.key_id,
         errors: q.errors,
         since_ms: q.since_ms,
         until_ms: q.until_ms,
@@ -190,7 +192,7 @@ pub struct StatsQuery {
     until_ms: Option<i64>,
 }
 
-/// `GET /v1/stats?by=model|provider|route|user|day|inbound`.
+/// `GET /v1/stats?by=model|provider|route|key|user|tag|day|inbound`.
 pub async fn stats(
     State(state): State<AppState>,
     Query(q): Query<StatsQuery>,

@@ -36,6 +36,8 @@ fn record(i: u64) -> InferenceRecord {
         user: Some("user-42".into()),
         tags: json!({}),
         episode_id: None,
+        key_id: None,
+        cache_hit: false,
         attempts: vec![AttemptRecord {
             provider: "openai".into(),
             model: "gpt-5-mini".into(),
@@ -52,6 +54,7 @@ async fn run(name: &str, store: Store, n: u64) {
         store,
         RecorderOptions {
             queue_capacity: n as usize + 1,
+            queue_bytes: usize::MAX,
             ..RecorderOptions::default()
         },
     );

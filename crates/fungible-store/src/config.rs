@@ -18,6 +18,8 @@ struct StoreSection {
     url: Option<String>,
     /// Records buffered while the store is slow or down; more are dropped (and counted).
     queue_capacity: Option<usize>,
+    /// Bytes (estimated) those records may hold at most; more are dropped (and counted).
+    queue_bytes: Option<usize>,
     /// Records written per transaction at most.
     batch_size: Option<usize>,
     /// Longest a record waits for its batch to fill, in milliseconds.
@@ -31,6 +33,7 @@ pub struct StoreConfig {
     /// A sqlx URL: `sqlite://PATH?mode=rwc` or `postgres://...`.
     pub url: String,
     pub queue_capacity: usize,
+    pub queue_bytes: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
 }
@@ -41,6 +44,7 @@ impl Default for StoreConfig {
             enabled: true,
             url: sqlite_url(&PathBuf::from("fungible.db")),
             queue_capacity: 10_000,
+            queue_bytes: 64 << 20,
             batch_size: 1_000,
             flush_interval: Duration::from_millis(200),
         }
@@ -96,6 +100,12 @@ impl StoreConfig {
                 return Err(err("store.queue_capacity", "must be at least 1"));
             }
             config.queue_capacity = n;
+        }
+        if let Some(n) = section.queue_bytes {
+            if n < 1 << 16 {
+                return Err(err("store.queue_bytes", "must be at least 65536"));
+            }
+            config.queue_bytes = n;
         }
         if let Some(n) = section.batch_size {
             if n == 0 {
@@ -185,6 +195,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("store: unknown field `pth`"), "{e}");
+        let e = StoreConfig::from_toml(table("queue_bytes = 10"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("store.queue_bytes:"), "{e}");
+        let c = StoreConfig::from_toml(table("queue_bytes = 1048576")).unwrap();
+        assert_eq!(c.queue_bytes, 1 << 20);
         let e = StoreConfig::from_toml(table("url = \"mysql://x\""))
             .unwrap_err()
             .to_string();

@@ -19,9 +19,11 @@ mod prices;
 mod record;
 mod recorder;
 mod store;
+#[doc(hidden)]
+pub mod testing;
 
 pub use config::{StoreConfig, StoreConfigError};
 pub use prices::{PRICES_AS_OF, Price, PriceTable};
-pub use record::{AttemptRecord, Feedback, FeedbackTarget, InferenceRecord, new_id};
+pub use record::{AttemptRecord, Bodies, Feedback, FeedbackTarget, InferenceRecord, new_id};
 pub use recorder::{BatchSink, Recorder, RecorderCounters, RecorderOptions};
 pub use store::{GroupBy, InferenceFilter, StatsRow, Store, StoreError};

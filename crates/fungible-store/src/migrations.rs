@@ -4,10 +4,11 @@
 //! never edited: changes are new migrations appended here.
 
 /// `(version, statements)`; each runs in one transaction with its version row.
-pub const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE inferences (
+pub const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE inferences (
             id TEXT PRIMARY KEY,
             time_ms BIGINT NOT NULL,
             inbound TEXT NOT NULL,
@@ -32,9 +33,9 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
             tags TEXT NOT NULL,
             episode_id TEXT
         )",
-        "CREATE INDEX inferences_time ON inferences (time_ms)",
-        "CREATE INDEX inferences_episode ON inferences (episode_id)",
-        "CREATE TABLE attempts (
+            "CREATE INDEX inferences_time ON inferences (time_ms)",
+            "CREATE INDEX inferences_episode ON inferences (episode_id)",
+            "CREATE TABLE attempts (
             inference_id TEXT NOT NULL,
             idx BIGINT NOT NULL,
             provider TEXT NOT NULL,
@@ -45,7 +46,7 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
             cost DOUBLE PRECISION,
             PRIMARY KEY (inference_id, idx)
         )",
-        "CREATE TABLE feedback (
+            "CREATE TABLE feedback (
             id TEXT PRIMARY KEY,
             time_ms BIGINT NOT NULL,
             target TEXT NOT NULL,
@@ -55,6 +56,29 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
             comment TEXT,
             demonstration TEXT
         )",
-        "CREATE INDEX feedback_target ON feedback (target_id)",
-    ],
-)];
+            "CREATE INDEX feedback_target ON feedback (target_id)",
+        ],
+    ),
+    // Who called (the virtual key), whether the response cache answered, the tags as rows
+    // (`key=value`, or a bare `key`) so that stats group by tag in plain SQL, and the indexes
+    // stats and the key and user filters use.
+    (
+        2,
+        &[
+            "ALTER TABLE inferences ADD COLUMN key_id TEXT",
+            "ALTER TABLE inferences ADD COLUMN cache_hit BIGINT NOT NULL DEFAULT 0",
+            "CREATE TABLE inference_tags (
+                inference_id TEXT NOT NULL,
+                tag TEXT NOT NULL,
+                PRIMARY KEY (inference_id, tag)
+            )",
+            "CREATE INDEX inference_tags_tag ON inference_tags (tag)",
+            "CREATE INDEX inferences_key ON inferences (key_id, time_ms)",
+            // Covers every column stats read, so that they scan this narrow index (in time
+            // order: a time range reads only its part) instead of the wide rows; `id` joins
+            // the tags.
+            "CREATE INDEX inferences_stats ON inferences (time_ms, provider, model, route, user_id, key_id, inbound, latency_ms, error, input_tokens, output_tokens, cache_read_tokens, cost, cache_hit, id)",
+            "CREATE INDEX inferences_user ON inferences (user_id, time_ms)",
+        ],
+    ),
+];

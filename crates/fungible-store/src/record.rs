@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fungible_types::Usage;
+use fungible_types::{ChatRequest, ChatResponse, ContentPart, Message, ReasoningBlock, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -45,6 +45,149 @@ pub struct InferenceRecord {
     pub tags: Value,
     pub episode_id: Option<String>,
     pub attempts: Vec<AttemptRecord>,
+    /// The id of the virtual key the request authenticated with (`None`: auth is off).
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// Whether the response cache answered (no provider was called).
+    #[serde(default)]
+    pub cache_hit: bool,
+}
+
+impl InferenceRecord {
+    /// Roughly the bytes this record holds (see [`Bodies::estimated_bytes`]).
+    pub fn estimated_bytes(&self) -> usize {
+        512 + value_bytes(&self.request)
+            + self.response.as_ref().map_or(0, value_bytes)
+            + value_bytes(&self.tags)
+            + self.attempts.len() * 128
+    }
+
+    /// The tags as the rows stats group by: `key=value` for a string value, a bare `key` for
+    /// `true`, `key=JSON` for any other value. Sorted, without duplicates.
+    pub fn tag_list(&self) -> Vec<String> {
+        let Some(tags) = self.tags.as_object() else {
+            return Vec::new();
+        };
+        let mut list: Vec<String> = tags
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                Value::Bool(true) => k.clone(),
+                other => format!("{k}={other}"),
+            })
+            .collect();
+        list.sort();
+        list.dedup();
+        list
+    }
+}
+
+/// The canonical request and response of a record, as the request path has them: the
+/// [`crate::Recorder`]'s writer turns them into the record's `request` and `response` JSON,
+/// so that serialising them costs the request nothing.
+#[derive(Debug, Clone)]
+pub struct Bodies {
+    pub request: ChatRequest,
+    pub response: Option<ChatResponse>,
+}
+
+impl Bodies {
+    /// Roughly the bytes these bodies hold (their text, images and JSON values), cheap
+    /// enough for the request path: what the recorder's queue bound counts.
+    pub fn estimated_bytes(&self) -> usize {
+        let r = &self.request;
+        let mut n = 512 + r.model.len() + messages_bytes(&r.messages);
+        n += r
+            .tools
+            .iter()
+            .map(|t| {
+                64 + t.name.len()
+                    + t.description.as_ref().map_or(0, String::len)
+                    + value_bytes(&t.parameters)
+            })
+            .sum::<usize>();
+        n += r
+            .metadata
+            .iter()
+            .flat_map(|m| m.iter())
+            .map(|(k, v)| k.len() + value_bytes(v))
+            .sum::<usize>();
+        n += r
+            .extra_body
+            .iter()
+            .map(|(k, v)| k.len() + value_bytes(v))
+            .sum::<usize>();
+        if let Some(resp) = &self.response {
+            let m = &resp.message;
+            n += 256
+                + resp.id.len()
+                + resp.model.len()
+                + m.content.as_ref().map_or(0, String::len)
+                + m.refusal.as_ref().map_or(0, String::len)
+                + m.tool_calls
+                    .iter()
+                    .map(|c| 32 + c.id.len() + c.name.len() + c.arguments.len())
+                    .sum::<usize>()
+                + reasoning_bytes(&m.reasoning);
+        }
+        n
+    }
+}
+
+fn messages_bytes(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .map(|m| {
+            let content: usize = m
+                .content
+                .iter()
+                .map(|p| match p {
+                    ContentPart::Text { text } => 16 + text.len(),
+                    ContentPart::Image { source, .. } => {
+                        64 + match source {
+                            fungible_types::ImageSource::Url(u) => u.len(),
+                            fungible_types::ImageSource::Base64 { media_type, data } => {
+                                media_type.len() + data.len()
+                            }
+                        }
+                    }
+                })
+                .sum();
+            let calls: usize = m
+                .tool_calls
+                .iter()
+                .map(|c| 32 + c.id.len() + c.name.len() + c.arguments.len())
+                .sum();
+            64 + content + calls + reasoning_bytes(&m.reasoning)
+        })
+        .sum()
+}
+
+fn reasoning_bytes(blocks: &[ReasoningBlock]) -> usize {
+    blocks
+        .iter()
+        .map(|b| match b {
+            ReasoningBlock::Thinking { text, signature } => {
+                32 + text.len() + signature.as_ref().map_or(0, String::len)
+            }
+            ReasoningBlock::Redacted { data } => 32 + data.len(),
+        })
+        .sum()
+}
+
+/// Roughly the bytes of a JSON value (its text).
+pub(crate) fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => 8 + s.len(),
+        Value::Array(a) => 8 + a.iter().map(value_bytes).sum::<usize>(),
+        Value::Object(o) => {
+            8 + o
+                .iter()
+                .map(|(k, v)| 8 + k.len() + value_bytes(v))
+                .sum::<usize>()
+        }
+    }
 }
 
 /// One call (or skip) of one target while answering an inference.

@@ -1,21 +1,24 @@
 //! [`Recorder`]: takes records off the request path and writes them in batches.
 //!
-//! `record` never waits: it is a `try_send` into a bounded queue, and a full queue drops the
-//! record (counted in [`RecorderCounters::dropped`], logged). One writer task takes up to
-//! `batch_size` records at a time and writes them in one transaction. When a write fails
-//! (the store is down or slow) the writer keeps the batch and retries with backoff, so
-//! records wait in the queue up to its bound and none that fit is lost. `shutdown` stops
-//! taking records, writes everything queued and returns.
+//! `record` never waits: it is a `try_send` into a queue bounded in records and in bytes (an
+//! estimate), and a full queue drops the record (counted in [`RecorderCounters::dropped`],
+//! logged). The request path hands over the canonical request and response as they are
+//! ([`Bodies`]); the writer serialises them, so JSON costs the request nothing. One writer
+//! task takes up to `batch_size` records at a time and writes them in one transaction. When
+//! a write fails (the store is down or slow) the writer keeps the batch and retries with
+//! backoff, so records wait in the queue up to its bound and none that fit is lost; their
+//! bytes count until they are written. `shutdown` stops taking records, writes everything
+//! queued and returns.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::InferenceRecord;
+use crate::record::{Bodies, InferenceRecord};
 use crate::store::{Store, StoreError};
 
 /// Where the writer puts batches: the [`Store`], or a test double.
@@ -38,6 +41,9 @@ impl BatchSink for Store {
 #[derive(Debug, Clone, Copy)]
 pub struct RecorderOptions {
     pub queue_capacity: usize,
+    /// The most bytes (estimated) the records queued or being written may hold: what keeps
+    /// a slow or unavailable store from growing the gateway's memory.
+    pub queue_bytes: usize,
     pub batch_size: usize,
     /// How long the writer waits for more records before writing a partial batch.
     pub flush_interval: Duration,
@@ -52,6 +58,7 @@ impl Default for RecorderOptions {
     fn default() -> RecorderOptions {
         RecorderOptions {
             queue_capacity: 10_000,
+            queue_bytes: 64 << 20,
             batch_size: 1_000,
             flush_interval: Duration::from_millis(200),
             retry_delay: Duration::from_millis(100),
@@ -69,10 +76,19 @@ pub struct RecorderCounters {
     pub dropped: AtomicU64,
     /// Failed batch writes (each is retried).
     pub write_errors: AtomicU64,
+    /// Bytes (estimated) of the records queued or being written.
+    pub queued_bytes: AtomicUsize,
+}
+
+/// A record on its way to the writer, with its bodies still canonical and its size.
+struct Queued {
+    record: InferenceRecord,
+    bodies: Option<Bodies>,
+    bytes: usize,
 }
 
 enum Message {
-    Record(Box<InferenceRecord>),
+    Record(Box<Queued>),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -82,6 +98,7 @@ enum Message {
 pub struct Recorder {
     tx: mpsc::Sender<Message>,
     counters: Arc<RecorderCounters>,
+    max_bytes: usize,
     closed: Arc<AtomicBool>,
     writer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -103,18 +120,57 @@ impl Recorder {
         Recorder {
             tx,
             counters,
+            max_bytes: options.queue_bytes,
             closed: Arc::new(AtomicBool::new(false)),
             writer: Arc::new(std::sync::Mutex::new(Some(writer))),
         }
     }
 
-    /// Queues `record`; never waits. A full queue (or a recorder shut down) drops it.
+    /// Queues `record` (its `request` and `response` already JSON); never waits. A full
+    /// queue (or a recorder shut down) drops it.
     pub fn record(&self, record: InferenceRecord) {
+        let bytes = record.estimated_bytes();
+        self.enqueue(Queued {
+            record,
+            bodies: None,
+            bytes,
+        });
+    }
+
+    /// Queues `record` with its canonical request and response, which the writer serialises
+    /// into the record's `request` and `response`; never waits. A full queue (or a recorder
+    /// shut down) drops it.
+    pub fn record_with(&self, record: InferenceRecord, bodies: Bodies) {
+        let bytes = record.estimated_bytes() + bodies.estimated_bytes();
+        self.enqueue(Queued {
+            record,
+            bodies: Some(bodies),
+            bytes,
+        });
+    }
+
+    fn enqueue(&self, queued: Queued) {
         if self.closed.load(Ordering::Relaxed) {
             self.count_drop("the recorder is shut down");
             return;
         }
-        if self.tx.try_send(Message::Record(Box::new(record))).is_err() {
+        let bytes = queued.bytes;
+        let before = self
+            .counters
+            .queued_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        // One record alone is always let in (the request body limit bounds it).
+        if before > 0 && before + bytes > self.max_bytes {
+            self.counters
+                .queued_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
+            self.count_drop("the queue is full (the store is slow or down)");
+            return;
+        }
+        if self.tx.try_send(Message::Record(Box::new(queued))).is_err() {
+            self.counters
+                .queued_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
             self.count_drop("the queue is full (the store is slow or down)");
         }
     }
@@ -169,6 +225,8 @@ async fn write_loop(
     counters: Arc<RecorderCounters>,
 ) {
     let mut batch: Vec<InferenceRecord> = Vec::with_capacity(options.batch_size);
+    // The queue bytes of the records in `batch`, released once they are written (or lost).
+    let mut batch_bytes = 0;
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         // Fill a batch: block for the first message, then take what is there, waiting at
@@ -178,7 +236,10 @@ async fn write_loop(
         let mut next = Some(first);
         loop {
             match next.take() {
-                Some(Message::Record(r)) => batch.push(*r),
+                Some(Message::Record(q)) => {
+                    batch_bytes += q.bytes;
+                    batch.push(serialised(*q));
+                }
                 Some(Message::Flush(done)) => {
                     waiting.push(done);
                     break;
@@ -200,11 +261,29 @@ async fn write_loop(
             };
         }
         write_with_retry(&*sink, &mut batch, &options, &counters, !waiting.is_empty()).await;
+        counters
+            .queued_bytes
+            .fetch_sub(std::mem::take(&mut batch_bytes), Ordering::Relaxed);
         for done in waiting.drain(..) {
             let _ = done.send(());
         }
     }
     write_with_retry(&*sink, &mut batch, &options, &counters, true).await;
+    counters
+        .queued_bytes
+        .fetch_sub(batch_bytes, Ordering::Relaxed);
+}
+
+/// The record of `queued`, its canonical bodies turned into JSON.
+fn serialised(queued: Queued) -> InferenceRecord {
+    let Queued {
+        mut record, bodies, ..
+    } = queued;
+    if let Some(bodies) = bodies {
+        record.request = serde_json::to_value(&bodies.request).unwrap_or(serde_json::Value::Null);
+        record.response = bodies.response.and_then(|r| serde_json::to_value(&r).ok());
+    }
+    record
 }
 
 /// Writes `batch`, retrying with backoff until it is written. A flush (shutdown) gives up

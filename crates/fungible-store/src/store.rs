@@ -26,7 +26,7 @@ pub enum StoreError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
@@ -34,8 +34,8 @@ enum Backend {
 /// An open store. Cheap to clone (a connection pool).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
-    backend: Backend,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
 }
 
 /// Filters and pagination for [`Store::list`]. Newest first; `before` is the id of the last
@@ -47,6 +47,8 @@ pub struct InferenceFilter {
     pub route: Option<String>,
     pub user: Option<String>,
     pub episode_id: Option<String>,
+    /// The virtual key's id.
+    pub key_id: Option<String>,
     /// `true`: only failures; `false`: only successes.
     pub errors: Option<bool>,
     pub since_ms: Option<i64>,
@@ -63,6 +65,11 @@ pub enum GroupBy {
     Provider,
     Route,
     User,
+    /// The virtual key (`-`: none).
+    Key,
+    /// Each tag (`key=value`) of an inference; an inference counts once per tag, `-` for
+    /// none.
+    Tag,
     /// UTC date.
     Day,
     Inbound,
@@ -76,11 +83,13 @@ impl FromStr for GroupBy {
             "provider" => GroupBy::Provider,
             "route" => GroupBy::Route,
             "user" => GroupBy::User,
+            "key" => GroupBy::Key,
+            "tag" => GroupBy::Tag,
             "day" => GroupBy::Day,
             "inbound" => GroupBy::Inbound,
             _ => {
                 return Err(format!(
-                    "unknown group {s:?}: expected model, provider, route, user, day or inbound"
+                    "unknown group {s:?}: expected model, provider, route, key, user, tag, day or inbound"
                 ));
             }
         })
@@ -100,13 +109,16 @@ pub struct StatsRow {
     pub cost: f64,
     /// Requests whose cost is unknown.
     pub unpriced: u64,
+    /// Requests the response cache answered.
+    pub cache_hits: u64,
     pub p50_latency_ms: f64,
     pub p95_latency_ms: f64,
 }
 
-const INSERT_INFERENCE: &str = "INSERT INTO inferences (id, time_ms, inbound, requested_model, route, variant, provider, model, stream, error, request, response, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost, ttft_ms, latency_ms, user_id, tags, episode_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)";
+const INSERT_INFERENCE: &str = "INSERT INTO inferences (id, time_ms, inbound, requested_model, route, variant, provider, model, stream, error, request, response, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost, ttft_ms, latency_ms, user_id, tags, episode_id, key_id, cache_hit) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)";
+const INSERT_TAG: &str = "INSERT INTO inference_tags (inference_id, tag) VALUES ($1, $2)";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (inference_id, idx, provider, model, status, error, latency_ms, cost) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-const INFERENCE_COLUMNS: &str = "id, time_ms, inbound, requested_model, route, variant, provider, model, stream, error, request, response, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost, ttft_ms, latency_ms, user_id, tags, episode_id";
+const INFERENCE_COLUMNS: &str = "id, time_ms, inbound, requested_model, route, variant, provider, model, stream, error, request, response, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost, ttft_ms, latency_ms, user_id, tags, episode_id, key_id, cache_hit";
 
 impl Store {
     /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://...`) and applies the
@@ -229,8 +241,18 @@ impl Store {
                 .bind(&r.user)
                 .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "{}".into()))
                 .bind(&r.episode_id)
+                .bind(&r.key_id)
+                .bind(i64::from(r.cache_hit))
                 .execute(&mut *tx)
                 .await?;
+            for tag in r.tag_list() {
+                sqlx::query(INSERT_TAG)
+                    .persistent(self.cache_statements())
+                    .bind(&r.id)
+                    .bind(tag)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             for (i, a) in r.attempts.iter().enumerate() {
                 sqlx::query(INSERT_ATTEMPT)
                     .persistent(self.cache_statements())
@@ -256,7 +278,7 @@ impl Store {
         const ROWS: usize = 500;
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(ROWS) {
-            let sql = multi_row(INSERT_INFERENCE, 23, chunk.len());
+            let sql = multi_row(INSERT_INFERENCE, 25, chunk.len());
             let mut query = sqlx::query(&sql).persistent(false);
             for r in chunk {
                 query = query
@@ -286,7 +308,21 @@ impl Store {
                     .bind(r.latency_ms)
                     .bind(r.user.clone())
                     .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "{}".into()))
-                    .bind(r.episode_id.clone());
+                    .bind(r.episode_id.clone())
+                    .bind(r.key_id.clone())
+                    .bind(i64::from(r.cache_hit));
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let tags: Vec<(&str, String)> = records
+            .iter()
+            .flat_map(|r| r.tag_list().into_iter().map(move |t| (r.id.as_str(), t)))
+            .collect();
+        for chunk in tags.chunks(ROWS) {
+            let sql = multi_row(INSERT_TAG, 2, chunk.len());
+            let mut query = sqlx::query(&sql).persistent(false);
+            for (id, tag) in chunk {
+                query = query.bind(id.to_string()).bind(tag.clone());
             }
             query.execute(&mut *tx).await?;
         }
@@ -364,6 +400,7 @@ impl Store {
         text(&mut sql, "route", &filter.route);
         text(&mut sql, "user_id", &filter.user);
         text(&mut sql, "episode_id", &filter.episode_id);
+        text(&mut sql, "key_id", &filter.key_id);
         if let Some(before) = &filter.before {
             binds.push(Bind::Text(before.clone()));
             sql.push_str(&format!(" AND id < ${}", binds.len()));
@@ -456,6 +493,12 @@ impl Store {
 
     /// Requests, errors, tokens, cost and latency percentiles per group, over the inferences
     /// in `[since_ms, until_ms)`. Sorted by requests, most first.
+    ///
+    /// The database aggregates: PostgreSQL computes exact nearest-rank percentiles
+    /// (`percentile_disc`); SQLite, which has no percentile aggregate, returns one row per
+    /// group and latency bucket (1 ms wide below 1 s, 1% of the latency above), with each
+    /// bucket's smallest and largest latency, and the percentile is read from the buckets:
+    /// exact when its bucket holds one distinct latency, else within the bucket's width.
     pub async fn stats(
         &self,
         group: GroupBy,
@@ -467,28 +510,60 @@ impl Store {
             GroupBy::Provider => "provider",
             GroupBy::Route => "route",
             GroupBy::User => "user_id",
-            GroupBy::Day => "time_ms",
+            GroupBy::Key => "key_id",
+            GroupBy::Tag => "inference_tags.tag",
+            GroupBy::Day => "time_ms / 86400000",
             GroupBy::Inbound => "inbound",
         };
-        let sql = format!(
-            "SELECT {key}, CASE WHEN error IS NULL THEN 0 ELSE 1 END, input_tokens, output_tokens, cache_read_tokens, cost, latency_ms FROM inferences WHERE time_ms >= $1 AND time_ms < $2"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(since_ms.unwrap_or(i64::MIN))
-            .bind(until_ms.unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
+        let join = if group == GroupBy::Tag {
+            " LEFT JOIN inference_tags ON inference_tags.inference_id = inferences.id"
+        } else {
+            ""
+        };
+        let sums = "COUNT(*), CAST(SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), SUM(cost), CAST(SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END) AS BIGINT), CAST(SUM(cache_hit) AS BIGINT)";
+        // Only the bounds given: an unbounded range would make the planner walk the time
+        // index row by row instead of scanning.
+        let mut range = Vec::new();
+        let mut binds = Vec::new();
+        for (bound, op) in [(since_ms, ">="), (until_ms, "<")] {
+            if let Some(ms) = bound {
+                binds.push(ms);
+                range.push(format!("time_ms {op} ${}", binds.len()));
+            }
+        }
+        let filter = if range.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", range.join(" AND "))
+        };
+        let sql = match self.backend {
+            Backend::Postgres => format!(
+                "SELECT {key} AS k, {sums}, percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms), percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM inferences{join}{filter} GROUP BY k"
+            ),
+            Backend::Sqlite => format!(
+                "SELECT {key} AS k, {sums}, MIN(latency_ms), MAX(latency_ms), {LATENCY_BUCKET} AS b FROM inferences{join}{filter} GROUP BY k, b"
+            ),
+        };
+        let mut query = sqlx::query(&sql);
+        for ms in binds {
+            query = query.bind(ms);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         struct Acc {
             row: StatsRow,
-            latencies: Vec<f64>,
+            buckets: Vec<Bucket>,
         }
         let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
         for r in &rows {
             let key = if group == GroupBy::Day {
-                utc_date(r.try_get::<i64, _>(0)?)
+                r.try_get::<Option<i64>, _>(0)?
+                    .map_or_else(|| "-".into(), |day| utc_date(day * 86_400_000))
             } else {
                 r.try_get::<Option<String>, _>(0)?
                     .unwrap_or_else(|| "-".into())
+            };
+            let count = |i: usize| -> Result<u64, sqlx::Error> {
+                Ok(r.try_get::<Option<i64>, _>(i)?.unwrap_or(0).max(0) as u64)
             };
             let acc = groups.entry(key.clone()).or_insert_with(|| Acc {
                 row: StatsRow {
@@ -500,37 +575,86 @@ impl Store {
                     cache_read_tokens: 0,
                     cost: 0.0,
                     unpriced: 0,
+                    cache_hits: 0,
                     p50_latency_ms: 0.0,
                     p95_latency_ms: 0.0,
                 },
-                latencies: Vec::new(),
+                buckets: Vec::new(),
             });
-            acc.row.requests += 1;
-            acc.row.errors += r
-                .try_get::<i32, _>(1)
-                .map(i64::from)
-                .or_else(|_| r.try_get::<i64, _>(1))? as u64;
-            acc.row.input_tokens += r.try_get::<i64, _>(2)? as u64;
-            acc.row.output_tokens += r.try_get::<i64, _>(3)? as u64;
-            acc.row.cache_read_tokens += r.try_get::<i64, _>(4)? as u64;
-            match r.try_get::<Option<f64>, _>(5)? {
-                Some(c) => acc.row.cost += c,
-                None => acc.row.unpriced += 1,
+            let requests = count(1)?;
+            acc.row.requests += requests;
+            acc.row.errors += count(2)?;
+            acc.row.input_tokens += count(3)?;
+            acc.row.output_tokens += count(4)?;
+            acc.row.cache_read_tokens += count(5)?;
+            acc.row.cost += r.try_get::<Option<f64>, _>(6)?.unwrap_or(0.0);
+            acc.row.unpriced += count(7)?;
+            acc.row.cache_hits += count(8)?;
+            let (a, b): (Option<f64>, Option<f64>) = (r.try_get(9)?, r.try_get(10)?);
+            match self.backend {
+                Backend::Postgres => {
+                    acc.row.p50_latency_ms = a.unwrap_or(0.0);
+                    acc.row.p95_latency_ms = b.unwrap_or(0.0);
+                }
+                Backend::Sqlite => acc.buckets.push(Bucket {
+                    count: requests,
+                    min: a.unwrap_or(0.0),
+                    max: b.unwrap_or(0.0),
+                }),
             }
-            acc.latencies.push(r.try_get(6)?);
         }
         let mut out: Vec<StatsRow> = groups
             .into_values()
             .map(|mut acc| {
-                acc.latencies.sort_by(f64::total_cmp);
-                acc.row.p50_latency_ms = percentile(&acc.latencies, 0.50);
-                acc.row.p95_latency_ms = percentile(&acc.latencies, 0.95);
+                if !acc.buckets.is_empty() {
+                    acc.buckets.sort_by(|x, y| x.min.total_cmp(&y.min));
+                    acc.row.p50_latency_ms = bucket_percentile(&acc.buckets, 0.50);
+                    acc.row.p95_latency_ms = bucket_percentile(&acc.buckets, 0.95);
+                }
                 acc.row
             })
             .collect();
         out.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.key.cmp(&b.key)));
         Ok(out)
     }
+}
+
+/// SQLite: the latency bucket of a row, in whole milliseconds: 1 ms wide below 1 s, 10 ms
+/// below 10 s, 100 ms below 100 s, then 1 s (at most 1% of the latency from 1 s up).
+const LATENCY_BUCKET: &str = "CASE WHEN latency_ms < 1000 THEN CAST(latency_ms AS INTEGER) WHEN latency_ms < 10000 THEN CAST(latency_ms / 10 AS INTEGER) * 10 WHEN latency_ms < 100000 THEN CAST(latency_ms / 100 AS INTEGER) * 100 ELSE CAST(latency_ms / 1000 AS INTEGER) * 1000 END";
+
+/// The latencies of one group that fell in one bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Bucket {
+    count: u64,
+    min: f64,
+    max: f64,
+}
+
+/// The nearest-rank percentile `q` of the latencies summarised by `buckets` (sorted, and
+/// not overlapping): the bucket holding the rank, and within it, the smallest latency for
+/// its first rank, the largest for its last, and a linear interpolation between them.
+fn bucket_percentile(buckets: &[Bucket], q: f64) -> f64 {
+    let n: u64 = buckets.iter().map(|b| b.count).sum();
+    if n == 0 {
+        return 0.0;
+    }
+    let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+    let mut before = 0;
+    for b in buckets {
+        if rank <= before + b.count {
+            let j = rank - before; // 1..=count
+            if b.count <= 1 || j == 1 {
+                return b.min;
+            }
+            if j == b.count {
+                return b.max;
+            }
+            return b.min + (b.max - b.min) * (j - 1) as f64 / (b.count - 1) as f64;
+        }
+        before += b.count;
+    }
+    buckets.last().map_or(0.0, |b| b.max)
 }
 
 /// `insert` (a one-row `INSERT ... VALUES (...)`) for `rows` rows of `columns` parameters.
@@ -558,15 +682,6 @@ enum Bind {
     Int(i64),
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// `YYYY-MM-DD` (UTC) of Unix milliseconds.
 fn utc_date(ms: i64) -> String {
     // Howard Hinnant's civil_from_days.
@@ -591,6 +706,7 @@ fn inference_from_row(r: &AnyRow) -> Result<InferenceRecord, StoreError> {
     let response: Option<String> = r.try_get(11)?;
     let tags: String = r.try_get(21)?;
     let stream: i64 = r.try_get(8)?;
+    let cache_hit: i64 = r.try_get(24)?;
     let tok = |i: usize| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(i)? as u64) };
     Ok(InferenceRecord {
         id: r.try_get(0)?,
@@ -619,6 +735,8 @@ fn inference_from_row(r: &AnyRow) -> Result<InferenceRecord, StoreError> {
         tags: json("tags", &tags)?,
         episode_id: r.try_get(22)?,
         attempts: Vec::new(),
+        key_id: r.try_get(23)?,
+        cache_hit: cache_hit != 0,
     })
 }
 
@@ -638,10 +756,40 @@ mod tests {
     fn dates_and_percentiles() {
         assert_eq!(utc_date(0), "1970-01-01");
         assert_eq!(utc_date(1_764_460_800_000), "2025-11-30");
-        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
-        assert_eq!(
-            percentile(&(1..=100).map(f64::from).collect::<Vec<_>>(), 0.95),
-            95.0
-        );
+        let ones = |v: &[f64]| -> Vec<Bucket> {
+            v.iter()
+                .map(|&x| Bucket {
+                    count: 1,
+                    min: x,
+                    max: x,
+                })
+                .collect()
+        };
+        assert_eq!(bucket_percentile(&ones(&[1.0, 2.0, 3.0, 4.0]), 0.5), 2.0);
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(bucket_percentile(&ones(&hundred), 0.95), 95.0);
+        assert_eq!(bucket_percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn percentiles_within_a_bucket() {
+        // Five latencies 10.0..=10.8 in one bucket, then one at 500.
+        let b = [
+            Bucket {
+                count: 5,
+                min: 10.0,
+                max: 10.8,
+            },
+            Bucket {
+                count: 1,
+                min: 500.0,
+                max: 500.0,
+            },
+        ];
+        // Ranks: p50 of 6 is the 3rd (the middle of the bucket), p95 the 6th.
+        assert!((bucket_percentile(&b, 0.5) - 10.4).abs() < 1e-9);
+        assert_eq!(bucket_percentile(&b, 0.95), 500.0);
+        assert_eq!(bucket_percentile(&b, 0.01), 10.0);
+        assert_eq!(bucket_percentile(&b, 0.8), 10.8);
     }
 }

@@ -39,6 +39,7 @@ pub async fn start(config: &StoreConfig) -> anyhow::Result<Option<(Store, Record
         store.clone(),
         RecorderOptions {
             queue_capacity: config.queue_capacity,
+            queue_bytes: config.queue_bytes,
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
             ..RecorderOptions::default()
@@ -88,6 +89,9 @@ struct ListArgs {
     user: Option<String>,
     #[arg(long)]
     episode: Option<String>,
+    /// A virtual key's id.
+    #[arg(long)]
+    key: Option<String>,
     /// Only failures.
     #[arg(long)]
     errors: bool,
@@ -113,7 +117,7 @@ struct ShowArgs {
 pub struct StatsArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// model, provider, route, user, day or inbound.
+    /// model, provider, route, key, user, tag, day or inbound.
     #[arg(long, default_value = "model")]
     by: String,
     /// Only the last N hours.
@@ -144,6 +148,7 @@ pub fn traces(args: TracesArgs) -> anyhow::Result<ExitCode> {
                 route: a.route,
                 user: a.user,
                 episode_id: a.episode,
+                key_id: a.key,
                 errors: a.errors.then_some(true),
                 before: a.before,
                 limit: Some(a.limit),

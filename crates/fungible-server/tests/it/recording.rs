@@ -25,22 +25,13 @@ async fn sqlite_store() -> Store {
         .expect("store opens")
 }
 
-async fn postgres_store() -> Option<Store> {
-    use sqlx::Connection;
-    let url = std::env::var("FUNGIBLE_TEST_POSTGRES_URL").ok()?;
-    sqlx::any::install_default_drivers();
-    let schema = format!("t_{}", fungible_store::new_id());
-    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("postgres");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
+/// A store in a fresh PostgreSQL schema, dropped with the guard (also when the test panics).
+async fn postgres_store() -> Option<(Store, fungible_store::testing::PgSchema)> {
+    let schema = fungible_store::testing::PgSchema::from_env()
         .await
-        .expect("schema");
-    let sep = if url.contains('?') { '&' } else { '?' };
-    Some(
-        Store::open(&format!("{url}{sep}options=-c%20search_path%3D{schema}"))
-            .await
-            .expect("store opens"),
-    )
+        .expect("postgres")?;
+    let store = Store::open(schema.url()).await.expect("store opens");
+    Some((store, schema))
 }
 
 impl Recorded {
@@ -81,11 +72,8 @@ macro_rules! both {
             }
             #[tokio::test]
             async fn postgres() {
-                match super::postgres_store().await {
-                    Some(store) => super::$name(super::Recorded::new(store).await).await,
-                    None => {
-                        eprintln!("FUNGIBLE_TEST_POSTGRES_URL is not set: PostgreSQL case not run")
-                    }
+                if let Some((store, _schema)) = super::postgres_store().await {
+                    super::$name(super::Recorded::new(store).await).await;
                 }
             }
         }
@@ -211,6 +199,14 @@ async fn failures_are_recorded_with_their_class(r: Recorded) {
         .map(|r| r["error"].as_str().unwrap_or("ok").to_owned())
         .collect();
     assert_eq!(classes, ["unknown_model", "rate_limited"]);
+    // Neither billed a token: their cost is known, and zero.
+    for rec in &records {
+        assert_eq!(rec["cost"], 0.0, "{rec}");
+    }
+    let id = records[1]["id"].as_str().expect("id");
+    let full = r.get(&format!("/v1/inferences/{id}")).await.json();
+    assert_eq!(full["attempts"][0]["status"], "failed", "{full}");
+    assert_eq!(full["attempts"][0]["cost"], 0.0, "{full}");
     let metrics = r.get("/metrics").await.text();
     assert!(metrics.contains(r#"fungible_errors_total{class="rate_limited",model="gpt-5",provider="openai",route=""} 1"#), "{metrics}");
     assert!(
@@ -353,3 +349,49 @@ async fn every_inbound_api_is_recorded(r: Recorded) {
     }
 }
 both!(every_inbound_api_is_recorded);
+
+async fn key_and_tags_come_from_the_principal(mut r: Recorded) {
+    use axum::middleware::{Next, from_fn};
+    // What the auth middleware does: a principal on the request, before recording sees it.
+    r.h.app = r.h.app.clone().layer(from_fn(
+        |mut request: Request<Body>, next: Next| async move {
+            request
+                .extensions_mut()
+                .insert(fungible_server::principal::Principal {
+                    key_id: "key_abc".into(),
+                    key_name: Some("search team".into()),
+                    tags: vec!["team=billing".into(), "prod".into()],
+                });
+            next.run(request).await
+        },
+    ));
+    r.h.mock.push(MockResponse::fixture(
+        200,
+        crate::fixtures().join("openai/plain.response.json"),
+    ));
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-fungible-tags", "team=search, env=test")
+        .body(Body::from(Harness::inbound(OPENAI, "plain")))
+        .expect("request");
+    assert_eq!(r.h.send(request).await.status, 200);
+    let records = r.records().await;
+    assert_eq!(records[0]["key_id"], "key_abc");
+    assert_eq!(records[0]["cache_hit"], false);
+    // The key's tags win over the client's.
+    assert_eq!(
+        records[0]["tags"],
+        json!({"team": "billing", "env": "test", "prod": true})
+    );
+    let by_key = r.get("/v1/stats?by=key").await.json();
+    assert_eq!(by_key["data"][0]["key"], "key_abc");
+    let by_tag = r.get("/v1/stats?by=tag").await.json();
+    let tags: Vec<_> = by_tag["data"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| row["key"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(tags, ["env=test", "prod", "team=billing"]);
+}
+both!(key_and_tags_come_from_the_principal);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fungible_store::testing::PgSchema;
 use fungible_store::{
     AttemptRecord, BatchSink, Feedback, FeedbackTarget, GroupBy, InferenceFilter, InferenceRecord,
     Recorder, RecorderOptions, Store, StoreError, new_id,
@@ -27,28 +28,11 @@ async fn sqlite() -> Store {
         .unwrap()
 }
 
-/// A fresh PostgreSQL store in a new schema, or `None` when no server is configured.
-async fn postgres() -> Option<Store> {
-    let Ok(url) = std::env::var("FUNGIBLE_TEST_POSTGRES_URL") else {
-        eprintln!(
-            "FUNGIBLE_TEST_POSTGRES_URL is not set: PostgreSQL case not run (scripts/test.sh sets it)"
-        );
-        return None;
-    };
-    Some(Store::open(&postgres_schema_url(&url).await).await.unwrap())
-}
-
-async fn postgres_schema_url(url: &str) -> String {
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let schema = format!("t_{}", new_id());
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options=-c%20search_path%3D{schema}")
+/// A fresh PostgreSQL store in a new schema (dropped with the guard), or `None` when no
+/// server is configured.
+async fn postgres() -> Option<(Store, PgSchema)> {
+    let schema = PgSchema::from_env().await.unwrap()?;
+    Some((Store::open(schema.url()).await.unwrap(), schema))
 }
 
 /// Runs `$body` (an async fn taking a `Store`) on SQLite and on PostgreSQL.
@@ -61,7 +45,7 @@ macro_rules! both {
             }
             #[tokio::test]
             async fn postgres() {
-                if let Some(store) = super::postgres().await {
+                if let Some((store, _schema)) = super::postgres().await {
                     super::$body(store).await;
                 }
             }
@@ -98,6 +82,8 @@ fn record(i: u64) -> InferenceRecord {
         user: Some("alice".into()),
         tags: json!({"team": "search", "n": 3}),
         episode_id: Some("ep-1".into()),
+        key_id: Some("key_1".into()),
+        cache_hit: i.is_multiple_of(3),
         attempts: vec![
             AttemptRecord {
                 provider: "openai".into(),
@@ -120,7 +106,10 @@ fn record(i: u64) -> InferenceRecord {
 }
 
 async fn round_trip_every_field(store: Store) {
-    let full = record(1);
+    let full = InferenceRecord {
+        cache_hit: true,
+        ..record(1)
+    };
     let bare = InferenceRecord {
         id: new_id(),
         route: None,
@@ -136,6 +125,7 @@ async fn round_trip_every_field(store: Store) {
         tags: json!({}),
         episode_id: None,
         attempts: vec![],
+        key_id: None,
         ..record(2)
     };
     store.insert(&[full.clone(), bare.clone()]).await.unwrap();
@@ -146,10 +136,15 @@ async fn round_trip_every_field(store: Store) {
 both!(round_trip, round_trip_every_field);
 
 async fn migrations_from_empty_and_rerun(store: Store) {
-    assert_eq!(store.applied_migrations().await.unwrap(), vec![1]);
+    let all: Vec<i64> = fungible_store::migrations::MIGRATIONS
+        .iter()
+        .map(|(v, _)| *v)
+        .collect();
+    assert_eq!(&all[..2], [1, 2]);
+    assert_eq!(store.applied_migrations().await.unwrap(), all);
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
-    assert_eq!(store.applied_migrations().await.unwrap(), vec![1]);
+    assert_eq!(store.applied_migrations().await.unwrap(), all);
     store.insert(&[record(1)]).await.unwrap();
 }
 both!(migrations, migrations_from_empty_and_rerun);
@@ -300,6 +295,7 @@ impl BatchSink for Flaky {
 fn options(capacity: usize) -> RecorderOptions {
     RecorderOptions {
         queue_capacity: capacity,
+        queue_bytes: 64 << 20,
         batch_size: 7,
         flush_interval: Duration::from_millis(5),
         retry_delay: Duration::from_millis(5),
@@ -373,3 +369,198 @@ async fn shutdown_drains(store: Store) {
     assert_eq!(recorder.counters().dropped.load(Ordering::SeqCst), 1);
 }
 both!(shutdown, shutdown_drains);
+
+/// Whether the schema `name` exists on the test server.
+async fn schema_exists(name: &str) -> bool {
+    use sqlx::Connection;
+    let url = std::env::var("FUNGIBLE_TEST_POSTGRES_URL").unwrap();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let found: Option<String> = sqlx::query_scalar(
+        "SELECT CAST(schema_name AS TEXT) FROM information_schema.schemata WHERE schema_name = $1",
+    )
+    .bind(name)
+    .fetch_optional(&mut conn)
+    .await
+    .unwrap();
+    found.is_some()
+}
+
+#[tokio::test]
+async fn postgres_test_schemas_are_dropped_even_on_panic() {
+    let Some(schema) = PgSchema::from_env().await.unwrap() else {
+        return;
+    };
+    let name = schema.name().to_owned();
+    let store = Store::open(schema.url()).await.unwrap();
+    store.insert(&[record(1)]).await.unwrap();
+    assert!(schema_exists(&name).await);
+    // Dropped while the store's pool is still open.
+    drop(schema);
+    assert!(!schema_exists(&name).await);
+    drop(store);
+
+    // A test that panics mid-way, holding a store.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let schema = PgSchema::from_env().await.unwrap().unwrap();
+        let _ = tx.send(schema.name().to_owned());
+        let store = Store::open(schema.url()).await.unwrap();
+        store.insert(&[record(2)]).await.unwrap();
+        panic!("the test fails");
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    assert!(!schema_exists(&rx.await.unwrap()).await);
+}
+
+async fn canonical_bodies_are_serialised_by_the_writer(store: Store) {
+    use fungible_types::{
+        AssistantMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, Role,
+    };
+    let request = ChatRequest {
+        model: "smart".into(),
+        messages: vec![Message::new(
+            Role::User,
+            vec![ContentPart::Text {
+                text: "héllo".into(),
+            }],
+        )],
+        ..ChatRequest::default()
+    };
+    let response = ChatResponse {
+        id: "r1".into(),
+        model: "m".into(),
+        created: 1,
+        message: AssistantMessage {
+            content: Some("hi".into()),
+            tool_calls: vec![],
+            reasoning: vec![],
+            refusal: None,
+        },
+        finish_reason: FinishReason::Stop,
+        usage: Usage::default(),
+    };
+    let recorder = Recorder::start(store.clone(), options(100));
+    let bare = InferenceRecord {
+        request: serde_json::Value::Null,
+        response: None,
+        ..record(1)
+    };
+    let bodies = fungible_store::Bodies {
+        request: request.clone(),
+        response: Some(response.clone()),
+    };
+    assert!(bodies.estimated_bytes() > 512);
+    recorder.record_with(bare.clone(), bodies);
+    recorder.shutdown().await;
+    let got = store.get(&bare.id).await.unwrap().unwrap();
+    assert_eq!(got.request, serde_json::to_value(&request).unwrap());
+    assert_eq!(got.response, Some(serde_json::to_value(&response).unwrap()));
+    assert_eq!(recorder.counters().queued_bytes.load(Ordering::SeqCst), 0);
+}
+both!(
+    canonical_bodies,
+    canonical_bodies_are_serialised_by_the_writer
+);
+
+async fn the_queue_is_bounded_in_bytes(store: Store) {
+    let down = Arc::new(AtomicBool::new(true));
+    let limit = 64 << 10;
+    let recorder = Recorder::start(
+        Flaky {
+            store: store.clone(),
+            down: down.clone(),
+        },
+        RecorderOptions {
+            queue_bytes: limit,
+            ..options(10_000)
+        },
+    );
+    let each = record(0).estimated_bytes();
+    for i in 0..500 {
+        recorder.record(record(i));
+        tokio::task::yield_now().await;
+        assert!(
+            recorder.counters().queued_bytes.load(Ordering::SeqCst) <= limit,
+            "over the byte bound"
+        );
+    }
+    // Far fewer than the 10,000 the count bound allows.
+    let dropped = recorder.counters().dropped.load(Ordering::SeqCst);
+    assert!(dropped >= 500 - (limit / each) as u64, "dropped {dropped}");
+    down.store(false, Ordering::SeqCst);
+    recorder.shutdown().await;
+    assert_eq!(count(&store).await as u64, 500 - dropped);
+    assert_eq!(recorder.counters().queued_bytes.load(Ordering::SeqCst), 0);
+}
+both!(queue_bytes, the_queue_is_bounded_in_bytes);
+
+async fn stats_by_key_tag_and_day(store: Store) {
+    let mut records: Vec<_> = (0..6).map(record).collect();
+    records[0].key_id = Some("key_2".into());
+    records[1].key_id = None;
+    records[2].tags = json!({"team": "ads", "beta": true});
+    records[3].tags = json!({});
+    records[4].time_ms += 86_400_000;
+    store.insert(&records).await.unwrap();
+    let keys = store.stats(GroupBy::Key, None, None).await.unwrap();
+    let keys: Vec<_> = keys.iter().map(|r| (r.key.as_str(), r.requests)).collect();
+    assert_eq!(keys, [("key_1", 4), ("-", 1), ("key_2", 1)]);
+    let tags = store.stats(GroupBy::Tag, None, None).await.unwrap();
+    let tags: Vec<_> = tags.iter().map(|r| (r.key.as_str(), r.requests)).collect();
+    // An inference counts once per tag; one without tags counts under "-".
+    assert_eq!(
+        tags,
+        [
+            ("n=3", 4),
+            ("team=search", 4),
+            ("-", 1),
+            ("beta", 1),
+            ("team=ads", 1)
+        ]
+    );
+    let days = store.stats(GroupBy::Day, None, None).await.unwrap();
+    let days: Vec<_> = days.iter().map(|r| (r.key.as_str(), r.requests)).collect();
+    assert_eq!(days, [("2025-11-30", 5), ("2025-12-01", 1)]);
+    let hits = store.stats(GroupBy::Inbound, None, None).await.unwrap();
+    // record(i) is a cache hit when i is a multiple of 3: 0 and 3.
+    assert_eq!((hits[0].requests, hits[0].cache_hits), (6, 2));
+}
+both!(stats_more_groups, stats_by_key_tag_and_day);
+
+async fn stats_percentiles_match_a_sort(store: Store) {
+    // Latencies with many per millisecond bucket, and a long tail: the SQL percentiles
+    // (exact on PostgreSQL; from 1 ms / 1% buckets on SQLite) against a sort here.
+    let mut records = Vec::new();
+    let mut latencies = Vec::new();
+    for i in 0..1000u64 {
+        let l = if i % 10 == 0 {
+            1000.0 + (i * 37 % 997) as f64 * 13.7
+        } else {
+            40.0 + (i * 7919 % 1000) as f64 / 100.0
+        };
+        latencies.push(l);
+        records.push(InferenceRecord {
+            latency_ms: l,
+            ..record(i)
+        });
+    }
+    store.insert(&records).await.unwrap();
+    latencies.sort_by(f64::total_cmp);
+    let rows = store.stats(GroupBy::Model, None, None).await.unwrap();
+    let nearest = |q: f64| latencies[((q * 1000.0_f64).ceil() as usize).clamp(1, 1000) - 1];
+    let (p50, p95) = (nearest(0.5), nearest(0.95));
+    assert!(
+        (rows[0].p50_latency_ms - p50).abs() <= 1.0,
+        "{} vs {p50}",
+        rows[0].p50_latency_ms
+    );
+    assert!(
+        (rows[0].p95_latency_ms - p95).abs() <= p95 * 0.01,
+        "{} vs {p95}",
+        rows[0].p95_latency_ms
+    );
+    if store.is_postgres() {
+        assert_eq!((rows[0].p50_latency_ms, rows[0].p95_latency_ms), (p50, p95));
+    }
+}
+both!(stats_percentiles, stats_percentiles_match_a_sort);
