@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use fungible_types::{
     AssistantMessage, ChatRequest, ChatResponse, ErrorKind, FinishReason, ProviderError, ResponseFormat, StreamEvent,
-    ToolChoice, Usage,
+    ToolCall, Usage,
 };
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -28,6 +28,7 @@ use tokio::sync::OnceCell;
 
 use crate::stop::StopMatcher;
 use crate::template::ChatTemplate;
+use crate::tools::{self, Piece, ToolCallParser};
 use crate::{LocalEventStream, error, invalid, mib, resident_bytes};
 
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +36,8 @@ pub struct ChatSettings {
     pub slots: usize,
     pub context_size: u32,
     pub threads: usize,
+    /// Keep each slot's KV cache after a request and reuse its longest common prefix.
+    pub cache_prompt: bool,
 }
 
 /// A configured chat model; loaded on first use.
@@ -70,7 +73,8 @@ struct Job {
 /// What the scheduler sends back, in order: `Accepted`, then `Text`s, then `Done`.
 #[derive(Debug)]
 enum Output {
-    Accepted { prompt_tokens: u64 },
+    /// `cached_tokens` of the prompt came from the slot's KV cache, not decoded again.
+    Accepted { prompt_tokens: u64, cached_tokens: u64 },
     Text(String),
     Done { reason: FinishReason, completion_tokens: u64 },
 }
@@ -86,7 +90,17 @@ struct GenParams {
     repeat_penalty: f32,
     frequency_penalty: f32,
     presence_penalty: f32,
-    grammar: Option<String>,
+    grammar: Option<Grammar>,
+}
+
+#[derive(Debug, Clone)]
+struct Grammar {
+    gbnf: String,
+    root: &'static str,
+    /// Lazy: the grammar applies only from this text on (`tool_choice: auto`).
+    trigger: Option<&'static str>,
+    /// For error messages: the request field the grammar came from.
+    field: &'static str,
 }
 
 fn backend() -> Result<&'static LlamaBackend, ProviderError> {
@@ -131,10 +145,7 @@ impl ChatModel {
     }
 
     /// Starts a generation; resolves once the scheduler took it and the prompt fits.
-    async fn start(
-        &self,
-        req: &ChatRequest,
-    ) -> Result<(u64, tokio::sync::mpsc::UnboundedReceiver<Result<Output, ProviderError>>), ProviderError> {
+    async fn start(&self, req: &ChatRequest) -> Result<(Usage, OutputReceiver), ProviderError> {
         let params = gen_params(req)?;
         let loaded = self.loaded().await?;
         let prompt = render(&loaded, req)?;
@@ -147,7 +158,10 @@ impl ChatModel {
             .send(job)
             .map_err(|_| error(ErrorKind::Unavailable, "the local model scheduler is gone"))?;
         match rx.recv().await {
-            Some(Ok(Output::Accepted { prompt_tokens })) => Ok((prompt_tokens, rx)),
+            Some(Ok(Output::Accepted { prompt_tokens, cached_tokens })) => Ok((
+                Usage { input_tokens: prompt_tokens, cache_read_tokens: cached_tokens, ..Usage::default() },
+                rx,
+            )),
             Some(Err(e)) => Err(e),
             Some(Ok(other)) => Err(error(ErrorKind::UpstreamServer, format!("local scheduler answered {other:?} first"))),
             None => Err(error(ErrorKind::UpstreamServer, "the local scheduler stopped before accepting the request")),
@@ -155,23 +169,43 @@ impl ChatModel {
     }
 
     pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let (prompt_tokens, mut rx) = self.start(req).await?;
+        let (mut usage, mut rx) = self.start(req).await?;
+        let mut parser = (tools::mode(req) != tools::Mode::Off).then(ToolCallParser::new);
         let mut text = String::new();
+        let mut tool_calls = Vec::new();
+        let mut take = |pieces: Vec<Piece>, text: &mut String| {
+            for piece in pieces {
+                match piece {
+                    Piece::Text(t) => text.push_str(&t),
+                    Piece::Call { name, arguments } => {
+                        tool_calls.push(ToolCall { id: call_id(tool_calls.len()), name, arguments });
+                    }
+                }
+            }
+        };
         while let Some(item) = rx.recv().await {
             match item? {
-                Output::Text(t) => text.push_str(&t),
+                Output::Text(t) => match parser.as_mut() {
+                    Some(parser) => take(parser.push(&t), &mut text),
+                    None => text.push_str(&t),
+                },
                 Output::Done { reason, completion_tokens } => {
+                    if let Some(parser) = parser.as_mut() {
+                        take(parser.finish(), &mut text);
+                    }
+                    usage.output_tokens = completion_tokens;
+                    let calls = parser.as_ref().is_some_and(ToolCallParser::has_calls);
                     return Ok(ChatResponse {
                         id: response_id(),
                         model: self.name.clone(),
                         created: now(),
-                        message: AssistantMessage { content: Some(text), ..AssistantMessage::default() },
-                        finish_reason: reason,
-                        usage: Usage {
-                            input_tokens: prompt_tokens,
-                            output_tokens: completion_tokens,
-                            ..Usage::default()
+                        message: AssistantMessage {
+                            content: (!calls || !text.is_empty()).then_some(text),
+                            tool_calls,
+                            ..AssistantMessage::default()
                         },
+                        finish_reason: if calls { FinishReason::ToolCalls } else { reason },
+                        usage,
                     });
                 }
                 Output::Accepted { .. } => {}
@@ -181,34 +215,52 @@ impl ChatModel {
     }
 
     pub async fn chat_stream(&self, req: &ChatRequest) -> Result<LocalEventStream, ProviderError> {
-        let (prompt_tokens, mut rx) = self.start(req).await?;
+        let (mut usage, mut rx) = self.start(req).await?;
+        let mut parser = (tools::mode(req) != tools::Mode::Off).then(ToolCallParser::new);
         let model = self.name.clone();
         let stream = async_stream::stream! {
             yield Ok(StreamEvent::Start { id: response_id(), model, created: now() });
+            let mut calls: u32 = 0;
             loop {
-                match rx.recv().await {
-                    Some(Ok(Output::Text(text))) => yield Ok(StreamEvent::TextDelta { text }),
+                let (pieces, done) = match rx.recv().await {
+                    Some(Ok(Output::Text(text))) => match parser.as_mut() {
+                        Some(parser) => (parser.push(&text), None),
+                        None => (vec![Piece::Text(text)], None),
+                    },
                     Some(Ok(Output::Done { reason, completion_tokens })) => {
-                        yield Ok(StreamEvent::Finish { reason });
-                        yield Ok(StreamEvent::Usage(Usage {
-                            input_tokens: prompt_tokens,
-                            output_tokens: completion_tokens,
-                            ..Usage::default()
-                        }));
-                        break;
+                        (parser.as_mut().map(ToolCallParser::finish).unwrap_or_default(), Some((reason, completion_tokens)))
                     }
-                    Some(Ok(Output::Accepted { .. })) => {}
+                    Some(Ok(Output::Accepted { .. })) => continue,
                     Some(Err(e)) => { yield Err(e); break; }
                     None => {
                         yield Err(error(ErrorKind::UpstreamServer, "local generation ended without finishing"));
                         break;
                     }
+                };
+                for piece in pieces {
+                    match piece {
+                        Piece::Text(text) => yield Ok(StreamEvent::TextDelta { text }),
+                        Piece::Call { name, arguments } => {
+                            yield Ok(StreamEvent::ToolCallStart { index: calls, id: call_id(calls as usize), name });
+                            yield Ok(StreamEvent::ToolCallArgs { index: calls, arguments });
+                            calls += 1;
+                        }
+                    }
+                }
+                if let Some((reason, completion_tokens)) = done {
+                    let reason = if calls > 0 { FinishReason::ToolCalls } else { reason };
+                    yield Ok(StreamEvent::Finish { reason });
+                    usage.output_tokens = completion_tokens;
+                    yield Ok(StreamEvent::Usage(usage));
+                    break;
                 }
             }
         };
         Ok(Box::pin(stream))
     }
 }
+
+type OutputReceiver = tokio::sync::mpsc::UnboundedReceiver<Result<Output, ProviderError>>;
 
 fn render(loaded: &Loaded, req: &ChatRequest) -> Result<String, ProviderError> {
     if req.messages.is_empty() {
@@ -221,9 +273,6 @@ fn render(loaded: &Loaded, req: &ChatRequest) -> Result<String, ProviderError> {
 }
 
 fn gen_params(req: &ChatRequest) -> Result<GenParams, ProviderError> {
-    if !req.tools.is_empty() && !matches!(req.tool_choice, Some(ToolChoice::None)) {
-        return Err(invalid("local models do not support tools yet"));
-    }
     let p = &req.params;
     let temperature = p.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
@@ -243,10 +292,26 @@ fn gen_params(req: &ChatRequest) -> Result<GenParams, ProviderError> {
         Some(seed) => (seed as u64 ^ ((seed as u64) >> 32)) as u32,
         None => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) | 1,
     };
-    let grammar = match &req.response_format {
+    let json_grammar = match &req.response_format {
         None | Some(ResponseFormat::Text) => None,
         Some(ResponseFormat::JsonObject) => Some(schema_grammar(&serde_json::json!({"type": "object"}))?),
         Some(ResponseFormat::JsonSchema(format)) => Some(schema_grammar(&format.schema)?),
+    };
+    let tool_grammar = tools::grammar(req).map_err(invalid)?.map(|gbnf| Grammar {
+        gbnf,
+        root: tools::ROOT,
+        trigger: (tools::mode(req) == tools::Mode::Auto).then_some(tools::OPEN),
+        field: "tools",
+    });
+    let grammar = match (json_grammar, tool_grammar) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "response_format json_object/json_schema together with tools is not supported by local models; \
+                 send one of them (or tool_choice \"none\")",
+            ));
+        }
+        (Some(gbnf), None) => Some(Grammar { gbnf, root: "root", trigger: None, field: "response_format" }),
+        (None, tools) => tools,
     };
     if p.max_tokens == Some(0) {
         return Err(invalid("max_tokens must be at least 1"));
@@ -332,15 +397,25 @@ fn load(name: &str, path: PathBuf, settings: ChatSettings) -> Result<Loaded, Pro
     Ok(Loaded { model, template, n_ctx, jobs: Mutex::new(tx) })
 }
 
+/// One KV-cache sequence of the context and the tokens it holds.
+struct Slot {
+    id: i32,
+    /// The tokens whose keys and values are in this sequence, at positions `0..len`: the
+    /// last request's prompt and output, kept for the next request to reuse
+    /// (`cache_prompt`).
+    cached: Vec<LlamaToken>,
+    /// When it was last handed out (a counter): with no shared prefix, the coldest slot is
+    /// reused first, so the caches of recent conversations survive longest.
+    used: u64,
+}
+
 /// A sequence being generated: one client's request in the shared batch.
 struct Sequence {
     job: Job,
-    id: i32,
+    slot: Slot,
     prompt: Vec<LlamaToken>,
     /// Prompt tokens already in the KV cache.
     fed: usize,
-    /// Position of the next token.
-    pos: i32,
     /// The token sampled last, to feed next.
     last: Option<LlamaToken>,
     /// Index of this sequence's logits in the batch just decoded.
@@ -349,13 +424,25 @@ struct Sequence {
     stops: StopMatcher,
     generated: u64,
     max_tokens: u64,
+    /// When the scheduler took the request, for the time-to-first-token log.
+    started: Instant,
+    reused: usize,
+}
+
+impl Sequence {
+    /// Position of the next token.
+    fn pos(&self) -> i32 {
+        i32::try_from(self.slot.cached.len()).unwrap_or(i32::MAX)
+    }
 }
 
 /// The scheduler thread of one model: a single llama.cpp context with one KV-cache sequence
 /// per slot. Each step decodes one batch holding the next token of every generating
 /// sequence plus prompt chunks of newly admitted ones (continuous batching, as llama.cpp's
 /// server does), so concurrent requests share each pass over the weights instead of queueing
-/// behind each other.
+/// behind each other. A new request takes the free slot whose cache shares the longest
+/// prefix with its prompt and decodes only the rest (llama.cpp server's `cache_prompt`).
+/// The thread blocks on the job queue when idle, so a request wakes it at once.
 fn scheduler(
     backend: &LlamaBackend,
     model: &LlamaModel,
@@ -387,10 +474,11 @@ fn scheduler(
     let vocab = model.vocab();
     let mut batch = LlamaBatch::new(n_batch, slots as i32);
     let mut active: Vec<Sequence> = Vec::new();
-    let mut free: Vec<i32> = (0..slots as i32).rev().collect();
+    let mut free: Vec<Slot> = (0..slots as i32).map(|id| Slot { id, cached: Vec::new(), used: 0 }).collect();
+    let mut clock: u64 = 0;
     loop {
         // Admit new requests while a slot is free; block only when there is nothing to do.
-        while let Some(&id) = free.last() {
+        while !free.is_empty() {
             let job = if active.is_empty() {
                 match jobs.recv() {
                     Ok(job) => job,
@@ -403,12 +491,15 @@ fn scheduler(
                     Err(mpsc::TryRecvError::Disconnected) => return,
                 }
             };
-            match admit(model, n_ctx, job, id) {
-                Some(seq) => {
-                    free.pop();
-                    active.push(seq);
-                }
-                None => continue,
+            let started = Instant::now();
+            let Some(prompt) = prepare(model, n_ctx, &job) else { continue };
+            let at = pick_slot(&free, &prompt, settings.cache_prompt);
+            let mut slot = free.swap_remove(at);
+            clock += 1;
+            slot.used = clock;
+            match admit(&mut ctx, model, n_ctx, job, prompt, slot, settings.cache_prompt, started) {
+                Ok(seq) => active.push(seq),
+                Err(slot) => free.push(slot),
             }
         }
 
@@ -422,12 +513,12 @@ fn scheduler(
                 if budget == 0 {
                     continue;
                 }
-                if let Err(e) = batch.add(token, seq.pos, &[seq.id], true) {
+                if let Err(e) = batch.add(token, seq.pos(), &[seq.slot.id], true) {
                     failed = Some(e.to_string());
                     break;
                 }
+                seq.slot.cached.push(token);
                 seq.logits_at = Some(batch.n_tokens() - 1);
-                seq.pos += 1;
                 budget -= 1;
             }
         }
@@ -437,12 +528,13 @@ fn scheduler(
             }
             let take = (seq.prompt.len() - seq.fed).min(budget);
             for k in 0..take {
+                let token = seq.prompt[seq.fed + k];
                 let is_last = seq.fed + k + 1 == seq.prompt.len();
-                if let Err(e) = batch.add(seq.prompt[seq.fed + k], seq.pos, &[seq.id], is_last) {
+                if let Err(e) = batch.add(token, seq.pos(), &[seq.slot.id], is_last) {
                     failed = Some(e.to_string());
                     break;
                 }
-                seq.pos += 1;
+                seq.slot.cached.push(token);
                 if is_last {
                     seq.logits_at = Some(batch.n_tokens() - 1);
                 }
@@ -456,11 +548,13 @@ fn scheduler(
             None => ctx.decode(&mut batch).map_err(|e| e.to_string()),
         };
         if let Err(e) = decoded {
-            // The whole batch failed: end every sequence in it with the error.
-            for seq in active.drain(..) {
+            // The whole batch failed: end every sequence in it with the error, and forget
+            // what their caches held.
+            for mut seq in active.drain(..) {
                 let _ = seq.job.out.send(Err(error(ErrorKind::UpstreamServer, format!("llama.cpp: {e}"))));
-                let _ = ctx.clear_kv_cache_seq(u32::try_from(seq.id).ok(), None, None);
-                free.push(seq.id);
+                let _ = ctx.clear_kv_cache_seq(u32::try_from(seq.slot.id).ok(), None, None);
+                seq.slot.cached.clear();
+                free.push(seq.slot);
             }
             continue;
         }
@@ -470,9 +564,12 @@ fn scheduler(
         while i < active.len() {
             let done = step(&ctx, &vocab, &mut active[i]);
             if done {
-                let seq = active.swap_remove(i);
-                let _ = ctx.clear_kv_cache_seq(u32::try_from(seq.id).ok(), None, None);
-                free.push(seq.id);
+                let mut seq = active.swap_remove(i);
+                if !settings.cache_prompt {
+                    let _ = ctx.clear_kv_cache_seq(u32::try_from(seq.slot.id).ok(), None, None);
+                    seq.slot.cached.clear();
+                }
+                free.push(seq.slot);
             } else {
                 i += 1;
             }
@@ -480,56 +577,98 @@ fn scheduler(
     }
 }
 
-/// Tokenizes and checks a job, and tells its client it was accepted. `None`: the job was
-/// answered (with an error) or its client is gone.
-fn admit(model: &LlamaModel, n_ctx: u32, job: Job, id: i32) -> Option<Sequence> {
+/// Length of the common prefix of two token lists.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The free slot for `prompt`: the longest cached prefix, then the least recently used.
+fn pick_slot(free: &[Slot], prompt: &[LlamaToken], cache_prompt: bool) -> usize {
+    free.iter()
+        .enumerate()
+        .max_by_key(|(_, slot)| {
+            let shared = if cache_prompt { common_prefix(&slot.cached, prompt) } else { 0 };
+            (shared, std::cmp::Reverse(slot.used))
+        })
+        .map_or(0, |(i, _)| i)
+}
+
+/// Tokenizes and checks a job's prompt. `None`: the job was answered (with an error) or its
+/// client is gone.
+fn prepare(model: &LlamaModel, n_ctx: u32, job: &Job) -> Option<Vec<LlamaToken>> {
     if job.out.is_closed() {
         return None;
     }
-    let fail = |job: &Job, e: ProviderError| {
-        let _ = job.out.send(Err(e));
-    };
     let prompt = tokenize(model, &job.prompt);
     if prompt.is_empty() {
-        fail(&job, invalid("the prompt is empty"));
+        let _ = job.out.send(Err(invalid("the prompt is empty")));
         return None;
     }
     let n_ctx = n_ctx as usize;
     if prompt.len() >= n_ctx {
-        fail(
-            &job,
-            invalid(format!(
-                "the prompt is {} tokens, longer than the model's context of {n_ctx} tokens; shorten the messages",
-                prompt.len()
-            )),
-        );
+        let _ = job.out.send(Err(invalid(format!(
+            "the prompt is {} tokens, longer than the model's context of {n_ctx} tokens; shorten the messages",
+            prompt.len()
+        ))));
         return None;
     }
-    let room = (n_ctx - prompt.len()) as u64;
-    let max_tokens = job.params.max_tokens.map_or(room, |m| u64::from(m).min(room));
+    Some(prompt)
+}
+
+/// Puts a checked job into `slot`: keeps the cached prefix it shares with the prompt (at
+/// least the last prompt token is decoded again, for its logits), drops the rest of the
+/// slot's cache, and tells the client it was accepted. `Err`: the job was answered or its
+/// client is gone; the slot goes back.
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    ctx: &mut llama_cpp_2::context::LlamaContext<'_>,
+    model: &LlamaModel,
+    n_ctx: u32,
+    job: Job,
+    prompt: Vec<LlamaToken>,
+    mut slot: Slot,
+    cache_prompt: bool,
+    started: Instant,
+) -> Result<Sequence, Slot> {
     let sampler = match sampler(model, &job.params) {
         Ok(s) => s,
         Err(e) => {
-            fail(&job, e);
-            return None;
+            let _ = job.out.send(Err(e));
+            return Err(slot);
         }
     };
-    if job.out.send(Ok(Output::Accepted { prompt_tokens: prompt.len() as u64 })).is_err() {
-        return None;
+    let mut reuse =
+        if cache_prompt { common_prefix(&slot.cached, &prompt).min(prompt.len().saturating_sub(1)) } else { 0 };
+    if reuse < slot.cached.len() {
+        let seq_id = u32::try_from(slot.id).ok();
+        let kept = ctx.clear_kv_cache_seq(seq_id, u32::try_from(reuse).ok(), None).unwrap_or(false);
+        if !kept {
+            // A cache that cannot drop a tail (recurrent models) starts over.
+            let _ = ctx.clear_kv_cache_seq(seq_id, None, None);
+            reuse = 0;
+        }
+        slot.cached.truncate(reuse);
+    }
+    let room = (n_ctx as usize - prompt.len()) as u64;
+    let max_tokens = job.params.max_tokens.map_or(room, |m| u64::from(m).min(room));
+    let accepted = Output::Accepted { prompt_tokens: prompt.len() as u64, cached_tokens: reuse as u64 };
+    if job.out.send(Ok(accepted)).is_err() {
+        return Err(slot);
     }
     let stops = StopMatcher::new(&job.params.stop);
-    Some(Sequence {
+    Ok(Sequence {
         job,
-        id,
+        slot,
         prompt,
-        fed: 0,
-        pos: 0,
+        fed: reuse,
         last: None,
         logits_at: None,
         sampler,
         stops,
         generated: 0,
         max_tokens,
+        started,
+        reused: reuse,
     })
 }
 
@@ -552,6 +691,15 @@ fn step(ctx: &llama_cpp_2::context::LlamaContext<'_>, vocab: &llama_cpp_2::vocab
         return finish(seq, FinishReason::Length);
     }
     let token = seq.sampler.sample(ctx, at);
+    if seq.generated == 0 {
+        tracing::debug!(
+            slot = seq.slot.id,
+            prompt_tokens = seq.prompt.len(),
+            cached_tokens = seq.reused,
+            "first token {:.1} ms after the scheduler took the request",
+            seq.started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     if vocab.is_eog(token) {
         return finish(seq, FinishReason::Stop);
     }
@@ -575,10 +723,11 @@ fn step(ctx: &llama_cpp_2::context::LlamaContext<'_>, vocab: &llama_cpp_2::vocab
 fn sampler(model: &LlamaModel, p: &GenParams) -> Result<LlamaSampler, ProviderError> {
     let mut chain = Vec::new();
     if let Some(grammar) = &p.grammar {
-        chain.push(
-            LlamaSampler::grammar(model, grammar, "root")
-                .map_err(|e| invalid(format!("response_format: llama.cpp rejected the grammar: {e}")))?,
-        );
+        let sampler = match grammar.trigger {
+            None => LlamaSampler::grammar(model, &grammar.gbnf, grammar.root),
+            Some(trigger) => LlamaSampler::grammar_lazy(model, &grammar.gbnf, grammar.root, [trigger], &[]),
+        };
+        chain.push(sampler.map_err(|e| invalid(format!("{}: llama.cpp rejected the grammar: {e}", grammar.field)))?);
     }
     if p.repeat_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
         chain.push(LlamaSampler::penalties(model.n_vocab(), 64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty));
@@ -600,6 +749,11 @@ fn sampler(model: &LlamaModel, p: &GenParams) -> Result<LlamaSampler, ProviderEr
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn call_id(index: usize) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("call_{nanos:x}_{index}")
 }
 
 fn response_id() -> String {

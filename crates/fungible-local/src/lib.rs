@@ -13,6 +13,7 @@ mod chat;
 mod embed;
 mod stop;
 mod template;
+mod tools;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,11 @@ pub struct LocalConfig {
     pub context_size: u32,
     /// CPU threads each generation uses. Default: all cores.
     pub threads: Option<usize>,
+    /// Keep each slot's KV cache after a request and decode only the part of the next
+    /// prompt after the longest common prefix (llama.cpp server's `cache_prompt`). Default: off:
+    /// decoding a prompt in two parts changes the logits in their last digits, so a greedy
+    /// answer can differ from the one without the cached prefix.
+    pub cache_prompt: bool,
 }
 
 impl LocalConfig {
@@ -74,6 +80,7 @@ impl LocalConfig {
             slots: 4,
             context_size: 4096,
             threads: None,
+            cache_prompt: false,
         }
     }
 
@@ -116,6 +123,7 @@ impl LocalEngine {
                     slots: config.slots.max(1),
                     context_size: config.context_size.max(64),
                     threads,
+                    cache_prompt: config.cache_prompt,
                 };
                 (name.clone(), chat::ChatModel::new(name, path.clone(), settings))
             })

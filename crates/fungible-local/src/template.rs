@@ -6,18 +6,29 @@
 use fungible_types::{ChatRequest, Role};
 use minijinja::{Environment, Error, ErrorKind, context};
 use serde::Serialize;
+use serde_json::Value;
+
+use crate::tools;
 
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The template renders `tools` and `<tool_call>`s itself (Hermes / Qwen style).
+    native_tools: bool,
 }
 
 #[derive(Serialize)]
 struct TemplateMessage {
     role: &'static str,
     content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
 }
 
 /// A ChatML template for models whose GGUF has none.
@@ -33,29 +44,95 @@ impl ChatTemplate {
         env.add_function("strftime_now", |_format: String| -> String { String::new() });
         env.set_trim_blocks(false);
         let source = source.unwrap_or_else(|| FALLBACK.to_owned());
+        let native_tools = source.contains("tools") && source.contains(tools::OPEN);
         env.add_template_owned("chat", source).map_err(|e| format!("invalid chat template in the GGUF: {e}"))?;
-        Ok(ChatTemplate { env, bos_token, eos_token })
+        Ok(ChatTemplate { env, bos_token, eos_token, native_tools })
     }
 
     /// The prompt text for `req`, ending with the assistant's turn opening.
+    ///
+    /// Tools (unless `tool_choice` is none) go through the template when it renders them,
+    /// else into a system-prompt description; earlier calls and tool results are rendered
+    /// the template's way, else in the same Hermes convention (`<tool_call>` in the assistant
+    /// turn, `<tool_response>` in a user turn).
     pub fn render(&self, req: &ChatRequest) -> Result<String, String> {
-        let messages: Vec<TemplateMessage> = req
+        let native = self.native_tools;
+        let mut messages: Vec<TemplateMessage> = req
             .messages
             .iter()
-            .map(|m| TemplateMessage {
-                role: match m.role {
+            .map(|m| {
+                let mut content = m.joined_text();
+                let mut tool_calls = None;
+                let mut role = match m.role {
                     Role::System | Role::Developer => "system",
                     Role::User => "user",
                     Role::Assistant => "assistant",
                     Role::Tool => "tool",
-                },
-                content: m.joined_text(),
+                };
+                if !m.tool_calls.is_empty() {
+                    if native {
+                        tool_calls = Some(
+                            m.tool_calls
+                                .iter()
+                                .map(|c| {
+                                    let arguments = serde_json::from_str::<Value>(&c.arguments)
+                                        .unwrap_or_else(|_| Value::String(c.arguments.clone()));
+                                    serde_json::json!({
+                                        "id": c.id,
+                                        "type": "function",
+                                        "function": {"name": c.name, "arguments": arguments}
+                                    })
+                                })
+                                .collect(),
+                        );
+                    } else {
+                        for call in &m.tool_calls {
+                            if !content.is_empty() {
+                                content.push('\n');
+                            }
+                            content.push_str(&tools::call_text(&call.name, &call.arguments));
+                        }
+                    }
+                }
+                if m.role == Role::Tool && !native {
+                    role = "user";
+                    content = format!("<tool_response>\n{content}\n</tool_response>");
+                }
+                TemplateMessage {
+                    role,
+                    content,
+                    tool_calls,
+                    tool_call_id: m.tool_call_id.clone(),
+                    name: if m.role == Role::Tool { m.name.clone() } else { None },
+                }
             })
             .collect();
+        let with_tools = tools::mode(req) != tools::Mode::Off;
+        let tool_list: Option<Vec<Value>> =
+            (with_tools && native).then(|| req.tools.iter().map(tools::tool_json).collect());
+        if with_tools && !native {
+            let description = tools::system_prompt(&req.tools);
+            match messages.first_mut() {
+                Some(first) if first.role == "system" => {
+                    first.content = format!("{}\n\n{description}", first.content);
+                }
+                _ => messages.insert(
+                    0,
+                    TemplateMessage {
+                        role: "system",
+                        content: description,
+                        tool_calls: None,
+                        tool_call_id: None,
+                        name: None,
+                    },
+                ),
+            }
+        }
         let template = self.env.get_template("chat").map_err(|e| e.to_string())?;
         template
             .render(context! {
                 messages => messages,
+                tools => tool_list,
                 add_generation_prompt => true,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
@@ -93,6 +170,61 @@ mod tests {
             .unwrap();
         assert!(text.starts_with("<|im_start|>system\nBe brief.<|im_end|>\n"), "{text}");
         assert!(!text.contains("SmolLM"), "{text}");
+    }
+
+    fn tool_turns() -> ChatRequest {
+        let mut call = Message::text(Role::Assistant, "");
+        call.content.clear();
+        call.tool_calls = vec![fungible_types::ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: "{\"city\": \"Paris\"}".into(),
+        }];
+        let mut result = Message::text(Role::Tool, "22 C");
+        result.tool_call_id = Some("call_1".into());
+        let mut req = request(vec![Message::text(Role::User, "Weather?"), call, result]);
+        req.tools = vec![fungible_types::Tool::new(
+            "get_weather",
+            Some("Weather in a city.".into()),
+            serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+        )];
+        req
+    }
+
+    #[test]
+    fn tools_without_template_support_become_a_hermes_system_prompt() {
+        let t = ChatTemplate::new(Some(SMOLLM2.into()), String::new(), String::new()).unwrap();
+        let text = t.render(&tool_turns()).unwrap();
+        assert!(text.starts_with("<|im_start|>system\nYou are a function calling AI model."), "{text}");
+        assert!(text.contains("<tools>\n{"), "{text}");
+        assert!(text.contains("\"name\":\"get_weather\""), "{text}");
+        assert!(text.contains("\"description\":\"Weather in a city.\""), "{text}");
+        assert!(
+            text.contains("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>"),
+            "{text}"
+        );
+        assert!(text.contains("<|im_start|>user\n<tool_response>\n22 C\n</tool_response><|im_end|>"), "{text}");
+        assert!(!text.contains("SmolLM"), "{text}");
+
+        // tool_choice none: no tool description, the history is still rendered.
+        let mut req = tool_turns();
+        req.tool_choice = Some(fungible_types::ToolChoice::None);
+        let text = t.render(&req).unwrap();
+        assert!(!text.contains("<tools>"), "{text}");
+        assert!(text.contains("<tool_response>"), "{text}");
+    }
+
+    #[test]
+    fn a_template_with_tools_renders_them_itself() {
+        let src = "{% if tools %}[TOOLS]{% for t in tools %}{{ t.function.name }};{% endfor %}<tool_call>{% endif %}\
+                   {% for m in messages %}<{{ m.role }}>{{ m.content }}\
+                   {% if m.tool_calls %}{% for c in m.tool_calls %}{{ c.function.name }}({{ c.function.arguments.city }}){% endfor %}{% endif %}\
+                   {% if m.tool_call_id %}#{{ m.tool_call_id }}{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(Some(src.into()), String::new(), String::new()).unwrap();
+        assert_eq!(
+            t.render(&tool_turns()).unwrap(),
+            "[TOOLS]get_weather;<tool_call><user>Weather?<assistant>get_weather(Paris)<tool>22 C#call_1"
+        );
     }
 
     #[test]

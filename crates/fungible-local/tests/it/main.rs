@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 use futures::StreamExt;
 use fungible_local::{LocalConfig, LocalEngine};
 use fungible_types::{
-    ChatRequest, ErrorKind, FinishReason, JsonSchemaFormat, Message, ResponseFormat, Role, StreamEvent,
+    ChatRequest, ErrorKind, FinishReason, JsonSchemaFormat, Message, ResponseFormat, Role, StreamEvent, Tool, ToolCall,
+    ToolChoice,
 };
 
 const CHAT: &str = "smollm2-135m-instruct";
@@ -33,6 +34,21 @@ fn engine() -> &'static LocalEngine {
         let mut config = LocalConfig::discover(&models_dir());
         config.slots = 2;
         config.context_size = 1024;
+        LocalEngine::new(&config)
+    })
+}
+
+/// A one-slot engine with or without prompt caching, for the cache tests alone.
+fn one_slot_engine(cache_prompt: bool) -> &'static LocalEngine {
+    static CACHED: OnceLock<LocalEngine> = OnceLock::new();
+    static UNCACHED: OnceLock<LocalEngine> = OnceLock::new();
+    let cell = if cache_prompt { &CACHED } else { &UNCACHED };
+    cell.get_or_init(|| {
+        let mut config = LocalConfig::discover(&models_dir());
+        config.embedding_models.clear();
+        config.slots = 1;
+        config.context_size = 1024;
+        config.cache_prompt = cache_prompt;
         LocalEngine::new(&config)
     })
 }
@@ -277,4 +293,206 @@ async fn embedding_bad_input_is_an_invalid_request() {
     assert!(err.message.contains("input[1]"), "{}", err.message);
     let err = engine().embed("nope", vec!["x".into()]).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound);
+}
+
+const SYSTEM: &str = "You are a friendly assistant for a small bakery in Lyon. Answer in one or two sentences, \
+                      politely, and never invent prices.";
+
+fn bakery(question: &str, temperature: f64) -> ChatRequest {
+    let mut req = ChatRequest {
+        model: format!("local/{CHAT}"),
+        messages: vec![Message::text(Role::System, SYSTEM), Message::text(Role::User, question)],
+        ..ChatRequest::default()
+    };
+    req.params.temperature = Some(temperature);
+    req.params.seed = Some(7);
+    req.params.max_tokens = Some(24);
+    req
+}
+
+#[tokio::test]
+async fn a_cached_prompt_prefix_is_reused_and_changes_no_output() {
+    for temperature in [0.0, 1.0] {
+        let question = bakery("Do you sell croissants on Sunday?", temperature);
+        // Reference: no cache at all.
+        let cold = one_slot_engine(false).chat(&question, CHAT).await.unwrap();
+        assert_eq!(cold.usage.cache_read_tokens, 0);
+
+        // Another question with the same system prompt warms the slot; this one then reuses
+        // the shared prefix (the system turn at least) and decodes only the rest.
+        let cached = one_slot_engine(true);
+        cached.chat(&bakery("What time do you open?", temperature), CHAT).await.unwrap();
+        let warm = cached.chat(&question, CHAT).await.unwrap();
+        assert!(warm.usage.cache_read_tokens > 20, "{:?}", warm.usage);
+        assert!(warm.usage.cache_read_tokens < warm.usage.input_tokens, "{:?}", warm.usage);
+        assert_eq!(warm.usage.input_tokens, cold.usage.input_tokens);
+        assert_eq!(warm.message.content, cold.message.content, "temperature {temperature}");
+
+        // The same request again: all but the last prompt token come from the cache.
+        let again = cached.chat(&question, CHAT).await.unwrap();
+        assert_eq!(again.usage.cache_read_tokens, again.usage.input_tokens - 1, "{:?}", again.usage);
+        assert_eq!(again.message.content, cold.message.content, "temperature {temperature}");
+
+        // Streaming reports the cached part too.
+        let mut stream = cached.chat_stream(&question, CHAT).await.unwrap();
+        let mut usage = None;
+        while let Some(event) = stream.next().await {
+            if let StreamEvent::Usage(u) = event.unwrap() {
+                usage = Some(u);
+            }
+        }
+        assert_eq!(usage, Some(again.usage));
+    }
+}
+
+fn weather_tool() -> Tool {
+    Tool::new(
+        "get_weather",
+        Some("Get the current weather in a city.".into()),
+        serde_json::json!({
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "The city name"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": false
+        }),
+    )
+}
+
+fn weather_question(choice: ToolChoice) -> ChatRequest {
+    let mut req = ChatRequest {
+        model: format!("local/{CHAT}"),
+        messages: vec![Message::text(Role::User, "What is the weather like in Paris today?")],
+        tools: vec![
+            Tool::new("get_time", Some("Get the current time in a time zone.".into()), serde_json::json!({
+                "type": "object",
+                "properties": {"zone": {"type": "string"}},
+                "required": ["zone"]
+            })),
+            weather_tool(),
+        ],
+        tool_choice: Some(choice),
+        ..ChatRequest::default()
+    };
+    req.params.temperature = Some(0.0);
+    req.params.max_tokens = Some(120);
+    req
+}
+
+fn assert_valid_call(call: &ToolCall, tools: &[Tool]) {
+    let tool = tools.iter().find(|t| t.name == call.name).unwrap_or_else(|| panic!("unknown tool {call:?}"));
+    let arguments: serde_json::Value =
+        serde_json::from_str(&call.arguments).unwrap_or_else(|e| panic!("{e}: {}", call.arguments));
+    let validator = jsonschema::validator_for(&tool.parameters).unwrap();
+    assert!(validator.is_valid(&arguments), "{} does not match the schema of {}", call.arguments, tool.name);
+}
+
+/// The calls of a stream, rebuilt from its events, and its finish reason.
+async fn streamed_calls(req: &ChatRequest) -> (Vec<(String, String)>, Option<FinishReason>, String) {
+    let mut stream = engine().chat_stream(req, CHAT).await.unwrap();
+    let mut calls: Vec<(String, String)> = Vec::new();
+    let mut finish = None;
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            StreamEvent::ToolCallStart { index, id, name } => {
+                assert_eq!(index as usize, calls.len());
+                assert!(id.starts_with("call_"), "{id}");
+                calls.push((name, String::new()));
+            }
+            StreamEvent::ToolCallArgs { index, arguments } => calls[index as usize].1.push_str(&arguments),
+            StreamEvent::TextDelta { text: t } => text.push_str(&t),
+            StreamEvent::Finish { reason } => finish = Some(reason),
+            _ => {}
+        }
+    }
+    (calls, finish, text)
+}
+
+#[tokio::test]
+async fn required_tool_choice_gives_a_call_that_matches_the_schema() {
+    let req = weather_question(ToolChoice::Required);
+    let res = engine().chat(&req, CHAT).await.unwrap();
+    assert_eq!(res.finish_reason, FinishReason::ToolCalls, "{res:?}");
+    assert_eq!(res.message.tool_calls.len(), 1, "{res:?}");
+    assert_eq!(res.message.content, None);
+    let call = &res.message.tool_calls[0];
+    assert!(call.id.starts_with("call_"), "{call:?}");
+    assert_valid_call(call, &req.tools);
+
+    let (calls, finish, text) = streamed_calls(&req).await;
+    assert_eq!(finish, Some(FinishReason::ToolCalls));
+    assert_eq!(text, "");
+    assert_eq!(calls, vec![(call.name.clone(), call.arguments.clone())]);
+}
+
+#[tokio::test]
+async fn a_named_tool_choice_calls_that_tool() {
+    let req = weather_question(ToolChoice::Tool("get_time".into()));
+    let res = engine().chat(&req, CHAT).await.unwrap();
+    assert_eq!(res.message.tool_calls.len(), 1, "{res:?}");
+    assert_eq!(res.message.tool_calls[0].name, "get_time");
+    assert_valid_call(&res.message.tool_calls[0], &req.tools);
+
+    let err = engine().chat(&weather_question(ToolChoice::Tool("nope".into())), CHAT).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidRequest);
+    assert!(err.message.contains("\"nope\", which is not in tools"), "{}", err.message);
+
+    let mut both = weather_question(ToolChoice::Required);
+    both.response_format = Some(ResponseFormat::JsonObject);
+    let err = engine().chat(&both, CHAT).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidRequest);
+}
+
+#[tokio::test]
+async fn auto_tool_choice_answers_with_text_or_a_valid_call() {
+    for question in ["What is the weather like in Paris today, in celsius?", "Say hello."] {
+        let mut req = weather_question(ToolChoice::Auto);
+        req.messages = vec![Message::text(Role::User, question)];
+        let res = engine().chat(&req, CHAT).await.unwrap();
+        if res.message.tool_calls.is_empty() {
+            assert!(res.message.content.as_deref().is_some_and(|t| !t.trim().is_empty()), "{res:?}");
+            assert_ne!(res.finish_reason, FinishReason::ToolCalls);
+        } else {
+            assert_eq!(res.finish_reason, FinishReason::ToolCalls);
+            for call in &res.message.tool_calls {
+                assert_valid_call(call, &req.tools);
+            }
+        }
+        let (calls, finish, text) = streamed_calls(&req).await;
+        let whole: Vec<(String, String)> =
+            res.message.tool_calls.iter().map(|c| (c.name.clone(), c.arguments.clone())).collect();
+        assert_eq!(calls, whole);
+        assert_eq!(Some(text), res.message.content.or(Some(String::new())));
+        assert_eq!(finish, Some(res.finish_reason));
+    }
+}
+
+#[tokio::test]
+async fn a_tool_result_turn_gets_a_text_answer() {
+    let mut req = weather_question(ToolChoice::Required);
+    let first = engine().chat(&req, CHAT).await.unwrap();
+    let call = first.message.tool_calls[0].clone();
+    let mut assistant = Message::text(Role::Assistant, "");
+    assistant.content.clear();
+    assistant.tool_calls = vec![call.clone()];
+    let mut result = Message::text(Role::Tool, "{\"temperature\": 22, \"unit\": \"celsius\", \"sky\": \"sunny\"}");
+    result.tool_call_id = Some(call.id.clone());
+    req.messages.push(assistant);
+    req.messages.push(result);
+    req.tool_choice = Some(ToolChoice::None);
+    let res = engine().chat(&req, CHAT).await.unwrap();
+    assert!(res.message.tool_calls.is_empty(), "{res:?}");
+    assert_eq!(res.finish_reason, FinishReason::Stop, "{res:?}");
+    let text = res.message.content.unwrap();
+    assert!(text.contains("22") || text.to_lowercase().contains("sunny"), "{text}");
+    // The earlier call and its result are in the prompt.
+    let counted = engine().count_tokens(&req, CHAT).await.unwrap();
+    assert_eq!(counted, res.usage.input_tokens);
+    let mut question_only = req.clone();
+    question_only.messages.truncate(1);
+    let bare = engine().count_tokens(&question_only, CHAT).await.unwrap();
+    assert!(counted > bare + 10, "{counted} tokens with the call and its result, {bare} without");
 }

@@ -228,3 +228,67 @@ async fn embeddings_through_an_openai_provider() {
         serde_json::json!({"model": "text-embedding-3-small", "input": ["cat", "kitten"], "encoding_format": "float"})
     );
 }
+
+fn weather(stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "local/smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {
+            "name": "get_weather",
+            "description": "Get the current weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                "required": ["city", "unit"]
+            }
+        }}],
+        "tool_choice": "required",
+        "temperature": 0,
+        "max_tokens": 80,
+        "stream": stream,
+    })
+}
+
+#[tokio::test]
+async fn local_tool_calls_over_http_streamed_and_not() {
+    let res = post("/v1/chat/completions", weather(false)).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let body = res.json();
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{body}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let arguments = call["function"]["arguments"].as_str().expect("arguments string").to_owned();
+    let parsed: serde_json::Value = serde_json::from_str(&arguments).expect("arguments are JSON");
+    assert!(parsed["city"].is_string(), "{arguments}");
+    assert!(["celsius", "fahrenheit"].contains(&parsed["unit"].as_str().unwrap_or("")), "{arguments}");
+
+    let res = post("/v1/chat/completions", weather(true)).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let data = res.sse_data();
+    let mut name = String::new();
+    let mut streamed = String::new();
+    let mut finish = None;
+    for frame in &data[..data.len() - 1] {
+        let chunk: serde_json::Value = serde_json::from_str(frame).expect("chunk");
+        let delta = &chunk["choices"][0]["delta"];
+        if let Some(call) = delta["tool_calls"].get(0) {
+            assert_eq!(call["index"], 0);
+            name.push_str(call["function"]["name"].as_str().unwrap_or(""));
+            streamed.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+        }
+        if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
+            finish = Some(reason.to_owned());
+        }
+    }
+    assert_eq!(name, "get_weather");
+    assert_eq!(streamed, arguments);
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
+
+    // A tool_choice naming a function that is not in tools is the client's error.
+    let mut req = weather(false);
+    req["tool_choice"] = serde_json::json!({"type": "function", "function": {"name": "nope"}});
+    let err = post("/v1/chat/completions", req).await.openai_error(400);
+    assert!(err["message"].as_str().unwrap().contains("not in tools"), "{err}");
+}
