@@ -34,6 +34,10 @@ pub struct ConfigFile {
     pub store: Option<toml::Table>,
     /// `[prices."PROVIDER/MODEL"]`, validated by `fungible-store`.
     pub prices: Option<toml::Table>,
+    /// `[telemetry]`: OpenTelemetry export, validated by `fungible-telemetry`.
+    pub telemetry: Option<toml::Table>,
+    /// `[cache]`: the response cache, validated by `fungible-cache`.
+    pub cache: Option<toml::Table>,
 }
 
 /// `[local]`: the in-process models (`local/MODEL`), served offline with no key.
@@ -61,6 +65,10 @@ pub struct LocalSection {
     pub context_size: Option<u32>,
     /// CPU threads per generation. Default: one per core.
     pub threads: Option<usize>,
+    /// Reuse each slot's KV cache for the prompt prefix a new request shares with the slot's
+    /// last one (llama.cpp server's `cache_prompt`). Default: false (a greedy answer can
+    /// change in rare cases: the logits differ in their last digits).
+    pub cache_prompt: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +105,9 @@ pub struct ProviderSection {
     pub max_tokens_field: Option<String>,
     /// OpenAI-compatible only: does the server accept `stream_options.include_usage`?
     pub stream_usage: Option<bool>,
+    /// OpenAI-compatible only: how the server continues a trailing assistant message:
+    /// `"prefix"` (DeepSeek, Mistral), `"continue_final_message"` (vLLM, SGLang) or `"none"`.
+    pub prefill: Option<String>,
     /// Anthropic only: `max_tokens` sent when the client gives none.
     pub default_max_tokens: Option<u32>,
     /// Set to false to switch off a built-in provider even when its key is set.
@@ -322,6 +333,9 @@ fn local_config(section: LocalSection, env: &dyn Fn(&str) -> Option<String>) -> 
         return Err(invalid("local.threads", "must be greater than 0"));
     }
     config.threads = section.threads;
+    if let Some(cache_prompt) = section.cache_prompt {
+        config.cache_prompt = cache_prompt;
+    }
     if config.is_empty() {
         tracing::info!(
             "no local models in {}: run scripts/setup-models.sh to serve local/{} offline",
@@ -384,6 +398,14 @@ fn provider_config(
     if let Some(v) = section.stream_usage {
         flavor.stream_usage = v;
     }
+    flavor.prefill = match (&section.prefill, preset.map(|p| p.name)) {
+        (Some(text), _) => fungible_providers::openai::Prefill::parse(text).ok_or_else(|| {
+            invalid(at("prefill"), format!("expected \"prefix\", \"continue_final_message\" or \"none\", got {text:?}"))
+        })?,
+        (None, Some("deepseek" | "mistral")) => fungible_providers::openai::Prefill::Prefix,
+        (None, Some("vllm")) => fungible_providers::openai::Prefill::ContinueFinalMessage,
+        (None, _) => fungible_providers::openai::Prefill::None,
+    };
     if let Some(field) = &section.max_tokens_field {
         flavor.max_tokens_field = match field.as_str() {
             "max_tokens" => MaxTokensField::MaxTokens,

@@ -21,6 +21,9 @@ use crate::AppState;
 struct RequestContext {
     hints: RouteHints,
     route: RefCell<Option<RouteInfo>>,
+    /// The cache directive and scope of this request, and whether it was a hit.
+    cache: crate::cache::CacheRequest,
+    cache_outcome: std::cell::Cell<Option<crate::cache::Outcome>>,
 }
 
 tokio::task_local! {
@@ -32,13 +35,17 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     let hints = state
         .gateway
         .route_hints(request.headers().iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))));
-    let context = RequestContext { hints, route: RefCell::new(None) };
+    let cache = crate::cache::CacheRequest::new(request.headers(), request.extensions().get::<crate::principal::Principal>());
+    let context = RequestContext { hints, route: RefCell::new(None), cache, cache_outcome: std::cell::Cell::new(None) };
     CONTEXT
         .scope(context, async move {
             let mut response = next.run(request).await;
             let route = CONTEXT.with(|c| c.route.borrow_mut().take());
             if let Some(route) = route {
                 mark(&mut response, &route);
+            }
+            if let Some(outcome) = CONTEXT.with(|c| c.cache_outcome.get()) {
+                crate::cache::mark(&mut response, outcome);
             }
             response
         })
@@ -74,10 +81,36 @@ fn remember(route: RouteInfo) {
     let _ = CONTEXT.try_with(|c| *c.route.borrow_mut() = Some(route));
 }
 
+/// Looks the request up in the response cache and notes the outcome for the headers.
+async fn cache_lookup(state: &AppState, req: &ChatRequest) -> crate::cache::Lookup {
+    let request = CONTEXT.try_with(|c| c.cache.clone()).unwrap_or_default();
+    let lookup = crate::cache::lookup(state, req, &request).await;
+    let outcome = match &lookup {
+        crate::cache::Lookup::Off => None,
+        crate::cache::Lookup::Hit { outcome, .. } => Some(*outcome),
+        crate::cache::Lookup::Miss { .. } => Some(crate::cache::Outcome::Miss),
+    };
+    let _ = CONTEXT.try_with(|c| c.cache_outcome.set(outcome));
+    lookup
+}
+
 /// A whole response, routed.
 pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, GatewayError> {
+    let plan = match cache_lookup(state, req).await {
+        crate::cache::Lookup::Hit { answer, .. } => {
+            let route = crate::cache::hit_route(&answer);
+            crate::recording::observe_cache_hit(state, req, &answer.response, &route, false);
+            remember(route);
+            return Ok(answer.response);
+        }
+        crate::cache::Lookup::Miss { plan } => plan,
+        crate::cache::Lookup::Off => None,
+    };
     match crate::recording::observe_chat(state, req, state.gateway.chat_routed(req, &hints()).await) {
         Ok(routed) => {
+            if let Some(plan) = plan {
+                plan.store(&routed.value, &routed.route).await;
+            }
             remember(routed.route);
             Ok(routed.value)
         }
@@ -90,10 +123,24 @@ pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, G
 
 /// A stream, routed; resolves once a target's stream is under way.
 pub async fn chat_stream(state: &AppState, req: &ChatRequest) -> Result<EventStream, GatewayError> {
+    let plan = match cache_lookup(state, req).await {
+        crate::cache::Lookup::Hit { answer, .. } => {
+            let route = crate::cache::hit_route(&answer);
+            crate::recording::observe_cache_hit(state, req, &answer.response, &route, true);
+            remember(route);
+            return Ok(crate::cache::replay(answer.response));
+        }
+        crate::cache::Lookup::Miss { plan } => plan,
+        crate::cache::Lookup::Off => None,
+    };
     match crate::recording::observe_stream(state, req, state.gateway.chat_stream_routed(req, &hints()).await) {
         Ok(routed) => {
+            let stream = match plan {
+                Some(plan) => plan.wrap(routed.value, &routed.route),
+                None => routed.value,
+            };
             remember(routed.route);
-            Ok(routed.value)
+            Ok(stream)
         }
         Err(e) => {
             remember(e.route);

@@ -5,6 +5,7 @@
 //! [`serve`] binds it to an address.
 
 pub mod anthropic_messages;
+mod cache;
 pub mod dispatch;
 pub mod error;
 pub mod gemini_api;
@@ -12,7 +13,9 @@ pub mod inferences;
 pub mod openai_chat;
 pub mod openai_embeddings;
 pub mod openai_responses;
+pub mod principal;
 pub mod recording;
+pub mod routes_status;
 mod streaming;
 
 use std::net::SocketAddr;
@@ -39,6 +42,10 @@ pub struct AppState {
     pub recording: recording::Recording,
     /// The store read back by `/v1/inferences`, `/v1/stats` and `/v1/feedback`.
     pub store: Option<fungible_store::Store>,
+    /// OpenTelemetry export of every inference (`[telemetry]`); `None`: off.
+    pub telemetry: Option<fungible_telemetry::Telemetry>,
+    /// The response cache (`[cache]`); `None`: off.
+    pub cache: Option<fungible_cache::ResponseCache>,
 }
 
 impl AppState {
@@ -49,6 +56,8 @@ impl AppState {
             responses: openai_responses::ResponseStore::default(),
             recording: recording::Recording::default(),
             store: None,
+            telemetry: None,
+            cache: None,
         }
     }
 
@@ -56,6 +65,18 @@ impl AppState {
     pub fn with_recorder(mut self, store: fungible_store::Store, recorder: fungible_store::Recorder) -> AppState {
         self.store = Some(store);
         self.recording.recorder = Some(recorder);
+        self
+    }
+
+    /// Answers repeated requests from `cache` (see `fungible-cache`).
+    pub fn with_cache(mut self, cache: fungible_cache::ResponseCache) -> AppState {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Exports a span per inference and per attempt through `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: fungible_telemetry::Telemetry) -> AppState {
+        self.telemetry = Some(telemetry);
         self
     }
 
@@ -88,6 +109,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/inferences", get(inferences::list))
         .route("/v1/inferences/{id}", get(inferences::get))
         .route("/v1/stats", get(inferences::stats))
+        .route("/v1/routes", get(routes_status::list))
         .route("/metrics", get(inferences::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use fungible_gateway::{AttemptOutcome, RouteError, RouteInfo, Routed};
 use fungible_providers::EventStream;
-use fungible_store::{AttemptRecord, InferenceRecord, PriceTable, Recorder};
+use fungible_store::{AttemptRecord, Bodies, InferenceRecord, PriceTable, Recorder};
 use fungible_types::{
     AssistantMessage, ChatRequest, ChatResponse, ErrorKind, FinishReason, ReasoningBlock,
     StreamEvent, ToolCall, Usage,
@@ -186,11 +186,13 @@ impl Metrics {
                 "# HELP fungible_store_written_total Inference records written to the store.\n# TYPE fungible_store_written_total counter\nfungible_store_written_total {}\n\
                  # HELP fungible_store_dropped_total Inference records dropped (queue full, or lost at shutdown).\n# TYPE fungible_store_dropped_total counter\nfungible_store_dropped_total {}\n\
                  # HELP fungible_store_write_errors_total Failed batch writes (retried).\n# TYPE fungible_store_write_errors_total counter\nfungible_store_write_errors_total {}\n\
-                 # HELP fungible_store_queued Inference records waiting to be written.\n# TYPE fungible_store_queued gauge\nfungible_store_queued {}\n",
+                 # HELP fungible_store_queued Inference records waiting to be written.\n# TYPE fungible_store_queued gauge\nfungible_store_queued {}\n\
+                 # HELP fungible_store_queued_bytes Bytes (estimated) of the records queued or being written.\n# TYPE fungible_store_queued_bytes gauge\nfungible_store_queued_bytes {}\n",
                 c.written.load(Relaxed),
                 c.dropped.load(Relaxed),
                 c.write_errors.load(Relaxed),
-                r.queued()
+                r.queued(),
+                c.queued_bytes.load(Relaxed)
             ));
         }
         text
@@ -200,12 +202,17 @@ impl Metrics {
 /// What the middleware learned about one chat request.
 #[derive(Clone)]
 struct RequestFacts {
+    /// The caller's trace (W3C `traceparent`), for the OpenTelemetry spans.
+    trace: fungible_telemetry::Parent,
     inbound: &'static str,
     started: Instant,
     time_ms: i64,
     user: Option<String>,
     episode_id: Option<String>,
     tags: Map<String, Value>,
+    /// The virtual key's id and tags ([`crate::principal::Principal`]), when auth is on.
+    key_id: Option<String>,
+    key_tags: Map<String, Value>,
 }
 
 tokio::task_local! {
@@ -227,7 +234,11 @@ pub async fn layer(request: Request, next: Next) -> Response {
     let Some(inbound) = inbound_of(request.uri().path()) else {
         return next.run(request).await;
     };
-    let facts = facts(inbound, request.headers());
+    let mut facts = facts(inbound, request.headers());
+    if let Some(p) = request.extensions().get::<crate::principal::Principal>() {
+        facts.key_id = Some(p.key_id.clone());
+        facts.key_tags = tag_map(&p.tags);
+    }
     FACTS.scope(facts, next.run(request)).await
 }
 
@@ -247,13 +258,27 @@ fn facts(inbound: &'static str, headers: &axum::http::HeaderMap) -> RequestFacts
         }
     }
     RequestFacts {
+        trace: fungible_telemetry::Parent::from_headers(headers),
         inbound,
         started: Instant::now(),
         time_ms: fungible_store_now_ms(),
         user: header("x-fungible-user"),
         episode_id: header("x-fungible-episode-id"),
         tags,
+        key_id: None,
+        key_tags: Map::new(),
     }
+}
+
+/// A key's tags as recorded tags: `k=v` becomes `"k": "v"`, a bare `t` becomes `"t": true`
+/// (stats show both as they were written).
+fn tag_map(tags: &[String]) -> Map<String, Value> {
+    tags.iter()
+        .map(|t| match t.split_once('=') {
+            Some((k, v)) => (k.trim().to_owned(), Value::String(v.trim().to_owned())),
+            None => (t.trim().to_owned(), Value::Bool(true)),
+        })
+        .collect()
 }
 
 fn fungible_store_now_ms() -> i64 {
@@ -297,14 +322,25 @@ fn build(
 ) -> InferenceRecord {
     let prices = &state.recording.prices;
     let usage = response.map(|r| r.usage).unwrap_or_default();
-    let cost = route
-        .target
-        .as_ref()
-        .and_then(|t| prices.cost(&t.provider, &t.model, &usage));
-    let attempts = route
-        .attempts
+    // Unknown (`None`) only when tokens were used and their price is unknown: a failure with
+    // no answer billed no tokens, so it cost nothing.
+    let cost = match &route.target {
+        Some(t) => prices.cost(&t.provider, &t.model, &usage),
+        None => None,
+    }
+    .or((error.is_some() && response.is_none()).then_some(0.0));
+    // Continuations of a stream that failed after content included (read at its end).
+    let all_attempts = route.all_attempts();
+    // The usage (and so the cost) is that of the last call that answered; a failed call or
+    // a skipped target billed nothing, and an answering call a continuation replaced billed
+    // an unknown amount.
+    let last_ok = all_attempts
         .iter()
-        .map(|a| {
+        .rposition(|a| a.outcome == AttemptOutcome::Ok);
+    let attempts = all_attempts
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
             let (status, error) = match a.outcome {
                 AttemptOutcome::Ok => ("ok", None),
                 AttemptOutcome::Failed(kind) => ("failed", Some(error_class(kind))),
@@ -316,10 +352,10 @@ fn build(
                 status: status.into(),
                 error,
                 latency_ms: a.latency.as_secs_f64() * 1000.0,
-                cost: if a.outcome == AttemptOutcome::Ok {
-                    cost
-                } else {
-                    None
+                cost: match a.outcome {
+                    AttemptOutcome::Ok if Some(i) == last_ok => cost,
+                    AttemptOutcome::Ok => None,
+                    AttemptOutcome::Failed(_) | AttemptOutcome::CircuitOpen => Some(0.0),
                 },
             }
         })
@@ -331,6 +367,8 @@ fn build(
         .or_else(|| route.attempts.last().map(|a| &a.target));
     let mut tags = req.metadata.clone().unwrap_or_default();
     tags.extend(facts.tags.clone());
+    // The key's tags are the operator's, so they win over the client's.
+    tags.extend(facts.key_tags.clone());
     let episode_id = facts.episode_id.clone().or_else(|| {
         tags.get("episode_id")
             .and_then(Value::as_str)
@@ -347,8 +385,9 @@ fn build(
         model: last_target.map(|t| t.model.clone()),
         stream,
         error,
-        request: serde_json::to_value(req).unwrap_or(Value::Null),
-        response: response.and_then(|r| serde_json::to_value(r).ok()),
+        // Filled by the recorder's writer from the canonical bodies (see `submit`).
+        request: Value::Null,
+        response: None,
         usage,
         cost,
         ttft_ms,
@@ -357,13 +396,28 @@ fn build(
         tags: Value::Object(tags),
         episode_id,
         attempts,
+        key_id: facts.key_id.clone(),
+        cache_hit: false,
     }
 }
 
-fn submit(state: &crate::AppState, record: InferenceRecord) {
+/// Hands a record to the metrics and the recorder. `bodies` gives the canonical request and
+/// response (only called when there is a recorder or telemetry); the recorder's writer
+/// serialises them. Telemetry gets every record too, with the caller's `trace`.
+fn submit(
+    state: &crate::AppState,
+    record: InferenceRecord,
+    trace: &fungible_telemetry::Parent,
+    bodies: impl FnOnce() -> Bodies,
+) {
     state.recording.metrics.observe(&record);
-    if let Some(recorder) = &state.recording.recorder {
-        recorder.record(record);
+    let recorder = state.recording.recorder.as_ref();
+    let bodies = (recorder.is_some() || state.telemetry.is_some()).then(bodies);
+    if let (Some(telemetry), Some(bodies)) = (&state.telemetry, &bodies) {
+        telemetry.record(&record, bodies, trace);
+    }
+    if let (Some(recorder), Some(bodies)) = (recorder, bodies) {
+        recorder.record_with(record, bodies);
     }
 }
 
@@ -399,7 +453,10 @@ pub fn observe_chat(
             &facts,
         ),
     };
-    submit(state, record);
+    submit(state, record, &facts.trace, || Bodies {
+        request: req.clone(),
+        response: result.as_ref().ok().map(|r| r.value.clone()),
+    });
     result
 }
 
@@ -428,6 +485,11 @@ pub fn observe_stream(
                     true,
                     &facts,
                 ),
+                &facts.trace,
+                || Bodies {
+                    request: req.clone(),
+                    response: None,
+                },
             );
             Err(e)
         }
@@ -458,7 +520,7 @@ struct Pending {
 }
 
 #[derive(Default)]
-struct Accumulated {
+pub(crate) struct Accumulated {
     id: String,
     model: String,
     created: u64,
@@ -474,7 +536,7 @@ struct Accumulated {
 }
 
 impl Accumulated {
-    fn add(&mut self, event: &StreamEvent, started: Instant) {
+    pub(crate) fn add(&mut self, event: &StreamEvent, started: Instant) {
         let content = !matches!(
             event,
             StreamEvent::Start { .. } | StreamEvent::Usage(_) | StreamEvent::Finish { .. }
@@ -522,7 +584,7 @@ impl Accumulated {
         }
     }
 
-    fn response(&mut self) -> ChatResponse {
+    pub(crate) fn response(&mut self) -> ChatResponse {
         let mut reasoning = Vec::new();
         if !self.reasoning.is_empty() || self.signature.is_some() {
             reasoning.push(ReasoningBlock::Thinking {
@@ -574,7 +636,11 @@ impl ObservedStream {
                 true,
                 &p.facts,
             );
-            submit(&p.state, record);
+            let Pending { state, req, .. } = p;
+            submit(&state, record, &p.facts.trace, move || Bodies {
+                request: req,
+                response: answered.then_some(response),
+            });
         }
     }
 }
@@ -606,4 +672,25 @@ impl Drop for ObservedStream {
             self.finish(Some("client_disconnected".into()));
         }
     }
+}
+
+/// Records an answer the response cache served (`crate::cache`): no provider was called, so
+/// it has no attempts, costs 0 and is marked `cache_hit`.
+pub(crate) fn observe_cache_hit(
+    state: &crate::AppState,
+    req: &ChatRequest,
+    response: &ChatResponse,
+    route: &RouteInfo,
+    stream: bool,
+) {
+    let Ok(facts) = FACTS.try_with(Clone::clone) else {
+        return;
+    };
+    let mut record = build(state, req, route, Some(response), None, None, stream, &facts);
+    record.cache_hit = true;
+    record.cost = Some(0.0);
+    submit(state, record, &facts.trace, || Bodies {
+        request: req.clone(),
+        response: Some(response.clone()),
+    });
 }

@@ -2,6 +2,7 @@
 //! library crates beside this one.
 
 mod bench;
+mod telemetry;
 mod traces;
 
 use std::net::{IpAddr, SocketAddr};
@@ -134,12 +135,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(provider = %p.name, kind = p.kind.as_str(), base_url = %p.base_url, "provider enabled");
     }
     let (store_config, prices) = traces::load(&args.config)?;
+    let gateway = gateway.with_prices(price_lookup(&prices));
     let mut state = AppState::new(gateway, config.max_body_bytes).with_prices(prices);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads).enable_all().build()?;
     let recording = runtime.block_on(traces::start(&store_config))?;
     let recorder = recording.as_ref().map(|(_, recorder)| recorder.clone());
+    if let Some(cache) = runtime.block_on(open_cache(&args.config, &state.gateway))? {
+        state = state.with_cache(cache);
+    }
     if let Some((store, recorder)) = recording {
         state = state.with_recorder(store, recorder);
+    }
+    let telemetry = runtime.block_on(async { telemetry::start(&args.config) })?;
+    if let Some(t) = &telemetry {
+        state = state.with_telemetry(t.clone());
     }
     if config.preload_local {
         runtime.block_on(state.gateway.preload_local());
@@ -151,7 +160,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(recorder) = recorder {
         runtime.block_on(recorder.shutdown());
     }
+    // And export every queued span (bounded by the export timeout).
+    if let Some(t) = telemetry {
+        runtime.block_on(t.shutdown());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `cheapest` routing strategy's prices, from the same table as cost tracking: USD per
+/// million tokens blended 3 input : 1 output (a typical chat's mix).
+fn price_lookup(prices: &fungible_store::PriceTable) -> fungible_gateway::PriceLookup {
+    let prices = prices.clone();
+    std::sync::Arc::new(move |provider: &str, model: &str| {
+        prices.get(provider, model).map(|p| (3.0 * p.input + p.output) / 4.0)
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -175,6 +197,33 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// `[cache]`: the response cache, opened here so that a bad section, an unknown embedding
+/// model or an unreachable Redis fails at start; `None` when the section is absent or off.
+async fn open_cache(args: &ConfigArgs, gateway: &Gateway) -> anyhow::Result<Option<fungible_cache::ResponseCache>> {
+    let default = Path::new("fungible.toml");
+    let file = match &args.config {
+        Some(path) => ConfigFile::read(path)?,
+        None if default.exists() => ConfigFile::read(default)?,
+        None => ConfigFile::default(),
+    };
+    let config = fungible_cache::CacheConfig::from_toml(file.cache, None)?;
+    if !config.enabled {
+        return Ok(None);
+    }
+    if let Some(semantic) = &config.semantic {
+        gateway
+            .resolve(&semantic.embedding_model)
+            .map_err(|e| anyhow::anyhow!("cache.semantic.embedding_model: {e}"))?;
+    }
+    let backend = match &config.backend {
+        fungible_cache::BackendConfig::Memory { .. } => "memory",
+        fungible_cache::BackendConfig::Redis { .. } => "redis",
+    };
+    let cache = fungible_cache::ResponseCache::open(config).await.context("could not open the response cache")?;
+    tracing::info!(backend, "response cache on");
+    Ok(Some(cache))
 }
 
 fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {

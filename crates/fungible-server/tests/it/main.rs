@@ -3,12 +3,14 @@
 
 mod anthropic_messages;
 mod bad_input;
+mod cache;
 mod errors;
 mod local;
 mod conformance;
 mod recording;
 mod routing;
 mod streaming;
+mod telemetry;
 
 use std::path::PathBuf;
 
