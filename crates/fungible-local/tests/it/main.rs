@@ -461,12 +461,21 @@ async fn auto_tool_choice_answers_with_text_or_a_valid_call() {
                 assert_valid_call(call, &req.tools);
             }
         }
+        // Streamed, the answer must be as well-formed. (Not necessarily the same text: other
+        // tests' requests share the batch, and llama.cpp's logits depend on the batch's
+        // make-up; `required` and the parser's unit tests pin stream == whole.)
         let (calls, finish, text) = streamed_calls(&req).await;
-        let whole: Vec<(String, String)> =
-            res.message.tool_calls.iter().map(|c| (c.name.clone(), c.arguments.clone())).collect();
-        assert_eq!(calls, whole);
-        assert_eq!(Some(text), res.message.content.or(Some(String::new())));
-        assert_eq!(finish, Some(res.finish_reason));
+        if calls.is_empty() {
+            assert!(!text.trim().is_empty());
+            assert_ne!(finish, Some(FinishReason::ToolCalls));
+        } else {
+            assert_eq!(finish, Some(FinishReason::ToolCalls));
+            for (name, arguments) in &calls {
+                let tool = req.tools.iter().find(|t| &t.name == name).unwrap_or_else(|| panic!("unknown tool {name}"));
+                let arguments: serde_json::Value = serde_json::from_str(arguments).unwrap();
+                assert!(jsonschema::validator_for(&tool.parameters).unwrap().is_valid(&arguments), "{arguments} against {}", tool.parameters);
+            }
+        }
     }
 }
 
