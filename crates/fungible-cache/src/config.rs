@@ -12,7 +12,7 @@ struct CacheSection {
     enabled: Option<bool>,
     /// `memory` (default) or `redis`.
     backend: Option<String>,
-    /// The Redis server of the `redis` backend. Default: `[state] redis`, else
+    /// The Redis server of the `redis` backend. Default: the shared `[state] redis` URL once that section exists (not yet), else
     /// `redis://127.0.0.1:6379`.
     redis_url: Option<String>,
     /// Prefix of every Redis key. Default `fungible:cache:`.
