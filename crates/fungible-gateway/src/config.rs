@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::presets::{PRESETS, Preset};
 
+pub use crate::auth_config::{AuthConfig, AuthSection, DEFAULT_ADMIN_KEY_ENV, StateSection};
 pub use fungible_providers::local::LocalConfig;
 
 /// The config file as written. Every field is optional: an empty file (or none) is valid.
@@ -38,6 +39,12 @@ pub struct ConfigFile {
     pub telemetry: Option<toml::Table>,
     /// `[cache]`: the response cache, validated by `fungible-cache`.
     pub cache: Option<toml::Table>,
+    /// `[auth]`: virtual keys, enforced by `fungible-server`.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// `[state]`: where state shared by several instances lives (Redis).
+    #[serde(default)]
+    pub state: StateSection,
 }
 
 /// `[local]`: the in-process models (`local/MODEL`), served offline with no key.
@@ -134,6 +141,8 @@ pub struct GatewayConfig {
     pub local: Option<LocalConfig>,
     /// `[local] preload`.
     pub preload_local: bool,
+    /// `[auth]` and `[state]`.
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -184,7 +193,7 @@ pub enum ConfigError {
     Invalid { at: String, message: String },
 }
 
-fn invalid(at: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(at: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { at: at.into(), message: message.into() }
 }
 
@@ -262,6 +271,7 @@ impl GatewayConfig {
             providers.iter().any(|p| p.name == name) || (local.is_some() && name == fungible_providers::local::NAME)
         };
         let (routing, routes) = crate::routing::config::resolve(file.models, file.routing, &enabled)?;
+        let auth = crate::auth_config::resolve(file.auth, file.state, env)?;
 
         Ok(GatewayConfig {
             host: server.host.unwrap_or_else(|| DEFAULT_HOST.to_owned()),
@@ -275,6 +285,7 @@ impl GatewayConfig {
             routing,
             local,
             preload_local,
+            auth,
         })
     }
 }
@@ -493,6 +504,32 @@ mod tests {
         let err = resolve("[providers.openai]\nbase_urll = \"x\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("base_urll"), "{err}");
         assert!(err.contains("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn auth_and_state_sections_are_validated() {
+        let cfg = resolve("", &[]).unwrap();
+        assert!(!cfg.auth.enabled);
+        assert!(cfg.auth.admin_key.is_none());
+        assert_eq!(cfg.auth.open_routes, ["/health", "/openapi.json"]);
+
+        let toml = "[auth]\nenabled = true\nkey_cache_ms = 250\n[state]\nredis = \"redis://127.0.0.1:6379\"\n";
+        let cfg = resolve(toml, &[("FUNGIBLE_ADMIN_KEY", "0123456789abcdef0")]).unwrap();
+        assert!(cfg.auth.enabled);
+        assert_eq!(cfg.auth.admin_key.as_ref().map(|k| k.expose()), Some("0123456789abcdef0"));
+        assert_eq!(cfg.auth.key_cache, Duration::from_millis(250));
+        assert_eq!(cfg.auth.redis.as_deref(), Some("redis://127.0.0.1:6379"));
+
+        // A short admin key is refused without echoing it.
+        let err = resolve("", &[("FUNGIBLE_ADMIN_KEY", "short-secret")]).unwrap_err().to_string();
+        assert!(err.contains("FUNGIBLE_ADMIN_KEY is shorter than 16"), "{err}");
+        assert!(!err.contains("short-secret"), "{err}");
+        let err = resolve("[auth]\nopen_routes = [\"/admin/keys\"]\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("auth.open_routes"), "{err}");
+        let err = resolve("[state]\nredis = \"localhost\"\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("state.redis"), "{err}");
+        let err = resolve("[auth]\nenable = true\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("enable"), "{err}");
     }
 
     #[test]

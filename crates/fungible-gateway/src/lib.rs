@@ -3,6 +3,7 @@
 //! [`Gateway`] is what every inbound front end calls with a canonical request; it knows no
 //! HTTP status codes and no inbound wire format.
 
+mod auth_config;
 pub mod config;
 mod presets;
 pub mod routing;

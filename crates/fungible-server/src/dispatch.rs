@@ -4,7 +4,9 @@
 //! request headers (sticky A/B variants), and once the handler returned it writes how the
 //! request was routed into the response headers — `x-fungible-target` (the `PROVIDER/MODEL`
 //! that answered), `x-fungible-attempts`, and `x-fungible-route` / `x-fungible-variant` for
-//! aliases. Front ends call [`chat`] and [`chat_stream`] instead of the gateway's methods.
+//! aliases. Front ends call [`chat`] and [`chat_stream`] instead of the gateway's methods;
+//! they admit the request's virtual key first (`auth::admit`: model allowance, rate limits,
+//! budget) and settle its real usage and cost when the answer is known.
 
 use std::cell::RefCell;
 
@@ -96,11 +98,15 @@ async fn cache_lookup(state: &AppState, req: &ChatRequest) -> crate::cache::Look
 
 /// A whole response, routed.
 pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, GatewayError> {
+    // The key's allowance, rate limits and budget come first: a cached answer is no way
+    // around them (it costs nothing, so its ticket settles nothing but the request).
+    let ticket = crate::auth::admit(state, req).await?;
     let plan = match cache_lookup(state, req).await {
         crate::cache::Lookup::Hit { answer, .. } => {
             let route = crate::cache::hit_route(&answer);
             crate::recording::observe_cache_hit(state, req, &answer.response, &route, false);
             remember(route);
+            ticket.finish(None, &fungible_types::Usage::default());
             return Ok(answer.response);
         }
         crate::cache::Lookup::Miss { plan } => plan,
@@ -108,6 +114,7 @@ pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, G
     };
     match crate::recording::observe_chat(state, req, state.gateway.chat_routed(req, &hints()).await) {
         Ok(routed) => {
+            ticket.finish(routed.route.target.as_ref(), &routed.value.usage);
             if let Some(plan) = plan {
                 plan.store(&routed.value, &routed.route).await;
             }
@@ -123,11 +130,13 @@ pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, G
 
 /// A stream, routed; resolves once a target's stream is under way.
 pub async fn chat_stream(state: &AppState, req: &ChatRequest) -> Result<EventStream, GatewayError> {
+    let ticket = crate::auth::admit(state, req).await?;
     let plan = match cache_lookup(state, req).await {
         crate::cache::Lookup::Hit { answer, .. } => {
             let route = crate::cache::hit_route(&answer);
             crate::recording::observe_cache_hit(state, req, &answer.response, &route, true);
             remember(route);
+            ticket.finish(None, &fungible_types::Usage::default());
             return Ok(crate::cache::replay(answer.response));
         }
         crate::cache::Lookup::Miss { plan } => plan,
@@ -139,6 +148,8 @@ pub async fn chat_stream(state: &AppState, req: &ChatRequest) -> Result<EventStr
                 Some(plan) => plan.wrap(routed.value, &routed.route),
                 None => routed.value,
             };
+            // Settled with the stream's reported usage at its end (or when the client leaves).
+            let stream = ticket.wrap(stream, routed.route.target.clone());
             remember(routed.route);
             Ok(stream)
         }

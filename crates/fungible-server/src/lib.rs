@@ -4,7 +4,9 @@
 //! [`app`] builds the whole router, so tests drive it with `oneshot` and no socket;
 //! [`serve`] binds it to an address.
 
+pub mod admin;
 pub mod anthropic_messages;
+pub mod auth;
 mod cache;
 pub mod dispatch;
 pub mod error;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub telemetry: Option<fungible_telemetry::Telemetry>,
     /// The response cache (`[cache]`); `None`: off.
     pub cache: Option<fungible_cache::ResponseCache>,
+    /// Virtual keys, rate limits and budgets (`[auth]`); off by default.
+    pub auth: auth::Auth,
 }
 
 impl AppState {
@@ -58,7 +62,14 @@ impl AppState {
             store: None,
             telemetry: None,
             cache: None,
+            auth: auth::Auth::default(),
         }
+    }
+
+    /// Checks keys, limits and budgets with `auth` (see [`auth`]).
+    pub fn with_auth(mut self, auth: auth::Auth) -> AppState {
+        self.auth = auth;
+        self
     }
 
     /// Records every inference into `store` through `recorder` (which writes to it).
@@ -111,10 +122,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/stats", get(inferences::stats))
         .route("/v1/routes", get(routes_status::list))
         .route("/metrics", get(inferences::metrics))
+        .route("/admin/keys", post(admin::create).get(admin::list))
+        .route("/admin/keys/{id}", get(admin::get).patch(admin::update).delete(admin::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), dispatch::layer))
         .layer(axum::middleware::from_fn(recording::layer))
+        // Outermost: a refused request reaches nothing else, and a virtual key's principal
+        // is on the request before recording and the cache look for it.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
         .with_state(state)
 }
 

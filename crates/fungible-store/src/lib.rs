@@ -14,6 +14,7 @@
 //!   never zero.
 
 mod config;
+mod keys;
 pub mod migrations;
 mod prices;
 mod record;
@@ -23,6 +24,7 @@ mod store;
 pub mod testing;
 
 pub use config::{StoreConfig, StoreConfigError};
+pub use keys::{BudgetPeriod, KeyBudget, KeyRecord};
 pub use prices::{PRICES_AS_OF, Price, PriceTable};
 pub use record::{AttemptRecord, Bodies, Feedback, FeedbackTarget, InferenceRecord, new_id};
 pub use recorder::{BatchSink, Recorder, RecorderCounters, RecorderOptions};

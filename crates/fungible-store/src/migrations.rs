@@ -81,4 +81,31 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX inferences_user ON inferences (user_id, time_ms)",
         ],
     ),
+    (
+        3,
+        &[
+            "CREATE TABLE virtual_keys (
+            id TEXT PRIMARY KEY,
+            hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            name TEXT,
+            models TEXT NOT NULL,
+            rpm BIGINT,
+            tpm BIGINT,
+            budget_usd DOUBLE PRECISION,
+            budget_period TEXT,
+            expires_ms BIGINT,
+            tags TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            revoked_ms BIGINT
+        )",
+            "CREATE TABLE key_spend (
+            key_id TEXT NOT NULL,
+            period TEXT NOT NULL,
+            spend DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (key_id, period)
+        )",
+        ],
+    ),
 ];

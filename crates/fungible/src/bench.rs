@@ -64,9 +64,22 @@ pub struct BenchArgs {
     /// `--failover`: seed of the injected failures.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Instead of the overhead phases: the cost of virtual keys. Two gateways over the mock,
+    /// both recording to SQLite: auth off, and auth on with a key whose model allowance,
+    /// RPM, TPM and budget are all checked (counters in `--redis`) but never reached; the
+    /// same fixed `--rate` through each, reporting the added p50/p99.
+    #[arg(long)]
+    auth: bool,
+    /// `--auth`: the Redis holding the counters.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The provider key the gateway under test is given, and the bearer token sent to it when
+/// auth is off (the mock accepts anything).
+const BENCH_KEY: &str = "sk-bench";
 
 const REQUEST: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32STREAM}"#;
 
@@ -131,6 +144,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.cache {
         return cache_bench(args).await;
     }
+    if args.auth {
+        return auth_bench(args).await;
+    }
     let mock = MockUpstream::start_on(
         "127.0.0.1:0".parse()?,
         Fallback::Fixed { json: completion_body(), sse: stream_body(args.chunks) },
@@ -186,12 +202,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         for target in &targets {
             let body = if stream { &target.stream_body } else { &target.body };
             // Warm the connection pools and the gateway.
-            let _ = closed_loop(&client, &target.url, body, args.concurrency, Duration::from_millis(500)).await;
+            let _ = closed_loop(&client, &target.url, BENCH_KEY, body, args.concurrency, Duration::from_millis(500)).await;
             let cpu_before = gateway.cpu_ms();
             let m = if fixed_rate {
-                open_loop(&client, &target.url, body, args.rate, duration).await
+                open_loop(&client, &target.url, BENCH_KEY, body, args.rate, duration).await
             } else {
-                closed_loop(&client, &target.url, body, args.concurrency, duration).await
+                closed_loop(&client, &target.url, BENCH_KEY, body, args.concurrency, duration).await
             };
             let cpu = (target.name == "fungible").then(|| (gateway.cpu_ms() - cpu_before) / m.ok.max(1) as f64);
             eprintln!(
@@ -243,12 +259,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One request, read to the last byte; the latency in microseconds, or `None` on failure.
-async fn one(client: &HttpClient, url: &str, body: &Bytes) -> Option<u64> {
+/// One request with `key` as its bearer token, read to the last byte; the latency in microseconds, or `None` on failure.
+async fn one(client: &HttpClient, url: &str, key: &str, body: &Bytes) -> Option<u64> {
     let start = Instant::now();
     let request = hyper::Request::post(url)
         .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-bench")
+        .header("authorization", format!("Bearer {key}"))
         .body(Full::new(body.clone()))
         .ok()?;
     let response = client.request(request).await.ok()?;
@@ -258,17 +274,17 @@ async fn one(client: &HttpClient, url: &str, body: &Bytes) -> Option<u64> {
 }
 
 /// `concurrency` workers, each sending its next request when the last one finished.
-async fn closed_loop(client: &HttpClient, url: &str, body: &Bytes, concurrency: usize, duration: Duration) -> Measurement {
+async fn closed_loop(client: &HttpClient, url: &str, key: &str, body: &Bytes, concurrency: usize, duration: Duration) -> Measurement {
     let start = Instant::now();
     let deadline = start + duration;
     let errors = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, body, errors) = (client.clone(), url.to_owned(), body.clone(), errors.clone());
+        let (client, url, key, body, errors) = (client.clone(), url.to_owned(), key.to_owned(), body.clone(), errors.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
-                match one(&client, &url, &body).await {
+                match one(&client, &url, &key, &body).await {
                     Some(us) => latencies.push(us),
                     None => {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -290,7 +306,7 @@ async fn closed_loop(client: &HttpClient, url: &str, body: &Bytes, concurrency: 
 /// was sent: tokio's timer has millisecond granularity, so counting from the scheduled
 /// instant would add up to 1 ms of timer slack to every sample. Queueing, if the target
 /// cannot keep up, shows as a lower achieved rate.
-async fn open_loop(client: &HttpClient, url: &str, body: &Bytes, rate: u64, duration: Duration) -> Measurement {
+async fn open_loop(client: &HttpClient, url: &str, key: &str, body: &Bytes, rate: u64, duration: Duration) -> Measurement {
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let total = (duration.as_secs_f64() * rate as f64) as u64;
@@ -299,8 +315,8 @@ async fn open_loop(client: &HttpClient, url: &str, body: &Bytes, rate: u64, dura
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     for _ in 0..total {
         ticker.tick().await;
-        let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
-        tasks.push(tokio::spawn(async move { one(&client, &url, &body).await }));
+        let (client, url, key, body) = (client.clone(), url.to_owned(), key.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move { one(&client, &url, &key, &body).await }));
     }
     let mut latencies = Vec::new();
     let mut errors = 0;
@@ -326,6 +342,17 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     fn start(mock_url: &str, port: u16, workers: Option<usize>, config: &std::path::Path) -> anyhow::Result<GatewayProcess> {
+        GatewayProcess::start_with(mock_url, port, workers, config, &[])
+    }
+
+    /// [`GatewayProcess::start`] with more environment variables.
+    fn start_with(
+        mock_url: &str,
+        port: u16,
+        workers: Option<usize>,
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<GatewayProcess> {
         let exe = std::env::current_exe().context("where is the fungible binary?")?;
         let mut command = Command::new(exe);
         command.args(["serve", "--port", &port.to_string(), "--config"]).arg(config);
@@ -333,9 +360,10 @@ impl GatewayProcess {
             command.args(["--workers", &n.to_string()]);
         }
         let child = command
-            .env("OPENAI_API_KEY", "sk-bench")
+            .env("OPENAI_API_KEY", BENCH_KEY)
             .env("OPENAI_BASE_URL", format!("{mock_url}/v1"))
             .env("FUNGIBLE_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .context("could not start fungible serve")?;
@@ -537,7 +565,73 @@ async fn failover(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--auth`: auth + limits + budget (Redis) on vs off, at a fixed rate.
+async fn auth_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    const ADMIN: &str = "bench-admin-key-0123456789abcdef";
+    let mock = MockUpstream::start_on(
+        "127.0.0.1:0".parse()?,
+        Fallback::Fixed { json: completion_body(), sse: stream_body(args.chunks) },
+        false,
+    )
+    .await?;
+    let dir = std::env::temp_dir().join(format!("fungible-bench-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let store = format!("[store]\npath = \"{}\"\n", dir.join("fungible.db").display());
+    let off = dir.join("off.toml");
+    std::fs::write(&off, &store)?;
+    let on = dir.join("on.toml");
+    std::fs::write(&on, format!("{store}[auth]\nenabled = true\n[state]\nredis = \"{}\"\n", args.redis))?;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
+    let mut plain = GatewayProcess::start(&mock.url(), args.port, args.workers, &off)?;
+    plain.wait_ready(&client).await?;
+    let mut keyed = GatewayProcess::start_with(&mock.url(), args.port + 1, args.workers, &on, &[("FUNGIBLE_ADMIN_KEY", ADMIN)])?;
+    keyed.wait_ready(&client).await?;
+    // A key whose limits are all checked but never reached.
+    let create = hyper::Request::post(format!("http://127.0.0.1:{}/admin/keys", args.port + 1))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"name":"bench","models":["openai/*"],"rpm":1000000000,"tpm":1000000000000,"budget":{"usd":1000000000,"period":"total"}}"#)))?;
+    let response = client.request(create).await.context("creating the bench key")?;
+    let status = response.status();
+    let created: serde_json::Value = serde_json::from_slice(&response.into_body().collect().await?.to_bytes()).unwrap_or_default();
+    let Some(key) = created["key"].as_str().map(str::to_owned) else {
+        bail!("could not create a key ({status}): {created}");
+    };
+    let body = Bytes::from(REQUEST.replace("MODEL", "openai/gpt-4o-mini").replace("STREAM", ""));
+    let duration = Duration::from_secs(args.duration);
+    eprintln!("fungible bench --auth: {} s per phase at {}/s, limits in {}", args.duration, args.rate, args.redis);
+    let mut results = Vec::new();
+    for (name, port, key) in [("auth off", args.port, BENCH_KEY), ("auth on", args.port + 1, key.as_str())] {
+        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        let _ = closed_loop(&client, &url, key, &body, args.concurrency, Duration::from_millis(500)).await;
+        let m = open_loop(&client, &url, key, &body, args.rate, duration).await;
+        eprintln!("  {name:<9} {:>7.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}", m.rps(), m.percentile(0.5), m.percentile(0.99), m.errors);
+        results.push((name, m));
+    }
+    plain.stop();
+    keyed.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!();
+    println!("| gateway | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let base = (results[0].1.percentile(0.5), results[0].1.percentile(0.99));
+    let mut failed = false;
+    for (name, m) in &results {
+        println!(
+            "| {name} | {:.0} | {:.3} | {:.3} | {:+.3} | {:+.3} | {} |",
+            m.rps(),
+            m.percentile(0.5),
+            m.percentile(0.99),
+            m.percentile(0.5) - base.0,
+            m.percentile(0.99) - base.1,
+            m.errors
+        );
+        failed |= m.errors > 0;
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
 
+/// `--cache`: hit vs miss latency of the response cache (see [`BenchArgs`]).
 async fn cache_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mock = MockUpstream::start_on(
         "127.0.0.1:0".parse()?,

@@ -2,6 +2,7 @@
 //! library crates beside this one.
 
 mod bench;
+mod keys;
 mod telemetry;
 mod traces;
 
@@ -49,6 +50,13 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Recorded inferences: `traces list` (newest first, filters), `traces show ID`.
     Traces(traces::TracesArgs),
+    /// Virtual keys: `keys create|list|show|update|revoke`, through a running gateway's
+    /// admin API (`--url`; the admin key from FUNGIBLE_ADMIN_KEY).
+    ///
+    /// A key is printed once, at creation; the gateway keeps only its hash. Each key may
+    /// carry allowed models (globs), RPM and TPM limits, a budget with a period
+    /// (daily, monthly, total), an expiry and tags. Enforcement needs `[auth] enabled = true`.
+    Keys(keys::KeysArgs),
     /// Requests, errors, tokens, cost and p50/p95 latency from the store, grouped
     /// `--by model|provider|route|user|day|inbound`.
     Stats(traces::StatsArgs),
@@ -95,6 +103,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
         Command::Traces(args) => traces::traces(args),
         Command::Stats(args) => traces::stats(args),
+        Command::Keys(args) => keys::keys(args),
     }
 }
 
@@ -143,9 +152,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(cache) = runtime.block_on(open_cache(&args.config, &state.gateway))? {
         state = state.with_cache(cache);
     }
+    let store = recording.as_ref().map(|(store, _)| store.clone());
     if let Some((store, recorder)) = recording {
         state = state.with_recorder(store, recorder);
     }
+    let auth = runtime
+        .block_on(fungible_server::auth::Auth::from_config(&config.auth, store))
+        .context("could not set up [auth]")?;
+    if auth.enabled {
+        let counters = if config.auth.redis.is_some() { "redis" } else { "memory" };
+        tracing::info!(counters, admin_api = auth.admin_key.is_some(), "virtual keys required");
+    } else if auth.admin_key.is_some() {
+        tracing::info!("admin API on; keys are not required yet ([auth] enabled = false)");
+    }
+    state = state.with_auth(auth);
     let telemetry = runtime.block_on(async { telemetry::start(&args.config) })?;
     if let Some(t) = &telemetry {
         state = state.with_telemetry(t.clone());
@@ -208,7 +228,7 @@ async fn open_cache(args: &ConfigArgs, gateway: &Gateway) -> anyhow::Result<Opti
         None if default.exists() => ConfigFile::read(default)?,
         None => ConfigFile::default(),
     };
-    let config = fungible_cache::CacheConfig::from_toml(file.cache, None)?;
+    let config = fungible_cache::CacheConfig::from_toml(file.cache, file.state.redis.as_deref())?;
     if !config.enabled {
         return Ok(None);
     }

@@ -93,6 +93,7 @@ async fn handle(
     let framing = match method {
         Method::Embed { batch } => {
             let texts = embed::parse(&bytes, batch)?;
+            crate::auth::admit_embeddings(&state, model).await?;
             let (embeddings, _) = state.gateway.embed(model, texts).await?;
             return Ok(json(embed::body(embeddings.vectors, batch)));
         }

@@ -2,6 +2,7 @@
 //! error mapping, streaming edge cases and bad input. One binary for the crate.
 
 mod anthropic_messages;
+mod auth;
 mod bad_input;
 mod cache;
 mod errors;

@@ -1,0 +1,595 @@
+//! Rate limits and budget counters, in memory (one instance) or in Redis (several).
+//!
+//! - **Requests per minute** is a sliding-window log: the times of the requests admitted in
+//!   the last 60 s; a request is admitted while there are fewer than the limit.
+//! - **Tokens per minute** is a sliding window of the tokens each answered request really
+//!   used (`add_tokens`, once the response is known); a request is admitted while the
+//!   window's sum is below the limit.
+//! - **Budgets** are `spent` and `reserved` per key and period: a request is admitted only
+//!   if `spent + reserved + estimate <= limit`, which reserves `estimate`; `settle` moves the
+//!   reservation to the actual cost. Concurrent requests see each other's reservations, so
+//!   they cannot overspend together.
+//!
+//! In Redis every check-and-update is one Lua script (atomic across instances), and the
+//! window clock is Redis's own `TIME`, so instances with skewed clocks agree. In memory the
+//! state is one mutex'd map, never held across an `.await`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::AccessError;
+
+/// The sliding windows' length.
+pub const WINDOW_MS: i64 = 60_000;
+
+/// Why a request was refused by a limit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Denial {
+    Rpm {
+        limit: u64,
+        retry_after_ms: i64,
+    },
+    Tpm {
+        limit: u64,
+        retry_after_ms: i64,
+    },
+    Budget {
+        limit: f64,
+        spent: f64,
+        reserved: f64,
+        estimate: f64,
+        retry_after_ms: Option<i64>,
+    },
+}
+
+impl Denial {
+    /// Seconds until the window resets enough to admit a request (at least 1).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        let ms = match self {
+            Denial::Rpm { retry_after_ms, .. } | Denial::Tpm { retry_after_ms, .. } => {
+                Some(*retry_after_ms)
+            }
+            Denial::Budget { retry_after_ms, .. } => *retry_after_ms,
+        }?;
+        Some(((ms.max(0) as u64).div_ceil(1000)).max(1))
+    }
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Denial::Rpm { limit, .. } => write!(
+                f,
+                "the key's limit of {limit} requests per minute is reached"
+            ),
+            Denial::Tpm { limit, .. } => {
+                write!(f, "the key's limit of {limit} tokens per minute is reached")
+            }
+            Denial::Budget {
+                limit,
+                spent,
+                reserved,
+                estimate,
+                ..
+            } => write!(
+                f,
+                "the key's budget of ${limit:.6} does not cover this request: ${spent:.6} spent, ${reserved:.6} reserved by requests in flight, this one estimated at ${estimate:.6}"
+            ),
+        }
+    }
+}
+
+/// Where the counters live. Cheap to clone.
+#[derive(Clone)]
+pub enum Limits {
+    Memory(Arc<Mutex<MemoryState>>),
+    Redis(RedisLimits),
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Limits::Memory(_) => "Limits::Memory",
+            Limits::Redis(_) => "Limits::Redis",
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryState {
+    requests: HashMap<String, VecDeque<i64>>,
+    tokens: HashMap<String, VecDeque<(i64, u64)>>,
+    budgets: HashMap<(String, String), Budget>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Budget {
+    spent: f64,
+    reserved: f64,
+}
+
+#[derive(Clone)]
+pub struct RedisLimits {
+    conn: ConnectionManager,
+    hit: Arc<Script>,
+    add_tokens: Arc<Script>,
+    reserve: Arc<Script>,
+    settle: Arc<Script>,
+}
+
+/// The time in ms inside a script: Redis's clock, shared by every instance.
+const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
+
+/// KEYS: requests zset, tokens zset. ARGV: window ms, rpm (-1: none), tpm (-1: none), a
+/// unique member. Returns {0, 0} when admitted, {1, retry ms} over RPM, {2, retry ms} over TPM.
+const HIT: &str = r"
+local window = tonumber(ARGV[1])
+local rpm = tonumber(ARGV[2])
+local tpm = tonumber(ARGV[3])
+if rpm >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  local n = redis.call('ZCARD', KEYS[1])
+  if n >= rpm then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    local retry = window
+    if oldest[2] then retry = tonumber(oldest[2]) + window - now end
+    return {1, retry}
+  end
+end
+if tpm >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+  local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  local sum = 0
+  for i = 1, #entries, 2 do
+    sum = sum + tonumber(string.match(entries[i], ':(%d+)$'))
+  end
+  if sum >= tpm then
+    -- Admitted again once enough of the oldest usage has left the window.
+    local over = sum - tpm
+    local retry = window
+    for i = 1, #entries, 2 do
+      over = over - tonumber(string.match(entries[i], ':(%d+)$'))
+      if over < 0 then
+        retry = tonumber(entries[i + 1]) + window - now
+        break
+      end
+    end
+    return {2, retry}
+  end
+end
+if rpm >= 0 then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], window)
+end
+return {0, 0}
+";
+
+/// KEYS: tokens zset. ARGV: window ms, member `ID:TOKENS`.
+const ADD_TOKENS: &str = r"
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+";
+
+/// KEYS: budget hash. ARGV: limit, estimate, seed (spend known to the store), ttl ms (0:
+/// none). Returns {admitted 0/1, spent, reserved} (as strings: Lua numbers would be
+/// truncated to integers).
+const RESERVE: &str = r"
+redis.call('HSETNX', KEYS[1], 'spent', ARGV[3])
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent'))
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local estimate = tonumber(ARGV[2])
+if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4])) end
+if spent + reserved + estimate > tonumber(ARGV[1]) then
+  return {0, tostring(spent), tostring(reserved)}
+end
+redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', ARGV[2])
+return {1, tostring(spent), tostring(reserved + estimate)}
+";
+
+/// KEYS: budget hash. ARGV: reserved, actual.
+const SETTLE: &str = r"
+local reserved = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', -tonumber(ARGV[1])))
+if reserved < 0 then redis.call('HSET', KEYS[1], 'reserved', '0') end
+redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[2])
+return 1
+";
+
+fn script(body: &str) -> Arc<Script> {
+    Arc::new(Script::new(&format!("{NOW}{body}")))
+}
+
+fn redis_error(e: redis::RedisError) -> AccessError {
+    AccessError::Redis(e.to_string())
+}
+
+fn unique() -> String {
+    crate::key::new_id()
+}
+
+impl Limits {
+    pub fn memory() -> Limits {
+        Limits::Memory(Arc::default())
+    }
+
+    /// Connects to Redis at `url` (reconnecting by itself when the connection drops).
+    pub async fn redis(url: &str) -> Result<Limits, AccessError> {
+        let client = redis::Client::open(url).map_err(redis_error)?;
+        let conn = ConnectionManager::new(client).await.map_err(redis_error)?;
+        Ok(Limits::Redis(RedisLimits {
+            conn,
+            hit: script(HIT),
+            add_tokens: script(ADD_TOKENS),
+            reserve: script(RESERVE),
+            settle: script(SETTLE),
+        }))
+    }
+
+    /// Counts a request against `rpm` and checks `tpm` for key `key_id`; a refused request
+    /// is not counted. `now_ms` is the clock of the memory backend (Redis uses its own).
+    pub async fn hit(
+        &self,
+        key_id: &str,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        now_ms: i64,
+    ) -> Result<Result<(), Denial>, AccessError> {
+        if rpm.is_none() && tpm.is_none() {
+            return Ok(Ok(()));
+        }
+        match self {
+            Limits::Memory(state) => {
+                let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(tpm) = tpm {
+                    let window = state.tokens.entry(key_id.to_owned()).or_default();
+                    while window
+                        .front()
+                        .is_some_and(|&(t, _)| t <= now_ms - WINDOW_MS)
+                    {
+                        window.pop_front();
+                    }
+                    let sum: u64 = window.iter().map(|&(_, n)| n).sum();
+                    if sum >= tpm {
+                        let mut over = sum - tpm;
+                        let mut retry = WINDOW_MS;
+                        for &(t, n) in window.iter() {
+                            if n > over {
+                                retry = t + WINDOW_MS - now_ms;
+                                break;
+                            }
+                            over -= n;
+                        }
+                        return Ok(Err(Denial::Tpm {
+                            limit: tpm,
+                            retry_after_ms: retry,
+                        }));
+                    }
+                }
+                if let Some(rpm) = rpm {
+                    let window = state.requests.entry(key_id.to_owned()).or_default();
+                    while window.front().is_some_and(|&t| t <= now_ms - WINDOW_MS) {
+                        window.pop_front();
+                    }
+                    if window.len() as u64 >= rpm {
+                        let retry = window
+                            .front()
+                            .map_or(WINDOW_MS, |&t| t + WINDOW_MS - now_ms);
+                        return Ok(Err(Denial::Rpm {
+                            limit: rpm,
+                            retry_after_ms: retry,
+                        }));
+                    }
+                    window.push_back(now_ms);
+                }
+                Ok(Ok(()))
+            }
+            Limits::Redis(r) => {
+                let (code, retry): (i64, i64) = r
+                    .hit
+                    .key(format!("fungible:rpm:{key_id}"))
+                    .key(format!("fungible:tpm:{key_id}"))
+                    .arg(WINDOW_MS)
+                    .arg(rpm.map_or(-1, |n| n as i64))
+                    .arg(tpm.map_or(-1, |n| n as i64))
+                    .arg(unique())
+                    .invoke_async(&mut r.conn.clone())
+                    .await
+                    .map_err(redis_error)?;
+                Ok(match (code, rpm, tpm) {
+                    (1, Some(limit), _) => Err(Denial::Rpm {
+                        limit,
+                        retry_after_ms: retry,
+                    }),
+                    (2, _, Some(limit)) => Err(Denial::Tpm {
+                        limit,
+                        retry_after_ms: retry,
+                    }),
+                    _ => Ok(()),
+                })
+            }
+        }
+    }
+
+    /// Adds the tokens an answered request really used to key `key_id`'s TPM window.
+    pub async fn add_tokens(
+        &self,
+        key_id: &str,
+        tokens: u64,
+        now_ms: i64,
+    ) -> Result<(), AccessError> {
+        if tokens == 0 {
+            return Ok(());
+        }
+        match self {
+            Limits::Memory(state) => {
+                let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                state
+                    .tokens
+                    .entry(key_id.to_owned())
+                    .or_default()
+                    .push_back((now_ms, tokens));
+                Ok(())
+            }
+            Limits::Redis(r) => {
+                let _: i64 = r
+                    .add_tokens
+                    .key(format!("fungible:tpm:{key_id}"))
+                    .arg(WINDOW_MS)
+                    .arg(format!("{}:{tokens}", unique()))
+                    .invoke_async(&mut r.conn.clone())
+                    .await
+                    .map_err(redis_error)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Reserves `estimate` USD of key `key_id`'s budget `limit` for `period` when it fits;
+    /// otherwise returns `(spent, reserved)`. `seed` is what the store says was spent,
+    /// used when the counter does not exist yet; `expires_ms` is how long the counter is
+    /// worth keeping (past the period's end).
+    pub async fn reserve(
+        &self,
+        key_id: &str,
+        period: &str,
+        limit: f64,
+        estimate: f64,
+        seed: f64,
+        expires_ms: Option<i64>,
+    ) -> Result<Result<(), (f64, f64)>, AccessError> {
+        match self {
+            Limits::Memory(state) => {
+                let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                let budget = state
+                    .budgets
+                    .entry((key_id.to_owned(), period.to_owned()))
+                    .or_insert(Budget {
+                        spent: seed,
+                        reserved: 0.0,
+                    });
+                if budget.spent + budget.reserved + estimate > limit {
+                    return Ok(Err((budget.spent, budget.reserved)));
+                }
+                budget.reserved += estimate;
+                Ok(Ok(()))
+            }
+            Limits::Redis(r) => {
+                let (admitted, spent, reserved): (i64, String, String) = r
+                    .reserve
+                    .key(format!("fungible:budget:{key_id}:{period}"))
+                    .arg(limit)
+                    .arg(estimate)
+                    .arg(seed)
+                    .arg(expires_ms.unwrap_or(0).max(0))
+                    .invoke_async(&mut r.conn.clone())
+                    .await
+                    .map_err(redis_error)?;
+                if admitted == 1 {
+                    Ok(Ok(()))
+                } else {
+                    Ok(Err((
+                        spent.parse().unwrap_or(0.0),
+                        reserved.parse().unwrap_or(0.0),
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Replaces a reservation of `reserved` USD with the `actual` cost.
+    pub async fn settle(
+        &self,
+        key_id: &str,
+        period: &str,
+        reserved: f64,
+        actual: f64,
+    ) -> Result<(), AccessError> {
+        match self {
+            Limits::Memory(state) => {
+                let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                let budget = state
+                    .budgets
+                    .entry((key_id.to_owned(), period.to_owned()))
+                    .or_default();
+                budget.reserved = (budget.reserved - reserved).max(0.0);
+                budget.spent += actual;
+                Ok(())
+            }
+            Limits::Redis(r) => {
+                let _: i64 = r
+                    .settle
+                    .key(format!("fungible:budget:{key_id}:{period}"))
+                    .arg(reserved)
+                    .arg(actual)
+                    .invoke_async(&mut r.conn.clone())
+                    .await
+                    .map_err(redis_error)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rpm_is_a_sliding_window() {
+        let limits = Limits::memory();
+        assert_eq!(limits.hit("k", Some(2), None, 1_000).await.unwrap(), Ok(()));
+        assert_eq!(
+            limits.hit("k", Some(2), None, 20_000).await.unwrap(),
+            Ok(())
+        );
+        let denied = limits
+            .hit("k", Some(2), None, 30_000)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            denied,
+            Denial::Rpm {
+                limit: 2,
+                retry_after_ms: 31_000
+            }
+        );
+        assert_eq!(denied.retry_after_secs(), Some(31));
+        // Other keys have their own window; the first request leaves it at 61 s.
+        assert_eq!(
+            limits.hit("other", Some(2), None, 30_000).await.unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            limits.hit("k", Some(2), None, 61_001).await.unwrap(),
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn tpm_counts_real_usage() {
+        let limits = Limits::memory();
+        assert_eq!(limits.hit("k", None, Some(100), 0).await.unwrap(), Ok(()));
+        limits.add_tokens("k", 60, 0).await.unwrap();
+        limits.add_tokens("k", 50, 10_000).await.unwrap();
+        let denied = limits
+            .hit("k", None, Some(100), 20_000)
+            .await
+            .unwrap()
+            .unwrap_err();
+        // Once the first 60 leave the window, 50 < 100.
+        assert_eq!(
+            denied,
+            Denial::Tpm {
+                limit: 100,
+                retry_after_ms: 40_000
+            }
+        );
+        assert_eq!(
+            limits.hit("k", None, Some(100), 60_001).await.unwrap(),
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn budgets_reserve_then_settle() {
+        let limits = Limits::memory();
+        assert_eq!(
+            limits
+                .reserve("k", "total", 1.0, 0.4, 0.1, None)
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            limits
+                .reserve("k", "total", 1.0, 0.4, 0.1, None)
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        // 0.1 spent + 0.8 reserved: another 0.4 does not fit.
+        assert_eq!(
+            limits
+                .reserve("k", "total", 1.0, 0.4, 0.1, None)
+                .await
+                .unwrap(),
+            Err((0.1, 0.8))
+        );
+        limits.settle("k", "total", 0.4, 0.1).await.unwrap();
+        assert_eq!(
+            limits
+                .reserve("k", "total", 1.0, 0.4, 0.1, None)
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            limits
+                .reserve("k", "other", 1.0, 1.0, 0.0, None)
+                .await
+                .unwrap(),
+            Ok(())
+        );
+    }
+
+    /// The same behaviour through Redis, when `FUNGIBLE_TEST_REDIS_URL` is set.
+    #[tokio::test]
+    async fn redis_backend_matches() {
+        let Ok(url) = std::env::var("FUNGIBLE_TEST_REDIS_URL") else {
+            eprintln!("FUNGIBLE_TEST_REDIS_URL is not set: Redis case not run");
+            return;
+        };
+        let limits = Limits::redis(&url).await.expect("redis");
+        let key = crate::key::new_id();
+        assert_eq!(limits.hit(&key, Some(2), None, 0).await.unwrap(), Ok(()));
+        assert_eq!(limits.hit(&key, Some(2), None, 0).await.unwrap(), Ok(()));
+        match limits.hit(&key, Some(2), None, 0).await.unwrap() {
+            Err(Denial::Rpm {
+                limit: 2,
+                retry_after_ms,
+            }) => assert!((1..=60_000).contains(&retry_after_ms)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(limits.hit(&key, None, Some(100), 0).await.unwrap(), Ok(()));
+        limits.add_tokens(&key, 150, 0).await.unwrap();
+        assert!(matches!(
+            limits.hit(&key, None, Some(100), 0).await.unwrap(),
+            Err(Denial::Tpm { limit: 100, .. })
+        ));
+        assert_eq!(
+            limits
+                .reserve(&key, "total", 1.0, 0.4, 0.1, Some(60_000))
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            limits
+                .reserve(&key, "total", 1.0, 0.4, 0.1, Some(60_000))
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        let (spent, reserved) = limits
+            .reserve(&key, "total", 1.0, 0.4, 0.1, None)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            (spent - 0.1).abs() < 1e-9 && (reserved - 0.8).abs() < 1e-9,
+            "{spent} {reserved}"
+        );
+        limits.settle(&key, "total", 0.4, 0.1).await.unwrap();
+        assert_eq!(
+            limits
+                .reserve(&key, "total", 1.0, 0.4, 0.1, None)
+                .await
+                .unwrap(),
+            Ok(())
+        );
+    }
+}

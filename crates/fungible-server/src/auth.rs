@@ -1,0 +1,479 @@
+//! Virtual keys on the request path: who is calling ([`layer`]), and whether their key's
+//! model allowance, rate limits and budget admit a chat ([`admit`]), settled with the real
+//! usage and cost once the answer is known ([`Ticket`]).
+//!
+//! [`layer`] is the outermost middleware. With `[auth] enabled`, every route but the open
+//! ones (`[auth] open_routes`, default `/health` and `/openapi.json`) needs a key, taken from
+//! whichever header the client's API uses: `Authorization: Bearer`, `x-api-key`,
+//! `x-goog-api-key`, or `?key=`. A valid virtual key puts a [`Principal`] on the request's
+//! extensions; the admin key is accepted too (no principal, no limits). `/admin/*` always
+//! needs the admin key. A refusal is in the inbound API's own error shape: 401 for a
+//! missing, unknown, revoked or expired key.
+//!
+//! `dispatch` calls [`admit`] before asking the gateway: a model the key may not use is a
+//! 403, a reached RPM/TPM limit or budget a 429 with `Retry-After` (when the window or
+//! period resets). A budget is checked by reserving the request's estimated cost (input
+//! tokens estimated from the request's size, output tokens from `max_tokens` or
+//! `[auth] default_output_tokens`, priced with the price table); the [`Ticket`] settles the
+//! real cost when the answer is known, at a stream's end or drop, and releases the
+//! reservation if the request failed. A budgeted key may not use a model whose price is
+//! unknown (403); local models are free.
+//!
+//! The presented key is never logged or stored: only its hash is looked up, and a
+//! principal carries the key's id.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use fungible_access::{Access, Denial, Limits, Reservation};
+use fungible_gateway::config::AuthConfig;
+use fungible_gateway::{GatewayError, Target};
+use fungible_providers::{EventStream, Secret};
+use fungible_store::{KeyRecord, PriceTable, Store};
+use fungible_types::{ChatRequest, ErrorKind, ProviderError, StreamEvent, Usage};
+use futures::Stream;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiFormat};
+use crate::principal::Principal;
+
+/// Auth settings and state, shared by every request (cheap to clone).
+#[derive(Clone)]
+pub struct Auth {
+    pub enabled: bool,
+    /// Guards `/admin/*`; `None`: the admin API is off.
+    pub admin_key: Option<Secret>,
+    pub admin_key_env: String,
+    pub open_routes: Arc<Vec<String>>,
+    pub default_output_tokens: u32,
+    /// Keys, limits and budgets; `None` without a store.
+    pub access: Option<Arc<Access>>,
+}
+
+impl Default for Auth {
+    fn default() -> Auth {
+        Auth {
+            enabled: false,
+            admin_key: None,
+            admin_key_env: fungible_gateway::config::DEFAULT_ADMIN_KEY_ENV.to_owned(),
+            open_routes: Arc::default(),
+            default_output_tokens: 1024,
+            access: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("enabled", &self.enabled)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "[redacted]"))
+            .field("open_routes", &self.open_routes)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error(
+        "auth: [auth] enabled and the admin API need the store (keys live there); [store] is disabled"
+    )]
+    NoStore,
+    #[error("state.redis: {0}")]
+    Redis(fungible_access::AccessError),
+}
+
+impl Auth {
+    /// Builds auth from `config` over `store`, connecting to Redis when `[state] redis` is
+    /// set (counters in memory otherwise).
+    pub async fn from_config(
+        config: &AuthConfig,
+        store: Option<Store>,
+    ) -> Result<Auth, AuthSetupError> {
+        let access = match store {
+            None if config.enabled || config.admin_key.is_some() => {
+                return Err(AuthSetupError::NoStore);
+            }
+            None => None,
+            Some(store) => {
+                let limits = match &config.redis {
+                    Some(url) => Limits::redis(url).await.map_err(AuthSetupError::Redis)?,
+                    None => Limits::memory(),
+                };
+                Some(Arc::new(Access::new(store, limits, config.key_cache)))
+            }
+        };
+        Ok(Auth {
+            enabled: config.enabled,
+            admin_key: config.admin_key.clone(),
+            admin_key_env: config.admin_key_env.clone(),
+            open_routes: Arc::new(config.open_routes.clone()),
+            default_output_tokens: config.default_output_tokens,
+            access,
+        })
+    }
+}
+
+tokio::task_local! {
+    /// The key the current request authenticated with, for [`admit`].
+    static KEY: Arc<KeyRecord>;
+}
+
+/// The inbound API a path belongs to, for its error shape.
+pub fn format_of(path: &str) -> ApiFormat {
+    if path.starts_with("/v1/messages") {
+        ApiFormat::Anthropic
+    } else if path.starts_with("/v1beta/") || path.starts_with("/v1/models/") {
+        ApiFormat::Gemini
+    } else {
+        ApiFormat::OpenAi
+    }
+}
+
+/// The key a request presents, in any inbound API's header (or `?key=`, Gemini's way).
+fn presented_key(request: &Request) -> Option<String> {
+    let headers = request.headers();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(value) = header("authorization") {
+        let (scheme, token) = value.split_once(' ').unwrap_or(("", value));
+        if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+            return Some(token.trim().to_owned());
+        }
+    }
+    if let Some(v) = header("x-api-key").or_else(|| header("x-goog-api-key")) {
+        return Some(v.to_owned());
+    }
+    request
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("key="))
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        kind: "authentication_error",
+        code: Some("invalid_api_key"),
+        ..ApiError::invalid_request(None, message)
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "service_unavailable_error",
+        ..ApiError::invalid_request(None, message)
+    }
+}
+
+/// Whether the request carries the admin key.
+pub(crate) fn is_admin(auth: &Auth, request: &Request) -> bool {
+    match (&auth.admin_key, presented_key(request)) {
+        (Some(admin), Some(presented)) => {
+            fungible_access::key::secrets_equal(&presented, admin.expose())
+        }
+        _ => false,
+    }
+}
+
+/// Middleware: authenticates the request (see the module docs).
+pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let format = format_of(path);
+    let auth = &state.auth;
+    if path == "/admin" || path.starts_with("/admin/") {
+        if auth.admin_key.is_none() {
+            return ApiError {
+                status: StatusCode::FORBIDDEN,
+                kind: "permission_error",
+                ..ApiError::invalid_request(
+                    None,
+                    format!(
+                        "the admin API is off: set the admin key in {}",
+                        auth.admin_key_env
+                    ),
+                )
+            }
+            .into_response();
+        }
+        if !is_admin(auth, &request) {
+            return unauthorized("the admin API needs the admin key (Authorization: Bearer ...)")
+                .into_response();
+        }
+        return next.run(request).await;
+    }
+    if !auth.enabled
+        || auth
+            .open_routes
+            .iter()
+            .any(|pattern| fungible_access::glob_matches(pattern, path))
+    {
+        return next.run(request).await;
+    }
+    let Some(presented) = presented_key(&request) else {
+        return unauthorized("missing API key: send a virtual key as Authorization: Bearer, x-api-key, x-goog-api-key or ?key=")
+            .into_response_for(format);
+    };
+    if is_admin(auth, &request) {
+        return next.run(request).await;
+    }
+    let Some(access) = &auth.access else {
+        return unavailable("API keys cannot be checked: no store").into_response_for(format);
+    };
+    match access.authenticate(&presented).await {
+        Ok(Ok(key)) => {
+            drop(presented);
+            request.extensions_mut().insert(Principal {
+                key_id: key.id.clone(),
+                key_name: key.name.clone(),
+                tags: key.tags.clone(),
+            });
+            KEY.scope(key, next.run(request)).await
+        }
+        Ok(Err(failure)) => unauthorized(failure.to_string()).into_response_for(format),
+        Err(e) => {
+            tracing::error!("could not look up an API key: {e}");
+            unavailable("API keys cannot be checked right now").into_response_for(format)
+        }
+    }
+}
+
+fn refusal(kind: ErrorKind, message: String, retry_after: Option<u64>) -> GatewayError {
+    let mut error = ProviderError::new(kind, "fungible", message);
+    error.retry_after = retry_after;
+    GatewayError::Provider(error)
+}
+
+fn denial(denial: &Denial) -> GatewayError {
+    refusal(
+        ErrorKind::RateLimited,
+        denial.to_string(),
+        denial.retry_after_secs(),
+    )
+}
+
+fn state_error(e: fungible_access::AccessError) -> GatewayError {
+    tracing::error!("limits: {e}");
+    refusal(
+        ErrorKind::Unavailable,
+        "rate limits and budgets cannot be checked right now".into(),
+        None,
+    )
+}
+
+/// A request's admission: settles its real usage and cost once, when finished or dropped.
+#[must_use]
+pub struct Ticket {
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    access: Arc<Access>,
+    key: Arc<KeyRecord>,
+    reservation: Option<Reservation>,
+    prices: Arc<PriceTable>,
+}
+
+impl Ticket {
+    fn none() -> Ticket {
+        Ticket { pending: None }
+    }
+
+    /// Settles with what `target` used (no target: nothing was answered).
+    pub fn finish(mut self, target: Option<&Target>, usage: &Usage) {
+        self.settle(target, usage);
+    }
+
+    fn settle(&mut self, target: Option<&Target>, usage: &Usage) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let cost = target
+            .and_then(|t| {
+                price_of(&p.prices, t).map(|price| price.map_or(0.0, |pr| pr.cost(usage)))
+            })
+            .unwrap_or(0.0);
+        let tokens = usage.total_tokens();
+        let key_id = p.key.id.clone();
+        let work = async move {
+            if let Err(e) = p.access.settle(&p.key, p.reservation, tokens, cost).await {
+                tracing::warn!(key = %p.key.id, "could not settle a request's usage: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(work);
+            }
+            Err(_) => tracing::warn!(key = %key_id, "no runtime to settle a request's usage on"),
+        }
+    }
+
+    /// Wraps `stream` so the ticket settles at its end, its error or its drop, with the
+    /// usage the stream reported.
+    pub fn wrap(self, stream: EventStream, target: Option<Target>) -> EventStream {
+        if self.pending.is_none() {
+            return stream;
+        }
+        Box::pin(SettledStream {
+            inner: stream,
+            ticket: self,
+            target,
+            usage: Usage::default(),
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // Unfinished (the request failed): release the reservation.
+        self.settle(None, &Usage::default());
+    }
+}
+
+/// The price of `target`: `Some(None)` for a free (local) model, `None` when unknown.
+fn price_of(prices: &PriceTable, target: &Target) -> Option<Option<fungible_store::Price>> {
+    if target.provider == fungible_providers::local::NAME {
+        return Some(None);
+    }
+    prices.get(&target.provider, &target.model).map(Some)
+}
+
+struct SettledStream {
+    inner: EventStream,
+    ticket: Ticket,
+    target: Option<Target>,
+    usage: Usage,
+}
+
+impl Stream for SettledStream {
+    type Item = <EventStream as Stream>::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let poll = this.inner.as_mut().poll_next(cx);
+        match &poll {
+            Poll::Ready(Some(Ok(StreamEvent::Usage(u)))) => this.usage = *u,
+            Poll::Ready(Some(Err(_)) | None) => {
+                this.ticket.settle(this.target.as_ref(), &this.usage)
+            }
+            _ => {}
+        }
+        poll
+    }
+}
+
+impl Drop for SettledStream {
+    fn drop(&mut self) {
+        // The client went away: what was used so far still counts.
+        self.ticket.settle(self.target.as_ref(), &self.usage);
+    }
+}
+
+/// Admits a chat for the current request's key (see the module docs); no key (auth off,
+/// or the admin key): always admitted.
+pub async fn admit(state: &AppState, req: &ChatRequest) -> Result<Ticket, GatewayError> {
+    let Ok(key) = KEY.try_with(Arc::clone) else {
+        return Ok(Ticket::none());
+    };
+    let Some(access) = state.auth.access.clone() else {
+        return Ok(Ticket::none());
+    };
+    let target = allowed_target(state, &key, &req.model)?;
+    if let Err(d) = access.check_rate(&key).await.map_err(state_error)? {
+        return Err(denial(&d));
+    }
+    let prices = Arc::clone(&state.recording.prices);
+    let reservation = match (&key.budget, &target) {
+        (Some(_), Some(target)) => {
+            let estimate = match price_of(&prices, target) {
+                Some(None) => 0.0,
+                Some(Some(price)) => {
+                    price.cost(&estimate_usage(req, state.auth.default_output_tokens))
+                }
+                None => {
+                    return Err(refusal(
+                        ErrorKind::PermissionDenied,
+                        format!(
+                            "model {target} has no known price, and this API key has a budget: add [prices.\"{target}\"] to the config"
+                        ),
+                        None,
+                    ));
+                }
+            };
+            match access.reserve(&key, estimate).await.map_err(state_error)? {
+                Ok(reservation) => reservation,
+                Err(d) => return Err(denial(&d)),
+            }
+        }
+        // An unknown model fails in the gateway, before any cost.
+        _ => None,
+    };
+    Ok(Ticket {
+        pending: Some(Pending {
+            access,
+            key,
+            reservation,
+            prices,
+        }),
+    })
+}
+
+/// The target `model` resolves to (`None`: unknown, the gateway will say so), if the key
+/// may use it: an alias is allowed by its own name or by the target it resolves to.
+fn allowed_target(state: &AppState, key: &KeyRecord, model: &str) -> Result<Option<Target>, GatewayError> {
+    let target = state.gateway.resolve(model).ok().map(|(_, target)| target);
+    let allowed = fungible_access::model_allowed(&key.models, model)
+        || target
+            .as_ref()
+            .is_some_and(|t| fungible_access::model_allowed(&key.models, &t.to_string()));
+    if !allowed {
+        return Err(refusal(
+            ErrorKind::PermissionDenied,
+            format!("this API key may not use model {model:?}"),
+            None,
+        ));
+    }
+    Ok(target)
+}
+
+/// Admits an embeddings request for the current request's key: its model allowance and
+/// RPM. Embeddings are not priced yet, so TPM and budgets do not count them.
+pub async fn admit_embeddings(state: &AppState, model: &str) -> Result<(), GatewayError> {
+    let Ok(key) = KEY.try_with(Arc::clone) else {
+        return Ok(());
+    };
+    let Some(access) = state.auth.access.clone() else {
+        return Ok(());
+    };
+    allowed_target(state, &key, model)?;
+    match access.check_rate(&key).await.map_err(state_error)? {
+        Ok(()) => Ok(()),
+        Err(d) => Err(denial(&d)),
+    }
+}
+
+/// An upper-leaning estimate of what `req` will use: a token per 4 bytes of the request
+/// (JSON framing makes this more, not less, than the text's tokens) and `max_tokens` (or
+/// `default_output` when unset) of output.
+fn estimate_usage(req: &ChatRequest, default_output: u32) -> Usage {
+    let bytes = serde_json::to_vec(req).map(|v| v.len()).unwrap_or(0) as u64;
+    Usage {
+        input_tokens: bytes.div_ceil(4),
+        output_tokens: u64::from(req.params.max_tokens.unwrap_or(default_output)),
+        ..Usage::default()
+    }
+}
