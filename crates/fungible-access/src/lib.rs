@@ -16,6 +16,7 @@
 pub mod key;
 pub mod limits;
 pub mod period;
+pub mod spend;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -80,6 +81,7 @@ struct Cached {
 pub struct Access {
     store: Store,
     limits: Limits,
+    spend: spend::SpendWriter,
     ttl: Duration,
     cache: Mutex<HashMap<String, Cached>>,
     /// Spend the store had per (key, period), read at most once per `ttl`: the starting
@@ -143,8 +145,11 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 impl Access {
     /// `ttl`: how long a key lookup is trusted before the store is asked again (and so how
     /// long a revocation on another instance takes to reach this one).
+    ///
+    /// Starts the task that persists spend ([`spend`]): call it inside a tokio runtime.
     pub fn new(store: Store, limits: Limits, ttl: Duration) -> Access {
         Access {
+            spend: spend::SpendWriter::start(store.clone()),
             store,
             limits,
             ttl,
@@ -264,7 +269,8 @@ impl Access {
     }
 
     /// Settles an answered (or failed) request: its real tokens go to the TPM window, its
-    /// real cost replaces its reservation and is added to the store's spend.
+    /// real cost replaces its reservation and is added to the store's spend (batched: see
+    /// [`spend`]).
     pub async fn settle(
         &self,
         key: &KeyRecord,
@@ -287,7 +293,7 @@ impl Access {
         }
         if cost > 0.0 {
             let period = period.unwrap_or_else(|| "total".to_owned());
-            self.store.add_key_spend(&key.id, &period, cost).await?;
+            self.spend.add(&key.id, &period, cost);
         }
         Ok(())
     }
@@ -299,8 +305,14 @@ impl Access {
             || "total".to_owned(),
             |b| period::window(b.period, now_ms()).0,
         );
+        self.spend.flush().await;
         let spent = self.store.key_spend(&key.id, &period).await?;
         Ok(SpendView { period, spent })
+    }
+
+    /// Writes every settled cost still waiting to the store (at shutdown).
+    pub async fn flush(&self) {
+        self.spend.flush().await;
     }
 }
 

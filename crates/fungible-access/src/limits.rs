@@ -101,8 +101,26 @@ impl std::fmt::Debug for Limits {
 #[derive(Default)]
 pub struct MemoryState {
     requests: HashMap<String, VecDeque<i64>>,
-    tokens: HashMap<String, VecDeque<(i64, u64)>>,
+    tokens: HashMap<String, TokenWindow>,
     budgets: HashMap<(String, String), Budget>,
+}
+
+/// The tokens answered requests used in the last minute, and their sum.
+#[derive(Default)]
+struct TokenWindow {
+    entries: VecDeque<(i64, u64)>,
+    sum: u64,
+}
+
+impl TokenWindow {
+    fn expire(&mut self, now_ms: i64) {
+        while let Some(&(t, n)) = self.entries.front()
+            && t <= now_ms - WINDOW_MS
+        {
+            self.entries.pop_front();
+            self.sum -= n;
+        }
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -123,8 +141,10 @@ pub struct RedisLimits {
 /// The time in ms inside a script: Redis's clock, shared by every instance.
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
 
-/// KEYS: requests zset, tokens zset. ARGV: window ms, rpm (-1: none), tpm (-1: none), a
-/// unique member. Returns {0, 0} when admitted, {1, retry ms} over RPM, {2, retry ms} over TPM.
+/// KEYS: requests zset, tokens zset, tokens' running sum. ARGV: window ms, rpm (-1: none),
+/// tpm (-1: none), a unique member. Returns {0, 0} when admitted, {1, retry ms} over RPM,
+/// {2, retry ms} over TPM. Each call costs O(log n + what left the window): the TPM sum is
+/// kept beside the window, never recomputed from it.
 const HIT: &str = r"
 local window = tonumber(ARGV[1])
 local rpm = tonumber(ARGV[2])
@@ -140,16 +160,27 @@ if rpm >= 0 then
   end
 end
 if tpm >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-  local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - window)
+  if #gone > 0 then
+    local tokens = 0
+    for i = 1, #gone do
+      tokens = tokens + tonumber(string.match(gone[i], ':(%d+)$'))
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+    redis.call('DECRBY', KEYS[3], tokens)
+  end
   local sum = 0
-  for i = 1, #entries, 2 do
-    sum = sum + tonumber(string.match(entries[i], ':(%d+)$'))
+  if redis.call('ZCARD', KEYS[2]) == 0 then
+    redis.call('DEL', KEYS[3])
+  else
+    sum = tonumber(redis.call('GET', KEYS[3]) or '0')
   end
   if sum >= tpm then
-    -- Admitted again once enough of the oldest usage has left the window.
+    -- Admitted again once enough of the oldest usage has left the window (looked for
+    -- among the oldest 1,000 entries; past them, a whole window).
     local over = sum - tpm
     local retry = window
+    local entries = redis.call('ZRANGE', KEYS[2], 0, 999, 'WITHSCORES')
     for i = 1, #entries, 2 do
       over = over - tonumber(string.match(entries[i], ':(%d+)$'))
       if over < 0 then
@@ -167,10 +198,12 @@ end
 return {0, 0}
 ";
 
-/// KEYS: tokens zset. ARGV: window ms, member `ID:TOKENS`.
+/// KEYS: tokens zset, tokens' running sum. ARGV: window ms, member `ID:TOKENS`, tokens.
 const ADD_TOKENS: &str = r"
 redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('INCRBY', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]))
 return 1
 ";
 
@@ -204,6 +237,12 @@ fn script(body: &str) -> Arc<Script> {
 
 fn redis_error(e: redis::RedisError) -> AccessError {
     AccessError::Redis(e.to_string())
+}
+
+/// A key's Redis key for `what`. The `{ID}` hash tag keeps one key's counters in one
+/// Redis Cluster slot, so a script may touch them together.
+fn redis_key(key_id: &str, what: &str) -> String {
+    format!("fungible:{{{key_id}}}:{what}")
 }
 
 fn unique() -> String {
@@ -245,17 +284,11 @@ impl Limits {
                 let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(tpm) = tpm {
                     let window = state.tokens.entry(key_id.to_owned()).or_default();
-                    while window
-                        .front()
-                        .is_some_and(|&(t, _)| t <= now_ms - WINDOW_MS)
-                    {
-                        window.pop_front();
-                    }
-                    let sum: u64 = window.iter().map(|&(_, n)| n).sum();
-                    if sum >= tpm {
-                        let mut over = sum - tpm;
+                    window.expire(now_ms);
+                    if window.sum >= tpm {
+                        let mut over = window.sum - tpm;
                         let mut retry = WINDOW_MS;
-                        for &(t, n) in window.iter() {
+                        for &(t, n) in window.entries.iter() {
                             if n > over {
                                 retry = t + WINDOW_MS - now_ms;
                                 break;
@@ -289,8 +322,9 @@ impl Limits {
             Limits::Redis(r) => {
                 let (code, retry): (i64, i64) = r
                     .hit
-                    .key(format!("fungible:rpm:{key_id}"))
-                    .key(format!("fungible:tpm:{key_id}"))
+                    .key(redis_key(key_id, "rpm"))
+                    .key(redis_key(key_id, "tpm"))
+                    .key(redis_key(key_id, "tpm-sum"))
                     .arg(WINDOW_MS)
                     .arg(rpm.map_or(-1, |n| n as i64))
                     .arg(tpm.map_or(-1, |n| n as i64))
@@ -326,19 +360,20 @@ impl Limits {
         match self {
             Limits::Memory(state) => {
                 let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-                state
-                    .tokens
-                    .entry(key_id.to_owned())
-                    .or_default()
-                    .push_back((now_ms, tokens));
+                let window = state.tokens.entry(key_id.to_owned()).or_default();
+                window.expire(now_ms);
+                window.entries.push_back((now_ms, tokens));
+                window.sum += tokens;
                 Ok(())
             }
             Limits::Redis(r) => {
                 let _: i64 = r
                     .add_tokens
-                    .key(format!("fungible:tpm:{key_id}"))
+                    .key(redis_key(key_id, "tpm"))
+                    .key(redis_key(key_id, "tpm-sum"))
                     .arg(WINDOW_MS)
                     .arg(format!("{}:{tokens}", unique()))
+                    .arg(tokens)
                     .invoke_async(&mut r.conn.clone())
                     .await
                     .map_err(redis_error)?;
@@ -379,7 +414,7 @@ impl Limits {
             Limits::Redis(r) => {
                 let (admitted, spent, reserved): (i64, String, String) = r
                     .reserve
-                    .key(format!("fungible:budget:{key_id}:{period}"))
+                    .key(redis_key(key_id, &format!("budget:{period}")))
                     .arg(limit)
                     .arg(estimate)
                     .arg(seed)
@@ -421,7 +456,7 @@ impl Limits {
             Limits::Redis(r) => {
                 let _: i64 = r
                     .settle
-                    .key(format!("fungible:budget:{key_id}:{period}"))
+                    .key(redis_key(key_id, &format!("budget:{period}")))
                     .arg(reserved)
                     .arg(actual)
                     .invoke_async(&mut r.conn.clone())

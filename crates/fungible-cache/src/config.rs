@@ -12,8 +12,8 @@ struct CacheSection {
     enabled: Option<bool>,
     /// `memory` (default) or `redis`.
     backend: Option<String>,
-    /// The Redis server of the `redis` backend. Default: the shared `[state] redis` URL once that section exists (not yet), else
-    /// `redis://127.0.0.1:6379`.
+    /// The Redis server of the `redis` backend. Default: the shared `[state] redis` URL,
+    /// else `redis://127.0.0.1:6379`.
     redis_url: Option<String>,
     /// Prefix of every Redis key. Default `fungible:cache:`.
     key_prefix: Option<String>,

@@ -165,6 +165,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else if auth.admin_key.is_some() {
         tracing::info!("admin API on; keys are not required yet ([auth] enabled = false)");
     }
+    let access = auth.access.clone();
     state = state.with_auth(auth);
     let telemetry = runtime.block_on(async { telemetry::start(&args.config) })?;
     if let Some(t) = &telemetry {
@@ -176,7 +177,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime
         .block_on(fungible_server::serve(state, addr, shutdown_signal()))
         .with_context(|| format!("could not serve on {addr}"))?;
-    // The server has stopped: write every queued record before exiting.
+    // The server has stopped: write the keys' settled spend and every queued record
+    // before exiting.
+    if let Some(access) = access {
+        runtime.block_on(access.flush());
+    }
     if let Some(recorder) = recorder {
         runtime.block_on(recorder.shutdown());
     }
