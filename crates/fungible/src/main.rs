@@ -2,6 +2,7 @@
 //! library crates beside this one.
 
 mod bench;
+mod eval;
 mod keys;
 mod telemetry;
 mod traces;
@@ -60,6 +61,8 @@ enum Command {
     /// Requests, errors, tokens, cost and p50/p95 latency from the store, grouped
     /// `--by model|provider|route|user|day|inbound`.
     Stats(traces::StatsArgs),
+    /// Evaluate models on a dataset: `eval run`, `eval report DIR`, `eval compare A B`.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(clap::Args)]
@@ -104,6 +107,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Traces(args) => traces::traces(args),
         Command::Stats(args) => traces::stats(args),
         Command::Keys(args) => keys::keys(args),
+        Command::Eval(args) => eval::eval(args),
     }
 }
 

@@ -28,6 +28,7 @@ pub use compare::{
 
 use crate::results::{ItemResult, RunMeta};
 use crate::stats::{self, Interval, McNemar, PairedComparison};
+use crate::truncate_chars;
 
 pub const REPORT_JSON_FILE: &str = "report.json";
 pub const REPORT_HTML_FILE: &str = "report.html";
@@ -541,13 +542,6 @@ fn model_stats(run: &LoadedRun, model: &str) -> ModelStats {
 fn error_class(error: &str) -> String {
     let class = error.split(':').next().unwrap_or(error).trim();
     truncate_chars(if class.is_empty() { "error" } else { class }, 60)
-}
-
-pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
 }
 
 fn baseline_comparison(
