@@ -2,7 +2,8 @@
 //! writes N synthetic records (default 1,000,000) through the recorder into a fresh SQLite
 //! file, and into a fresh PostgreSQL schema when `FUNGIBLE_TEST_POSTGRES_URL` is set (the
 //! schema is dropped at the end), prints the ingest rate, then times `Store::stats` for
-//! every grouping, over everything and over the last day.
+//! every grouping, over everything and over the last day: once from the rows alone
+//! (`--by model`), then after rolling the hours up as the gateway does every minute.
 //!
 //! `STATS_BENCH_SQLITE_PATH=FILE` keeps the SQLite file, and reuses it when it exists
 //! (no fill), to time stats again without writing a million records first.
@@ -135,6 +136,30 @@ async fn fill(name: &str, store: &Store, n: u64) {
     );
 }
 
+/// `stats --by model` from the rows alone, then the roll-up (what the gateway does each
+/// minute in the background), timed; [`time_stats`] then reads the roll-ups.
+async fn roll_up(name: &str, store: &Store) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    if store.rollup_watermark().await.expect("watermark") == 0 {
+        let started = Instant::now();
+        let rows = store.stats(GroupBy::Model, None, None).await.expect("stats");
+        println!(
+            "{name:<8} stats --by model   (all, no roll-ups): {:>7.1} ms  {:>5} groups",
+            started.elapsed().as_secs_f64() * 1000.0,
+            rows.len()
+        );
+    }
+    let started = Instant::now();
+    let done = store.roll_up(now).await.expect("roll-up");
+    println!(
+        "{name:<8} roll-up: {} days in {:.1} s",
+        done.days,
+        started.elapsed().as_secs_f64()
+    );
+}
+
 async fn time_stats(name: &str, store: &Store) {
     let groups = [
         ("model", GroupBy::Model),
@@ -191,6 +216,7 @@ async fn main() {
     } else {
         fill("sqlite", &sqlite, n).await;
     }
+    roll_up("sqlite", &sqlite).await;
     time_stats("sqlite", &sqlite).await;
     sqlite.close().await;
     if keep.is_none() {
@@ -201,6 +227,7 @@ async fn main() {
     if let Some(schema) = PgSchema::from_env().await.expect("postgres") {
         let pg = Store::open(schema.url()).await.expect("postgres");
         fill("postgres", &pg, n).await;
+        roll_up("postgres", &pg).await;
         time_stats("postgres", &pg).await;
         pg.close().await;
     }

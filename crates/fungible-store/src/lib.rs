@@ -18,6 +18,7 @@ mod keys;
 pub mod migrations;
 mod prices;
 mod record;
+mod rollups;
 mod recorder;
 mod store;
 #[doc(hidden)]
@@ -27,5 +28,6 @@ pub use config::{StoreConfig, StoreConfigError};
 pub use keys::{BudgetPeriod, KeyBudget, KeyRecord};
 pub use prices::{PRICES_AS_OF, Price, PriceTable};
 pub use record::{AttemptRecord, Bodies, Feedback, FeedbackTarget, InferenceRecord, new_id};
+pub use rollups::{RollUp, SETTLE_MS};
 pub use recorder::{BatchSink, Recorder, RecorderCounters, RecorderOptions};
 pub use store::{GroupBy, InferenceFilter, StatsRow, Store, StoreError};

@@ -108,4 +108,28 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
         )",
         ],
     ),
+    // Daily roll-ups for stats (see `rollups.rs`); the watermark starts at 0, so the first
+    // roll-up covers the history already recorded. `latencies` is a JSON histogram.
+    (
+        4,
+        &[
+            "CREATE TABLE inference_rollups (
+            day BIGINT NOT NULL,
+            dim TEXT NOT NULL,
+            value TEXT,
+            requests BIGINT NOT NULL,
+            errors BIGINT NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cost DOUBLE PRECISION NOT NULL,
+            unpriced BIGINT NOT NULL,
+            cache_hits BIGINT NOT NULL,
+            latencies TEXT NOT NULL
+        )",
+            "CREATE INDEX inference_rollups_dim ON inference_rollups (dim, day)",
+            "CREATE TABLE rollup_state (id BIGINT PRIMARY KEY, watermark_ms BIGINT NOT NULL)",
+            "INSERT INTO rollup_state (id, watermark_ms) VALUES (1, 0)",
+        ],
+    ),
 ];

@@ -1,5 +1,5 @@
 //! [`Store`]: the database behind the recorder and the read-back API. The only SQL in the
-//! workspace is in this file and [`crate::migrations`].
+//! workspace is in this crate: here, [`crate::migrations`], `keys.rs` and `rollups.rs`.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -268,6 +268,7 @@ impl Store {
                     .await?;
             }
         }
+        crate::rollups::add_late(&mut tx, self.backend, records).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -351,6 +352,7 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
+        crate::rollups::add_late(&mut tx, self.backend, records).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -520,6 +522,101 @@ impl Store {
         } else {
             ""
         };
+        // Whole days up to the roll-up watermark come from the roll-ups; the rest (a range's
+        // edges off the day, what is newer than the watermark, tags) from the rows.
+        let day = crate::rollups::DAY_MS;
+        let rolled = match crate::rollups::dimension(group) {
+            None => None,
+            Some(_) => {
+                let watermark = self.rollup_watermark().await?;
+                let from = since_ms.map_or(i64::MIN / day, |s| s.div_euclid(day) + i64::from(s.rem_euclid(day) != 0));
+                let to = until_ms.map_or(watermark / day, |u| u.div_euclid(day).min(watermark / day));
+                // Watermark 0: nothing is rolled up yet.
+                (watermark > 0 && from < to).then_some((from, to))
+            }
+        };
+        // PostgreSQL's exact percentiles when the rows alone answer; histograms otherwise.
+        let exact = rolled.is_none() && self.backend == Backend::Postgres;
+        let mut parts: Vec<(crate::rollups::GroupKey, crate::rollups::Sums, Option<(f64, f64)>)> = Vec::new();
+        let mut raw_ranges = Vec::new();
+        match rolled {
+            Some((from, to)) => {
+                for (k, sums) in self.rolled_up_stats(group, from, to).await? {
+                    parts.push((k, sums, None));
+                }
+                if from > i64::MIN / day {
+                    raw_ranges.push((since_ms, Some(from * day)));
+                }
+                raw_ranges.push((Some(to * day), until_ms));
+            }
+            None => raw_ranges.push((since_ms, until_ms)),
+        }
+        for (since_ms, until_ms) in raw_ranges {
+            if let (Some(a), Some(b)) = (since_ms, until_ms)
+                && a >= b
+            {
+                continue;
+            }
+            for r in self.raw_stats(key, join, since_ms, until_ms, exact).await? {
+                let k = crate::rollups::group_key(group, &r)?;
+                if exact {
+                    // Same layout without the bucket: the percentiles in columns 9 and 10.
+                    let mut sums = crate::rollups::Sums::from_bucket_row_exact(&r)?;
+                    sums.latencies.clear();
+                    let p = (r.try_get::<Option<f64>, _>(9)?.unwrap_or(0.0), r.try_get::<Option<f64>, _>(10)?.unwrap_or(0.0));
+                    parts.push((k, sums, Some(p)));
+                } else {
+                    parts.push((k, crate::rollups::Sums::from_bucket_row(&r)?, None));
+                }
+            }
+        }
+        let mut groups: BTreeMap<String, (crate::rollups::Sums, Option<(f64, f64)>)> = BTreeMap::new();
+        for (k, sums, exact) in parts {
+            let key = match k {
+                crate::rollups::GroupKey::Day(d) => d.map_or_else(|| "-".into(), |d| utc_date(d * 86_400_000)),
+                crate::rollups::GroupKey::Text(t) => t.unwrap_or_else(|| "-".into()),
+            };
+            let entry = groups.entry(key).or_default();
+            entry.0.add(sums);
+            if exact.is_some() {
+                entry.1 = exact;
+            }
+        }
+        let mut out: Vec<StatsRow> = groups
+            .into_iter()
+            .map(|(key, (sums, exact))| {
+                let buckets: Vec<Bucket> = sums.latencies.values().copied().collect();
+                let (p50, p95) = exact.unwrap_or_else(|| (bucket_percentile(&buckets, 0.50), bucket_percentile(&buckets, 0.95)));
+                StatsRow {
+                    key,
+                    requests: sums.requests,
+                    errors: sums.errors,
+                    input_tokens: sums.input_tokens,
+                    output_tokens: sums.output_tokens,
+                    cache_read_tokens: sums.cache_read_tokens,
+                    cost: sums.cost,
+                    unpriced: sums.unpriced,
+                    cache_hits: sums.cache_hits,
+                    p50_latency_ms: p50,
+                    p95_latency_ms: p95,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.key.cmp(&b.key)));
+        Ok(out)
+    }
+
+    /// Stats rows straight from `inferences` in `[since_ms, until_ms)`: with `exact`
+    /// (PostgreSQL), one row per key with its percentiles; else one row per key and latency
+    /// bucket with the bucket's min and max.
+    async fn raw_stats(
+        &self,
+        key: &str,
+        join: &str,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        exact: bool,
+    ) -> Result<Vec<AnyRow>, StoreError> {
         let sums = "COUNT(*), CAST(SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), SUM(cost), CAST(SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END) AS BIGINT), CAST(SUM(cache_hit) AS BIGINT)";
         // Only the bounds given: an unbounded range would make the planner walk the time
         // index row by row instead of scanning.
@@ -536,100 +633,25 @@ impl Store {
         } else {
             format!(" WHERE {}", range.join(" AND "))
         };
-        let sql = match self.backend {
-            Backend::Postgres => format!(
+        let sql = if exact {
+            format!(
                 "SELECT {key} AS k, {sums}, percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms), percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM inferences{join}{filter} GROUP BY k"
-            ),
-            Backend::Sqlite => format!(
-                "SELECT {key} AS k, {sums}, MIN(latency_ms), MAX(latency_ms), {LATENCY_BUCKET} AS b FROM inferences{join}{filter} GROUP BY k, b"
-            ),
+            )
+        } else {
+            let bucket = crate::rollups::latency_bucket(self.backend);
+            format!(
+                "SELECT {key} AS k, {sums}, MIN(latency_ms), MAX(latency_ms), {bucket} AS b FROM inferences{join}{filter} GROUP BY k, b"
+            )
         };
         let mut query = sqlx::query(&sql);
         for ms in binds {
             query = query.bind(ms);
         }
-        let rows = query.fetch_all(&self.pool).await?;
-        struct Acc {
-            row: StatsRow,
-            buckets: Vec<Bucket>,
-        }
-        let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
-        for r in &rows {
-            let key = if group == GroupBy::Day {
-                r.try_get::<Option<i64>, _>(0)?
-                    .map_or_else(|| "-".into(), |day| utc_date(day * 86_400_000))
-            } else {
-                r.try_get::<Option<String>, _>(0)?
-                    .unwrap_or_else(|| "-".into())
-            };
-            let count = |i: usize| -> Result<u64, sqlx::Error> {
-                Ok(r.try_get::<Option<i64>, _>(i)?.unwrap_or(0).max(0) as u64)
-            };
-            let acc = groups.entry(key.clone()).or_insert_with(|| Acc {
-                row: StatsRow {
-                    key,
-                    requests: 0,
-                    errors: 0,
-                    input_tokens: 0,
-                    output_tokens: 0,
-                    cache_read_tokens: 0,
-                    cost: 0.0,
-                    unpriced: 0,
-                    cache_hits: 0,
-                    p50_latency_ms: 0.0,
-                    p95_latency_ms: 0.0,
-                },
-                buckets: Vec::new(),
-            });
-            let requests = count(1)?;
-            acc.row.requests += requests;
-            acc.row.errors += count(2)?;
-            acc.row.input_tokens += count(3)?;
-            acc.row.output_tokens += count(4)?;
-            acc.row.cache_read_tokens += count(5)?;
-            acc.row.cost += r.try_get::<Option<f64>, _>(6)?.unwrap_or(0.0);
-            acc.row.unpriced += count(7)?;
-            acc.row.cache_hits += count(8)?;
-            let (a, b): (Option<f64>, Option<f64>) = (r.try_get(9)?, r.try_get(10)?);
-            match self.backend {
-                Backend::Postgres => {
-                    acc.row.p50_latency_ms = a.unwrap_or(0.0);
-                    acc.row.p95_latency_ms = b.unwrap_or(0.0);
-                }
-                Backend::Sqlite => acc.buckets.push(Bucket {
-                    count: requests,
-                    min: a.unwrap_or(0.0),
-                    max: b.unwrap_or(0.0),
-                }),
-            }
-        }
-        let mut out: Vec<StatsRow> = groups
-            .into_values()
-            .map(|mut acc| {
-                if !acc.buckets.is_empty() {
-                    acc.buckets.sort_by(|x, y| x.min.total_cmp(&y.min));
-                    acc.row.p50_latency_ms = bucket_percentile(&acc.buckets, 0.50);
-                    acc.row.p95_latency_ms = bucket_percentile(&acc.buckets, 0.95);
-                }
-                acc.row
-            })
-            .collect();
-        out.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.key.cmp(&b.key)));
-        Ok(out)
+        Ok(query.fetch_all(&self.pool).await?)
     }
 }
 
-/// SQLite: the latency bucket of a row, in whole milliseconds: 1 ms wide below 1 s, 10 ms
-/// below 10 s, 100 ms below 100 s, then 1 s (at most 1% of the latency from 1 s up).
-const LATENCY_BUCKET: &str = "CASE WHEN latency_ms < 1000 THEN CAST(latency_ms AS INTEGER) WHEN latency_ms < 10000 THEN CAST(latency_ms / 10 AS INTEGER) * 10 WHEN latency_ms < 100000 THEN CAST(latency_ms / 100 AS INTEGER) * 100 ELSE CAST(latency_ms / 1000 AS INTEGER) * 1000 END";
-
-/// The latencies of one group that fell in one bucket.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Bucket {
-    count: u64,
-    min: f64,
-    max: f64,
-}
+use crate::rollups::Bucket;
 
 /// The nearest-rank percentile `q` of the latencies summarised by `buckets` (sorted, and
 /// not overlapping): the bucket holding the rank, and within it, the smallest latency for

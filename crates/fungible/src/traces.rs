@@ -46,7 +46,23 @@ pub async fn start(config: &StoreConfig) -> anyhow::Result<Option<(Store, Record
         },
     );
     tracing::info!(store = %shown(&config.url), "recording inferences");
+    tokio::spawn(roll_up_every_minute(store.clone()));
     Ok(Some((store, recorder)))
+}
+
+/// Keeps the stats roll-ups current (whole UTC days, some minutes after they end), so that
+/// `fungible stats` and `GET /v1/stats` read thousands of rows, not millions.
+async fn roll_up_every_minute(store: Store) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.roll_up(fungible_store_now_ms()).await {
+            Ok(done) if done.days > 0 => tracing::debug!(days = done.days, "store: stats rolled up"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("store: could not roll up stats (will retry): {e}"),
+        }
+    }
 }
 
 /// The URL without a password.
@@ -274,6 +290,9 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let since = args
         .hours
         .map(|h| fungible_store_now_ms() - (h as i64) * 3_600_000);
+    // Whatever the gateway's minutely roll-up has not reached yet (or all of it, with no
+    // gateway running) is rolled up first; cheap when there is nothing to do.
+    rt.block_on(store.roll_up(fungible_store_now_ms()))?;
     let rows = rt.block_on(store.stats(by, since, None))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

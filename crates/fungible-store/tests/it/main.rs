@@ -564,3 +564,118 @@ async fn stats_percentiles_match_a_sort(store: Store) {
     }
 }
 both!(stats_percentiles, stats_percentiles_match_a_sort);
+
+/// Records spread over five days from 2025-11-30, with varied models, users, keys, errors,
+/// unknown costs, cache hits and latencies.
+fn spread_records() -> Vec<InferenceRecord> {
+    (0..300u64)
+        .map(|i| {
+            let mut r = record(i);
+            r.time_ms = 1_764_460_800_000 + (i as i64 * 1_441_000) % (5 * 86_400_000);
+            r.latency_ms = 20.0 + (i * 7919 % 3000) as f64 / 3.0;
+            r.user = Some(format!("user-{}", i % 7));
+            r.key_id = (i % 5 != 0).then(|| format!("key_{}", i % 3));
+            if i % 11 == 0 {
+                r.provider = Some("openai".into());
+                r.model = Some("gpt-5".into());
+                r.route = None;
+            }
+            if i % 13 == 0 {
+                r.error = Some("timeout".into());
+            }
+            if i % 17 == 0 {
+                r.cost = None;
+            }
+            r
+        })
+        .collect()
+}
+
+const GROUPS: [GroupBy; 7] = [
+    GroupBy::Model,
+    GroupBy::Provider,
+    GroupBy::Route,
+    GroupBy::User,
+    GroupBy::Key,
+    GroupBy::Day,
+    GroupBy::Inbound,
+];
+
+/// Stats rows with percentiles rounded away (roll-ups give bucketed ones).
+fn sums(rows: &[fungible_store::StatsRow]) -> Vec<(String, u64, u64, u64, u64, u64, i64, u64, u64)> {
+    rows.iter()
+        .map(|r| {
+            (
+                r.key.clone(),
+                r.requests,
+                r.errors,
+                r.input_tokens,
+                r.output_tokens,
+                r.cache_read_tokens,
+                (r.cost * 1e9).round() as i64,
+                r.unpriced,
+                r.cache_hits,
+            )
+        })
+        .collect()
+}
+
+async fn stats_from_rollups_match_the_rows(store: Store) {
+    store.insert(&spread_records()).await.unwrap();
+    let ranges = [
+        (None, None),
+        // Off the day at both ends: edges from the rows, the middle from roll-ups.
+        (Some(1_764_460_800_000 + 43_200_000), Some(1_764_460_800_000 + 4 * 86_400_000 + 123)),
+        (Some(1_764_460_800_000 + 86_400_000), None),
+        (None, Some(1_764_460_800_000 + 2 * 86_400_000)),
+    ];
+    let mut before = Vec::new();
+    for group in GROUPS {
+        for (since, until) in ranges {
+            before.push(store.stats(group, since, until).await.unwrap());
+        }
+    }
+    assert_eq!(store.rollup_watermark().await.unwrap(), 0);
+    let now = 1_764_460_800_000 + 6 * 86_400_000;
+    let done = store.roll_up(now).await.unwrap();
+    assert_eq!(done.watermark_ms, 1_764_460_800_000 + 5 * 86_400_000);
+    assert_eq!(done.days, 5);
+    // Again: nothing left to do.
+    assert_eq!(store.roll_up(now).await.unwrap().days, 0);
+    let mut after = Vec::new();
+    for group in GROUPS {
+        for (since, until) in ranges {
+            after.push(store.stats(group, since, until).await.unwrap());
+        }
+    }
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(sums(b), sums(a));
+        for (b, a) in b.iter().zip(a) {
+            // Bucketed percentiles: within a 1 ms bucket below 1 s.
+            assert!((b.p50_latency_ms - a.p50_latency_ms).abs() <= 1.0, "{b:?} {a:?}");
+            assert!((b.p95_latency_ms - a.p95_latency_ms).abs() <= 1.0, "{b:?} {a:?}");
+        }
+    }
+    // A record for a day already rolled up is counted once, by its insert.
+    let mut late = record(7);
+    late.time_ms = 1_764_460_800_000 + 60_000;
+    late.latency_ms = 5.0;
+    store.insert(&[late]).await.unwrap();
+    assert_eq!(store.roll_up(now).await.unwrap().days, 0);
+    let all = store.stats(GroupBy::Day, None, None).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.requests).sum::<u64>(), 301);
+    assert_eq!(all.iter().find(|r| r.key == "2025-11-30").unwrap().requests, 61);
+    let by_model = store.stats(GroupBy::Model, None, None).await.unwrap();
+    assert_eq!(by_model.iter().map(|r| r.requests).sum::<u64>(), 301);
+}
+both!(rollups, stats_from_rollups_match_the_rows);
+
+async fn concurrent_roll_ups_count_each_hour_once(store: Store) {
+    store.insert(&spread_records()).await.unwrap();
+    let now = 1_764_460_800_000 + 6 * 86_400_000;
+    let (a, b) = tokio::join!(store.roll_up(now), store.roll_up(now));
+    assert_eq!(a.unwrap().days + b.unwrap().days, 5);
+    let all = store.stats(GroupBy::Day, None, None).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.requests).sum::<u64>(), 300);
+}
+both!(rollups_concurrent, concurrent_roll_ups_count_each_hour_once);
