@@ -450,6 +450,13 @@ fn allowed_target(state: &AppState, key: &KeyRecord, model: &str) -> Result<Opti
     Ok(target)
 }
 
+/// Whether the current request's key may use `model` (no key: yes). For listings: an
+/// alias is judged by its own name.
+pub(crate) fn current_key_allows(model: &str) -> bool {
+    KEY.try_with(|key| fungible_access::model_allowed(&key.models, model))
+        .unwrap_or(true)
+}
+
 /// Admits an embeddings request for the current request's key: its model allowance and
 /// RPM. Embeddings are not priced yet, so TPM and budgets do not count them.
 pub async fn admit_embeddings(state: &AppState, model: &str) -> Result<(), GatewayError> {

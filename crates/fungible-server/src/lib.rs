@@ -201,10 +201,12 @@ async fn models(State(state): State<AppState>) -> Response {
         created: u64,
         owned_by: String,
     }
+    // A virtual key sees the models it may use.
     let data = state
         .gateway
         .models()
         .into_iter()
+        .filter(|m| auth::current_key_allows(&m.id))
         .map(|m| Model { id: m.id, object: "model", created: 0, owned_by: m.owned_by })
         .collect();
     json_response(StatusCode::OK, serde_json::to_vec(&List { object: "list", data }).unwrap_or_default())

@@ -317,6 +317,23 @@ async fn a_model_the_key_may_not_use_is_a_403() {
     assert_eq!(gw.chat(&key, "cheap").await.status.as_u16(), 200);
     let e = gw.chat(&key, "openai/gpt-5").await.openai_error(403);
     assert_eq!(e["type"], "permission_error");
+    // The key lists only what it may use.
+    let listed = gw
+        .send(
+            Request::get("/v1/models")
+                .header("authorization", format!("Bearer {key}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .json();
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["cheap"], "{listed}");
     let (_, key) = gw.key(json!({"models": ["openai/*"]})).await;
     assert_eq!(gw.chat(&key, "openai/gpt-5").await.status.as_u16(), 200);
     // An alias is allowed through the target it resolves to.
