@@ -306,6 +306,7 @@ mod tests {
             attempts: vec![],
             key_id: None,
             cache_hit: false,
+            raw: Vec::new(),
         }
     }
 

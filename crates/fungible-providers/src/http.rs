@@ -49,6 +49,8 @@ pub(crate) async fn send_json(
     for (name, value) in &settings.headers {
         request = request.header(name, value);
     }
+    let captured = crate::capture::Capture::current()
+        .map(|c| (c.start(&settings.name, &body, |s| scrub_key(settings, s)), c));
     let response = request.body(body).send().await.map_err(|e| transport_error(settings, e))?;
     let status = response.status();
     if status.is_success() {
@@ -56,6 +58,9 @@ pub(crate) async fn send_json(
     }
     let retry_after = retry_after(response.headers());
     let bytes = read_capped(response, MAX_ERROR_BODY).await;
+    if let Some((i, capture)) = &captured {
+        capture.answer(*i, &bytes, |s| scrub_key(settings, s));
+    }
     let message = scrub_key(settings, vendor_message(&bytes).unwrap_or_else(|| quote_body(&bytes)));
     let mut kind = ErrorKind::from_upstream_status(status.as_u16());
     if matches!(kind, ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::Unprocessable)
@@ -114,6 +119,11 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     response: reqwest::Response,
 ) -> Result<T, ProviderError> {
     let bytes = response.bytes().await.map_err(|e| transport_error(settings, e))?;
+    if let Some(capture) = crate::capture::Capture::current()
+        && let Some(i) = capture.latest()
+    {
+        capture.answer(i, &bytes, |s| scrub_key(settings, s));
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         ProviderError::malformed(&settings.name, format!("could not parse the response body: {e}"))
     })

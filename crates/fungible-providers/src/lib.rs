@@ -8,6 +8,7 @@
 
 pub mod anthropic;
 mod body;
+pub mod capture;
 mod estimate;
 pub mod gemini;
 mod http;

@@ -38,7 +38,22 @@ pub(crate) fn event_stream<D: SseDecoder>(
 
     let state = State {
         settings: settings.clone(),
-        inner: response.bytes_stream().eventsource().boxed(),
+        inner: match crate::capture::Capture::current().and_then(|c| Some((c.latest()?, c))) {
+            // The raw SSE as it is read, for `[store] raw_bodies`.
+            Some((i, capture)) => {
+                let settings = settings.clone();
+                response
+                    .bytes_stream()
+                    .inspect(move |chunk| {
+                        if let Ok(bytes) = chunk {
+                            capture.answer(i, bytes, |s| crate::http::scrub_key(&settings, s));
+                        }
+                    })
+                    .eventsource()
+                    .boxed()
+            }
+            None => response.bytes_stream().eventsource().boxed(),
+        },
         decoder,
         pending: VecDeque::new(),
         scratch: Vec::new(),

@@ -127,7 +127,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), dispatch::layer))
-        .layer(axum::middleware::from_fn(recording::layer))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), recording::layer))
         // Outermost: a refused request reaches nothing else, and a virtual key's principal
         // is on the request before recording and the cache look for it.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))

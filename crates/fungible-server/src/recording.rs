@@ -34,6 +34,9 @@ pub struct Recording {
     pub recorder: Option<Recorder>,
     pub prices: Arc<PriceTable>,
     pub metrics: Arc<Metrics>,
+    /// `[store] raw_bodies`: keep each upstream call's raw bodies, at most this many bytes
+    /// each; `None` (the default): off.
+    pub raw_bodies: Option<usize>,
 }
 
 impl Default for Recording {
@@ -42,6 +45,7 @@ impl Default for Recording {
             recorder: None,
             prices: Arc::new(PriceTable::builtin()),
             metrics: Arc::new(Metrics::new()),
+            raw_bodies: None,
         }
     }
 }
@@ -213,6 +217,8 @@ struct RequestFacts {
     /// The virtual key's id and tags ([`crate::principal::Principal`]), when auth is on.
     key_id: Option<String>,
     key_tags: Map<String, Value>,
+    /// The raw upstream bodies, with `[store] raw_bodies` on.
+    capture: Option<fungible_providers::capture::Capture>,
 }
 
 tokio::task_local! {
@@ -230,7 +236,11 @@ fn inbound_of(path: &str) -> Option<&'static str> {
 }
 
 /// Middleware: notes the facts of a chat request (see the module docs).
-pub async fn layer(request: Request, next: Next) -> Response {
+pub async fn layer(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(inbound) = inbound_of(request.uri().path()) else {
         return next.run(request).await;
     };
@@ -239,7 +249,14 @@ pub async fn layer(request: Request, next: Next) -> Response {
         facts.key_id = Some(p.key_id.clone());
         facts.key_tags = tag_map(&p.tags);
     }
-    FACTS.scope(facts, next.run(request)).await
+    match state.recording.raw_bodies {
+        Some(cap) => {
+            let capture = fungible_providers::capture::Capture::new(cap);
+            facts.capture = Some(capture.clone());
+            capture.scope(FACTS.scope(facts, next.run(request))).await
+        }
+        None => FACTS.scope(facts, next.run(request)).await,
+    }
 }
 
 fn facts(inbound: &'static str, headers: &axum::http::HeaderMap) -> RequestFacts {
@@ -267,6 +284,7 @@ fn facts(inbound: &'static str, headers: &axum::http::HeaderMap) -> RequestFacts
         tags,
         key_id: None,
         key_tags: Map::new(),
+        capture: None,
     }
 }
 
@@ -398,6 +416,17 @@ fn build(
         attempts,
         key_id: facts.key_id.clone(),
         cache_hit: false,
+        raw: facts.capture.as_ref().map_or_else(Vec::new, |c| {
+            c.exchanges()
+                .into_iter()
+                .map(|e| fungible_store::RawExchange {
+                    provider: e.provider,
+                    request: e.request,
+                    response: e.response,
+                    truncated: e.truncated,
+                })
+                .collect()
+        }),
     }
 }
 

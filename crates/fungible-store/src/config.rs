@@ -24,6 +24,10 @@ struct StoreSection {
     batch_size: Option<usize>,
     /// Longest a record waits for its batch to fill, in milliseconds.
     flush_interval_ms: Option<u64>,
+    /// Keep each upstream call's raw request and response bodies (off by default).
+    raw_bodies: Option<bool>,
+    /// Bytes kept of each raw body at most (default 65536).
+    raw_bodies_max_bytes: Option<usize>,
 }
 
 /// The validated `[store]`.
@@ -36,7 +40,12 @@ pub struct StoreConfig {
     pub queue_bytes: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
+    /// `raw_bodies`: the cap on each raw body kept; `None`: raw bodies are not kept.
+    pub raw_bodies: Option<usize>,
 }
+
+/// Default cap on each raw provider body kept with `[store] raw_bodies = true`.
+pub const DEFAULT_RAW_BODIES_MAX_BYTES: usize = 64 << 10;
 
 impl Default for StoreConfig {
     fn default() -> StoreConfig {
@@ -47,6 +56,7 @@ impl Default for StoreConfig {
             queue_bytes: 64 << 20,
             batch_size: 1_000,
             flush_interval: Duration::from_millis(200),
+            raw_bodies: None,
         }
     }
 }
@@ -115,6 +125,21 @@ impl StoreConfig {
         }
         if let Some(ms) = section.flush_interval_ms {
             config.flush_interval = Duration::from_millis(ms);
+        }
+        if section.raw_bodies_max_bytes == Some(0) {
+            return Err(err("store.raw_bodies_max_bytes", "must be at least 1"));
+        }
+        if section.raw_bodies.unwrap_or(false) {
+            config.raw_bodies = Some(
+                section
+                    .raw_bodies_max_bytes
+                    .unwrap_or(DEFAULT_RAW_BODIES_MAX_BYTES),
+            );
+        } else if section.raw_bodies_max_bytes.is_some() {
+            return Err(err(
+                "store.raw_bodies_max_bytes",
+                "only used with raw_bodies = true",
+            ));
         }
         Ok(config)
     }
@@ -201,6 +226,15 @@ mod tests {
         assert!(e.starts_with("store.queue_bytes:"), "{e}");
         let c = StoreConfig::from_toml(table("queue_bytes = 1048576")).unwrap();
         assert_eq!(c.queue_bytes, 1 << 20);
+        assert_eq!(c.raw_bodies, None);
+        let c = StoreConfig::from_toml(table("raw_bodies = true")).unwrap();
+        assert_eq!(c.raw_bodies, Some(DEFAULT_RAW_BODIES_MAX_BYTES));
+        let c = StoreConfig::from_toml(table("raw_bodies = true\nraw_bodies_max_bytes = 100")).unwrap();
+        assert_eq!(c.raw_bodies, Some(100));
+        let e = StoreConfig::from_toml(table("raw_bodies_max_bytes = 100"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("store.raw_bodies_max_bytes:"), "{e}");
         let e = StoreConfig::from_toml(table("url = \"mysql://x\""))
             .unwrap_err()
             .to_string();

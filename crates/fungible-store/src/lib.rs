@@ -27,7 +27,9 @@ pub mod testing;
 pub use config::{StoreConfig, StoreConfigError};
 pub use keys::{BudgetPeriod, KeyBudget, KeyRecord};
 pub use prices::{PRICES_AS_OF, Price, PriceTable};
-pub use record::{AttemptRecord, Bodies, Feedback, FeedbackTarget, InferenceRecord, new_id};
+pub use record::{
+    AttemptRecord, Bodies, Feedback, FeedbackTarget, InferenceRecord, RawExchange, new_id,
+};
 pub use rollups::{RollUp, SETTLE_MS};
 pub use recorder::{BatchSink, Recorder, RecorderCounters, RecorderOptions};
 pub use store::{GroupBy, InferenceFilter, StatsRow, Store, StoreError};

@@ -132,4 +132,19 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "INSERT INTO rollup_state (id, watermark_ms) VALUES (1, 0)",
         ],
     ),
+    // Raw provider bodies (`[store] raw_bodies`, off by default), one row per upstream call.
+    (
+        5,
+        &[
+            "CREATE TABLE raw_bodies (
+            inference_id TEXT NOT NULL,
+            idx BIGINT NOT NULL,
+            provider TEXT NOT NULL,
+            request TEXT NOT NULL,
+            response TEXT NOT NULL,
+            truncated BIGINT NOT NULL,
+            PRIMARY KEY (inference_id, idx)
+        )",
+        ],
+    ),
 ];

@@ -51,6 +51,20 @@ pub struct InferenceRecord {
     /// Whether the response cache answered (no provider was called).
     #[serde(default)]
     pub cache_hit: bool,
+    /// The raw bodies of each upstream call, with `[store] raw_bodies` on (off by default);
+    /// read back by [`crate::Store::get`] only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raw: Vec<RawExchange>,
+}
+
+/// One upstream call's bodies as sent and received, each cut at `[store] raw_bodies_max_bytes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RawExchange {
+    pub provider: String,
+    pub request: String,
+    pub response: String,
+    /// A body was longer than the cap and was cut.
+    pub truncated: bool,
 }
 
 impl InferenceRecord {
@@ -60,6 +74,7 @@ impl InferenceRecord {
             + self.response.as_ref().map_or(0, value_bytes)
             + value_bytes(&self.tags)
             + self.attempts.len() * 128
+            + self.raw.iter().map(|r| 64 + r.request.len() + r.response.len()).sum::<usize>()
     }
 
     /// The tags as the rows stats group by: `key=value` for a string value, a bare `key` for

@@ -10,7 +10,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, ConnectOptions, Row};
 
 use crate::migrations::MIGRATIONS;
-use crate::record::{AttemptRecord, Feedback, FeedbackTarget, InferenceRecord};
+use crate::record::{AttemptRecord, Feedback, FeedbackTarget, InferenceRecord, RawExchange};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -268,6 +268,7 @@ impl Store {
                     .await?;
             }
         }
+        insert_raw(&mut tx, records).await?;
         crate::rollups::add_late(&mut tx, self.backend, records).await?;
         tx.commit().await?;
         Ok(())
@@ -352,6 +353,7 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
+        insert_raw(&mut tx, records).await?;
         crate::rollups::add_late(&mut tx, self.backend, records).await?;
         tx.commit().await?;
         Ok(())
@@ -381,6 +383,21 @@ impl Store {
                     error: a.try_get(3)?,
                     latency_ms: a.try_get(4)?,
                     cost: a.try_get(5)?,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let raw = sqlx::query("SELECT provider, request, response, truncated FROM raw_bodies WHERE inference_id = $1 ORDER BY idx")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        record.raw = raw
+            .iter()
+            .map(|r| -> Result<RawExchange, sqlx::Error> {
+                Ok(RawExchange {
+                    provider: r.try_get(0)?,
+                    request: r.try_get(1)?,
+                    response: r.try_get(2)?,
+                    truncated: r.try_get::<i64, _>(3)? != 0,
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -723,6 +740,27 @@ fn json(field: &'static str, text: &str) -> Result<serde_json::Value, StoreError
     serde_json::from_str(text).map_err(|source| StoreError::Json { field, source })
 }
 
+/// The raw bodies of `records` (only with `[store] raw_bodies` on), in `tx`.
+async fn insert_raw(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    records: &[InferenceRecord],
+) -> Result<(), StoreError> {
+    for r in records {
+        for (i, raw) in r.raw.iter().enumerate() {
+            sqlx::query("INSERT INTO raw_bodies (inference_id, idx, provider, request, response, truncated) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(&r.id)
+                .bind(i as i64)
+                .bind(&raw.provider)
+                .bind(&raw.request)
+                .bind(&raw.response)
+                .bind(i64::from(raw.truncated))
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 fn inference_from_row(r: &AnyRow) -> Result<InferenceRecord, StoreError> {
     let request: String = r.try_get(10)?;
     let response: Option<String> = r.try_get(11)?;
@@ -759,6 +797,7 @@ fn inference_from_row(r: &AnyRow) -> Result<InferenceRecord, StoreError> {
         attempts: Vec::new(),
         key_id: r.try_get(23)?,
         cache_hit: cache_hit != 0,
+        raw: Vec::new(),
     })
 }
 

@@ -150,6 +150,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (store_config, prices) = traces::load(&args.config)?;
     let gateway = gateway.with_prices(price_lookup(&prices));
     let mut state = AppState::new(gateway, config.max_body_bytes).with_prices(prices);
+    if store_config.enabled {
+        state.recording.raw_bodies = store_config.raw_bodies;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads).enable_all().build()?;
     let recording = runtime.block_on(traces::start(&store_config))?;
     let recorder = recording.as_ref().map(|(_, recorder)| recorder.clone());

@@ -36,6 +36,11 @@ async fn postgres_store() -> Option<(Store, fungible_store::testing::PgSchema)> 
 
 impl Recorded {
     async fn new(store: Store) -> Recorded {
+        Recorded::with_raw_bodies(store, None).await
+    }
+
+    /// With `[store] raw_bodies` kept up to `raw` bytes each (`None`: off).
+    async fn with_raw_bodies(store: Store, raw: Option<usize>) -> Recorded {
         let mut h = Harness::new(OPENAI).await;
         let recorder = Recorder::start(store.clone(), RecorderOptions::default());
         // The harness's app, rebuilt with a recorder.
@@ -44,7 +49,9 @@ impl Recorded {
         let env = |k: &str| (k == "OPENAI_API_KEY").then(|| OPENAI.key.to_owned());
         let config = fungible_gateway::GatewayConfig::resolve(file, &env).expect("config");
         let gateway = fungible_gateway::Gateway::new(&config).expect("gateway");
-        h.app = app(AppState::new(gateway, 1 << 20).with_recorder(store, recorder.clone()));
+        let mut state = AppState::new(gateway, 1 << 20).with_recorder(store, recorder.clone());
+        state.recording.raw_bodies = raw;
+        h.app = app(state);
         Recorded { h, recorder }
     }
 
@@ -395,3 +402,64 @@ async fn key_and_tags_come_from_the_principal(mut r: Recorded) {
     assert_eq!(tags, ["env=test", "prod", "team=billing"]);
 }
 both!(key_and_tags_come_from_the_principal);
+
+/// `[store] raw_bodies`: each upstream call's bodies byte for byte (a stream's raw SSE),
+/// capped, never holding the provider key; off by default.
+async fn raw_bodies_are_kept_only_when_asked(store: Store) {
+    let plain = std::fs::read(crate::fixtures().join("openai/plain.response.json")).expect("fixture");
+    let sse = std::fs::read(crate::fixtures().join("openai/stream.response.sse")).expect("fixture");
+    let r = Recorded::with_raw_bodies(store.clone(), Some(1 << 20)).await;
+    r.h.mock.push(MockResponse::fixture(200, crate::fixtures().join("openai/plain.response.json")));
+    r.h.mock.push(MockResponse::fixture(200, crate::fixtures().join("openai/stream.response.sse")));
+    assert_eq!(r.h.post("/v1/chat/completions", Harness::inbound(OPENAI, "plain")).await.status, 200);
+    assert_eq!(r.h.post("/v1/chat/completions", Harness::inbound(OPENAI, "stream")).await.status, 200);
+    let sent = r.h.mock.received();
+    let records = r.records().await;
+    assert_eq!(records.len(), 2);
+    for rec in &records {
+        let full = r.get(&format!("/v1/inferences/{}", rec["id"].as_str().expect("id"))).await;
+        assert!(!full.text().contains(OPENAI.key), "the provider key is never recorded");
+        let full = full.json();
+        let raw = &full["raw"][0];
+        assert_eq!(raw["provider"], "openai");
+        assert_eq!(raw["truncated"], false);
+        let (request, expected) = if full["stream"] == true {
+            (&sent[1], &sse)
+        } else {
+            (&sent[0], &plain)
+        };
+        assert_eq!(raw["request"].as_str().expect("text").as_bytes(), &request.body[..]);
+        assert_eq!(raw["response"].as_str().expect("text").as_bytes(), &expected[..]);
+    }
+
+    // Capped: cut at the cap and marked.
+    let r = Recorded::with_raw_bodies(store.clone(), Some(40)).await;
+    r.h.mock.push(MockResponse::fixture(200, crate::fixtures().join("openai/stream.response.sse")));
+    assert_eq!(r.h.post("/v1/chat/completions", Harness::inbound(OPENAI, "stream")).await.status, 200);
+    let id = r.records().await[0]["id"].as_str().expect("id").to_owned();
+    let full = r.get(&format!("/v1/inferences/{id}")).await.json();
+    assert_eq!(full["raw"][0]["truncated"], true);
+    assert_eq!(full["raw"][0]["response"].as_str().expect("text").as_bytes(), &sse[..40]);
+    assert!(full["raw"][0]["request"].as_str().expect("text").len() <= 40);
+
+    // Off (the default): nothing kept.
+    let r = Recorded::new(store).await;
+    r.h.mock.push(MockResponse::fixture(200, crate::fixtures().join("openai/plain.response.json")));
+    assert_eq!(r.h.post("/v1/chat/completions", Harness::inbound(OPENAI, "plain")).await.status, 200);
+    let id = r.records().await[0]["id"].as_str().expect("id").to_owned();
+    let full = r.get(&format!("/v1/inferences/{id}")).await.json();
+    assert_eq!(full.get("raw"), None, "{full}");
+}
+
+mod raw_bodies {
+    #[tokio::test]
+    async fn sqlite() {
+        super::raw_bodies_are_kept_only_when_asked(super::sqlite_store().await).await;
+    }
+    #[tokio::test]
+    async fn postgres() {
+        if let Some((store, _schema)) = super::postgres_store().await {
+            super::raw_bodies_are_kept_only_when_asked(store).await;
+        }
+    }
+}

@@ -84,6 +84,7 @@ fn record(i: u64) -> InferenceRecord {
         episode_id: Some("ep-1".into()),
         key_id: Some("key_1".into()),
         cache_hit: i.is_multiple_of(3),
+        raw: Vec::new(),
         attempts: vec![
             AttemptRecord {
                 provider: "openai".into(),
@@ -108,6 +109,16 @@ fn record(i: u64) -> InferenceRecord {
 async fn round_trip_every_field(store: Store) {
     let full = InferenceRecord {
         cache_hit: true,
+        // What `[store] raw_bodies` keeps of each upstream call.
+        raw: vec![
+            fungible_store::RawExchange {
+                provider: "anthropic".into(),
+                request: "{\"model\":\"claude-sonnet-4-5\",\"stream\":true}".into(),
+                response: "event: message_start\ndata: {\"type\":\"message_start\"} ✓".into(),
+                truncated: true,
+            },
+            fungible_store::RawExchange::default(),
+        ],
         ..record(1)
     };
     let bare = InferenceRecord {

@@ -1,0 +1,136 @@
+//! Raw provider bodies, for the inference store when `[store] raw_bodies` is on (off by
+//! default). The recording middleware runs a request inside [`Capture::scope`]; the HTTP
+//! helpers then note, per upstream call, the body fungible sent and the bytes the vendor
+//! answered (a stream's raw SSE as it is read), each cut at the capture's byte cap. Nothing
+//! is noted outside a scope, so the cost when off is one task-local lookup per call.
+//!
+//! Bodies never hold credentials (keys travel in headers), and what is noted is scrubbed of
+//! the provider's key all the same, as error messages are.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// One upstream call: what was sent and what came back, as text (lossy UTF-8).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Exchange {
+    pub provider: String,
+    pub request: String,
+    pub response: String,
+    /// A body was longer than the cap and was cut.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    cap: usize,
+    exchanges: Vec<Exchange>,
+}
+
+/// The raw bodies of one client request's upstream calls. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Capture(Arc<Mutex<State>>);
+
+tokio::task_local! {
+    static CAPTURE: Capture;
+}
+
+impl Capture {
+    /// Keeps at most `cap` bytes of each body.
+    pub fn new(cap: usize) -> Capture {
+        Capture(Arc::new(Mutex::new(State {
+            cap,
+            exchanges: Vec::new(),
+        })))
+    }
+
+    /// Runs `future` with this capture noting its upstream calls.
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        CAPTURE.scope(self, future).await
+    }
+
+    /// The calls noted so far.
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.lock().exchanges.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The capture of the current task, if any.
+    pub(crate) fn current() -> Option<Capture> {
+        CAPTURE.try_with(Clone::clone).ok()
+    }
+
+    /// Notes a new call to `provider` with the `body` sent; returns its index.
+    pub(crate) fn start(&self, provider: &str, body: &[u8], scrub: impl Fn(String) -> String) -> usize {
+        let mut state = self.lock();
+        let cap = state.cap;
+        let mut exchange = Exchange {
+            provider: provider.to_owned(),
+            ..Exchange::default()
+        };
+        exchange.truncated = append(&mut exchange.request, body, cap);
+        exchange.request = scrub(std::mem::take(&mut exchange.request));
+        state.exchanges.push(exchange);
+        state.exchanges.len() - 1
+    }
+
+    /// The index of the latest call.
+    pub(crate) fn latest(&self) -> Option<usize> {
+        self.lock().exchanges.len().checked_sub(1)
+    }
+
+    /// Appends `bytes` to the answer of call `index`, up to the cap.
+    pub(crate) fn answer(&self, index: usize, bytes: &[u8], scrub: impl Fn(String) -> String) {
+        let mut state = self.lock();
+        let cap = state.cap;
+        if let Some(exchange) = state.exchanges.get_mut(index) {
+            let before = exchange.response.len();
+            let cut = append(&mut exchange.response, bytes, cap);
+            exchange.truncated |= cut;
+            if exchange.response.len() > before {
+                exchange.response = scrub(std::mem::take(&mut exchange.response));
+            }
+        }
+    }
+}
+
+/// Appends `bytes` (lossy UTF-8) to `text` without growing it past `cap` bytes; whether
+/// anything was cut.
+fn append(text: &mut String, bytes: &[u8], cap: usize) -> bool {
+    let room = cap.saturating_sub(text.len());
+    let take = bytes.len().min(room);
+    let chunk = String::from_utf8_lossy(&bytes[..take]);
+    // A cut inside a multi-byte character becomes U+FFFD, which may be longer: trim to fit.
+    let mut end = chunk.len().min(room);
+    while !chunk.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.push_str(&chunk[..end]);
+    take < bytes.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_capped_and_scrubbed() {
+        let capture = Capture::new(10);
+        let i = capture.start("openai", b"{\"a\":\"0123456789\"}", |s| s);
+        assert_eq!(capture.latest(), Some(i));
+        capture.answer(i, b"sk-secret ok", |s| s.replace("sk-secret", "[redacted]"));
+        let e = &capture.exchanges()[0];
+        assert_eq!(e.request, "{\"a\":\"0123");
+        assert!(e.truncated);
+        assert_eq!(e.response, "[redacted]");
+        // Multi-byte text cut at the cap stays valid UTF-8 within the cap.
+        let capture = Capture::new(3);
+        let i = capture.start("x", "héllo".as_bytes(), |s| s);
+        capture.answer(i, "✓✓".as_bytes(), |s| s);
+        let e = &capture.exchanges()[0];
+        assert!(e.request.len() <= 3 && e.response.len() <= 3, "{e:?}");
+    }
+}
