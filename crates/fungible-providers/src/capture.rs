@@ -125,7 +125,7 @@ mod tests {
         let e = &capture.exchanges()[0];
         assert_eq!(e.request, "{\"a\":\"0123");
         assert!(e.truncated);
-        assert_eq!(e.response, "[redacted]");
+        assert_eq!(e.response, "[redacted] ");
         // Multi-byte text cut at the cap stays valid UTF-8 within the cap.
         let capture = Capture::new(3);
         let i = capture.start("x", "héllo".as_bytes(), |s| s);
