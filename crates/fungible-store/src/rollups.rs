@@ -1,7 +1,7 @@
 //! Daily roll-ups, so that `stats` over millions of inferences reads a few thousand rows.
 //!
 //! `inference_rollups` holds, per UTC day, per grouping dimension (`model`, `provider`,
-//! `route`, `user`, `key`, `inbound`, and `all` for days) and value, the sums stats report
+//! `route`, `user`, `key`, `inbound`, `tag`, and `all` for days) and value, the sums stats report
 //! and a latency histogram (`[[bucket, count, min, max], ...]` over the buckets
 //! [`latency_bucket`] defines), so percentiles merge across days. [`Store::roll_up`]
 //! aggregates the inferences of whole days that ended at least [`SETTLE_MS`] ago and moves
@@ -17,7 +17,7 @@
 //!
 //! [`Store::stats`] reads the rolled-up whole days of its range from here and the rest (the
 //! edges of a range that does not fall on days, and everything past the watermark, at most
-//! a day and some minutes) from `inferences`. Grouping by tag has no roll-up.
+//! a day and some minutes) from `inferences`.
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -41,6 +41,8 @@ const DIMENSIONS: &[(&str, &str)] = &[
     ("user", "user_id"),
     ("key", "key_id"),
     ("inbound", "inbound"),
+    // One row per tag (an inference counts once per tag), NULL for none.
+    ("tag", "inference_tags.tag"),
 ];
 
 /// The roll-up dimension of `group`, and the SQL of its key over `inference_rollups`.
@@ -53,7 +55,7 @@ pub(crate) fn dimension(group: GroupBy) -> Option<(&'static str, &'static str)> 
         GroupBy::Key => ("key", "value"),
         GroupBy::Inbound => ("inbound", "value"),
         GroupBy::Day => ("all", "day"),
-        GroupBy::Tag => return None,
+        GroupBy::Tag => ("tag", "value"),
     })
 }
 
@@ -244,6 +246,11 @@ impl Store {
             if start < end {
                 let bucket = latency_bucket(self.backend);
                 for (dim, value) in DIMENSIONS {
+                    let join = if *dim == "tag" {
+                        " LEFT JOIN inference_tags ON inference_tags.inference_id = inferences.id"
+                    } else {
+                        ""
+                    };
                     // PostgreSQL refuses a constant (the `all` dimension's NULL) in GROUP BY.
                     let group = if *value == "NULL" {
                         format!("time_ms / {DAY_MS}, {bucket}")
@@ -251,7 +258,7 @@ impl Store {
                         format!("time_ms / {DAY_MS}, {value}, {bucket}")
                     };
                     let sql = format!(
-                        "SELECT {value} AS k, COUNT(*), CAST(SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), SUM(cost), CAST(SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END) AS BIGINT), CAST(SUM(cache_hit) AS BIGINT), MIN(latency_ms), MAX(latency_ms), {bucket} AS b, time_ms / {DAY_MS} AS d FROM inferences WHERE time_ms >= $1 AND time_ms < $2 GROUP BY {group}"
+                        "SELECT {value} AS k, COUNT(*), CAST(SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), SUM(cost), CAST(SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END) AS BIGINT), CAST(SUM(cache_hit) AS BIGINT), MIN(latency_ms), MAX(latency_ms), {bucket} AS b, time_ms / {DAY_MS} AS d FROM inferences{join} WHERE time_ms >= $1 AND time_ms < $2 GROUP BY {group}"
                     );
                     let rows = sqlx::query(&sql)
                         .bind(start)
@@ -420,7 +427,14 @@ pub(crate) async fn add_late(
             ("key", r.key_id.clone()),
             ("inbound", Some(r.inbound.clone())),
         ];
-        for (dim, value) in values {
+        let tags = r.tag_list();
+        let tags = if tags.is_empty() {
+            vec![None]
+        } else {
+            tags.into_iter().map(Some).collect()
+        };
+        let tags = tags.into_iter().map(|t| ("tag", t));
+        for (dim, value) in values.into_iter().chain(tags) {
             insert_rollup(tx, r.time_ms.div_euclid(DAY_MS), dim, value, &sums).await?;
         }
     }

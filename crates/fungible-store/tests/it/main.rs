@@ -597,13 +597,19 @@ fn spread_records() -> Vec<InferenceRecord> {
             if i % 17 == 0 {
                 r.cost = None;
             }
+            r.tags = match i % 4 {
+                0 => json!({}),
+                1 => json!({"team": "ads"}),
+                _ => json!({"team": "search", "beta": true}),
+            };
             r
         })
         .collect()
 }
 
-const GROUPS: [GroupBy; 7] = [
+const GROUPS: [GroupBy; 8] = [
     GroupBy::Model,
+    GroupBy::Tag,
     GroupBy::Provider,
     GroupBy::Route,
     GroupBy::User,
@@ -678,6 +684,10 @@ async fn stats_from_rollups_match_the_rows(store: Store) {
     assert_eq!(all.iter().find(|r| r.key == "2025-11-30").unwrap().requests, 61);
     let by_model = store.stats(GroupBy::Model, None, None).await.unwrap();
     assert_eq!(by_model.iter().map(|r| r.requests).sum::<u64>(), 301);
+    // record(7) has two tags: it counts under each.
+    let by_tag = store.stats(GroupBy::Tag, None, None).await.unwrap();
+    let tagged: u64 = by_tag.iter().map(|r| r.requests).sum();
+    assert_eq!(tagged, sums(&after[GROUPS.iter().position(|g| *g == GroupBy::Tag).unwrap() * ranges.len()]).iter().map(|r| r.1).sum::<u64>() + 2);
 }
 both!(rollups, stats_from_rollups_match_the_rows);
 
