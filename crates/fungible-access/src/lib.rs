@@ -210,41 +210,42 @@ impl Access {
         Ok(Ok(key))
     }
 
-    /// Counts a request against the key's RPM and checks its TPM.
+    /// Counts a request against the key's RPM and checks its TPM (no budget: embeddings).
     pub async fn check_rate(&self, key: &KeyRecord) -> Result<Result<(), Denial>, AccessError> {
-        self.limits.hit(&key.id, key.rpm, key.tpm, now_ms()).await
+        self.limits.hit(&key.id, key.rpm, key.tpm, None, now_ms()).await
     }
 
-    /// Reserves `estimate` USD of the key's budget (nothing when it has none).
-    pub async fn reserve(
+    /// Admits a request of `key` in one atomic step: its RPM and TPM, and, when it has a
+    /// budget, the reservation of `estimate` USD; refused, nothing is counted or reserved.
+    pub async fn admit(
         &self,
         key: &KeyRecord,
         estimate: f64,
     ) -> Result<Result<Option<Reservation>, Denial>, AccessError> {
-        let Some(budget) = key.budget else {
-            return Ok(Ok(None));
-        };
         let now = now_ms();
-        let (period, reset) = period::window(budget.period, now);
-        let seed = self.seed(&key.id, &period).await?;
-        // Counters outlive their period by a day, so a late settle still finds them.
-        let expires = reset.map(|r| r - now + 86_400_000);
-        match self
-            .limits
-            .reserve(&key.id, &period, budget.usd, estimate, seed, expires)
-            .await?
-        {
-            Ok(()) => Ok(Ok(Some(Reservation {
+        let budget = match key.budget {
+            Some(budget) => {
+                let (period, reset) = period::window(budget.period, now);
+                let seed = self.seed(&key.id, &period).await?;
+                Some((budget, period, reset, seed))
+            }
+            None => None,
+        };
+        let ask = budget.as_ref().map(|(budget, period, reset, seed)| limits::BudgetAsk {
+            period,
+            limit: budget.usd,
+            estimate,
+            seed: *seed,
+            // Counters outlive their period by a day, so a late settle still finds them.
+            expires_ms: reset.map(|r| r - now + 86_400_000),
+            resets_in_ms: reset.map(|r| r - now),
+        });
+        match self.limits.hit(&key.id, key.rpm, key.tpm, ask, now).await? {
+            Ok(()) => Ok(Ok(budget.map(|(_, period, _, _)| Reservation {
                 period,
                 amount: estimate,
             }))),
-            Err((spent, reserved)) => Ok(Err(Denial::Budget {
-                limit: budget.usd,
-                spent,
-                reserved,
-                estimate,
-                retry_after_ms: reset.map(|r| r - now),
-            })),
+            Err(denial) => Ok(Err(denial)),
         }
     }
 

@@ -82,6 +82,22 @@ impl std::fmt::Display for Denial {
     }
 }
 
+/// A budget reservation asked for together with the rate limits ([`Limits::hit`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetAsk<'a> {
+    pub period: &'a str,
+    /// The budget, USD.
+    pub limit: f64,
+    /// What this request is estimated to cost, USD.
+    pub estimate: f64,
+    /// What the store says was spent, used when the counter does not exist yet.
+    pub seed: f64,
+    /// How long the counter is worth keeping, ms (`None`: for ever).
+    pub expires_ms: Option<i64>,
+    /// When the period starts again, ms from now (`None`: never), for `Retry-After`.
+    pub resets_in_ms: Option<i64>,
+}
+
 /// Where the counters live. Cheap to clone.
 #[derive(Clone)]
 pub enum Limits {
@@ -134,17 +150,18 @@ pub struct RedisLimits {
     conn: ConnectionManager,
     hit: Arc<Script>,
     add_tokens: Arc<Script>,
-    reserve: Arc<Script>,
     settle: Arc<Script>,
 }
 
 /// The time in ms inside a script: Redis's clock, shared by every instance.
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
 
-/// KEYS: requests zset, tokens zset, tokens' running sum. ARGV: window ms, rpm (-1: none),
-/// tpm (-1: none), a unique member. Returns {0, 0} when admitted, {1, retry ms} over RPM,
-/// {2, retry ms} over TPM. Each call costs O(log n + what left the window): the TPM sum is
-/// kept beside the window, never recomputed from it.
+/// KEYS: requests zset, tokens zset, tokens' running sum, budget hash. ARGV: window ms, rpm
+/// (-1: none), tpm (-1: none), a unique member, then the budget (limit, estimate, seed, ttl
+/// ms; limit -1: no budget). Returns {0, 0} when admitted (and the request counted and its
+/// estimate reserved), {1, retry ms} over RPM, {2, retry ms} over TPM, {3, spent, reserved}
+/// over budget; a refused request changes nothing. Each call costs O(log n + what left the
+/// window): the TPM sum is kept beside the window, never recomputed from it.
 const HIT: &str = r"
 local window = tonumber(ARGV[1])
 local rpm = tonumber(ARGV[2])
@@ -156,7 +173,7 @@ if rpm >= 0 then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
     local retry = window
     if oldest[2] then retry = tonumber(oldest[2]) + window - now end
-    return {1, retry}
+    return {1, tostring(retry), ''}
   end
 end
 if tpm >= 0 then
@@ -188,14 +205,24 @@ if tpm >= 0 then
         break
       end
     end
-    return {2, retry}
+    return {2, tostring(retry), ''}
   end
+end
+if tonumber(ARGV[5]) >= 0 then
+  redis.call('HSETNX', KEYS[4], 'spent', ARGV[7])
+  local spent = tonumber(redis.call('HGET', KEYS[4], 'spent'))
+  local reserved = tonumber(redis.call('HGET', KEYS[4], 'reserved') or '0')
+  if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[8])) end
+  if spent + reserved + tonumber(ARGV[6]) > tonumber(ARGV[5]) then
+    return {3, tostring(spent), tostring(reserved)}
+  end
+  redis.call('HINCRBYFLOAT', KEYS[4], 'reserved', ARGV[6])
 end
 if rpm >= 0 then
   redis.call('ZADD', KEYS[1], now, ARGV[4])
   redis.call('PEXPIRE', KEYS[1], window)
 end
-return {0, 0}
+return {0, '', ''}
 ";
 
 /// KEYS: tokens zset, tokens' running sum. ARGV: window ms, member `ID:TOKENS`, tokens.
@@ -205,22 +232,6 @@ redis.call('INCRBY', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]))
 return 1
-";
-
-/// KEYS: budget hash. ARGV: limit, estimate, seed (spend known to the store), ttl ms (0:
-/// none). Returns {admitted 0/1, spent, reserved} (as strings: Lua numbers would be
-/// truncated to integers).
-const RESERVE: &str = r"
-redis.call('HSETNX', KEYS[1], 'spent', ARGV[3])
-local spent = tonumber(redis.call('HGET', KEYS[1], 'spent'))
-local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
-local estimate = tonumber(ARGV[2])
-if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4])) end
-if spent + reserved + estimate > tonumber(ARGV[1]) then
-  return {0, tostring(spent), tostring(reserved)}
-end
-redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', ARGV[2])
-return {1, tostring(spent), tostring(reserved + estimate)}
 ";
 
 /// KEYS: budget hash. ARGV: reserved, actual.
@@ -237,6 +248,17 @@ fn script(body: &str) -> Arc<Script> {
 
 fn redis_error(e: redis::RedisError) -> AccessError {
     AccessError::Redis(e.to_string())
+}
+
+/// The refusal of `ask` by a budget with `spent` and `reserved` already.
+fn budget_denial(ask: &BudgetAsk<'_>, spent: f64, reserved: f64) -> Denial {
+    Denial::Budget {
+        limit: ask.limit,
+        spent,
+        reserved,
+        estimate: ask.estimate,
+        retry_after_ms: ask.resets_in_ms,
+    }
 }
 
 /// A key's Redis key for `what`. The `{ID}` hash tag keeps one key's counters in one
@@ -262,26 +284,43 @@ impl Limits {
             conn,
             hit: script(HIT),
             add_tokens: script(ADD_TOKENS),
-            reserve: script(RESERVE),
             settle: script(SETTLE),
         }))
     }
 
-    /// Counts a request against `rpm` and checks `tpm` for key `key_id`; a refused request
-    /// is not counted. `now_ms` is the clock of the memory backend (Redis uses its own).
+    /// Admits a request of key `key_id` in one atomic step (one Redis round trip): checks
+    /// `rpm` and `tpm`, reserves `budget`'s estimate when it fits, and counts the request
+    /// against `rpm`; a refused request changes nothing. `now_ms` is the clock of the memory
+    /// backend (Redis uses its own).
     pub async fn hit(
         &self,
         key_id: &str,
         rpm: Option<u64>,
         tpm: Option<u64>,
+        budget: Option<BudgetAsk<'_>>,
         now_ms: i64,
     ) -> Result<Result<(), Denial>, AccessError> {
-        if rpm.is_none() && tpm.is_none() {
+        if rpm.is_none() && tpm.is_none() && budget.is_none() {
             return Ok(Ok(()));
         }
         match self {
             Limits::Memory(state) => {
                 let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(rpm) = rpm {
+                    let window = state.requests.entry(key_id.to_owned()).or_default();
+                    while window.front().is_some_and(|&t| t <= now_ms - WINDOW_MS) {
+                        window.pop_front();
+                    }
+                    if window.len() as u64 >= rpm {
+                        let retry = window
+                            .front()
+                            .map_or(WINDOW_MS, |&t| t + WINDOW_MS - now_ms);
+                        return Ok(Err(Denial::Rpm {
+                            limit: rpm,
+                            retry_after_ms: retry,
+                        }));
+                    }
+                }
                 if let Some(tpm) = tpm {
                     let window = state.tokens.entry(key_id.to_owned()).or_default();
                     window.expire(now_ms);
@@ -301,46 +340,62 @@ impl Limits {
                         }));
                     }
                 }
-                if let Some(rpm) = rpm {
-                    let window = state.requests.entry(key_id.to_owned()).or_default();
-                    while window.front().is_some_and(|&t| t <= now_ms - WINDOW_MS) {
-                        window.pop_front();
+                if let Some(ask) = &budget {
+                    let b = state
+                        .budgets
+                        .entry((key_id.to_owned(), ask.period.to_owned()))
+                        .or_insert(Budget {
+                            spent: ask.seed,
+                            reserved: 0.0,
+                        });
+                    if b.spent + b.reserved + ask.estimate > ask.limit {
+                        return Ok(Err(budget_denial(ask, b.spent, b.reserved)));
                     }
-                    if window.len() as u64 >= rpm {
-                        let retry = window
-                            .front()
-                            .map_or(WINDOW_MS, |&t| t + WINDOW_MS - now_ms);
-                        return Ok(Err(Denial::Rpm {
-                            limit: rpm,
-                            retry_after_ms: retry,
-                        }));
-                    }
-                    window.push_back(now_ms);
+                    b.reserved += ask.estimate;
+                }
+                if rpm.is_some() {
+                    state
+                        .requests
+                        .entry(key_id.to_owned())
+                        .or_default()
+                        .push_back(now_ms);
                 }
                 Ok(Ok(()))
             }
             Limits::Redis(r) => {
-                let (code, retry): (i64, i64) = r
+                let period = budget.as_ref().map_or("none", |b| b.period);
+                let (code, a, b): (i64, String, String) = r
                     .hit
                     .key(redis_key(key_id, "rpm"))
                     .key(redis_key(key_id, "tpm"))
                     .key(redis_key(key_id, "tpm-sum"))
+                    .key(redis_key(key_id, &format!("budget:{period}")))
                     .arg(WINDOW_MS)
                     .arg(rpm.map_or(-1, |n| n as i64))
                     .arg(tpm.map_or(-1, |n| n as i64))
                     .arg(unique())
+                    .arg(budget.as_ref().map_or(-1.0, |b| b.limit))
+                    .arg(budget.as_ref().map_or(0.0, |b| b.estimate))
+                    .arg(budget.as_ref().map_or(0.0, |b| b.seed))
+                    .arg(budget.as_ref().and_then(|b| b.expires_ms).unwrap_or(0).max(0))
                     .invoke_async(&mut r.conn.clone())
                     .await
                     .map_err(redis_error)?;
-                Ok(match (code, rpm, tpm) {
-                    (1, Some(limit), _) => Err(Denial::Rpm {
+                let retry = || a.parse::<i64>().unwrap_or(WINDOW_MS);
+                Ok(match (code, rpm, tpm, &budget) {
+                    (1, Some(limit), _, _) => Err(Denial::Rpm {
                         limit,
-                        retry_after_ms: retry,
+                        retry_after_ms: retry(),
                     }),
-                    (2, _, Some(limit)) => Err(Denial::Tpm {
+                    (2, _, Some(limit), _) => Err(Denial::Tpm {
                         limit,
-                        retry_after_ms: retry,
+                        retry_after_ms: retry(),
                     }),
+                    (3, _, _, Some(ask)) => Err(budget_denial(
+                        ask,
+                        a.parse().unwrap_or(0.0),
+                        b.parse().unwrap_or(0.0),
+                    )),
                     _ => Ok(()),
                 })
             }
@@ -378,58 +433,6 @@ impl Limits {
                     .await
                     .map_err(redis_error)?;
                 Ok(())
-            }
-        }
-    }
-
-    /// Reserves `estimate` USD of key `key_id`'s budget `limit` for `period` when it fits;
-    /// otherwise returns `(spent, reserved)`. `seed` is what the store says was spent,
-    /// used when the counter does not exist yet; `expires_ms` is how long the counter is
-    /// worth keeping (past the period's end).
-    pub async fn reserve(
-        &self,
-        key_id: &str,
-        period: &str,
-        limit: f64,
-        estimate: f64,
-        seed: f64,
-        expires_ms: Option<i64>,
-    ) -> Result<Result<(), (f64, f64)>, AccessError> {
-        match self {
-            Limits::Memory(state) => {
-                let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-                let budget = state
-                    .budgets
-                    .entry((key_id.to_owned(), period.to_owned()))
-                    .or_insert(Budget {
-                        spent: seed,
-                        reserved: 0.0,
-                    });
-                if budget.spent + budget.reserved + estimate > limit {
-                    return Ok(Err((budget.spent, budget.reserved)));
-                }
-                budget.reserved += estimate;
-                Ok(Ok(()))
-            }
-            Limits::Redis(r) => {
-                let (admitted, spent, reserved): (i64, String, String) = r
-                    .reserve
-                    .key(redis_key(key_id, &format!("budget:{period}")))
-                    .arg(limit)
-                    .arg(estimate)
-                    .arg(seed)
-                    .arg(expires_ms.unwrap_or(0).max(0))
-                    .invoke_async(&mut r.conn.clone())
-                    .await
-                    .map_err(redis_error)?;
-                if admitted == 1 {
-                    Ok(Ok(()))
-                } else {
-                    Ok(Err((
-                        spent.parse().unwrap_or(0.0),
-                        reserved.parse().unwrap_or(0.0),
-                    )))
-                }
             }
         }
     }
@@ -472,12 +475,31 @@ impl Limits {
 mod tests {
     use super::*;
 
+    fn ask(period: &str, limit: f64, estimate: f64, seed: f64, expires_ms: Option<i64>) -> BudgetAsk<'_> {
+        BudgetAsk {
+            period,
+            limit,
+            estimate,
+            seed,
+            expires_ms,
+            resets_in_ms: None,
+        }
+    }
+
+    /// The `(spent, reserved)` of a budget refusal.
+    fn refused(result: Result<(), Denial>) -> (f64, f64) {
+        match result {
+            Err(Denial::Budget { spent, reserved, .. }) => (spent, reserved),
+            other => panic!("expected a budget refusal, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn rpm_is_a_sliding_window() {
         let limits = Limits::memory();
-        assert_eq!(limits.hit("k", Some(2), None, 1_000).await.unwrap(), Ok(()));
+        assert_eq!(limits.hit("k", Some(2), None, None, 1_000).await.unwrap(), Ok(()));
         assert_eq!(
-            limits.hit("k", Some(2), None, 20_000).await.unwrap(),
+            limits.hit("k", Some(2), None, None, 20_000).await.unwrap(),
             Ok(())
         );
         let denied = limits
@@ -495,11 +517,11 @@ mod tests {
         assert_eq!(denied.retry_after_secs(), Some(31));
         // Other keys have their own window; the first request leaves it at 61 s.
         assert_eq!(
-            limits.hit("other", Some(2), None, 30_000).await.unwrap(),
+            limits.hit("other", Some(2), None, None, 30_000).await.unwrap(),
             Ok(())
         );
         assert_eq!(
-            limits.hit("k", Some(2), None, 61_001).await.unwrap(),
+            limits.hit("k", Some(2), None, None, 61_001).await.unwrap(),
             Ok(())
         );
     }
@@ -507,7 +529,7 @@ mod tests {
     #[tokio::test]
     async fn tpm_counts_real_usage() {
         let limits = Limits::memory();
-        assert_eq!(limits.hit("k", None, Some(100), 0).await.unwrap(), Ok(()));
+        assert_eq!(limits.hit("k", None, Some(100), None, 0).await.unwrap(), Ok(()));
         limits.add_tokens("k", 60, 0).await.unwrap();
         limits.add_tokens("k", 50, 10_000).await.unwrap();
         let denied = limits
@@ -524,7 +546,7 @@ mod tests {
             }
         );
         assert_eq!(
-            limits.hit("k", None, Some(100), 60_001).await.unwrap(),
+            limits.hit("k", None, Some(100), None, 60_001).await.unwrap(),
             Ok(())
         );
     }
@@ -533,40 +555,23 @@ mod tests {
     async fn budgets_reserve_then_settle() {
         let limits = Limits::memory();
         assert_eq!(
-            limits
-                .reserve("k", "total", 1.0, 0.4, 0.1, None)
-                .await
-                .unwrap(),
+            limits.hit("k", None, None, Some(ask("total", 1.0, 0.4, 0.1, None)), 0).await.unwrap(),
             Ok(())
         );
         assert_eq!(
-            limits
-                .reserve("k", "total", 1.0, 0.4, 0.1, None)
-                .await
-                .unwrap(),
+            limits.hit("k", None, None, Some(ask("total", 1.0, 0.4, 0.1, None)), 0).await.unwrap(),
             Ok(())
         );
-        // 0.1 spent + 0.8 reserved: another 0.4 does not fit.
-        assert_eq!(
-            limits
-                .reserve("k", "total", 1.0, 0.4, 0.1, None)
-                .await
-                .unwrap(),
-            Err((0.1, 0.8))
-        );
+        // 0.1 spent + 0.8 reserved: another 0.4 does not fit, and a refusal counts nothing.
+        let over = limits.hit("k", Some(100), None, Some(ask("total", 1.0, 0.4, 0.1, None)), 0);
+        assert_eq!(refused(over.await.unwrap()), (0.1, 0.8));
         limits.settle("k", "total", 0.4, 0.1).await.unwrap();
         assert_eq!(
-            limits
-                .reserve("k", "total", 1.0, 0.4, 0.1, None)
-                .await
-                .unwrap(),
+            limits.hit("k", None, None, Some(ask("total", 1.0, 0.4, 0.1, None)), 0).await.unwrap(),
             Ok(())
         );
         assert_eq!(
-            limits
-                .reserve("k", "other", 1.0, 1.0, 0.0, None)
-                .await
-                .unwrap(),
+            limits.hit("k", None, None, Some(ask("other", 1.0, 1.0, 0.0, None)), 0).await.unwrap(),
             Ok(())
         );
     }
@@ -580,51 +585,41 @@ mod tests {
         };
         let limits = Limits::redis(&url).await.expect("redis");
         let key = crate::key::new_id();
-        assert_eq!(limits.hit(&key, Some(2), None, 0).await.unwrap(), Ok(()));
-        assert_eq!(limits.hit(&key, Some(2), None, 0).await.unwrap(), Ok(()));
-        match limits.hit(&key, Some(2), None, 0).await.unwrap() {
+        assert_eq!(limits.hit(&key, Some(2), None, None, 0).await.unwrap(), Ok(()));
+        assert_eq!(limits.hit(&key, Some(2), None, None, 0).await.unwrap(), Ok(()));
+        match limits.hit(&key, Some(2), None, None, 0).await.unwrap() {
             Err(Denial::Rpm {
                 limit: 2,
                 retry_after_ms,
             }) => assert!((1..=60_000).contains(&retry_after_ms)),
             other => panic!("{other:?}"),
         }
-        assert_eq!(limits.hit(&key, None, Some(100), 0).await.unwrap(), Ok(()));
+        assert_eq!(limits.hit(&key, None, Some(100), None, 0).await.unwrap(), Ok(()));
         limits.add_tokens(&key, 150, 0).await.unwrap();
         assert!(matches!(
-            limits.hit(&key, None, Some(100), 0).await.unwrap(),
+            limits.hit(&key, None, Some(100), None, 0).await.unwrap(),
             Err(Denial::Tpm { limit: 100, .. })
         ));
-        assert_eq!(
-            limits
-                .reserve(&key, "total", 1.0, 0.4, 0.1, Some(60_000))
-                .await
-                .unwrap(),
-            Ok(())
-        );
-        assert_eq!(
-            limits
-                .reserve(&key, "total", 1.0, 0.4, 0.1, Some(60_000))
-                .await
-                .unwrap(),
-            Ok(())
-        );
-        let (spent, reserved) = limits
-            .reserve(&key, "total", 1.0, 0.4, 0.1, None)
-            .await
-            .unwrap()
-            .unwrap_err();
+        for _ in 0..2 {
+            let admitted = limits.hit(&key, None, None, Some(ask("total", 1.0, 0.4, 0.1, Some(60_000))), 0);
+            assert_eq!(admitted.await.unwrap(), Ok(()));
+        }
+        // Refused by the budget: the RPM window (2 already) is not counted again.
+        let over = limits.hit(&key, Some(3), None, Some(ask("total", 1.0, 0.4, 0.1, None)), 0);
+        let (spent, reserved) = refused(over.await.unwrap());
         assert!(
             (spent - 0.1).abs() < 1e-9 && (reserved - 0.8).abs() < 1e-9,
             "{spent} {reserved}"
         );
         limits.settle(&key, "total", 0.4, 0.1).await.unwrap();
         assert_eq!(
-            limits
-                .reserve(&key, "total", 1.0, 0.4, 0.1, None)
-                .await
-                .unwrap(),
+            limits.hit(&key, Some(3), None, Some(ask("total", 1.0, 0.4, 0.1, None)), 0).await.unwrap(),
             Ok(())
         );
+        // That one was counted: the window holds 3 now.
+        assert!(matches!(
+            limits.hit(&key, Some(3), None, None, 0).await.unwrap(),
+            Err(Denial::Rpm { limit: 3, .. })
+        ));
     }
 }

@@ -393,34 +393,35 @@ pub async fn admit(state: &AppState, req: &ChatRequest) -> Result<Ticket, Gatewa
         return Ok(Ticket::none());
     };
     let target = allowed_target(state, &key, &req.model)?;
-    if let Err(d) = access.check_rate(&key).await.map_err(state_error)? {
-        return Err(denial(&d));
-    }
     let prices = Arc::clone(&state.recording.prices);
-    let reservation = match (&key.budget, &target) {
-        (Some(_), Some(target)) => {
-            let estimate = match price_of(&prices, target) {
-                Some(None) => 0.0,
-                Some(Some(price)) => {
-                    price.cost(&estimate_usage(req, state.auth.default_output_tokens))
-                }
-                None => {
-                    return Err(refusal(
-                        ErrorKind::PermissionDenied,
-                        format!(
-                            "model {target} has no known price, and this API key has a budget: add [prices.\"{target}\"] to the config"
-                        ),
-                        None,
-                    ));
-                }
-            };
-            match access.reserve(&key, estimate).await.map_err(state_error)? {
-                Ok(reservation) => reservation,
-                Err(d) => return Err(denial(&d)),
+    let estimate = match (&key.budget, &target) {
+        (Some(_), Some(target)) => match price_of(&prices, target) {
+            Some(None) => 0.0,
+            Some(Some(price)) => price.cost(&estimate_usage(req, state.auth.default_output_tokens)),
+            None => {
+                return Err(refusal(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "model {target} has no known price, and this API key has a budget: add [prices.\"{target}\"] to the config"
+                    ),
+                    None,
+                ));
             }
+        },
+        // No budget; or an unknown model, which fails in the gateway before any cost.
+        _ => 0.0,
+    };
+    // Rate limits and the budget reservation in one atomic step (one Redis round trip).
+    let reservation = if key.budget.is_some() && target.is_some() {
+        match access.admit(&key, estimate).await.map_err(state_error)? {
+            Ok(reservation) => reservation,
+            Err(d) => return Err(denial(&d)),
         }
-        // An unknown model fails in the gateway, before any cost.
-        _ => None,
+    } else {
+        if let Err(d) = access.check_rate(&key).await.map_err(state_error)? {
+            return Err(denial(&d));
+        }
+        None
     };
     Ok(Ticket {
         pending: Some(Pending {
