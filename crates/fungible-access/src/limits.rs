@@ -503,7 +503,7 @@ mod tests {
             Ok(())
         );
         let denied = limits
-            .hit("k", Some(2), None, 30_000)
+            .hit("k", Some(2), None, None, 30_000)
             .await
             .unwrap()
             .unwrap_err();
@@ -533,7 +533,7 @@ mod tests {
         limits.add_tokens("k", 60, 0).await.unwrap();
         limits.add_tokens("k", 50, 10_000).await.unwrap();
         let denied = limits
-            .hit("k", None, Some(100), 20_000)
+            .hit("k", None, Some(100), None, 20_000)
             .await
             .unwrap()
             .unwrap_err();

@@ -14,6 +14,7 @@
 //!   spent thinking.
 //! - Tool-call arguments are kept as the raw JSON text the model produced, never re-encoded.
 
+pub mod date;
 mod error;
 mod stream;
 
