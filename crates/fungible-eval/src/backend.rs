@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use fungible_gateway::{Gateway, GatewayError, RouteHints};
 use fungible_store::PriceTable;
-use fungible_types::{ChatRequest, ErrorKind, StreamEvent, Usage};
+use fungible_types::{ChatRequest, StreamEvent, Usage};
 use futures::StreamExt;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -84,7 +84,7 @@ impl GatewayBackend {
         let mut usage = None;
         let mut ttft_ms = None;
         while let Some(event) = stream.next().await {
-            match event.map_err(|e| CallError::new(error_class(e.kind), e.message))? {
+            match event.map_err(|e| CallError::new(e.kind.class(), e.message))? {
                 StreamEvent::TextDelta { text: t } | StreamEvent::Refusal { text: t } => {
                     ttft_ms.get_or_insert_with(|| start.elapsed().as_millis() as u64);
                     text.push_str(&t);
@@ -139,20 +139,7 @@ impl ChatBackend for GatewayBackend {
 fn gateway_error(e: &GatewayError) -> CallError {
     match e {
         GatewayError::UnknownModel(message) => CallError::new("unknown_model", message.clone()),
-        GatewayError::Provider(p) => CallError::new(error_class(p.kind), p.message.clone()),
+        GatewayError::Provider(p) => CallError::new(p.kind.class(), p.message.clone()),
     }
 }
 
-/// The snake_case name of an error kind (`RateLimited` -> `rate_limited`), as the store
-/// records it.
-pub fn error_class(kind: ErrorKind) -> String {
-    let name = format!("{kind:?}");
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
-}

@@ -21,7 +21,7 @@ use fungible_gateway::{AttemptOutcome, RouteError, RouteInfo, Routed};
 use fungible_providers::EventStream;
 use fungible_store::{AttemptRecord, Bodies, InferenceRecord, PriceTable, Recorder};
 use fungible_types::{
-    AssistantMessage, ChatRequest, ChatResponse, ErrorKind, FinishReason, ReasoningBlock,
+    AssistantMessage, ChatRequest, ChatResponse, FinishReason, ReasoningBlock,
     StreamEvent, ToolCall, Usage,
 };
 use futures::Stream;
@@ -306,23 +306,11 @@ fn fungible_store_now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The snake_case name of an error class.
-pub fn error_class(kind: ErrorKind) -> String {
-    let name = format!("{kind:?}");
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
-}
 
 fn gateway_error_class(e: &fungible_gateway::GatewayError) -> String {
     match e {
         fungible_gateway::GatewayError::UnknownModel(_) => "unknown_model".into(),
-        fungible_gateway::GatewayError::Provider(p) => error_class(p.kind),
+        fungible_gateway::GatewayError::Provider(p) => p.kind.class(),
     }
 }
 
@@ -361,7 +349,7 @@ fn build(
         .map(|(i, a)| {
             let (status, error) = match a.outcome {
                 AttemptOutcome::Ok => ("ok", None),
-                AttemptOutcome::Failed(kind) => ("failed", Some(error_class(kind))),
+                AttemptOutcome::Failed(kind) => ("failed", Some(kind.class())),
                 AttemptOutcome::CircuitOpen => ("circuit_open", None),
             };
             AttemptRecord {
@@ -687,7 +675,7 @@ impl Stream for ObservedStream {
                     this.acc.add(event, started);
                 }
             }
-            Poll::Ready(Some(Err(e))) => this.finish(Some(error_class(e.kind))),
+            Poll::Ready(Some(Err(e))) => this.finish(Some(e.kind.class())),
             Poll::Ready(None) => this.finish(None),
             Poll::Pending => {}
         }

@@ -41,6 +41,20 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The kind as recorded and reported: `snake_case` of its name (`rate_limited`,
+    /// `context_length_exceeded`).
+    pub fn class(self) -> String {
+        let name = format!("{self:?}");
+        let mut out = String::with_capacity(name.len() + 4);
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+
     /// Classify an upstream HTTP status.
     pub fn from_upstream_status(status: u16) -> ErrorKind {
         match status {
@@ -121,3 +135,15 @@ impl fmt::Display for ProviderError {
 }
 
 impl std::error::Error for ProviderError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_are_snake_case_names() {
+        assert_eq!(ErrorKind::RateLimited.class(), "rate_limited");
+        assert_eq!(ErrorKind::ContextLengthExceeded.class(), "context_length_exceeded");
+        assert_eq!(ErrorKind::Timeout.class(), "timeout");
+    }
+}
