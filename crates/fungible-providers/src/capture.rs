@@ -4,12 +4,15 @@
 //! answered (a stream's raw SSE as it is read), each cut at the capture's byte cap. Nothing
 //! is noted outside a scope, so the cost when off is one task-local lookup per call.
 //!
-//! Bodies never hold credentials (keys travel in headers), and what is noted is scrubbed of
-//! the provider's key all the same, as error messages are.
+//! Bodies never hold credentials (keys travel in headers), and what is handed out is
+//! scrubbed of the provider's key all the same, as error messages are: once, when the
+//! exchanges are read, not on every chunk of a stream.
 
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+
+use crate::Secret;
 
 /// One upstream call: what was sent and what came back, as text (lossy UTF-8).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -24,7 +27,8 @@ pub struct Exchange {
 #[derive(Debug, Default)]
 struct State {
     cap: usize,
-    exchanges: Vec<Exchange>,
+    /// Each call, with the key its text is scrubbed of when read.
+    exchanges: Vec<(Exchange, Option<Secret>)>,
 }
 
 /// The raw bodies of one client request's upstream calls. Cheap to clone.
@@ -49,9 +53,21 @@ impl Capture {
         CAPTURE.scope(self, future).await
     }
 
-    /// The calls noted so far.
+    /// The calls noted so far, scrubbed of their provider's key.
     pub fn exchanges(&self) -> Vec<Exchange> {
-        self.lock().exchanges.clone()
+        self.lock()
+            .exchanges
+            .iter()
+            .map(|(e, key)| match key {
+                Some(key) => Exchange {
+                    provider: e.provider.clone(),
+                    request: key.scrub(&e.request),
+                    response: key.scrub(&e.response),
+                    truncated: e.truncated,
+                },
+                None => e.clone(),
+            })
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -63,8 +79,9 @@ impl Capture {
         CAPTURE.try_with(Clone::clone).ok()
     }
 
-    /// Notes a new call to `provider` with the `body` sent; returns its index.
-    pub(crate) fn start(&self, provider: &str, body: &[u8], scrub: impl Fn(String) -> String) -> usize {
+    /// Notes a new call to `provider` (whose key is `key`) with the `body` sent; returns its
+    /// index.
+    pub(crate) fn start(&self, provider: &str, key: Option<&Secret>, body: &[u8]) -> usize {
         let mut state = self.lock();
         let cap = state.cap;
         let mut exchange = Exchange {
@@ -72,8 +89,7 @@ impl Capture {
             ..Exchange::default()
         };
         exchange.truncated = append(&mut exchange.request, body, cap);
-        exchange.request = scrub(std::mem::take(&mut exchange.request));
-        state.exchanges.push(exchange);
+        state.exchanges.push((exchange, key.cloned()));
         state.exchanges.len() - 1
     }
 
@@ -83,16 +99,11 @@ impl Capture {
     }
 
     /// Appends `bytes` to the answer of call `index`, up to the cap.
-    pub(crate) fn answer(&self, index: usize, bytes: &[u8], scrub: impl Fn(String) -> String) {
+    pub(crate) fn answer(&self, index: usize, bytes: &[u8]) {
         let mut state = self.lock();
         let cap = state.cap;
-        if let Some(exchange) = state.exchanges.get_mut(index) {
-            let before = exchange.response.len();
-            let cut = append(&mut exchange.response, bytes, cap);
-            exchange.truncated |= cut;
-            if exchange.response.len() > before {
-                exchange.response = scrub(std::mem::take(&mut exchange.response));
-            }
+        if let Some((exchange, _)) = state.exchanges.get_mut(index) {
+            exchange.truncated |= append(&mut exchange.response, bytes, cap);
         }
     }
 }
@@ -119,17 +130,19 @@ mod tests {
     #[test]
     fn bodies_are_capped_and_scrubbed() {
         let capture = Capture::new(10);
-        let i = capture.start("openai", b"{\"a\":\"0123456789\"}", |s| s);
+        let key = Secret::new("sk-secret");
+        let i = capture.start("openai", Some(&key), b"{\"a\":\"0123456789\"}");
         assert_eq!(capture.latest(), Some(i));
-        capture.answer(i, b"sk-secret ok", |s| s.replace("sk-secret", "[redacted]"));
+        capture.answer(i, b"sk-secret ok");
         let e = &capture.exchanges()[0];
         assert_eq!(e.request, "{\"a\":\"0123");
         assert!(e.truncated);
+        // Cut at the cap, then scrubbed when read (the redaction may be longer).
         assert_eq!(e.response, "[redacted] ");
         // Multi-byte text cut at the cap stays valid UTF-8 within the cap.
         let capture = Capture::new(3);
-        let i = capture.start("x", "héllo".as_bytes(), |s| s);
-        capture.answer(i, "✓✓".as_bytes(), |s| s);
+        let i = capture.start("x", None, "héllo".as_bytes());
+        capture.answer(i, "✓✓".as_bytes());
         let e = &capture.exchanges()[0];
         assert!(e.request.len() <= 3 && e.response.len() <= 3, "{e:?}");
     }

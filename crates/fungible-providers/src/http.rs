@@ -50,7 +50,7 @@ pub(crate) async fn send_json(
         request = request.header(name, value);
     }
     let captured = crate::capture::Capture::current()
-        .map(|c| (c.start(&settings.name, &body, |s| scrub_key(settings, s)), c));
+        .map(|c| (c.start(&settings.name, settings.api_key.as_ref(), &body), c));
     let response = request.body(body).send().await.map_err(|e| transport_error(settings, e))?;
     let status = response.status();
     if status.is_success() {
@@ -59,7 +59,7 @@ pub(crate) async fn send_json(
     let retry_after = retry_after(response.headers());
     let bytes = read_capped(response, MAX_ERROR_BODY).await;
     if let Some((i, capture)) = &captured {
-        capture.answer(*i, &bytes, |s| scrub_key(settings, s));
+        capture.answer(*i, &bytes);
     }
     let message = scrub_key(settings, vendor_message(&bytes).unwrap_or_else(|| quote_body(&bytes)));
     let mut kind = ErrorKind::from_upstream_status(status.as_u16());
@@ -122,7 +122,7 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     if let Some(capture) = crate::capture::Capture::current()
         && let Some(i) = capture.latest()
     {
-        capture.answer(i, &bytes, |s| scrub_key(settings, s));
+        capture.answer(i, &bytes);
     }
     serde_json::from_slice(&bytes).map_err(|e| {
         ProviderError::malformed(&settings.name, format!("could not parse the response body: {e}"))

@@ -40,18 +40,15 @@ pub(crate) fn event_stream<D: SseDecoder>(
         settings: settings.clone(),
         inner: match crate::capture::Capture::current().and_then(|c| Some((c.latest()?, c))) {
             // The raw SSE as it is read, for `[store] raw_bodies`.
-            Some((i, capture)) => {
-                let settings = settings.clone();
-                response
-                    .bytes_stream()
-                    .inspect(move |chunk| {
-                        if let Ok(bytes) = chunk {
-                            capture.answer(i, bytes, |s| crate::http::scrub_key(&settings, s));
-                        }
-                    })
-                    .eventsource()
-                    .boxed()
-            }
+            Some((i, capture)) => response
+                .bytes_stream()
+                .inspect(move |chunk| {
+                    if let Ok(bytes) = chunk {
+                        capture.answer(i, bytes);
+                    }
+                })
+                .eventsource()
+                .boxed(),
             None => response.bytes_stream().eventsource().boxed(),
         },
         decoder,
