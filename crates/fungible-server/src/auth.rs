@@ -180,12 +180,10 @@ fn unavailable(message: impl Into<String>) -> ApiError {
     }
 }
 
-/// Whether the request carries the admin key.
-pub(crate) fn is_admin(auth: &Auth, request: &Request) -> bool {
-    match (&auth.admin_key, presented_key(request)) {
-        (Some(admin), Some(presented)) => {
-            fungible_access::key::secrets_equal(&presented, admin.expose())
-        }
+/// Whether `presented` is the admin key.
+fn is_admin(auth: &Auth, presented: Option<&str>) -> bool {
+    match (&auth.admin_key, presented) {
+        (Some(admin), Some(presented)) => fungible_access::key::secrets_equal(presented, admin.expose()),
         _ => false,
     }
 }
@@ -210,7 +208,7 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
             }
             .into_response();
         }
-        if !is_admin(auth, &request) {
+        if !is_admin(auth, presented_key(&request).as_deref()) {
             return unauthorized("the admin API needs the admin key (Authorization: Bearer ...)")
                 .into_response();
         }
@@ -228,7 +226,7 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         return unauthorized("missing API key: send a virtual key as Authorization: Bearer, x-api-key, x-goog-api-key or ?key=")
             .into_response_for(format);
     };
-    if is_admin(auth, &request) {
+    if is_admin(auth, Some(&presented)) {
         return next.run(request).await;
     }
     let Some(access) = &auth.access else {
@@ -478,7 +476,22 @@ pub async fn admit_embeddings(state: &AppState, model: &str) -> Result<(), Gatew
 /// (JSON framing makes this more, not less, than the text's tokens) and `max_tokens` (or
 /// `default_output` when unset) of output.
 fn estimate_usage(req: &ChatRequest, default_output: u32) -> Usage {
-    let bytes = serde_json::to_vec(req).map(|v| v.len()).unwrap_or(0) as u64;
+    /// Counts what is written, keeping none of it: no copy of the request per admission.
+    struct Counter(u64);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let bytes = match serde_json::to_writer(&mut counter, req) {
+        Ok(()) => counter.0,
+        Err(_) => 0,
+    };
     Usage {
         input_tokens: bytes.div_ceil(4),
         output_tokens: u64::from(req.params.max_tokens.unwrap_or(default_output)),
