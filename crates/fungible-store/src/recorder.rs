@@ -7,7 +7,9 @@
 //! task takes up to `batch_size` records at a time and writes them in one transaction. When
 //! a write fails (the store is down or slow) the writer keeps the batch and retries with
 //! backoff, so records wait in the queue up to its bound and none that fit is lost; their
-//! bytes count until they are written. `shutdown` stops taking records, writes everything
+//! bytes count until they are written. A batch the store refuses for its data (a
+//! constraint, a value it cannot hold) is written record by record, and only the refused
+//! records are dropped and reported. `shutdown` stops taking records, writes everything
 //! queued and returns.
 
 use std::future::Future;
@@ -308,6 +310,29 @@ async fn write_with_retry(
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 batch.clear();
                 return;
+            }
+            Err(e) if e.is_permanent() => {
+                // The store is up and refused some record of the batch: write them one by
+                // one, so that one bad record is dropped (and reported) instead of holding
+                // back every record after it forever.
+                counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                let mut kept = Vec::new();
+                for record in batch.drain(..) {
+                    match sink.write(std::slice::from_ref(&record)).await {
+                        Ok(()) => {
+                            counters.written.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e.is_permanent() => {
+                            counters.dropped.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(id = %record.id, "inference record dropped: the store refused it: {e}");
+                        }
+                        Err(_) => kept.push(record),
+                    }
+                }
+                *batch = kept;
+                if batch.is_empty() {
+                    return;
+                }
             }
             Err(e) => {
                 let n = counters.write_errors.fetch_add(1, Ordering::Relaxed) + 1;

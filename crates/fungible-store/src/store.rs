@@ -26,6 +26,37 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+impl StoreError {
+    /// Whether retrying cannot help: the database refused this data (a constraint, a value
+    /// it cannot hold), as opposed to being unreachable, busy or failing.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Json { .. } => true,
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                if !matches!(e.kind(), sqlx::error::ErrorKind::Other) {
+                    return true; // unique, foreign key, not null, check
+                }
+                let code = e.code().unwrap_or_default();
+                match backend_of_code(&code) {
+                    // SQLSTATE class 22: data exception (a NUL in text, a number out of range).
+                    Backend::Postgres => code.starts_with("22"),
+                    // Primary result codes: SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH.
+                    Backend::Sqlite => code
+                        .parse::<i32>()
+                        .is_ok_and(|c| matches!(c & 0xff, 18..=20)),
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Which database an error code comes from: PostgreSQL's SQLSTATEs have five characters,
+/// SQLite's (extended) result codes at most four digits.
+fn backend_of_code(code: &str) -> Backend {
+    if code.len() == 5 { Backend::Postgres } else { Backend::Sqlite }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
     Sqlite,
@@ -210,64 +241,30 @@ impl Store {
         if self.backend == Backend::Postgres {
             return self.insert_multi_row(records).await;
         }
+        // SQLite: each table's rows as one JSON array bound to one statement. Statements
+        // through sqlx are each a round trip to the connection's worker thread, which cost
+        // more than the insert itself; `json_each` lets SQLite unpack the rows in C.
+        let rows = SqliteRows::of(records);
         let mut tx = self.pool.begin().await?;
-        for r in records {
-            let request = serde_json::to_string(&r.request).unwrap_or_default();
-            let response = r
-                .response
-                .as_ref()
-                .map(|v| serde_json::to_string(v).unwrap_or_default());
-            sqlx::query(INSERT_INFERENCE)
-                .persistent(self.cache_statements())
-                .bind(&r.id)
-                .bind(r.time_ms)
-                .bind(&r.inbound)
-                .bind(&r.requested_model)
-                .bind(&r.route)
-                .bind(&r.variant)
-                .bind(&r.provider)
-                .bind(&r.model)
-                .bind(i64::from(r.stream))
-                .bind(&r.error)
-                .bind(request)
-                .bind(response)
-                .bind(r.usage.input_tokens as i64)
-                .bind(r.usage.output_tokens as i64)
-                .bind(r.usage.cache_read_tokens as i64)
-                .bind(r.usage.cache_write_tokens as i64)
-                .bind(r.usage.reasoning_tokens as i64)
-                .bind(r.cost)
-                .bind(r.ttft_ms)
-                .bind(r.latency_ms)
-                .bind(&r.user)
-                .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "{}".into()))
-                .bind(&r.episode_id)
-                .bind(&r.key_id)
-                .bind(i64::from(r.cache_hit))
+        sqlx::query(&json_insert("inferences", INFERENCE_COLUMNS, 25))
+            .bind(rows.inferences)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(tags) = rows.tags {
+            sqlx::query(&json_insert("inference_tags", "inference_id, tag", 2))
+                .bind(tags)
                 .execute(&mut *tx)
                 .await?;
-            for tag in r.tag_list() {
-                sqlx::query(INSERT_TAG)
-                    .persistent(self.cache_statements())
-                    .bind(&r.id)
-                    .bind(tag)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for (i, a) in r.attempts.iter().enumerate() {
-                sqlx::query(INSERT_ATTEMPT)
-                    .persistent(self.cache_statements())
-                    .bind(&r.id)
-                    .bind(i as i64)
-                    .bind(&a.provider)
-                    .bind(&a.model)
-                    .bind(&a.status)
-                    .bind(&a.error)
-                    .bind(a.latency_ms)
-                    .bind(a.cost)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+        }
+        if let Some(attempts) = rows.attempts {
+            sqlx::query(&json_insert(
+                "attempts",
+                "inference_id, idx, provider, model, status, error, latency_ms, cost",
+                8,
+            ))
+            .bind(attempts)
+            .execute(&mut *tx)
+            .await?;
         }
         insert_raw(&mut tx, records).await?;
         crate::rollups::add_late(&mut tx, self.backend, records).await?;
@@ -279,6 +276,15 @@ impl Store {
     /// network round trip (and is prepared per execution: see `cache_statements`).
     async fn insert_multi_row(&self, records: &[InferenceRecord]) -> Result<(), StoreError> {
         const ROWS: usize = 500;
+        // PostgreSQL's text cannot hold NUL, which a client can put in a user, a model name
+        // or a tag: such a record would fail its batch on every retry.
+        let cleaned: Vec<InferenceRecord>;
+        let records = if records.iter().any(has_nul) {
+            cleaned = records.iter().map(without_nul).collect();
+            &cleaned[..]
+        } else {
+            records
+        };
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(ROWS) {
             let sql = multi_row(INSERT_INFERENCE, 25, chunk.len());
@@ -715,6 +721,141 @@ fn multi_row(insert: &str, columns: usize, rows: usize) -> String {
         sql.push(')');
     }
     sql
+}
+
+/// Whether a text column of `r` (or a tag) holds a NUL character. JSON columns are
+/// escaped (`\u0000`), so only their tags matter.
+fn has_nul(r: &InferenceRecord) -> bool {
+    let nul = |s: &str| s.contains('\0');
+    let opt = |s: &Option<String>| s.as_deref().is_some_and(nul);
+    nul(&r.id)
+        || nul(&r.inbound)
+        || nul(&r.requested_model)
+        || [&r.route, &r.variant, &r.provider, &r.model, &r.error, &r.user, &r.episode_id, &r.key_id]
+            .into_iter()
+            .any(opt)
+        || r.attempts.iter().any(|a| nul(&a.provider) || nul(&a.model) || nul(&a.status) || opt(&a.error))
+        || r.raw.iter().any(|x| nul(&x.provider) || nul(&x.request) || nul(&x.response))
+        || r.tag_list().iter().any(|t| nul(t))
+}
+
+/// `r` with every NUL in its text replaced by U+FFFD, as PostgreSQL stores it.
+fn without_nul(r: &InferenceRecord) -> InferenceRecord {
+    fn clean(s: &mut String) {
+        if s.contains('\0') {
+            *s = s.replace('\0', "\u{FFFD}");
+        }
+    }
+    fn clean_value(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => clean(s),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean_value),
+            serde_json::Value::Object(map) => {
+                let entries = std::mem::take(map);
+                for (mut k, mut v) in entries {
+                    clean(&mut k);
+                    clean_value(&mut v);
+                    map.insert(k, v);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut r = r.clone();
+    for s in [&mut r.id, &mut r.inbound, &mut r.requested_model] {
+        clean(s);
+    }
+    for s in [&mut r.route, &mut r.variant, &mut r.provider, &mut r.model, &mut r.error, &mut r.user, &mut r.episode_id, &mut r.key_id]
+        .into_iter()
+        .flatten()
+    {
+        clean(s);
+    }
+    for a in &mut r.attempts {
+        for s in [&mut a.provider, &mut a.model, &mut a.status].into_iter().chain(a.error.as_mut()) {
+            clean(s);
+        }
+    }
+    for x in &mut r.raw {
+        for s in [&mut x.provider, &mut x.request, &mut x.response] {
+            clean(s);
+        }
+    }
+    clean_value(&mut r.tags);
+    r
+}
+
+/// SQLite: an `INSERT` of the rows in `$1`, a JSON array of rows that are arrays of
+/// `columns` values. Each row is turned into JSONB once (a materialised CTE): `json_each`'s
+/// `value` is rendered anew as text each time it is read, once per column otherwise.
+fn json_insert(table: &str, names: &str, columns: usize) -> String {
+    let values = (0..columns).map(|i| format!("r ->> {i}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "WITH batch(r) AS MATERIALIZED (SELECT jsonb(value) FROM json_each($1)) \
+         INSERT INTO {table} ({names}) SELECT {values} FROM batch"
+    )
+}
+
+/// A batch's rows for SQLite's `json_each`: per table, one JSON array of rows, each row an
+/// array in the table's column order. Text columns that hold JSON (request, response, tags)
+/// are JSON strings; SQLite reads numbers back exactly (shortest round-trip form).
+struct SqliteRows {
+    inferences: String,
+    tags: Option<String>,
+    attempts: Option<String>,
+}
+
+impl SqliteRows {
+    fn of(records: &[InferenceRecord]) -> SqliteRows {
+        use serde_json::json;
+        let mut inferences = Vec::with_capacity(records.len());
+        let mut tags = Vec::new();
+        let mut attempts = Vec::new();
+        for r in records {
+            let text = |v: &serde_json::Value| serde_json::to_string(v).unwrap_or_default();
+            inferences.push(json!([
+                r.id,
+                r.time_ms,
+                r.inbound,
+                r.requested_model,
+                r.route,
+                r.variant,
+                r.provider,
+                r.model,
+                i64::from(r.stream),
+                r.error,
+                text(&r.request),
+                r.response.as_ref().map(text),
+                r.usage.input_tokens as i64,
+                r.usage.output_tokens as i64,
+                r.usage.cache_read_tokens as i64,
+                r.usage.cache_write_tokens as i64,
+                r.usage.reasoning_tokens as i64,
+                r.cost,
+                r.ttft_ms,
+                r.latency_ms,
+                r.user,
+                serde_json::to_string(&r.tags).unwrap_or_else(|_| "{}".into()),
+                r.episode_id,
+                r.key_id,
+                i64::from(r.cache_hit),
+            ]));
+            for tag in r.tag_list() {
+                tags.push(json!([r.id, tag]));
+            }
+            for (i, a) in r.attempts.iter().enumerate() {
+                attempts.push(json!([r.id, i as i64, a.provider, a.model, a.status, a.error, a.latency_ms, a.cost]));
+            }
+        }
+        let array = |rows: Vec<serde_json::Value>| {
+            (!rows.is_empty()).then(|| serde_json::Value::Array(rows).to_string())
+        };
+        SqliteRows {
+            inferences: serde_json::Value::Array(inferences).to_string(),
+            tags: array(tags),
+            attempts: array(attempts),
+        }
+    }
 }
 
 enum Bind {

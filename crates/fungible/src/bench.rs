@@ -70,6 +70,16 @@ pub struct BenchArgs {
     /// same fixed `--rate` through each, reporting the added p50/p99.
     #[arg(long)]
     auth: bool,
+    /// Instead of the overhead phases: the cost of recording. Two gateways over the mock,
+    /// one with `[store] enabled = false` and one recording every inference to SQLite; the
+    /// same fixed `--rate` through each, JSON and streamed, alternating between them for
+    /// `--rounds` rounds so that drift on the machine hits both alike; reports p50, p99 and
+    /// p99.9 of each over all rounds, the added latency, and what the recorder wrote.
+    #[arg(long)]
+    recording: bool,
+    /// `--recording`: rounds (each runs every phase for `--duration` s).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// `--auth`: the Redis holding the counters.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis: String,
@@ -146,6 +156,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.auth {
         return auth_bench(args).await;
+    }
+    if args.recording {
+        return recording_bench(args).await;
     }
     let mock = MockUpstream::start_on(
         "127.0.0.1:0".parse()?,
@@ -628,6 +641,119 @@ async fn auth_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
         failed |= m.errors > 0;
     }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// `--recording`: recording off vs on at a fixed rate (see [`BenchArgs`]).
+async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let mock = MockUpstream::start_on(
+        "127.0.0.1:0".parse()?,
+        Fallback::Fixed { json: completion_body(), sse: stream_body(args.chunks) },
+        false,
+    )
+    .await?;
+    let dir = std::env::temp_dir().join(format!("fungible-bench-recording-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let off = dir.join("off.toml");
+    std::fs::write(&off, "[store]\nenabled = false\n")?;
+    let on = dir.join("on.toml");
+    let db = dir.join("fungible.db");
+    std::fs::write(&on, format!("[store]\npath = \"{}\"\n", db.display()))?;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
+    let mut plain = GatewayProcess::start(&mock.url(), args.port, args.workers, &off)?;
+    plain.wait_ready(&client).await?;
+    let mut recording = GatewayProcess::start(&mock.url(), args.port + 1, args.workers, &on)?;
+    recording.wait_ready(&client).await?;
+    let request = |stream: bool| {
+        Bytes::from(REQUEST.replace("MODEL", "openai/gpt-4o-mini").replace("STREAM", if stream { ",\"stream\":true" } else { "" }))
+    };
+    let duration = Duration::from_secs(args.duration);
+    eprintln!(
+        "fungible bench --recording: {} rounds of {} s per phase at {}/s, {} SSE chunks (gateway pids {} off, {} on)",
+        args.rounds,
+        args.duration,
+        args.rate,
+        args.chunks,
+        plain.child.id(),
+        recording.child.id()
+    );
+    let gateways = [("recording off", args.port), ("recording on", args.port + 1)];
+    // (kind, gateway) -> latencies of every round, and CPU ms per request.
+    let mut pooled: Vec<((&str, &str), Measurement, f64)> = Vec::new();
+    for kind in ["json", "stream"] {
+        for (name, _) in gateways {
+            pooled.push(((kind, name), Measurement::default(), 0.0));
+        }
+    }
+    for round in 1..=args.rounds {
+        for (kind, stream) in [("json", false), ("stream", true)] {
+            let body = request(stream);
+            for (name, port) in gateways {
+                let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+                let gateway = if port == args.port { &plain } else { &recording };
+                let _ = closed_loop(&client, &url, BENCH_KEY, &body, 4, Duration::from_millis(300)).await;
+                let cpu_before = gateway.cpu_ms();
+                let m = open_loop(&client, &url, BENCH_KEY, &body, args.rate, duration).await;
+                let cpu = gateway.cpu_ms() - cpu_before;
+                eprintln!(
+                    "  round {round} {kind:<6} {name:<13} {:>7.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
+                    m.rps(),
+                    m.percentile(0.5),
+                    m.percentile(0.99),
+                    m.errors
+                );
+                let slot = pooled.iter_mut().find(|(k, _, _)| *k == (kind, name)).expect("every phase has a slot");
+                slot.1.ok += m.ok;
+                slot.1.errors += m.errors;
+                slot.1.elapsed += m.elapsed;
+                slot.1.latencies.extend(m.latencies);
+                slot.2 += cpu;
+            }
+        }
+    }
+    plain.stop();
+    recording.stop();
+    let stored = fungible_store::Store::open(&format!("sqlite://{}?mode=rwc", db.display()))
+        .await
+        .context("opening the bench's store")?;
+    let count: u64 = stored
+        .stats(fungible_store::GroupBy::Inbound, None, None)
+        .await
+        .context("counting what was recorded")?
+        .iter()
+        .map(|row| row.requests)
+        .sum();
+    stored.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!();
+    println!("| phase | gateway | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | gateway CPU ms/req | errors |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut failed = false;
+    for pair in pooled.chunks_mut(2) {
+        for (_, m, _) in pair.iter_mut() {
+            m.latencies.sort_unstable();
+        }
+        let base = [0.5, 0.99, 0.999].map(|p| pair[0].1.percentile(p));
+        for ((kind, name), m, cpu) in pair.iter() {
+            let added = |i: usize, p: f64| if *name == "recording off" { "–".to_owned() } else { format!("{:+.3}", m.percentile(p) - base[i]) };
+            println!(
+                "| {kind} | {name} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {:.3} | {} |",
+                m.rps(),
+                m.percentile(0.5),
+                m.percentile(0.99),
+                m.percentile(0.999),
+                added(0, 0.5),
+                added(1, 0.99),
+                added(2, 0.999),
+                cpu / m.ok.max(1) as f64,
+                m.errors
+            );
+            failed |= m.errors > 0;
+        }
+    }
+    let sent: u64 = pooled.iter().filter(|((_, name), _, _)| *name == "recording on").map(|(_, m, _)| m.ok).sum();
+    println!();
+    println!("recorded: {count} inferences in the store for {sent} measured requests (plus warm-up)");
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
