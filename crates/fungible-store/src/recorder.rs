@@ -3,7 +3,8 @@
 //! `record` never waits: it is a `try_send` into a queue bounded in records and in bytes (an
 //! estimate), and a full queue drops the record (counted in [`RecorderCounters::dropped`],
 //! logged). The request path hands over the canonical request and response as they are
-//! ([`Bodies`]); the writer serialises them, so JSON costs the request nothing. One writer
+//! ([`Bodies`]); the writer serialises them, off the async workers that serve requests
+//! (`off_the_workers`), so JSON costs the request nothing. One writer
 //! task takes up to `batch_size` records at a time and writes them in one transaction. When
 //! a write fails (the store is down or slow) the writer keeps the batch and retries with
 //! backoff, so records wait in the queue up to its bound and none that fit is lost; their
@@ -226,6 +227,7 @@ async fn write_loop(
     options: RecorderOptions,
     counters: Arc<RecorderCounters>,
 ) {
+    let mut queued: Vec<Queued> = Vec::with_capacity(options.batch_size);
     let mut batch: Vec<InferenceRecord> = Vec::with_capacity(options.batch_size);
     // The queue bytes of the records in `batch`, released once they are written (or lost).
     let mut batch_bytes = 0;
@@ -240,7 +242,7 @@ async fn write_loop(
             match next.take() {
                 Some(Message::Record(q)) => {
                     batch_bytes += q.bytes;
-                    batch.push(serialised(*q));
+                    queued.push(*q);
                 }
                 Some(Message::Flush(done)) => {
                     waiting.push(done);
@@ -248,7 +250,7 @@ async fn write_loop(
                 }
                 None => {}
             }
-            if batch.len() >= options.batch_size {
+            if queued.len() >= options.batch_size {
                 break;
             }
             next = match rx.try_recv() {
@@ -262,6 +264,7 @@ async fn write_loop(
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             };
         }
+        off_the_workers(|| batch.extend(queued.drain(..).map(serialised)));
         write_with_retry(&*sink, &mut batch, &options, &counters, !waiting.is_empty()).await;
         counters
             .queued_bytes
@@ -270,10 +273,21 @@ async fn write_loop(
             let _ = done.send(());
         }
     }
+    batch.extend(queued.drain(..).map(serialised));
     write_with_retry(&*sink, &mut batch, &options, &counters, true).await;
     counters
         .queued_bytes
         .fetch_sub(batch_bytes, Ordering::Relaxed);
+}
+
+/// Runs `f`, CPU work of the writer's, without holding up the async workers that serve
+/// requests: on a multi-threaded runtime the worker hands its other tasks over first
+/// (`block_in_place`); elsewhere (tests' current-thread runtimes) it just runs.
+pub(crate) fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// The record of `queued`, its canonical bodies turned into JSON.

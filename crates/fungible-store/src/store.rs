@@ -244,7 +244,7 @@ impl Store {
         // SQLite: each table's rows as one JSON array bound to one statement. Statements
         // through sqlx are each a round trip to the connection's worker thread, which cost
         // more than the insert itself; `json_each` lets SQLite unpack the rows in C.
-        let rows = SqliteRows::of(records);
+        let rows = crate::recorder::off_the_workers(|| SqliteRows::of(records));
         let mut tx = self.pool.begin().await?;
         sqlx::query(&json_insert("inferences", INFERENCE_COLUMNS, 25))
             .bind(rows.inferences)
