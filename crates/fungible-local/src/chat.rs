@@ -503,15 +503,24 @@ fn scheduler(
             }
         }
 
-        // One batch: every generating sequence's last token, then prompt chunks.
+        // One batch: the next token of every generating sequence, and prompt chunks of the
+        // new ones with what is left of `n_batch`. Tokens go in slot order: with one KV
+        // stream per slot, llama.cpp puts sequences into one micro-batch (one pass over the
+        // weights) only while their ids follow each other (`split_equal`), so an unordered
+        // batch would cost a pass per sequence.
         batch.clear();
-        let mut budget = n_batch;
+        active.sort_unstable_by_key(|seq| seq.slot.id);
+        let generating = active.iter().filter(|seq| seq.last.is_some()).count().min(n_batch);
+        let mut prompt_budget = n_batch - generating;
         let mut failed: Option<String> = None;
         for seq in &mut active {
             seq.logits_at = None;
+            if failed.is_some() {
+                break;
+            }
             if let Some(token) = seq.last {
-                if budget == 0 {
-                    continue;
+                if batch.n_tokens() as usize >= n_batch {
+                    continue; // more slots than `n_batch`: this one waits a step
                 }
                 if let Err(e) = batch.add(token, seq.pos(), &[seq.slot.id], true) {
                     failed = Some(e.to_string());
@@ -519,14 +528,9 @@ fn scheduler(
                 }
                 seq.slot.cached.push(token);
                 seq.logits_at = Some(batch.n_tokens() - 1);
-                budget -= 1;
-            }
-        }
-        for seq in &mut active {
-            if seq.last.is_some() || budget == 0 || failed.is_some() {
                 continue;
             }
-            let take = (seq.prompt.len() - seq.fed).min(budget);
+            let take = (seq.prompt.len() - seq.fed).min(prompt_budget);
             for k in 0..take {
                 let token = seq.prompt[seq.fed + k];
                 let is_last = seq.fed + k + 1 == seq.prompt.len();
@@ -540,7 +544,7 @@ fn scheduler(
                 }
             }
             seq.fed += take;
-            budget -= take;
+            prompt_budget -= take;
         }
         let decoded = match failed {
             Some(e) => Err(e),
@@ -582,15 +586,19 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// The free slot for `prompt`: the longest cached prefix, then the least recently used.
+/// The free slot for `prompt`. With `cache_prompt`: the longest cached prefix, then the
+/// least recently used (so the caches of recent conversations survive longest). Without:
+/// the lowest id, which keeps the running sequences' ids contiguous, as one micro-batch
+/// needs (see the scheduler).
 fn pick_slot(free: &[Slot], prompt: &[LlamaToken], cache_prompt: bool) -> usize {
-    free.iter()
-        .enumerate()
-        .max_by_key(|(_, slot)| {
-            let shared = if cache_prompt { common_prefix(&slot.cached, prompt) } else { 0 };
-            (shared, std::cmp::Reverse(slot.used))
-        })
-        .map_or(0, |(i, _)| i)
+    let best = if cache_prompt {
+        free.iter()
+            .enumerate()
+            .max_by_key(|(_, slot)| (common_prefix(&slot.cached, prompt), std::cmp::Reverse(slot.used)))
+    } else {
+        free.iter().enumerate().min_by_key(|(_, slot)| slot.id)
+    };
+    best.map_or(0, |(i, _)| i)
 }
 
 /// Tokenizes and checks a job's prompt. `None`: the job was answered (with an error) or its

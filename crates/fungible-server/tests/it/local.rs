@@ -40,12 +40,14 @@ fn broken_gguf() -> PathBuf {
     .clone()
 }
 
-/// One app for the whole binary, so the models load once.
+/// One app for the whole binary, so the models load once. One slot: tests compare the
+/// outputs of separate requests, which are bit for bit the same only when no other request
+/// shares their batch (batching changes llama.cpp's floating-point sums).
 fn local_app() -> Router {
     static APP: OnceLock<Router> = OnceLock::new();
     APP.get_or_init(|| {
         let toml = format!(
-            "[local]\nmodels_dir = {:?}\nslots = 2\ncontext_size = 512\nchat_models = {{ broken = {:?} }}\n\
+            "[local]\nmodels_dir = {:?}\nslots = 1\ncontext_size = 512\nchat_models = {{ broken = {:?} }}\n\
              [providers.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\n",
             models_dir().display().to_string(),
             broken_gguf().display().to_string()
