@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::record::{Bodies, InferenceRecord};
 use crate::store::{Store, StoreError};
@@ -48,7 +48,8 @@ pub struct RecorderOptions {
     /// a slow or unavailable store from growing the gateway's memory.
     pub queue_bytes: usize,
     pub batch_size: usize,
-    /// How long the writer waits for more records before writing a partial batch.
+    /// How long the writer lets a batch fill after its first record before writing it; a
+    /// flush or a full batch cuts it short. The writer is not woken by each record.
     pub flush_interval: Duration,
     /// First retry delay after a failed write (doubles up to 5 s).
     pub retry_delay: Duration,
@@ -104,6 +105,9 @@ pub struct Recorder {
     max_bytes: usize,
     closed: Arc<AtomicBool>,
     writer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// Wakes the writer before its flush interval is up: a flush, or a full batch queued.
+    wake: Arc<Notify>,
+    batch_size: usize,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -119,13 +123,16 @@ impl Recorder {
     pub fn start(sink: impl BatchSink, options: RecorderOptions) -> Recorder {
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let counters = Arc::new(RecorderCounters::default());
-        let writer = tokio::spawn(write_loop(Arc::new(sink), rx, options, counters.clone()));
+        let wake = Arc::new(Notify::new());
+        let writer = tokio::spawn(write_loop(Arc::new(sink), rx, options, counters.clone(), wake.clone()));
         Recorder {
             tx,
             counters,
             max_bytes: options.queue_bytes,
             closed: Arc::new(AtomicBool::new(false)),
             writer: Arc::new(std::sync::Mutex::new(Some(writer))),
+            wake,
+            batch_size: options.batch_size.max(1),
         }
     }
 
@@ -175,6 +182,8 @@ impl Recorder {
                 .queued_bytes
                 .fetch_sub(bytes, Ordering::Relaxed);
             self.count_drop("the queue is full (the store is slow or down)");
+        } else if self.queued() >= self.batch_size {
+            self.wake.notify_one();
         }
     }
 
@@ -199,6 +208,7 @@ impl Recorder {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Message::Flush(tx)).await.is_ok() {
+            self.wake.notify_one();
             let _ = rx.await;
         }
     }
@@ -226,6 +236,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Message>,
     options: RecorderOptions,
     counters: Arc<RecorderCounters>,
+    wake: Arc<Notify>,
 ) {
     let mut queued: Vec<Queued> = Vec::with_capacity(options.batch_size);
     let mut batch: Vec<InferenceRecord> = Vec::with_capacity(options.batch_size);
@@ -233,11 +244,12 @@ async fn write_loop(
     let mut batch_bytes = 0;
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
-        // Fill a batch: block for the first message, then take what is there, waiting at
-        // most `flush_interval` for the batch to fill.
+        // Block for the first message, then let the batch fill for `flush_interval` without
+        // being woken by each record (a wake-up per request costs the request path CPU and
+        // latency): a flush or a full batch cuts the wait short. Then take what is there.
         let Some(first) = rx.recv().await else { break };
-        let deadline = tokio::time::Instant::now() + options.flush_interval;
         let mut next = Some(first);
+        let mut slept = false;
         loop {
             match next.take() {
                 Some(Message::Record(q)) => {
@@ -250,18 +262,17 @@ async fn write_loop(
                 }
                 None => {}
             }
-            if queued.len() >= options.batch_size {
+            if queued.len() >= options.batch_size.max(1) {
                 break;
             }
             next = match rx.try_recv() {
                 Ok(m) => Some(m),
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(m)) => Some(m),
-                        _ => break,
-                    }
+                Err(mpsc::error::TryRecvError::Empty) if !slept => {
+                    slept = true;
+                    let _ = tokio::time::timeout(options.flush_interval, wake.notified()).await;
+                    continue;
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(_) => break,
             };
         }
         off_the_workers(|| batch.extend(queued.drain(..).map(serialised)));
