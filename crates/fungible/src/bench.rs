@@ -70,11 +70,13 @@ pub struct BenchArgs {
     /// same fixed `--rate` through each, reporting the added p50/p99.
     #[arg(long)]
     auth: bool,
-    /// Instead of the overhead phases: the cost of recording. Two gateways over the mock,
-    /// one with `[store] enabled = false` and one recording every inference to SQLite; the
-    /// same fixed `--rate` through each, JSON and streamed, alternating between them for
-    /// `--rounds` rounds so that drift on the machine hits both alike; reports p50, p99 and
-    /// p99.9 of each over all rounds, the added latency, and what the recorder wrote.
+    /// Instead of the overhead phases: the cost of recording. Three gateways over the mock:
+    /// one with `[store] enabled = false`, one recording every inference to SQLite, and a
+    /// second without recording as a control (the noise floor: how far two identical
+    /// gateways differ in the same run); the same fixed `--rate` through each, JSON and
+    /// streamed, alternating between them for `--rounds` rounds so that drift on the machine
+    /// hits all alike; reports p50, p99 and p99.9 of each over all rounds, the added
+    /// latency against the first, gateway CPU per request, and what the recorder wrote.
     #[arg(long)]
     recording: bool,
     /// `--recording`: rounds (each runs every phase for `--duration` s).
@@ -422,6 +424,13 @@ impl GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// A graceful stop (SIGTERM, as a service manager sends it): the gateway drains its
+    /// recorder before it exits.
+    fn terminate(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for GatewayProcess {
@@ -664,6 +673,10 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     plain.wait_ready(&client).await?;
     let mut recording = GatewayProcess::start(&mock.url(), args.port + 1, args.workers, &on)?;
     recording.wait_ready(&client).await?;
+    // A second gateway without recording, measured like the others: how far two identical
+    // gateways differ in the same run is the noise floor the recording cost is read against.
+    let mut control = GatewayProcess::start(&mock.url(), args.port + 2, args.workers, &off)?;
+    control.wait_ready(&client).await?;
     let request = |stream: bool| {
         Bytes::from(REQUEST.replace("MODEL", "openai/gpt-4o-mini").replace("STREAM", if stream { ",\"stream\":true" } else { "" }))
     };
@@ -677,7 +690,7 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         plain.child.id(),
         recording.child.id()
     );
-    let gateways = [("recording off", args.port), ("recording on", args.port + 1)];
+    let gateways = [("recording off", args.port), ("recording on", args.port + 1), ("off (control)", args.port + 2)];
     // (kind, gateway) -> latencies of every round, and CPU ms per request.
     let mut pooled: Vec<((&str, &str), Measurement, f64)> = Vec::new();
     for kind in ["json", "stream"] {
@@ -685,13 +698,21 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             pooled.push(((kind, name), Measurement::default(), 0.0));
         }
     }
+    let mut warm_ups = 0;
     for round in 1..=args.rounds {
         for (kind, stream) in [("json", false), ("stream", true)] {
             let body = request(stream);
             for (name, port) in gateways {
                 let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-                let gateway = if port == args.port { &plain } else { &recording };
-                let _ = closed_loop(&client, &url, BENCH_KEY, &body, 4, Duration::from_millis(300)).await;
+                let gateway = match port - args.port {
+                    0 => &plain,
+                    1 => &recording,
+                    _ => &control,
+                };
+                let warm = closed_loop(&client, &url, BENCH_KEY, &body, 4, Duration::from_millis(300)).await;
+                if port == args.port + 1 {
+                    warm_ups += warm.ok;
+                }
                 let cpu_before = gateway.cpu_ms();
                 let m = open_loop(&client, &url, BENCH_KEY, &body, args.rate, duration).await;
                 let cpu = gateway.cpu_ms() - cpu_before;
@@ -712,7 +733,8 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     plain.stop();
-    recording.stop();
+    recording.terminate();
+    control.stop();
     let stored = fungible_store::Store::open(&format!("sqlite://{}?mode=rwc", db.display()))
         .await
         .context("opening the bench's store")?;
@@ -729,7 +751,7 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!("| phase | gateway | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | gateway CPU ms/req | errors |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
-    for pair in pooled.chunks_mut(2) {
+    for pair in pooled.chunks_mut(gateways.len()) {
         for (_, m, _) in pair.iter_mut() {
             m.latencies.sort_unstable();
         }
@@ -753,7 +775,10 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let sent: u64 = pooled.iter().filter(|((_, name), _, _)| *name == "recording on").map(|(_, m, _)| m.ok).sum();
     println!();
-    println!("recorded: {count} inferences in the store for {sent} measured requests (plus warm-up)");
+    println!(
+        "recorded: {count} inferences in the store of {} answered by the recording gateway ({sent} measured, {warm_ups} warm-up; SIGTERM drained the queue)",
+        sent + warm_ups
+    );
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
