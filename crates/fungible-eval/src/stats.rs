@@ -186,8 +186,14 @@ pub struct PairedComparison {
     pub ci: Interval,
     /// The margin (as a fraction, 0.02 = 2 points) the non-inferiority test used.
     pub margin: f64,
-    /// The interval's lower end is above `-margin`: the candidate is at most `margin` worse
-    /// (one-sided test at 2.5%).
+    /// The exact (Clopper-Pearson) one-sided 97.5% upper bound on the share of items the
+    /// candidate loses (the baseline passed, the candidate did not).
+    pub loss_bound: f64,
+    /// The candidate is at most `margin` worse (one-sided, 2.5%): the interval's lower end
+    /// is above `-margin`, and so is the exact bound `wins/n - loss_bound`. The second
+    /// keeps the verdict honest when few items disagree: with none, the bootstrap interval
+    /// collapses to [0, 0] however few items there are, but 0 losses in `n` items only
+    /// bound the loss rate by about 3.7/n.
     pub non_inferior: bool,
     /// The interval lies above 0.
     pub significantly_better: bool,
@@ -219,16 +225,53 @@ pub fn paired_comparison(
         .filter(|(a, c)| !**a && **c)
         .count() as u64;
     let diff = (c as f64 - b as f64) / n as f64;
+    let loss_bound = binomial_upper_bound(b, n as u64, 0.025);
     Some(PairedComparison {
         n: n as u64,
         diff,
         ci,
         margin,
-        non_inferior: ci.low > -margin,
+        loss_bound,
+        non_inferior: ci.low > -margin && c as f64 / n as f64 - loss_bound > -margin,
         significantly_better: ci.low > 0.0,
         significantly_worse: ci.high < 0.0,
         mcnemar: mcnemar(b, c),
     })
+}
+
+/// The exact (Clopper-Pearson) one-sided upper confidence bound, at level `1 - alpha`, on a
+/// binomial proportion observed as `k` successes in `n` trials: the `p` at which seeing at
+/// most `k` has probability `alpha`.
+pub fn binomial_upper_bound(k: u64, n: u64, alpha: f64) -> f64 {
+    if n == 0 || k >= n {
+        return 1.0;
+    }
+    if k == 0 {
+        return 1.0 - alpha.powf(1.0 / n as f64);
+    }
+    // P(X <= k) falls as p grows: bisect between the observed share and 1.
+    let (mut lo, mut hi) = (k as f64 / n as f64, 1.0);
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if binomial_cdf(k, n, mid) > alpha {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
+/// P(X <= k) for X ~ Binomial(n, p), 0 < p < 1, summed in logs.
+fn binomial_cdf(k: u64, n: u64, p: f64) -> f64 {
+    let (ln_p, ln_q) = (p.ln(), (1.0 - p).ln());
+    let mut ln_choose = 0.0; // ln C(n, i)
+    let mut sum = 0.0;
+    for i in 0..=k.min(n) {
+        sum += (ln_choose + i as f64 * ln_p + (n - i) as f64 * ln_q).exp();
+        ln_choose += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
+    }
+    sum.min(1.0)
 }
 
 /// The nearest-rank percentile (`q` in (0, 1]) of sorted values, as `fungible stats`
@@ -384,6 +427,29 @@ mod tests {
             .collect();
         let cmp = paired_comparison(&baseline, &worse, 0.02, 2000, 7).expect("comparison");
         assert!(!cmp.non_inferior && cmp.significantly_worse, "{cmp:?}");
+    }
+
+    #[test]
+    fn exact_binomial_bounds() {
+        // Zero of n: 1 - 0.025^(1/n) (the "rule of three" at 97.5%: about 3.7/n).
+        assert!(close(binomial_upper_bound(0, 90, 0.025), 0.040_17, 1e-4));
+        // Known Clopper-Pearson one-sided 97.5% upper bounds (R: binom.test(k, n)$conf.int[2]).
+        assert!(close(binomial_upper_bound(5, 1000, 0.025), 0.011_63, 1e-4));
+        assert!(close(binomial_upper_bound(1, 10, 0.025), 0.445_0, 1e-3));
+        assert_eq!(binomial_upper_bound(10, 10, 0.025), 1.0);
+    }
+
+    #[test]
+    fn identical_answers_on_few_items_are_not_non_inferior() {
+        // Every item agrees: the bootstrap interval is [0, 0], but 90 items cannot bound a
+        // loss below 2 points; about 183 can.
+        let verdicts: Vec<bool> = (0..90).map(|i| i % 2 == 0).collect();
+        let cmp = paired_comparison(&verdicts, &verdicts, 0.02, 2000, 7).expect("comparison");
+        assert_eq!((cmp.ci.low, cmp.ci.high), (0.0, 0.0));
+        assert!(!cmp.non_inferior && !cmp.significantly_worse, "{cmp:?}");
+        let verdicts: Vec<bool> = (0..200).map(|i| i % 2 == 0).collect();
+        let cmp = paired_comparison(&verdicts, &verdicts, 0.02, 2000, 7).expect("comparison");
+        assert!(cmp.non_inferior, "{cmp:?}");
     }
 
     #[test]

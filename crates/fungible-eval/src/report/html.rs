@@ -122,7 +122,8 @@ pub(crate) fn report(r: &Report, run: &LoadedRun) -> String {
          score intervals. Differences with the baseline ({}) are paired over the items both \
          models answered: 95% percentile bootstrap ({} resamples, fixed seed) and McNemar's \
          exact test. A model is non-inferior when the lower end of the interval of its \
-         difference is above −{} points.</p></section>",
+         difference is above −{} points, and so is its share of wins minus the exact \
+         (Clopper-Pearson) bound on its share of losses.</p></section>",
         escape(r.baseline.as_deref().unwrap_or("–")),
         crate::stats::BOOTSTRAP_RESAMPLES,
         points(r.margin).trim_start_matches('+'),

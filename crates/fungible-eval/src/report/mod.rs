@@ -733,6 +733,19 @@ fn recommend(report: &Report) -> Vec<String> {
                          within {margin_pts} points.",
                         other.model, base.model
                     )
+                } else if p.ci.low > -p.margin {
+                    // The interval alone would pass: too few items disagree to trust it.
+                    format!(
+                        "Inconclusive: {} vs {} ({diff}){cost}. Only {} of the items differ: \
+                         {} lost items out of {} could hide a loss rate of up to {} points \
+                         (exact 97.5% bound), more than {margin_pts}; more items would narrow it.",
+                        other.model,
+                        base.model,
+                        p.mcnemar.b + p.mcnemar.c,
+                        p.mcnemar.b,
+                        p.n,
+                        format!("{:.1}", p.loss_bound * 100.0)
+                    )
                 } else {
                     format!(
                         "Inconclusive: {} vs {} ({diff}){cost}. The interval does not rule out \
