@@ -682,13 +682,14 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let duration = Duration::from_secs(args.duration);
     eprintln!(
-        "fungible bench --recording: {} rounds of {} s per phase at {}/s, {} SSE chunks (gateway pids {} off, {} on)",
+        "fungible bench --recording: {} rounds of {} s per phase at {}/s, {} SSE chunks (gateway pids {} off, {} on, {} control)",
         args.rounds,
         args.duration,
         args.rate,
         args.chunks,
         plain.child.id(),
-        recording.child.id()
+        recording.child.id(),
+        control.child.id()
     );
     let gateways = [("recording off", args.port), ("recording on", args.port + 1), ("off (control)", args.port + 2)];
     // (kind, gateway) -> latencies of every round, and CPU ms per request.
@@ -751,12 +752,13 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!("| phase | gateway | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | gateway CPU ms/req | errors |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
-    for pair in pooled.chunks_mut(gateways.len()) {
-        for (_, m, _) in pair.iter_mut() {
+    // One group per phase, its gateways in order: the first (recording off) is the base.
+    for group in pooled.chunks_mut(gateways.len()) {
+        for (_, m, _) in group.iter_mut() {
             m.latencies.sort_unstable();
         }
-        let base = [0.5, 0.99, 0.999].map(|p| pair[0].1.percentile(p));
-        for ((kind, name), m, cpu) in pair.iter() {
+        let base = [0.5, 0.99, 0.999].map(|p| group[0].1.percentile(p));
+        for ((kind, name), m, cpu) in group.iter() {
             let added = |i: usize, p: f64| if *name == "recording off" { "–".to_owned() } else { format!("{:+.3}", m.percentile(p) - base[i]) };
             println!(
                 "| {kind} | {name} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {:.3} | {} |",
