@@ -101,9 +101,9 @@ pub struct ProviderSection {
     pub base_url: Option<String>,
     /// Name of the environment variable holding the API key.
     pub api_key_env: Option<String>,
-    /// Extra headers sent on every request.
+    /// Extra headers sent on every request (values never print: they may be credentials).
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// Models listed by `GET /v1/models` for this provider.
     pub models: Option<Vec<String>>,
     /// OpenAI-compatible only: does the server accept the `developer` role?
@@ -153,7 +153,7 @@ pub struct ProviderConfig {
     pub api_key: Option<Secret>,
     /// The variable the key was expected in, for messages.
     pub api_key_env: Option<String>,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(String, Secret)>,
     pub models: Vec<String>,
     pub flavor: OpenAiFlavor,
     pub default_max_tokens: u32,
@@ -435,7 +435,7 @@ fn provider_config(
     }
     let mut headers = Vec::new();
     for (header, value) in section.headers {
-        if http_header_name_ok(&header) && !value.contains(['\r', '\n']) {
+        if http_header_name_ok(&header) && !value.expose().contains(['\r', '\n']) {
             headers.push((header, value));
         } else {
             return Err(invalid(at("headers"), format!("invalid header {header:?}")));
@@ -482,6 +482,18 @@ mod tests {
 
     fn resolve(toml: &str, env: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
         GatewayConfig::resolve(ConfigFile::parse(toml, "test.toml")?, &env_of(env))
+    }
+
+    #[test]
+    fn configured_header_values_never_print() {
+        let toml = "[providers.corp]\nbase_url = \"http://127.0.0.1:9/v1\"\nheaders = { x-corp-auth = \"sekrit-header-123\" }\n";
+        let file = ConfigFile::parse(toml, "test.toml").unwrap();
+        assert!(!format!("{file:?}").contains("sekrit"), "{file:?}");
+        let cfg = GatewayConfig::resolve(file, &env_of(&[])).unwrap();
+        let corp = cfg.providers.iter().find(|p| p.name == "corp").expect("provider");
+        assert_eq!(corp.headers[0].0, "x-corp-auth");
+        assert_eq!(corp.headers[0].1.expose(), "sekrit-header-123");
+        assert!(!format!("{cfg:?}").contains("sekrit"), "{cfg:?}");
     }
 
     #[test]

@@ -47,7 +47,15 @@ pub(crate) async fn send_json(
 ) -> Result<reqwest::Response, ProviderError> {
     let mut request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
     for (name, value) in &settings.headers {
-        request = request.header(name, value);
+        // Marked sensitive like the API key: a configured header may carry a credential.
+        match reqwest::header::HeaderValue::from_str(value.expose()) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                request = request.header(name, value);
+            }
+            // reqwest reports the invalid value when the request is sent.
+            Err(_) => request = request.header(name, value.expose()),
+        }
     }
     let captured = crate::capture::Capture::current()
         .map(|c| (c.start(&settings.name, settings.api_key.as_ref(), &body), c));

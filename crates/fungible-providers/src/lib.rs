@@ -139,8 +139,9 @@ pub struct ProviderSettings {
     /// Gemini: the origin, paths are appended).
     pub base_url: String,
     pub api_key: Option<Secret>,
-    /// Extra headers sent on every request to this provider.
-    pub headers: Vec<(String, String)>,
+    /// Extra headers sent on every request to this provider. Their values may be
+    /// credentials (a custom auth header), so they never print.
+    pub headers: Vec<(String, Secret)>,
 }
 
 /// Seconds since the Unix epoch; for vendors whose responses carry no timestamp.

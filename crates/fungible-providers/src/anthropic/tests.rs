@@ -853,7 +853,7 @@ fn provider(base_url: String) -> AnthropicProvider {
         name: "anthropic".into(),
         base_url,
         api_key: Some(Secret::new("sk-ant-test-key")),
-        headers: vec![("anthropic-beta".into(), "test-beta".into())],
+        headers: vec![("anthropic-beta".into(), Secret::new("test-beta"))],
     };
     AnthropicProvider::new(settings, HttpClient::new(Duration::from_secs(5)).expect("client"), DEFAULT_MAX_TOKENS)
 }
