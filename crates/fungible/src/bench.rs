@@ -162,14 +162,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.recording {
         return recording_bench(args).await;
     }
-    let mock = MockUpstream::start_on(
-        "127.0.0.1:0".parse()?,
-        Fallback::Fixed { json: completion_body(), sse: stream_body(args.chunks) },
-        false,
-    )
-    .await?;
-    let dir = std::env::temp_dir().join(format!("fungible-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let mock = fixed_mock(args.chunks).await?;
+    let dir = bench_dir("overhead")?;
     let config = dir.join("fungible.toml");
     let store = if args.record {
         format!("[store]\npath = \"{}\"\n", dir.join("fungible.db").display())
@@ -272,6 +266,24 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The in-process mock upstream the bench modes share: the fixed JSON answer and a stream
+/// of `chunks` SSE chunks.
+async fn fixed_mock(chunks: usize) -> anyhow::Result<MockUpstream> {
+    Ok(MockUpstream::start_on(
+        "127.0.0.1:0".parse()?,
+        Fallback::Fixed { json: completion_body(), sse: stream_body(chunks) },
+        false,
+    )
+    .await?)
+}
+
+/// A fresh temporary directory for one bench mode's configs and store.
+fn bench_dir(mode: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("fungible-bench-{mode}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// One request with `key` as its bearer token, read to the last byte; the latency in microseconds, or `None` on failure.
@@ -508,8 +520,7 @@ async fn failover(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let fixed = || Fallback::Fixed { json: completion_body(), sse: stream_body(args.chunks) };
     let flaky = MockUpstream::start_on("127.0.0.1:0".parse()?, fixed(), false).await?;
     let healthy = MockUpstream::start_on("127.0.0.1:0".parse()?, fixed(), false).await?;
-    let dir = std::env::temp_dir().join(format!("fungible-bench-failover-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = bench_dir("failover")?;
     let config = dir.join("fungible.toml");
     std::fs::write(
         &config,
@@ -590,14 +601,8 @@ async fn failover(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// `--auth`: auth + limits + budget (Redis) on vs off, at a fixed rate.
 async fn auth_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     const ADMIN: &str = "bench-admin-key-0123456789abcdef";
-    let mock = MockUpstream::start_on(
-        "127.0.0.1:0".parse()?,
-        Fallback::Fixed { json: completion_body(), sse: stream_body(args.chunks) },
-        false,
-    )
-    .await?;
-    let dir = std::env::temp_dir().join(format!("fungible-bench-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let mock = fixed_mock(args.chunks).await?;
+    let dir = bench_dir("auth")?;
     let store = format!("[store]\npath = \"{}\"\n", dir.join("fungible.db").display());
     let off = dir.join("off.toml");
     std::fs::write(&off, &store)?;
@@ -655,14 +660,8 @@ async fn auth_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// `--recording`: recording off vs on at a fixed rate (see [`BenchArgs`]).
 async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let mock = MockUpstream::start_on(
-        "127.0.0.1:0".parse()?,
-        Fallback::Fixed { json: completion_body(), sse: stream_body(args.chunks) },
-        false,
-    )
-    .await?;
-    let dir = std::env::temp_dir().join(format!("fungible-bench-recording-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let mock = fixed_mock(args.chunks).await?;
+    let dir = bench_dir("recording")?;
     let off = dir.join("off.toml");
     std::fs::write(&off, "[store]\nenabled = false\n")?;
     let on = dir.join("on.toml");
@@ -786,14 +785,8 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// `--cache`: hit vs miss latency of the response cache (see [`BenchArgs`]).
 async fn cache_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let mock = MockUpstream::start_on(
-        "127.0.0.1:0".parse()?,
-        Fallback::Fixed { json: completion_body(), sse: stream_body(args.chunks) },
-        false,
-    )
-    .await?;
-    let dir = std::env::temp_dir().join(format!("fungible-bench-cache-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let mock = fixed_mock(args.chunks).await?;
+    let dir = bench_dir("cache")?;
     let config = dir.join("fungible.toml");
     std::fs::write(&config, "[store]\nenabled = false\n[cache]\nbackend = \"memory\"\n")?;
     let mut gateway = GatewayProcess::start(&mock.url(), args.port, args.workers, &config)?;
