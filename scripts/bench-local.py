@@ -9,13 +9,15 @@ Measures, for local/smollm2-135m-instruct (greedy, streamed):
 - prompt processing tokens/s (a ~450-token prompt) and generation tokens/s (256 tokens);
 - 4 concurrent streams against one;
 - embedding sentences/s at batch 1 and 64.
-Then the same measurements with llama-cpp-python when `llama_cpp` is importable (it serves one
-sequence at a time, so it has no concurrent figure), with as many threads as fungible uses.
+Each `--weights` setting (`[local] weights`: the type the GGUF is converted to at load) gets its
+own `fungible serve` in the same run. Then the same measurements with llama-cpp-python on each
+file fungible served, when `llama_cpp` is importable (it serves one sequence at a time, so it has
+no concurrent figure), with as many threads as fungible uses.
 
     scripts/setup-models.sh
     cargo build -p fungible            # debug is fine: llama.cpp is optimised in debug builds
     pip install llama-cpp-python       # optional, for the side-by-side numbers
-    scripts/bench-local.py [--reps 15]
+    scripts/bench-local.py [--reps 15] [--weights q8_0,keep]
 """
 import argparse, http.client, json, os, socket, statistics, subprocess, sys, tempfile, threading, time
 
@@ -180,22 +182,16 @@ def embeddings(port):
     print(f"embeddings batch 64: {3 * 64 / (time.perf_counter() - start):.0f} sentences/s")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--skip-python", action="store_true", help="only fungible")
-    args = ap.parse_args()
-    if not BIN:
-        sys.exit("build fungible first: cargo build -p fungible")
-    print(f"{BIN}, {THREADS} cores, load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
+def serve(weights, reps, embed):
+    """Start `fungible serve` with `[local] weights = WEIGHTS`, measure it, stop it."""
     port = free_port()
     cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    cfg.write(f'[local]\nmodels_dir = {json.dumps(MODELS)}\npreload = true\n')
+    cfg.write(f'[local]\nmodels_dir = {json.dumps(MODELS)}\npreload = true\nweights = "{weights}"\n')
     cfg.close()
     env = dict(os.environ, FUNGIBLE_LOG=os.environ.get("FUNGIBLE_LOG", "warn"))
     proc = subprocess.Popen([BIN, "serve", "--config", cfg.name, "--port", str(port)], env=env)
     try:
-        for _ in range(600):
+        for _ in range(1200):
             try:
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
                 c.request("GET", "/health")
@@ -203,20 +199,48 @@ def main():
                     break
             except OSError:
                 time.sleep(0.1)
-        measure(Fungible(port), args.reps)
-        embeddings(port)
+        engine = Fungible(port)
+        engine.name = f"fungible serve, weights = {weights}"
+        measure(engine, reps)
+        if embed:
+            embeddings(port)
     finally:
         proc.terminate()
         proc.wait()
         os.unlink(cfg.name)
+
+
+def main():
+    global GGUF
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--weights", default="q8_0,keep",
+                    help="comma-separated [local] weights settings to measure fungible with, in one run "
+                         "(q8_0, q4_0, f16, keep); llama-cpp-python then runs on each file they load")
+    ap.add_argument("--skip-python", action="store_true", help="only fungible")
+    args = ap.parse_args()
+    if not BIN:
+        sys.exit("build fungible first: cargo build -p fungible")
+    print(f"{BIN}, {THREADS} cores, load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
+    weights = [w.strip() for w in args.weights.split(",") if w.strip()]
+    for i, w in enumerate(weights):
+        serve(w, args.reps, embed=i == 0)
     if args.skip_python:
         return
-    try:
-        engine = LlamaCppPython()
-    except ImportError:
-        print("llama-cpp-python not installed: no side-by-side numbers (pip install llama-cpp-python)")
-        return
-    measure(engine, args.reps, concurrent=False)
+    source = GGUF
+    for w in weights:
+        # The file fungible served: the source, or its conversion kept beside it.
+        GGUF = source if w == "keep" else source[: -len(".gguf")] + f".{w}.gguf"
+        if not os.path.exists(GGUF):
+            GGUF = source
+        try:
+            engine = LlamaCppPython()
+        except ImportError:
+            print("llama-cpp-python not installed: no side-by-side numbers (pip install llama-cpp-python)")
+            return
+        engine.name = f"llama-cpp-python, {os.path.basename(GGUF)}"
+        measure(engine, args.reps, concurrent=False)
+        del engine
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -76,6 +76,10 @@ pub struct LocalSection {
     /// last one (llama.cpp server's `cache_prompt`). Default: false (a greedy answer can
     /// change in rare cases: the logits differ in their last digits).
     pub cache_prompt: Option<bool>,
+    /// Convert chat models' weights to this type when they load (once, kept beside the file):
+    /// "q8_0" (default), "q4_0", "f16", or "keep" to serve the file's own. llama.cpp has fast
+    /// CPU kernels for prompts and batches on the first three, not on Q4_1 or the K-quants.
+    pub weights: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -347,6 +351,11 @@ fn local_config(section: LocalSection, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(cache_prompt) = section.cache_prompt {
         config.cache_prompt = cache_prompt;
     }
+    match section.weights.as_deref() {
+        None => {}
+        Some("keep") => config.weights = None,
+        Some(to) => config.weights = Some(to.parse().map_err(|e: String| invalid("local.weights", e))?),
+    }
     if config.is_empty() {
         tracing::info!(
             "no local models in {}: run scripts/setup-models.sh to serve local/{} offline",
@@ -603,6 +612,20 @@ mod tests {
         let toml = format!("[local]\nmodels_dir = {:?}\nchat_models = {{ gone = \"gone.gguf\" }}\n", dir.display().to_string());
         let err = resolve(&toml, &[]).unwrap_err().to_string();
         assert!(err.starts_with("local.chat_models.gone: "), "{err}");
+
+        // Weights: converted to Q8_0 unless told otherwise; a type llama.cpp is not asked to
+        // convert to is refused at start, naming the ones it can.
+        use fungible_providers::local::WeightType;
+        let with = |weights: &str| {
+            let toml = format!("[local]\nmodels_dir = {:?}\n{weights}", dir.display().to_string());
+            resolve(&toml, &[]).map(|cfg| cfg.local.unwrap().weights)
+        };
+        assert_eq!(with("").unwrap(), Some(WeightType::Q8_0));
+        assert_eq!(with("weights = \"keep\"\n").unwrap(), None);
+        assert_eq!(with("weights = \"F16\"\n").unwrap(), Some(WeightType::F16));
+        let err = with("weights = \"q4_k_m\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("local.weights: \"q4_k_m\" is not a weight type"), "{err}");
+        assert!(err.contains("q8_0, q4_0, f16, or \"keep\""), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -26,6 +26,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::OnceCell;
 
+use crate::convert::{self, WeightType};
 use crate::stop::StopMatcher;
 use crate::template::ChatTemplate;
 use crate::tools::{self, Piece, ToolCallParser};
@@ -38,6 +39,8 @@ pub struct ChatSettings {
     pub threads: usize,
     /// Keep each slot's KV cache after a request and reuse its longest common prefix.
     pub cache_prompt: bool,
+    /// Convert the weights to this type at load (once, kept on disk).
+    pub weights: Option<WeightType>,
 }
 
 /// A configured chat model; loaded on first use.
@@ -353,6 +356,14 @@ fn load(name: &str, path: PathBuf, settings: ChatSettings) -> Result<Loaded, Pro
     let backend = backend()?;
     let before = resident_bytes();
     let started = Instant::now();
+    // Converting is only a speed-up: a model it fails on is served with its own weights.
+    let path = match settings.weights {
+        Some(to) => convert::converted(&path, to, settings.threads).unwrap_or_else(|e| {
+            tracing::warn!(model = %format!("local/{name}"), "serving the weights as they are: {e}");
+            path
+        }),
+        None => path,
+    };
     let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default()).map_err(|e| {
         unavailable(format!("local model {name:?}: {} is not a loadable GGUF file: {e}", path.display()))
     })?;

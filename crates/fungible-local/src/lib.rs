@@ -10,6 +10,7 @@
 //! them like any other provider's.
 
 mod chat;
+mod convert;
 mod embed;
 mod stop;
 mod template;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use futures::Stream;
 use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError, StreamEvent};
 
+pub use convert::WeightType;
 pub use embed::Embeddings;
 
 /// The provider name in errors and in `local/MODEL`.
@@ -55,6 +57,9 @@ pub struct LocalConfig {
     /// decoding a prompt in two parts changes the logits in their last digits, so a greedy
     /// answer can differ from the one without the cached prefix.
     pub cache_prompt: bool,
+    /// Convert chat models' weights to this type when they load, once, keeping the result on
+    /// disk (see the `convert` module); `None` serves the file's own weights.
+    pub weights: Option<WeightType>,
 }
 
 impl LocalConfig {
@@ -81,6 +86,7 @@ impl LocalConfig {
             context_size: 4096,
             threads: None,
             cache_prompt: false,
+            weights: Some(WeightType::Q8_0),
         }
     }
 
@@ -124,6 +130,7 @@ impl LocalEngine {
                     context_size: config.context_size.max(64),
                     threads,
                     cache_prompt: config.cache_prompt,
+                    weights: config.weights,
                 };
                 (name.clone(), chat::ChatModel::new(name, path.clone(), settings))
             })

@@ -7,7 +7,7 @@ use fungible_types::{ChatRequest, ChatResponse, ProviderError};
 
 use crate::{ChatProvider, EventStream};
 
-pub use fungible_local::{DEFAULT_CHAT_FILE, DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, Embeddings, LocalConfig, PROVIDER as NAME};
+pub use fungible_local::{DEFAULT_CHAT_FILE, DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, Embeddings, LocalConfig, PROVIDER as NAME, WeightType};
 
 #[derive(Debug, Clone)]
 pub struct LocalProvider {

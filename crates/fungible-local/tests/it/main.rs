@@ -252,6 +252,43 @@ async fn a_truncated_gguf_fails_to_load_with_a_clear_error() {
     let err = engine.chat(&capital_question(), "missing").await.unwrap_err();
     assert!(err.message.contains("does not exist (run scripts/setup-models.sh"), "{}", err.message);
     assert!(engine.preload().await.is_err());
+    // The failed conversion left nothing behind, not even a partial file.
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("broken.gguf")]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `[local] weights`: the GGUF is converted once, beside the source, and the conversion is
+/// reused; a file that already has the type is loaded as it is.
+#[tokio::test]
+async fn weights_are_converted_once_and_reused() {
+    let dir = std::env::temp_dir().join(format!("fungible-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = dir.join("small.gguf");
+    std::fs::copy(models_dir().join(fungible_local::DEFAULT_CHAT_FILE), &source).unwrap();
+    let engine_for = |path: &std::path::Path| {
+        let mut config = LocalConfig::empty();
+        config.chat_models.insert("small".into(), path.to_owned());
+        config.slots = 1;
+        config.context_size = 512;
+        config.weights = Some(fungible_local::WeightType::Q8_0);
+        LocalEngine::new(&config)
+    };
+    let answer = engine_for(&source).chat(&capital_question(), "small").await.unwrap();
+    let text = answer.message.content.unwrap();
+    assert!(text.contains("Paris"), "{text}");
+    let converted = dir.join("small.q8_0.gguf");
+    let gguf = llama_cpp_2::gguf::GgufContext::from_file(&converted).expect("the conversion is a GGUF file");
+    assert_eq!(gguf.val_u32(gguf.find_key("general.file_type")), 7, "LLAMA_FTYPE_MOSTLY_Q8_0");
+    let written = std::fs::metadata(&converted).unwrap().modified().unwrap();
+
+    // A second engine reuses the conversion; one given the Q8_0 file converts nothing.
+    engine_for(&source).preload().await.unwrap();
+    engine_for(&converted).preload().await.unwrap();
+    assert_eq!(std::fs::metadata(&converted).unwrap().modified().unwrap(), written);
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    files.sort();
+    assert_eq!(files, ["small.gguf", "small.q8_0.gguf"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
