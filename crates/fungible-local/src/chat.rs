@@ -27,6 +27,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::OnceCell;
 
 use crate::convert::{self, WeightType};
+use crate::gate::Gate;
 use crate::stop::StopMatcher;
 use crate::template::ChatTemplate;
 use crate::tools::{self, Piece, ToolCallParser};
@@ -560,7 +561,10 @@ fn scheduler(
         let decoded = match failed {
             Some(e) => Err(e),
             None if batch.n_tokens() == 0 => Ok(()),
-            None => ctx.decode(&mut batch).map_err(|e| e.to_string()),
+            None => {
+                let _turn = Gate::global().enter(settings.threads);
+                ctx.decode(&mut batch).map_err(|e| e.to_string())
+            }
         };
         if let Err(e) = decoded {
             // The whole batch failed: end every sequence in it with the error, and forget

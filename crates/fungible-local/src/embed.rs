@@ -14,6 +14,7 @@ use fungible_types::{ErrorKind, ProviderError};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::OnceCell;
 
+use crate::gate::Gate;
 use crate::{error, invalid, mib, resident_bytes};
 
 /// Most inputs embedded in one forward pass; bigger requests run in several.
@@ -174,6 +175,10 @@ fn embed_batch(loaded: &Loaded, inputs: &[String]) -> Result<(Vec<Vec<f32>>, u64
         let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
         mean.broadcast_div(&norm)?.to_vec2::<f32>()
     };
-    let vectors = run().map_err(|e| engine(&e))?;
+    // candle's matrix products use every core.
+    let vectors = {
+        let _turn = Gate::global().enter(usize::MAX);
+        run().map_err(|e| engine(&e))?
+    };
     Ok((vectors, tokens))
 }

@@ -12,6 +12,7 @@
 mod chat;
 mod convert;
 mod embed;
+mod gate;
 mod stop;
 mod template;
 mod tools;
