@@ -11,7 +11,8 @@
 //! bytes count until they are written. A batch the store refuses for its data (a
 //! constraint, a value it cannot hold) is written record by record, and only the refused
 //! records are dropped and reported. `shutdown` stops taking records, writes everything
-//! queued and returns.
+//! queued and returns. The gateway starts it with [`Recorder::start_in_background`]: the
+//! writer and its store connections on a thread of their own at a lower CPU priority.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -95,6 +96,17 @@ enum Message {
     Record(Box<Queued>),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
+    /// Write what is queued and end the writer (sent by `shutdown`).
+    Stop,
+}
+
+/// Where the writer runs, to wait for its end.
+enum Writer {
+    /// A task on the runtime that started it.
+    Task(tokio::task::JoinHandle<()>),
+    /// A thread of its own ([`Recorder::start_in_background`]); the receiver hears when it
+    /// has ended.
+    Thread(oneshot::Receiver<()>),
 }
 
 /// The handle the request path holds. Cheap to clone.
@@ -104,7 +116,7 @@ pub struct Recorder {
     counters: Arc<RecorderCounters>,
     max_bytes: usize,
     closed: Arc<AtomicBool>,
-    writer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    writer: Arc<std::sync::Mutex<Option<Writer>>>,
     /// Wakes the writer before its flush interval is up: a flush, or a full batch queued.
     wake: Arc<Notify>,
     batch_size: usize,
@@ -125,6 +137,65 @@ impl Recorder {
         let counters = Arc::new(RecorderCounters::default());
         let wake = Arc::new(Notify::new());
         let writer = tokio::spawn(write_loop(Arc::new(sink), rx, options, counters.clone(), wake.clone()));
+        Recorder::new(tx, counters, wake, Writer::Task(writer), options)
+    }
+
+    /// Like [`Recorder::start`], but the writer runs on a thread of its own, with its own
+    /// single-threaded runtime, at a lower CPU priority (nice 10, on Linux), and its sink is
+    /// made there by `open`. A [`Store`] opened that way has connections of its own, and
+    /// SQLite's connection threads, started from that thread, inherit its priority. So
+    /// serialising the records and SQLite's inserts run on CPU time the request path leaves
+    /// over, instead of taking turns with it on a busy machine.
+    pub async fn start_in_background<S, F, Fut>(open: F, options: RecorderOptions) -> Result<Recorder, StoreError>
+    where
+        S: BatchSink,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<S, StoreError>>,
+    {
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let counters = Arc::new(RecorderCounters::default());
+        let wake = Arc::new(Notify::new());
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
+        let (ended_tx, ended_rx) = oneshot::channel::<()>();
+        let (thread_counters, thread_wake) = (counters.clone(), wake.clone());
+        std::thread::Builder::new()
+            .name("fungible-recorder".into())
+            .spawn(move || {
+                lower_this_threads_priority();
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(StoreError::Unavailable(format!("recorder runtime: {e}"))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let sink = match open().await {
+                        Ok(sink) => sink,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    write_loop(Arc::new(sink), rx, options, thread_counters, thread_wake).await;
+                });
+                let _ = ended_tx.send(());
+            })
+            .map_err(|e| StoreError::Unavailable(format!("could not start the recorder thread: {e}")))?;
+        ready_rx
+            .await
+            .map_err(|_| StoreError::Unavailable("the recorder thread ended while starting".into()))??;
+        Ok(Recorder::new(tx, counters, wake, Writer::Thread(ended_rx), options))
+    }
+
+    fn new(
+        tx: mpsc::Sender<Message>,
+        counters: Arc<RecorderCounters>,
+        wake: Arc<Notify>,
+        writer: Writer,
+        options: RecorderOptions,
+    ) -> Recorder {
         Recorder {
             tx,
             counters,
@@ -219,8 +290,14 @@ impl Recorder {
         self.flush().await;
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(writer) = writer {
-            writer.abort();
-            let _ = writer.await;
+            // Everything queued is written (or given up on): the writer ends at `Stop`.
+            if self.tx.send(Message::Stop).await.is_ok() {
+                self.wake.notify_one();
+            }
+            let _ = match writer {
+                Writer::Task(task) => task.await.map_err(drop),
+                Writer::Thread(ended) => ended.await.map_err(drop),
+            };
         }
         let c = &self.counters;
         tracing::info!(
@@ -250,6 +327,7 @@ async fn write_loop(
         let Some(first) = rx.recv().await else { break };
         let mut next = Some(first);
         let mut slept = false;
+        let mut stopping = false;
         loop {
             match next.take() {
                 Some(Message::Record(q)) => {
@@ -258,6 +336,10 @@ async fn write_loop(
                 }
                 Some(Message::Flush(done)) => {
                     waiting.push(done);
+                    break;
+                }
+                Some(Message::Stop) => {
+                    stopping = true;
                     break;
                 }
                 None => {}
@@ -283,12 +365,26 @@ async fn write_loop(
         for done in waiting.drain(..) {
             let _ = done.send(());
         }
+        if stopping {
+            return;
+        }
     }
     batch.extend(queued.drain(..).map(serialised));
     write_with_retry(&*sink, &mut batch, &options, &counters, true).await;
     counters
         .queued_bytes
         .fetch_sub(batch_bytes, Ordering::Relaxed);
+}
+
+/// Gives the calling thread (not the whole process: Linux keeps a nice value per thread)
+/// nice 10: under contention the scheduler then gives the request path's threads about ten
+/// times its share, and threads it starts inherit the value. Raising one's own nice value
+/// needs no privilege; failing is harmless.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+        tracing::debug!("recorder: could not lower the writer thread's priority: {e}");
+    }
 }
 
 /// Runs `f`, CPU work of the writer's, without holding up the async workers that serve

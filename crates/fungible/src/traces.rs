@@ -35,8 +35,11 @@ pub async fn start(config: &StoreConfig) -> anyhow::Result<Option<(Store, Record
     let store = Store::open(&config.url)
         .await
         .with_context(|| format!("could not open the inference store {}", shown(&config.url)))?;
-    let recorder = Recorder::start(
-        store.clone(),
+    // The writer gets a thread, a runtime and connections of its own, at a lower priority,
+    // so recording uses CPU the request path leaves over.
+    let url = config.url.clone();
+    let recorder = Recorder::start_in_background(
+        move || async move { Store::open(&url).await },
         RecorderOptions {
             queue_capacity: config.queue_capacity,
             queue_bytes: config.queue_bytes,
@@ -44,7 +47,9 @@ pub async fn start(config: &StoreConfig) -> anyhow::Result<Option<(Store, Record
             flush_interval: config.flush_interval,
             ..RecorderOptions::default()
         },
-    );
+    )
+    .await
+    .with_context(|| format!("could not start recording to {}", shown(&config.url)))?;
     tracing::info!(store = %shown(&config.url), "recording inferences");
     tokio::spawn(roll_up_every_minute(store.clone()));
     Ok(Some((store, recorder)))

@@ -429,6 +429,62 @@ async fn a_refused_record_does_not_block_the_rest(store: Store) {
 }
 both!(refused_record, a_refused_record_does_not_block_the_rest);
 
+/// The threads of this process named `name` (as /proc shows it: 15 bytes at most) and
+/// their nice values.
+#[cfg(target_os = "linux")]
+fn nice_of_threads(name: &str) -> Vec<i64> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            // After the ")" that ends the name: state is field 3, nice field 19.
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            found.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+        }
+    }
+    found
+}
+
+/// `Recorder::start_in_background`: the writer opens its own store on a thread of its
+/// own at nice 10 (SQLite's connection thread inherits it), writes everything, and drains
+/// on shutdown; a store it cannot open is an error at start.
+#[tokio::test]
+async fn a_background_recorder_writes_at_low_priority_and_drains() {
+    let dir = std::env::temp_dir().join("fungible-store-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.join(format!("{}.db", new_id())).display());
+    let store = Store::open(&url).await.unwrap();
+    let writer_url = url.clone();
+    let recorder = Recorder::start_in_background(move || async move { Store::open(&writer_url).await }, options(1000))
+        .await
+        .unwrap();
+    for i in 0..100 {
+        recorder.record(record(i));
+    }
+    recorder.flush().await;
+    #[cfg(target_os = "linux")]
+    {
+        assert_eq!(nice_of_threads("fungible-record"), [10]);
+        // Other tests' stores have connection threads too, at nice 0: this one's is at 10.
+        assert!(nice_of_threads("sqlx-sqlite-wor").contains(&10), "{:?}", nice_of_threads("sqlx-sqlite-wor"));
+    }
+    for i in 100..150 {
+        recorder.record(record(i));
+    }
+    recorder.shutdown().await;
+    assert_eq!(recorder.counters().written.load(Ordering::SeqCst), 150);
+    assert_eq!(count(&store).await, 150);
+
+    let err = Recorder::start_in_background(
+        || async { Store::open("sqlite:///nonexistent-dir/fungible/x.db?mode=rwc").await },
+        options(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("store"), "{err}");
+}
+
 async fn shutdown_drains(store: Store) {
     let recorder = Recorder::start(
         store.clone(),
