@@ -186,7 +186,9 @@ def serve(weights, reps, embed):
     """Start `fungible serve` with `[local] weights = WEIGHTS`, measure it, stop it."""
     port = free_port()
     cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    cfg.write(f'[local]\nmodels_dir = {json.dumps(MODELS)}\npreload = true\nweights = "{weights}"\n')
+    setting, _, cache = weights.partition("+")
+    cfg.write(f'[local]\nmodels_dir = {json.dumps(MODELS)}\npreload = true\nweights = "{setting}"\n'
+              f'cache_prompt = {"true" if cache == "cache" else "false"}\n')
     cfg.close()
     env = dict(os.environ, FUNGIBLE_LOG=os.environ.get("FUNGIBLE_LOG", "warn"))
     proc = subprocess.Popen([BIN, "serve", "--config", cfg.name, "--port", str(port)], env=env)
@@ -216,7 +218,8 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--weights", default="q8_0,keep",
                     help="comma-separated [local] weights settings to measure fungible with, in one run "
-                         "(q8_0, q4_0, f16, keep); llama-cpp-python then runs on each file they load")
+                         "(q8_0, q4_0, f16, keep; a +cache suffix turns cache_prompt on); llama-cpp-python "
+                         "then runs on each file they load")
     ap.add_argument("--skip-python", action="store_true", help="only fungible")
     args = ap.parse_args()
     if not BIN:
@@ -228,7 +231,7 @@ def main():
     if args.skip_python:
         return
     source = GGUF
-    for w in weights:
+    for w in dict.fromkeys(w.partition("+")[0] for w in weights):
         # The file fungible served: the source, or its conversion kept beside it.
         GGUF = source if w == "keep" else source[: -len(".gguf")] + f".{w}.gguf"
         if not os.path.exists(GGUF):

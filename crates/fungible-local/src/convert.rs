@@ -39,6 +39,15 @@ impl WeightType {
         }
     }
 
+    /// For the token embeddings and the output projection, which llama.cpp would otherwise
+    /// give a K-quant that most models' widths do not fit (it then warns and falls back).
+    fn edge_type(self) -> llama_cpp_sys_2::ggml_type {
+        match self {
+            WeightType::Q8_0 | WeightType::Q4_0 => llama_cpp_sys_2::GGML_TYPE_Q8_0,
+            WeightType::F16 => llama_cpp_sys_2::GGML_TYPE_F16,
+        }
+    }
+
     fn ftype(self) -> llama_cpp_sys_2::llama_ftype {
         match self {
             WeightType::Q8_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0,
@@ -128,6 +137,8 @@ fn quantize(source: &Path, target: &Path, to: WeightType, threads: usize) -> Res
         params.nthread = i32::try_from(threads).unwrap_or(1);
         params.ftype = to.ftype();
         params.allow_requantize = true;
+        params.output_tensor_type = to.edge_type();
+        params.token_embedding_type = to.edge_type();
         llama_cpp_sys_2::llama_model_quantize(input.as_ptr(), output.as_ptr(), &params)
     };
     if status != 0 {
