@@ -24,6 +24,9 @@ struct StoreSection {
     batch_size: Option<usize>,
     /// Longest a record waits for its batch to fill, in milliseconds.
     flush_interval_ms: Option<u64>,
+    /// The recorder writer's nice value (Linux), 0-19: higher leaves more CPU to requests.
+    /// Default 10; 0 runs it at the priority of request handling.
+    writer_nice: Option<i32>,
     /// Keep each upstream call's raw request and response bodies (off by default).
     raw_bodies: Option<bool>,
     /// Bytes kept of each raw body at most (default 65536).
@@ -40,6 +43,8 @@ pub struct StoreConfig {
     pub queue_bytes: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
+    /// The writer thread's nice value (0-19).
+    pub writer_nice: i32,
     /// `raw_bodies`: the cap on each raw body kept; `None`: raw bodies are not kept.
     pub raw_bodies: Option<usize>,
 }
@@ -56,6 +61,7 @@ impl Default for StoreConfig {
             queue_bytes: 64 << 20,
             batch_size: 1_000,
             flush_interval: Duration::from_millis(200),
+            writer_nice: 10,
             raw_bodies: None,
         }
     }
@@ -125,6 +131,12 @@ impl StoreConfig {
         }
         if let Some(ms) = section.flush_interval_ms {
             config.flush_interval = Duration::from_millis(ms);
+        }
+        if let Some(nice) = section.writer_nice {
+            if !(0..=19).contains(&nice) {
+                return Err(err("store.writer_nice", "must be between 0 and 19"));
+            }
+            config.writer_nice = nice;
         }
         if section.raw_bodies_max_bytes == Some(0) {
             return Err(err("store.raw_bodies_max_bytes", "must be at least 1"));
@@ -239,6 +251,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("store.url:"), "{e}");
+        assert_eq!(StoreConfig::from_toml(None).unwrap().writer_nice, 10);
+        assert_eq!(StoreConfig::from_toml(table("writer_nice = 0")).unwrap().writer_nice, 0);
+        let e = StoreConfig::from_toml(table("writer_nice = 20")).unwrap_err().to_string();
+        assert_eq!(e, "store.writer_nice: must be between 0 and 19");
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct RecorderOptions {
     /// On shutdown, how long to keep retrying a store that is down before giving up (and
     /// reporting what was lost).
     pub shutdown_timeout: Duration,
+    /// [`Recorder::start_in_background`]: the writer thread's nice value (Linux); 0 leaves
+    /// it at the priority of the thread that starts it.
+    pub writer_nice: i32,
 }
 
 impl Default for RecorderOptions {
@@ -68,6 +71,7 @@ impl Default for RecorderOptions {
             flush_interval: Duration::from_millis(200),
             retry_delay: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(10),
+            writer_nice: 10,
         }
     }
 }
@@ -141,7 +145,7 @@ impl Recorder {
     }
 
     /// Like [`Recorder::start`], but the writer runs on a thread of its own, with its own
-    /// single-threaded runtime, at a lower CPU priority (nice 10, on Linux), and its sink is
+    /// single-threaded runtime, at a lower CPU priority (`writer_nice`, on Linux), and its sink is
     /// made there by `open`. A [`Store`] opened that way has connections of its own, and
     /// SQLite's connection threads, started from that thread, inherit its priority. So
     /// serialising the records and SQLite's inserts run on CPU time the request path leaves
@@ -161,7 +165,7 @@ impl Recorder {
         std::thread::Builder::new()
             .name("fungible-recorder".into())
             .spawn(move || {
-                lower_this_threads_priority();
+                lower_this_threads_priority(options.writer_nice);
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(e) => {
@@ -377,14 +381,18 @@ async fn write_loop(
 }
 
 /// Gives the calling thread (not the whole process: Linux keeps a nice value per thread)
-/// nice 10: under contention the scheduler then gives the request path's threads about ten
+/// `nice`: at 10, under contention the scheduler gives the request path's threads about ten
 /// times its share, and threads it starts inherit the value. Raising one's own nice value
 /// needs no privilege; failing is harmless.
-fn lower_this_threads_priority() {
+fn lower_this_threads_priority(nice: i32) {
     #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(None, 10) {
-        tracing::debug!("recorder: could not lower the writer thread's priority: {e}");
+    if nice > 0 {
+        if let Err(e) = rustix::process::setpriority_process(None, nice) {
+            tracing::debug!("recorder: could not lower the writer thread's priority: {e}");
+        }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// Runs `f`, CPU work of the writer's, without holding up the async workers that serve

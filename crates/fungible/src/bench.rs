@@ -70,10 +70,11 @@ pub struct BenchArgs {
     /// same fixed `--rate` through each, reporting the added p50/p99.
     #[arg(long)]
     auth: bool,
-    /// Instead of the overhead phases: the cost of recording. Three gateways over the mock:
-    /// one with `[store] enabled = false`, one recording every inference to SQLite, and a
+    /// Instead of the overhead phases: the cost of recording. Four gateways over the mock:
+    /// one with `[store] enabled = false`, one recording every inference to SQLite, a
     /// second without recording as a control (the noise floor: how far two identical
-    /// gateways differ in the same run); the same fixed `--rate` through each, JSON and
+    /// gateways differ in the same run), and one recording with its writer at the request
+    /// path's priority (`writer_nice = 0`); the same fixed `--rate` through each, JSON and
     /// streamed, alternating between them for `--rounds` rounds so that drift on the machine
     /// hits all alike; reports p50, p99 and p99.9 of each over all rounds, the added
     /// latency against the first, gateway CPU per request, and what the recorder wrote.
@@ -667,6 +668,11 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let on = dir.join("on.toml");
     let db = dir.join("fungible.db");
     std::fs::write(&on, format!("[store]\npath = \"{}\"\n", db.display()))?;
+    // The same, with the writer at the request path's own priority (`writer_nice = 0`): what
+    // the background priority buys.
+    let on_nice0 = dir.join("on-nice0.toml");
+    let db_nice0 = dir.join("fungible-nice0.db");
+    std::fs::write(&on_nice0, format!("[store]\npath = \"{}\"\nwriter_nice = 0\n", db_nice0.display()))?;
     let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
     let mut plain = GatewayProcess::start(&mock.url(), args.port, args.workers, &off)?;
     plain.wait_ready(&client).await?;
@@ -676,21 +682,29 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // gateways differ in the same run is the noise floor the recording cost is read against.
     let mut control = GatewayProcess::start(&mock.url(), args.port + 2, args.workers, &off)?;
     control.wait_ready(&client).await?;
+    let mut nice0 = GatewayProcess::start(&mock.url(), args.port + 3, args.workers, &on_nice0)?;
+    nice0.wait_ready(&client).await?;
     let request = |stream: bool| {
         Bytes::from(REQUEST.replace("MODEL", "openai/gpt-4o-mini").replace("STREAM", if stream { ",\"stream\":true" } else { "" }))
     };
     let duration = Duration::from_secs(args.duration);
     eprintln!(
-        "fungible bench --recording: {} rounds of {} s per phase at {}/s, {} SSE chunks (gateway pids {} off, {} on, {} control)",
+        "fungible bench --recording: {} rounds of {} s per phase at {}/s, {} SSE chunks (gateway pids {} off, {} on, {} control, {} on with writer_nice = 0)",
         args.rounds,
         args.duration,
         args.rate,
         args.chunks,
         plain.child.id(),
         recording.child.id(),
-        control.child.id()
+        control.child.id(),
+        nice0.child.id()
     );
-    let gateways = [("recording off", args.port), ("recording on", args.port + 1), ("off (control)", args.port + 2)];
+    let gateways = [
+        ("recording off", args.port),
+        ("recording on", args.port + 1),
+        ("off (control)", args.port + 2),
+        ("on, nice 0", args.port + 3),
+    ];
     // (kind, gateway) -> latencies of every round, and CPU ms per request.
     let mut pooled: Vec<((&str, &str), Measurement, f64)> = Vec::new();
     for kind in ["json", "stream"] {
@@ -707,17 +721,18 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let gateway = match port - args.port {
                     0 => &plain,
                     1 => &recording,
-                    _ => &control,
+                    2 => &control,
+                    _ => &nice0,
                 };
                 let warm = closed_loop(&client, &url, BENCH_KEY, &body, 4, Duration::from_millis(300)).await;
-                if port == args.port + 1 {
+                if port == args.port + 1 || port == args.port + 3 {
                     warm_ups += warm.ok;
                 }
                 let cpu_before = gateway.cpu_ms();
                 let m = open_loop(&client, &url, BENCH_KEY, &body, args.rate, duration).await;
                 let cpu = gateway.cpu_ms() - cpu_before;
                 eprintln!(
-                    "  round {round} {kind:<6} {name:<13} {:>7.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
+                    "  round {round} {kind:<6} {name:<14} {:>7.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
                     m.rps(),
                     m.percentile(0.5),
                     m.percentile(0.99),
@@ -735,17 +750,21 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     plain.stop();
     recording.terminate();
     control.stop();
-    let stored = fungible_store::Store::open(&format!("sqlite://{}?mode=rwc", db.display()))
-        .await
-        .context("opening the bench's store")?;
-    let count: u64 = stored
-        .stats(fungible_store::GroupBy::Inbound, None, None)
-        .await
-        .context("counting what was recorded")?
-        .iter()
-        .map(|row| row.requests)
-        .sum();
-    stored.close().await;
+    nice0.terminate();
+    let mut count = 0;
+    for db in [&db, &db_nice0] {
+        let stored = fungible_store::Store::open(&format!("sqlite://{}?mode=rwc", db.display()))
+            .await
+            .context("opening the bench's store")?;
+        count += stored
+            .stats(fungible_store::GroupBy::Inbound, None, None)
+            .await
+            .context("counting what was recorded")?
+            .iter()
+            .map(|row| row.requests)
+            .sum::<u64>();
+        stored.close().await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     println!();
     println!("| phase | gateway | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | gateway CPU ms/req | errors |");
@@ -774,10 +793,14 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             failed |= m.errors > 0;
         }
     }
-    let sent: u64 = pooled.iter().filter(|((_, name), _, _)| *name == "recording on").map(|(_, m, _)| m.ok).sum();
+    let sent: u64 = pooled
+        .iter()
+        .filter(|((_, name), _, _)| name.starts_with("recording on") || name.starts_with("on,"))
+        .map(|(_, m, _)| m.ok)
+        .sum();
     println!();
     println!(
-        "recorded: {count} inferences in the store of {} answered by the recording gateway ({sent} measured, {warm_ups} warm-up; SIGTERM drained the queue)",
+        "recorded: {count} inferences in the stores of {} answered by the two recording gateways ({sent} measured, {warm_ups} warm-up; SIGTERM drained the queues)",
         sent + warm_ups
     );
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })

@@ -45,6 +45,7 @@ pub async fn start(config: &StoreConfig) -> anyhow::Result<Option<(Store, Record
             queue_bytes: config.queue_bytes,
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
+            writer_nice: config.writer_nice,
             ..RecorderOptions::default()
         },
     )

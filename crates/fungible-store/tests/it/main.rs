@@ -355,6 +355,7 @@ fn options(capacity: usize) -> RecorderOptions {
         flush_interval: Duration::from_millis(5),
         retry_delay: Duration::from_millis(5),
         shutdown_timeout: Duration::from_secs(30),
+        writer_nice: 10,
     }
 }
 
