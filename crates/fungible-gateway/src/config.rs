@@ -16,6 +16,7 @@ use crate::presets::{PRESETS, Preset};
 
 pub use crate::auth_config::{AuthConfig, AuthSection, DEFAULT_ADMIN_KEY_ENV, StateSection};
 pub use fungible_providers::local::LocalConfig;
+use fungible_providers::local::WeightType;
 
 /// The config file as written. Every field is optional: an empty file (or none) is valid.
 #[derive(Debug, Default, Deserialize)]
@@ -351,10 +352,8 @@ fn local_config(section: LocalSection, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(cache_prompt) = section.cache_prompt {
         config.cache_prompt = cache_prompt;
     }
-    match section.weights.as_deref() {
-        None => {}
-        Some("keep") => config.weights = None,
-        Some(to) => config.weights = Some(to.parse().map_err(|e: String| invalid("local.weights", e))?),
+    if let Some(setting) = section.weights {
+        config.weights = WeightType::from_setting(&setting).map_err(|e| invalid("local.weights", e))?;
     }
     if config.is_empty() {
         tracing::info!(
@@ -615,7 +614,6 @@ mod tests {
 
         // Weights: converted to Q8_0 unless told otherwise; a type llama.cpp is not asked to
         // convert to is refused at start, naming the ones it can.
-        use fungible_providers::local::WeightType;
         let with = |weights: &str| {
             let toml = format!("[local]\nmodels_dir = {:?}\n{weights}", dir.display().to_string());
             resolve(&toml, &[]).map(|cfg| cfg.local.unwrap().weights)

@@ -699,16 +699,17 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         control.child.id(),
         nice0.child.id()
     );
+    // (name, process, port, whether it records): the first, recording off, is the base.
     let gateways = [
-        ("recording off", args.port),
-        ("recording on", args.port + 1),
-        ("off (control)", args.port + 2),
-        ("on, nice 0", args.port + 3),
+        ("recording off", &plain, args.port, false),
+        ("recording on", &recording, args.port + 1, true),
+        ("off (control)", &control, args.port + 2, false),
+        ("on, nice 0", &nice0, args.port + 3, true),
     ];
     // (kind, gateway) -> latencies of every round, and CPU ms per request.
     let mut pooled: Vec<((&str, &str), Measurement, f64)> = Vec::new();
     for kind in ["json", "stream"] {
-        for (name, _) in gateways {
+        for (name, ..) in gateways {
             pooled.push(((kind, name), Measurement::default(), 0.0));
         }
     }
@@ -716,16 +717,10 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for round in 1..=args.rounds {
         for (kind, stream) in [("json", false), ("stream", true)] {
             let body = request(stream);
-            for (name, port) in gateways {
+            for (name, gateway, port, records) in gateways {
                 let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-                let gateway = match port - args.port {
-                    0 => &plain,
-                    1 => &recording,
-                    2 => &control,
-                    _ => &nice0,
-                };
                 let warm = closed_loop(&client, &url, BENCH_KEY, &body, 4, Duration::from_millis(300)).await;
-                if port == args.port + 1 || port == args.port + 3 {
+                if records {
                     warm_ups += warm.ok;
                 }
                 let cpu_before = gateway.cpu_ms();
@@ -747,6 +742,8 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let recorders: Vec<&str> = gateways.iter().filter(|g| g.3).map(|g| g.0).collect();
+    let per_phase = gateways.len();
     plain.stop();
     recording.terminate();
     control.stop();
@@ -771,7 +768,7 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
     // One group per phase, its gateways in order: the first (recording off) is the base.
-    for group in pooled.chunks_mut(gateways.len()) {
+    for group in pooled.chunks_mut(per_phase) {
         for (_, m, _) in group.iter_mut() {
             m.latencies.sort_unstable();
         }
@@ -795,7 +792,7 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let sent: u64 = pooled
         .iter()
-        .filter(|((_, name), _, _)| name.starts_with("recording on") || name.starts_with("on,"))
+        .filter(|((_, name), _, _)| recorders.contains(name))
         .map(|(_, m, _)| m.ok)
         .sum();
     println!();
