@@ -74,8 +74,8 @@ pub struct LocalSection {
     /// CPU threads per generation. Default: one per core.
     pub threads: Option<usize>,
     /// Reuse each slot's KV cache for the prompt prefix a new request shares with the slot's
-    /// last one (llama.cpp server's `cache_prompt`). Default: false (a greedy answer can
-    /// change in rare cases: the logits differ in their last digits).
+    /// last one (llama.cpp server's `cache_prompt`). Default: true; only the part that is bit
+    /// for bit what decoding the prompt would compute is reused, so no answer changes.
     pub cache_prompt: Option<bool>,
     /// Convert chat models' weights to this type when they load (once, kept beside the file):
     /// "q8_0" (default), "q4_0", "f16", or "keep" to serve the file's own. llama.cpp has fast

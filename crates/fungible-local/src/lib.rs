@@ -54,9 +54,10 @@ pub struct LocalConfig {
     /// CPU threads each generation uses. Default: all cores.
     pub threads: Option<usize>,
     /// Keep each slot's KV cache after a request and decode only the part of the next
-    /// prompt after the longest common prefix (llama.cpp server's `cache_prompt`). Default: off:
-    /// decoding a prompt in two parts changes the logits in their last digits, so a greedy
-    /// answer can differ from the one without the cached prefix.
+    /// prompt after the prefix they share (llama.cpp server's `cache_prompt`). Default: on.
+    /// Only a prefix whose keys and values are bit for bit what decoding the new prompt would
+    /// compute is reused (aligned to 16 tokens, never tokens generated one by one), so the
+    /// cache changes no answer.
     pub cache_prompt: bool,
     /// Convert chat models' weights to this type when they load, once, keeping the result on
     /// disk (see the `convert` module); `None` serves the file's own weights.
@@ -86,7 +87,7 @@ impl LocalConfig {
             slots: 4,
             context_size: 4096,
             threads: None,
-            cache_prompt: false,
+            cache_prompt: true,
             weights: Some(WeightType::Q8_0),
         }
     }
