@@ -6,9 +6,9 @@
 //! alone, so one long generation does not hold up the others, and generation never runs on
 //! the async workers. Requests beyond the slots wait in a queue. With `cache_prompt` (the
 //! default) a slot keeps its KV cache, and a request reuses the part of it that is bit for
-//! bit what it would compute itself (see `reusable`). The scheduler sends each piece of text through a channel as it is produced; when
-//! the client goes away the receiver is dropped, and the scheduler drops that sequence at its
-//! next step.
+//! bit what it would compute itself (see `reusable`). The scheduler sends each piece of text
+//! through a channel as it is produced; when the client goes away the receiver is dropped,
+//! and the scheduler drops that sequence at its next step.
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -613,6 +613,7 @@ fn scheduler(
         }
     }
 }
+
 /// The scheduler's context: `n_ctx` tokens and one KV stream per slot, batches of up to
 /// [`CHUNK`] tokens (or one per slot, if more) decoded as one micro-batch.
 fn context_params(slots: usize, n_ctx: u32, threads: usize) -> LlamaContextParams {
@@ -721,8 +722,9 @@ fn prepare(model: &LlamaModel, n_ctx: u32, job: &Job) -> Option<Vec<LlamaToken>>
     Some(prompt)
 }
 
-/// Puts a checked job into `slot`: keeps the [`reusable`] part of its cache, drops the rest, and tells the client it was accepted. `Err`: the job was answered or its
-/// client is gone; the slot goes back.
+/// Puts a checked job into `slot`: keeps the [`reusable`] part of its cache, drops the rest,
+/// and tells the client it was accepted. `Err`: the job was answered or its client is gone;
+/// the slot goes back.
 #[allow(clippy::too_many_arguments)]
 fn admit(
     ctx: &mut LlamaContext<'_>,

@@ -795,11 +795,16 @@ async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .filter(|((_, name), _, _)| recorders.contains(name))
         .map(|(_, m, _)| m.ok)
         .sum();
+    let answered = sent + warm_ups;
     println!();
     println!(
-        "recorded: {count} inferences in the stores of {} answered by the two recording gateways ({sent} measured, {warm_ups} warm-up; SIGTERM drained the queues)",
-        sent + warm_ups
+        "recorded: {count} inferences in the stores of {answered} answered by the two recording gateways ({sent} measured, {warm_ups} warm-up; SIGTERM drained the queues)"
     );
+    if count < answered {
+        // The recorder drops records only when its queue is full: at this rate it must not.
+        eprintln!("error: {} answers were not recorded", answered - count);
+        failed = true;
+    }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 

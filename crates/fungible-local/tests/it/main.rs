@@ -47,6 +47,17 @@ fn alone() -> &'static LocalEngine {
     one_slot_engine(true)
 }
 
+/// A one-slot engine of the test's own, with the prompt cache: what its cache holds depends
+/// only on the test's own requests.
+fn own_cached_engine() -> LocalEngine {
+    let mut config = LocalConfig::discover(&models_dir());
+    config.embedding_models.clear();
+    config.slots = 1;
+    config.context_size = 1024;
+    config.cache_prompt = true;
+    LocalEngine::new(&config)
+}
+
 /// A one-slot engine with or without prompt caching (see [`alone`]).
 fn one_slot_engine(cache_prompt: bool) -> &'static LocalEngine {
     static CACHED: OnceLock<LocalEngine> = OnceLock::new();
@@ -347,9 +358,13 @@ const SYSTEM: &str = "You are a friendly assistant for a small bakery in Lyon. A
                       politely, and never invent prices.";
 
 fn bakery(question: &str, temperature: f64) -> ChatRequest {
+    bakery_with(SYSTEM, question, temperature)
+}
+
+fn bakery_with(system: &str, question: &str, temperature: f64) -> ChatRequest {
     let mut req = ChatRequest {
         model: format!("local/{CHAT}"),
-        messages: vec![Message::text(Role::System, SYSTEM), Message::text(Role::User, question)],
+        messages: vec![Message::text(Role::System, system), Message::text(Role::User, question)],
         ..ChatRequest::default()
     };
     req.params.temperature = Some(temperature);
@@ -368,7 +383,7 @@ async fn a_cached_prompt_prefix_is_reused_and_changes_no_output() {
 
         // Another question with the same system prompt warms the slot; this one then reuses
         // the shared prefix (the system turn at least) and decodes only the rest.
-        let cached = one_slot_engine(true);
+        let cached = own_cached_engine();
         cached.chat(&bakery("What time do you open?", temperature), CHAT).await.unwrap();
         let warm = cached.chat(&question, CHAT).await.unwrap();
         assert!(warm.usage.cache_read_tokens > 20, "{:?}", warm.usage);
@@ -391,6 +406,26 @@ async fn a_cached_prompt_prefix_is_reused_and_changes_no_output() {
             }
         }
         assert_eq!(usage, Some(again.usage));
+    }
+}
+
+/// A system prompt of ~190 tokens: past 64 tokens llama.cpp decodes a batch differently
+/// (tiled flash attention), and reusing a prefix decoded in one long batch changed answers
+/// before prompts were decoded in fixed chunks.
+#[tokio::test]
+async fn a_long_cached_system_prompt_changes_no_output() {
+    let menu = format!(
+        "{SYSTEM} Today's menu: {}",
+        "croissant, pain au chocolat, baguette, pain de campagne, brioche, eclair, canele, macaron; ".repeat(6)
+    );
+    for temperature in [0.0, 1.0] {
+        let question = bakery_with(&menu, "Which of these has chocolate?", temperature);
+        let cold = one_slot_engine(false).chat(&question, CHAT).await.unwrap();
+        let cached = own_cached_engine();
+        cached.chat(&bakery_with(&menu, "Is the brioche sweet?", temperature), CHAT).await.unwrap();
+        let warm = cached.chat(&question, CHAT).await.unwrap();
+        assert!(warm.usage.cache_read_tokens >= 128, "{:?}", warm.usage);
+        assert_eq!(warm.message.content, cold.message.content, "temperature {temperature}");
     }
 }
 
