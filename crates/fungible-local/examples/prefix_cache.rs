@@ -1,8 +1,10 @@
 //! When is a cached prompt prefix exact? Decodes one prompt whole, then again in two parts
 //! (a prefix, then the rest, as a prompt cache would), and compares the last token's logits
-//! bit for bit, for every split point. Also times a cold prompt, for the TTFT target.
+//! bit for bit, for every split point; then reuses a prefix left by earlier prompts of every
+//! length; then times prompts decoded in chunks of several sizes (what `chat.rs`'s fixed
+//! prompt chunks cost).
 //!
-//!     cargo run --release --example prefix_cache -- models/SmolLM2-135M-Instruct.q8_0.gguf
+//!     cargo run --release --example prefix_cache -- models/SmolLM2-135M-Instruct.Q4_1.q8_0.gguf
 
 use std::num::NonZeroU32;
 use std::time::Instant;
@@ -35,7 +37,7 @@ fn decode(ctx: &mut LlamaContext<'_>, tokens: &[LlamaToken], from: usize, chunk:
 }
 
 fn main() -> Result<(), Error> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "models/SmolLM2-135M-Instruct.q8_0.gguf".into());
+    let path = std::env::args().nth(1).unwrap_or_else(|| "models/SmolLM2-135M-Instruct.Q4_1.q8_0.gguf".into());
     let mut backend = LlamaBackend::init()?;
     backend.void_logs();
     let model = LlamaModel::load_from_file(&backend, &path, &LlamaModelParams::default())?;
@@ -106,7 +108,16 @@ fn main() -> Result<(), Error> {
             bad.push((total, max));
         }
     }
-    println!("n = {n}, reuse = {reuse}: earlier prompt lengths whose cut-back cache differs: {bad:?}");
+    let lengths: Vec<usize> = bad.iter().map(|(total, _)| *total).collect();
+    let worst = bad.iter().map(|(_, max)| *max).fold(0.0f32, f32::max);
+    println!(
+        "{n}-token prompt reusing {reuse}: the earlier prompt's length changes the logits for {} of {} lengths \
+         (from {:?} to {:?}; max |diff| {worst})",
+        lengths.len(),
+        n + 120 - reuse - 1,
+        lengths.first(),
+        lengths.last()
+    );
 
     // Chunked whole prompts: does decoding in fixed chunks equal itself with a cached prefix?
     for chunk in [4usize, 8, 16, 32] {

@@ -56,8 +56,8 @@ pub struct LocalConfig {
     /// Keep each slot's KV cache after a request and decode only the part of the next
     /// prompt after the prefix they share (llama.cpp server's `cache_prompt`). Default: on.
     /// Only a prefix whose keys and values are bit for bit what decoding the new prompt would
-    /// compute is reused (aligned to 16 tokens, never tokens generated one by one), so the
-    /// cache changes no answer.
+    /// compute is reused (up to a prompt chunk boundary: every 16 tokens at the start,
+    /// coarser further on; never tokens generated one by one), so the cache changes no answer.
     pub cache_prompt: bool,
     /// Convert chat models' weights to this type when they load, once, keeping the result on
     /// disk (see the `convert` module); `None` serves the file's own weights.
