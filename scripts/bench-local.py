@@ -139,14 +139,16 @@ def measure(engine, reps, concurrent=True):
         size = f"{min(lens)}-{max(lens)}-token prompts" if lens[0] else "~30-token prompts"
         extra = f", {statistics.median(cached):.0f} tokens from the cache (median)" if cached[0] is not None else ""
         print(f"TTFT {label}, {size}: {summary(ttfts)} over {reps}{extra}")
-    times, fresh = [], []
+    times, counts = [], []
     for i in range(3):
         ttft, _, _, p, c = engine.stream(long_messages(i), 1)
         times.append(ttft)
-        # The template's default system prompt can come from the cache: count only the rest.
-        fresh.append((p or engine.prompt_tokens(long_messages(0))) - (c or 0))
-    print(f"prompt processing: {fresh[-1]} tokens decoded, median TTFT {statistics.median(times) * 1000:.0f} ms = "
-          f"{statistics.median(fresh) / statistics.median(times):.0f} tok/s")
+        counts.append((p, c or 0))
+    total = counts[0][0] or engine.prompt_tokens(long_messages(0))
+    # The template's default system prompt can come from the cache: count only the rest.
+    fresh = statistics.median(total - c for _, c in counts)
+    print(f"prompt processing: {fresh:.0f} tokens decoded, median TTFT {statistics.median(times) * 1000:.0f} ms = "
+          f"{fresh / statistics.median(times):.0f} tok/s")
     rates, one_time = [], None
     for _ in range(3):
         ttft, total, n, _, _ = engine.stream(GEN, 256)

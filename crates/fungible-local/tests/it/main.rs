@@ -391,8 +391,9 @@ async fn a_cached_prompt_prefix_is_reused_and_changes_no_output() {
         assert_eq!(warm.usage.input_tokens, cold.usage.input_tokens);
         assert_eq!(warm.message.content, cold.message.content, "temperature {temperature}");
 
-        // The same request again: the prompt comes from the cache up to the last multiple of
-        // 16 tokens before its last token (see `reusable` in chat.rs).
+        // The same request again: the prompt (under 64 tokens, where prompt chunks are 16)
+        // comes from the cache up to the last multiple of 16 before its last token (see
+        // `reusable` in chat.rs).
         let again = cached.chat(&question, CHAT).await.unwrap();
         assert_eq!(again.usage.cache_read_tokens, (again.usage.input_tokens - 1) / 16 * 16, "{:?}", again.usage);
         assert_eq!(again.message.content, cold.message.content, "temperature {temperature}");
