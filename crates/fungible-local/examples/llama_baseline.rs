@@ -3,28 +3,16 @@
 //!
 //!     cargo run --release -p fungible-local --example llama_baseline -- models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-use std::num::NonZeroU32;
+mod common;
+
 use std::time::Instant;
 
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
-    let mut backend = LlamaBackend::init()?;
-    backend.void_logs();
-    let model = LlamaModel::load_from_file(&backend, &path, &LlamaModelParams::default())?;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i32;
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(4096))
-        .with_n_batch(512)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads);
-    let mut ctx = model.new_context(&backend, params)?;
+    let (backend, model) = common::load("models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    let mut ctx = model.new_context(&backend, common::context_params())?;
     let vocab = model.vocab();
     let run = |ctx: &mut llama_cpp_2::context::LlamaContext<'_>, text: &str, max: usize| -> Result<(usize, f64, usize, f64), Box<dyn std::error::Error>> {
         ctx.clear_kv_cache();

@@ -6,18 +6,14 @@
 //!
 //!     cargo run --release --example prefix_cache -- models/SmolLM2-135M-Instruct.Q4_1.q8_0.gguf
 
-use std::num::NonZeroU32;
+mod common;
+
 use std::time::Instant;
 
+use common::Error;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
-
-type Error = Box<dyn std::error::Error>;
 
 /// Decodes `tokens[from..]` at their positions in `chunk`-sized batches; returns the last
 /// token's logits.
@@ -37,17 +33,8 @@ fn decode(ctx: &mut LlamaContext<'_>, tokens: &[LlamaToken], from: usize, chunk:
 }
 
 fn main() -> Result<(), Error> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "models/SmolLM2-135M-Instruct.Q4_1.q8_0.gguf".into());
-    let mut backend = LlamaBackend::init()?;
-    backend.void_logs();
-    let model = LlamaModel::load_from_file(&backend, &path, &LlamaModelParams::default())?;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i32;
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(4096))
-        .with_n_batch(512)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads);
-    let mut ctx = model.new_context(&backend, params)?;
+    let (backend, model) = common::load("models/SmolLM2-135M-Instruct.Q4_1.q8_0.gguf")?;
+    let mut ctx = model.new_context(&backend, common::context_params())?;
     let vocab = model.vocab();
     let prompt = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is the capital of France? Answer in one short sentence, please.<|im_end|>\n<|im_start|>assistant\n";
     let tokens = vocab.tokenize(prompt.as_bytes(), false, true);

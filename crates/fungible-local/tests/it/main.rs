@@ -47,15 +47,20 @@ fn alone() -> &'static LocalEngine {
     one_slot_engine(true)
 }
 
-/// A one-slot engine of the test's own, with the prompt cache: what its cache holds depends
-/// only on the test's own requests.
-fn own_cached_engine() -> LocalEngine {
+/// The chat model alone, one slot, with or without prompt caching.
+fn one_slot_config(cache_prompt: bool) -> LocalConfig {
     let mut config = LocalConfig::discover(&models_dir());
     config.embedding_models.clear();
     config.slots = 1;
     config.context_size = 1024;
-    config.cache_prompt = true;
-    LocalEngine::new(&config)
+    config.cache_prompt = cache_prompt;
+    config
+}
+
+/// A one-slot engine of the test's own, with the prompt cache: what its cache holds depends
+/// only on the test's own requests.
+fn own_cached_engine() -> LocalEngine {
+    LocalEngine::new(&one_slot_config(true))
 }
 
 /// A one-slot engine with or without prompt caching (see [`alone`]).
@@ -63,14 +68,7 @@ fn one_slot_engine(cache_prompt: bool) -> &'static LocalEngine {
     static CACHED: OnceLock<LocalEngine> = OnceLock::new();
     static UNCACHED: OnceLock<LocalEngine> = OnceLock::new();
     let cell = if cache_prompt { &CACHED } else { &UNCACHED };
-    cell.get_or_init(|| {
-        let mut config = LocalConfig::discover(&models_dir());
-        config.embedding_models.clear();
-        config.slots = 1;
-        config.context_size = 1024;
-        config.cache_prompt = cache_prompt;
-        LocalEngine::new(&config)
-    })
+    cell.get_or_init(|| LocalEngine::new(&one_slot_config(cache_prompt)))
 }
 
 fn capital_question() -> ChatRequest {
