@@ -16,7 +16,7 @@ use crate::presets::{PRESETS, Preset};
 
 pub use crate::auth_config::{AuthConfig, AuthSection, DEFAULT_ADMIN_KEY_ENV, StateSection};
 pub use fungible_providers::local::LocalConfig;
-use fungible_providers::local::WeightType;
+use fungible_providers::local::{Overrides as LocalOverrides, WeightType};
 
 /// The config file as written. Every field is optional: an empty file (or none) is valid.
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +81,29 @@ pub struct LocalSection {
     /// "q8_0" (default), "q4_0", "f16", or "keep" to serve the file's own. llama.cpp has fast
     /// CPU kernels for prompts and batches on the first three, not on Q4_1 or the K-quants.
     pub weights: Option<String>,
+    /// Cap on generated tokens when a request sets no `max_tokens`. Default: 512.
+    pub max_tokens: Option<u32>,
+    /// `[local.defaults.MODEL]`: what a request that leaves a parameter out gets, instead of
+    /// the model family's recommended value.
+    #[serde(default)]
+    pub defaults: BTreeMap<String, LocalDefaultsSection>,
+}
+
+/// `[local.defaults.MODEL]`; every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalDefaultsSection {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// 0: off.
+    pub top_k: Option<u32>,
+    /// 0: off.
+    pub min_p: Option<f64>,
+    /// 1: off.
+    pub repetition_penalty: Option<f64>,
+    pub max_tokens: Option<u32>,
+    /// End a generation that repeats itself with finish_reason "length". Default: true.
+    pub stop_loops: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -355,6 +378,28 @@ fn local_config(section: LocalSection, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(setting) = section.weights {
         config.weights = WeightType::from_setting(&setting).map_err(|e| invalid("local.weights", e))?;
     }
+    if section.max_tokens == Some(0) {
+        return Err(invalid("local.max_tokens", "must be at least 1"));
+    }
+    config.max_tokens = section.max_tokens;
+    for (name, d) in section.defaults {
+        let at = format!("local.defaults.{name}");
+        if !config.chat_models.contains_key(&name) {
+            let known: Vec<&String> = config.chat_models.keys().collect();
+            return Err(invalid(at, format!("no local chat model is named {name:?} (chat models: {known:?})")));
+        }
+        let overrides = LocalOverrides {
+            temperature: d.temperature,
+            top_p: d.top_p,
+            top_k: d.top_k,
+            min_p: d.min_p,
+            repetition_penalty: d.repetition_penalty,
+            max_tokens: d.max_tokens,
+            stop_loops: d.stop_loops,
+        };
+        overrides.validate().map_err(|e| invalid(&at, e))?;
+        config.defaults.insert(name, overrides);
+    }
     if config.is_empty() {
         tracing::info!(
             "no local models in {}: run scripts/setup-models.sh to serve local/{} offline",
@@ -624,6 +669,23 @@ mod tests {
         let err = with("weights = \"q4_k_m\"\n").unwrap_err().to_string();
         assert!(err.starts_with("local.weights: \"q4_k_m\" is not a weight type"), "{err}");
         assert!(err.contains("q8_0, q4_0, f16, or \"keep\""), "{err}");
+
+        // Defaults for what a request leaves out: per model, checked at start.
+        let defaults = |extra: &str| {
+            let toml = format!("[local]\nmodels_dir = {:?}\n{extra}", dir.display().to_string());
+            resolve(&toml, &[]).map(|cfg| cfg.local.unwrap())
+        };
+        let local = defaults("max_tokens = 256\n[local.defaults.smollm2-135m-instruct]\ntemperature = 0.4\n").unwrap();
+        assert_eq!(local.max_tokens, Some(256));
+        assert_eq!(local.defaults["smollm2-135m-instruct"].temperature, Some(0.4));
+        let err = defaults("[local.defaults.smollm2-135m-instruct]\ntop_p = 2.0\n").unwrap_err().to_string();
+        assert_eq!(err, "local.defaults.smollm2-135m-instruct: top_p must be between 0 and 1, got 2");
+        let err = defaults("[local.defaults.nope]\ntemperature = 0.1\n").unwrap_err().to_string();
+        assert!(err.starts_with("local.defaults.nope: no local chat model is named \"nope\""), "{err}");
+        let err = defaults("max_tokens = 0\n").unwrap_err().to_string();
+        assert!(err.starts_with("local.max_tokens: "), "{err}");
+        let err = defaults("[local.defaults.smollm2-135m-instruct]\ntempreature = 0.1\n").unwrap_err().to_string();
+        assert!(err.contains("tempreature"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -42,12 +42,14 @@ struct ProviderEntry {
 }
 
 /// A model the gateway can serve, for `GET /v1/models`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
     /// What a client puts in `model`.
     pub id: String,
     /// The provider name, or `fungible` for an alias.
     pub owned_by: String,
+    /// A local chat model's defaults for the parameters a request leaves out.
+    pub defaults: Option<local_provider::Defaults>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,13 +219,18 @@ impl Gateway {
             .inner
             .aliases
             .keys()
-            .map(|alias| ModelInfo { id: alias.clone(), owned_by: "fungible".into() })
+            .map(|alias| ModelInfo { id: alias.clone(), owned_by: "fungible".into(), defaults: None })
             .collect();
         let mut names: Vec<&String> = self.inner.providers.keys().collect();
         names.sort();
         for name in names {
-            for model in &self.inner.providers[name].models {
-                out.push(ModelInfo { id: format!("{name}/{model}"), owned_by: name.clone() });
+            let entry = &self.inner.providers[name];
+            for model in &entry.models {
+                let defaults = match &entry.provider {
+                    Provider::Local(local) => local.chat_defaults(model),
+                    _ => None,
+                };
+                out.push(ModelInfo { id: format!("{name}/{model}"), owned_by: name.clone(), defaults });
             }
         }
         out

@@ -30,6 +30,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::OnceCell;
 
 use crate::convert::{self, WeightType};
+use crate::defaults::{Defaults, LoopDetector, PENALTY_WINDOW};
 use crate::gate::Gate;
 use crate::stop::StopMatcher;
 use crate::template::ChatTemplate;
@@ -45,6 +46,8 @@ pub struct ChatSettings {
     pub cache_prompt: bool,
     /// Convert the weights to this type at load (once, kept on disk).
     pub weights: Option<WeightType>,
+    /// What a request leaves out (sampling, the output cap, loop stopping).
+    pub defaults: Defaults,
 }
 
 /// A configured chat model; loaded on first use.
@@ -91,9 +94,11 @@ struct GenParams {
     temperature: f32,
     top_p: f32,
     top_k: i32,
+    min_p: f32,
     seed: u32,
-    max_tokens: Option<u32>,
+    max_tokens: u32,
     stop: Vec<String>,
+    stop_loops: bool,
     repeat_penalty: f32,
     frequency_penalty: f32,
     presence_penalty: f32,
@@ -152,8 +157,13 @@ impl ChatModel {
     }
 
     /// Starts a generation; resolves once the scheduler took it and the prompt fits.
+    /// What a request that sets nothing gets.
+    pub fn defaults(&self) -> Defaults {
+        self.settings.defaults
+    }
+
     async fn start(&self, req: &ChatRequest) -> Result<(Usage, OutputReceiver), ProviderError> {
-        let params = gen_params(req)?;
+        let params = gen_params(req, &self.settings.defaults)?;
         let loaded = self.loaded().await?;
         let prompt = render(&loaded, req)?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -279,20 +289,29 @@ fn render(loaded: &Loaded, req: &ChatRequest) -> Result<String, ProviderError> {
     loaded.template.render(req).map_err(invalid)
 }
 
-fn gen_params(req: &ChatRequest) -> Result<GenParams, ProviderError> {
+/// The request's parameters, each one it leaves out taken from `defaults`.
+fn gen_params(req: &ChatRequest, defaults: &Defaults) -> Result<GenParams, ProviderError> {
     let p = &req.params;
-    let temperature = p.temperature.unwrap_or(1.0);
+    let temperature = p.temperature.unwrap_or(defaults.temperature);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(invalid(format!("temperature must be between 0 and 2, got {temperature}")));
     }
-    let top_p = p.top_p.unwrap_or(1.0);
+    let top_p = p.top_p.unwrap_or(defaults.top_p);
     if !(0.0..=1.0).contains(&top_p) {
         return Err(invalid(format!("top_p must be between 0 and 1, got {top_p}")));
     }
     let number = |name: &str| req.extra_body.get(name).and_then(serde_json::Value::as_f64);
-    let repeat_penalty = number("repetition_penalty").or_else(|| number("repeat_penalty")).unwrap_or(1.0);
+    // Structured output (a JSON schema, tool calls) repeats its syntax by nature: the default
+    // penalty is for free text, and only a client's own applies under a grammar.
+    let structured = !matches!(req.response_format, None | Some(ResponseFormat::Text)) || tools::mode(req) != tools::Mode::Off;
+    let default_penalty = if structured { 1.0 } else { defaults.repetition_penalty };
+    let repeat_penalty = number("repetition_penalty").or_else(|| number("repeat_penalty")).unwrap_or(default_penalty);
     if repeat_penalty <= 0.0 {
         return Err(invalid(format!("repetition_penalty must be greater than 0, got {repeat_penalty}")));
+    }
+    let min_p = number("min_p").unwrap_or(defaults.min_p);
+    if !(0.0..=1.0).contains(&min_p) {
+        return Err(invalid(format!("min_p must be between 0 and 1, got {min_p}")));
     }
     let seed = match p.seed {
         // Any i64 maps onto llama.cpp's u32 seed; equal seeds stay equal.
@@ -326,10 +345,12 @@ fn gen_params(req: &ChatRequest) -> Result<GenParams, ProviderError> {
     Ok(GenParams {
         temperature: temperature as f32,
         top_p: top_p as f32,
-        top_k: p.top_k.map(|k| k.min(i32::MAX as u32) as i32).unwrap_or(0),
+        top_k: p.top_k.unwrap_or(defaults.top_k).min(i32::MAX as u32) as i32,
+        min_p: min_p as f32,
         seed,
-        max_tokens: p.max_tokens,
+        max_tokens: p.max_tokens.unwrap_or(defaults.max_tokens),
         stop: p.stop.clone(),
+        stop_loops: defaults.stop_loops,
         repeat_penalty: repeat_penalty as f32,
         frequency_penalty: p.frequency_penalty.unwrap_or(0.0) as f32,
         presence_penalty: p.presence_penalty.unwrap_or(0.0) as f32,
@@ -462,6 +483,8 @@ struct Sequence {
     logits_at: Option<i32>,
     sampler: LlamaSampler,
     stops: StopMatcher,
+    /// Set when loops stop the generation (`stop_loops`).
+    loops: Option<LoopDetector>,
     generated: u64,
     max_tokens: u64,
     /// When the scheduler took the request, for the time-to-first-token log.
@@ -756,12 +779,13 @@ fn admit(
     }
     slot.prompted = reuse;
     let room = (n_ctx as usize - prompt.len()) as u64;
-    let max_tokens = job.params.max_tokens.map_or(room, |m| u64::from(m).min(room));
+    let max_tokens = u64::from(job.params.max_tokens).min(room);
     let accepted = Output::Accepted { prompt_tokens: prompt.len() as u64, cached_tokens: reuse as u64 };
     if job.out.send(Ok(accepted)).is_err() {
         return Err(slot);
     }
     let stops = StopMatcher::new(&job.params.stop);
+    let loops = job.params.stop_loops.then(LoopDetector::default);
     Ok(Sequence {
         job,
         slot,
@@ -771,6 +795,7 @@ fn admit(
         logits_at: None,
         sampler,
         stops,
+        loops,
         generated: 0,
         max_tokens,
         started,
@@ -819,7 +844,13 @@ fn step(ctx: &LlamaContext<'_>, vocab: &llama_cpp_2::vocab::LlamaVocab<'_>, seq:
         let _ = seq.job.out.send(Ok(Output::Done { reason: FinishReason::Stop, completion_tokens: seq.generated }));
         return true;
     }
-    if seq.generated >= seq.max_tokens {
+    // A generation repeating itself would only fill the context: it ends as if cut by
+    // max_tokens.
+    let looping = seq.loops.as_mut().is_some_and(|loops| loops.push(token.0));
+    if looping {
+        tracing::debug!(slot = seq.slot.id, generated = seq.generated, "stopped a generation that repeats itself");
+    }
+    if seq.generated >= seq.max_tokens || looping {
         return finish(seq, FinishReason::Length);
     }
     seq.last = Some(token);
@@ -836,7 +867,13 @@ fn sampler(model: &LlamaModel, p: &GenParams) -> Result<LlamaSampler, ProviderEr
         chain.push(sampler.map_err(|e| invalid(format!("{}: llama.cpp rejected the grammar: {e}", grammar.field)))?);
     }
     if p.repeat_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
-        chain.push(LlamaSampler::penalties(model.n_vocab(), 64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty));
+        chain.push(LlamaSampler::penalties(
+            model.n_vocab(),
+            PENALTY_WINDOW,
+            p.repeat_penalty,
+            p.frequency_penalty,
+            p.presence_penalty,
+        ));
     }
     if p.temperature <= 0.0 {
         chain.push(LlamaSampler::greedy());
@@ -846,6 +883,9 @@ fn sampler(model: &LlamaModel, p: &GenParams) -> Result<LlamaSampler, ProviderEr
         }
         if p.top_p < 1.0 {
             chain.push(LlamaSampler::top_p(p.top_p, 1));
+        }
+        if p.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(p.min_p, 1));
         }
         chain.push(LlamaSampler::temp(p.temperature));
         chain.push(LlamaSampler::dist(p.seed));
@@ -871,7 +911,40 @@ fn response_id() -> String {
 mod tests {
     use std::path::PathBuf;
 
+    use fungible_types::{Message, Role};
+
     use super::*;
+
+    fn question() -> ChatRequest {
+        ChatRequest { messages: vec![Message::text(Role::User, "What is the capital of France?")], ..ChatRequest::default() }
+    }
+
+    #[test]
+    fn parameters_left_out_take_the_models_defaults_and_the_clients_win() {
+        let defaults = Defaults::recommended("smollm2-135m-instruct");
+        let p = gen_params(&question(), &defaults).unwrap();
+        assert_eq!((p.temperature, p.top_p, p.top_k, p.max_tokens), (0.2, 0.9, 0, 512));
+        assert!((p.repeat_penalty - 1.1).abs() < 1e-6 && p.stop_loops);
+
+        let mut req = question();
+        req.params.temperature = Some(0.0);
+        req.params.top_p = Some(0.5);
+        req.params.top_k = Some(7);
+        req.params.max_tokens = Some(2000);
+        req.extra_body.insert("repetition_penalty".into(), 1.0.into());
+        let p = gen_params(&req, &defaults).unwrap();
+        assert_eq!((p.temperature, p.top_p, p.top_k, p.max_tokens, p.repeat_penalty), (0.0, 0.5, 7, 2000, 1.0));
+    }
+
+    #[test]
+    fn structured_output_gets_no_default_repetition_penalty() {
+        let defaults = Defaults::recommended("smollm2-135m-instruct");
+        let mut req = question();
+        req.response_format = Some(ResponseFormat::JsonObject);
+        assert_eq!(gen_params(&req, &defaults).unwrap().repeat_penalty, 1.0);
+        req.extra_body.insert("repetition_penalty".into(), 1.3.into());
+        assert!((gen_params(&req, &defaults).unwrap().repeat_penalty - 1.3).abs() < 1e-6);
+    }
 
     /// Decodes `tokens[from..]` into sequence `seq` the way the scheduler decodes a prompt:
     /// chunk by chunk from `from` ([`chunk_end`]), alone in their batch. Returns the last token's logits.

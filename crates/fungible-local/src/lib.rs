@@ -11,6 +11,7 @@
 
 mod chat;
 mod convert;
+mod defaults;
 mod embed;
 mod gate;
 mod stop;
@@ -26,6 +27,7 @@ use futures::Stream;
 use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError, StreamEvent};
 
 pub use convert::WeightType;
+pub use defaults::{DEFAULT_MAX_TOKENS, Defaults, Overrides};
 pub use embed::Embeddings;
 
 /// The provider name in errors and in `local/MODEL`.
@@ -62,6 +64,12 @@ pub struct LocalConfig {
     /// Convert chat models' weights to this type when they load, once, keeping the result on
     /// disk (see the `convert` module); `None` serves the file's own weights.
     pub weights: Option<WeightType>,
+    /// Cap on generated tokens of every chat model when the client sets none (`[local]
+    /// max_tokens`); `None`: [`DEFAULT_MAX_TOKENS`].
+    pub max_tokens: Option<u32>,
+    /// Per chat model: what replaces its recommended sampling defaults
+    /// (`[local.defaults.MODEL]`, see [`Defaults`]).
+    pub defaults: BTreeMap<String, Overrides>,
 }
 
 impl LocalConfig {
@@ -89,11 +97,26 @@ impl LocalConfig {
             threads: None,
             cache_prompt: true,
             weights: Some(WeightType::Q8_0),
+            max_tokens: None,
+            defaults: BTreeMap::new(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.chat_models.is_empty() && self.embedding_models.is_empty()
+    }
+
+    /// The defaults of chat model `name` served from `file`: its family's recommended ones
+    /// (recognised by its name, else its file name), then `max_tokens`, then its own section.
+    fn chat_defaults(&self, name: &str, file: &Path) -> Defaults {
+        let family = match Defaults::recommended(name) {
+            generic if generic == Defaults::recommended("") => {
+                Defaults::recommended(&file.file_name().map(|f| f.to_string_lossy()).unwrap_or_default())
+            }
+            known => known,
+        };
+        let cap = Overrides { max_tokens: self.max_tokens, ..Overrides::default() };
+        family.with(&cap).with(self.defaults.get(name).unwrap_or(&Overrides::default()))
     }
 }
 
@@ -133,6 +156,7 @@ impl LocalEngine {
                     threads,
                     cache_prompt: config.cache_prompt,
                     weights: config.weights,
+                    defaults: config.chat_defaults(name, path),
                 };
                 (name.clone(), chat::ChatModel::new(name, path.clone(), settings))
             })
@@ -147,6 +171,11 @@ impl LocalEngine {
 
     pub fn chat_models(&self) -> Vec<String> {
         self.inner.chat.keys().cloned().collect()
+    }
+
+    /// What chat model `model` uses for the parameters a request leaves out.
+    pub fn chat_defaults(&self, model: &str) -> Option<Defaults> {
+        self.inner.chat.get(model).map(chat::ChatModel::defaults)
     }
 
     pub fn embedding_models(&self) -> Vec<String> {

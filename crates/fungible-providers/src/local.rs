@@ -7,7 +7,10 @@ use fungible_types::{ChatRequest, ChatResponse, ProviderError};
 
 use crate::{ChatProvider, EventStream};
 
-pub use fungible_local::{DEFAULT_CHAT_FILE, DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, Embeddings, LocalConfig, PROVIDER as NAME, WeightType};
+pub use fungible_local::{
+    DEFAULT_CHAT_FILE, DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, DEFAULT_MAX_TOKENS, Defaults, Embeddings, LocalConfig,
+    Overrides, PROVIDER as NAME, WeightType,
+};
 
 #[derive(Debug, Clone)]
 pub struct LocalProvider {
@@ -24,6 +27,11 @@ impl LocalProvider {
         let mut models = self.engine.chat_models();
         models.extend(self.engine.embedding_models());
         models
+    }
+
+    /// What chat model `model` uses for the parameters a request leaves out.
+    pub fn chat_defaults(&self, model: &str) -> Option<Defaults> {
+        self.engine.chat_defaults(model)
     }
 
     /// Loads every model now (the `[local] preload` setting).

@@ -200,6 +200,9 @@ async fn models(State(state): State<AppState>) -> Response {
         object: &'static str,
         created: u64,
         owned_by: String,
+        /// A local model's values for the parameters a request leaves out.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        defaults: Option<fungible_providers::local::Defaults>,
     }
     // A virtual key sees the models it may use.
     let data = state
@@ -207,7 +210,7 @@ async fn models(State(state): State<AppState>) -> Response {
         .models()
         .into_iter()
         .filter(|m| auth::current_key_allows(&m.id))
-        .map(|m| Model { id: m.id, object: "model", created: 0, owned_by: m.owned_by })
+        .map(|m| Model { id: m.id, object: "model", created: 0, owned_by: m.owned_by, defaults: m.defaults })
         .collect();
     json_response(StatusCode::OK, serde_json::to_vec(&List { object: "list", data }).unwrap_or_default())
 }

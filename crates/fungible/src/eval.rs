@@ -101,9 +101,10 @@ struct RunArgs {
     /// Stop starting requests once this many USD were spent (answers and judges).
     #[arg(long)]
     max_cost: Option<f64>,
-    /// max_tokens of every request [default: the model's].
-    #[arg(long)]
-    max_tokens: Option<u32>,
+    /// max_tokens of every request: a bound on each answer's length and time (a model that
+    /// loops stops here). Enough for step-by-step math and a function's code.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tokens: u32,
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
     /// The embedding model of the similarity scorer.
@@ -219,7 +220,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     opts.scorers = scorers;
     opts.concurrency = args.concurrency;
     opts.max_cost_usd = args.max_cost;
-    opts.max_tokens = args.max_tokens;
+    opts.max_tokens = Some(args.max_tokens);
     opts.temperature = Some(args.temperature);
     opts.progress = !args.quiet;
     opts.embedding_model = args.embedding_model.clone();

@@ -221,6 +221,77 @@ async fn dropping_the_stream_frees_the_slot() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
 }
 
+/// The README's first request, as a newcomer sends it: no sampling parameters, no max_tokens.
+fn first_request() -> ChatRequest {
+    ChatRequest {
+        model: format!("local/{CHAT}"),
+        messages: vec![Message::text(Role::User, "What is the capital of France?")],
+        ..ChatRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn a_request_with_no_parameters_gets_the_model_card_defaults_and_a_bounded_answer() {
+    let defaults = engine().chat_defaults(CHAT).expect("a chat model");
+    assert_eq!((defaults.temperature, defaults.top_p), (0.2, 0.9));
+    assert_eq!(defaults.max_tokens, fungible_local::DEFAULT_MAX_TOKENS);
+    let res = engine().chat(&first_request(), CHAT).await.unwrap();
+    assert!(res.usage.output_tokens <= u64::from(defaults.max_tokens), "{:?}", res.usage);
+    assert!(!res.message.content.unwrap_or_default().trim().is_empty());
+    // Seeded on one slot, reproducible: the model card's temperature answers the question.
+    let mut seeded = first_request();
+    seeded.params.seed = Some(1);
+    let text = alone().chat(&seeded, CHAT).await.unwrap().message.content.unwrap_or_default();
+    assert!(text.contains("Paris"), "{text}");
+}
+
+#[tokio::test]
+async fn a_generation_that_loops_stops_early_with_length() {
+    // Greedy, with the repetition penalty turned off: this prompt makes the model repeat one
+    // phrase until the context is full, unless the loop is stopped.
+    let mut req = first_request();
+    req.messages = vec![Message::text(Role::User, LOOPING_PROMPT)];
+    req.params.temperature = Some(0.0);
+    req.params.max_tokens = Some(900);
+    req.extra_body.insert("repetition_penalty".into(), 1.0.into());
+    let res = alone().chat(&req, CHAT).await.unwrap();
+    assert_eq!(res.finish_reason, FinishReason::Length);
+    assert!(res.usage.output_tokens < 400, "stopped late: {:?}\n{:?}", res.usage, res.message.content);
+
+    // Without the loop stop (`[local.defaults.MODEL] stop_loops = false`) it runs to max_tokens.
+    let mut config = one_slot_config(true);
+    config.defaults.insert(CHAT.into(), fungible_local::Overrides { stop_loops: Some(false), ..Default::default() });
+    let unstopped = LocalEngine::new(&config).chat(&req, CHAT).await.unwrap();
+    assert_eq!(unstopped.usage.output_tokens, 900, "the prompt no longer loops: {:?}", unstopped.message.content);
+}
+
+const LOOPING_PROMPT: &str = "What is the capital of France?";
+
+#[tokio::test]
+async fn a_client_that_gives_up_on_a_whole_answer_frees_its_slot() {
+    // One slot, and a request that would run to its 4,000-token cap (a loop, not stopped).
+    let mut config = one_slot_config(true);
+    config.context_size = 4096;
+    config.defaults.insert(CHAT.into(), fungible_local::Overrides { stop_loops: Some(false), ..Default::default() });
+    let engine = LocalEngine::new(&config);
+    engine.preload().await.unwrap();
+    let mut long = first_request();
+    long.messages = vec![Message::text(Role::User, LOOPING_PROMPT)];
+    long.params.temperature = Some(0.0);
+    long.params.max_tokens = Some(4000);
+    long.extra_body.insert("repetition_penalty".into(), 1.0.into());
+    // The client's timeout: the non-streamed request is dropped while it generates.
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(500), engine.chat(&long, CHAT)).await;
+    assert!(gave_up.is_err(), "the long answer came back within 500 ms");
+    // The slot is free again at once: a short request is served long before 4,000 tokens
+    // (about a minute at 70 tokens/s) could have been generated.
+    let started = std::time::Instant::now();
+    let mut short = capital_question();
+    short.params.max_tokens = Some(4);
+    engine.chat(&short, CHAT).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn a_prompt_longer_than_the_context_is_an_invalid_request() {
     let mut req = capital_question();

@@ -130,6 +130,26 @@ async fn local_models_are_listed() {
     for id in ["local/smollm2-135m-instruct", "local/all-minilm-l6-v2", "local/broken"] {
         assert!(text.contains(id), "{id} missing: {text}");
     }
+    // A local chat model says what a request that sets nothing gets.
+    let list: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let smol = list["data"].as_array().expect("data").iter().find(|m| m["id"] == "local/smollm2-135m-instruct").expect("listed");
+    let defaults = &smol["defaults"];
+    assert_eq!((defaults["temperature"].as_f64(), defaults["top_p"].as_f64()), (Some(0.2), Some(0.9)), "{smol}");
+    assert_eq!(defaults["max_tokens"], 512, "{smol}");
+    assert_eq!(defaults["stop_loops"], true, "{smol}");
+}
+
+#[tokio::test]
+async fn the_readme_first_request_with_no_parameters_answers_within_the_default_cap() {
+    let request = serde_json::json!({
+        "model": "local/smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]
+    });
+    let res = post("/v1/chat/completions", request).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let body = res.json();
+    assert!(body["usage"]["completion_tokens"].as_u64().is_some_and(|n| (1..=512).contains(&n)), "{body}");
+    assert!(["stop", "length"].contains(&body["choices"][0]["finish_reason"].as_str().unwrap_or_default()), "{body}");
 }
 
 #[tokio::test]
