@@ -174,6 +174,8 @@ struct Shared {
     chaos: Mutex<Option<Chaos>>,
     /// Requests answered so far (numbers them for [`Chaos`]).
     requests: AtomicU64,
+    /// Woken by each request received.
+    arrived: Notify,
     /// Failures [`Chaos`] injected.
     injected: AtomicU64,
 }
@@ -212,6 +214,7 @@ impl MockUpstream {
             disconnected: Notify::new(),
             chaos: Mutex::new(None),
             requests: AtomicU64::new(0),
+            arrived: Notify::new(),
             injected: AtomicU64::new(0),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
@@ -241,6 +244,17 @@ impl MockUpstream {
     /// How many requests the mock received so far (recorded or not).
     pub fn request_count(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    pub async fn wait_for_requests(&self, n: u64) {
+        loop {
+            let notified = self.shared.arrived.notified();
+            if self.request_count() >= n {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Queues a response for the next request (first in, first out).
@@ -331,6 +345,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             body,
         });
     }
+    shared.arrived.notify_waiters();
     build(response, shared).await
 }
 

@@ -45,6 +45,8 @@ pub fn fixtures() -> PathBuf {
 pub struct Harness {
     pub mock: MockUpstream,
     pub app: Router,
+    /// What `app` was built from, for tests that serve it on a socket.
+    pub state: AppState,
 }
 
 impl Harness {
@@ -67,8 +69,9 @@ impl Harness {
         let env = move |k: &str| (k == key_var).then(|| key.clone());
         let config = GatewayConfig::resolve(file, &env).expect("test config is valid");
         let gateway = Gateway::new(&config).expect("gateway builds");
-        let app = app(AppState::new(gateway, config.max_body_bytes));
-        Harness { mock, app }
+        let state = AppState::new(gateway, config.max_body_bytes);
+        let app = app(state.clone());
+        Harness { mock, app, state }
     }
 
     pub async fn post(&self, path: &str, body: impl Into<Body>) -> TestResponse {

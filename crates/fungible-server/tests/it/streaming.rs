@@ -63,6 +63,38 @@ async fn client_disconnect_cancels_upstream(p: ProviderCase) {
         .expect("dropping the client stream must close the upstream connection");
 }
 
+/// A client that gives up on a non-streamed request (its timeout, a closed connection) cancels
+/// the upstream call at once, as a dropped stream does: over a real socket, since it is hyper
+/// that notices the closed connection and drops the handler.
+#[tokio::test]
+async fn a_client_leaving_a_non_streamed_request_cancels_the_upstream_request() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::new(OPENAI).await;
+    h.mock.push(MockResponse::json(200, "").with_body(MockBody::Hang));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(fungible_server::serve_on(h.state.clone(), listener, async move {
+        let _ = stopped.await;
+    }));
+    let body = Harness::inbound(OPENAI, "plain");
+    let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.expect("write");
+    client.write_all(body.as_bytes()).await.expect("write");
+    tokio::time::timeout(Duration::from_secs(30), h.mock.wait_for_requests(1)).await.expect("the request went upstream");
+    assert_eq!(h.mock.disconnects(), 0, "upstream still waiting");
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(30), h.mock.wait_for_disconnects(1))
+        .await
+        .expect("closing the client connection must cancel the upstream request");
+    let _ = stop.send(());
+    server.await.expect("server task").expect("server ends cleanly");
+}
+
 macro_rules! streaming {
     ($($provider:ident => $case:expr),* $(,)?) => {
         $(

@@ -154,7 +154,8 @@ impl Traced {
         Traced {
             h: Harness {
                 mock: a,
-                app: app(state),
+                app: app(state.clone()),
+                state,
             },
             b,
             telemetry,
