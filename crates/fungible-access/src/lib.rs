@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use fungible_store::{KeyRecord, Store, StoreError};
 
-pub use fungible_store::{BudgetPeriod, KeyBudget};
+pub use fungible_store::{BudgetPeriod, KeyBudget, Scope};
 pub use limits::{Denial, Limits};
 
 #[derive(Debug, thiserror::Error)]

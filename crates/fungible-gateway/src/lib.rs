@@ -21,7 +21,7 @@ use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError};
 
 pub use config::{ConfigError, ConfigFile, GatewayConfig, Target};
 pub use routing::{
-    Attempt, AttemptOutcome, LateAttempts, PriceLookup, RouteError, RouteHints, RouteInfo, Routed, TargetStatus,
+    Attempt, AttemptOutcome, LateAttempts, Leg, PriceLookup, RouteError, RouteHints, RouteInfo, Routed, TargetStatus,
 };
 
 /// Why the gateway could not answer.

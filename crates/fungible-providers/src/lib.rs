@@ -7,7 +7,7 @@
 //! `match` handles it.
 
 pub mod anthropic;
-mod body;
+pub mod body;
 pub mod capture;
 mod estimate;
 pub mod gemini;

@@ -1,7 +1,8 @@
 //! The admin API: virtual keys. `POST /admin/keys` creates one (its text is in that answer
 //! and nowhere else, ever), `GET /admin/keys` lists them, `GET /admin/keys/{id}` shows one
 //! with its spend in the current budget period, `PATCH /admin/keys/{id}` changes its
-//! settings (`null` clears one) and `DELETE /admin/keys/{id}` revokes it.
+//! settings (`null` clears one) and `DELETE /admin/keys/{id}` revokes it. A key's `scopes`
+//! say what it may do (default `["inference", "read:own"]`; see `fungible_store::Scope`).
 //!
 //! `auth::layer` lets only the admin key in. Errors are in OpenAI's shape.
 
@@ -10,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use fungible_access::{Access, BudgetPeriod, KeyBudget};
-use fungible_store::KeyRecord;
+use fungible_store::{KeyRecord, Scope};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -37,6 +38,9 @@ struct KeySettings {
     expires_ms: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
     tags: Option<Option<Vec<String>>>,
+    /// `inference`, `read:own`, `read:all`; `null`: the defaults.
+    #[serde(default, deserialize_with = "present")]
+    scopes: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
     metadata: Option<Option<Map<String, Value>>>,
 }
@@ -132,6 +136,25 @@ fn apply(key: &mut KeyRecord, settings: KeySettings) -> Result<(), ApiError> {
     if let Some(tags) = settings.tags {
         key.tags = tags.unwrap_or_default();
     }
+    if let Some(scopes) = settings.scopes {
+        key.scopes = match scopes {
+            None => Scope::DEFAULT.to_vec(),
+            Some(names) => {
+                let mut scopes = Vec::with_capacity(names.len());
+                for name in &names {
+                    let scope = Scope::parse(name).ok_or_else(|| {
+                        let known: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+                        bad("scopes", &format!("unknown scope {name:?}; scopes are {}", known.join(", ")))
+                    })?;
+                    if !scopes.contains(&scope) {
+                        scopes.push(scope);
+                    }
+                }
+                scopes.sort();
+                scopes
+            }
+        };
+    }
     if let Some(metadata) = settings.metadata {
         key.metadata = metadata.unwrap_or_default();
     }
@@ -172,6 +195,7 @@ pub async fn create(State(state): State<AppState>, body: Body) -> Result<Respons
         budget: None,
         expires_ms: None,
         tags: Vec::new(),
+        scopes: Scope::DEFAULT.to_vec(),
         metadata: Map::new(),
         created_ms: fungible_access::now_ms(),
         revoked_ms: None,

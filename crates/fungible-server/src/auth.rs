@@ -172,6 +172,10 @@ pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
     }
 }
 
+pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError { status: StatusCode::FORBIDDEN, kind: "permission_error", ..ApiError::invalid_request(None, message) }
+}
+
 fn unavailable(message: impl Into<String>) -> ApiError {
     ApiError {
         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -235,11 +239,23 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
     match access.authenticate(&presented).await {
         Ok(Ok(key)) => {
             drop(presented);
-            request.extensions_mut().insert(Principal {
+            let principal = Principal {
                 key_id: key.id.clone(),
                 key_name: key.name.clone(),
                 tags: key.tags.clone(),
-            });
+                scopes: key.scopes.clone(),
+            };
+            let needed = crate::principal::needs(request.uri().path());
+            if !needed.iter().any(|scope| principal.has(*scope)) {
+                let names: Vec<&str> = needed.iter().map(|s| s.as_str()).collect();
+                return forbidden(format!(
+                    "this API key may not use {}: it needs the {} scope",
+                    request.uri().path(),
+                    names.join(" or ")
+                ))
+                .into_response_for(format);
+            }
+            request.extensions_mut().insert(principal);
             KEY.scope(key, next.run(request)).await
         }
         Ok(Err(failure)) => unauthorized(failure.to_string()).into_response_for(format),
@@ -383,6 +399,10 @@ impl Drop for SettledStream {
 
 /// Admits a chat for the current request's key (see the module docs); no key (auth off,
 /// or the admin key): always admitted.
+///
+/// Every target the request can reach is judged, not only the first: its route's targets and
+/// its per-request fallbacks (`models` / `fallbacks`), any of which may answer. Each must be
+/// allowed for the key, and the budget reserves what the dearest of them would cost.
 pub async fn admit(state: &AppState, req: &ChatRequest) -> Result<Ticket, GatewayError> {
     let Ok(key) = KEY.try_with(Arc::clone) else {
         return Ok(Ticket::none());
@@ -390,27 +410,33 @@ pub async fn admit(state: &AppState, req: &ChatRequest) -> Result<Ticket, Gatewa
     let Some(access) = state.auth.access.clone() else {
         return Ok(Ticket::none());
     };
-    let target = allowed_target(state, &key, &req.model)?;
+    let targets = allowed_targets(state, &key, req)?;
     let prices = Arc::clone(&state.recording.prices);
-    let estimate = match (&key.budget, &target) {
-        (Some(_), Some(target)) => match price_of(&prices, target) {
-            Some(None) => 0.0,
-            Some(Some(price)) => price.cost(&estimate_usage(req, state.auth.default_output_tokens)),
-            None => {
-                return Err(refusal(
-                    ErrorKind::PermissionDenied,
-                    format!(
-                        "model {target} has no known price, and this API key has a budget: add [prices.\"{target}\"] to the config"
-                    ),
-                    None,
-                ));
+    let estimate = match &key.budget {
+        Some(_) => {
+            let usage = estimate_usage(req, state.auth.default_output_tokens);
+            let mut dearest: f64 = 0.0;
+            for target in &targets {
+                match price_of(&prices, target) {
+                    Some(None) => {}
+                    Some(Some(price)) => dearest = dearest.max(price.cost(&usage)),
+                    None => {
+                        return Err(refusal(
+                            ErrorKind::PermissionDenied,
+                            format!(
+                                "model {target} has no known price, and this API key has a budget: add [prices.\"{target}\"] to the config"
+                            ),
+                            None,
+                        ));
+                    }
+                }
             }
-        },
-        // No budget; or an unknown model, which fails in the gateway before any cost.
-        _ => 0.0,
+            dearest
+        }
+        None => 0.0,
     };
     // Rate limits and the budget reservation in one atomic step (one Redis round trip).
-    let reservation = if key.budget.is_some() && target.is_some() {
+    let reservation = if key.budget.is_some() && !targets.is_empty() {
         match access.admit(&key, estimate).await.map_err(state_error)? {
             Ok(reservation) => reservation,
             Err(d) => return Err(denial(&d)),
@@ -431,22 +457,55 @@ pub async fn admit(state: &AppState, req: &ChatRequest) -> Result<Ticket, Gatewa
     })
 }
 
-/// The target `model` resolves to (`None`: unknown, the gateway will say so), if the key
-/// may use it: an alias is allowed by its own name or by the target it resolves to.
-fn allowed_target(state: &AppState, key: &KeyRecord, model: &str) -> Result<Option<Target>, GatewayError> {
-    let target = state.gateway.resolve(model).ok().map(|(_, target)| target);
-    let allowed = fungible_access::model_allowed(&key.models, model)
-        || target
-            .as_ref()
-            .is_some_and(|t| fungible_access::model_allowed(&key.models, &t.to_string()));
-    if !allowed {
-        return Err(refusal(
-            ErrorKind::PermissionDenied,
-            format!("this API key may not use model {model:?}"),
-            None,
-        ));
+/// Every target `req` can reach, if the key may use each: a leg (the model, or a per-request
+/// fallback) is allowed by its own name (an alias grants its whole route), or else by each of
+/// its targets. An unknown model reaches nothing here; the gateway says so.
+fn allowed_targets(state: &AppState, key: &KeyRecord, req: &ChatRequest) -> Result<Vec<Target>, GatewayError> {
+    let legs = match state.gateway.reachable(req) {
+        Ok(legs) => legs,
+        // Not served here: a name the key may not use is still refused as such; the gateway
+        // answers the rest (404).
+        Err(GatewayError::UnknownModel(_)) if fungible_access::model_allowed(&key.models, &req.model) => {
+            return Ok(Vec::new());
+        }
+        Err(GatewayError::UnknownModel(_)) => {
+            return Err(refusal(
+                ErrorKind::PermissionDenied,
+                format!("this API key may not use model {:?}", req.model),
+                None,
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut out: Vec<Target> = Vec::new();
+    for leg in legs {
+        if !fungible_access::model_allowed(&key.models, &leg.name) {
+            if let Some(forbidden) =
+                leg.targets.iter().find(|t| !fungible_access::model_allowed(&key.models, &t.to_string()))
+            {
+                let via = if leg.name == forbidden.to_string() { String::new() } else { format!(" (through {:?})", leg.name) };
+                return Err(refusal(
+                    ErrorKind::PermissionDenied,
+                    format!("this API key may not use model {:?}{via}", forbidden.to_string()),
+                    None,
+                ));
+            }
+        }
+        for target in leg.targets {
+            if !out.contains(&target) {
+                out.push(target);
+            }
+        }
     }
-    Ok(target)
+    Ok(out)
+}
+
+/// The target `model` resolves to (`None`: unknown, the gateway will say so), if the key
+/// may use it: an alias is allowed by its own name, or by every target of its route.
+fn allowed_target(state: &AppState, key: &KeyRecord, model: &str) -> Result<Option<Target>, GatewayError> {
+    let probe = ChatRequest { model: model.to_owned(), ..ChatRequest::default() };
+    let targets = allowed_targets(state, key, &probe)?;
+    Ok(targets.into_iter().next())
 }
 
 /// Whether the current request's key may use `model` (no key: yes). For listings: an
@@ -456,9 +515,10 @@ pub(crate) fn current_key_allows(model: &str) -> bool {
         .unwrap_or(true)
 }
 
-/// Admits an embeddings request for the current request's key: its model allowance and
-/// RPM. Embeddings are not priced yet, so TPM and budgets do not count them.
-pub async fn admit_embeddings(state: &AppState, model: &str) -> Result<(), GatewayError> {
+/// Admits a call that spends a provider key but is not priced (embeddings, token counts) for
+/// the current request's key: the model allowance (every target of an alias) and RPM. Such
+/// calls are not priced yet, so TPM and budgets do not count them.
+pub async fn admit_unpriced(state: &AppState, model: &str) -> Result<(), GatewayError> {
     let Ok(key) = KEY.try_with(Arc::clone) else {
         return Ok(());
     };

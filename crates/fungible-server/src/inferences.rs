@@ -1,7 +1,11 @@
 //! Reading recorded inferences back: `POST /v1/feedback`, `GET /v1/inferences`,
 //! `GET /v1/inferences/{id}`, `GET /v1/stats`, and `GET /metrics` (Prometheus).
+//!
+//! A virtual key without `read:all` sees, lists, counts and annotates only the inferences
+//! made with it ([`DataScope`]); another key's inference is a 404, as if it did not exist.
 
 use axum::body::Body;
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +15,13 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::principal::{DataScope, Principal};
+
+type Caller = Option<Extension<Principal>>;
+
+fn scope_of(caller: &Caller) -> DataScope {
+    DataScope::of(caller.as_ref().map(|Extension(p)| p))
+}
 
 fn store(state: &AppState) -> Result<&Store, ApiError> {
     state.store.as_ref().ok_or_else(|| ApiError {
@@ -54,7 +65,8 @@ struct FeedbackBody {
 }
 
 /// `POST /v1/feedback`: `{"inference_id" | "episode_id", "boolean"?, "score"?, "comment"?, "demonstration"?}`.
-pub async fn feedback(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+pub async fn feedback(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Response, ApiError> {
+    let scope = scope_of(&caller);
     let bytes = crate::read_body(body, state.max_body_bytes).await?;
     let body: FeedbackBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_request(None, format!("invalid feedback: {e}")))?;
@@ -85,12 +97,12 @@ pub async fn feedback(State(state): State<AppState>, body: Body) -> Result<Respo
         ));
     }
     let store = store(&state)?;
-    let mut known = store.exists(target, &target_id).await.map_err(internal)?;
+    let mut known = visible(store, &scope, target, &target_id).await?;
     if !known {
         // It may still be in the recorder's queue.
         if let Some(recorder) = &state.recording.recorder {
             recorder.flush().await;
-            known = store.exists(target, &target_id).await.map_err(internal)?;
+            known = visible(store, &scope, target, &target_id).await?;
         }
     }
     if !known {
@@ -116,6 +128,23 @@ pub async fn feedback(State(state): State<AppState>, body: Body) -> Result<Respo
     Ok(json_ok(&json!({"id": feedback.id})))
 }
 
+/// Whether the feedback target exists and `scope` may annotate it: its inference was made
+/// with the caller's key; an episode, only when every inference in it was.
+async fn visible(store: &Store, scope: &DataScope, target: FeedbackTarget, id: &str) -> Result<bool, ApiError> {
+    match (scope, target) {
+        (DataScope::All, _) => store.exists(target, id).await.map_err(internal),
+        (DataScope::Key(_), FeedbackTarget::Inference) => {
+            let record = store.get(id).await.map_err(internal)?;
+            Ok(record.is_some_and(|r| scope.sees(r.key_id.as_deref())))
+        }
+        (DataScope::Key(_), FeedbackTarget::Episode) => {
+            let filter = InferenceFilter { episode_id: Some(id.to_owned()), limit: Some(1000), ..InferenceFilter::default() };
+            let records = store.list(&filter).await.map_err(internal)?;
+            Ok(!records.is_empty() && records.iter().all(|r| scope.sees(r.key_id.as_deref())))
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -135,15 +164,25 @@ pub struct ListQuery {
 /// `GET /v1/inferences`: newest first; `next` is the `before` of the next page.
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
+    let key_id = match scope_of(&caller) {
+        DataScope::All => q.key_id,
+        DataScope::Key(own) => match q.key_id {
+            Some(other) if other != own => {
+                return Err(crate::auth::forbidden("this API key may only read its own inferences (it lacks read:all)"));
+            }
+            _ => Some(own),
+        },
+    };
     let filter = InferenceFilter {
         provider: q.provider,
         model: q.model,
         route: q.route,
         user: q.user,
         episode_id: q.episode_id,
-        key_id: q.key_id,
+        key_id,
         errors: q.errors,
         since_ms: q.since_ms,
         until_ms: q.until_ms,
@@ -163,6 +202,7 @@ pub async fn list(
 /// `GET /v1/inferences/{id}`: the record, its attempts and its feedback.
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let store = store(&state)?;
@@ -173,7 +213,7 @@ pub async fn get(
         recorder.flush().await;
         record = store.get(&id).await.map_err(internal)?;
     }
-    let Some(record) = record else {
+    let Some(record) = record.filter(|r| scope_of(&caller).sees(r.key_id.as_deref())) else {
         return Err(ApiError::not_found(format!(
             "no recorded inference with id {id:?}"
         )));
@@ -195,15 +235,21 @@ pub struct StatsQuery {
 /// `GET /v1/stats?by=model|provider|route|key|user|tag|day|inbound`.
 pub async fn stats(
     State(state): State<AppState>,
+    caller: Caller,
     Query(q): Query<StatsQuery>,
 ) -> Result<Response, ApiError> {
+    let scope = scope_of(&caller);
+    let key_id = match &scope {
+        DataScope::All => None,
+        DataScope::Key(own) => Some(own.as_str()),
+    };
     let by: GroupBy =
         q.by.as_deref()
             .unwrap_or("model")
             .parse()
             .map_err(|e: String| ApiError::invalid_request(Some("by".into()), e))?;
     let rows = store(&state)?
-        .stats(by, q.since_ms, q.until_ms)
+        .stats_of(by, q.since_ms, q.until_ms, key_id)
         .await
         .map_err(internal)?;
     Ok(json_ok(

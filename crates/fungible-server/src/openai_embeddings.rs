@@ -26,7 +26,7 @@ pub async fn embeddings(State(state): State<AppState>, body: Body) -> Response {
 async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
     let bytes = crate::read_body(body, state.max_body_bytes).await?;
     let request = parse(&bytes)?;
-    crate::auth::admit_embeddings(&state, &request.model).await?;
+    crate::auth::admit_unpriced(&state, &request.model).await?;
     let (embeddings, _target) = state.gateway.embed(&request.model, request.inputs).await?;
     let data: Vec<Value> = embeddings
         .vectors

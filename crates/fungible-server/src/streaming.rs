@@ -28,6 +28,12 @@ pub(crate) trait FrameEncoder: Send + 'static {
 
     /// The frames that end a stream that failed after it started.
     fn fail(&mut self, error: &ApiError, out: &mut Vec<Bytes>);
+
+    /// Work that must be done before the closing frames reach the client (storing the
+    /// answer so a follow-up sent at once finds it); awaited after [`FrameEncoder::finish`].
+    fn before_closing(&mut self) -> Option<futures::future::BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 /// A streaming response: `upstream` rendered by `encoder`, sent as `content_type`.
@@ -44,7 +50,11 @@ pub(crate) fn response<E: FrameEncoder>(upstream: EventStream, encoder: E, conte
                 Some(Err(error)) => Err(ApiError::from_provider(&error)),
                 None => {
                     ended = true;
-                    encoder.finish(&mut out)
+                    let finished = encoder.finish(&mut out);
+                    if let Some(work) = encoder.before_closing() {
+                        work.await;
+                    }
+                    finished
                 }
             };
             if let Err(error) = step {

@@ -43,6 +43,41 @@ impl BudgetPeriod {
     }
 }
 
+/// What a virtual key may do besides nothing. The names are stored and shown: they never
+/// change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// Call models: chat, responses, messages, embeddings, token counts, the model list.
+    #[serde(rename = "inference")]
+    Inference,
+    /// Read its own inferences and stats, and give feedback on its own inferences.
+    #[serde(rename = "read:own")]
+    ReadOwn,
+    /// Read every key's inferences and stats, `/metrics` and `/v1/routes`; give feedback on
+    /// any inference.
+    #[serde(rename = "read:all")]
+    ReadAll,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Inference, Scope::ReadOwn, Scope::ReadAll];
+    /// What a key gets when it is created without `scopes` (and what keys created before
+    /// scopes existed have).
+    pub const DEFAULT: [Scope; 2] = [Scope::Inference, Scope::ReadOwn];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Inference => "inference",
+            Scope::ReadOwn => "read:own",
+            Scope::ReadAll => "read:all",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
 /// A spend limit in USD per period.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,13 +106,15 @@ pub struct KeyRecord {
     /// Unix milliseconds after which the key is refused.
     pub expires_ms: Option<i64>,
     pub tags: Vec<String>,
+    /// What the key may do (see [`Scope`]).
+    pub scopes: Vec<Scope>,
     pub metadata: Map<String, Value>,
     pub created_ms: i64,
     /// When the key was revoked; a revoked key is refused.
     pub revoked_ms: Option<i64>,
 }
 
-const KEY_COLUMNS: &str = "id, hash, prefix, name, models, rpm, tpm, budget_usd, budget_period, expires_ms, tags, metadata, created_ms, revoked_ms";
+const KEY_COLUMNS: &str = "id, hash, prefix, name, models, rpm, tpm, budget_usd, budget_period, expires_ms, tags, metadata, created_ms, revoked_ms, scopes";
 
 fn json_text<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
@@ -122,6 +159,15 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         },
         created_ms: row.try_get("created_ms")?,
         revoked_ms: row.try_get("revoked_ms")?,
+        // NULL: a key from before scopes, with the default ones. An unknown name (from a
+        // newer version) grants nothing.
+        scopes: match row.try_get::<Option<String>, _>("scopes")? {
+            None => Scope::DEFAULT.to_vec(),
+            Some(text) => {
+                let names: Value = serde_json::from_str(&text).map_err(|source| StoreError::Json { field: "scopes", source })?;
+                strings(names).iter().filter_map(|s| Scope::parse(s)).collect()
+            }
+        },
     })
 }
 
@@ -129,7 +175,7 @@ impl Store {
     /// Stores a new key.
     pub async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         let sql = format!(
-            "INSERT INTO virtual_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            "INSERT INTO virtual_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
         // Nullable floats: prepared per execution on PostgreSQL (see `cache_statements`).
         sqlx::query(&sql)
@@ -148,6 +194,7 @@ impl Store {
             .bind(json_text(&key.metadata))
             .bind(key.created_ms)
             .bind(key.revoked_ms)
+            .bind(json_text(&key.scopes))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -157,7 +204,7 @@ impl Store {
     /// creation time); `false` when there is no such key.
     pub async fn update_key(&self, key: &KeyRecord) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE virtual_keys SET name = $1, models = $2, rpm = $3, tpm = $4, budget_usd = $5, budget_period = $6, expires_ms = $7, tags = $8, metadata = $9, revoked_ms = $10 WHERE id = $11",
+            "UPDATE virtual_keys SET name = $1, models = $2, rpm = $3, tpm = $4, budget_usd = $5, budget_period = $6, expires_ms = $7, tags = $8, metadata = $9, revoked_ms = $10, scopes = $11 WHERE id = $12",
         )
         .persistent(self.backend == Backend::Sqlite)
         .bind(&key.name)
@@ -170,6 +217,7 @@ impl Store {
         .bind(json_text(&key.tags))
         .bind(json_text(&key.metadata))
         .bind(key.revoked_ms)
+        .bind(json_text(&key.scopes))
         .bind(&key.id)
         .execute(&self.pool)
         .await?;
@@ -274,6 +322,7 @@ mod tests {
             }),
             expires_ms: Some(123),
             tags: vec!["team=a".into()],
+            scopes: vec![Scope::Inference, Scope::ReadAll],
             metadata: serde_json::json!({"owner": "x"})
                 .as_object()
                 .cloned()

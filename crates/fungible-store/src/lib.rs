@@ -25,7 +25,7 @@ mod store;
 pub mod testing;
 
 pub use config::{StoreConfig, StoreConfigError};
-pub use keys::{BudgetPeriod, KeyBudget, KeyRecord};
+pub use keys::{BudgetPeriod, KeyBudget, KeyRecord, Scope};
 pub use prices::{PRICES_AS_OF, Price, PriceTable};
 pub use record::{
     AttemptRecord, Bodies, Feedback, FeedbackTarget, InferenceRecord, RawExchange, new_id,

@@ -147,4 +147,6 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
         )",
         ],
     ),
+    // Virtual key scopes (JSON array of names; NULL: the default ones).
+    (6, &["ALTER TABLE virtual_keys ADD COLUMN scopes TEXT"]),
 ];

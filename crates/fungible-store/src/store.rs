@@ -531,6 +531,18 @@ impl Store {
         since_ms: Option<i64>,
         until_ms: Option<i64>,
     ) -> Result<Vec<StatsRow>, StoreError> {
+        self.stats_of(group, since_ms, until_ms, None).await
+    }
+
+    /// [`Store::stats`] over the inferences of one virtual key (`Some(key_id)`) only: read
+    /// from the rows (the roll-ups are per dimension, not per key and dimension).
+    pub async fn stats_of(
+        &self,
+        group: GroupBy,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        key_id: Option<&str>,
+    ) -> Result<Vec<StatsRow>, StoreError> {
         let key = match group {
             GroupBy::Model => "provider || '/' || model",
             GroupBy::Provider => "provider",
@@ -550,6 +562,7 @@ impl Store {
         // edges off the day, what is newer than the watermark, tags) from the rows.
         let day = crate::rollups::DAY_MS;
         let rolled = match crate::rollups::dimension(group) {
+            _ if key_id.is_some() => None,
             None => None,
             Some(_) => {
                 let watermark = self.rollup_watermark().await?;
@@ -581,7 +594,7 @@ impl Store {
             {
                 continue;
             }
-            for r in self.raw_stats(key, join, since_ms, until_ms, exact).await? {
+            for r in self.raw_stats(key, join, since_ms, until_ms, key_id, exact).await? {
                 let k = crate::rollups::group_key(group, &r)?;
                 if exact {
                     // Same layout without the bucket: the percentiles in columns 9 and 10.
@@ -639,6 +652,7 @@ impl Store {
         join: &str,
         since_ms: Option<i64>,
         until_ms: Option<i64>,
+        key_id: Option<&str>,
         exact: bool,
     ) -> Result<Vec<AnyRow>, StoreError> {
         let sums = "COUNT(*), CAST(SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), SUM(cost), CAST(SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END) AS BIGINT), CAST(SUM(cache_hit) AS BIGINT)";
@@ -651,6 +665,9 @@ impl Store {
                 binds.push(ms);
                 range.push(format!("time_ms {op} ${}", binds.len()));
             }
+        }
+        if key_id.is_some() {
+            range.push(format!("key_id = ${}", binds.len() + 1));
         }
         let filter = if range.is_empty() {
             String::new()
@@ -670,6 +687,9 @@ impl Store {
         let mut query = sqlx::query(&sql);
         for ms in binds {
             query = query.bind(ms);
+        }
+        if let Some(key_id) = key_id {
+            query = query.bind(key_id);
         }
         Ok(query.fetch_all(&self.pool).await?)
     }

@@ -174,6 +174,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let access = auth.access.clone();
     state = state.with_auth(auth);
+    // Stored Responses (`previous_response_id`) follow the other shared state: in Redis when
+    // `[state] redis` is set, so every instance continues every conversation.
+    if let Some(url) = &config.auth.redis {
+        state.responses = runtime
+            .block_on(fungible_server::openai_responses::ResponseStore::redis(
+                url,
+                fungible_server::openai_responses::DEFAULT_RETENTION,
+            ))
+            .context("state.redis: could not connect for stored responses")?;
+        tracing::info!("stored responses (previous_response_id) in redis");
+    }
     let telemetry = runtime.block_on(async { telemetry::start(&args.config) })?;
     if let Some(t) = &telemetry {
         state = state.with_telemetry(t.clone());

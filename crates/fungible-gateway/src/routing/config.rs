@@ -320,6 +320,10 @@ fn route(
                 if t.context_window == Some(0) {
                     return Err(invalid(format!("{here}.context_window"), "must be greater than 0"));
                 }
+                if let Some(extra) = &t.extra_body {
+                    fungible_providers::body::check_extra_body(extra)
+                        .map_err(|e| invalid(format!("{here}.extra_body"), e))?;
+                }
                 out.push(RouteTargetConfig {
                     target,
                     name,

@@ -352,6 +352,17 @@ impl Routing {
     }
 }
 
+/// One model name a request may be answered under, and the targets behind it
+/// ([`Gateway::reachable`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leg {
+    /// The name as the client wrote it: an alias or `PROVIDER/MODEL`.
+    pub name: String,
+    /// Whether `name` is a configured route (alias).
+    pub is_route: bool,
+    pub targets: Vec<Target>,
+}
+
 /// The keys of a per-request fallback list, OpenRouter's and LiteLLM's spelling.
 const FALLBACK_KEYS: [&str; 2] = ["models", "fallbacks"];
 
@@ -541,10 +552,41 @@ impl Gateway {
         })
     }
 
+    /// Every target `req` can reach, leg by leg: the model it names, then each of its
+    /// per-request fallbacks (`models` / `fallbacks`), each with all of its route's targets
+    /// (the balancer's pick, its fallbacks, a context-length fallback and a stream's
+    /// continuation all come from these). What admission checks a key's allowance and budget
+    /// against; an unknown model is the same error routing would give.
+    pub fn reachable(&self, req: &ChatRequest) -> Result<Vec<Leg>, GatewayError> {
+        let (req, fallbacks) = split_fallbacks(req)?;
+        let names = std::iter::once((None, req.model.as_str()))
+            .chain(fallbacks.iter().map(|(path, name)| (Some(path.as_str()), name.as_str())));
+        let mut legs: Vec<Leg> = Vec::new();
+        for (path, name) in names {
+            if legs.iter().any(|leg| leg.name == name) {
+                continue;
+            }
+            let targets = match self.inner.routing.routes.get(name) {
+                Some(route) => route.targets.iter().map(|t| t.config.target.clone()).collect(),
+                None => match (self.resolve(name), path) {
+                    (Ok((_, target)), _) => vec![target],
+                    (Err(GatewayError::UnknownModel(message)), Some(path)) => {
+                        return Err(GatewayError::UnknownModel(format!("{path}: {message}")));
+                    }
+                    (Err(error), _) => return Err(error),
+                },
+            };
+            legs.push(Leg { name: name.to_owned(), is_route: self.inner.routing.routes.contains_key(name), targets });
+        }
+        Ok(legs)
+    }
+
     /// The legs of a request (its model, then its per-request fallbacks) with each leg's
     /// target order, and the request as it goes upstream.
     fn plan<'r>(&self, req: &'r ChatRequest, hints: &RouteHints) -> Result<(Cow<'r, ChatRequest>, Plan), GatewayError> {
         let (req, fallbacks) = split_fallbacks(req)?;
+        // A pass-through field may not set what fungible decides: refused before any call.
+        fungible_providers::body::check_extra_body(&req.extra_body).map_err(bad_request)?;
         let mut legs: Vec<(Arc<Route>, Vec<usize>)> = Vec::with_capacity(1 + fallbacks.len());
         let mut seen: Vec<&str> = Vec::with_capacity(1 + fallbacks.len());
         let names = std::iter::once((None, req.model.as_str()))

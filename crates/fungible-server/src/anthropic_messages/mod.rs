@@ -56,6 +56,7 @@ async fn read_request(state: &AppState, body: Body, endpoint: Endpoint) -> Resul
 
 async fn handle_count(state: AppState, body: Body) -> Result<Response, ApiError> {
     let req = read_request(&state, body, Endpoint::CountTokens).await?;
+    crate::auth::admit_unpriced(&state, &req.model).await?;
     let tokens = state.gateway.count_tokens(&req).await?;
     Ok(json_response(format!("{{\"input_tokens\":{tokens}}}").into_bytes()))
 }

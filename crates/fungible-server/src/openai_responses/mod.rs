@@ -2,8 +2,9 @@
 //! `GET /v1/responses/{id}` and `DELETE /v1/responses/{id}`.
 //!
 //! A request becomes a canonical [`fungible_types::ChatRequest`]: `instructions` first as a
-//! system message, then the conversation of `previous_response_id` (from the in-memory
-//! [`ResponseStore`]), then this request's `input`. The answer is rendered as a `response`
+//! system message, then the conversation of `previous_response_id` (from the
+//! [`ResponseStore`], in memory or in Redis, and only the calling key's own), then this
+//! request's `input`. The answer is rendered as a `response`
 //! object, or as the API's typed event stream, and (unless `store` is false) kept so a later
 //! request can continue from it.
 
@@ -13,6 +14,7 @@ mod store;
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -21,28 +23,48 @@ use fungible_types::{AssistantMessage, ContentPart, Message, Role};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiFormat};
+use crate::principal::{DataScope, Principal};
 use response::{EventEncoder, ResponseHead};
 
 pub use request::{ResponsesRequest, parse as parse_request};
-pub use store::{ResponseStore, StoredResponse};
+pub use store::{DEFAULT_RETENTION, ResponseStore, StoredResponse};
 
-pub async fn create_response(State(state): State<AppState>, body: Body) -> Response {
-    match handle(state, body).await {
+pub async fn create_response(State(state): State<AppState>, caller: Caller, body: Body) -> Response {
+    match handle(state, owner_scope(&caller), body).await {
         Ok(response) => response,
         Err(error) => error.into_response_for(ApiFormat::OpenAi),
     }
 }
 
-pub async fn get_response(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.responses.get(&id) {
-        Some(stored) => json_response(StatusCode::OK, stored.body),
-        None => response_not_found(&id).into_response_for(ApiFormat::OpenAi),
+type Caller = Option<Extension<Principal>>;
+
+/// Whose stored responses a caller reaches: its own key's (see [`ResponseStore`]).
+fn owner_scope(caller: &Caller) -> DataScope {
+    DataScope::owner_of(caller.as_ref().map(|Extension(p)| p))
+}
+
+fn store_failed(e: store::StoreError) -> ApiError {
+    tracing::error!("{e}");
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "server_error",
+        ..ApiError::invalid_request(None, "stored responses are unavailable right now")
     }
 }
 
-pub async fn delete_response(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    if !state.responses.delete(&id) {
-        return response_not_found(&id).into_response_for(ApiFormat::OpenAi);
+pub async fn get_response(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+    match state.responses.get(&id, &owner_scope(&caller)).await {
+        Ok(Some(stored)) => json_response(StatusCode::OK, stored.body),
+        Ok(None) => response_not_found(&id).into_response_for(ApiFormat::OpenAi),
+        Err(e) => store_failed(e).into_response_for(ApiFormat::OpenAi),
+    }
+}
+
+pub async fn delete_response(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+    match state.responses.delete(&id, &owner_scope(&caller)).await {
+        Ok(true) => {}
+        Ok(false) => return response_not_found(&id).into_response_for(ApiFormat::OpenAi),
+        Err(e) => return store_failed(e).into_response_for(ApiFormat::OpenAi),
     }
     let body = serde_json::json!({"id": id, "object": "response", "deleted": true});
     json_response(StatusCode::OK, Bytes::from(serde_json::to_vec(&body).unwrap_or_default()))
@@ -62,7 +84,7 @@ fn json_response(status: StatusCode, body: Bytes) -> Response {
     http
 }
 
-async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
+async fn handle(state: AppState, owner: DataScope, body: Body) -> Result<Response, ApiError> {
     let bytes = crate::read_body(body, state.max_body_bytes).await?;
     let ResponsesRequest { mut chat, instructions, previous_response_id, store, echo, unknown } =
         request::parse(&bytes)?;
@@ -86,7 +108,9 @@ async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
     let mut conversation: Vec<Message> = match &previous_response_id {
         None => Vec::new(),
         Some(id) => {
-            let stored = state.responses.get(id).ok_or_else(|| previous_not_found(id))?;
+            // Another key's response is as absent as a deleted one: its conversation never
+            // goes upstream in this request.
+            let stored = state.responses.get(id, &owner).await.map_err(store_failed)?.ok_or_else(|| previous_not_found(id))?;
             Arc::unwrap_or_clone(stored.conversation)
         }
     };
@@ -108,21 +132,25 @@ async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
         model: chat.model.clone(),
         echo,
     };
-    let saver = store.then(|| Saver { store: state.responses.clone(), conversation });
+    let owner = match owner {
+        DataScope::Key(key_id) => Some(key_id),
+        DataScope::All => None,
+    };
+    let saver = store.then(|| Saver { store: state.responses.clone(), conversation, owner });
 
     if !chat.stream {
         let answer = crate::dispatch::chat(&state, &chat).await?;
         let head = ResponseHead { model: answer.model.clone(), ..head };
         let rendered = response::response_body(&head, &answer);
         if let Some(saver) = saver {
-            saver.save(&head.id, rendered.body.clone(), &rendered.message);
+            saver.save(head.id.clone(), rendered.body.clone(), &rendered.message).await;
         }
         return Ok(json_response(StatusCode::OK, rendered.body));
     }
 
     let upstream = crate::dispatch::chat_stream(&state, &chat).await?;
     let encoder = EventEncoder::new(head);
-    Ok(crate::streaming::response(upstream, Saving { encoder, saver }, "text/event-stream"))
+    Ok(crate::streaming::response(upstream, Saving { encoder, saver, saving: None }, "text/event-stream"))
 }
 
 fn previous_not_found(id: &str) -> ApiError {
@@ -141,13 +169,24 @@ struct Saver {
     store: ResponseStore,
     /// The conversation the response answered (without instructions).
     conversation: Vec<Message>,
+    /// The key that made it.
+    owner: Option<String>,
 }
 
 impl Saver {
-    fn save(self, id: &str, body: Bytes, answer: &AssistantMessage) {
+    /// Stores the response; done before the client has its last byte, so a follow-up sent
+    /// at once finds it (on any instance, with a shared store). A store that fails is logged:
+    /// the answer still reaches the client, and only continuing it will fail.
+    fn save(self, id: String, body: Bytes, answer: &AssistantMessage) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut conversation = self.conversation;
         conversation.push(assistant_turn(answer));
-        self.store.insert(id.to_owned(), StoredResponse { body, conversation: Arc::new(conversation) });
+        let stored = StoredResponse { body, conversation: Arc::new(conversation), owner: self.owner };
+        let store = self.store;
+        async move {
+            if let Err(e) = store.insert(id, stored).await {
+                tracing::error!("could not store a response: {e}");
+            }
+        }
     }
 }
 
@@ -169,6 +208,8 @@ fn assistant_turn(answer: &AssistantMessage) -> Message {
 struct Saving {
     encoder: EventEncoder,
     saver: Option<Saver>,
+    /// The store write `finish` started, awaited before the closing frames go out.
+    saving: Option<futures::future::BoxFuture<'static, ()>>,
 }
 
 impl crate::streaming::FrameEncoder for Saving {
@@ -180,9 +221,13 @@ impl crate::streaming::FrameEncoder for Saving {
     fn finish(&mut self, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
         let rendered = self.encoder.finish(out);
         if let Some(saver) = self.saver.take() {
-            saver.save(self.encoder.id(), rendered.body, &rendered.message);
+            self.saving = Some(Box::pin(saver.save(self.encoder.id().to_owned(), rendered.body, &rendered.message)));
         }
         Ok(())
+    }
+
+    fn before_closing(&mut self) -> Option<futures::future::BoxFuture<'static, ()>> {
+        self.saving.take()
     }
 
     fn fail(&mut self, error: &ApiError, out: &mut Vec<Bytes>) {

@@ -22,15 +22,15 @@ use tower::ServiceExt;
 
 use crate::{OPENAI, TestResponse, fixtures};
 
-const ADMIN: &str = "admin-key-0123456789abcdef";
+pub(crate) const ADMIN: &str = "admin-key-0123456789abcdef";
 /// What one answered request costs with [`prices`]: 25 tokens at $1,000 per million.
 const COST: f64 = 0.025;
 
-struct Gw {
-    app: Router,
-    store: Store,
-    recorder: Recorder,
-    _mock: MockUpstream,
+pub(crate) struct Gw {
+    pub(crate) app: Router,
+    pub(crate) store: Store,
+    pub(crate) recorder: Recorder,
+    pub(crate) mock: MockUpstream,
 }
 
 fn prices() -> PriceTable {
@@ -58,7 +58,7 @@ async fn sqlite_store() -> Store {
 
 /// A gateway with auth on (`[auth]` extra lines in `auth_toml`) over a mock that answers every
 /// request with the OpenAI fixtures (25 tokens), and `limits` as the counters.
-async fn gateway(auth_toml: &str, limits: Limits) -> Gw {
+pub(crate) async fn gateway(auth_toml: &str, limits: Limits) -> Gw {
     let json =
         Bytes::from(std::fs::read(fixtures().join("openai/plain.response.json")).expect("fixture"));
     let sse =
@@ -94,12 +94,12 @@ async fn gateway(auth_toml: &str, limits: Limits) -> Gw {
         app: app(state),
         store,
         recorder,
-        _mock: mock,
+        mock,
     }
 }
 
 impl Gw {
-    async fn send(&self, request: Request<Body>) -> TestResponse {
+    pub(crate) async fn send(&self, request: Request<Body>) -> TestResponse {
         let response = self.app.clone().oneshot(request).await.expect("infallible");
         let status = response.status();
         let headers = response.headers().clone();
@@ -116,7 +116,7 @@ impl Gw {
         }
     }
 
-    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> TestResponse {
+    pub(crate) async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> TestResponse {
         let request = Request::builder()
             .method(method)
             .uri(path)
@@ -128,7 +128,7 @@ impl Gw {
     }
 
     /// Creates a key with `settings`; returns (id, key text).
-    async fn key(&self, settings: Value) -> (String, String) {
+    pub(crate) async fn key(&self, settings: Value) -> (String, String) {
         let r = self.admin("POST", "/admin/keys", Some(settings)).await;
         assert_eq!(r.status.as_u16(), 201, "{}", r.text());
         let body = r.json();
@@ -138,7 +138,7 @@ impl Gw {
         )
     }
 
-    async fn chat(&self, key: &str, model: &str) -> TestResponse {
+    pub(crate) async fn chat(&self, key: &str, model: &str) -> TestResponse {
         let body = json!({"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]});
         let request = Request::post("/v1/chat/completions")
             .header("authorization", format!("Bearer {key}"))
@@ -500,10 +500,11 @@ async fn keys_never_appear_in_metrics_traces_or_errors() {
     let unknown = gw.chat(&format!("{key}x"), "openai/gpt-5").await;
     assert!(!unknown.text().contains(&key));
     gw.recorder.flush().await;
+    // Metrics are for the operator (the admin key, or a key with read:all).
     let metrics = gw
         .send(
             Request::get("/metrics")
-                .header("authorization", format!("Bearer {key}"))
+                .header("authorization", format!("Bearer {ADMIN}"))
                 .body(Body::empty())
                 .unwrap(),
         )

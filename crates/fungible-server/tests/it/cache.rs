@@ -91,6 +91,7 @@ impl Cached {
                 key_id: key_id.into(),
                 key_name: None,
                 tags: Vec::new(),
+                scopes: fungible_store::Scope::DEFAULT.to_vec(),
             });
         }
         let response = self.app.clone().oneshot(request).await.expect("infallible");

@@ -12,6 +12,7 @@ mod recording;
 mod routing;
 mod streaming;
 mod telemetry;
+mod tenant;
 
 use std::path::PathBuf;
 

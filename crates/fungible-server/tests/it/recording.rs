@@ -368,6 +368,7 @@ async fn key_and_tags_come_from_the_principal(mut r: Recorded) {
                     key_id: "key_abc".into(),
                     key_name: Some("search team".into()),
                     tags: vec!["team=billing".into(), "prod".into()],
+                    scopes: fungible_store::Scope::DEFAULT.to_vec(),
                 });
             next.run(request).await
         },
