@@ -25,7 +25,7 @@ use crate::dataset::{Dataset, Item};
 use crate::results::{
     ItemResult, PAIRWISE_FILE, PairwiseResult, RESULTS_FILE, RUN_META_FILE, RunMeta,
 };
-use crate::scorers::{self, CodeLimits, ScoreContext, Scorer, ScorerSet};
+use crate::scorers::{self, CodeLimits, SandboxError, ScoreContext, Scorer, ScorerSet};
 
 /// The run directory format written here.
 pub const RUN_FORMAT_VERSION: u32 = 1;
@@ -41,6 +41,9 @@ pub enum RunError {
     Resume(String),
     #[error("no models given")]
     NoModels,
+    /// The code scorer would be used and its sandbox is unavailable: nothing was asked.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 /// How to run.
@@ -126,6 +129,15 @@ pub async fn run(
         if !scorer_names.iter().any(|n| n == s.name()) {
             scorer_names.push(s.name().to_owned());
         }
+    }
+
+    // Model-written code runs only in the sandbox: refuse before spending anything.
+    if per_item
+        .iter()
+        .flat_map(|s| s.iter())
+        .any(|s| matches!(s, Scorer::Code { .. }))
+    {
+        scorers::check_sandbox(&opts.code_limits).await?;
     }
 
     // Resume: the previous meta must be of the same dataset.

@@ -229,3 +229,83 @@ fn eval_runs_the_example_datasets_through_the_gateway_and_resumes() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scorer \"bleu\""));
 }
+
+/// The attack that once put every provider key into `results.jsonl` and `report.html`: a
+/// model answers code that reads every environment it can reach (`/proc/*/environ`, its
+/// parent's included) and fails with it, so the score's detail carries it out.
+#[test]
+fn a_hostile_code_answer_carries_no_secret_into_the_results_or_the_report() {
+    let secret = format!("sk-secret-xyz-{}", std::process::id());
+    let admin = format!("admin-secret-{}", std::process::id());
+    let attack = r#"```python
+import os
+found = [repr(dict(os.environ)).encode()]
+for pid in [p for p in os.listdir("/proc") if p.isdigit()] + [str(os.getppid())]:
+    try:
+        found.append(open(f"/proc/{pid}/environ", "rb").read())
+    except OSError as e:
+        found.append(repr(e).encode())
+try:
+    found.append(open("/etc/passwd", "rb").read())
+except OSError as e:
+    found.append(repr(e).encode())
+raise SystemExit(repr(b"|".join(found)))
+```"#;
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        serde_json::json!({"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1,
+            "model": "gpt-5", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let sse = format!(
+        "data: {}\n\ndata: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+        chunk(
+            serde_json::json!({"role": "assistant", "content": attack}),
+            None
+        ),
+        chunk(serde_json::json!({}), Some("stop")),
+        serde_json::json!({"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1,
+            "model": "gpt-5", "choices": [],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 50, "total_tokens": 60}}),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockUpstream::start(Fallback::Fixed {
+        json: std::fs::read(root().join("tests/fixtures/openai/plain.response.json"))
+            .unwrap()
+            .into(),
+        sse: sse.into(),
+    }));
+    let cwd = tempfile::tempdir().unwrap();
+    let dataset = cwd.path().join("code.jsonl");
+    std::fs::write(
+        &dataset,
+        "{\"id\": \"add\", \"prompt\": \"Write add(a, b).\", \"tests\": \"def check(f):\\n    assert f(2, 3) == 5\\n\", \"entry_point\": \"add\"}\n",
+    )
+    .unwrap();
+    let out = cwd.path().join("run");
+    let output = fungible(cwd.path())
+        .env("OPENAI_API_KEY", &secret)
+        .env("OPENAI_BASE_URL", format!("{}/v1", mock.url()))
+        .env("FUNGIBLE_ADMIN_KEY", &admin)
+        .env("FUNGIBLE_TEST_SECRET", &secret)
+        .env("FUNGIBLE_MODELS_DIR", "/nonexistent")
+        .args(["eval", "run", "--quiet", "--dataset"])
+        .arg(&dataset)
+        .args(["--models", "openai/gpt-5", "--scorer", "code", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "eval run failed: {stderr}");
+    let results = results(&out);
+    assert_eq!(results.len(), 1);
+    let detail = &results[0].details["code"];
+    // The attack ran and reported what it found: the sandbox's own environment only.
+    assert!(detail.starts_with("tests failed (exit 1): "), "{detail}");
+    assert!(detail.contains("'HOME': '/scratch'"), "{detail}");
+    assert!(detail.contains("FileNotFoundError"), "{detail}");
+    for file in ["results.jsonl", "report.html", "report.json"] {
+        let text = std::fs::read_to_string(out.join(file)).unwrap();
+        assert!(!text.contains(&secret), "{file} holds the provider key");
+        assert!(!text.contains(&admin), "{file} holds the admin key");
+        assert!(!text.contains("root:x:0:0"), "{file} holds /etc/passwd");
+    }
+}

@@ -1,32 +1,86 @@
 //! The `code` scorer: the answer's Python code, followed by the item's tests, run by
-//! `python3` in a sandboxed subprocess (HumanEval style).
+//! `python3` inside a bubblewrap (`bwrap`) sandbox (HumanEval style).
 //!
-//! The sandbox: a fresh temporary directory as working directory and `HOME`, an emptied
-//! environment, isolated mode (`-I`: no user site-packages, no `PYTHON*` variables), a
-//! virtual-memory limit and a file-size limit set with `ulimit` by a `sh` wrapper (the
-//! workspace forbids `unsafe`, so no `pre_exec`), its own process group killed whole on a
-//! wall-clock timeout, and stdout/stderr captured and truncated. It is not a security
-//! boundary against hostile code (no network or syscall filtering): run untrusted models'
-//! code in a container.
+//! Model-written code is treated as hostile: an answer can be written by anyone who can
+//! reach the model. What it runs in ([`bwrap_args`] has the exact flags):
+//!
+//! - **namespaces**: its own user namespace (uid/gid 65534 inside, no capabilities, no
+//!   nested user namespaces on bwrap >= 0.8), PID namespace (a fresh `/proc` that shows only
+//!   the sandbox's own processes), network namespace (only a loopback with nothing on it:
+//!   no internet, no host services such as Redis on 127.0.0.1), IPC, UTS (hostname
+//!   `sandbox`) and cgroup namespaces, and a new session (no terminal to inject into);
+//! - **filesystem**: an empty root remounted read-only, with `/usr` (and the `/bin`, `/lib*`
+//!   links or directories) bound read-only, from `/etc` only `ld.so.cache`, `alternatives`
+//!   and `localtime` (no `passwd`, no `hosts`), a fresh `/proc`, a minimal `/dev`, a private
+//!   `/tmp`, and a fresh temporary directory as `/scratch`, its working directory and `HOME`
+//!   and the only host directory it can write. `/root`, `/home`, the checkout and the host's
+//!   `/tmp` are not there;
+//! - **environment**: `PATH`, `HOME` and `LANG` only; nothing of fungible's environment
+//!   (provider keys, the admin key) is passed, and no fungible process is visible;
+//! - **limits** (`prlimit`, hard limits it cannot raise): address space
+//!   ([`CodeLimits::memory_mib`]), file size (10 MiB) and process count
+//!   ([`CodeLimits::max_processes`], counted per user in the sandbox's user namespace). The
+//!   Linux process limit never applies to uid 0, so when fungible runs as root `setpriv`
+//!   starts `bwrap` as uid 65534 (`nobody`) and the scratch directory is handed to it;
+//! - **lifetime**: the PID namespace's init is coreutils' `timeout` (`--as-pid-1`: no bwrap
+//!   init in between), which runs the interpreter and kills it at the wall-clock timeout.
+//!   When it exits the kernel kills every process left in the namespace, `setsid` daemons
+//!   included, before bwrap sees it exit, so once a run returns nothing of it is left. A
+//!   backstop a little later kills bwrap itself (`--die-with-parent` then kills the init).
+//!
+//! There is no seccomp filter: the sandbox reaches the kernel's system calls, so a kernel
+//! exploit is out of its scope. If `bwrap` is missing or its self-check (run once per
+//! process, per `bwrap` path and interpreter) fails, the scorer refuses with
+//! [`SandboxError`] and runs nothing: model-written code is never run unconfined.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::process::Command;
+use tokio::sync::OnceCell;
 
 use super::Score;
 use crate::dataset::CodeTests;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Limits of one code run.
+/// The uid and gid the code runs as, inside the sandbox and (when fungible is root) outside.
+const NOBODY: u32 = 65534;
+const NOBODY_ID: &str = "65534";
+/// The file-size limit, in bytes.
+const MAX_FILE_BYTES: u64 = 10 * 1024 * 1024;
+/// How long the self-check may take (bwrap and Python starting, on a loaded machine).
+const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after the timeout bwrap itself is killed, should the `timeout` inside not have
+/// ended the run (it does unless the machine stalls).
+const BACKSTOP: Duration = Duration::from_secs(10);
+/// After bwrap ended: how long until its output pipes close (at once: every process of the
+/// sandbox is gone by then; a backstop).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The sandbox's environment, whole.
+const SANDBOX_ENV: [(&str, &str); 3] = [
+    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ("HOME", "/scratch"),
+    ("LANG", "C.UTF-8"),
+];
+
+/// Limits of one code run, and the programs that make the sandbox.
 #[derive(Debug, Clone)]
 pub struct CodeLimits {
     pub timeout: Duration,
-    /// Virtual memory, in MiB.
+    /// Address space, in MiB.
     pub memory_mib: u64,
-    /// The Python interpreter.
+    /// Processes (and threads) the code may have at once, its interpreter included.
+    pub max_processes: u32,
+    /// The Python interpreter, as found inside the sandbox (on `/usr/local/bin:/usr/bin:/bin`;
+    /// only `/usr` is visible there, so a pyenv or venv interpreter elsewhere is not).
     pub python: String,
+    /// The bubblewrap binary: a path, or a name looked up on `PATH`.
+    pub bwrap: PathBuf,
 }
 
 impl Default for CodeLimits {
@@ -34,15 +88,164 @@ impl Default for CodeLimits {
         CodeLimits {
             timeout: DEFAULT_TIMEOUT,
             memory_mib: 1024,
+            max_processes: 64,
             python: "python3".into(),
+            bwrap: "bwrap".into(),
         }
+    }
+}
+
+/// Why the code scorer will not run code. Lowercase messages that name what is missing and
+/// how to get it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SandboxError {
+    /// A program the sandbox is made with is not installed.
+    #[error(
+        "the code scorer runs model-written code only inside a sandbox, and {program} was not found ({looked}): {install}"
+    )]
+    Missing {
+        program: &'static str,
+        looked: String,
+        install: &'static str,
+    },
+    /// The sandbox could not run a trivial program.
+    #[error(
+        "the code scorer's sandbox failed its self-check, so no model-written code is run: {0} (bubblewrap needs user namespaces: sysctl user.max_user_namespaces > 0, and on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0; `timeout`, `prlimit` and the interpreter must be under /usr)"
+    )]
+    SelfCheck(String),
+    /// The run's own files or process.
+    #[error("the code scorer could not {0}")]
+    Io(String),
+}
+
+/// A sandbox that passed its self-check: how to start it on this machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sandbox {
+    /// `bwrap`, resolved to a path.
+    pub bwrap: PathBuf,
+    /// `setpriv` when fungible runs as root (the code's processes must not be host uid 0
+    /// for the process limit to hold), else `None`.
+    pub setpriv: Option<PathBuf>,
+    /// bwrap >= 0.8 can forbid nested user namespaces (`--disable-userns`).
+    pub disable_userns: bool,
+    /// How the host's `/bin`, `/sbin` and `/lib*` appear: links into `/usr` (merged /usr)
+    /// or read-only directories.
+    pub top_dirs: Vec<TopDir>,
+}
+
+/// A top-level system directory beside `/usr`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TopDir {
+    /// `/lib -> usr/lib`: the same link in the sandbox.
+    Link { path: PathBuf, target: PathBuf },
+    /// A real directory: bound read-only.
+    Dir(PathBuf),
+}
+
+/// The system directories beside `/usr` that programs load from.
+const TOP_DIRS: [&str; 6] = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+/// The only files of `/etc` the sandbox sees (the dynamic loader's cache, Debian's
+/// alternatives links, the time zone); none holds a secret or a user list.
+const ETC_FILES: [&str; 3] = ["/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime"];
+
+/// bwrap's arguments, up to the command: the namespaces, the filesystem and the
+/// environment. `scratch` is the one host directory bound writable (as `/scratch`).
+pub fn bwrap_args(sandbox: &Sandbox, scratch: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+    ]
+    .map(OsString::from)
+    .into();
+    if sandbox.disable_userns {
+        args.push("--disable-userns".into());
+    }
+    args.extend(
+        [
+            "--uid",
+            NOBODY_ID,
+            "--gid",
+            NOBODY_ID,
+            "--cap-drop",
+            "ALL",
+            "--as-pid-1",
+            "--die-with-parent",
+            "--new-session",
+            "--hostname",
+            "sandbox",
+        ]
+        .map(OsString::from),
+    );
+    for (name, value) in SANDBOX_ENV {
+        args.extend(["--setenv", name, value].map(OsString::from));
+    }
+    args.extend(["--ro-bind", "/usr", "/usr"].map(OsString::from));
+    for dir in &sandbox.top_dirs {
+        match dir {
+            TopDir::Link { path, target } => {
+                args.extend(["--symlink".into(), target.into(), path.into()]);
+            }
+            TopDir::Dir(path) => args.extend(["--ro-bind".into(), path.into(), path.into()]),
+        }
+    }
+    for file in ETC_FILES {
+        args.extend(["--ro-bind-try", file, file].map(OsString::from));
+    }
+    args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].map(OsString::from));
+    args.extend(["--bind".into(), scratch.into(), "/scratch".into()]);
+    args.extend(["--chdir", "/scratch", "--remount-ro", "/"].map(OsString::from));
+    args
+}
+
+impl Sandbox {
+    /// The command that runs `python ARGS` in the sandbox with the limits, in `scratch`.
+    fn command(&self, scratch: &Path, limits: &CodeLimits, python_args: &[&str]) -> Command {
+        let mut cmd = match &self.setpriv {
+            Some(setpriv) => {
+                let mut cmd = Command::new(setpriv);
+                cmd.arg(format!("--reuid={NOBODY}"))
+                    .arg(format!("--regid={NOBODY}"))
+                    .arg("--clear-groups")
+                    .arg("--")
+                    .arg(&self.bwrap);
+                cmd
+            }
+            None => Command::new(&self.bwrap),
+        };
+        let bytes = limits.memory_mib.saturating_mul(1024 * 1024);
+        // `timeout 0` would mean no timeout.
+        let seconds = limits.timeout.max(Duration::from_millis(1)).as_secs_f64();
+        cmd.args(bwrap_args(self, scratch))
+            .args(["timeout", "--signal=KILL"])
+            .arg(format!("{seconds}s"))
+            .arg("prlimit")
+            .arg(format!("--as={bytes}"))
+            .arg(format!("--fsize={MAX_FILE_BYTES}"))
+            .arg(format!("--nproc={}", limits.max_processes.max(2)))
+            .arg(&limits.python)
+            .args(["-I", "-B"])
+            .args(python_args)
+            // Nothing of fungible's environment reaches bwrap, so none reaches the code.
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Out of the terminal's process group: a Ctrl-C reaches fungible, which ends
+            // the sandbox with it (`--die-with-parent`, `kill_on_drop`).
+            .process_group(0)
+            .kill_on_drop(true);
+        cmd
     }
 }
 
 /// What a run did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CodeRun {
-    /// `None` when it was killed (timeout or signal).
+    /// `None` when it was killed at the timeout (a signal otherwise shows as 128 + signal).
     pub exit_code: Option<i32>,
     pub timed_out: bool,
     /// stdout then stderr, truncated.
@@ -109,52 +312,212 @@ pub fn program(answer: &str, tests: &CodeTests) -> String {
     program
 }
 
-/// Runs `source` with the limits; `Err` only when the interpreter could not be started.
-pub async fn run_python(source: &str, limits: &CodeLimits) -> Result<CodeRun, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-    let file = dir.path().join("program.py");
-    tokio::fs::write(&file, source)
-        .await
-        .map_err(|e| format!("writing the program: {e}"))?;
-    let kib = limits.memory_mib.saturating_mul(1024);
-    let script = format!("ulimit -v {kib} && ulimit -f 10240 && exec \"$0\" -I -B program.py");
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg(&limits.python)
-        .current_dir(dir.path())
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-        )
-        .env("HOME", dir.path())
-        .env("LANG", "C.UTF-8")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("could not start sh/{}: {e}", limits.python))?;
-    let pid = child.id();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let collect = async {
-        let (out, err, status) = tokio::join!(read_pipe(stdout), read_pipe(stderr), child.wait());
-        (out, err, status)
+/// The sandbox for these limits, checked once per process (per `bwrap` and interpreter):
+/// `Err` when it is unavailable here, and then no code may be run.
+pub async fn check_sandbox(limits: &CodeLimits) -> Result<Arc<Sandbox>, SandboxError> {
+    type Checked = Arc<OnceCell<Result<Arc<Sandbox>, SandboxError>>>;
+    static CHECKS: LazyLock<Mutex<HashMap<(PathBuf, String), Checked>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let cell = {
+        let mut checks = CHECKS.lock().unwrap_or_else(|e| e.into_inner());
+        checks
+            .entry((limits.bwrap.clone(), limits.python.clone()))
+            .or_default()
+            .clone()
     };
-    let finished = tokio::time::timeout(limits.timeout, collect).await;
-    let (timed_out, exit_code, out, err) = match finished {
-        Ok((out, err, status)) => (false, status.ok().and_then(|s| s.code()), out, err),
+    cell.get_or_init(|| async { self_check(limits).await.map(Arc::new) })
+        .await
+        .clone()
+}
+
+/// Finds the programs, then runs `print(6 * 7)` in the sandbox exactly as code is run.
+async fn self_check(limits: &CodeLimits) -> Result<Sandbox, SandboxError> {
+    let bwrap = find_program(&limits.bwrap).ok_or_else(|| SandboxError::Missing {
+        program: "bubblewrap (`bwrap`)",
+        looked: looked_for(&limits.bwrap),
+        install: "install it (`apt-get install bubblewrap`, `dnf install bubblewrap`)",
+    })?;
+    let setpriv = if running_as_root()? {
+        let name = Path::new("setpriv");
+        Some(find_program(name).ok_or_else(|| SandboxError::Missing {
+            program: "`setpriv` (fungible runs as root, and the sandbox is started as uid 65534 so that its process limit holds)",
+            looked: looked_for(name),
+            install: "install util-linux (`apt-get install util-linux`)",
+        })?)
+    } else {
+        None
+    };
+    let sandbox = Sandbox {
+        disable_userns: bwrap_version(&bwrap).await >= Some((0, 8)),
+        bwrap,
+        setpriv,
+        top_dirs: top_dirs(),
+    };
+    let limits = CodeLimits {
+        timeout: SELF_CHECK_TIMEOUT,
+        ..limits.clone()
+    };
+    let run = run_sandboxed(&sandbox, None, &limits)
+        .await
+        .map_err(|e| match e {
+            SandboxError::Io(what) => SandboxError::SelfCheck(format!("could not {what}")),
+            other => other,
+        })?;
+    if run.timed_out {
+        return Err(SandboxError::SelfCheck(format!(
+            "`{}` did not finish in {}s",
+            sandbox.bwrap.display(),
+            SELF_CHECK_TIMEOUT.as_secs()
+        )));
+    }
+    if run.exit_code != Some(0) || run.output != "42" {
+        let code = run
+            .exit_code
+            .map_or("was killed".to_owned(), |c| format!("exited with {c}"));
+        let said = if run.output.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", run.output)
+        };
+        return Err(SandboxError::SelfCheck(format!(
+            "`{}` {code}{said}",
+            sandbox.bwrap.display()
+        )));
+    }
+    Ok(sandbox)
+}
+
+/// `name` if it is a path to a file, else the first `PATH` entry that has it.
+fn find_program(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_owned());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn looked_for(name: &Path) -> String {
+    if name.components().count() > 1 {
+        format!("no file at {}", name.display())
+    } else {
+        format!("`{}` is not on PATH", name.display())
+    }
+}
+
+/// Whether this process's effective uid is 0 (`/proc/self` belongs to it).
+fn running_as_root() -> Result<bool, SandboxError> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .map_err(|e| SandboxError::SelfCheck(format!("reading /proc/self: {e}")))
+}
+
+/// `bwrap --version` ("bubblewrap 0.8.0") as (major, minor); `None` when it says nothing
+/// readable (then the flags of older versions are used).
+async fn bwrap_version(bwrap: &Path) -> Option<(u32, u32)> {
+    let out = Command::new(bwrap)
+        .arg("--version")
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(1)?;
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// How `/bin`, `/sbin` and `/lib*` are on this host.
+fn top_dirs() -> Vec<TopDir> {
+    TOP_DIRS
+        .iter()
+        .map(Path::new)
+        .filter_map(|path| match std::fs::read_link(path) {
+            Ok(target) => Some(TopDir::Link {
+                path: path.to_owned(),
+                target,
+            }),
+            Err(_) if path.is_dir() => Some(TopDir::Dir(path.to_owned())),
+            Err(_) => None,
+        })
+        .collect()
+}
+
+/// Runs `source` in the sandbox with the limits; `Err` when the sandbox is unavailable
+/// (nothing was run) or the run's files or process could not be made.
+pub async fn run_python(source: &str, limits: &CodeLimits) -> Result<CodeRun, SandboxError> {
+    let sandbox = check_sandbox(limits).await?;
+    run_sandboxed(&sandbox, Some(source), limits).await
+}
+
+/// Runs `source` as `program.py` (or, with `None`, the self-check's `print(6 * 7)`).
+async fn run_sandboxed(
+    sandbox: &Sandbox,
+    source: Option<&str>,
+    limits: &CodeLimits,
+) -> Result<CodeRun, SandboxError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |e: std::io::Error| SandboxError::Io(format!("{what}: {e}"))
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("fungible-code-")
+        .tempdir()
+        .map_err(io("make a temporary directory"))?;
+    let python_args: &[&str] = match source {
+        Some(source) => {
+            tokio::fs::write(dir.path().join("program.py"), source)
+                .await
+                .map_err(io("write the program"))?;
+            &["program.py"]
+        }
+        None => &["-c", "print(6 * 7)"],
+    };
+    if sandbox.setpriv.is_some() {
+        // The code runs as uid 65534 on the host too: its scratch directory is its own.
+        std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY))
+            .map_err(io("hand the scratch directory to uid 65534"))?;
+    }
+    let mut child = sandbox
+        .command(dir.path(), limits, python_args)
+        .spawn()
+        .map_err(io(&format!("start {}", sandbox.bwrap.display())))?;
+    let stdout = tokio::spawn(read_pipe(child.stdout.take()));
+    let stderr = tokio::spawn(read_pipe(child.stderr.take()));
+    let started = Instant::now();
+    let (timed_out, exit_code) = match tokio::time::timeout(limits.timeout + BACKSTOP, child.wait())
+        .await
+    {
+        Ok(status) => {
+            let code = status.ok().and_then(|s| s.code());
+            // `timeout --signal=KILL` exits 137 when it killed the program at the time
+            // limit (a program that exits 137 or 124 itself sooner is not a timeout).
+            let timed_out = started.elapsed() >= limits.timeout && matches!(code, Some(124 | 137));
+            (timed_out, if timed_out { None } else { code })
+        }
         Err(_) => {
-            if let Some(pid) = pid {
-                kill_group(pid).await;
-            }
-            let _ = child.kill().await;
-            (true, None, Vec::new(), Vec::new())
+            // SIGKILL to bwrap: `--die-with-parent` kills the sandbox's init, and with it
+            // every process in its PID namespace.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            (true, None)
         }
     };
+    let (out, err) = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        (
+            stdout.await.unwrap_or_default(),
+            stderr.await.unwrap_or_default(),
+        )
+    })
+    .await
+    .map_err(|_| {
+        SandboxError::Io(format!(
+            "see the sandbox end: its output was still open {}s after it was stopped",
+            DRAIN_TIMEOUT.as_secs()
+        ))
+    })?;
     let mut output = String::from_utf8_lossy(&out).into_owned();
     output.push_str(&String::from_utf8_lossy(&err));
     Ok(CodeRun {
@@ -184,19 +547,6 @@ async fn read_pipe<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> 
     kept
 }
 
-/// SIGKILL to the whole process group (what the program may have forked too).
-async fn kill_group(pgid: u32) {
-    let _ = Command::new("kill")
-        .arg("-KILL")
-        .arg("--")
-        .arg(format!("-{pgid}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
-}
-
 fn tail(s: &str, max: usize) -> String {
     let s = s.trim();
     if s.len() <= max {
@@ -209,7 +559,12 @@ fn tail(s: &str, max: usize) -> String {
     format!("...{}", &s[start..])
 }
 
-pub async fn score(answer: &str, tests: &CodeTests, limits: &CodeLimits) -> Result<Score, String> {
+/// Scores an answer; `Err` when the sandbox is unavailable (then nothing was run).
+pub async fn score(
+    answer: &str,
+    tests: &CodeTests,
+    limits: &CodeLimits,
+) -> Result<Score, SandboxError> {
     let run = run_python(&program(answer, tests), limits).await?;
     Ok(if run.timed_out {
         Score::pass_fail(
@@ -331,22 +686,75 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_environment_is_emptied_and_output_captured() {
-        // The interpreter itself, not a wrapper such as a pyenv shim (which sets its own
-        // variables before starting Python).
-        let real = std::process::Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .unwrap();
-        let limits = CodeLimits {
-            python: String::from_utf8(real.stdout).unwrap().trim().to_owned(),
-            ..CodeLimits::default()
+    async fn the_environment_is_the_sandboxs_own_and_output_captured() {
+        // PWD is set by bwrap's --chdir, LC_CTYPE by Python's locale coercion.
+        let run = run_python(
+            "import os\nprint(sorted((k, v) for k, v in os.environ.items() if k not in ('LC_CTYPE', 'PWD')), os.getcwd() == os.environ['HOME'])\n",
+            &CodeLimits::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(run.exit_code, Some(0), "{}", run.output);
+        assert_eq!(
+            run.output,
+            "[('HOME', '/scratch'), ('LANG', 'C.UTF-8'), ('PATH', '/usr/local/bin:/usr/bin:/bin')] True"
+        );
+    }
+
+    #[test]
+    fn the_scratch_directory_is_the_only_host_directory_bound_writable() {
+        let sandbox = Sandbox {
+            bwrap: "/usr/bin/bwrap".into(),
+            setpriv: None,
+            disable_userns: true,
+            top_dirs: vec![
+                TopDir::Link {
+                    path: "/lib".into(),
+                    target: "usr/lib".into(),
+                },
+                TopDir::Dir("/lib64".into()),
+            ],
         };
-        // PWD is set by `sh` (to the temporary directory), LC_CTYPE by Python's locale coercion.
-        let run = run_python("import os\nprint(sorted(k for k in os.environ if k not in ('LC_CTYPE', 'PWD')), os.getcwd() == os.environ['HOME'])\n", &limits)
-            .await
-            .unwrap();
-        assert_eq!(run.exit_code, Some(0));
-        assert_eq!(run.output, "['HOME', 'LANG', 'PATH'] True");
+        let args: Vec<String> = bwrap_args(&sandbox, Path::new("/tmp/fungible-code-x"))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let after = |flag: &str| -> Vec<&str> {
+            args.iter()
+                .enumerate()
+                .filter(|(_, a)| *a == flag)
+                .map(|(i, _)| args[i + 1].as_str())
+                .collect()
+        };
+        assert_eq!(after("--bind"), ["/tmp/fungible-code-x"]);
+        for writable in ["--bind-try", "--dev-bind", "--dev-bind-try", "--bind-data"] {
+            assert!(after(writable).is_empty(), "{writable} in {args:?}");
+        }
+        assert_eq!(after("--ro-bind"), ["/usr", "/lib64"]);
+        assert_eq!(
+            after("--ro-bind-try"),
+            ["/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime"]
+        );
+        assert_eq!(after("--symlink"), ["usr/lib"]);
+        assert_eq!(
+            args[args.len() - 2..],
+            ["--remount-ro", "/"],
+            "last: {args:?}"
+        );
+        for flag in [
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--as-pid-1",
+            "--die-with-parent",
+            "--new-session",
+            "--disable-userns",
+        ] {
+            assert!(args.iter().any(|a| a == flag), "{flag} missing: {args:?}");
+        }
+        assert_eq!(after("--uid"), ["65534"]);
+        assert_eq!(after("--cap-drop"), ["ALL"]);
     }
 }

@@ -26,7 +26,9 @@ mod text;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use code::{CodeLimits, run_python};
+pub use code::{
+    CodeLimits, CodeRun, Sandbox, SandboxError, TopDir, bwrap_args, check_sandbox, run_python,
+};
 pub use judge::{
     PairwiseVerdict, judge_prompt, pairwise as judge_pairwise, pairwise_prompt, parse_judge_score,
     parse_pairwise,
@@ -289,7 +291,8 @@ impl Scorer {
                             ..ctx.code_limits.clone()
                         },
                     )
-                    .await?,
+                    .await
+                    .map_err(|e| e.to_string())?,
                 ),
             },
             Scorer::Judge { model, rubric } => Some(
