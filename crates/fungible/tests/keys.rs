@@ -370,3 +370,69 @@ async fn two_instances_share_limits_budgets_and_revocations() {
         }
     }
 }
+
+/// A Responses conversation behind a load balancer: each turn lands on the other instance and
+/// continues the previous turn's response (kept in the shared Redis), a response deleted on
+/// one is gone on both, and another key finds none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_continue_each_others_stored_responses() {
+    let (Ok(redis), Ok(postgres)) = (
+        std::env::var("FUNGIBLE_TEST_REDIS_URL"),
+        std::env::var("FUNGIBLE_TEST_POSTGRES_URL"),
+    ) else {
+        eprintln!("FUNGIBLE_TEST_REDIS_URL and FUNGIBLE_TEST_POSTGRES_URL are not both set: two-instance test not run");
+        return;
+    };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/openai");
+    let json = Bytes::from(std::fs::read(fixtures.join("plain.response.json")).expect("fixture"));
+    let sse = Bytes::from(std::fs::read(fixtures.join("stream.response.sse")).expect("fixture"));
+    let mock = MockUpstream::start(Fallback::Fixed { json, sse }).await;
+    let schema = fungible_store::testing::PgSchema::create(&postgres).await.expect("a test schema");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("fungible.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[providers.openai]\nbase_url = \"{}/v1\"\n[store]\nurl = \"{}\"\n[auth]\nenabled = true\n[state]\nredis = \"{redis}\"\n",
+            mock.url(),
+            schema.url()
+        ),
+    )
+    .expect("config");
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let a = spawn(&config, &dir.path().join("a.log"));
+    wait_healthy(&client, &a).await;
+    let b = spawn(&config, &dir.path().join("b.log"));
+    wait_healthy(&client, &b).await;
+    let instances = [a.url.clone(), b.url.clone()];
+    let (_, key) = create_key(&client, &a.url, json!({})).await;
+    let (_, other) = create_key(&client, &b.url, json!({})).await;
+
+    let mut previous: Option<String> = None;
+    for turn in 0..5 {
+        let base = &instances[turn % 2];
+        let mut body = json!({"model": "openai/gpt-5", "input": format!("turn {turn}")});
+        if let Some(id) = &previous {
+            body["previous_response_id"] = json!(id);
+        }
+        let (status, answer, _) = call(&client, "POST", &format!("{base}/v1/responses"), &key, Some(body)).await;
+        assert_eq!(status, 200, "turn {turn} on {base}: {answer}");
+        previous = Some(answer["id"].as_str().expect("id").to_owned());
+    }
+    // The upstream got the whole conversation on the last turn: five user turns.
+    let last = mock.received().last().expect("a request").json();
+    let users = last["messages"].as_array().expect("messages").iter().filter(|m| m["role"] == "user").count();
+    assert_eq!(users, 5, "{last}");
+
+    let id = previous.expect("a response");
+    for base in &instances {
+        let (status, _, _) = call(&client, "GET", &format!("{base}/v1/responses/{id}"), &other, None).await;
+        assert_eq!(status, 404, "another key finds nothing on {base}");
+        let (status, _, _) = call(&client, "GET", &format!("{base}/v1/responses/{id}"), &key, None).await;
+        assert_eq!(status, 200, "{base}");
+    }
+    let (status, body, _) = call(&client, "DELETE", &format!("{}/v1/responses/{id}", b.url), &key, None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = call(&client, "GET", &format!("{}/v1/responses/{id}", a.url), &key, None).await;
+    assert_eq!(status, 404, "deleted on one instance, gone on the other");
+}
