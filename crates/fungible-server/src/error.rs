@@ -56,6 +56,15 @@ impl ApiError {
         }
     }
 
+    /// The request body did not arrive in time (`[server] body_read_timeout_ms`).
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: Some("request_timeout"),
+            ..ApiError::invalid_request(None, message)
+        }
+    }
+
     /// An upstream (or gateway-side) failure, classified.
     pub fn from_provider(error: &ProviderError) -> ApiError {
         let (status, kind) = status_for(error.kind);
@@ -96,7 +105,7 @@ impl ApiError {
     /// Anthropic's `{"type":"error","error":{"type":..,"message":..}}`.
     pub fn anthropic_body(&self) -> Vec<u8> {
         let kind = match self.status.as_u16() {
-            400 | 422 => "invalid_request_error",
+            400 | 408 | 422 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
@@ -124,7 +133,7 @@ impl ApiError {
             409 => "ABORTED",
             429 => "RESOURCE_EXHAUSTED",
             503 => "UNAVAILABLE",
-            504 => "DEADLINE_EXCEEDED",
+            408 | 504 => "DEADLINE_EXCEEDED",
             _ => "INTERNAL",
         };
         serde_json::to_vec(&serde_json::json!({

@@ -2,7 +2,8 @@
 //! core. This is the only crate that knows axum and HTTP status codes.
 //!
 //! [`app`] builds the whole router, so tests drive it with `oneshot` and no socket;
-//! [`serve`] binds it to an address.
+//! [`serve`] binds it to an address with connection timeouts, a connection cap and a
+//! shutdown deadline (`serve.rs`).
 
 pub mod admin;
 pub mod anthropic_messages;
@@ -18,9 +19,10 @@ pub mod openai_responses;
 pub mod principal;
 pub mod recording;
 pub mod routes_status;
+pub mod serve;
 mod streaming;
 
-use std::net::SocketAddr;
+pub use serve::{serve, serve_on};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -134,41 +136,17 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `addr` until `shutdown` resolves, then lets in-flight requests finish.
-pub async fn serve(
-    state: AppState,
-    addr: SocketAddr,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!("fungible listening on http://{}", listener.local_addr()?);
-    serve_on(state, listener, shutdown).await
-}
-
-/// Like [`serve`], on a listener the caller bound (tests and benchmarks use port 0).
-pub async fn serve_on(
-    state: AppState,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm and delayed
-    // ACKs add ~40 ms to each.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("could not set TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
-}
-
-/// Reads a request body up to `limit` bytes; more is a 413 in the client's error shape.
+/// Reads a request body up to `limit` bytes; more is a 413 in the client's error shape, and
+/// a body that ran past `[server] body_read_timeout_ms` a 408.
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut source: Option<&dyn std::error::Error> = Some(&e);
         while let Some(err) = source {
             if err.is::<http_body_util::LengthLimitError>() {
                 return ApiError::payload_too_large(limit);
+            }
+            if let Some(timeout) = err.downcast_ref::<serve::BodyTimeout>() {
+                return ApiError::request_timeout(timeout.to_string());
             }
             source = err.source();
         }

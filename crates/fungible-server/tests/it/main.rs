@@ -1,5 +1,6 @@
 //! Integration tests of the HTTP server against the mock upstream: the provider matrix,
-//! error mapping, streaming edge cases and bad input. One binary for the crate.
+//! error mapping, streaming edge cases and bad input, and attacks on the server's
+//! connections (`serve`). One binary for the crate.
 
 mod anthropic_messages;
 mod auth;
@@ -10,6 +11,7 @@ mod local;
 mod conformance;
 mod recording;
 mod routing;
+mod serve;
 mod streaming;
 mod telemetry;
 
