@@ -65,6 +65,20 @@ impl ApiError {
         }
     }
 
+    /// A request this gateway will not serve to this caller (a foreign `Host` or `Origin`).
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::FORBIDDEN, kind: "permission_error", ..ApiError::invalid_request(None, message) }
+    }
+
+    /// A body in a media type no route accepts.
+    pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: Some("unsupported_media_type"),
+            ..ApiError::invalid_request(None, message)
+        }
+    }
+
     /// An upstream (or gateway-side) failure, classified.
     pub fn from_provider(error: &ProviderError) -> ApiError {
         let (status, kind) = status_for(error.kind);
@@ -105,7 +119,7 @@ impl ApiError {
     /// Anthropic's `{"type":"error","error":{"type":..,"message":..}}`.
     pub fn anthropic_body(&self) -> Vec<u8> {
         let kind = match self.status.as_u16() {
-            400 | 408 | 422 => "invalid_request_error",
+            400 | 408 | 415 | 422 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
@@ -125,7 +139,7 @@ impl ApiError {
     /// Google's `{"error":{"code":..,"message":..,"status":..}}`.
     pub fn gemini_body(&self) -> Vec<u8> {
         let status = match self.status.as_u16() {
-            400 | 413 | 422 => "INVALID_ARGUMENT",
+            400 | 413 | 415 | 422 => "INVALID_ARGUMENT",
             401 => "UNAUTHENTICATED",
             403 => "PERMISSION_DENIED",
             404 => "NOT_FOUND",

@@ -12,6 +12,7 @@ mod cache;
 pub mod dispatch;
 pub mod error;
 pub mod gemini_api;
+pub mod guard;
 pub mod inferences;
 pub mod openai_chat;
 pub mod openai_embeddings;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub cache: Option<fungible_cache::ResponseCache>,
     /// Virtual keys, rate limits and budgets (`[auth]`); off by default.
     pub auth: auth::Auth,
+    /// `[server] allowed_hosts`: the `Host` names served with auth off besides loopback ones.
+    pub allowed_hosts: guard::AllowedHosts,
 }
 
 impl AppState {
@@ -65,7 +68,14 @@ impl AppState {
             telemetry: None,
             cache: None,
             auth: auth::Auth::default(),
+            allowed_hosts: guard::AllowedHosts::default(),
         }
+    }
+
+    /// With auth off, also serves these `Host` names (see [`guard`]).
+    pub fn with_allowed_hosts(mut self, patterns: Vec<String>) -> AppState {
+        self.allowed_hosts = guard::AllowedHosts::new(patterns);
+        self
     }
 
     /// Checks keys, limits and budgets with `auth` (see [`auth`]).
@@ -130,9 +140,12 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), dispatch::layer))
         .layer(axum::middleware::from_fn_with_state(state.clone(), recording::layer))
-        // Outermost: a refused request reaches nothing else, and a virtual key's principal
-        // is on the request before recording and the cache look for it.
+        // A refused request reaches nothing inside, and a virtual key's principal is on the
+        // request before recording and the cache look for it.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
+        // Outermost: what a web page could make a browser send (a foreign Host or Origin with
+        // auth off, a form body) is refused before anything else runs.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::layer))
         .with_state(state)
 }
 

@@ -149,7 +149,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let (store_config, prices) = traces::load(&args.config)?;
     let gateway = gateway.with_prices(price_lookup(&prices));
-    let mut state = AppState::new(gateway, config.max_body_bytes).with_prices(prices);
+    let mut state = AppState::new(gateway, config.max_body_bytes)
+        .with_prices(prices)
+        .with_allowed_hosts(config.allowed_hosts.clone());
     if store_config.enabled {
         state.recording.raw_bodies = store_config.raw_bodies;
     }
@@ -183,6 +185,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(counters, admin_api = auth.admin_key.is_some(), "virtual keys required");
     } else if auth.admin_key.is_some() {
         tracing::info!("admin API on; keys are not required yet ([auth] enabled = false)");
+    }
+    if !auth.enabled && !ip.is_loopback() && config.allowed_hosts.is_empty() {
+        tracing::warn!(
+            "listening on {ip} with [auth] off: only requests for a loopback Host (localhost, 127.0.0.1, [::1]) are served; \
+             list the names clients use in [server] allowed_hosts"
+        );
     }
     let access = auth.access.clone();
     state = state.with_auth(auth);

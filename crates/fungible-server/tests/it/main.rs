@@ -1,12 +1,13 @@
 //! Integration tests of the HTTP server against the mock upstream: the provider matrix,
-//! error mapping, streaming edge cases and bad input, and attacks on the server's
-//! connections (`serve`). One binary for the crate.
+//! error mapping, streaming edge cases and bad input, and attacks on the server itself
+//! (`guard`, `serve`). One binary for the crate.
 
 mod anthropic_messages;
 mod auth;
 mod bad_input;
 mod cache;
 mod errors;
+mod guard;
 mod local;
 mod conformance;
 mod recording;
@@ -69,7 +70,7 @@ impl Harness {
         let env = move |k: &str| (k == key_var).then(|| key.clone());
         let config = GatewayConfig::resolve(file, &env).expect("test config is valid");
         let gateway = Gateway::new(&config).expect("gateway builds");
-        let app = app(AppState::new(gateway, config.max_body_bytes));
+        let app = app(AppState::new(gateway, config.max_body_bytes).with_allowed_hosts(config.allowed_hosts.clone()));
         Harness { mock, app }
     }
 
