@@ -2,6 +2,7 @@
 //! `GET /v1/inferences/{id}`, `GET /v1/stats`, and `GET /metrics` (Prometheus).
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +30,12 @@ fn internal(e: fungible_store::StoreError) -> ApiError {
         kind: "server_error",
         ..ApiError::invalid_request(None, "the inference store failed; see the gateway log")
     }
+}
+
+/// A query string that does not parse, as a 400 in OpenAI's shape (axum's own rejection is
+/// plain text).
+fn bad_query(rejection: QueryRejection) -> ApiError {
+    ApiError::invalid_request(None, rejection.body_text())
 }
 
 fn json_ok(value: &Value) -> Response {
@@ -135,8 +142,9 @@ pub struct ListQuery {
 /// `GET /v1/inferences`: newest first; `next` is the `before` of the next page.
 pub async fn list(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
     let filter = InferenceFilter {
         provider: q.provider,
         model: q.model,
@@ -195,8 +203,9 @@ pub struct StatsQuery {
 /// `GET /v1/stats?by=model|provider|route|key|user|tag|day|inbound`.
 pub async fn stats(
     State(state): State<AppState>,
-    Query(q): Query<StatsQuery>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
     let by: GroupBy =
         q.by.as_deref()
             .unwrap_or("model")

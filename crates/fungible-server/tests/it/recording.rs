@@ -336,6 +336,25 @@ async fn without_a_store_the_read_back_routes_say_so() {
     assert_eq!(metrics.status, 200);
 }
 
+#[tokio::test]
+async fn bad_inference_queries_are_answered_in_openai_error_shape() {
+    let r = Recorded::new(sqlite_store().await).await;
+    let cases = [
+        ("/v1/inferences?limit=ten", "limit"),
+        ("/v1/inferences?colour=red", "colour"),
+        ("/v1/inferences?errors=maybe", "errors"),
+        ("/v1/stats?since_ms=yesterday", "since_ms"),
+    ];
+    for (path, named) in cases {
+        let response = r.get(path).await;
+        let error = response.openai_error(400);
+        assert_eq!(error["type"], "invalid_request_error", "{path}");
+        assert_eq!(response.headers["content-type"], "application/json", "{path}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("query string") && message.contains(named), "{path}: {message}");
+    }
+}
+
 async fn every_inbound_api_is_recorded(r: Recorded) {
     let cases = [
         ("/v1/messages", json!({"model": "openai/gpt-5", "max_tokens": 50, "messages": [{"role": "user", "content": "Say hello."}]})),
