@@ -22,6 +22,7 @@ pub mod recording;
 pub mod routes_status;
 pub mod serve;
 mod streaming;
+mod tags;
 
 pub use serve::{serve, serve_on};
 
