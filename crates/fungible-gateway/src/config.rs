@@ -118,6 +118,44 @@ pub struct ServerSection {
     pub connect_timeout_secs: Option<u64>,
     /// Threads serving requests. Default: one per CPU core.
     pub worker_threads: Option<usize>,
+    /// With `[auth] enabled = false`, the `Host` (and `Origin`) names served besides the
+    /// loopback ones (`localhost`, `127.0.0.1`, `[::1]`), any port: exact names or `*` globs.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// A request's head (request line and headers) must arrive within this, counted from the
+    /// connection's opening or, on a kept-alive connection, from its first byte.
+    pub header_read_timeout_ms: Option<u64>,
+    /// A request's body must arrive within this, counted from the end of its head.
+    pub body_read_timeout_ms: Option<u64>,
+    /// A kept-alive connection with no request for this long is closed, and so is one whose
+    /// client reads nothing of its response for this long.
+    pub idle_timeout_ms: Option<u64>,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: Option<usize>,
+    /// After SIGTERM or Ctrl-C: how long in-flight requests may take to finish before the
+    /// remaining connections are closed.
+    pub shutdown_timeout_ms: Option<u64>,
+}
+
+/// How the server treats client connections (`[server]`), validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
+            body_read_timeout: Duration::from_millis(DEFAULT_BODY_READ_TIMEOUT_MS),
+            idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            shutdown_timeout: Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +198,10 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub worker_threads: usize,
+    /// Timeouts, the connection cap and the shutdown deadline.
+    pub connections: ConnectionLimits,
+    /// `[server] allowed_hosts`, lowercased.
+    pub allowed_hosts: Vec<String>,
     pub providers: Vec<ProviderConfig>,
     /// Alias -> its route: targets, strategy, retries, breaker.
     pub routes: BTreeMap<String, RouteConfig>,
@@ -230,6 +272,18 @@ pub const DEFAULT_PORT: u16 = 4000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+/// Ample for any client that means to send a request; a slowloris connection holds its slot
+/// no longer than this.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// A whole `max_body_bytes` (32 MiB) body over a ~5 Mbit/s link.
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 60_000;
+/// Longer than SDKs keep idle pooled connections (httpx 5 s, undici 4 s), as nginx's 75 s.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Each connection may also hold an upstream connection: 4,096 of each fit in the usual hard
+/// limit on open files (raised to at start), and far exceed what one instance serves.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Leaves 10 s of Kubernetes' default 30 s grace period to write the recorder's queue.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 20_000;
 
 impl ConfigFile {
     pub fn parse(text: &str, path: &str) -> Result<ConfigFile, ConfigError> {
@@ -264,6 +318,18 @@ impl GatewayConfig {
             Some(n) => n,
             None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         };
+        let connections = ConnectionLimits {
+            header_read_timeout: nonzero_ms(server.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT_MS, "server.header_read_timeout_ms")?,
+            body_read_timeout: nonzero_ms(server.body_read_timeout_ms, DEFAULT_BODY_READ_TIMEOUT_MS, "server.body_read_timeout_ms")?,
+            idle_timeout: nonzero_ms(server.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS, "server.idle_timeout_ms")?,
+            max_connections: match server.max_connections {
+                Some(0) => return Err(invalid("server.max_connections", "must be greater than 0")),
+                Some(n) => n,
+                None => DEFAULT_MAX_CONNECTIONS,
+            },
+            shutdown_timeout: nonzero_ms(server.shutdown_timeout_ms, DEFAULT_SHUTDOWN_TIMEOUT_MS, "server.shutdown_timeout_ms")?,
+        };
+        let allowed_hosts = allowed_hosts(server.allowed_hosts.unwrap_or_default())?;
 
         let mut providers = Vec::new();
         // A `[providers.local]` section (an OpenAI-compatible server named "local") wins over
@@ -308,6 +374,8 @@ impl GatewayConfig {
             request_timeout,
             connect_timeout,
             worker_threads,
+            connections,
+            allowed_hosts,
             providers,
             routes,
             routing,
@@ -409,6 +477,34 @@ fn local_config(section: LocalSection, env: &dyn Fn(&str) -> Option<String>) -> 
         return Ok(None);
     }
     Ok(Some(config))
+}
+
+fn nonzero_ms(value: Option<u64>, default: u64, at: &str) -> Result<Duration, ConfigError> {
+    match value.unwrap_or(default) {
+        0 => Err(invalid(at, "must be greater than 0")),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+/// `[server] allowed_hosts`: host names as a browser sends them, without scheme or port.
+fn allowed_hosts(patterns: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    patterns
+        .into_iter()
+        .enumerate()
+        .map(|(i, pattern)| {
+            // A port or a scheme would never match: names are compared without them.
+            let bad = pattern.is_empty()
+                || pattern.contains(['/', ' ', '\t'])
+                || (pattern.contains(':') && !pattern.starts_with('['));
+            if bad {
+                return Err(invalid(
+                    format!("server.allowed_hosts[{i}]"),
+                    format!("{pattern:?} is not a host name (write it without scheme, path or port: \"gateway.internal\", \"*.example.com\")"),
+                ));
+            }
+            Ok(pattern.to_ascii_lowercase())
+        })
+        .collect()
 }
 
 fn nonzero_secs(value: Option<u64>, default: u64, at: &str) -> Result<Duration, ConfigError> {
@@ -595,6 +691,36 @@ mod tests {
         assert!(err.starts_with("state.redis"), "{err}");
         let err = resolve("[auth]\nenable = true\n", &[]).unwrap_err().to_string();
         assert!(err.contains("enable"), "{err}");
+    }
+
+    #[test]
+    fn server_connection_settings_have_defaults_and_are_validated() {
+        let cfg = resolve("", &[]).unwrap();
+        assert_eq!(cfg.connections, ConnectionLimits::default());
+        assert_eq!(cfg.connections.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.connections.max_connections, 4096);
+        assert!(cfg.allowed_hosts.is_empty());
+
+        let toml = "[server]\nheader_read_timeout_ms = 500\nbody_read_timeout_ms = 700\nidle_timeout_ms = 900\nmax_connections = 8\nshutdown_timeout_ms = 1100\nallowed_hosts = [\"Gateway.Internal\", \"*.example.com\"]\n";
+        let cfg = resolve(toml, &[]).unwrap();
+        assert_eq!(
+            cfg.connections,
+            ConnectionLimits {
+                header_read_timeout: Duration::from_millis(500),
+                body_read_timeout: Duration::from_millis(700),
+                idle_timeout: Duration::from_millis(900),
+                max_connections: 8,
+                shutdown_timeout: Duration::from_millis(1100),
+            }
+        );
+        assert_eq!(cfg.allowed_hosts, ["gateway.internal", "*.example.com"]);
+
+        let err = resolve("[server]\nmax_connections = 0\n", &[]).unwrap_err().to_string();
+        assert_eq!(err, "server.max_connections: must be greater than 0");
+        let err = resolve("[server]\nheader_read_timeout_ms = 0\n", &[]).unwrap_err().to_string();
+        assert_eq!(err, "server.header_read_timeout_ms: must be greater than 0");
+        let err = resolve("[server]\nallowed_hosts = [\"localhost\", \"http://gw.example\"]\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("server.allowed_hosts[1]: \"http://gw.example\" is not a host name"), "{err}");
     }
 
     #[test]

@@ -56,6 +56,29 @@ impl ApiError {
         }
     }
 
+    /// The request body did not arrive in time (`[server] body_read_timeout_ms`).
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: Some("request_timeout"),
+            ..ApiError::invalid_request(None, message)
+        }
+    }
+
+    /// A request this gateway will not serve to this caller (a foreign `Host` or `Origin`).
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::FORBIDDEN, kind: "permission_error", ..ApiError::invalid_request(None, message) }
+    }
+
+    /// A body in a media type no route accepts.
+    pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: Some("unsupported_media_type"),
+            ..ApiError::invalid_request(None, message)
+        }
+    }
+
     /// An upstream (or gateway-side) failure, classified.
     pub fn from_provider(error: &ProviderError) -> ApiError {
         let (status, kind) = status_for(error.kind);
@@ -96,7 +119,7 @@ impl ApiError {
     /// Anthropic's `{"type":"error","error":{"type":..,"message":..}}`.
     pub fn anthropic_body(&self) -> Vec<u8> {
         let kind = match self.status.as_u16() {
-            400 | 422 => "invalid_request_error",
+            400 | 408 | 415 | 422 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
@@ -116,7 +139,7 @@ impl ApiError {
     /// Google's `{"error":{"code":..,"message":..,"status":..}}`.
     pub fn gemini_body(&self) -> Vec<u8> {
         let status = match self.status.as_u16() {
-            400 | 413 | 422 => "INVALID_ARGUMENT",
+            400 | 413 | 415 | 422 => "INVALID_ARGUMENT",
             401 => "UNAUTHENTICATED",
             403 => "PERMISSION_DENIED",
             404 => "NOT_FOUND",
@@ -124,7 +147,7 @@ impl ApiError {
             409 => "ABORTED",
             429 => "RESOURCE_EXHAUSTED",
             503 => "UNAVAILABLE",
-            504 => "DEADLINE_EXCEEDED",
+            408 | 504 => "DEADLINE_EXCEEDED",
             _ => "INTERNAL",
         };
         serde_json::to_vec(&serde_json::json!({

@@ -6,6 +6,7 @@
 
 use axum::body::Body;
 use axum::Extension;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -40,6 +41,12 @@ fn internal(e: fungible_store::StoreError) -> ApiError {
         kind: "server_error",
         ..ApiError::invalid_request(None, "the inference store failed; see the gateway log")
     }
+}
+
+/// A query string that does not parse, as a 400 in OpenAI's shape (axum's own rejection is
+/// plain text).
+fn bad_query(rejection: QueryRejection) -> ApiError {
+    ApiError::invalid_request(None, rejection.body_text())
 }
 
 fn json_ok(value: &Value) -> Response {
@@ -165,8 +172,9 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
     let key_id = match scope_of(&caller) {
         DataScope::All => q.key_id,
         DataScope::Key(own) => match q.key_id {
@@ -236,8 +244,9 @@ pub struct StatsQuery {
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<StatsQuery>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
     let scope = scope_of(&caller);
     let key_id = match &scope {
         DataScope::All => None,

@@ -2,7 +2,8 @@
 //! core. This is the only crate that knows axum and HTTP status codes.
 //!
 //! [`app`] builds the whole router, so tests drive it with `oneshot` and no socket;
-//! [`serve`] binds it to an address.
+//! [`serve`] binds it to an address with connection timeouts, a connection cap and a
+//! shutdown deadline (`serve.rs`).
 
 pub mod admin;
 pub mod anthropic_messages;
@@ -11,6 +12,7 @@ mod cache;
 pub mod dispatch;
 pub mod error;
 pub mod gemini_api;
+pub mod guard;
 pub mod inferences;
 pub mod openai_chat;
 pub mod openai_embeddings;
@@ -18,9 +20,11 @@ pub mod openai_responses;
 pub mod principal;
 pub mod recording;
 pub mod routes_status;
+pub mod serve;
 mod streaming;
+mod tags;
 
-use std::net::SocketAddr;
+pub use serve::{serve, serve_on};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -50,6 +54,8 @@ pub struct AppState {
     pub cache: Option<fungible_cache::ResponseCache>,
     /// Virtual keys, rate limits and budgets (`[auth]`); off by default.
     pub auth: auth::Auth,
+    /// `[server] allowed_hosts`: the `Host` names served with auth off besides loopback ones.
+    pub allowed_hosts: guard::AllowedHosts,
 }
 
 impl AppState {
@@ -63,7 +69,14 @@ impl AppState {
             telemetry: None,
             cache: None,
             auth: auth::Auth::default(),
+            allowed_hosts: guard::AllowedHosts::default(),
         }
+    }
+
+    /// With auth off, also serves these `Host` names (see [`guard`]).
+    pub fn with_allowed_hosts(mut self, patterns: Vec<String>) -> AppState {
+        self.allowed_hosts = guard::AllowedHosts::new(patterns);
+        self
     }
 
     /// Checks keys, limits and budgets with `auth` (see [`auth`]).
@@ -128,47 +141,26 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), dispatch::layer))
         .layer(axum::middleware::from_fn_with_state(state.clone(), recording::layer))
-        // Outermost: a refused request reaches nothing else, and a virtual key's principal
-        // is on the request before recording and the cache look for it.
+        // A refused request reaches nothing inside, and a virtual key's principal is on the
+        // request before recording and the cache look for it.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
+        // Outermost: what a web page could make a browser send (a foreign Host or Origin with
+        // auth off, a form body) is refused before anything else runs.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::layer))
         .with_state(state)
 }
 
-/// Serves `app` on `addr` until `shutdown` resolves, then lets in-flight requests finish.
-pub async fn serve(
-    state: AppState,
-    addr: SocketAddr,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!("fungible listening on http://{}", listener.local_addr()?);
-    serve_on(state, listener, shutdown).await
-}
-
-/// Like [`serve`], on a listener the caller bound (tests and benchmarks use port 0).
-pub async fn serve_on(
-    state: AppState,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm and delayed
-    // ACKs add ~40 ms to each.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("could not set TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
-}
-
-/// Reads a request body up to `limit` bytes; more is a 413 in the client's error shape.
+/// Reads a request body up to `limit` bytes; more is a 413 in the client's error shape, and
+/// a body that ran past `[server] body_read_timeout_ms` a 408.
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut source: Option<&dyn std::error::Error> = Some(&e);
         while let Some(err) = source {
             if err.is::<http_body_util::LengthLimitError>() {
                 return ApiError::payload_too_large(limit);
+            }
+            if let Some(timeout) = err.downcast_ref::<serve::BodyTimeout>() {
+                return ApiError::request_timeout(timeout.to_string());
             }
             source = err.source();
         }

@@ -2,8 +2,8 @@
 //! metrics.
 //!
 //! [`layer`] (middleware) notes when a chat request arrived, through which inbound API, and
-//! who it is for (`x-fungible-user`, `x-fungible-episode-id`, `x-fungible-tags: k=v,...`;
-//! the body's `user` and `metadata` too). `dispatch` hands every routed result to
+//! who it is for (`x-fungible-user`, `x-fungible-episode-id`, `x-fungible-tags: k=v,...`,
+//! bounded by `crate::tags`; the body's `user` and `metadata` too). `dispatch` hands every routed result to
 //! [`observe_chat`] / [`observe_stream`]: a whole answer is recorded at once; a stream is
 //! wrapped so that its events are collected as they pass (nothing is held back) and the
 //! record is made at its end, its error, or when the client goes away. Recording is a
@@ -244,7 +244,10 @@ pub async fn layer(
     let Some(inbound) = inbound_of(request.uri().path()) else {
         return next.run(request).await;
     };
-    let mut facts = facts(inbound, request.headers());
+    let mut facts = match facts(inbound, request.headers()) {
+        Ok(facts) => facts,
+        Err(error) => return error.into_response_for(crate::auth::format_of(request.uri().path())),
+    };
     if let Some(p) = request.extensions().get::<crate::principal::Principal>() {
         facts.key_id = Some(p.key_id.clone());
         facts.key_tags = tag_map(&p.tags);
@@ -259,22 +262,20 @@ pub async fn layer(
     }
 }
 
-fn facts(inbound: &'static str, headers: &axum::http::HeaderMap) -> RequestFacts {
+/// The facts of a request, or a 400 when its `x-fungible-tags` are over the limits
+/// (`crate::tags`).
+fn facts(inbound: &'static str, headers: &axum::http::HeaderMap) -> Result<RequestFacts, crate::error::ApiError> {
     let header = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let mut tags = Map::new();
-    if let Some(list) = header("x-fungible-tags") {
-        for pair in list.split(',') {
-            if let Some((k, v)) = pair.split_once('=') {
-                tags.insert(k.trim().to_owned(), Value::String(v.trim().to_owned()));
-            }
-        }
-    }
-    RequestFacts {
+    let tags = match header("x-fungible-tags") {
+        Some(list) => crate::tags::parse_header(&list)?,
+        None => Map::new(),
+    };
+    Ok(RequestFacts {
         trace: fungible_telemetry::Parent::from_headers(headers),
         inbound,
         started: Instant::now(),
@@ -285,7 +286,7 @@ fn facts(inbound: &'static str, headers: &axum::http::HeaderMap) -> RequestFacts
         key_id: None,
         key_tags: Map::new(),
         capture: None,
-    }
+    })
 }
 
 /// A key's tags as recorded tags: `k=v` becomes `"k": "v"`, a bare `t` becomes `"t": true`

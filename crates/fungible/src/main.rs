@@ -149,9 +149,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let (store_config, prices) = traces::load(&args.config)?;
     let gateway = gateway.with_prices(price_lookup(&prices));
-    let mut state = AppState::new(gateway, config.max_body_bytes).with_prices(prices);
+    let mut state = AppState::new(gateway, config.max_body_bytes)
+        .with_prices(prices)
+        .with_allowed_hosts(config.allowed_hosts.clone());
     if store_config.enabled {
         state.recording.raw_bodies = store_config.raw_bodies;
+    }
+    // Each connection holds a file descriptor, and so may its upstream call: the connection
+    // cap, not the default soft limit (often 1024), should be what bounds them.
+    let limits = config.connections;
+    let open_files = fungible_server::serve::raise_open_file_limit();
+    tracing::info!(max_connections = limits.max_connections, open_files, "connection cap");
+    if open_files.is_some_and(|n| n < 2 * limits.max_connections as u64 + 256) {
+        tracing::warn!(
+            "the open file limit ({}) is below twice server.max_connections ({}): raise it (ulimit -n) or lower the cap",
+            open_files.unwrap_or_default(),
+            limits.max_connections
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads).enable_all().build()?;
     let recording = runtime.block_on(traces::start(&store_config))?;
@@ -171,6 +185,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(counters, admin_api = auth.admin_key.is_some(), "virtual keys required");
     } else if auth.admin_key.is_some() {
         tracing::info!("admin API on; keys are not required yet ([auth] enabled = false)");
+    }
+    if !auth.enabled && !ip.is_loopback() && config.allowed_hosts.is_empty() {
+        tracing::warn!(
+            "listening on {ip} with [auth] off: only requests for a loopback Host (localhost, 127.0.0.1, [::1]) are served; \
+             list the names clients use in [server] allowed_hosts"
+        );
     }
     let access = auth.access.clone();
     state = state.with_auth(auth);
@@ -193,10 +213,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         runtime.block_on(state.gateway.preload_local());
     }
     runtime
-        .block_on(fungible_server::serve(state, addr, shutdown_signal()))
+        .block_on(fungible_server::serve(state, addr, limits, shutdown_signal()))
         .with_context(|| format!("could not serve on {addr}"))?;
-    // The server has stopped: write the keys' settled spend and every queued record
-    // before exiting.
+    // The server has stopped (in-flight requests finished, or cut at server.shutdown_timeout_ms):
+    // write the keys' settled spend and every queued record before exiting.
     if let Some(access) = access {
         runtime.block_on(access.flush());
     }

@@ -121,7 +121,10 @@ async fn streaming_yields_the_same_text_as_non_streaming() {
         StreamEvent::Usage(u) => Some(*u),
         _ => None,
     });
-    assert_eq!(usage, Some(whole.usage));
+    // The same counts; how much of the prompt came from the slot's cache depends on what the
+    // shared slot served before each (other tests use it too).
+    let counts = |u: fungible_types::Usage| (u.input_tokens, u.output_tokens);
+    assert_eq!(usage.map(counts), Some(counts(whole.usage)));
 }
 
 #[tokio::test]
@@ -241,7 +244,7 @@ async fn a_request_with_no_parameters_gets_the_model_card_defaults_and_a_bounded
     // Seeded on one slot, reproducible: the model card's temperature answers the question.
     let mut seeded = first_request();
     seeded.params.seed = Some(1);
-    let text = alone().chat(&seeded, CHAT).await.unwrap().message.content.unwrap_or_default();
+    let text = own_cached_engine().chat(&seeded, CHAT).await.unwrap().message.content.unwrap_or_default();
     assert!(text.contains("Paris"), "{text}");
 }
 

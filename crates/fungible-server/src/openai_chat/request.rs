@@ -121,6 +121,11 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         safety_identifier: take(&mut f, "safety_identifier")?,
     };
 
+    let metadata: Option<Map<String, Value>> = take(&mut f, "metadata")?;
+    if let Some(metadata) = &metadata {
+        crate::tags::check_metadata(metadata)?;
+    }
+
     let mut req = ChatRequest {
         model,
         messages,
@@ -133,7 +138,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         stream,
         stream_include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         user: take(&mut f, "user")?,
-        metadata: take(&mut f, "metadata")?,
+        metadata,
         openai,
         extra_body: Map::new(),
     };

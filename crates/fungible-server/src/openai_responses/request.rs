@@ -216,6 +216,9 @@ pub fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
     let top_p: Option<f64> = take(&mut f, "top_p")?;
     let user: Option<String> = take(&mut f, "user")?;
     let metadata: Option<Map<String, Value>> = take(&mut f, "metadata")?;
+    if let Some(metadata) = &metadata {
+        crate::tags::check_metadata(metadata)?;
+    }
     let store = take::<bool>(&mut f, "store")?.unwrap_or(true);
     let stream = take::<bool>(&mut f, "stream")?.unwrap_or(false);
     let service_tier: Option<String> = take(&mut f, "service_tier")?;

@@ -1,15 +1,18 @@
 //! Integration tests of the HTTP server against the mock upstream: the provider matrix,
-//! error mapping, streaming edge cases and bad input. One binary for the crate.
+//! error mapping, streaming edge cases and bad input, and attacks on the server itself
+//! (`guard`, `serve`). One binary for the crate.
 
 mod anthropic_messages;
 mod auth;
 mod bad_input;
 mod cache;
 mod errors;
+mod guard;
 mod local;
 mod conformance;
 mod recording;
 mod routing;
+mod serve;
 mod streaming;
 mod telemetry;
 mod tenant;
@@ -70,7 +73,7 @@ impl Harness {
         let env = move |k: &str| (k == key_var).then(|| key.clone());
         let config = GatewayConfig::resolve(file, &env).expect("test config is valid");
         let gateway = Gateway::new(&config).expect("gateway builds");
-        let state = AppState::new(gateway, config.max_body_bytes);
+        let state = AppState::new(gateway, config.max_body_bytes).with_allowed_hosts(config.allowed_hosts.clone());
         let app = app(state.clone());
         Harness { mock, app, state }
     }

@@ -49,7 +49,7 @@ impl Recorded {
         let env = |k: &str| (k == "OPENAI_API_KEY").then(|| OPENAI.key.to_owned());
         let config = fungible_gateway::GatewayConfig::resolve(file, &env).expect("config");
         let gateway = fungible_gateway::Gateway::new(&config).expect("gateway");
-        let mut state = AppState::new(gateway, 1 << 20).with_recorder(store, recorder.clone());
+        let mut state = AppState::new(gateway, config.max_body_bytes).with_recorder(store, recorder.clone());
         state.recording.raw_bodies = raw;
         h.app = app(state);
         Recorded { h, recorder }
@@ -335,6 +335,75 @@ async fn without_a_store_the_read_back_routes_say_so() {
         .await;
     assert_eq!(metrics.status, 200);
 }
+
+#[tokio::test]
+async fn bad_inference_queries_are_answered_in_openai_error_shape() {
+    let r = Recorded::new(sqlite_store().await).await;
+    let cases = [
+        ("/v1/inferences?limit=ten", "limit"),
+        ("/v1/inferences?colour=red", "colour"),
+        ("/v1/inferences?errors=maybe", "errors"),
+        ("/v1/stats?since_ms=yesterday", "since_ms"),
+    ];
+    for (path, named) in cases {
+        let response = r.get(path).await;
+        let error = response.openai_error(400);
+        assert_eq!(error["type"], "invalid_request_error", "{path}");
+        assert_eq!(response.headers["content-type"], "application/json", "{path}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("query string") && message.contains(named), "{path}: {message}");
+    }
+}
+
+/// The attack: 100,000 `metadata` keys in one request and 8,000 `x-fungible-tags` in
+/// another once made 108,000 tag rows. Each is now a 400 that names the limit, and neither
+/// reaches the upstream or the store.
+async fn tag_amplification_is_refused_and_not_recorded(r: Recorded) {
+    let metadata: serde_json::Map<String, Value> = (0..100_000).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let body = json!({
+        "model": "openai/gpt-5",
+        "messages": [{"role": "user", "content": "hi"}],
+        "metadata": metadata,
+    });
+    let response = r.h.post("/v1/chat/completions", body.to_string()).await;
+    let error = response.openai_error(400);
+    assert_eq!(error["param"], "metadata");
+    assert_eq!(error["message"], "metadata: at most 16 pairs are allowed, got 100000");
+    let mut body = json!({"model": "openai/gpt-5", "input": "hi", "metadata": {}});
+    body["metadata"] = Value::Object(metadata.into_iter().take(17).collect());
+    let response = r.h.post("/v1/responses", body.to_string()).await;
+    assert_eq!(response.openai_error(400)["param"], "metadata");
+
+    let tags = (0..8000).map(|i| format!("t{i}=v")).collect::<Vec<_>>().join(",");
+    for path in ["/v1/chat/completions", "/v1/messages"] {
+        let request = Request::post(path)
+            .header("content-type", "application/json")
+            .header("x-fungible-tags", &tags)
+            .body(Body::from(Harness::inbound(OPENAI, "plain")))
+            .expect("request");
+        let response = r.h.send(request).await;
+        assert_eq!(response.status, 400, "{path}: {}", response.text());
+        assert!(response.text().contains("x-fungible-tags: at most 64 tags are allowed, got 8000"), "{path}: {}", response.text());
+    }
+    assert_eq!(r.h.mock.request_count(), 0, "a refused request reached the upstream");
+    assert_eq!(r.records().await, Vec::<Value>::new(), "a refused request was recorded");
+
+    // Within the limits, the tags are recorded.
+    r.h.mock.push(MockResponse::fixture(200, crate::fixtures().join("openai/plain.response.json")));
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-fungible-tags", (0..64).map(|i| format!("t{i}=v")).collect::<Vec<_>>().join(","))
+        .body(Body::from(Harness::inbound(OPENAI, "plain")))
+        .expect("request");
+    let response = r.h.send(request).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let records = r.records().await;
+    assert_eq!(records.len(), 1);
+    let id = records[0]["id"].as_str().expect("id");
+    let full = r.get(&format!("/v1/inferences/{id}")).await.json();
+    assert_eq!(full["tags"].as_object().map(|t| t.len()), Some(64), "{full}");
+}
+both!(tag_amplification_is_refused_and_not_recorded);
 
 async fn every_inbound_api_is_recorded(r: Recorded) {
     let cases = [

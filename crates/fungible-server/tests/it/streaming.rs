@@ -74,7 +74,8 @@ async fn a_client_leaving_a_non_streamed_request_cancels_the_upstream_request() 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(fungible_server::serve_on(h.state.clone(), listener, async move {
+    let limits = fungible_gateway::config::ConnectionLimits::default();
+    let server = tokio::spawn(fungible_server::serve_on(h.state.clone(), listener, limits, async move {
         let _ = stopped.await;
     }));
     let body = Harness::inbound(OPENAI, "plain");
