@@ -14,6 +14,7 @@ pub mod gemini;
 mod http;
 pub mod local;
 pub mod openai;
+mod redact;
 mod secret;
 mod sse;
 
@@ -101,22 +102,36 @@ impl Provider {
         }
     }
 
+    /// The provider's credentials, kept out of its answers ([`redact`]); none for local models.
+    fn redactions(&self) -> redact::Redactions {
+        let settings = match self {
+            Provider::OpenAi(p) => p.settings(),
+            Provider::Anthropic(p) => p.settings(),
+            Provider::Gemini(p) => p.settings(),
+            Provider::Local(_) => return redact::Redactions::default(),
+        };
+        redact::Redactions::new(settings.api_key.iter().chain(settings.headers.iter().map(|(_, value)| value)))
+    }
+
     pub async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
-        match self {
+        let mut response = match self {
             Provider::OpenAi(p) => p.chat(req, model).await,
             Provider::Anthropic(p) => p.chat(req, model).await,
             Provider::Gemini(p) => p.chat(req, model).await,
             Provider::Local(p) => p.chat(req, model).await,
-        }
+        }?;
+        self.redactions().response(&mut response);
+        Ok(response)
     }
 
     pub async fn chat_stream(&self, req: &ChatRequest, model: &str) -> Result<EventStream, ProviderError> {
-        match self {
+        let stream = match self {
             Provider::OpenAi(p) => p.chat_stream(req, model).await,
             Provider::Anthropic(p) => p.chat_stream(req, model).await,
             Provider::Gemini(p) => p.chat_stream(req, model).await,
             Provider::Local(p) => p.chat_stream(req, model).await,
-        }
+        }?;
+        Ok(self.redactions().stream(stream))
     }
 
     pub async fn count_tokens(&self, req: &ChatRequest, model: &str) -> Result<u64, ProviderError> {

@@ -39,6 +39,10 @@ pub struct AnthropicProvider {
 }
 
 impl AnthropicProvider {
+    pub(crate) fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+
     /// `default_max_tokens` is sent when a request sets no limit; 0 (never valid upstream)
     /// means [`DEFAULT_MAX_TOKENS`].
     pub fn new(settings: ProviderSettings, http: HttpClient, default_max_tokens: u32) -> AnthropicProvider {

@@ -33,6 +33,10 @@ pub struct GeminiProvider {
 }
 
 impl GeminiProvider {
+    pub(crate) fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+
     pub fn new(settings: ProviderSettings, http: HttpClient) -> GeminiProvider {
         let base = settings.base_url.trim_end_matches('/');
         // Forgive a base URL given with the version, as some SDKs document it.

@@ -89,6 +89,10 @@ pub struct OpenAiProvider {
 }
 
 impl OpenAiProvider {
+    pub(crate) fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+
     pub fn new(settings: ProviderSettings, flavor: OpenAiFlavor, http: HttpClient) -> OpenAiProvider {
         let url = format!("{}/chat/completions", settings.base_url.trim_end_matches('/'));
         OpenAiProvider { settings, flavor, http, url }

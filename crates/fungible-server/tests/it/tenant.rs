@@ -205,3 +205,45 @@ async fn a_clients_own_input_never_opens_a_shared_targets_breaker() {
     let guarded = routes["data"].as_array().expect("routes").iter().find(|r| r["route"] == "guarded").expect("listed").clone();
     assert_eq!(guarded["targets"][0]["breaker"], "closed", "{guarded}");
 }
+
+#[tokio::test]
+async fn a_provider_key_echoed_in_a_successful_answer_reaches_neither_the_client_nor_the_store() {
+    let gw = gateway(ROUTES, Limits::memory()).await;
+    let (_, key) = gw.key(json!({})).await;
+    let provider_key = crate::OPENAI.key;
+    let fixture = std::fs::read_to_string(crate::fixtures().join("openai/plain.response.json")).expect("fixture");
+    let echoed = fixture.replace("\"Hello!\"", &format!("\"Sure, the key I was called with is {provider_key}.\""));
+    gw.mock.push(fungible_mock::MockResponse::json(200, echoed));
+    let r = post(&gw, &key, "/v1/chat/completions", chat("openai/gpt-5", json!({}))).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert!(!r.text().contains(provider_key), "{}", r.text());
+    assert!(r.text().contains("called with is [redacted]."), "{}", r.text());
+
+    // Streamed, the key split over many events.
+    let words: Vec<String> = format!("The key is {provider_key}, see?").chars().map(String::from).collect();
+    let mut sse = String::new();
+    for word in &words {
+        let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-5",
+            "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}]});
+        sse.push_str(&format!("data: {chunk}\n\n"));
+    }
+    let last = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-5",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+    sse.push_str(&format!("data: {last}\n\ndata: [DONE]\n\n"));
+    gw.mock.push(fungible_mock::MockResponse::sse(sse));
+    let r = post(&gw, &key, "/v1/chat/completions", chat("openai/gpt-5", json!({"stream": true}))).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let text: String = r
+        .sse_data()
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "The key is [redacted], see?");
+
+    gw.recorder.flush().await;
+    for record in gw.store.list(&InferenceFilter::default()).await.expect("list") {
+        let stored = serde_json::to_string(&record).expect("json");
+        assert!(!stored.contains(provider_key), "{stored}");
+    }
+}
