@@ -116,6 +116,43 @@ impl ResponseCache {
         self.inner.semantic.as_ref()
     }
 
+    /// The cached answer of the most similar earlier question in `scope` (see
+    /// [`SemanticIndex::find`]), with its similarity. With the Redis backend the index is
+    /// shared: a scope this instance does not find a match in is read again from Redis (one
+    /// round trip, only on a miss, which costs an upstream call anyway), so a question answered
+    /// through any instance is found by every instance.
+    pub async fn semantic_find(&self, scope: &CacheKey, embedding: &[f32]) -> Option<(CachedAnswer, f32)> {
+        let index = self.inner.semantic.as_ref()?;
+        if let Some(hit) = index.find(scope, embedding) {
+            return Some(hit);
+        }
+        let Backend::Redis(redis) = &self.inner.backend else { return None };
+        let name = format!("sem:{scope}");
+        let entries = match redis.list(&name).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!("semantic cache read failed: {e}");
+                return None;
+            }
+        };
+        let entries: Vec<(Vec<f32>, CachedAnswer)> = entries.iter().filter_map(|bytes| semantic::decode(bytes)).collect();
+        index.replace_scope(scope.clone(), entries);
+        index.find(scope, embedding)
+    }
+
+    /// Remembers `answer` for the question embedded as `embedding` in `scope`: in this
+    /// process, and with the Redis backend for every instance (a failure is logged).
+    pub async fn semantic_insert(&self, scope: CacheKey, embedding: Vec<f32>, answer: CachedAnswer) {
+        let Some(index) = &self.inner.semantic else { return };
+        if let Backend::Redis(redis) = &self.inner.backend
+            && let Some(bytes) = self.encode(&answer).and_then(|_| semantic::encode(&embedding, &answer))
+            && let Err(e) = redis.push_bounded(&format!("sem:{scope}"), bytes, index.per_scope()).await
+        {
+            tracing::warn!("semantic cache write failed: {e}");
+        }
+        index.insert(scope, embedding, answer);
+    }
+
     /// The answer cached under `key`; a backend failure is logged and is a miss.
     pub async fn get(&self, key: &CacheKey) -> Option<CachedAnswer> {
         match &self.inner.backend {

@@ -64,4 +64,42 @@ impl RedisBackend {
             .await
             .map_err(|e| CacheError::Redis(e.to_string()))
     }
+
+    /// Pushes `entry` onto the list `name` (newest first), keeping its `keep` newest, and
+    /// restarts its expiry: one round trip (a transaction).
+    pub(crate) async fn push_bounded(&self, name: &str, entry: Vec<u8>, keep: usize) -> Result<(), CacheError> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}{name}", self.prefix);
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(&key)
+            .arg(entry)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(0)
+            .arg(keep.saturating_sub(1))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| CacheError::Redis(e.to_string()))
+    }
+
+    /// The list `name`, newest first.
+    pub(crate) async fn list(&self, name: &str) -> Result<Vec<Vec<u8>>, CacheError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("LRANGE")
+            .arg(format!("{}{name}", self.prefix))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| CacheError::Redis(e.to_string()))
+    }
 }

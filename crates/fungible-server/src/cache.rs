@@ -163,7 +163,7 @@ pub(crate) async fn lookup(state: &AppState, req: &ChatRequest, request: &CacheR
         };
     }
     let mut semantic = None;
-    if let (Some(index), Some(settings)) = (cache.semantic(), config.semantic_for(&req.model))
+    if let (Some(_), Some(settings)) = (cache.semantic(), config.semantic_for(&req.model))
         && let (Some(scope), Some(text)) =
             (CacheKey::semantic_scope(req, key_id), last_user_text(req))
     {
@@ -174,7 +174,7 @@ pub(crate) async fn lookup(state: &AppState, req: &ChatRequest, request: &CacheR
         {
             Ok((embeddings, _)) => {
                 if let Some(embedding) = embeddings.vectors.into_iter().next() {
-                    if read && let Some((answer, similarity)) = index.find(&scope, &embedding) {
+                    if read && let Some((answer, similarity)) = cache.semantic_find(&scope, &embedding).await {
                         tracing::debug!(similarity, "semantic cache hit");
                         return Lookup::Hit {
                             answer,
@@ -224,8 +224,8 @@ impl Plan {
             target: route.target.as_ref().map(ToString::to_string),
             route: route.route.clone(),
         };
-        if let (Some(index), Some((scope, embedding))) = (self.cache.semantic(), self.semantic) {
-            index.insert(scope, embedding, answer.clone());
+        if let Some((scope, embedding)) = self.semantic {
+            self.cache.semantic_insert(scope, embedding, answer.clone()).await;
         }
         self.cache.put(&self.key, &answer).await;
     }
@@ -278,10 +278,9 @@ impl Stream for StoringStream {
                             target: this.target.take(),
                             route: this.route.take(),
                         };
-                        if let (Some(index), Some((scope, embedding))) =
-                            (plan.cache.semantic(), plan.semantic)
-                        {
-                            index.insert(scope, embedding, answer.clone());
+                        if let Some((scope, embedding)) = plan.semantic {
+                            let (cache, answer) = (plan.cache.clone(), answer.clone());
+                            tokio::spawn(async move { cache.semantic_insert(scope, embedding, answer).await });
                         }
                         plan.cache.store(plan.key, answer);
                     }

@@ -436,3 +436,63 @@ async fn two_instances_continue_each_others_stored_responses() {
     let (status, _, _) = call(&client, "GET", &format!("{}/v1/responses/{id}", a.url), &key, None).await;
     assert_eq!(status, 404, "deleted on one instance, gone on the other");
 }
+
+/// The semantic cache's index is shared through Redis: a question answered through one
+/// instance is a semantic hit on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_semantic_cache_entry_stored_through_one_instance_is_a_hit_on_the_other() {
+    let Ok(redis) = std::env::var("FUNGIBLE_TEST_REDIS_URL") else {
+        eprintln!("FUNGIBLE_TEST_REDIS_URL is not set: shared semantic cache test not run");
+        return;
+    };
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    assert!(models.join("all-MiniLM-L6-v2").is_dir(), "run scripts/setup-models.sh first");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/openai");
+    let json = Bytes::from(std::fs::read(fixtures.join("plain.response.json")).expect("fixture"));
+    let sse = Bytes::from(std::fs::read(fixtures.join("stream.response.sse")).expect("fixture"));
+    let mock = MockUpstream::start(Fallback::Fixed { json, sse }).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("fungible.toml");
+    // A prefix of this test's own, so runs never see each other's entries.
+    let prefix = format!("fungible-test-{}:", std::process::id());
+    std::fs::write(
+        &config,
+        format!(
+            "[providers.openai]\nbase_url = \"{}/v1\"\n[store]\npath = {:?}\n[local]\nmodels_dir = {:?}\n\
+             [cache]\nbackend = \"redis\"\nredis_url = \"{redis}\"\nkey_prefix = \"{prefix}\"\ndeterministic_only = false\n\
+             [cache.semantic]\nmodels = [\"openai/gpt-5\"]\nthreshold = 0.9\n",
+            mock.url(),
+            dir.path().join("fungible.db").display().to_string(),
+            models.display().to_string()
+        ),
+    )
+    .expect("config");
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let a = spawn(&config, &dir.path().join("a.log"));
+    wait_healthy(&client, &a).await;
+    let b = spawn(&config, &dir.path().join("b.log"));
+    wait_healthy(&client, &b).await;
+    let ask = |base: String, question: &'static str| {
+        let client = client.clone();
+        async move {
+            let request = hyper::Request::post(format!("{base}/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(
+                    json!({"model": "openai/gpt-5", "messages": [{"role": "user", "content": question}]}).to_string(),
+                )))
+                .expect("request");
+            let response = client.request(request).await.expect("answer");
+            assert_eq!(response.status(), 200);
+            let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            (header("x-fungible-cache"), header("x-fungible-cache-match"))
+        }
+    };
+    assert_eq!(ask(a.url.clone(), "What is the capital of France?").await.0, "miss");
+    let calls = mock.request_count();
+    // Another instance, another wording: served from the shared index.
+    let (outcome, matched) = ask(b.url.clone(), "What's the capital city of France?").await;
+    assert_eq!((outcome.as_str(), matched.as_str()), ("hit", "semantic"));
+    assert_eq!(mock.request_count(), calls, "no upstream call for the hit");
+    // An unrelated question is not.
+    assert_eq!(ask(b.url.clone(), "How do I bake sourdough bread?").await.0, "miss");
+}
