@@ -157,6 +157,14 @@ impl Gateway {
     /// has an endpoint for it, a local estimate otherwise (see `Provider::count_tokens`).
     pub async fn count_tokens(&self, req: &ChatRequest) -> Result<u64, GatewayError> {
         let (provider, target) = self.resolve(&req.model)?;
+        // Another vendor's fields never go to this one.
+        let narrowed;
+        let req = if !req.extra_body.is_empty() && req.extra_body_vendor.is_some_and(|v| provider.kind().family() != Some(v)) {
+            narrowed = ChatRequest { extra_body: serde_json::Map::new(), ..req.clone() };
+            &narrowed
+        } else {
+            req
+        };
         match tokio::time::timeout(self.inner.request_timeout, provider.count_tokens(req, &target.model)).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(self.timeout(&target).into()),

@@ -72,6 +72,17 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// The wire-format family whose own fields this provider takes (none: local models).
+    pub fn family(self) -> Option<fungible_types::VendorFamily> {
+        use fungible_types::VendorFamily;
+        match self {
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => Some(VendorFamily::OpenAi),
+            ProviderKind::Anthropic => Some(VendorFamily::Anthropic),
+            ProviderKind::Gemini => Some(VendorFamily::Gemini),
+            ProviderKind::Local => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "openai",

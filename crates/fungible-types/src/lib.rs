@@ -49,6 +49,24 @@ pub struct ChatRequest {
     /// body as they are (the `extra_body` escape hatch), so a client can use a vendor feature
     /// fungible has no canonical name for.
     pub extra_body: Map<String, Value>,
+    /// Whose fields `extra_body` holds: `None` for any provider (an OpenAI Chat client's
+    /// extensions, such as vLLM's `top_k`), or one vendor family's own fields (an Anthropic
+    /// client's `thinking`), which only a provider of that family receives: the gateway drops
+    /// them for a target of another family, at the call, so a route over several vendors
+    /// never sends one vendor's fields to another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_body_vendor: Option<VendorFamily>,
+}
+
+/// A family of wire formats whose own fields a request may carry ([`ChatRequest::extra_body_vendor`]).
+/// The names are stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VendorFamily {
+    /// OpenAI and every OpenAI-compatible server.
+    OpenAi,
+    Anthropic,
+    Gemini,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -180,7 +180,7 @@ impl State {
                 continue;
             }
             self.cont.calls_left -= 1;
-            let (req, stripped) = self.prefilled(&request_for(&self.cont.req, target));
+            let (req, stripped) = self.prefilled(&request_for(&self.cont.req, target, provider.kind()));
             tracing::info!(
                 upstream = %target.config.target,
                 sent_chars = self.text.len(),

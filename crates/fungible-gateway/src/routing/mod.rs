@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fungible_providers::{EventStream, Provider};
+use fungible_providers::{EventStream, Provider, ProviderKind};
 use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -395,13 +395,23 @@ fn split_fallbacks(req: &ChatRequest) -> Result<(Cow<'_, ChatRequest>, Fallbacks
     Ok((Cow::Owned(owned), names))
 }
 
-/// `req` as `target` gets it: with the target's params and extra body over the client's.
-pub(crate) fn request_for<'r>(req: &'r ChatRequest, target: &RouteTarget) -> Cow<'r, ChatRequest> {
+/// `req` as `target` gets it: with the target's params and extra body over the client's, and
+/// without the client's fields of another vendor family (`extra_body_vendor`).
+pub(crate) fn request_for<'r>(req: &'r ChatRequest, target: &RouteTarget, kind: ProviderKind) -> Cow<'r, ChatRequest> {
     let c = &target.config;
-    if c.params.is_empty() && c.extra_body.is_empty() {
+    let foreign = !req.extra_body.is_empty() && req.extra_body_vendor.is_some_and(|v| kind.family() != Some(v));
+    if c.params.is_empty() && c.extra_body.is_empty() && !foreign {
         return Cow::Borrowed(req);
     }
     let mut owned = req.clone();
+    if foreign {
+        tracing::debug!(
+            fields = ?owned.extra_body.keys().collect::<Vec<_>>(),
+            target = %c.target,
+            "dropping another vendor's fields for this target"
+        );
+        owned.extra_body.clear();
+    }
     c.params.apply(&mut owned);
     for (key, value) in &c.extra_body {
         owned.extra_body.insert(key.clone(), value.clone());
@@ -434,7 +444,7 @@ impl Gateway {
         let (route, result) = execute::execute(self.limits(), plan, self.inner.request_timeout, |ctx: AttemptCtx| async move {
             let target = &ctx.route.targets[ctx.index];
             let provider = self.provider_of(&target.config.target)?;
-            provider.chat(&request_for(req, target), &target.config.target.model).await
+            provider.chat(&request_for(req, target, provider.kind()), &target.config.target.model).await
         })
         .await;
         match result {
@@ -455,7 +465,7 @@ impl Gateway {
             let provider = self.provider_of(&target.config.target)?;
             let timeouts = target.config.stream_timeouts;
             let started = Instant::now();
-            let upstream_request = request_for(request, target);
+            let upstream_request = request_for(request, target, provider.kind());
             let open = provider.chat_stream(&upstream_request, &target.config.target.model);
             let stream = match timeouts.ttft {
                 Some(ttft) => tokio::time::timeout(ttft, open).await.map_err(|_| {

@@ -431,13 +431,13 @@ fn target_params_and_extra_body_override_the_clients() {
     req.params.temperature = Some(1.5);
     req.params.seed = Some(7);
     let (_, plan) = gw.plan(&req, &RouteHints::default()).unwrap();
-    let sent = request_for(&req, &plan.legs[0].0.targets[0]);
+    let sent = request_for(&req, &plan.legs[0].0.targets[0], fungible_providers::ProviderKind::OpenAi);
     assert_eq!(sent.params.temperature, Some(0.1));
     assert_eq!(sent.params.seed, Some(7));
     assert_eq!(sent.extra_body["top_k"], 9);
     assert_eq!(sent.extra_body["keep"], true);
     let direct = Route::direct(Target::parse("openai/a").unwrap(), StreamTimeouts::default());
-    assert!(matches!(request_for(&req, &direct.targets[0]), Cow::Borrowed(_)));
+    assert!(matches!(request_for(&req, &direct.targets[0], fungible_providers::ProviderKind::OpenAi), Cow::Borrowed(_)));
 }
 
 const AB: &str = r#"

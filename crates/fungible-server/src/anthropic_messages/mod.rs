@@ -38,18 +38,14 @@ pub async fn count_tokens(State(state): State<AppState>, body: Body) -> Response
     }
 }
 
-/// Reads and parses the body, and keeps the fields fungible has no name for only when the
-/// model is served by Anthropic: a vendor field must not reach another vendor.
+/// Reads and parses the body; the fields fungible has no name for are marked Anthropic's.
 async fn read_request(state: &AppState, body: Body, endpoint: Endpoint) -> Result<ChatRequest, ApiError> {
     let bytes = crate::read_body(body, state.max_body_bytes).await?;
     let mut req = request::parse(&bytes, endpoint)?;
-    // A name that resolves to no single provider (an unknown model, which the gateway then
-    // reports, or a route over several) keeps no vendor fields.
-    let anthropic = matches!(state.gateway.resolve(&req.model), Ok((provider, _)) if provider.kind().as_str() == "anthropic");
-    if !req.extra_body.is_empty() && !anthropic {
-        let dropped: Vec<&String> = req.extra_body.keys().collect();
-        tracing::debug!(?dropped, model = %req.model, "dropping Anthropic fields the provider does not take");
-        req.extra_body.clear();
+    // Fields fungible has no name for are Anthropic's: only an Anthropic target receives them
+    // (the gateway drops them for another vendor's, per target, at the call).
+    if !req.extra_body.is_empty() {
+        req.extra_body_vendor = Some(fungible_types::VendorFamily::Anthropic);
     }
     Ok(req)
 }

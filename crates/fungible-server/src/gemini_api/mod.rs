@@ -86,8 +86,10 @@ async fn handle(
     let Path(rest) = path.map_err(|e| ApiError::invalid_request(None, format!("bad request path: {}", e.body_text())))?;
     let (model, method) = split_target(&rest, query.as_deref())?;
     let bytes = crate::read_body(body, state.max_body_bytes).await?;
-    let (provider, target) = state.gateway.resolve(model)?;
-    let gemini_upstream = provider.kind().as_str() == "gemini";
+    let (_, target) = state.gateway.resolve(model)?;
+    // Gemini-only fields are kept, marked as Gemini's: the gateway drops them for any target
+    // of another vendor, at the call (a route may mix vendors).
+    let gemini_upstream = true;
     let provider_name = target.provider;
 
     let framing = match method {

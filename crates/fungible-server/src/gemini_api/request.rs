@@ -212,6 +212,7 @@ fn parse_fields(mut f: Fields, model: &str, stream: bool, gemini_upstream: bool)
         stream,
         // Gemini reports usage on every stream.
         stream_include_usage: stream,
+        extra_body_vendor: (!extra.body.is_empty()).then_some(fungible_types::VendorFamily::Gemini),
         extra_body: extra.body,
         ..ChatRequest::default()
     };

@@ -141,6 +141,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         metadata,
         openai,
         extra_body: Map::new(),
+        extra_body_vendor: None,
     };
     // An explicit `extra_body` object (some clients send it literally) is merged too.
     if let Some(Value::Object(extra)) = f.remove("extra_body") {

@@ -90,17 +90,12 @@ async fn handle(state: AppState, owner: DataScope, body: Body) -> Result<Respons
         request::parse(&bytes)?;
 
     // Fields this API does not know go to OpenAI-family servers as they are (they may be
-    // that server's own extensions); other vendors would reject them, so they are dropped.
-    let (provider, _) = state.gateway.resolve(&chat.model)?;
-    if matches!(provider.kind().as_str(), "openai" | "openai_compatible") {
+    // that server's own extensions); other vendors would reject them, so the gateway drops
+    // them for any other target, at the call.
+    state.gateway.resolve(&chat.model)?;
+    if !unknown.is_empty() {
         chat.extra_body = unknown;
-    } else if !unknown.is_empty() {
-        let fields: Vec<&str> = unknown.keys().map(String::as_str).collect();
-        tracing::debug!(
-            ?fields,
-            provider = provider.kind().as_str(),
-            "dropping request fields the Responses API does not define"
-        );
+        chat.extra_body_vendor = Some(fungible_types::VendorFamily::OpenAi);
     }
 
     // The conversation so far: the previous response's (its instructions excluded, as in

@@ -551,3 +551,24 @@ async fn routes_status_reports_breakers_and_counts() {
     assert!(targets[1]["ewma_ttft_ms"].as_f64().is_some(), "{body}");
     assert!(targets[0]["ewma_ttft_ms"].is_null(), "a never answered: {body}");
 }
+
+/// A route over two vendors: the Anthropic client's own fields reach the Anthropic target and
+/// never the OpenAI fallback (they are narrowed per target, at the call).
+#[tokio::test]
+async fn another_vendors_fields_never_reach_a_fallback_of_a_different_vendor() {
+    let routes = format!("[models.r]\ntargets = [{{ target = \"a/m\" }}, {{ target = \"b/m\" }}]\n{FAST_RETRIES}\n");
+    let t = TwoUpstreams::with_providers("kind = \"anthropic\"", "", &routes).await;
+    for _ in 0..3 {
+        t.a().push(failure(503));
+    }
+    t.b.push(completion("from b"));
+    let body = json!({"model": "r", "max_tokens": 16, "output_config": {"effort": "high"},
+        "messages": [{"role": "user", "content": "Hi"}]});
+    let res = t.h.post("/v1/messages", body.to_string()).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let to_a = t.a().received();
+    assert!(!to_a.is_empty());
+    assert_eq!(to_a[0].json()["output_config"], json!({"effort": "high"}), "the Anthropic target gets its field");
+    let to_b = t.b.single_request().json();
+    assert!(to_b.get("output_config").is_none(), "the OpenAI fallback gets no Anthropic field: {to_b}");
+}
