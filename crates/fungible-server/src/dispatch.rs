@@ -107,6 +107,9 @@ pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, G
             crate::recording::observe_cache_hit(state, req, &answer.response, &route, false);
             remember(route);
             ticket.finish(None, &fungible_types::Usage::default());
+            if let Some(settled) = state.recording.settled() {
+                settled.await;
+            }
             return Ok(answer.response);
         }
         crate::cache::Lookup::Miss { plan } => plan,
@@ -119,6 +122,10 @@ pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, G
                 plan.store(&routed.value, &routed.route).await;
             }
             remember(routed.route);
+            // Durable recording: the answer goes out once its record is committed.
+            if let Some(settled) = state.recording.settled() {
+                settled.await;
+            }
             Ok(routed.value)
         }
         Err(e) => {

@@ -37,6 +37,8 @@ pub struct Recording {
     /// `[store] raw_bodies`: keep each upstream call's raw bodies, at most this many bytes
     /// each; `None` (the default): off.
     pub raw_bodies: Option<usize>,
+    /// `[store] durable`: an answer ends only once its record is committed ([`Recording::settled`]).
+    pub durable: bool,
 }
 
 impl Default for Recording {
@@ -46,7 +48,25 @@ impl Default for Recording {
             prices: Arc::new(PriceTable::builtin()),
             metrics: Arc::new(Metrics::new()),
             raw_bodies: None,
+            durable: false,
         }
+    }
+}
+
+/// How long an answer waits for its record in durable mode when the store is down: the answer
+/// then goes out anyway (its record stays queued, and the log says so).
+const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Recording {
+    /// With `durable`, waits until every record submitted so far (this answer's included) is
+    /// committed to the store; otherwise nothing to wait for. Bounded by [`DURABLE_WAIT`].
+    pub(crate) fn settled(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let recorder = self.recorder.clone().filter(|_| self.durable)?;
+        Some(async move {
+            if tokio::time::timeout(DURABLE_WAIT, recorder.flush()).await.is_err() {
+                tracing::warn!("durable recording: the store did not commit within {DURABLE_WAIT:?}; answering anyway");
+            }
+        })
     }
 }
 
@@ -521,6 +541,7 @@ pub fn observe_stream(
                     facts,
                 }),
                 acc: Accumulated::default(),
+                settling: None,
             };
             Ok(Routed {
                 value: Box::pin(observed),
@@ -636,6 +657,8 @@ struct ObservedStream {
     inner: EventStream,
     pending: Option<Pending>,
     acc: Accumulated,
+    /// Durable mode: the commit of the record, awaited before the stream ends.
+    settling: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
 impl ObservedStream {
@@ -668,6 +691,15 @@ impl Stream for ObservedStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(settling) = &mut this.settling {
+            return match settling.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.settling = None;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
         let poll = this.inner.as_mut().poll_next(cx);
         match &poll {
             Poll::Ready(Some(Ok(event))) => {
@@ -677,7 +709,16 @@ impl Stream for ObservedStream {
                 }
             }
             Poll::Ready(Some(Err(e))) => this.finish(Some(e.kind.class())),
-            Poll::Ready(None) => this.finish(None),
+            Poll::Ready(None) => {
+                let settled = this.pending.as_ref().and_then(|p| p.state.recording.settled());
+                this.finish(None);
+                // Durable: the stream (and so the client's last frame) ends once the record
+                // is committed.
+                if let Some(settled) = settled {
+                    this.settling = Some(Box::pin(settled));
+                    return self.poll_next(cx);
+                }
+            }
             Poll::Pending => {}
         }
         poll

@@ -31,6 +31,9 @@ struct StoreSection {
     raw_bodies: Option<bool>,
     /// Bytes kept of each raw body at most (default 65536).
     raw_bodies_max_bytes: Option<usize>,
+    /// Write each answer's record to the store before the answer's last byte (off: batched,
+    /// at most `flush_interval` behind).
+    durable: Option<bool>,
 }
 
 /// The validated `[store]`.
@@ -47,6 +50,9 @@ pub struct StoreConfig {
     pub writer_nice: i32,
     /// `raw_bodies`: the cap on each raw body kept; `None`: raw bodies are not kept.
     pub raw_bodies: Option<usize>,
+    /// Every answer's record is committed before the answer ends (see the README's Security
+    /// section for each mode's loss bound).
+    pub durable: bool,
 }
 
 /// Default cap on each raw provider body kept with `[store] raw_bodies = true`.
@@ -63,6 +69,7 @@ impl Default for StoreConfig {
             flush_interval: Duration::from_millis(200),
             writer_nice: 10,
             raw_bodies: None,
+            durable: false,
         }
     }
 }
@@ -97,6 +104,7 @@ impl StoreConfig {
         };
         let mut config = StoreConfig {
             enabled: section.enabled.unwrap_or(true),
+            durable: section.durable.unwrap_or(false),
             ..StoreConfig::default()
         };
         if let Some(path) = section.path {

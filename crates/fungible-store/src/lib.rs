@@ -24,7 +24,7 @@ mod store;
 #[doc(hidden)]
 pub mod testing;
 
-pub use config::{StoreConfig, StoreConfigError};
+pub use config::{StoreConfig, StoreConfigError, sqlite_url};
 pub use keys::{BudgetPeriod, KeyBudget, KeyRecord, Scope};
 pub use prices::{PRICES_AS_OF, Price, PriceTable};
 pub use record::{

@@ -154,6 +154,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_allowed_hosts(config.allowed_hosts.clone());
     if store_config.enabled {
         state.recording.raw_bodies = store_config.raw_bodies;
+        state.recording.durable = store_config.durable;
     }
     // Each connection holds a file descriptor, and so may its upstream call: the connection
     // cap, not the default soft limit (often 1024), should be what bounds them.

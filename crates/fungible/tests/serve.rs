@@ -105,3 +105,72 @@ fn sigterm_with_slow_connections_open_exits_at_the_shutdown_deadline() {
     assert!(log.contains("shutdown deadline reached"), "{log}");
     drop((slow, half_open));
 }
+
+/// `[store] durable = true`: every answer a client received is in the store, even when the
+/// process is killed with SIGKILL right after the last one (no drain, no flush on exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_durable_recording_a_kill_9_loses_no_answered_request() {
+    use fungible_mock::{Fallback, MockUpstream};
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/openai");
+    let json = bytes::Bytes::from(std::fs::read(fixtures.join("plain.response.json")).expect("fixture"));
+    let sse = bytes::Bytes::from(std::fs::read(fixtures.join("stream.response.sse")).expect("fixture"));
+    let mock = MockUpstream::start(Fallback::Fixed { json, sse }).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("fungible.db");
+    std::fs::write(
+        dir.path().join("fungible.toml"),
+        // A long flush interval: without `durable`, a kill loses the last second's records.
+        format!(
+            "[providers.openai]\nbase_url = \"{}/v1\"\n[store]\npath = {:?}\ndurable = true\nflush_interval_ms = 1000\n[local]\nenabled = false\n",
+            mock.url(),
+            db.display().to_string()
+        ),
+    )
+    .expect("config");
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fungible"));
+    for (k, _) in std::env::vars() {
+        if k.ends_with("_API_KEY") || k.ends_with("_BASE_URL") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .current_dir(dir.path())
+        .env_remove("FUNGIBLE_CONFIG")
+        .env("OPENAI_API_KEY", "sk-test-durable-0123456789")
+        .args(["serve", "--config", "fungible.toml", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("fungible.log")).expect("log"))
+        .spawn()
+        .expect("fungible starts");
+    let started = Instant::now();
+    while !health(port) {
+        assert!(started.elapsed() < GENEROUS, "fungible did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answered = 30;
+    for i in 0..answered {
+        let stream = i % 3 == 0;
+        let body = format!(
+            r#"{{"model":"openai/gpt-5","stream":{stream},"messages":[{{"role":"user","content":"question {i}"}}]}}"#
+        );
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        conn.set_read_timeout(Some(GENEROUS)).expect("timeout");
+        write!(
+            conn,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).expect("read the whole answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // Every answer was received whole: kill at once, no chance to drain.
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let store = fungible_store::Store::open(&fungible_store::sqlite_url(&db)).await.expect("store");
+    let filter = fungible_store::InferenceFilter { limit: Some(1000), ..fungible_store::InferenceFilter::default() };
+    let stored = store.list(&filter).await.expect("list");
+    assert_eq!(stored.len(), answered, "every answered request is on disk");
+}
