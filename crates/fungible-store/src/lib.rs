@@ -20,6 +20,7 @@ mod prices;
 mod record;
 mod rollups;
 mod recorder;
+mod responses;
 mod store;
 #[doc(hidden)]
 pub mod testing;
@@ -28,8 +29,9 @@ pub use config::{StoreConfig, StoreConfigError, sqlite_url};
 pub use keys::{BudgetPeriod, KeyBudget, KeyRecord, Scope};
 pub use prices::{PRICES_AS_OF, Price, PriceTable};
 pub use record::{
-    AttemptRecord, Bodies, Feedback, FeedbackTarget, InferenceRecord, RawExchange, new_id,
+    AttemptRecord, Bodies, Feedback, FeedbackTarget, InferenceRecord, RawExchange, new_id, now_ms,
 };
+pub use responses::StoredResponseRow;
 pub use rollups::{RollUp, SETTLE_MS};
 pub use recorder::{BatchSink, Recorder, RecorderCounters, RecorderOptions};
 pub use store::{GroupBy, InferenceFilter, StatsRow, Store, StoreError};

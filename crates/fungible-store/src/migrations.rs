@@ -149,4 +149,18 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
     ),
     // Virtual key scopes (JSON array of names; NULL: the default ones).
     (6, &["ALTER TABLE virtual_keys ADD COLUMN scopes TEXT"]),
+    // Stored OpenAI Responses, for several gateways on one PostgreSQL (`responses.rs`).
+    (
+        8,
+        &[
+            "CREATE TABLE responses (
+            id TEXT PRIMARY KEY,
+            owner TEXT,
+            body TEXT NOT NULL,
+            conversation TEXT NOT NULL,
+            expires_ms BIGINT NOT NULL
+        )",
+            "CREATE INDEX responses_expiry ON responses (expires_ms)",
+        ],
+    ),
 ];

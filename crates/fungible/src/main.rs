@@ -205,6 +205,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ))
             .context("state.redis: could not connect for stored responses")?;
         tracing::info!("stored responses (previous_response_id) in redis");
+    } else if let Some(store) = state.store.clone().filter(fungible_store::Store::is_postgres) {
+        // Several instances on one PostgreSQL share the conversations through it.
+        state.responses =
+            fungible_server::openai_responses::ResponseStore::in_store(store, fungible_server::openai_responses::DEFAULT_RETENTION);
+        tracing::info!("stored responses (previous_response_id) in the store");
     }
     let telemetry = runtime.block_on(async { telemetry::start(&args.config) })?;
     if let Some(t) = &telemetry {

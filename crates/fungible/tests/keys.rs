@@ -383,17 +383,32 @@ async fn two_instances_continue_each_others_stored_responses() {
         eprintln!("FUNGIBLE_TEST_REDIS_URL and FUNGIBLE_TEST_POSTGRES_URL are not both set: two-instance test not run");
         return;
     };
+    stored_responses_across_instances(Some(&redis), &postgres).await;
+}
+
+/// The same with PostgreSQL alone (no Redis): the responses live in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_postgresql_alone_continue_each_others_stored_responses() {
+    let Ok(postgres) = std::env::var("FUNGIBLE_TEST_POSTGRES_URL") else {
+        eprintln!("FUNGIBLE_TEST_POSTGRES_URL is not set: two-instance test not run");
+        return;
+    };
+    stored_responses_across_instances(None, &postgres).await;
+}
+
+async fn stored_responses_across_instances(redis: Option<&str>, postgres: &str) {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/openai");
     let json = Bytes::from(std::fs::read(fixtures.join("plain.response.json")).expect("fixture"));
     let sse = Bytes::from(std::fs::read(fixtures.join("stream.response.sse")).expect("fixture"));
     let mock = MockUpstream::start(Fallback::Fixed { json, sse }).await;
-    let schema = fungible_store::testing::PgSchema::create(&postgres).await.expect("a test schema");
+    let schema = fungible_store::testing::PgSchema::create(postgres).await.expect("a test schema");
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("fungible.toml");
+    let state = redis.map(|url| format!("[state]\nredis = \"{url}\"\n")).unwrap_or_default();
     std::fs::write(
         &config,
         format!(
-            "[providers.openai]\nbase_url = \"{}/v1\"\n[store]\nurl = \"{}\"\n[auth]\nenabled = true\n[state]\nredis = \"{redis}\"\n",
+            "[providers.openai]\nbase_url = \"{}/v1\"\n[store]\nurl = \"{}\"\n[auth]\nenabled = true\n{state}",
             mock.url(),
             schema.url()
         ),

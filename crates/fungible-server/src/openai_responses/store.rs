@@ -16,6 +16,7 @@
 //!   (`fungible:resp:{id}`, JSON) expiring after the retention (default 30 days, as
 //!   OpenAI keeps them). Behind a load balancer each turn of a conversation may land on
 //!   another instance and still find the previous one.
+//! - **the store** (a PostgreSQL `[store]` and no Redis): the same, in the `responses` table.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,7 +60,7 @@ struct Encoded<'a> {
 
 /// Why the shared backend could not answer.
 #[derive(Debug, thiserror::Error)]
-#[error("the response store (Redis) failed: {0}")]
+#[error("the response store failed: {0}")]
 pub struct StoreError(String);
 
 #[derive(Debug, Clone)]
@@ -71,6 +72,7 @@ pub struct ResponseStore {
 enum Backend {
     Memory(Memory),
     Redis { conn: ConnectionManager, retention: Duration, max_bytes: usize },
+    Store { store: fungible_store::Store, retention: Duration, max_bytes: usize },
 }
 
 impl std::fmt::Debug for Backend {
@@ -78,6 +80,7 @@ impl std::fmt::Debug for Backend {
         match self {
             Backend::Memory(m) => m.fmt(f),
             Backend::Redis { retention, .. } => f.debug_struct("Redis").field("retention", retention).finish_non_exhaustive(),
+            Backend::Store { retention, .. } => f.debug_struct("Store").field("retention", retention).finish_non_exhaustive(),
         }
     }
 }
@@ -126,6 +129,12 @@ impl ResponseStore {
         Ok(ResponseStore { backend: Backend::Redis { conn, retention, max_bytes: DEFAULT_MAX_BYTES } })
     }
 
+    /// In the inference store (PostgreSQL, shared by every instance on it), each response kept
+    /// for `retention`.
+    pub fn in_store(store: fungible_store::Store, retention: Duration) -> ResponseStore {
+        ResponseStore { backend: Backend::Store { store, retention, max_bytes: DEFAULT_MAX_BYTES } }
+    }
+
     /// Stores `response` under `id`. A response larger than the byte budget is not stored
     /// (logged): it cannot be continued.
     pub async fn insert(&self, id: String, response: StoredResponse) -> Result<(), StoreError> {
@@ -155,6 +164,21 @@ impl ResponseStore {
                     .await
                     .map_err(|e| StoreError(e.to_string()))
             }
+            Backend::Store { store, retention, max_bytes } => {
+                let conversation = serde_json::to_string(response.conversation.as_slice()).map_err(|e| StoreError(e.to_string()))?;
+                if conversation.len() + response.body.len() > *max_bytes {
+                    tracing::warn!(limit = max_bytes, "response {id} is too large to store; it cannot be continued");
+                    return Ok(());
+                }
+                let row = fungible_store::StoredResponseRow {
+                    owner: response.owner,
+                    body: String::from_utf8_lossy(&response.body).into_owned(),
+                    conversation,
+                };
+                let now = fungible_store::now_ms();
+                let expires = now.saturating_add(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+                store.put_response(&id, &row, now, expires).await.map_err(|e| StoreError(e.to_string()))
+            }
         }
     }
 
@@ -162,6 +186,16 @@ impl ResponseStore {
     pub async fn get(&self, id: &str, scope: &DataScope) -> Result<Option<StoredResponse>, StoreError> {
         let found = match &self.backend {
             Backend::Memory(memory) => memory.get(id),
+            Backend::Store { store, .. } => {
+                match store.response(id, fungible_store::now_ms()).await.map_err(|e| StoreError(e.to_string()))? {
+                    None => None,
+                    Some(row) => Some(StoredResponse {
+                        body: Bytes::from(row.body),
+                        conversation: Arc::new(serde_json::from_str(&row.conversation).map_err(|e| StoreError(e.to_string()))?),
+                        owner: row.owner,
+                    }),
+                }
+            }
             Backend::Redis { conn, .. } => {
                 let value: Option<Vec<u8>> = redis::cmd("GET")
                     .arg(redis_key(id))
@@ -191,6 +225,7 @@ impl ResponseStore {
         }
         match &self.backend {
             Backend::Memory(memory) => Ok(memory.delete(id)),
+            Backend::Store { store, .. } => store.delete_response(id).await.map_err(|e| StoreError(e.to_string())),
             Backend::Redis { conn, .. } => {
                 let removed: u64 = redis::cmd("DEL")
                     .arg(redis_key(id))
