@@ -1,7 +1,7 @@
 //! `fungible serve` as a child process of the bench: started, waited for, measured
 //! (CPU, RSS) and stopped.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -73,9 +73,20 @@ impl GatewayProcess {
         (ticks(11) + ticks(12)) * 10.0
     }
 
+    /// The peak resident set (VmHWM), in KiB.
     pub(super) fn peak_rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    /// The resident set now (VmRSS), in KiB.
+    pub(super) fn rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// A `/proc/<pid>/status` field given in kB, such as `VmRSS:`.
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         line.split_whitespace().nth(1)?.parse().ok()
     }
 
@@ -86,9 +97,10 @@ impl GatewayProcess {
 
     /// A graceful stop (SIGTERM, as a service manager sends it): the gateway drains its
     /// recorder before it exits.
-    pub(super) fn terminate(&mut self) {
+    /// Returns how it exited, if it could be waited for.
+    pub(super) fn terminate(&mut self) -> Option<ExitStatus> {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
+        self.child.wait().ok()
     }
 }
 

@@ -35,16 +35,35 @@ impl Measurement {
 
 /// One request with `key` as its bearer token, read to the last byte; the latency in microseconds, or `None` on failure.
 pub(super) async fn one(client: &HttpClient, url: &str, key: &str, body: &Bytes) -> Option<u64> {
+    let (us, bytes) = send(client, url, key, body).await.ok()?;
+    (!bytes.is_empty()).then_some(us)
+}
+
+/// Why a request was not answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// The gateway answered with a status other than 2xx.
+    Status,
+    /// No answer, or the connection broke before the last byte.
+    Transport,
+}
+
+/// One request with `key` as its bearer token, read to the last byte: the latency in
+/// microseconds and the body, or why it failed.
+pub(super) async fn send(client: &HttpClient, url: &str, key: &str, body: &Bytes) -> Result<(u64, Bytes), Failure> {
     let start = Instant::now();
     let request = hyper::Request::post(url)
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {key}"))
         .body(Full::new(body.clone()))
-        .ok()?;
-    let response = client.request(request).await.ok()?;
+        .map_err(|_| Failure::Transport)?;
+    let response = client.request(request).await.map_err(|_| Failure::Transport)?;
     let ok = response.status().is_success();
-    let bytes = response.into_body().collect().await.ok()?.to_bytes();
-    (ok && !bytes.is_empty()).then(|| start.elapsed().as_micros() as u64)
+    let bytes = response.into_body().collect().await.map_err(|_| Failure::Transport)?.to_bytes();
+    if !ok {
+        return Err(Failure::Status);
+    }
+    Ok((start.elapsed().as_micros() as u64, bytes))
 }
 
 /// `concurrency` workers, each sending its next request when the last one finished.

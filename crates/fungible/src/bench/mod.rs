@@ -16,9 +16,11 @@ mod gateway;
 mod load;
 mod overhead;
 mod recording;
+mod soak;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use bytes::Bytes;
 use fungible_mock::{Fallback, MockUpstream};
 use http_body_util::Full;
@@ -33,14 +35,14 @@ pub struct BenchArgs {
     /// the cache), whole and streamed; reports p50/p99 of each.
     #[arg(long)]
     cache: bool,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds per measurement (`--soak`: of the whole run, 600 by default).
+    #[arg(long, default_value_t = 10, default_value_if("soak", "true", Some("600")))]
     duration: u64,
     /// Connections in the fixed-concurrency phases.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Requests per second in the fixed-rate phases.
-    #[arg(long, default_value_t = 1000)]
+    /// Requests per second in the fixed-rate phases (`--soak`: 200 by default).
+    #[arg(long, default_value_t = 1000, default_value_if("soak", "true", Some("200")))]
     rate: u64,
     /// SSE chunks in the streamed response.
     #[arg(long, default_value_t = 20)]
@@ -87,6 +89,18 @@ pub struct BenchArgs {
     /// latency against the first, gateway CPU per request, and what the recorder wrote.
     #[arg(long)]
     recording: bool,
+    /// Instead of the overhead phases: a soak test, the gate for a release. One gateway
+    /// recording every inference to SQLite (in a temporary directory) over the mock, at a
+    /// steady `--rate` (200/s unless given) for `--duration` s (600 unless given) after a
+    /// warm-up of a tenth of that (1 to 30 s), alternating JSON and streamed requests.
+    /// Samples the gateway's RSS every second and reports it at the start (after the
+    /// warm-up), the middle and the end, its peak (VmHWM), latency p50/p99 per minute (per
+    /// third in runs under 3 minutes) and the errors (non-2xx, broken connections and
+    /// timeouts, streams without `[DONE]`); then stops the gateway with SIGTERM and counts
+    /// what it recorded. Exits non-zero when a request failed, the RSS at the end is not
+    /// within 10% of the start, or an answer was not recorded.
+    #[arg(long)]
+    soak: bool,
     /// `--recording`: rounds (each runs every phase for `--duration` s).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -140,6 +154,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.recording {
         return recording::recording_bench(args).await;
     }
+    if args.soak {
+        return soak::soak(args).await;
+    }
     overhead::overhead(args).await
 }
 
@@ -159,4 +176,21 @@ fn bench_dir(mode: &str) -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("fungible-bench-{mode}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// How many inferences the SQLite store at `db` holds (a gateway that recorded to it has
+/// exited, its queue drained).
+async fn recorded(db: &std::path::Path) -> anyhow::Result<u64> {
+    let stored = fungible_store::Store::open(&format!("sqlite://{}?mode=rwc", db.display()))
+        .await
+        .context("opening the bench's store")?;
+    let count = stored
+        .stats(fungible_store::GroupBy::Inbound, None, None)
+        .await
+        .context("counting what was recorded")?
+        .iter()
+        .map(|row| row.requests)
+        .sum::<u64>();
+    stored.close().await;
+    Ok(count)
 }

@@ -3,14 +3,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::gateway::GatewayProcess;
 use super::load::{Measurement, closed_loop, open_loop};
-use super::{BENCH_KEY, BenchArgs, HttpClient, REQUEST, bench_dir, fixed_mock};
+use super::{BENCH_KEY, BenchArgs, HttpClient, REQUEST, bench_dir, fixed_mock, recorded};
 
 /// `--recording`: recording off vs on at a fixed rate (see [`BenchArgs`]).
 pub(super) async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -103,17 +102,7 @@ pub(super) async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode>
     nice0.terminate();
     let mut count = 0;
     for db in [&db, &db_nice0] {
-        let stored = fungible_store::Store::open(&format!("sqlite://{}?mode=rwc", db.display()))
-            .await
-            .context("opening the bench's store")?;
-        count += stored
-            .stats(fungible_store::GroupBy::Inbound, None, None)
-            .await
-            .context("counting what was recorded")?
-            .iter()
-            .map(|row| row.requests)
-            .sum::<u64>();
-        stored.close().await;
+        count += recorded(db).await?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!();
