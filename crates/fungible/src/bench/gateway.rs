@@ -83,6 +83,12 @@ impl GatewayProcess {
         self.status_kib("VmRSS:")
     }
 
+    /// The anonymous part of the resident set (RssAnon: the heap, stacks), in KiB: VmRSS
+    /// less the pages of files mapped, such as the binary's own code.
+    pub(super) fn anon_rss_kib(&self) -> Option<u64> {
+        self.status_kib("RssAnon:")
+    }
+
     /// A `/proc/<pid>/status` field given in kB, such as `VmRSS:`.
     fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;

@@ -126,6 +126,8 @@ pub(super) async fn soak(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut in_flight = JoinSet::new();
     let mut samples: Vec<Sample> = Vec::new();
     let (mut rss_start, mut rss_middle) = (0, 0);
+    // RssAnon beside each: VmRSS also counts the binary's code, which does not grow.
+    let (mut anon_start, mut anon_middle) = (0, 0);
     let mut measure_start = Instant::now();
     let mut next_sample = measure_start;
     let mut cpu_before = 0.0;
@@ -150,10 +152,12 @@ pub(super) async fn soak(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 next_sample += SAMPLE_EVERY;
                 if i == warm_up_n {
                     rss_start = kib;
+                    anon_start = gateway.anon_rss_kib().unwrap_or(0);
                 }
             }
             if i == warm_up_n + measured_n / 2 {
                 rss_middle = gateway.rss_kib().unwrap_or(0);
+                anon_middle = gateway.anon_rss_kib().unwrap_or(0);
             }
             if i > warm_up_n && (i - warm_up_n) % per_window == 0 {
                 eprintln!("  {window_name} {} begins: RSS {:.1} MiB", w + 1, gateway.rss_kib().unwrap_or(0) as f64 / 1024.0);
@@ -183,6 +187,7 @@ pub(super) async fn soak(args: BenchArgs) -> anyhow::Result<ExitCode> {
         while in_flight.try_join_next().is_some() {}
     }
     let rss_end = gateway.rss_kib().unwrap_or(0);
+    let anon_end = gateway.anon_rss_kib().unwrap_or(0);
     samples.push((measure_start.elapsed().as_secs_f64(), rss_end));
     let elapsed = measure_start.elapsed();
     while in_flight.join_next().await.is_some() {}
@@ -231,9 +236,9 @@ pub(super) async fn soak(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let gateway_ok = exit.is_some_and(|s| s.success());
 
     println!();
-    println!("rss start: {:.1} MiB (after the {warm_up_secs} s warm-up)", mib(rss_start));
-    println!("rss middle: {:.1} MiB", mib(rss_middle));
-    println!("rss end: {:.1} MiB", mib(rss_end));
+    println!("rss start: {:.1} MiB (anonymous {:.1} MiB; after the {warm_up_secs} s warm-up)", mib(rss_start), mib(anon_start));
+    println!("rss middle: {:.1} MiB (anonymous {:.1} MiB)", mib(rss_middle), mib(anon_middle));
+    println!("rss end: {:.1} MiB (anonymous {:.1} MiB)", mib(rss_end), mib(anon_end));
     println!("rss peak: {:.1} MiB (VmHWM, the whole run)", mib(rss_peak));
     println!("rss trend: {:+.1} KiB/min (least squares over {} samples, one a second)", slope_per_min(&samples), samples.len());
     println!(
