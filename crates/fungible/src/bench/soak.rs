@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
@@ -62,6 +63,8 @@ struct Window {
     errors: [u64; 4],
     /// The largest RSS sampled while its requests were being sent, KiB.
     rss_max: u64,
+    /// The most records (and their bytes) the recorder had waiting at once.
+    queue_max: (u64, u64),
 }
 
 impl Window {
@@ -83,6 +86,9 @@ struct Tally {
 
 /// One RSS reading: seconds since the warm-up ended, KiB.
 type Sample = (f64, u64);
+
+/// One reading of the recorder's backlog: when, records and bytes waiting to be written.
+type QueueSample = (Instant, u64, u64);
 
 /// `--soak`: see [`BenchArgs::soak`].
 pub(super) async fn soak(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -123,6 +129,8 @@ pub(super) async fn soak(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
 
     let tally = Arc::new(Mutex::new(Tally { warm_up: Window::default(), windows: (0..window_count).map(|_| Window::default()).collect() }));
+    let queue_samples = Arc::new(Mutex::new(Vec::new()));
+    let watcher = tokio::spawn(watch_queue(client.clone(), format!("http://127.0.0.1:{}/metrics", args.port), queue_samples.clone()));
     let mut in_flight = JoinSet::new();
     let mut samples: Vec<Sample> = Vec::new();
     let (mut rss_start, mut rss_middle) = (0, 0);
@@ -191,23 +199,32 @@ pub(super) async fn soak(args: BenchArgs) -> anyhow::Result<ExitCode> {
     samples.push((measure_start.elapsed().as_secs_f64(), rss_end));
     let elapsed = measure_start.elapsed();
     while in_flight.join_next().await.is_some() {}
+    watcher.abort();
     let cpu_ms = gateway.cpu_ms() - cpu_before;
     let rss_peak = gateway.peak_rss_kib().unwrap_or(0);
     let exit = gateway.terminate();
     let count = recorded(&db).await?;
     let _ = std::fs::remove_dir_all(&dir);
 
-    let Tally { warm_up, windows } = std::mem::take(&mut *tally.lock().expect("every task has finished"));
+    let Tally { warm_up, mut windows } = std::mem::take(&mut *tally.lock().expect("every task has finished"));
+    let mut queue_max = (0, 0);
+    for &(at, records, bytes) in queue_samples.lock().expect("the watcher has stopped").iter() {
+        queue_max = (queue_max.0.max(records), queue_max.1.max(bytes));
+        let Some(since) = at.checked_duration_since(measure_start) else { continue };
+        if let Some(w) = windows.get_mut(((since.as_secs_f64() / window_secs) as usize).min(window_count - 1)) {
+            w.queue_max = (w.queue_max.0.max(records), w.queue_max.1.max(bytes));
+        }
+    }
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!();
-    println!("| {window_name} | answered | failed | JSON p50 ms | JSON p99 ms | stream p50 ms | stream p99 ms | RSS max MiB |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| {window_name} | answered | failed | JSON p50 ms | JSON p99 ms | stream p50 ms | stream p99 ms | RSS max MiB | recorder queue max |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let (mut json_all, mut stream_all) = (Vec::new(), Vec::new());
     for (n, w) in windows.iter().enumerate() {
         let json = finish(w.json.clone(), 0, elapsed);
         let stream = finish(w.stream.clone(), 0, elapsed);
         println!(
-            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {} ({:.1} MiB) |",
             n + 1,
             w.answered(),
             w.failed(),
@@ -215,7 +232,9 @@ pub(super) async fn soak(args: BenchArgs) -> anyhow::Result<ExitCode> {
             json.percentile(0.99),
             stream.percentile(0.5),
             stream.percentile(0.99),
-            mib(w.rss_max)
+            mib(w.rss_max),
+            w.queue_max.0,
+            mib(w.queue_max.1 / 1024)
         );
         json_all.extend_from_slice(&w.json);
         stream_all.extend_from_slice(&w.stream);
@@ -259,6 +278,11 @@ pub(super) async fn soak(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let by_kind: Vec<String> = SoakError::ALL.iter().map(|&e| format!("{} {}", e.label(), errors[e as usize])).collect();
     println!("errors: {failed_requests} ({}; warm-up included)", by_kind.join(", "));
+    println!(
+        "recorder queue: at most {} records ({:.1} MiB) waiting to be written (/metrics, read every second)",
+        queue_max.0,
+        mib(queue_max.1 / 1024)
+    );
     println!("gateway CPU: {:.3} ms per request", cpu_ms / measured_answers.max(1) as f64);
     println!(
         "gateway exit after SIGTERM: {}",
@@ -286,6 +310,27 @@ pub(super) async fn soak(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("fungible bench --soak: failed: {}", verdict.join("; "));
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Reads the recorder's backlog from the gateway's `/metrics` every second until aborted:
+/// when the writer falls behind, the records waiting are memory the gateway holds.
+async fn watch_queue(client: HttpClient, url: String, samples: Arc<Mutex<Vec<QueueSample>>>) {
+    let Ok(uri) = url.parse::<hyper::Uri>() else { return };
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        every.tick().await;
+        let Ok(Ok(response)) = tokio::time::timeout(SAMPLE_EVERY, client.get(uri.clone())).await else { continue };
+        let Ok(body) = response.into_body().collect().await else { continue };
+        let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+        if let (Some(records), Some(bytes)) = (gauge(&text, "fungible_store_queued"), gauge(&text, "fungible_store_queued_bytes")) {
+            samples.lock().expect("no task panics holding the samples").push((Instant::now(), records, bytes));
+        }
+    }
+}
+
+/// The value of the unlabelled metric `name` in a Prometheus text exposition.
+fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Whether a 2xx answer is whole: a stream ends with `[DONE]`, a JSON answer has choices.
@@ -329,6 +374,14 @@ mod tests {
         assert!(!whole(br#"{"choices":[]}"#, false));
         assert!(!whole(br#"{"error":{"message":"x"}}"#, false));
         assert!(!whole(b"{\"choices\":[", false));
+    }
+
+    #[test]
+    fn a_gauge_is_read_by_its_exact_name() {
+        let text = "# HELP fungible_store_queued Records.\n# TYPE fungible_store_queued gauge\nfungible_store_queued 12\nfungible_store_queued_bytes 34567\n";
+        assert_eq!(gauge(text, "fungible_store_queued"), Some(12));
+        assert_eq!(gauge(text, "fungible_store_queued_bytes"), Some(34567));
+        assert_eq!(gauge(text, "fungible_store_written_total"), None);
     }
 
     #[test]
