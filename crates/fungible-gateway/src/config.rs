@@ -86,24 +86,7 @@ pub struct LocalSection {
     /// `[local.defaults.MODEL]`: what a request that leaves a parameter out gets, instead of
     /// the model family's recommended value.
     #[serde(default)]
-    pub defaults: BTreeMap<String, LocalDefaultsSection>,
-}
-
-/// `[local.defaults.MODEL]`; every field is optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LocalDefaultsSection {
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    /// 0: off.
-    pub top_k: Option<u32>,
-    /// 0: off.
-    pub min_p: Option<f64>,
-    /// 1: off.
-    pub repetition_penalty: Option<f64>,
-    pub max_tokens: Option<u32>,
-    /// End a generation that repeats itself with finish_reason "length". Default: true.
-    pub stop_loops: Option<bool>,
+    pub defaults: BTreeMap<String, LocalOverrides>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -450,21 +433,12 @@ fn local_config(section: LocalSection, env: &dyn Fn(&str) -> Option<String>) -> 
         return Err(invalid("local.max_tokens", "must be at least 1"));
     }
     config.max_tokens = section.max_tokens;
-    for (name, d) in section.defaults {
+    for (name, overrides) in section.defaults {
         let at = format!("local.defaults.{name}");
         if !config.chat_models.contains_key(&name) {
             let known: Vec<&String> = config.chat_models.keys().collect();
             return Err(invalid(at, format!("no local chat model is named {name:?} (chat models: {known:?})")));
         }
-        let overrides = LocalOverrides {
-            temperature: d.temperature,
-            top_p: d.top_p,
-            top_k: d.top_k,
-            min_p: d.min_p,
-            repetition_penalty: d.repetition_penalty,
-            max_tokens: d.max_tokens,
-            stop_loops: d.stop_loops,
-        };
         overrides.validate().map_err(|e| invalid(&at, e))?;
         config.defaults.insert(name, overrides);
     }

@@ -35,7 +35,8 @@ pub struct Defaults {
 pub const PENALTY_WINDOW: i32 = 64;
 
 /// `[local.defaults.MODEL]` as configured: each field replaces the recommended value.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Overrides {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
@@ -43,6 +44,7 @@ pub struct Overrides {
     pub min_p: Option<f64>,
     pub repetition_penalty: Option<f64>,
     pub max_tokens: Option<u32>,
+    /// End a generation that repeats itself with finish_reason "length". Default: true.
     pub stop_loops: Option<bool>,
 }
 

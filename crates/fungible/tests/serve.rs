@@ -38,16 +38,10 @@ fn health(port: u16) -> bool {
     answer.starts_with("HTTP/1.1 200")
 }
 
-#[test]
-fn sigterm_with_slow_connections_open_exits_at_the_shutdown_deadline() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let deadline = Duration::from_millis(1000);
-    std::fs::write(
-        dir.path().join("fungible.toml"),
-        format!("[server]\nshutdown_timeout_ms = {}\n[local]\nenabled = false\n", deadline.as_millis()),
-    )
-    .expect("config");
-    let log = dir.path().join("fungible.log");
+/// Starts `fungible serve` in `dir` (its `fungible.toml`, written by the caller) with `env`, no
+/// provider key of the environment, logging to `fungible.log`; waits until `/health` answers.
+fn spawn_serve(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, u16) {
+    let log = dir.join("fungible.log");
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fungible"));
     for (k, _) in std::env::vars() {
@@ -56,9 +50,10 @@ fn sigterm_with_slow_connections_open_exits_at_the_shutdown_deadline() {
         }
     }
     let mut child = cmd
-        .current_dir(dir.path())
+        .current_dir(dir)
         .env_remove("FUNGIBLE_CONFIG")
         .env("FUNGIBLE_LOG", "info")
+        .envs(env.iter().copied())
         .args(["serve", "--port", &port.to_string(), "--workers", "2"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
@@ -70,6 +65,20 @@ fn sigterm_with_slow_connections_open_exits_at_the_shutdown_deadline() {
         assert!(child.try_wait().expect("wait").is_none(), "fungible exited: {}", std::fs::read_to_string(&log).unwrap_or_default());
         std::thread::sleep(Duration::from_millis(50));
     }
+    (child, port)
+}
+
+#[test]
+fn sigterm_with_slow_connections_open_exits_at_the_shutdown_deadline() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let deadline = Duration::from_millis(1000);
+    std::fs::write(
+        dir.path().join("fungible.toml"),
+        format!("[server]\nshutdown_timeout_ms = {}\n[local]\nenabled = false\n", deadline.as_millis()),
+    )
+    .expect("config");
+    let log = dir.path().join("fungible.log");
+    let (mut child, port) = spawn_serve(dir.path(), &[]);
 
     // A request in flight whose body never comes: `100 Continue` says the handler reads it.
     let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -127,27 +136,7 @@ async fn with_durable_recording_a_kill_9_loses_no_answered_request() {
         ),
     )
     .expect("config");
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fungible"));
-    for (k, _) in std::env::vars() {
-        if k.ends_with("_API_KEY") || k.ends_with("_BASE_URL") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .current_dir(dir.path())
-        .env_remove("FUNGIBLE_CONFIG")
-        .env("OPENAI_API_KEY", "sk-test-durable-0123456789")
-        .args(["serve", "--config", "fungible.toml", "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("fungible.log")).expect("log"))
-        .spawn()
-        .expect("fungible starts");
-    let started = Instant::now();
-    while !health(port) {
-        assert!(started.elapsed() < GENEROUS, "fungible did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, port) = spawn_serve(dir.path(), &[("OPENAI_API_KEY", "sk-test-durable-0123456789")]);
     let answered = 30;
     for i in 0..answered {
         let stream = i % 3 == 0;
