@@ -114,14 +114,13 @@ impl Provider {
     }
 
     /// The provider's credentials, kept out of its answers ([`redact`]); none for local models.
-    fn redactions(&self) -> redact::Redactions {
-        let settings = match self {
-            Provider::OpenAi(p) => p.settings(),
-            Provider::Anthropic(p) => p.settings(),
-            Provider::Gemini(p) => p.settings(),
-            Provider::Local(_) => return redact::Redactions::default(),
-        };
-        redact::Redactions::new(settings.api_key.iter().chain(settings.headers.iter().map(|(_, value)| value)))
+    fn redactions(&self) -> Option<&redact::Redactions> {
+        match self {
+            Provider::OpenAi(p) => Some(p.redactions()),
+            Provider::Anthropic(p) => Some(p.redactions()),
+            Provider::Gemini(p) => Some(p.redactions()),
+            Provider::Local(_) => None,
+        }
     }
 
     pub async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
@@ -131,7 +130,9 @@ impl Provider {
             Provider::Gemini(p) => p.chat(req, model).await,
             Provider::Local(p) => p.chat(req, model).await,
         }?;
-        self.redactions().response(&mut response);
+        if let Some(redactions) = self.redactions() {
+            redactions.response(&mut response);
+        }
         Ok(response)
     }
 
@@ -142,7 +143,10 @@ impl Provider {
             Provider::Gemini(p) => p.chat_stream(req, model).await,
             Provider::Local(p) => p.chat_stream(req, model).await,
         }?;
-        Ok(self.redactions().stream(stream))
+        Ok(match self.redactions() {
+            Some(redactions) => redactions.stream(stream),
+            None => stream,
+        })
     }
 
     pub async fn count_tokens(&self, req: &ChatRequest, model: &str) -> Result<u64, ProviderError> {

@@ -22,7 +22,13 @@ const REDACTED: &str = "[redacted]";
 /// positives, and not a real key).
 #[derive(Clone, Default)]
 pub(crate) struct Redactions {
-    secrets: Vec<Secret>,
+    secrets: std::sync::Arc<[Secret]>,
+}
+
+impl std::fmt::Debug for Redactions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactions({} secrets)", self.secrets.len())
+    }
 }
 
 impl Redactions {
@@ -30,12 +36,22 @@ impl Redactions {
         Redactions { secrets: secrets.into_iter().filter(|s| s.expose().len() >= 8).cloned().collect() }
     }
 
+    /// A provider's API key and configured header values.
+    pub(crate) fn of(settings: &crate::ProviderSettings) -> Redactions {
+        Redactions::new(settings.api_key.iter().chain(settings.headers.iter().map(|(_, value)| value)))
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.secrets.is_empty()
     }
 
+    /// Whether `text` holds no secret and does not end with the start of one.
+    fn is_clean(&self, text: &str) -> bool {
+        !self.secrets.iter().any(|s| text.contains(s.expose())) && prefix_tail(text, &self.secrets) == 0
+    }
+
     fn scrub(&self, text: &mut String) {
-        for secret in &self.secrets {
+        for secret in self.secrets.iter() {
             if text.contains(secret.expose()) {
                 *text = text.replace(secret.expose(), REDACTED);
             }
@@ -136,6 +152,13 @@ impl Stream for RedactedStream {
             }
             match this.inner.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
+                // The common case, nothing held and nothing that is or may start a key: the
+                // event goes on as it is, with no copy.
+                Poll::Ready(Some(Ok(StreamEvent::TextDelta { text })))
+                    if this.text.is_empty() && this.redactions.is_clean(&text) =>
+                {
+                    return Poll::Ready(Some(Ok(StreamEvent::TextDelta { text })));
+                }
                 Poll::Ready(Some(Ok(StreamEvent::TextDelta { text }))) => {
                     this.text.push_str(&text);
                     this.flush(false);

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::http::{self, HttpClient};
 use crate::{ChatProvider, EventStream, ProviderSettings, body, sse};
+use crate::redact::Redactions;
 use types::*;
 
 /// `max_tokens` sent when the client gives none (Anthropic requires the field).
@@ -36,11 +37,13 @@ pub struct AnthropicProvider {
     url: String,
     count_url: String,
     default_max_tokens: u32,
+    /// The credentials kept out of answers, built once.
+    redactions: Redactions,
 }
 
 impl AnthropicProvider {
-    pub(crate) fn settings(&self) -> &ProviderSettings {
-        &self.settings
+    pub(crate) fn redactions(&self) -> &Redactions {
+        &self.redactions
     }
 
     /// `default_max_tokens` is sent when a request sets no limit; 0 (never valid upstream)
@@ -49,7 +52,8 @@ impl AnthropicProvider {
         let url = format!("{}/v1/messages", settings.base_url.trim_end_matches('/'));
         let count_url = format!("{url}/count_tokens");
         let default_max_tokens = if default_max_tokens == 0 { DEFAULT_MAX_TOKENS } else { default_max_tokens };
-        AnthropicProvider { settings, http, url, count_url, default_max_tokens }
+        let redactions = Redactions::of(&settings);
+        AnthropicProvider { settings, http, url, count_url, default_max_tokens, redactions }
     }
 
     fn request(&self, url: &str) -> Result<reqwest::RequestBuilder, ProviderError> {

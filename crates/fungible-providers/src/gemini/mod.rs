@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::http::{self, HttpClient};
 use crate::{ChatProvider, EventStream, ProviderSettings, body, sse};
+use crate::redact::Redactions;
 use types::*;
 
 #[derive(Debug, Clone)]
@@ -30,18 +31,21 @@ pub struct GeminiProvider {
     http: HttpClient,
     /// The origin, without a trailing `/` (nor `/v1beta`, which is appended per request).
     base: String,
+    /// The credentials kept out of answers, built once.
+    redactions: Redactions,
 }
 
 impl GeminiProvider {
-    pub(crate) fn settings(&self) -> &ProviderSettings {
-        &self.settings
+    pub(crate) fn redactions(&self) -> &Redactions {
+        &self.redactions
     }
 
     pub fn new(settings: ProviderSettings, http: HttpClient) -> GeminiProvider {
         let base = settings.base_url.trim_end_matches('/');
         // Forgive a base URL given with the version, as some SDKs document it.
         let base = base.strip_suffix("/v1beta").unwrap_or(base).to_owned();
-        GeminiProvider { settings, http, base }
+        let redactions = Redactions::of(&settings);
+        GeminiProvider { settings, http, base, redactions }
     }
 
     fn count_url(&self, model: &str) -> Result<String, ProviderError> {

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::http::{self, HttpClient};
 use crate::{ChatProvider, EventStream, ProviderKind, ProviderSettings, body, sse};
+use crate::redact::Redactions;
 use types::*;
 
 /// Which name the server takes for the output-token limit.
@@ -86,16 +87,19 @@ pub struct OpenAiProvider {
     flavor: OpenAiFlavor,
     http: HttpClient,
     url: String,
+    /// The credentials kept out of answers, built once.
+    redactions: Redactions,
 }
 
 impl OpenAiProvider {
-    pub(crate) fn settings(&self) -> &ProviderSettings {
-        &self.settings
+    pub(crate) fn redactions(&self) -> &Redactions {
+        &self.redactions
     }
 
     pub fn new(settings: ProviderSettings, flavor: OpenAiFlavor, http: HttpClient) -> OpenAiProvider {
         let url = format!("{}/chat/completions", settings.base_url.trim_end_matches('/'));
-        OpenAiProvider { settings, flavor, http, url }
+        let redactions = Redactions::of(&settings);
+        OpenAiProvider { settings, flavor, http, url, redactions }
     }
 
     pub fn kind(&self) -> ProviderKind {
