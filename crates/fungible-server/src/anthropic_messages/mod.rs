@@ -41,8 +41,8 @@ pub async fn count_tokens(State(state): State<AppState>, body: Body) -> Response
 /// Reads and parses the body, and keeps the fields fungible has no name for only when the
 /// model is served by Anthropic: a vendor field must not reach another vendor.
 async fn read_request(state: &AppState, body: Body, endpoint: Endpoint) -> Result<ChatRequest, ApiError> {
-    let bytes = crate::read_body(body, state.max_body_bytes).await?;
-    let mut req = request::parse(&bytes, endpoint)?;
+    // The body is dropped once parsed: only the canonical request lives on.
+    let mut req = request::parse(&crate::read_body(body, state.max_body_bytes).await?, endpoint)?;
     // A name that resolves to no single provider (an unknown model, which the gateway then
     // reports, or a route over several) keeps no vendor fields.
     let anthropic = matches!(state.gateway.resolve(&req.model), Ok((provider, _)) if provider.kind().as_str() == "anthropic");
