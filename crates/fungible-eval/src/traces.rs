@@ -296,6 +296,7 @@ mod tests {
             attempts: vec![],
             key_id: None,
             cache_hit: false,
+            truncated: false,
             raw: Vec::new(),
         }
     }

@@ -31,6 +31,9 @@ struct StoreSection {
     raw_bodies: Option<bool>,
     /// Bytes kept of each raw body at most (default 65536).
     raw_bodies_max_bytes: Option<usize>,
+    /// Bytes (estimated) one record's request and response may hold; larger ones are
+    /// stored cut and marked `truncated` (default 262144).
+    max_record_bytes: Option<usize>,
 }
 
 /// The validated `[store]`.
@@ -47,6 +50,8 @@ pub struct StoreConfig {
     pub writer_nice: i32,
     /// `raw_bodies`: the cap on each raw body kept; `None`: raw bodies are not kept.
     pub raw_bodies: Option<usize>,
+    /// What one record's request and response may hold (see `Bodies::capped`).
+    pub max_record_bytes: usize,
 }
 
 /// Default cap on each raw provider body kept with `[store] raw_bodies = true`.
@@ -63,6 +68,7 @@ impl Default for StoreConfig {
             flush_interval: Duration::from_millis(200),
             writer_nice: 10,
             raw_bodies: None,
+            max_record_bytes: crate::cap::DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -137,6 +143,15 @@ impl StoreConfig {
                 return Err(err("store.writer_nice", "must be between 0 and 19"));
             }
             config.writer_nice = nice;
+        }
+        if let Some(n) = section.max_record_bytes {
+            if n < 4096 {
+                return Err(err("store.max_record_bytes", "must be at least 4096"));
+            }
+            if n > config.queue_bytes {
+                return Err(err("store.max_record_bytes", "must be at most store.queue_bytes"));
+            }
+            config.max_record_bytes = n;
         }
         if section.raw_bodies_max_bytes == Some(0) {
             return Err(err("store.raw_bodies_max_bytes", "must be at least 1"));
@@ -255,6 +270,12 @@ mod tests {
         assert_eq!(StoreConfig::from_toml(table("writer_nice = 0")).unwrap().writer_nice, 0);
         let e = StoreConfig::from_toml(table("writer_nice = 20")).unwrap_err().to_string();
         assert_eq!(e, "store.writer_nice: must be between 0 and 19");
+        assert_eq!(StoreConfig::from_toml(None).unwrap().max_record_bytes, 256 << 10);
+        assert_eq!(StoreConfig::from_toml(table("max_record_bytes = 8192")).unwrap().max_record_bytes, 8192);
+        let e = StoreConfig::from_toml(table("max_record_bytes = 100")).unwrap_err().to_string();
+        assert_eq!(e, "store.max_record_bytes: must be at least 4096");
+        let e = StoreConfig::from_toml(table("queue_bytes = 65536\nmax_record_bytes = 131072")).unwrap_err().to_string();
+        assert_eq!(e, "store.max_record_bytes: must be at most store.queue_bytes");
     }
 
     #[test]
