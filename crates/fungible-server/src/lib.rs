@@ -15,6 +15,7 @@ pub mod error;
 pub mod gemini_api;
 pub mod guard;
 pub mod inferences;
+pub mod limits;
 pub mod openai_chat;
 pub mod openai_embeddings;
 pub mod openai_responses;
