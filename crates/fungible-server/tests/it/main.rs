@@ -9,6 +9,7 @@ mod cache;
 mod errors;
 mod guard;
 mod local;
+mod memory;
 mod conformance;
 mod recording;
 mod routing;
