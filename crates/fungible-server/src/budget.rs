@@ -188,8 +188,12 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     {
         let format = crate::auth::format_of(request.uri().path());
         // Read to its end (and dropped chunk by chunk, costing nothing): a client still
-        // sending its body when the connection closes would not see the refusal.
-        drain(request.into_body()).await;
+        // sending its body when the connection closes would not see the refusal. One that
+        // waits for `100 Continue` sends nothing and reads the refusal instead.
+        let waits = request.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits {
+            drain(request.into_body()).await;
+        }
         return ApiError::from(e).into_response_for(format);
     }
     let request = request.map(|body| Body::new(BudgetedBody::new(body, reservation.clone())));
