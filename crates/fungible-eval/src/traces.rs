@@ -157,8 +157,12 @@ pub async fn dataset_from_traces(
     })
 }
 
-/// An item from a recorded inference; `None` when it cannot be replayed (no user message).
+/// An item from a recorded inference; `None` when it cannot be replayed (no user message,
+/// or stored cut at `[store] max_record_bytes`: not the request that was asked).
 fn item_from(record: InferenceRecord, feedback: &[Feedback]) -> Option<Item> {
+    if record.truncated {
+        return None;
+    }
     let request: ChatRequest = serde_json::from_value(record.request).ok()?;
     if !request.messages.iter().any(|m| m.role == Role::User) {
         return None;
@@ -296,6 +300,7 @@ mod tests {
             attempts: vec![],
             key_id: None,
             cache_hit: false,
+            truncated: false,
             raw: Vec::new(),
         }
     }

@@ -96,6 +96,10 @@ pub struct ServerSection {
     pub port: Option<u16>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: Option<usize>,
+    /// The memory all request bodies in flight may take together, in bytes: their bytes plus
+    /// an estimate of what parsing their JSON takes. A request over what is free is refused
+    /// with 503 (`Retry-After: 1`); one over the whole of it with 413.
+    pub max_inflight_body_bytes: Option<usize>,
     /// Deadline for a whole non-streamed request, and for a stream's first response.
     pub request_timeout_secs: Option<u64>,
     pub connect_timeout_secs: Option<u64>,
@@ -178,6 +182,8 @@ pub struct GatewayConfig {
     pub host: String,
     pub port: u16,
     pub max_body_bytes: usize,
+    /// `[server] max_inflight_body_bytes`, validated.
+    pub max_inflight_body_bytes: usize,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub worker_threads: usize,
@@ -253,6 +259,9 @@ pub(crate) fn invalid(at: impl Into<String>, message: impl Into<String>) -> Conf
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_PORT: u16 = 4000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Eight bodies of the largest default size, as text (each costs about twice its size to
+/// parse); at least twice `max_body_bytes` when that is raised.
+pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: usize = 256 * 1024 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Ample for any client that means to send a request; a slowloris connection holds its slot
@@ -294,6 +303,18 @@ impl GatewayConfig {
         if max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }
+        // A body of the largest size, as text, takes about twice its size once parsed.
+        let least_inflight = max_body_bytes.saturating_mul(2);
+        let max_inflight_body_bytes = match server.max_inflight_body_bytes {
+            None => DEFAULT_MAX_INFLIGHT_BODY_BYTES.max(least_inflight),
+            Some(n) if n < least_inflight => {
+                return Err(invalid(
+                    "server.max_inflight_body_bytes",
+                    format!("must be at least twice server.max_body_bytes ({least_inflight}): a body of the largest size takes about twice its size to parse"),
+                ));
+            }
+            Some(n) => n,
+        };
         let request_timeout = nonzero_secs(server.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS, "server.request_timeout_secs")?;
         let connect_timeout = nonzero_secs(server.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT_SECS, "server.connect_timeout_secs")?;
         let worker_threads = match server.worker_threads {
@@ -354,6 +375,7 @@ impl GatewayConfig {
             host: server.host.unwrap_or_else(|| DEFAULT_HOST.to_owned()),
             port: server.port.unwrap_or(DEFAULT_PORT),
             max_body_bytes,
+            max_inflight_body_bytes,
             request_timeout,
             connect_timeout,
             worker_threads,
@@ -695,6 +717,18 @@ mod tests {
         assert_eq!(err, "server.header_read_timeout_ms: must be greater than 0");
         let err = resolve("[server]\nallowed_hosts = [\"localhost\", \"http://gw.example\"]\n", &[]).unwrap_err().to_string();
         assert!(err.starts_with("server.allowed_hosts[1]: \"http://gw.example\" is not a host name"), "{err}");
+    }
+
+    #[test]
+    fn the_inflight_budget_defaults_to_256_mib_and_fits_two_of_the_largest_bodies() {
+        assert_eq!(resolve("", &[]).unwrap().max_inflight_body_bytes, 256 << 20);
+        // Raising the body limit raises the default budget with it.
+        let cfg = resolve("[server]\nmax_body_bytes = 268435456\n", &[]).unwrap();
+        assert_eq!(cfg.max_inflight_body_bytes, 512 << 20);
+        let cfg = resolve("[server]\nmax_body_bytes = 1024\nmax_inflight_body_bytes = 4096\n", &[]).unwrap();
+        assert_eq!(cfg.max_inflight_body_bytes, 4096);
+        let err = resolve("[server]\nmax_inflight_body_bytes = 1048576\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("server.max_inflight_body_bytes: must be at least twice server.max_body_bytes (67108864)"), "{err}");
     }
 
     #[test]

@@ -8,12 +8,14 @@
 pub mod admin;
 pub mod anthropic_messages;
 pub mod auth;
+pub mod budget;
 mod cache;
 pub mod dispatch;
 pub mod error;
 pub mod gemini_api;
 pub mod guard;
 pub mod inferences;
+pub mod limits;
 pub mod openai_chat;
 pub mod openai_embeddings;
 pub mod openai_responses;
@@ -42,6 +44,8 @@ use error::ApiError;
 pub struct AppState {
     pub gateway: Gateway,
     pub max_body_bytes: usize,
+    /// `[server] max_inflight_body_bytes`: the memory all request bodies in flight may take.
+    pub budget: budget::InflightBudget,
     /// Responses kept for `previous_response_id` and `GET /v1/responses/{id}`.
     pub responses: openai_responses::ResponseStore,
     /// Metrics, prices and the recorder every inference is handed to.
@@ -63,6 +67,7 @@ impl AppState {
         AppState {
             gateway,
             max_body_bytes,
+            budget: budget::InflightBudget::default(),
             responses: openai_responses::ResponseStore::default(),
             recording: recording::Recording::default(),
             store: None,
@@ -71,6 +76,12 @@ impl AppState {
             auth: auth::Auth::default(),
             allowed_hosts: guard::AllowedHosts::default(),
         }
+    }
+
+    /// Bounds the memory of the request bodies in flight to `bytes` (see [`budget`]).
+    pub fn with_inflight_budget(mut self, bytes: usize) -> AppState {
+        self.budget = budget::InflightBudget::new(bytes);
+        self
     }
 
     /// With auth off, also serves these `Host` names (see [`guard`]).
@@ -141,6 +152,9 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), dispatch::layer))
         .layer(axum::middleware::from_fn_with_state(state.clone(), recording::layer))
+        // Every body is charged to the in-flight memory budget as it arrives, and the charge
+        // is held until the response is done; refused requests reach no handler.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), budget::layer))
         // A refused request reaches nothing inside, and a virtual key's principal is on the
         // request before recording and the cache look for it.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
@@ -150,22 +164,61 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Reads a request body up to `limit` bytes; more is a 413 in the client's error shape, and
-/// a body that ran past `[server] body_read_timeout_ms` a 408.
+/// Reads a request body up to `limit` bytes; more is a 413 in the client's error shape, a
+/// body that ran past `[server] body_read_timeout_ms` a 408, and one the in-flight memory
+/// budget refused a 413 or 503 ([`budget`]). The body is gathered into one buffer of its
+/// announced size (no second copy when it arrives in chunks).
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&dyn std::error::Error> = Some(&e);
-        while let Some(err) = source {
-            if err.is::<http_body_util::LengthLimitError>() {
-                return ApiError::payload_too_large(limit);
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let announced = usize::try_from(hyper::body::Body::size_hint(&body).lower()).unwrap_or(usize::MAX);
+    let mut first: Option<Bytes> = None;
+    let mut gathered: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                let (error, refused) = body_error(e);
+                if refused {
+                    // The client is still sending: read the rest so that it sees the refusal.
+                    budget::drain(body).await;
+                }
+                return Err(error);
             }
-            if let Some(timeout) = err.downcast_ref::<serve::BodyTimeout>() {
-                return ApiError::request_timeout(timeout.to_string());
-            }
-            source = err.source();
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total > limit {
+            return Err(ApiError::payload_too_large(limit));
         }
-        ApiError::invalid_request(None, format!("could not read the request body: {e}"))
-    })
+        match first.take() {
+            // The common case: one chunk (or the first of several) is kept as it is.
+            None if gathered.is_empty() => first = Some(data),
+            Some(head) => {
+                gathered.reserve_exact(announced.clamp(total, limit) - gathered.len());
+                gathered.extend_from_slice(&head);
+                gathered.extend_from_slice(&data);
+            }
+            None => gathered.extend_from_slice(&data),
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(gathered)))
+}
+
+/// The error a body failed with, and whether the in-flight budget refused it.
+fn body_error(e: axum::Error) -> (ApiError, bool) {
+    let mut source: Option<&dyn std::error::Error> = Some(&e);
+    while let Some(err) = source {
+        if let Some(refused) = err.downcast_ref::<budget::BudgetError>() {
+            return (ApiError::from(*refused), true);
+        }
+        if let Some(timeout) = err.downcast_ref::<serve::BodyTimeout>() {
+            return (ApiError::request_timeout(timeout.to_string()), false);
+        }
+        source = err.source();
+    }
+    (ApiError::invalid_request(None, format!("could not read the request body: {e}")), false)
 }
 
 /// The OpenAPI 3.1 description of every route, kept beside the router (a test checks that

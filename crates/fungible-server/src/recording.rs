@@ -68,6 +68,11 @@ impl Recording {
             }
         })
     }
+
+    /// What one record's bodies may hold: the recorder's `max_record_bytes`.
+    fn record_cap(&self) -> usize {
+        self.recorder.as_ref().map_or(fungible_store::DEFAULT_MAX_RECORD_BYTES, Recorder::max_record_bytes)
+    }
 }
 
 impl std::fmt::Debug for Recording {
@@ -425,6 +430,7 @@ fn build(
         attempts,
         key_id: facts.key_id.clone(),
         cache_hit: false,
+        truncated: false,
         raw: facts.capture.as_ref().map_or_else(Vec::new, |c| {
             c.exchanges()
                 .into_iter()
@@ -491,9 +497,10 @@ pub fn observe_chat(
             &facts,
         ),
     };
-    submit(state, record, &facts.trace, || Bodies {
-        request: req.clone(),
-        response: result.as_ref().ok().map(|r| r.value.clone()),
+    // At most `max_record_bytes` of the request is copied, however large it is.
+    let cap = state.recording.record_cap();
+    submit(state, record, &facts.trace, || {
+        Bodies::capped(req, result.as_ref().ok().map(|r| &r.value), cap)
     });
     result
 }
@@ -524,19 +531,19 @@ pub fn observe_stream(
                     &facts,
                 ),
                 &facts.trace,
-                || Bodies {
-                    request: req.clone(),
-                    response: None,
-                },
+                || Bodies::capped(req, None, state.recording.record_cap()),
             );
             Err(e)
         }
         Ok(routed) => {
+            // The stream outlives the handler's request: it keeps what the record will hold.
+            let kept = Bodies::capped(req, None, state.recording.record_cap());
             let observed = ObservedStream {
                 inner: routed.value,
                 pending: Some(Pending {
                     state: state.clone(),
-                    req: req.clone(),
+                    req: kept.request,
+                    truncation: kept.truncation,
                     route: routed.route.clone(),
                     facts,
                 }),
@@ -553,7 +560,9 @@ pub fn observe_stream(
 
 struct Pending {
     state: crate::AppState,
+    /// The request as the record keeps it (capped at `max_record_bytes`).
     req: ChatRequest,
+    truncation: Option<fungible_store::Truncation>,
     route: RouteInfo,
     facts: RequestFacts,
 }
@@ -677,10 +686,12 @@ impl ObservedStream {
                 true,
                 &p.facts,
             );
-            let Pending { state, req, .. } = p;
-            submit(&state, record, &p.facts.trace, move || Bodies {
-                request: req,
-                response: answered.then_some(response),
+            let Pending { state, req, truncation, .. } = p;
+            let cap = state.recording.record_cap();
+            submit(&state, record, &p.facts.trace, move || {
+                let bodies = Bodies::capped(&req, answered.then_some(&response), cap);
+                let truncation = fungible_store::Truncation::merge(truncation, bodies.truncation);
+                Bodies { truncation, ..bodies }
             });
         }
     }
@@ -748,8 +759,7 @@ pub(crate) fn observe_cache_hit(
     let mut record = build(state, req, route, Some(response), None, None, stream, &facts);
     record.cache_hit = true;
     record.cost = Some(0.0);
-    submit(state, record, &facts.trace, || Bodies {
-        request: req.clone(),
-        response: Some(response.clone()),
+    submit(state, record, &facts.trace, || {
+        Bodies::capped(req, Some(response), state.recording.record_cap())
     });
 }

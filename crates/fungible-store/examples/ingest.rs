@@ -38,6 +38,7 @@ fn record(i: u64) -> InferenceRecord {
         episode_id: None,
         key_id: None,
         cache_hit: false,
+        truncated: false,
         raw: Vec::new(),
         attempts: vec![AttemptRecord {
             provider: "openai".into(),

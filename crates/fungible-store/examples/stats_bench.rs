@@ -99,6 +99,7 @@ fn record(i: u64, n: u64) -> InferenceRecord {
         episode_id: None,
         key_id: Some(format!("key_{:02}", (h >> 48) % 50)),
         cache_hit: false,
+        truncated: false,
         raw: Vec::new(),
         attempts: vec![AttemptRecord {
             provider: provider.into(),

@@ -34,6 +34,9 @@ struct StoreSection {
     /// Write each answer's record to the store before the answer's last byte (off: batched,
     /// at most `flush_interval` behind).
     durable: Option<bool>,
+    /// Bytes (estimated) one record's request and response may hold; larger ones are
+    /// stored cut and marked `truncated` (default 262144).
+    max_record_bytes: Option<usize>,
 }
 
 /// The validated `[store]`.
@@ -53,6 +56,8 @@ pub struct StoreConfig {
     /// Every answer's record is committed before the answer ends (see the README's Security
     /// section for each mode's loss bound).
     pub durable: bool,
+    /// What one record's request and response may hold (see `Bodies::capped`).
+    pub max_record_bytes: usize,
 }
 
 /// Default cap on each raw provider body kept with `[store] raw_bodies = true`.
@@ -70,6 +75,7 @@ impl Default for StoreConfig {
             writer_nice: 10,
             raw_bodies: None,
             durable: false,
+            max_record_bytes: crate::cap::DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -145,6 +151,15 @@ impl StoreConfig {
                 return Err(err("store.writer_nice", "must be between 0 and 19"));
             }
             config.writer_nice = nice;
+        }
+        if let Some(n) = section.max_record_bytes {
+            if n < 4096 {
+                return Err(err("store.max_record_bytes", "must be at least 4096"));
+            }
+            if n > config.queue_bytes {
+                return Err(err("store.max_record_bytes", "must be at most store.queue_bytes"));
+            }
+            config.max_record_bytes = n;
         }
         if section.raw_bodies_max_bytes == Some(0) {
             return Err(err("store.raw_bodies_max_bytes", "must be at least 1"));
@@ -263,6 +278,12 @@ mod tests {
         assert_eq!(StoreConfig::from_toml(table("writer_nice = 0")).unwrap().writer_nice, 0);
         let e = StoreConfig::from_toml(table("writer_nice = 20")).unwrap_err().to_string();
         assert_eq!(e, "store.writer_nice: must be between 0 and 19");
+        assert_eq!(StoreConfig::from_toml(None).unwrap().max_record_bytes, 256 << 10);
+        assert_eq!(StoreConfig::from_toml(table("max_record_bytes = 8192")).unwrap().max_record_bytes, 8192);
+        let e = StoreConfig::from_toml(table("max_record_bytes = 100")).unwrap_err().to_string();
+        assert_eq!(e, "store.max_record_bytes: must be at least 4096");
+        let e = StoreConfig::from_toml(table("queue_bytes = 65536\nmax_record_bytes = 131072")).unwrap_err().to_string();
+        assert_eq!(e, "store.max_record_bytes: must be at most store.queue_bytes");
     }
 
     #[test]

@@ -10,9 +10,12 @@
 //!   queue (a full queue drops the record and counts it), and one writer task batches them
 //!   into a transaction each. A store that is slow or down only fills the queue; `shutdown`
 //!   drains it.
+//! - [`Bodies::capped`] keeps a record within `[store] max_record_bytes`: long texts cut
+//!   and marked, so one client's huge requests cannot fill the queue for everyone.
 //! - [`PriceTable`] turns usage into cost; an unknown price is an unknown cost (`None`),
 //!   never zero.
 
+mod cap;
 mod config;
 mod keys;
 pub mod migrations;
@@ -25,6 +28,7 @@ mod store;
 #[doc(hidden)]
 pub mod testing;
 
+pub use cap::{DEFAULT_MAX_RECORD_BYTES, Truncation};
 pub use config::{StoreConfig, StoreConfigError, sqlite_url};
 pub use keys::{BudgetPeriod, KeyBudget, KeyRecord, Scope};
 pub use prices::{PRICES_AS_OF, Price, PriceTable};

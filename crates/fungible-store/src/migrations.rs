@@ -149,6 +149,8 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
     ),
     // Virtual key scopes (JSON array of names; NULL: the default ones).
     (6, &["ALTER TABLE virtual_keys ADD COLUMN scopes TEXT"]),
+    // Records over `[store] max_record_bytes`, stored cut (see `cap.rs`).
+    (7, &["ALTER TABLE inferences ADD COLUMN truncated BIGINT NOT NULL DEFAULT 0"]),
     // Stored OpenAI Responses, for several gateways on one PostgreSQL (`responses.rs`).
     (
         8,

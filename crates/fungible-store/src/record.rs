@@ -4,7 +4,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fungible_types::{ChatRequest, ChatResponse, ContentPart, Message, ReasoningBlock, Usage};
+use fungible_types::{
+    ChatRequest, ChatResponse, ContentPart, JsonSchemaFormat, Message, ReasoningBlock, ResponseFormat, Usage,
+};
+
+use crate::cap::Truncation;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -51,6 +55,10 @@ pub struct InferenceRecord {
     /// Whether the response cache answered (no provider was called).
     #[serde(default)]
     pub cache_hit: bool,
+    /// The request or response was over `[store] max_record_bytes` and was stored cut (see
+    /// [`Bodies::capped`]); the request JSON's `fungible_truncated` says what was left out.
+    #[serde(default)]
+    pub truncated: bool,
     /// The raw bodies of each upstream call, with `[store] raw_bodies` on (off by default);
     /// read back by [`crate::Store::get`] only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -104,14 +112,29 @@ impl InferenceRecord {
 pub struct Bodies {
     pub request: ChatRequest,
     pub response: Option<ChatResponse>,
+    /// What [`Bodies::capped`] left out; `None`: they are whole.
+    pub truncation: Option<Truncation>,
 }
 
 impl Bodies {
-    /// Roughly the bytes these bodies hold (their text, images and JSON values), cheap
-    /// enough for the request path: what the recorder's queue bound counts.
+    /// Whole bodies (the recorder caps them at `max_record_bytes` if need be; build them
+    /// with [`Bodies::capped`] to copy no more than that from a borrowed request).
+    pub fn new(request: ChatRequest, response: Option<ChatResponse>) -> Bodies {
+        Bodies { request, response, truncation: None }
+    }
+
+    /// Roughly the bytes these bodies hold (their text, images and JSON values, and about
+    /// what each message's fields take as JSON), cheap enough for the request path: what
+    /// the recorder's queue bound and the record cap count.
     pub fn estimated_bytes(&self) -> usize {
-        let r = &self.request;
-        let mut n = 512 + r.model.len() + messages_bytes(&r.messages);
+        estimate(&self.request, self.response.as_ref())
+    }
+}
+
+/// [`Bodies::estimated_bytes`] of a borrowed request and response.
+pub(crate) fn estimate(r: &ChatRequest, response: Option<&ChatResponse>) -> usize {
+    {
+        let mut n = 512 + r.model.len() + r.user.as_ref().map_or(0, String::len) + messages_bytes(&r.messages);
         n += r
             .tools
             .iter()
@@ -132,7 +155,13 @@ impl Bodies {
             .iter()
             .map(|(k, v)| k.len() + value_bytes(v))
             .sum::<usize>();
-        if let Some(resp) = &self.response {
+        if let Some(JsonSchemaFormat { name, description, schema, .. }) = match &r.response_format {
+            Some(ResponseFormat::JsonSchema(s)) => Some(s),
+            _ => None,
+        } {
+            n += 64 + name.len() + description.as_ref().map_or(0, String::len) + value_bytes(schema);
+        }
+        if let Some(resp) = response {
             let m = &resp.message;
             n += 256
                 + resp.id.len()
@@ -149,7 +178,22 @@ impl Bodies {
     }
 }
 
-fn messages_bytes(messages: &[Message]) -> usize {
+/// What a message's fields take as JSON besides its strings (its role, the names of its
+/// fields and their empty values, about 150 bytes as serialised).
+const MESSAGE_BYTES: usize = 160;
+
+/// What a message costs with all its text empty: what keeping it costs a capped record.
+/// (Names and ids are kept whole.)
+pub(crate) fn message_structure_bytes(m: &Message) -> usize {
+    MESSAGE_BYTES
+        + m.name.as_ref().map_or(0, String::len)
+        + m.tool_call_id.as_ref().map_or(0, String::len)
+        + 16 * m.content.len()
+        + m.tool_calls.iter().map(|c| 32 + c.id.len() + c.name.len()).sum::<usize>()
+        + 32 * m.reasoning.len()
+}
+
+pub(crate) fn messages_bytes(messages: &[Message]) -> usize {
     messages
         .iter()
         .map(|m| {
@@ -173,7 +217,12 @@ fn messages_bytes(messages: &[Message]) -> usize {
                 .iter()
                 .map(|c| 32 + c.id.len() + c.name.len() + c.arguments.len())
                 .sum();
-            64 + content + calls + reasoning_bytes(&m.reasoning)
+            MESSAGE_BYTES
+                + m.name.as_ref().map_or(0, String::len)
+                + m.tool_call_id.as_ref().map_or(0, String::len)
+                + content
+                + calls
+                + reasoning_bytes(&m.reasoning)
         })
         .sum()
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::cap::Truncation;
 use crate::record::{Bodies, InferenceRecord};
 use crate::store::{Store, StoreError};
 
@@ -60,6 +61,10 @@ pub struct RecorderOptions {
     /// [`Recorder::start_in_background`]: the writer thread's nice value (Linux); 0 leaves
     /// it at the priority of the thread that starts it.
     pub writer_nice: i32,
+    /// The most bytes (estimated) one record's request and response may hold; larger ones
+    /// are stored cut and marked ([`Bodies::capped`]), so one client's huge requests cannot
+    /// fill `queue_bytes` and push out everyone else's records.
+    pub max_record_bytes: usize,
 }
 
 impl Default for RecorderOptions {
@@ -72,6 +77,7 @@ impl Default for RecorderOptions {
             retry_delay: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(10),
             writer_nice: 10,
+            max_record_bytes: crate::cap::DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -124,6 +130,7 @@ pub struct Recorder {
     /// Wakes the writer before its flush interval is up: a flush, or a full batch queued.
     wake: Arc<Notify>,
     batch_size: usize,
+    max_record_bytes: usize,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -208,6 +215,7 @@ impl Recorder {
             writer: Arc::new(std::sync::Mutex::new(Some(writer))),
             wake,
             batch_size: options.batch_size.max(1),
+            max_record_bytes: options.max_record_bytes,
         }
     }
 
@@ -222,11 +230,25 @@ impl Recorder {
         });
     }
 
+    /// The most bytes one record's bodies may hold (`max_record_bytes`): the request path
+    /// builds them with [`Bodies::capped`] at this size, copying no more than that.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
+    }
+
     /// Queues `record` with its canonical request and response, which the writer serialises
-    /// into the record's `request` and `response`; never waits. A full queue (or a recorder
-    /// shut down) drops it.
+    /// into the record's `request` and `response`; never waits. Bodies over
+    /// `max_record_bytes` are cut to it first. A full queue (or a recorder shut down) drops
+    /// it.
     pub fn record_with(&self, record: InferenceRecord, bodies: Bodies) {
-        let bytes = record.estimated_bytes() + bodies.estimated_bytes();
+        let mut bodies = bodies;
+        let mut bytes = bodies.estimated_bytes();
+        if bytes > self.max_record_bytes {
+            let capped = Bodies::capped(&bodies.request, bodies.response.as_ref(), self.max_record_bytes);
+            bodies = Bodies { truncation: Truncation::merge(bodies.truncation, capped.truncation), ..capped };
+            bytes = bodies.estimated_bytes();
+        }
+        let bytes = record.estimated_bytes() + bytes;
         self.enqueue(Queued {
             record,
             bodies: Some(bodies),
@@ -413,6 +435,15 @@ fn serialised(queued: Queued) -> InferenceRecord {
     if let Some(bodies) = bodies {
         record.request = serde_json::to_value(&bodies.request).unwrap_or(serde_json::Value::Null);
         record.response = bodies.response.and_then(|r| serde_json::to_value(&r).ok());
+        if let Some(t) = bodies.truncation {
+            record.truncated = true;
+            if let serde_json::Value::Object(request) = &mut record.request {
+                request.insert(
+                    "fungible_truncated".into(),
+                    serde_json::json!({"omitted_messages": t.omitted_messages, "cut_bytes": t.cut_bytes}),
+                );
+            }
+        }
     }
     record
 }

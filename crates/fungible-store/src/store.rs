@@ -147,10 +147,10 @@ pub struct StatsRow {
     pub p95_latency_ms: f64,
 }
 
-const INSERT_INFERENCE: &str = "INSERT INTO inferences (id, time_ms, inbound, requested_model, route, variant, provider, model, stream, error, request, response, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost, ttft_ms, latency_ms, user_id, tags, episode_id, key_id, cache_hit) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)";
+const INSERT_INFERENCE: &str = "INSERT INTO inferences (id, time_ms, inbound, requested_model, route, variant, provider, model, stream, error, request, response, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost, ttft_ms, latency_ms, user_id, tags, episode_id, key_id, cache_hit, truncated) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)";
 const INSERT_TAG: &str = "INSERT INTO inference_tags (inference_id, tag) VALUES ($1, $2)";
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (inference_id, idx, provider, model, status, error, latency_ms, cost) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-const INFERENCE_COLUMNS: &str = "id, time_ms, inbound, requested_model, route, variant, provider, model, stream, error, request, response, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost, ttft_ms, latency_ms, user_id, tags, episode_id, key_id, cache_hit";
+const INFERENCE_COLUMNS: &str = "id, time_ms, inbound, requested_model, route, variant, provider, model, stream, error, request, response, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost, ttft_ms, latency_ms, user_id, tags, episode_id, key_id, cache_hit, truncated";
 
 impl Store {
     /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://...`) and applies the
@@ -246,7 +246,7 @@ impl Store {
         // more than the insert itself; `json_each` lets SQLite unpack the rows in C.
         let rows = crate::recorder::off_the_workers(|| SqliteRows::of(records));
         let mut tx = self.pool.begin().await?;
-        sqlx::query(&json_insert("inferences", INFERENCE_COLUMNS, 25))
+        sqlx::query(&json_insert("inferences", INFERENCE_COLUMNS, 26))
             .bind(rows.inferences)
             .execute(&mut *tx)
             .await?;
@@ -287,7 +287,7 @@ impl Store {
         };
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(ROWS) {
-            let sql = multi_row(INSERT_INFERENCE, 25, chunk.len());
+            let sql = multi_row(INSERT_INFERENCE, 26, chunk.len());
             let mut query = sqlx::query(&sql).persistent(false);
             for r in chunk {
                 query = query
@@ -319,7 +319,8 @@ impl Store {
                     .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "{}".into()))
                     .bind(r.episode_id.clone())
                     .bind(r.key_id.clone())
-                    .bind(i64::from(r.cache_hit));
+                    .bind(i64::from(r.cache_hit))
+                    .bind(i64::from(r.truncated));
             }
             query.execute(&mut *tx).await?;
         }
@@ -859,6 +860,7 @@ impl SqliteRows {
                 r.episode_id,
                 r.key_id,
                 i64::from(r.cache_hit),
+                i64::from(r.truncated),
             ]));
             for tag in r.tag_list() {
                 tags.push(json!([r.id, tag]));
@@ -914,6 +916,7 @@ fn inference_from_row(r: &AnyRow) -> Result<InferenceRecord, StoreError> {
     let tags: String = r.try_get(21)?;
     let stream: i64 = r.try_get(8)?;
     let cache_hit: i64 = r.try_get(24)?;
+    let truncated: i64 = r.try_get(25)?;
     let tok = |i: usize| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(i)? as u64) };
     Ok(InferenceRecord {
         id: r.try_get(0)?,
@@ -944,6 +947,7 @@ fn inference_from_row(r: &AnyRow) -> Result<InferenceRecord, StoreError> {
         attempts: Vec::new(),
         key_id: r.try_get(23)?,
         cache_hit: cache_hit != 0,
+        truncated: truncated != 0,
         raw: Vec::new(),
     })
 }

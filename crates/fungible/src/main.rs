@@ -150,6 +150,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (store_config, prices) = traces::load(&args.config)?;
     let gateway = gateway.with_prices(price_lookup(&prices));
     let mut state = AppState::new(gateway, config.max_body_bytes)
+        .with_inflight_budget(config.max_inflight_body_bytes)
         .with_prices(prices)
         .with_allowed_hosts(config.allowed_hosts.clone());
     if store_config.enabled {

@@ -46,6 +46,7 @@ pub async fn start(config: &StoreConfig) -> anyhow::Result<Option<(Store, Record
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
             writer_nice: config.writer_nice,
+            max_record_bytes: config.max_record_bytes,
             ..RecorderOptions::default()
         },
     )

@@ -7,7 +7,7 @@ mod stream;
 mod types;
 
 use fungible_types::{
-    AssistantMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ProviderError, ReasoningBlock,
+    AssistantMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource, ProviderError, ReasoningBlock,
     ResponseFormat, Role, ToolCall, ToolChoice, Usage,
 };
 use serde_json::{Value, json};
@@ -231,7 +231,7 @@ fn wire_message(m: &fungible_types::Message, flavor: OpenAiFlavor) -> WireMessag
         role => role.as_str(),
     };
     let content = match m.role {
-        Role::Assistant if m.content.is_empty() => Value::Null,
+        Role::Assistant if m.content.is_empty() => WireContent::Null,
         _ => wire_content(&m.content),
     };
     WireMessage {
@@ -254,22 +254,24 @@ fn wire_message(m: &fungible_types::Message, flavor: OpenAiFlavor) -> WireMessag
 
 /// A single text part goes as a plain string (every compatible server takes that); anything
 /// else as an array of parts.
-fn wire_content(parts: &[ContentPart]) -> Value {
+fn wire_content(parts: &[ContentPart]) -> WireContent<'_> {
     match parts {
-        [] => json!(""),
-        [ContentPart::Text { text }] => json!(text),
-        parts => Value::Array(
+        [] => WireContent::Text(""),
+        [ContentPart::Text { text }] => WireContent::Text(text),
+        parts => WireContent::Parts(
             parts
                 .iter()
                 .map(|p| match p {
-                    ContentPart::Text { text } => json!({"type": "text", "text": text}),
-                    ContentPart::Image { source, detail } => {
-                        let mut image = json!({"url": source.to_openai_url()});
-                        if let Some(d) = detail {
-                            image["detail"] = json!(d);
-                        }
-                        json!({"type": "image_url", "image_url": image})
-                    }
+                    ContentPart::Text { text } => WirePart::Text { text },
+                    ContentPart::Image { source, detail } => WirePart::ImageUrl {
+                        image_url: WireImageUrl {
+                            url: match source {
+                                ImageSource::Url(url) => url.as_str().into(),
+                                inline => inline.to_openai_url().into(),
+                            },
+                            detail: detail.as_deref(),
+                        },
+                    },
                 })
                 .collect(),
         ),

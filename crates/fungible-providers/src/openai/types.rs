@@ -73,7 +73,7 @@ pub(super) struct StreamOptions {
 pub(super) struct WireMessage<'a> {
     pub role: &'a str,
     /// A string, an array of parts, or null (assistant turns with only tool calls).
-    pub content: Value,
+    pub content: WireContent<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -83,6 +83,30 @@ pub(super) struct WireMessage<'a> {
     /// DeepSeek / Mistral prefill: this trailing assistant message is the answer's start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix: Option<bool>,
+}
+
+/// A message's content, borrowed from the canonical request (a copy of a long prompt would
+/// double what the request holds while it is sent).
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(super) enum WireContent<'a> {
+    Null,
+    Text(&'a str),
+    Parts(Vec<WirePart<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(super) enum WirePart<'a> {
+    Text { text: &'a str },
+    ImageUrl { image_url: WireImageUrl<'a> },
+}
+
+#[derive(Serialize)]
+pub(super) struct WireImageUrl<'a> {
+    pub url: std::borrow::Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'a str>,
 }
 
 #[derive(Serialize)]

@@ -40,8 +40,8 @@ pub async fn count_tokens(State(state): State<AppState>, body: Body) -> Response
 
 /// Reads and parses the body; the fields fungible has no name for are marked Anthropic's.
 async fn read_request(state: &AppState, body: Body, endpoint: Endpoint) -> Result<ChatRequest, ApiError> {
-    let bytes = crate::read_body(body, state.max_body_bytes).await?;
-    let mut req = request::parse(&bytes, endpoint)?;
+    // The body is dropped once parsed: only the canonical request lives on.
+    let mut req = request::parse(&crate::read_body(body, state.max_body_bytes).await?, endpoint)?;
     // Fields fungible has no name for are Anthropic's: only an Anthropic target receives them
     // (the gateway drops them for another vendor's, per target, at the call).
     if !req.extra_body.is_empty() {

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::limits;
 
 type Fields = Map<String, Value>;
 
@@ -101,13 +102,14 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<ChatRequest, ApiError> {
     if raw_messages.is_empty() {
         return Err(bad("messages", "must contain at least one message"));
     }
+    limits::check("messages", raw_messages.len(), limits::MAX_MESSAGES)?;
     for (i, m) in raw_messages.into_iter().enumerate() {
         parse_message(m, &format!("messages[{i}]"), &mut messages)?;
     }
 
     let tools = match take::<Vec<Value>>(&mut f, "tools")? {
         None => Vec::new(),
-        Some(tools) => tools
+        Some(tools) => limits::check("tools", tools.len(), limits::MAX_TOOLS).map(|()| tools)?
             .into_iter()
             .enumerate()
             .map(|(i, t)| parse_tool(t, &format!("tools[{i}]")))
@@ -183,7 +185,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<ChatRequest, ApiError> {
 fn parse_system(value: Value) -> Result<Vec<Message>, ApiError> {
     match value {
         Value::String(text) => Ok(vec![Message::text(Role::System, text)]),
-        Value::Array(blocks) => blocks
+        Value::Array(blocks) => limits::check("system", blocks.len(), limits::MAX_PARTS).map(|()| blocks)?
             .into_iter()
             .enumerate()
             .map(|(i, block)| {
@@ -240,7 +242,10 @@ fn parse_message(value: Value, path: &str, out: &mut Vec<Message>) -> Result<(),
             out.push(Message::text(role, text));
             return Ok(());
         }
-        Value::Array(blocks) => blocks,
+        Value::Array(blocks) => {
+            limits::check(&content_path, blocks.len(), limits::MAX_PARTS)?;
+            blocks
+        }
         _ => return Err(bad(content_path, "must be a string or an array of content blocks")),
     };
     match role.as_str() {
@@ -347,6 +352,7 @@ fn tool_result(b: &mut Fields, path: &str) -> Result<Message, ApiError> {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(text)) => vec![ContentPart::Text { text }],
         Some(Value::Array(blocks)) => {
+            limits::check(&content_path, blocks.len(), limits::MAX_PARTS)?;
             let mut parts = Vec::new();
             for (k, block) in blocks.into_iter().enumerate() {
                 let path = format!("{content_path}[{k}]");

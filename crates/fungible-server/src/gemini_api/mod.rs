@@ -107,6 +107,7 @@ async fn handle(
         }
         Method::Generate => {
             let parsed = request::parse(&bytes, model, false, gemini_upstream)?;
+            drop(bytes);
             let answer = crate::dispatch::chat(&state, &parsed.request).await?;
             return Ok(json(response::response_body(&answer, parsed.include_thoughts, &provider_name)?));
         }
@@ -114,6 +115,7 @@ async fn handle(
     };
 
     let parsed = request::parse(&bytes, model, true, gemini_upstream)?;
+    drop(bytes);
     let upstream = crate::dispatch::chat_stream(&state, &parsed.request).await?;
     let encoder = StreamEncoder::new(framing, model, &provider_name, parsed.include_thoughts);
     Ok(crate::streaming::response(upstream, encoder, framing.content_type()))

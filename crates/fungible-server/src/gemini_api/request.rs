@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
+use crate::limits;
 
 type Fields = Map<String, Value>;
 
@@ -180,6 +181,7 @@ fn parse_fields(mut f: Fields, model: &str, stream: bool, gemini_upstream: bool)
     if contents.is_empty() {
         return Err(bad(name, "must contain at least one content"));
     }
+    limits::check(&name, contents.len(), limits::MAX_MESSAGES)?;
     parse_contents(contents, &name, &mut messages)?;
 
     let mut tools = match take_raw(&mut f, "tools") {
@@ -233,6 +235,7 @@ fn parse_system(value: Value, path: &str) -> Result<Option<Message>, ApiError> {
         _ => return Err(bad(path, "must be a content, a string or an array of parts")),
     };
     let parts_path = format!("{path}.parts");
+    limits::check(&parts_path, parts.len(), limits::MAX_PARTS)?;
     let mut content = Vec::new();
     for (k, part) in parts.into_iter().enumerate() {
         let part_path = format!("{parts_path}[{k}]");
@@ -267,6 +270,7 @@ fn parse_contents(contents: Vec<Value>, path: &str, messages: &mut Vec<Message>)
         let Value::Array(parts) = parts else {
             return Err(bad(parts_path, "must be an array of parts"));
         };
+        limits::check(&parts_path, parts.len(), limits::MAX_PARTS)?;
         match role.as_deref() {
             // `function` is the older name for the turn that carries function responses.
             None | Some("user" | "function") => {
@@ -527,6 +531,7 @@ fn parse_tools(value: Value, path: &str, extra: &mut Extra) -> Result<Vec<Tool>,
     let Value::Array(entries) = value else {
         return Err(bad(path, "must be an array of tools"));
     };
+    limits::check(path, entries.len(), limits::MAX_TOOLS)?;
     let original = entries.clone();
     let mut tools = Vec::new();
     let mut other_tools = Vec::new();
@@ -538,6 +543,8 @@ fn parse_tools(value: Value, path: &str, extra: &mut Extra) -> Result<Vec<Tool>,
             let Value::Array(declarations) = declarations else {
                 return Err(bad(decl_path, "must be an array of function declarations"));
             };
+            // The declarations of all the entries count together: each is one tool.
+            limits::check(&decl_path, tools.len() + declarations.len(), limits::MAX_TOOLS)?;
             for (j, declaration) in declarations.into_iter().enumerate() {
                 tools.push(function_declaration(declaration, &format!("{decl_path}[{j}]"))?);
             }

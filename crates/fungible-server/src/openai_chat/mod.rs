@@ -23,8 +23,8 @@ pub async fn chat_completions(State(state): State<AppState>, body: Body) -> Resp
 }
 
 async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
-    let bytes = crate::read_body(body, state.max_body_bytes).await?;
-    let req = request::parse(&bytes)?;
+    // The body is dropped once parsed: only the canonical request lives on.
+    let req = request::parse(&crate::read_body(body, state.max_body_bytes).await?)?;
     if !req.stream {
         let response = crate::dispatch::chat(&state, &req).await?;
         let mut http = (StatusCode::OK, response::completion_body(&response)).into_response();

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::limits;
 
 type Fields = Map<String, Value>;
 
@@ -54,6 +55,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     if raw_messages.is_empty() {
         return Err(bad("messages", "must contain at least one message"));
     }
+    limits::check("messages", raw_messages.len(), limits::MAX_MESSAGES)?;
     let messages = raw_messages
         .into_iter()
         .enumerate()
@@ -62,7 +64,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
 
     let tools = match take::<Vec<Value>>(&mut f, "tools")? {
         None => Vec::new(),
-        Some(tools) => tools
+        Some(tools) => limits::check("tools", tools.len(), limits::MAX_TOOLS).map(|()| tools)?
             .into_iter()
             .enumerate()
             .map(|(i, t)| parse_tool(t, &format!("tools[{i}]")))
@@ -188,6 +190,7 @@ fn parse_message(value: Value, path: &str) -> Result<Message, ApiError> {
     match role {
         Role::Assistant => {
             let calls: Vec<Value> = take_at(&mut m, "tool_calls", path)?.unwrap_or_default();
+            limits::check(&format!("{path}.tool_calls"), calls.len(), limits::MAX_PARTS)?;
             for (j, call) in calls.into_iter().enumerate() {
                 message.tool_calls.push(parse_tool_call(call, &format!("{path}.tool_calls[{j}]"))?);
             }
@@ -216,7 +219,7 @@ fn take_at<T: DeserializeOwned>(m: &mut Fields, key: &str, path: &str) -> Result
 fn parse_content(value: Value, path: &str, images_allowed: bool) -> Result<Vec<ContentPart>, ApiError> {
     match value {
         Value::String(text) => Ok(vec![ContentPart::Text { text }]),
-        Value::Array(parts) => parts
+        Value::Array(parts) => limits::check(path, parts.len(), limits::MAX_PARTS).map(|()| parts)?
             .into_iter()
             .enumerate()
             .map(|(k, p)| parse_part(p, &format!("{path}[{k}]"), images_allowed))

@@ -85,9 +85,9 @@ fn json_response(status: StatusCode, body: Bytes) -> Response {
 }
 
 async fn handle(state: AppState, owner: DataScope, body: Body) -> Result<Response, ApiError> {
-    let bytes = crate::read_body(body, state.max_body_bytes).await?;
+    // The body is dropped once parsed: only the canonical request lives on.
     let ResponsesRequest { mut chat, instructions, previous_response_id, store, echo, unknown } =
-        request::parse(&bytes)?;
+        request::parse(&crate::read_body(body, state.max_body_bytes).await?)?;
 
     // Fields this API does not know go to OpenAI-family servers as they are (they may be
     // that server's own extensions); other vendors would reject them, so the gateway drops

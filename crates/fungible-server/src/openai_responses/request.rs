@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
+use crate::limits;
 
 type Fields = Map<String, Value>;
 
@@ -157,7 +158,10 @@ pub fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
     let messages = match f.remove("input") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(text)) => vec![Message::text(Role::User, text)],
-        Some(Value::Array(items)) => parse_items(items)?,
+        Some(Value::Array(items)) => {
+            limits::check("input", items.len(), limits::MAX_MESSAGES)?;
+            parse_items(items)?
+        }
         Some(_) => return Err(bad("input", "must be a string or an array of input items")),
     };
     if messages.is_empty() && previous_response_id.is_none() {
@@ -168,6 +172,7 @@ pub fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
     let (tools, tools_echo) = match take::<Vec<Value>>(&mut f, "tools")? {
         None => (Vec::new(), Vec::new()),
         Some(list) => {
+            limits::check("tools", list.len(), limits::MAX_TOOLS)?;
             let mut tools = Vec::with_capacity(list.len());
             let mut echo = Vec::with_capacity(list.len());
             for (i, t) in list.into_iter().enumerate() {
@@ -365,7 +370,8 @@ fn parse_items(items: Vec<Value>) -> Result<Vec<Message>, ApiError> {
                 let content = match item.remove("output") {
                     None | Some(Value::Null) => return Err(bad(output_path, "is required")),
                     Some(Value::String(text)) => vec![ContentPart::Text { text }],
-                    Some(Value::Array(parts)) => parts
+                    Some(Value::Array(parts)) => limits::check(&output_path, parts.len(), limits::MAX_PARTS)
+                        .map(|()| parts)?
                         .into_iter()
                         .enumerate()
                         .map(|(k, p)| parse_part(p, &format!("{output_path}[{k}]"), Role::Tool))
@@ -409,6 +415,7 @@ fn parse_content(value: Value, path: &str, role: Role) -> Result<Vec<ContentPart
     match value {
         Value::String(text) => Ok(vec![ContentPart::Text { text }]),
         Value::Array(parts) => {
+            limits::check(path, parts.len(), limits::MAX_PARTS)?;
             parts.into_iter().enumerate().map(|(k, p)| parse_part(p, &format!("{path}[{k}]"), role)).collect()
         }
         _ => Err(bad(path, "must be a string or an array of content parts")),

@@ -86,7 +86,7 @@ pub(crate) async fn gateway(auth_toml: &str, limits: Limits) -> Gw {
         limits,
         config.auth.key_cache,
     )));
-    let state = AppState::new(gateway, config.max_body_bytes)
+    let state = AppState::new(gateway, config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes)
         .with_prices(prices())
         .with_recorder(store.clone(), recorder.clone())
         .with_auth(auth);

@@ -44,7 +44,7 @@ async fn cached_on(mock: MockUpstream, cache_toml: &str, local: bool) -> Cached 
     let cache = ResponseCache::open(cache_config)
         .await
         .expect("cache opens");
-    let app = app(AppState::new(gateway, config.max_body_bytes).with_cache(cache.clone()));
+    let app = app(AppState::new(gateway, config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes).with_cache(cache.clone()));
     Cached { mock, app, cache }
 }
 

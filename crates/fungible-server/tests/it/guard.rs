@@ -102,7 +102,7 @@ async fn with_auth_on_any_host_is_served_and_the_key_decides() {
     let env = |k: &str| (k == "OPENAI_API_KEY").then(|| OPENAI.key.to_owned());
     let config = GatewayConfig::resolve(file, &env).expect("config");
     let auth = Auth { enabled: true, admin_key: Some(Secret::new(ADMIN)), ..Auth::default() };
-    let state = AppState::new(Gateway::new(&config).expect("gateway"), config.max_body_bytes).with_auth(auth);
+    let state = AppState::new(Gateway::new(&config).expect("gateway"), config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes).with_auth(auth);
     let h = Harness { mock: h.mock, app: app(state.clone()), state };
     // No key: the key check refuses it (401), not the host check.
     let res = h.send(get("/v1/models", &[("host", "evil.example")])).await;

@@ -56,7 +56,7 @@ fn local_app() -> Router {
         let file = ConfigFile::parse(&toml, "test.toml").expect("config parses");
         let config = GatewayConfig::resolve(file, &|_| None).expect("config is valid");
         let gateway = Gateway::new(&config).expect("gateway builds");
-        app(AppState::new(gateway, config.max_body_bytes))
+        app(AppState::new(gateway, config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes))
     })
     .clone()
 }

@@ -9,6 +9,7 @@ mod cache;
 mod errors;
 mod guard;
 mod local;
+mod memory;
 mod conformance;
 mod recording;
 mod routing;
@@ -73,7 +74,7 @@ impl Harness {
         let env = move |k: &str| (k == key_var).then(|| key.clone());
         let config = GatewayConfig::resolve(file, &env).expect("test config is valid");
         let gateway = Gateway::new(&config).expect("gateway builds");
-        let state = AppState::new(gateway, config.max_body_bytes).with_allowed_hosts(config.allowed_hosts.clone());
+        let state = AppState::new(gateway, config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes).with_allowed_hosts(config.allowed_hosts.clone());
         let app = app(state.clone());
         Harness { mock, app, state }
     }

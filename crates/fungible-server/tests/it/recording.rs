@@ -49,7 +49,7 @@ impl Recorded {
         let env = |k: &str| (k == "OPENAI_API_KEY").then(|| OPENAI.key.to_owned());
         let config = fungible_gateway::GatewayConfig::resolve(file, &env).expect("config");
         let gateway = fungible_gateway::Gateway::new(&config).expect("gateway");
-        let mut state = AppState::new(gateway, config.max_body_bytes).with_recorder(store, recorder.clone());
+        let mut state = AppState::new(gateway, config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes).with_recorder(store, recorder.clone());
         state.recording.raw_bodies = raw;
         h.app = app(state);
         Recorded { h, recorder }

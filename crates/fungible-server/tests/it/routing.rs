@@ -40,7 +40,7 @@ impl TwoUpstreams {
         let file = ConfigFile::parse(&toml, "routing.toml").expect("test config parses");
         let config = GatewayConfig::resolve(file, &|_: &str| None).expect("test config is valid");
         let gateway = Gateway::new(&config).expect("gateway builds");
-        let state = AppState::new(gateway, config.max_body_bytes);
+        let state = AppState::new(gateway, config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes);
         TwoUpstreams { h: Harness { mock: a, app: app(state.clone()), state }, b }
     }
 

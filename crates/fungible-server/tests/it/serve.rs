@@ -29,7 +29,7 @@ impl Server {
     async fn start(limits: ConnectionLimits) -> Server {
         let file = ConfigFile::parse("[local]\nenabled = false\n", "test.toml").expect("config");
         let config = GatewayConfig::resolve(file, &|_| None).expect("config");
-        let state = AppState::new(Gateway::new(&config).expect("gateway"), config.max_body_bytes);
+        let state = AppState::new(Gateway::new(&config).expect("gateway"), config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();

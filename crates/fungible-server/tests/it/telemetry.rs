@@ -150,7 +150,7 @@ impl Traced {
         t.flush_interval = Duration::from_millis(5);
         configure(&mut t);
         let telemetry = Telemetry::start(&t).expect("telemetry starts");
-        let state = AppState::new(gateway, config.max_body_bytes).with_telemetry(telemetry.clone());
+        let state = AppState::new(gateway, config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes).with_telemetry(telemetry.clone());
         Traced {
             h: Harness {
                 mock: a,

@@ -84,6 +84,7 @@ fn record(i: u64) -> InferenceRecord {
         episode_id: Some("ep-1".into()),
         key_id: Some("key_1".into()),
         cache_hit: i.is_multiple_of(3),
+        truncated: false,
         raw: Vec::new(),
         attempts: vec![
             AttemptRecord {
@@ -109,6 +110,7 @@ fn record(i: u64) -> InferenceRecord {
 async fn round_trip_every_field(store: Store) {
     let full = InferenceRecord {
         cache_hit: true,
+        truncated: true,
         // What `[store] raw_bodies` keeps of each upstream call.
         raw: vec![
             fungible_store::RawExchange {
@@ -356,6 +358,7 @@ fn options(capacity: usize) -> RecorderOptions {
         retry_delay: Duration::from_millis(5),
         shutdown_timeout: Duration::from_secs(30),
         writer_nice: 10,
+        max_record_bytes: 256 << 10,
     }
 }
 
@@ -580,10 +583,7 @@ async fn canonical_bodies_are_serialised_by_the_writer(store: Store) {
         response: None,
         ..record(1)
     };
-    let bodies = fungible_store::Bodies {
-        request: request.clone(),
-        response: Some(response.clone()),
-    };
+    let bodies = fungible_store::Bodies::new(request.clone(), Some(response.clone()));
     assert!(bodies.estimated_bytes() > 512);
     recorder.record_with(bare.clone(), bodies);
     recorder.shutdown().await;
