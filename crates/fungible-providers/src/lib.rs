@@ -11,6 +11,8 @@ pub mod anthropic;
 pub mod body;
 pub mod capture;
 mod estimate;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gemini;
 mod http;
 #[cfg(feature = "local")]

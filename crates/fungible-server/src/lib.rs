@@ -10,6 +10,8 @@ pub mod auth;
 mod cache;
 pub mod dispatch;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gemini_api;
 pub mod inferences;
 pub mod openai_chat;
