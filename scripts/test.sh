@@ -21,6 +21,10 @@ if [[ -z "${FUNGIBLE_TEST_REDIS_URL:-}" ]] && redis-cli -h 127.0.0.1 -p 6379 pin
     export FUNGIBLE_TEST_REDIS_URL=redis://127.0.0.1:6379
 fi
 echo "== Redis tests (response cache): ${FUNGIBLE_TEST_REDIS_URL:-not run (no server on 127.0.0.1:6379)}"
+# The gateway without local inference (no llama.cpp, no candle) still compiles. A check of
+# another feature selection writes its own metadata beside the main build's and makes the
+# test build below recompile nothing.
+cargo check --locked -p fungible --no-default-features
 cargo test --workspace --locked
 # The binaries the end-to-end tests start, built with the same features as the tests (a
 # `-p` build would unify features differently and rebuild half the tree).

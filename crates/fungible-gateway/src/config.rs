@@ -16,7 +16,9 @@ use crate::presets::{PRESETS, Preset};
 
 pub use crate::auth_config::{AuthConfig, AuthSection, DEFAULT_ADMIN_KEY_ENV, StateSection};
 pub use fungible_providers::local::LocalConfig;
-use fungible_providers::local::{Overrides as LocalOverrides, WeightType};
+use fungible_providers::local::Overrides as LocalOverrides;
+#[cfg(feature = "local")]
+use fungible_providers::local::WeightType;
 
 /// The config file as written. Every field is optional: an empty file (or none) is valid.
 #[derive(Debug, Default, Deserialize)]
@@ -393,6 +395,7 @@ impl GatewayConfig {
 
 /// `[local]` -> the models to serve: the built-in ones found in the models directory plus
 /// the configured ones (which must exist: a bad path fails at start).
+#[cfg(feature = "local")]
 fn local_config(section: LocalSection, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<LocalConfig>, ConfigError> {
     if section.enabled == Some(false) {
         return Ok(None);
@@ -502,6 +505,29 @@ fn allowed_hosts(patterns: Vec<String>) -> Result<Vec<String>, ConfigError> {
         })
         .collect()
 }
+
+/// `[local]` in a build without the `local` feature: nothing is served. A section that asks
+/// for models (names them, sets their defaults, preloads them or sets `enabled = true`) is an
+/// error rather than silently ignored; the tuning settings are accepted, so one config file
+/// serves both builds.
+#[cfg(not(feature = "local"))]
+fn local_config(section: LocalSection, _env: &dyn Fn(&str) -> Option<String>) -> Result<Option<LocalConfig>, ConfigError> {
+    let asks = [
+        ("local.enabled", section.enabled == Some(true)),
+        ("local.chat_models", !section.chat_models.is_empty()),
+        ("local.embedding_models", !section.embedding_models.is_empty()),
+        ("local.defaults", !section.defaults.is_empty()),
+        ("local.preload", section.preload == Some(true)),
+    ];
+    match asks.into_iter().find(|(_, asked)| *asked) {
+        Some((at, _)) if section.enabled != Some(false) => Err(invalid(at, NO_LOCAL_INFERENCE)),
+        _ => Ok(None),
+    }
+}
+
+/// Why a `[local]` section that asks for models fails in a build without the `local` feature.
+#[cfg(not(feature = "local"))]
+pub const NO_LOCAL_INFERENCE: &str = "this build has no local inference: rebuild with --features local";
 
 fn nonzero_secs(value: Option<u64>, default: u64, at: &str) -> Result<Duration, ConfigError> {
     match value.unwrap_or(default) {
@@ -774,6 +800,7 @@ mod tests {
         assert!(err.starts_with("providers.x.kind: unknown kind \"azure\""), "{err}");
     }
 
+    #[cfg(feature = "local")]
     #[test]
     fn local_models_come_from_the_models_dir() {
         let dir = std::env::temp_dir().join(format!("fungible-cfg-local-{}", std::process::id()));
@@ -827,8 +854,30 @@ mod tests {
     fn a_missing_models_dir_serves_no_local_model() {
         let cfg = resolve("", &[("FUNGIBLE_MODELS_DIR", "/nonexistent/fungible-models")]).unwrap();
         assert!(cfg.local.is_none());
-        let err = resolve("[local]\nslots = 0\n", &[]).unwrap_err().to_string();
-        assert_eq!(err, "local.slots: must be greater than 0");
+        #[cfg(feature = "local")]
+        {
+            let err = resolve("[local]\nslots = 0\n", &[]).unwrap_err().to_string();
+            assert_eq!(err, "local.slots: must be greater than 0");
+        }
+    }
+
+    #[cfg(not(feature = "local"))]
+    #[test]
+    fn without_the_local_feature_a_local_section_that_asks_for_models_is_refused() {
+        for (toml, at) in [
+            ("[local]\nchat_models = { qwen = \"q.gguf\" }\n", "local.chat_models"),
+            ("[local]\nembedding_models = { bge = \"bge\" }\n", "local.embedding_models"),
+            ("[local.defaults.smollm2-135m-instruct]\ntemperature = 0.1\n", "local.defaults"),
+            ("[local]\npreload = true\n", "local.preload"),
+            ("[local]\nenabled = true\n", "local.enabled"),
+        ] {
+            let err = resolve(toml, &[]).unwrap_err().to_string();
+            assert_eq!(err, format!("{at}: this build has no local inference: rebuild with --features local"));
+        }
+        // Tuning alone, or a section switched off, serves nothing and is no error.
+        for toml in ["[local]\nslots = 2\npreload = false\n", "[local]\nenabled = false\nchat_models = { q = \"q.gguf\" }\n"] {
+            assert!(resolve(toml, &[]).unwrap().local.is_none(), "{toml}");
+        }
     }
 
     #[test]

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use fungible_providers::anthropic::AnthropicProvider;
 use fungible_providers::gemini::GeminiProvider;
-use fungible_providers::local::{self as local_provider, Embeddings, LocalProvider};
+use fungible_providers::local as local_provider;
 use fungible_providers::openai::OpenAiProvider;
 use fungible_providers::{EventStream, HttpClient, Provider, ProviderKind, ProviderSettings};
-use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError};
+use fungible_types::{ChatRequest, ChatResponse, Embeddings, ErrorKind, ProviderError};
 
 pub use config::{ConfigError, ConfigFile, GatewayConfig, Target};
 pub use routing::{
@@ -101,8 +101,11 @@ impl Gateway {
             }
             providers.insert(p.name.clone(), ProviderEntry { provider, models: p.models.clone() });
         }
+        // Without the `local` feature `config.local` is always `None` (its type is
+        // uninhabited) and there is no engine to build.
+        #[cfg(feature = "local")]
         if let Some(local) = &config.local {
-            let provider = LocalProvider::new(local);
+            let provider = fungible_providers::local::LocalProvider::new(local);
             let models = provider.models();
             tracing::info!(
                 "local models (offline, no key): {}",

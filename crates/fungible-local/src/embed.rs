@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use fungible_types::{ErrorKind, ProviderError};
+use fungible_types::{Embeddings, ErrorKind, ProviderError};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::OnceCell;
 
@@ -19,14 +19,6 @@ use crate::{error, invalid, mib, resident_bytes};
 
 /// Most inputs embedded in one forward pass; bigger requests run in several.
 const MAX_BATCH: usize = 64;
-
-/// Vectors for a request, in input order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Embeddings {
-    pub vectors: Vec<Vec<f32>>,
-    /// Tokens of all inputs, special tokens included, padding not.
-    pub prompt_tokens: u64,
-}
 
 #[derive(Debug)]
 pub struct EmbeddingModel {
@@ -65,6 +57,7 @@ impl EmbeddingModel {
             .cloned()
     }
 
+    /// One vector per input; `prompt_tokens` counts special tokens, not padding.
     pub async fn embed(&self, inputs: Vec<String>) -> Result<Embeddings, ProviderError> {
         if inputs.is_empty() {
             return Err(invalid("input must not be empty"));

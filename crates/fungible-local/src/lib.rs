@@ -24,11 +24,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError, StreamEvent};
+use fungible_types::{ChatRequest, ChatResponse, Embeddings, ErrorKind, ProviderError, StreamEvent};
 
 pub use convert::WeightType;
 pub use defaults::{DEFAULT_MAX_TOKENS, Defaults, Overrides};
-pub use embed::Embeddings;
 
 /// The provider name in errors and in `local/MODEL`.
 pub const PROVIDER: &str = "local";

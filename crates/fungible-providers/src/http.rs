@@ -69,7 +69,7 @@ pub(crate) async fn send_json(
     if let Some((i, capture)) = &captured {
         capture.answer(*i, &bytes);
     }
-    let message = scrub_key(settings, vendor_message(&bytes).unwrap_or_else(|| quote_body(&bytes)));
+    let message = scrub_key(settings, error_body_message(&bytes, vendor_message));
     let mut kind = ErrorKind::from_upstream_status(status.as_u16());
     if matches!(kind, ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::Unprocessable)
         && is_context_length_error(&bytes, &message)
@@ -83,6 +83,11 @@ pub(crate) async fn send_json(
         upstream_status: Some(status.as_u16()),
         retry_after,
     })
+}
+
+/// The message of an error body: the vendor's own words, else the body quoted (cut).
+pub(crate) fn error_body_message(bytes: &[u8], vendor_message: fn(&[u8]) -> Option<String>) -> String {
+    vendor_message(bytes).unwrap_or_else(|| quote_body(bytes))
 }
 
 /// Whether a 4xx error body says the prompt does not fit the model's context window, in the
@@ -132,9 +137,13 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     {
         capture.answer(i, &bytes);
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ProviderError::malformed(&settings.name, format!("could not parse the response body: {e}"))
-    })
+    parse_json(&settings.name, &bytes)
+}
+
+/// Parses a whole 2xx body, classifying a failure as a malformed response.
+pub(crate) fn parse_json<T: DeserializeOwned>(provider: &str, bytes: &[u8]) -> Result<T, ProviderError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ProviderError::malformed(provider, format!("could not parse the response body: {e}")))
 }
 
 /// Classifies a reqwest failure. The URL is dropped from the message: it is ours, not the

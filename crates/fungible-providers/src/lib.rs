@@ -1,8 +1,9 @@
 //! Outbound providers: each maps the canonical request to one vendor's real API and back.
 //!
 //! One module per wire format ([`openai`] — which also serves every OpenAI-compatible
-//! server —, [`anthropic`], [`gemini`]), plus [`local`] for the in-process models; their wire
-//! structs are private to them. All of them implement [`ChatProvider`], and [`Provider`] is the
+//! server —, [`anthropic`], [`gemini`]), plus [`local`] for the in-process models (with the
+//! `local` feature; without it [`local`] has the same names but uninhabited types, so
+//! `Provider::Local` exists and can never be built); their wire structs are private to them. All of them implement [`ChatProvider`], and [`Provider`] is the
 //! closed enum the gateway dispatches on: adding a vendor is a compile error until every
 //! `match` handles it.
 
@@ -10,8 +11,14 @@ pub mod anthropic;
 pub mod body;
 pub mod capture;
 mod estimate;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gemini;
 mod http;
+#[cfg(feature = "local")]
+pub mod local;
+#[cfg(not(feature = "local"))]
+#[path = "local_disabled.rs"]
 pub mod local;
 pub mod openai;
 mod redact;

@@ -1,15 +1,16 @@
 //! The in-process provider: `local/MODEL` served by `fungible-local` (llama.cpp for chat,
 //! candle for embeddings), offline and without a key. This module only adapts the engine to
-//! [`ChatProvider`]; the inference code lives in the `fungible-local` crate.
+//! [`ChatProvider`]; the inference code lives in the `fungible-local` crate. Compiled with the
+//! `local` feature only; without it `local_disabled.rs` stands in.
 
 use fungible_local::LocalEngine;
-use fungible_types::{ChatRequest, ChatResponse, ProviderError};
+use fungible_types::{ChatRequest, ChatResponse, Embeddings, ProviderError};
 
 use crate::{ChatProvider, EventStream};
 
 pub use fungible_local::{
-    DEFAULT_CHAT_FILE, DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, DEFAULT_MAX_TOKENS, Defaults, Embeddings, LocalConfig,
-    Overrides, PROVIDER as NAME, WeightType,
+    DEFAULT_CHAT_FILE, DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, DEFAULT_MAX_TOKENS, Defaults, LocalConfig, Overrides,
+    PROVIDER as NAME, WeightType,
 };
 
 #[derive(Debug, Clone)]

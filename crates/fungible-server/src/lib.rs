@@ -12,6 +12,8 @@ pub mod budget;
 mod cache;
 pub mod dispatch;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gemini_api;
 pub mod guard;
 pub mod inferences;

@@ -361,6 +361,14 @@ pub struct ChatResponse {
     pub usage: Usage,
 }
 
+/// Embedding vectors for a request, one per input, in input order (any provider's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens of all inputs as the provider counted them.
+    pub prompt_tokens: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AssistantMessage {
     /// The text content; `None` when the model produced only tool calls.

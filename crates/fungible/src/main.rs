@@ -1,6 +1,7 @@
 //! The `fungible` binary: command-line parsing and glue. Everything else lives in the
 //! library crates beside this one.
 
+#[cfg(feature = "bench")]
 mod bench;
 mod eval;
 mod keys;
@@ -16,6 +17,14 @@ use clap::{Parser, Subcommand};
 use fungible_gateway::{ConfigFile, Gateway, GatewayConfig};
 use fungible_server::AppState;
 
+/// `fungible --version`: the version and the cargo features this binary was built with.
+const VERSION: &str = match (cfg!(feature = "local"), cfg!(feature = "bench")) {
+    (true, true) => concat!(env!("CARGO_PKG_VERSION"), " (features: local, bench)"),
+    (true, false) => concat!(env!("CARGO_PKG_VERSION"), " (features: local)"),
+    (false, true) => concat!(env!("CARGO_PKG_VERSION"), " (features: bench)"),
+    (false, false) => concat!(env!("CARGO_PKG_VERSION"), " (features: none)"),
+};
+
 /// fungible: one API in front of every model provider.
 ///
 /// Clients speak the OpenAI Chat Completions API; fungible routes `PROVIDER/MODEL`
@@ -23,7 +32,7 @@ use fungible_server::AppState;
 /// `groq/llama-3.3-70b-versatile`, ...) or a configured alias to that provider's real API,
 /// translating requests, streams, tool calls and errors both ways.
 #[derive(Parser)]
-#[command(name = "fungible", version, propagate_version = true)]
+#[command(name = "fungible", version = VERSION, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,6 +57,7 @@ enum Command {
     /// at it, then measures direct vs through fungible: requests/s at fixed concurrency,
     /// added p50/p99 latency at a fixed rate, streaming time to last byte, and the gateway's
     /// peak RSS.
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
     /// Recorded inferences: `traces list` (newest first, filters), `traces show ID`.
     Traces(traces::TracesArgs),
@@ -103,6 +113,7 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
+        #[cfg(feature = "bench")]
         Command::Bench(args) => bench::run(args),
         Command::Traces(args) => traces::traces(args),
         Command::Stats(args) => traces::stats(args),
@@ -310,6 +321,7 @@ fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         };
         println!("provider {:<12} {:<18} {}  [{key}]", p.name, p.kind.as_str(), p.base_url);
     }
+    #[cfg(feature = "local")]
     if let Some(local) = &config.local {
         for (name, path) in &local.chat_models {
             println!("local    {name:<24} chat       {}", path.display());
@@ -327,4 +339,20 @@ fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         println!("model    {alias:<12} -> {}  [{:?}, {} retries]", targets.join(", "), route.strategy, route.retries.attempts);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn version_names_the_enabled_features() {
+        let expected = format!("fungible {}", VERSION);
+        assert_eq!(Cli::command().render_version().trim_end(), expected);
+        // The default build, which the test suite runs.
+        #[cfg(all(feature = "local", feature = "bench"))]
+        assert_eq!(expected, format!("fungible {} (features: local, bench)", env!("CARGO_PKG_VERSION")));
+    }
 }

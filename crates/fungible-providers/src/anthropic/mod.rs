@@ -379,6 +379,20 @@ fn tool_input(provider: &str, i: usize, j: usize, arguments: &str) -> Result<Val
     }
 }
 
+/// What `chat` does with a 2xx body, and `chat_stream`'s decoder, for [`crate::fuzzing`].
+pub(crate) fn decode_response(provider: &str, bytes: &[u8], model: &str) -> Result<ChatResponse, ProviderError> {
+    Ok(convert_response(http::parse_json(provider, bytes)?, model))
+}
+
+pub(crate) fn stream_decoder(provider: &str, model: &str) -> impl sse::SseDecoder + use<> {
+    stream::EventDecoder::new(provider, model)
+}
+
+/// The body `chat` sends for `req`, for [`crate::fuzzing`].
+pub(crate) fn encode_request(provider: &str, req: &ChatRequest, model: &str, stream: bool) -> Result<Vec<u8>, ProviderError> {
+    body::encode(provider, &build_request(provider, req, model, stream, DEFAULT_MAX_TOKENS)?, &req.extra_body)
+}
+
 fn convert_response(wire: Response, model: &str) -> ChatResponse {
     let mut content = String::new();
     let mut tool_calls = Vec::new();

@@ -137,7 +137,7 @@ fn url_model<'a>(provider: &str, model: &'a str) -> Result<&'a str, ProviderErro
 
 /// The message of a Gemini error body: `{"error": {...}}`, or the same inside a one-element
 /// array (what the JSON-array streaming endpoint sends).
-fn error_message(bytes: &[u8]) -> Option<String> {
+pub(crate) fn error_message(bytes: &[u8]) -> Option<String> {
     if let Some(message) = http::error_message_field(bytes) {
         return Some(message);
     }
@@ -173,7 +173,7 @@ fn wire_error(provider: &str, error: WireError) -> ProviderError {
 // ---- request ----
 
 /// The request body as bytes, with `extra_body` merged in (see [`crate::body`]).
-fn encode_request(provider: &str, req: &ChatRequest) -> Result<Vec<u8>, ProviderError> {
+pub(crate) fn encode_request(provider: &str, req: &ChatRequest) -> Result<Vec<u8>, ProviderError> {
     body::encode(provider, &build_request(provider, req)?, &req.extra_body)
 }
 
@@ -404,6 +404,17 @@ fn function_response<'a>(
 }
 
 // ---- response ----
+
+/// What `chat` does with a 2xx body, and `chat_stream`'s decoder, for [`crate::fuzzing`]
+/// (which also sends fuzzed requests through [`encode_request`] and error bodies through
+/// [`error_message`]).
+pub(crate) fn decode_response(provider: &str, bytes: &[u8], model: &str) -> Result<ChatResponse, ProviderError> {
+    convert_response(provider, http::parse_json(provider, bytes)?, model)
+}
+
+pub(crate) fn stream_decoder(provider: &str, model: &str) -> impl sse::SseDecoder + use<> {
+    stream::ChunkDecoder::new(provider, model)
+}
 
 fn convert_response(provider: &str, wire: GenerateContentResponse, model: &str) -> Result<ChatResponse, ProviderError> {
     if let Some(error) = wire.error {

@@ -278,6 +278,26 @@ fn wire_content(parts: &[ContentPart]) -> WireContent<'_> {
     }
 }
 
+/// What `chat` does with a 2xx body, and `chat_stream`'s decoder, for [`crate::fuzzing`].
+pub(crate) fn decode_response(provider: &str, bytes: &[u8], model: &str) -> Result<ChatResponse, ProviderError> {
+    convert_response(provider, http::parse_json(provider, bytes)?, model)
+}
+
+pub(crate) fn stream_decoder(provider: &str) -> impl sse::SseDecoder + use<> {
+    stream::ChunkDecoder::new(provider)
+}
+
+/// The body `chat` sends for `req` to a server of `flavor`, for [`crate::fuzzing`].
+pub(crate) fn encode_request(
+    provider: &str,
+    req: &ChatRequest,
+    model: &str,
+    stream: bool,
+    flavor: OpenAiFlavor,
+) -> Result<Vec<u8>, ProviderError> {
+    body::encode(provider, &build_request(req, model, stream, flavor), &req.extra_body)
+}
+
 fn convert_response(provider: &str, wire: Response, model: &str) -> Result<ChatResponse, ProviderError> {
     let Some(choice) = wire.choices.into_iter().next() else {
         return Err(ProviderError::malformed(provider, "the response has no choices"));

@@ -7,7 +7,7 @@
 //! Errors are in Anthropic's shape (`{"type":"error","error":{...}}`), before a stream as the
 //! status and body, after it started as an `error` event.
 
-mod request;
+pub(crate) mod request;
 mod response;
 
 

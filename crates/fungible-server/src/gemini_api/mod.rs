@@ -8,7 +8,7 @@
 //! not checked yet.
 
 mod embed;
-mod request;
+pub(crate) mod request;
 mod response;
 
 

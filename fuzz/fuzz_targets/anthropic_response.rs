@@ -1,0 +1,4 @@
+//! An Anthropic Messages response body (2xx or error).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fungible_providers::fuzzing::anthropic_response(data));
