@@ -172,6 +172,8 @@ def run_variant(args, name):
                 "50 questions, no params": [(q, a, {}) for q, a in QUESTIONS],
                 "50 questions, temperature 0": [(q, a, {"temperature": 0}) for q, a in QUESTIONS],
             }
+            chosen = [list(sets)[int(i)] for i in args.sets.split(",")]
+            sets = {k: v for k, v in sets.items() if k in chosen}
             out = {}
             for label, items in sets.items():
                 results = []
@@ -196,6 +198,7 @@ def main():
     parser.add_argument("--variants", default="defaults,plain")
     parser.add_argument("--timeout", type=float, default=180, help="client timeout per request, seconds")
     parser.add_argument("--json", help="write every answer to this file")
+    parser.add_argument("--sets", default="0,1,2", help="which sets: 0 README request, 1 questions, 2 questions at temperature 0")
     args = parser.parse_args()
     everything = {}
     for name in args.variants.split(","):

@@ -27,7 +27,8 @@ const VERSION: &str = match (cfg!(feature = "local"), cfg!(feature = "bench")) {
 
 /// fungible: one API in front of every model provider.
 ///
-/// Clients speak the OpenAI Chat Completions API; fungible routes `PROVIDER/MODEL`
+/// Clients speak the OpenAI Chat Completions or Responses API, Anthropic Messages or Gemini;
+/// fungible routes `PROVIDER/MODEL`
 /// (`openai/gpt-5`, `anthropic/claude-sonnet-4-5`, `gemini/gemini-2.5-flash`,
 /// `groq/llama-3.3-70b-versatile`, ...) or a configured alias to that provider's real API,
 /// translating requests, streams, tool calls and errors both ways.

@@ -2,7 +2,7 @@
 //! `POST /v1/messages/count_tokens`, so the official Anthropic SDKs and Claude Code run on any
 //! provider.
 //!
-//! Both auth styles are accepted and not checked yet: `x-api-key` (SDKs with
+//! Both auth styles are accepted (`auth.rs` checks the key): `x-api-key` (SDKs with
 //! `anthropic-version: 2023-06-01`) and `Authorization: Bearer`; any `anthropic-version`.
 //! Errors are in Anthropic's shape (`{"type":"error","error":{...}}`), before a stream as the
 //! status and body, after it started as an `error` event.

@@ -4,8 +4,8 @@
 //! The model is fungible's `PROVIDER/MODEL` (or an alias) and may contain `/` or arrive
 //! percent-encoded; the method is what follows the last `:` (`generateContent`,
 //! `streamGenerateContent`, `countTokens`). Errors, before or during a stream, are Google's
-//! `{"error":{"code","message","status"}}`. Keys (`x-goog-api-key`, `?key=`) are accepted and
-//! not checked yet.
+//! `{"error":{"code","message","status"}}`. Keys (`x-goog-api-key`, `?key=`) are checked by
+//! `auth.rs` like every other API's.
 
 mod embed;
 pub(crate) mod request;
