@@ -10,6 +10,15 @@
 //! - content parts per message (and system blocks, tool calls per turn): 1,000;
 //! - tools (function declarations): 128, OpenAI's documented limit for Chat Completions and
 //!   Responses.
+//!
+//! [`precheck`] counts the top-level arrays before the body becomes a `serde_json::Value`
+//! tree, so a flood of tiny messages is refused at the cost of its bytes, not of a tree 35
+//! times their size; the parsers check every count again as they convert.
+
+use std::collections::HashMap;
+
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 
 use crate::error::ApiError;
 
@@ -28,6 +37,24 @@ pub(crate) fn check(field: &str, len: usize, max: usize) -> Result<(), ApiError>
     ))
 }
 
+/// Checks the item counts of the top-level arrays `fields` of a JSON object body, as
+/// [`check`] does, without building values for them. A body that is not a JSON object and a
+/// field that is not an array pass: the parser reports those.
+pub(crate) fn precheck(body: &[u8], fields: &[(&str, usize)]) -> Result<(), ApiError> {
+    let Ok(top) = serde_json::from_slice::<HashMap<String, &RawValue>>(body) else {
+        return Ok(());
+    };
+    for &(field, max) in fields {
+        // A `Vec` of a zero-sized type never allocates: this costs a scan of the array.
+        if let Some(raw) = top.get(field)
+            && let Ok(items) = serde_json::from_str::<Vec<IgnoredAny>>(raw.get())
+        {
+            check(field, items.len(), max)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +66,18 @@ mod tests {
         assert_eq!(e.status.as_u16(), 400);
         assert_eq!(e.param.as_deref(), Some("messages"));
         assert_eq!(e.message, "messages: at most 10000 items are accepted, got 10001");
+    }
+
+    #[test]
+    fn precheck_counts_top_level_arrays_and_leaves_the_rest_to_the_parser() {
+        let body = format!(r#"{{"model":"m","messages":[{}],"tools":[1,2,3]}}"#, vec!["{}"; 11].join(","));
+        assert!(precheck(body.as_bytes(), &[("messages", 11), ("tools", 3)]).is_ok());
+        let e = precheck(body.as_bytes(), &[("messages", 10), ("tools", 3)]).unwrap_err();
+        assert_eq!(e.message, "messages: at most 10 items are accepted, got 11");
+        let e = precheck(body.as_bytes(), &[("messages", 11), ("tools", 2)]).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools"));
+        for other in ["{", "[]", r#"{"messages":"hi"}"#, r#"{"messages":[1,}"#] {
+            assert!(precheck(other.as_bytes(), &[("messages", 0)]).is_ok(), "{other}");
+        }
     }
 }

@@ -134,7 +134,7 @@ fn ten_concurrent_31_mb_bodies_stay_within_the_inflight_budget() {
     assert!(!log_text.contains("panicked"), "{log_text}");
     // The budget bounds the bodies and their parse; what else a request holds (the canonical
     // request, its upstream JSON, the capped record) is about as much again. Three budgets
-    // over the idle process is generous (measured: 1.25, one body served at a time); without
+    // over the idle process is generous (measured: under 1.25, one body served at a time); without
     // the budget the peak was 1.3 GB.
     let bound = baseline + 3 * BUDGET;
     eprintln!("peak RSS {} MiB, baseline {} MiB, {served} served, {refused} refused", peak >> 20, baseline >> 20);

@@ -75,6 +75,10 @@ fn object(value: Value, path: &str) -> Result<Fields, ApiError> {
 }
 
 pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<ChatRequest, ApiError> {
+    limits::precheck(
+        body,
+        &[("messages", limits::MAX_MESSAGES), ("system", limits::MAX_PARTS), ("tools", limits::MAX_TOOLS)],
+    )?;
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid_request(None, format!("request body is not valid JSON: {e}")))?;
     let Value::Object(mut f) = value else {

@@ -132,6 +132,7 @@ impl Extra {
 /// Parses `body` for `model` (already taken from the URL). `gemini_upstream` says whether
 /// the model resolves to a Gemini provider, which decides what happens to Gemini-only fields.
 pub fn parse(body: &[u8], model: &str, stream: bool, gemini_upstream: bool) -> Result<Parsed, ApiError> {
+    limits::precheck(body, &[("contents", limits::MAX_MESSAGES), ("tools", limits::MAX_TOOLS)])?;
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid_request(None, format!("request body is not valid JSON: {e}")))?;
     let Value::Object(f) = value else {

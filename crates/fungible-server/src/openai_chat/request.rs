@@ -41,6 +41,7 @@ fn from_value<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ApiErr
 }
 
 pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    limits::precheck(body, &[("messages", limits::MAX_MESSAGES), ("tools", limits::MAX_TOOLS)])?;
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid_request(None, format!("request body is not valid JSON: {e}")))?;
     let Value::Object(mut f) = value else {

@@ -133,6 +133,7 @@ fn not_supported(param: &str, what: &str) -> ApiError {
 }
 
 pub fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
+    limits::precheck(body, &[("input", limits::MAX_MESSAGES), ("tools", limits::MAX_TOOLS)])?;
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid_request(None, format!("request body is not valid JSON: {e}")))?;
     let Value::Object(mut f) = value else {
