@@ -1,4 +1,4 @@
-//! An Anthropic Messages event stream.
+//! An Anthropic Messages event stream, then streamed by every front end.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fungible_providers::fuzzing::anthropic_sse(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fungible_server::fuzzing::anthropic_sse(data));

@@ -1,4 +1,4 @@
-//! A Gemini `generateContent` response body (2xx or error).
+//! A Gemini `generateContent` response body (2xx or error), then rendered by every front end.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fungible_providers::fuzzing::gemini_response(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fungible_server::fuzzing::gemini_response(data));

@@ -1,4 +1,4 @@
-//! A Gemini `streamGenerateContent?alt=sse` event stream.
+//! A Gemini `streamGenerateContent?alt=sse` event stream, then streamed by every front end.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fungible_providers::fuzzing::gemini_sse(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fungible_server::fuzzing::gemini_sse(data));

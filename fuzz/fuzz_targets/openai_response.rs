@@ -1,4 +1,4 @@
-//! An OpenAI-family response body (2xx or error).
+//! An OpenAI-family response body (2xx or error), then rendered by every front end.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fungible_providers::fuzzing::openai_response(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fungible_server::fuzzing::openai_response(data));

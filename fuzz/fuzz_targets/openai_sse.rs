@@ -1,4 +1,4 @@
-//! An OpenAI-family Chat Completions event stream.
+//! An OpenAI-family Chat Completions event stream, then streamed by every front end.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fungible_providers::fuzzing::openai_sse(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fungible_server::fuzzing::openai_sse(data));

@@ -28,7 +28,7 @@ impl Price {
     /// The cost of `usage` in USD (see the `Usage` conventions: `input_tokens` includes the
     /// cached parts, `output_tokens` includes reasoning).
     pub fn cost(&self, usage: &Usage) -> f64 {
-        let cached = usage.cache_read_tokens + usage.cache_write_tokens;
+        let cached = usage.cache_read_tokens.saturating_add(usage.cache_write_tokens);
         let plain = usage.input_tokens.saturating_sub(cached) as f64;
         let read = usage.cache_read_tokens as f64 * self.cached_read.unwrap_or(self.input);
         let write = usage.cache_write_tokens as f64 * self.cache_write.unwrap_or(self.input);
@@ -183,6 +183,13 @@ fn is_date_suffix(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cost_of_cache_counts_near_u64_max_does_not_overflow() {
+        let price = Price { input: 1.0, output: 1.0, cached_read: None, cache_write: None };
+        let usage = Usage { cache_read_tokens: u64::MAX, cache_write_tokens: 1, ..Usage::default() };
+        assert!(price.cost(&usage).is_finite());
+    }
 
     #[test]
     fn cost_splits_cached_input_and_counts_output() {

@@ -423,14 +423,22 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Input plus output; saturating, since both are the vendor's numbers (a `u64::MAX` from
+    /// a broken upstream overflowed here: `fuzz/regressions/openai_response/`).
     pub fn total_tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens
+        self.input_tokens.saturating_add(self.output_tokens)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn total_tokens_of_vendor_counts_near_u64_max_does_not_overflow() {
+        let usage = Usage { input_tokens: u64::MAX, output_tokens: 1, ..Usage::default() };
+        assert_eq!(usage.total_tokens(), u64::MAX);
+    }
 
     #[test]
     fn data_url_parses_into_base64_source() {

@@ -256,12 +256,26 @@ impl State {
     }
 }
 
+/// Two legs' usage summed; saturating, since the counts are the vendors'.
 fn add(a: Usage, b: Usage) -> Usage {
     Usage {
-        input_tokens: a.input_tokens + b.input_tokens,
-        output_tokens: a.output_tokens + b.output_tokens,
-        cache_read_tokens: a.cache_read_tokens + b.cache_read_tokens,
-        cache_write_tokens: a.cache_write_tokens + b.cache_write_tokens,
-        reasoning_tokens: a.reasoning_tokens + b.reasoning_tokens,
+        input_tokens: a.input_tokens.saturating_add(b.input_tokens),
+        output_tokens: a.output_tokens.saturating_add(b.output_tokens),
+        cache_read_tokens: a.cache_read_tokens.saturating_add(b.cache_read_tokens),
+        cache_write_tokens: a.cache_write_tokens.saturating_add(b.cache_write_tokens),
+        reasoning_tokens: a.reasoning_tokens.saturating_add(b.reasoning_tokens),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_of_two_legs_with_vendor_counts_near_u64_max_does_not_overflow() {
+        let huge = Usage { input_tokens: u64::MAX, output_tokens: u64::MAX - 1, ..Usage::default() };
+        let small = Usage { input_tokens: 5, output_tokens: 5, cache_read_tokens: 1, ..Usage::default() };
+        let sum = add(huge, small);
+        assert_eq!((sum.input_tokens, sum.output_tokens, sum.cache_read_tokens), (u64::MAX, u64::MAX, 1));
     }
 }

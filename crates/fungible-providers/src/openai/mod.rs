@@ -419,6 +419,17 @@ mod tests {
     }
 
     #[test]
+    fn a_tool_call_after_one_with_index_u32_max_does_not_overflow() {
+        let events = decode(&[
+            r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"index":4294967295,"id":"a","function":{"name":"f"}}]}}]}"#,
+            r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"id":"b","function":{"name":"g","arguments":"{}"}}]}}]}"#,
+        ])
+        .expect("decodes");
+        let starts = events.iter().filter(|e| matches!(e, StreamEvent::ToolCallStart { .. })).count();
+        assert_eq!(starts, 1, "{events:?}");
+    }
+
+    #[test]
     fn reasoning_and_reasoning_content_in_one_message_are_not_a_parse_error() {
         let wire: Response = serde_json::from_str(
             r#"{"id":"x","model":"m","created":1,"choices":[{"message":{"role":"assistant","content":"4","reasoning":"2+2","reasoning_content":"2+2"},"finish_reason":"stop"}]}"#,

@@ -30,7 +30,9 @@ impl ChunkDecoder {
             None if id.is_some() && self.tool_indices.last().is_some_and(|(_, last)| last.as_deref() == id) => {
                 return ((self.tool_indices.len() - 1) as u32, false);
             }
-            None if starts_new => self.tool_indices.iter().map(|(i, _)| *i).max().map_or(0, |m| m + 1),
+            // Saturating: an upstream index of u32::MAX once overflowed here (the call after
+            // it then continues that one rather than panicking).
+            None if starts_new => self.tool_indices.iter().map(|(i, _)| *i).max().map_or(0, |m| m.saturating_add(1)),
             None => self.tool_indices.last().map_or(0, |(i, _)| *i),
         };
         match self.tool_indices.iter().position(|(i, _)| *i == upstream) {

@@ -8,7 +8,7 @@
 //! status and body, after it started as an `error` event.
 
 pub(crate) mod request;
-mod response;
+pub(crate) mod response;
 
 
 use axum::body::Body;

@@ -9,7 +9,7 @@
 
 mod embed;
 pub(crate) mod request;
-mod response;
+pub(crate) mod response;
 
 
 use axum::body::Body;

@@ -1,7 +1,7 @@
 //! The OpenAI Chat Completions front end: `POST /v1/chat/completions`.
 
 mod request;
-mod response;
+pub(crate) mod response;
 
 
 use axum::body::Body;

@@ -9,7 +9,7 @@
 //! request can continue from it.
 
 mod request;
-mod response;
+pub(crate) mod response;
 mod store;
 
 use std::sync::Arc;
