@@ -41,9 +41,30 @@ use serde::Serialize;
 
 use error::ApiError;
 
-/// What every handler can reach.
+/// What every handler can reach: a handle to [`Shared`], so that the clone axum makes for
+/// each middleware and handler of every request is one reference count, not one per field.
+/// Built once with the `with_*` methods, then read through `Deref`.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// The state to change while building it (copied first if a clone of it is in use).
+    pub fn shared_mut(&mut self) -> &mut Shared {
+        std::sync::Arc::make_mut(&mut self.0)
+    }
+}
+
+/// The state itself (see [`AppState`]).
+#[derive(Debug, Clone)]
+pub struct Shared {
     pub gateway: Gateway,
     pub max_body_bytes: usize,
     /// `[server] max_inflight_body_bytes`: the memory all request bodies in flight may take.
@@ -66,7 +87,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(gateway: Gateway, max_body_bytes: usize) -> AppState {
-        AppState {
+        AppState(std::sync::Arc::new(Shared {
             gateway,
             max_body_bytes,
             budget: budget::InflightBudget::default(),
@@ -77,49 +98,50 @@ impl AppState {
             cache: None,
             auth: auth::Auth::default(),
             allowed_hosts: guard::AllowedHosts::default(),
-        }
+        }))
     }
 
     /// Bounds the memory of the request bodies in flight to `bytes` (see [`budget`]).
     pub fn with_inflight_budget(mut self, bytes: usize) -> AppState {
-        self.budget = budget::InflightBudget::new(bytes);
+        self.shared_mut().budget = budget::InflightBudget::new(bytes);
         self
     }
 
     /// With auth off, also serves these `Host` names (see [`guard`]).
     pub fn with_allowed_hosts(mut self, patterns: Vec<String>) -> AppState {
-        self.allowed_hosts = guard::AllowedHosts::new(patterns);
+        self.shared_mut().allowed_hosts = guard::AllowedHosts::new(patterns);
         self
     }
 
     /// Checks keys, limits and budgets with `auth` (see [`auth`]).
     pub fn with_auth(mut self, auth: auth::Auth) -> AppState {
-        self.auth = auth;
+        self.shared_mut().auth = auth;
         self
     }
 
     /// Records every inference into `store` through `recorder` (which writes to it).
     pub fn with_recorder(mut self, store: fungible_store::Store, recorder: fungible_store::Recorder) -> AppState {
-        self.store = Some(store);
-        self.recording.recorder = Some(recorder);
+        let shared = self.shared_mut();
+        shared.store = Some(store);
+        shared.recording.recorder = Some(recorder);
         self
     }
 
     /// Answers repeated requests from `cache` (see `fungible-cache`).
     pub fn with_cache(mut self, cache: fungible_cache::ResponseCache) -> AppState {
-        self.cache = Some(cache);
+        self.shared_mut().cache = Some(cache);
         self
     }
 
     /// Exports a span per inference and per attempt through `telemetry`.
     pub fn with_telemetry(mut self, telemetry: fungible_telemetry::Telemetry) -> AppState {
-        self.telemetry = Some(telemetry);
+        self.shared_mut().telemetry = Some(telemetry);
         self
     }
 
     /// Prices costs with `prices` instead of the built-in table.
     pub fn with_prices(mut self, prices: fungible_store::PriceTable) -> AppState {
-        self.recording.prices = std::sync::Arc::new(prices);
+        self.shared_mut().recording.prices = std::sync::Arc::new(prices);
         self
     }
 }

@@ -445,23 +445,25 @@ fn build(
     }
 }
 
-/// Hands a record to the metrics and the recorder. `bodies` gives the canonical request and
-/// response (only called when there is a recorder or telemetry); the recorder's writer
-/// serialises them. Telemetry gets every record too, with the caller's `trace`.
+/// Hands a record to the metrics, telemetry and the recorder, with the canonical request and
+/// response it answered (borrowed: the recorder encodes them as JSON text within
+/// `max_record_bytes`; `earlier` is what capping the request before left out).
 fn submit(
     state: &crate::AppState,
     record: InferenceRecord,
     trace: &fungible_telemetry::Parent,
-    bodies: impl FnOnce() -> Bodies,
+    request: &ChatRequest,
+    response: Option<&ChatResponse>,
+    earlier: Option<fungible_store::Truncation>,
 ) {
     state.recording.metrics.observe(&record);
-    let recorder = state.recording.recorder.as_ref();
-    let bodies = (recorder.is_some() || state.telemetry.is_some()).then(bodies);
-    if let (Some(telemetry), Some(bodies)) = (&state.telemetry, &bodies) {
-        telemetry.record(&record, bodies, trace);
+    if let Some(telemetry) = &state.telemetry {
+        let bodies = Bodies::capped(request, response, state.recording.record_cap());
+        let bodies = Bodies { truncation: fungible_store::Truncation::merge(earlier, bodies.truncation), ..bodies };
+        telemetry.record(&record, &bodies, trace);
     }
-    if let (Some(recorder), Some(bodies)) = (recorder, bodies) {
-        recorder.record_with(record, bodies);
+    if let Some(recorder) = &state.recording.recorder {
+        recorder.record_with(record, request, response, earlier);
     }
 }
 
@@ -497,11 +499,8 @@ pub fn observe_chat(
             &facts,
         ),
     };
-    // At most `max_record_bytes` of the request is copied, however large it is.
-    let cap = state.recording.record_cap();
-    submit(state, record, &facts.trace, || {
-        Bodies::capped(req, result.as_ref().ok().map(|r| &r.value), cap)
-    });
+    // At most `max_record_bytes` of the request is encoded, however large it is.
+    submit(state, record, &facts.trace, req, result.as_ref().ok().map(|r| &r.value), None);
     result
 }
 
@@ -531,7 +530,9 @@ pub fn observe_stream(
                     &facts,
                 ),
                 &facts.trace,
-                || Bodies::capped(req, None, state.recording.record_cap()),
+                req,
+                None,
+                None,
             );
             Err(e)
         }
@@ -686,13 +687,7 @@ impl ObservedStream {
                 true,
                 &p.facts,
             );
-            let Pending { state, req, truncation, .. } = p;
-            let cap = state.recording.record_cap();
-            submit(&state, record, &p.facts.trace, move || {
-                let bodies = Bodies::capped(&req, answered.then_some(&response), cap);
-                let truncation = fungible_store::Truncation::merge(truncation, bodies.truncation);
-                Bodies { truncation, ..bodies }
-            });
+            submit(&p.state, record, &p.facts.trace, &p.req, answered.then_some(&response), p.truncation);
         }
     }
 }
@@ -759,7 +754,5 @@ pub(crate) fn observe_cache_hit(
     let mut record = build(state, req, route, Some(response), None, None, stream, &facts);
     record.cache_hit = true;
     record.cost = Some(0.0);
-    submit(state, record, &facts.trace, || {
-        Bodies::capped(req, Some(response), state.recording.record_cap())
-    });
+    submit(state, record, &facts.trace, req, Some(response), None);
 }

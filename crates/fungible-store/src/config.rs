@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::prices::{Price, PriceTable};
+use crate::recorder::WriterPriority;
 
 /// `[store]` as written (the gateway's config file hands it over as a raw table).
 #[derive(Debug, Default, Deserialize)]
@@ -18,15 +19,16 @@ struct StoreSection {
     url: Option<String>,
     /// Records buffered while the store is slow or down; more are dropped (and counted).
     queue_capacity: Option<usize>,
-    /// Bytes (estimated) those records may hold at most; more are dropped (and counted).
+    /// Bytes those records may hold at most (their JSON, and about 512 bytes each for the
+    /// rest); more are dropped (and counted). Default 8 MiB.
     queue_bytes: Option<usize>,
     /// Records written per transaction at most.
     batch_size: Option<usize>,
     /// Longest a record waits for its batch to fill, in milliseconds.
     flush_interval_ms: Option<u64>,
-    /// The recorder writer's nice value (Linux), 0-19: higher leaves more CPU to requests.
-    /// Default 10; 0 runs it at the priority of request handling.
-    writer_nice: Option<i32>,
+    /// How the recorder's writer is scheduled (Linux): `"idle"` (default: only on CPU time
+    /// nothing else wants), or a nice value 0-19 (0: the priority of request handling).
+    writer_priority: Option<WriterPrioritySetting>,
     /// Keep each upstream call's raw request and response bodies (off by default).
     raw_bodies: Option<bool>,
     /// Bytes kept of each raw body at most (default 65536).
@@ -39,6 +41,14 @@ struct StoreSection {
     max_record_bytes: Option<usize>,
 }
 
+/// `writer_priority` as written: `"idle"` or a nice value.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum WriterPrioritySetting {
+    Nice(i32),
+    Named(String),
+}
+
 /// The validated `[store]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
@@ -49,8 +59,8 @@ pub struct StoreConfig {
     pub queue_bytes: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
-    /// The writer thread's nice value (0-19).
-    pub writer_nice: i32,
+    /// How the writer thread is scheduled.
+    pub writer_priority: WriterPriority,
     /// `raw_bodies`: the cap on each raw body kept; `None`: raw bodies are not kept.
     pub raw_bodies: Option<usize>,
     /// Every answer's record is committed before the answer ends (see the README's Security
@@ -69,10 +79,10 @@ impl Default for StoreConfig {
             enabled: true,
             url: sqlite_url(&PathBuf::from("fungible.db")),
             queue_capacity: 10_000,
-            queue_bytes: 64 << 20,
-            batch_size: 1_000,
+            queue_bytes: crate::recorder::DEFAULT_QUEUE_BYTES,
+            batch_size: 256,
             flush_interval: Duration::from_millis(200),
-            writer_nice: 10,
+            writer_priority: WriterPriority::Idle,
             raw_bodies: None,
             durable: false,
             max_record_bytes: crate::cap::DEFAULT_MAX_RECORD_BYTES,
@@ -146,11 +156,13 @@ impl StoreConfig {
         if let Some(ms) = section.flush_interval_ms {
             config.flush_interval = Duration::from_millis(ms);
         }
-        if let Some(nice) = section.writer_nice {
-            if !(0..=19).contains(&nice) {
-                return Err(err("store.writer_nice", "must be between 0 and 19"));
+        match section.writer_priority {
+            None => {}
+            Some(WriterPrioritySetting::Nice(nice)) if (0..=19).contains(&nice) => {
+                config.writer_priority = WriterPriority::Nice(nice);
             }
-            config.writer_nice = nice;
+            Some(WriterPrioritySetting::Named(name)) if name == "idle" => config.writer_priority = WriterPriority::Idle,
+            Some(_) => return Err(err("store.writer_priority", "must be \"idle\" or a nice value between 0 and 19")),
         }
         if let Some(n) = section.max_record_bytes {
             if n < 4096 {
@@ -274,10 +286,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("store.url:"), "{e}");
-        assert_eq!(StoreConfig::from_toml(None).unwrap().writer_nice, 10);
-        assert_eq!(StoreConfig::from_toml(table("writer_nice = 0")).unwrap().writer_nice, 0);
-        let e = StoreConfig::from_toml(table("writer_nice = 20")).unwrap_err().to_string();
-        assert_eq!(e, "store.writer_nice: must be between 0 and 19");
+        assert_eq!(StoreConfig::from_toml(None).unwrap().writer_priority, WriterPriority::Idle);
+        assert_eq!(StoreConfig::from_toml(table("writer_priority = \"idle\"")).unwrap().writer_priority, WriterPriority::Idle);
+        assert_eq!(StoreConfig::from_toml(table("writer_priority = 0")).unwrap().writer_priority, WriterPriority::Nice(0));
+        for bad in ["writer_priority = 20", "writer_priority = -1", "writer_priority = \"low\""] {
+            let e = StoreConfig::from_toml(table(bad)).unwrap_err().to_string();
+            assert_eq!(e, "store.writer_priority: must be \"idle\" or a nice value between 0 and 19", "{bad}");
+        }
         assert_eq!(StoreConfig::from_toml(None).unwrap().max_record_bytes, 256 << 10);
         assert_eq!(StoreConfig::from_toml(table("max_record_bytes = 8192")).unwrap().max_record_bytes, 8192);
         let e = StoreConfig::from_toml(table("max_record_bytes = 100")).unwrap_err().to_string();

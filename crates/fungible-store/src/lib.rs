@@ -33,9 +33,10 @@ pub use config::{StoreConfig, StoreConfigError, sqlite_url};
 pub use keys::{BudgetPeriod, KeyBudget, KeyRecord, Scope};
 pub use prices::{PRICES_AS_OF, Price, PriceTable};
 pub use record::{
-    AttemptRecord, Bodies, Feedback, FeedbackTarget, InferenceRecord, RawExchange, new_id, now_ms,
+    AttemptRecord, Bodies, EncodedBodies, EncodedRecord, Feedback, FeedbackTarget, InferenceRecord, RawExchange, new_id,
+    now_ms,
 };
 pub use responses::StoredResponseRow;
 pub use rollups::{RollUp, SETTLE_MS};
-pub use recorder::{BatchSink, Recorder, RecorderCounters, RecorderOptions};
+pub use recorder::{BatchSink, DEFAULT_QUEUE_BYTES, Recorder, RecorderCounters, RecorderOptions, WriterPriority};
 pub use store::{GroupBy, InferenceFilter, StatsRow, Store, StoreError};

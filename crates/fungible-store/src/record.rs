@@ -76,15 +76,6 @@ pub struct RawExchange {
 }
 
 impl InferenceRecord {
-    /// Roughly the bytes this record holds (see [`Bodies::estimated_bytes`]).
-    pub fn estimated_bytes(&self) -> usize {
-        512 + value_bytes(&self.request)
-            + self.response.as_ref().map_or(0, value_bytes)
-            + value_bytes(&self.tags)
-            + self.attempts.len() * 128
-            + self.raw.iter().map(|r| 64 + r.request.len() + r.response.len()).sum::<usize>()
-    }
-
     /// The tags as the rows stats group by: `key=value` for a string value, a bare `key` for
     /// `true`, `key=JSON` for any other value. Sorted, without duplicates.
     pub fn tag_list(&self) -> Vec<String> {
@@ -128,6 +119,119 @@ impl Bodies {
     /// the recorder's queue bound and the record cap count.
     pub fn estimated_bytes(&self) -> usize {
         estimate(&self.request, self.response.as_ref())
+    }
+}
+
+/// A record's request and response as the store keeps them: JSON text, within
+/// `max_record_bytes`. Encoding borrows the canonical bodies, so recording an answer copies
+/// nothing but this text: one buffer per body, which is also exactly what the recorder's queue
+/// holds and counts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncodedBodies {
+    /// The canonical request (`ChatRequest`) as JSON; a capped one has `fungible_truncated`.
+    pub request: String,
+    /// The canonical response (`ChatResponse`) as JSON; `None` when there was no answer.
+    pub response: Option<String>,
+    /// Something was left out (see [`Bodies::capped`]).
+    pub truncated: bool,
+}
+
+impl EncodedBodies {
+    /// `request` and `response` as JSON, capped at `max_bytes` ([`Bodies::capped`]);
+    /// `earlier` is what an earlier cap of the same request left out (a stream keeps its
+    /// request capped until its answer is complete).
+    pub fn encode(
+        request: &ChatRequest,
+        response: Option<&ChatResponse>,
+        max_bytes: usize,
+        earlier: Option<Truncation>,
+    ) -> EncodedBodies {
+        if estimate(request, response) <= max_bytes {
+            return EncodedBodies::of(request, response, earlier);
+        }
+        let capped = Bodies::capped(request, response, max_bytes);
+        EncodedBodies::of(&capped.request, capped.response.as_ref(), Truncation::merge(earlier, capped.truncation))
+    }
+
+    /// Whole bodies, with what was already left out of them.
+    pub fn of(request: &ChatRequest, response: Option<&ChatResponse>, truncation: Option<Truncation>) -> EncodedBodies {
+        /// The request with what a cap left out, as one JSON object.
+        #[derive(Serialize)]
+        struct Marked<'a> {
+            #[serde(flatten)]
+            request: &'a ChatRequest,
+            fungible_truncated: TruncationJson,
+        }
+        #[derive(Serialize)]
+        struct TruncationJson {
+            omitted_messages: usize,
+            cut_bytes: usize,
+        }
+        // The canonical types hold strings, numbers and JSON values: serialising them cannot
+        // fail.
+        // Each body into one buffer of about its final size (the estimate is a little over
+        // the JSON's length), so the queue's bytes are the memory it holds.
+        fn text(capacity: usize, write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> Option<String> {
+            let mut out = Vec::with_capacity(capacity);
+            write(&mut out).ok()?;
+            // serde_json writes UTF-8.
+            String::from_utf8(out).ok()
+        }
+        let request_text = match truncation {
+            None => text(estimate(request, None), |out| serde_json::to_writer(out, request)),
+            Some(t) => text(estimate(request, None) + 64, |out| {
+                serde_json::to_writer(
+                    out,
+                    &Marked {
+                        request,
+                        fungible_truncated: TruncationJson { omitted_messages: t.omitted_messages, cut_bytes: t.cut_bytes },
+                    },
+                )
+            }),
+        };
+        let response = response.and_then(|r| {
+            let capacity = estimate(&ChatRequest::default(), Some(r));
+            text(capacity, |out| serde_json::to_writer(out, r))
+        });
+        EncodedBodies {
+            request: request_text.unwrap_or_else(|| "{}".to_owned()),
+            response,
+            truncated: truncation.is_some(),
+        }
+    }
+
+    /// The memory the text holds (its buffers' capacity).
+    pub fn bytes(&self) -> usize {
+        self.request.capacity() + self.response.as_ref().map_or(0, String::capacity)
+    }
+}
+
+/// A record on its way into the store: [`InferenceRecord`]'s other fields, and its bodies as
+/// JSON text ([`EncodedBodies`]; the record's own `request` and `response` are not written).
+#[derive(Debug, Clone)]
+pub struct EncodedRecord {
+    pub record: InferenceRecord,
+    pub bodies: EncodedBodies,
+}
+
+impl EncodedRecord {
+    /// The bytes it holds (its text, and about what its other fields take).
+    pub fn bytes(&self) -> usize {
+        let r = &self.record;
+        512 + self.bodies.bytes()
+            + value_bytes(&r.tags)
+            + r.attempts.len() * 128
+            + r.raw.iter().map(|x| 64 + x.request.len() + x.response.len()).sum::<usize>()
+    }
+}
+
+impl From<InferenceRecord> for EncodedRecord {
+    /// A record built with JSON values (tests, imports): its values turned into text.
+    fn from(mut record: InferenceRecord) -> EncodedRecord {
+        let request = serde_json::to_string(&std::mem::take(&mut record.request)).unwrap_or_else(|_| "null".into());
+        let response = record.response.take().and_then(|r| serde_json::to_string(&r).ok());
+        let truncated = record.truncated;
+        EncodedRecord { record, bodies: EncodedBodies { request, response, truncated } }
     }
 }
 

@@ -1,18 +1,20 @@
 //! [`Recorder`]: takes records off the request path and writes them in batches.
 //!
-//! `record` never waits: it is a `try_send` into a queue bounded in records and in bytes (an
-//! estimate), and a full queue drops the record (counted in [`RecorderCounters::dropped`],
-//! logged). The request path hands over the canonical request and response as they are
-//! ([`Bodies`]); the writer serialises them, off the async workers that serve requests
-//! (`off_the_workers`), so JSON costs the request nothing. One writer
-//! task takes up to `batch_size` records at a time and writes them in one transaction. When
-//! a write fails (the store is down or slow) the writer keeps the batch and retries with
-//! backoff, so records wait in the queue up to its bound and none that fit is lost; their
-//! bytes count until they are written. A batch the store refuses for its data (a
+//! `record` never waits: it is a `try_send` into a queue bounded in records and in bytes, and
+//! a full queue drops the record (counted in [`RecorderCounters::dropped`], logged). The
+//! request path hands over each record with its bodies already JSON text
+//! ([`EncodedBodies`], encoded from the borrowed canonical request and response): one buffer
+//! per body, so the queue holds and counts exactly the bytes it will write, and the writer
+//! frees two buffers per record rather than the hundred small allocations of a canonical
+//! request. One writer takes up to `batch_size` records at a time and writes them in one
+//! transaction. When a write fails (the store is down or slow) the writer keeps the batch and
+//! retries with backoff, so records wait in the queue up to its bound and none that fit is
+//! lost; their bytes count until they are written. A batch the store refuses for its data (a
 //! constraint, a value it cannot hold) is written record by record, and only the refused
 //! records are dropped and reported. `shutdown` stops taking records, writes everything
 //! queued and returns. The gateway starts it with [`Recorder::start_in_background`]: the
-//! writer and its store connections on a thread of their own at a lower CPU priority.
+//! writer and its store connections on a thread of their own that the kernel runs only on
+//! CPU time nothing else wants (`SCHED_IDLE`, [`WriterPriority`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,24 +25,37 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::cap::Truncation;
-use crate::record::{Bodies, InferenceRecord};
+use crate::record::{EncodedBodies, EncodedRecord, InferenceRecord};
 use crate::store::{Store, StoreError};
 
 /// Where the writer puts batches: the [`Store`], or a test double.
 pub trait BatchSink: Send + Sync + 'static {
     fn write<'a>(
         &'a self,
-        batch: &'a [InferenceRecord],
+        batch: &'a [EncodedRecord],
     ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
 }
 
 impl BatchSink for Store {
     fn write<'a>(
         &'a self,
-        batch: &'a [InferenceRecord],
+        batch: &'a [EncodedRecord],
     ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
-        Box::pin(self.insert(batch))
+        Box::pin(self.insert_encoded(batch))
     }
+}
+
+/// How the writer thread of [`Recorder::start_in_background`] is scheduled (Linux).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterPriority {
+    /// `SCHED_IDLE`: it runs only when no other thread wants the CPU, and any thread that
+    /// wakes takes the core from it at once, so the request path never waits behind it. On a
+    /// machine that stays saturated it gets no time: the queue fills to its bound and further
+    /// records are dropped (counted). The default.
+    Idle,
+    /// A nice value (0 to 19): a smaller share of the CPU under contention; at 0, the
+    /// priority of the thread that starts it.
+    Nice(i32),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -58,25 +73,29 @@ pub struct RecorderOptions {
     /// On shutdown, how long to keep retrying a store that is down before giving up (and
     /// reporting what was lost).
     pub shutdown_timeout: Duration,
-    /// [`Recorder::start_in_background`]: the writer thread's nice value (Linux); 0 leaves
-    /// it at the priority of the thread that starts it.
-    pub writer_nice: i32,
+    /// [`Recorder::start_in_background`]: how the writer thread is scheduled.
+    pub writer_priority: WriterPriority,
     /// The most bytes (estimated) one record's request and response may hold; larger ones
     /// are stored cut and marked ([`Bodies::capped`]), so one client's huge requests cannot
     /// fill `queue_bytes` and push out everyone else's records.
     pub max_record_bytes: usize,
 }
 
+/// The default bound of the queue's bytes: about 5,000 typical records (seconds of a store
+/// outage at 1,000 requests/s), and what keeps a gateway saturated so long that its writer
+/// never runs within 40 MiB of memory.
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
+
 impl Default for RecorderOptions {
     fn default() -> RecorderOptions {
         RecorderOptions {
             queue_capacity: 10_000,
-            queue_bytes: 64 << 20,
-            batch_size: 1_000,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            batch_size: 256,
             flush_interval: Duration::from_millis(200),
             retry_delay: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(10),
-            writer_nice: 10,
+            writer_priority: WriterPriority::Idle,
             max_record_bytes: crate::cap::DEFAULT_MAX_RECORD_BYTES,
         }
     }
@@ -95,10 +114,9 @@ pub struct RecorderCounters {
     pub queued_bytes: AtomicUsize,
 }
 
-/// A record on its way to the writer, with its bodies still canonical and its size.
+/// A record on its way to the writer, and the bytes it counts in the queue.
 struct Queued {
-    record: InferenceRecord,
-    bodies: Option<Bodies>,
+    record: EncodedRecord,
     bytes: usize,
 }
 
@@ -152,11 +170,11 @@ impl Recorder {
     }
 
     /// Like [`Recorder::start`], but the writer runs on a thread of its own, with its own
-    /// single-threaded runtime, at a lower CPU priority (`writer_nice`, on Linux), and its sink is
-    /// made there by `open`. A [`Store`] opened that way has connections of its own, and
-    /// SQLite's connection threads, started from that thread, inherit its priority. So
-    /// serialising the records and SQLite's inserts run on CPU time the request path leaves
-    /// over, instead of taking turns with it on a busy machine.
+    /// single-threaded runtime, at a lower CPU priority (`writer_priority`, on Linux), and its
+    /// sink is made there by `open`. A [`Store`] opened that way has connections of its own,
+    /// and SQLite's connection threads, started from that thread, inherit its scheduling. So
+    /// the inserts run on CPU time the request path leaves over, instead of taking turns with
+    /// it on a busy machine.
     pub async fn start_in_background<S, F, Fut>(open: F, options: RecorderOptions) -> Result<Recorder, StoreError>
     where
         S: BatchSink,
@@ -172,7 +190,7 @@ impl Recorder {
         std::thread::Builder::new()
             .name("fungible-recorder".into())
             .spawn(move || {
-                lower_this_threads_priority(options.writer_nice);
+                lower_this_threads_priority(options.writer_priority);
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(e) => {
@@ -219,49 +237,46 @@ impl Recorder {
         }
     }
 
-    /// Queues `record` (its `request` and `response` already JSON); never waits. A full
+    /// Queues `record` (its `request` and `response` as JSON values); never waits. A full
     /// queue (or a recorder shut down) drops it.
     pub fn record(&self, record: InferenceRecord) {
-        let bytes = record.estimated_bytes();
-        self.enqueue(Queued {
-            record,
-            bodies: None,
-            bytes,
-        });
+        self.enqueue(EncodedRecord::from(record));
     }
 
-    /// The most bytes one record's bodies may hold (`max_record_bytes`): the request path
-    /// builds them with [`Bodies::capped`] at this size, copying no more than that.
+    /// The most bytes one record's bodies may hold (`max_record_bytes`).
     pub fn max_record_bytes(&self) -> usize {
         self.max_record_bytes
     }
 
-    /// Queues `record` with its canonical request and response, which the writer serialises
-    /// into the record's `request` and `response`; never waits. Bodies over
-    /// `max_record_bytes` are cut to it first. A full queue (or a recorder shut down) drops
-    /// it.
-    pub fn record_with(&self, record: InferenceRecord, bodies: Bodies) {
-        let mut bodies = bodies;
-        let mut bytes = bodies.estimated_bytes();
-        if bytes > self.max_record_bytes {
-            let capped = Bodies::capped(&bodies.request, bodies.response.as_ref(), self.max_record_bytes);
-            bodies = Bodies { truncation: Truncation::merge(bodies.truncation, capped.truncation), ..capped };
-            bytes = bodies.estimated_bytes();
+    /// Queues `record` with the canonical request and response it answered, encoded here as
+    /// JSON text within `max_record_bytes` ([`EncodedBodies::encode`]; `earlier`: what an
+    /// earlier cap of this request left out); never waits. A full queue (or a recorder shut
+    /// down) drops it.
+    pub fn record_with(
+        &self,
+        record: InferenceRecord,
+        request: &fungible_types::ChatRequest,
+        response: Option<&fungible_types::ChatResponse>,
+        earlier: Option<Truncation>,
+    ) {
+        // A saturated gateway whose writer cannot keep up drops records: decide that before
+        // spending the encoding on one.
+        let estimate = crate::record::estimate(request, response).min(self.max_record_bytes);
+        if self.counters.queued_bytes.load(Ordering::Relaxed) + estimate > self.max_bytes {
+            self.count_drop("the queue is full (the store is slow or down)");
+            return;
         }
-        let bytes = record.estimated_bytes() + bytes;
-        self.enqueue(Queued {
-            record,
-            bodies: Some(bodies),
-            bytes,
-        });
+        let bodies = EncodedBodies::encode(request, response, self.max_record_bytes, earlier);
+        self.enqueue(EncodedRecord { record, bodies });
     }
 
-    fn enqueue(&self, queued: Queued) {
+    fn enqueue(&self, record: EncodedRecord) {
         if self.closed.load(Ordering::Relaxed) {
             self.count_drop("the recorder is shut down");
             return;
         }
-        let bytes = queued.bytes;
+        let bytes = record.bytes();
+        let queued = Queued { record, bytes };
         let before = self
             .counters
             .queued_bytes
@@ -342,7 +357,7 @@ async fn write_loop(
     wake: Arc<Notify>,
 ) {
     let mut queued: Vec<Queued> = Vec::with_capacity(options.batch_size);
-    let mut batch: Vec<InferenceRecord> = Vec::with_capacity(options.batch_size);
+    let mut batch: Vec<EncodedRecord> = Vec::with_capacity(options.batch_size);
     // The queue bytes of the records in `batch`, released once they are written (or lost).
     let mut batch_bytes = 0;
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
@@ -383,7 +398,7 @@ async fn write_loop(
                 Err(_) => break,
             };
         }
-        off_the_workers(|| batch.extend(queued.drain(..).map(serialised)));
+        batch.extend(queued.drain(..).map(|q| q.record));
         write_with_retry(&*sink, &mut batch, &options, &counters, !waiting.is_empty()).await;
         counters
             .queued_bytes
@@ -395,26 +410,35 @@ async fn write_loop(
             return;
         }
     }
-    batch.extend(queued.drain(..).map(serialised));
+    batch.extend(queued.drain(..).map(|q| q.record));
     write_with_retry(&*sink, &mut batch, &options, &counters, true).await;
     counters
         .queued_bytes
         .fetch_sub(batch_bytes, Ordering::Relaxed);
 }
 
-/// Gives the calling thread (not the whole process: Linux keeps a nice value per thread)
-/// `nice`: at 10, under contention the scheduler gives the request path's threads about ten
-/// times its share, and threads it starts inherit the value. Raising one's own nice value
-/// needs no privilege; failing is harmless.
-fn lower_this_threads_priority(nice: i32) {
+/// Schedules the calling thread (not the whole process: Linux keeps the policy and nice value
+/// per thread) as `priority` says; threads it starts inherit both. Neither `SCHED_IDLE` nor
+/// raising one's own nice value needs a privilege; failing is harmless (logged).
+fn lower_this_threads_priority(priority: WriterPriority) {
     #[cfg(target_os = "linux")]
-    if nice > 0 {
-        if let Err(e) = rustix::process::setpriority_process(None, nice) {
-            tracing::debug!("recorder: could not lower the writer thread's priority: {e}");
+    match priority {
+        WriterPriority::Idle => {
+            use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            if let Err(e) = thread_priority::set_thread_priority_and_policy(thread_priority::thread_native_id(), ThreadPriority::Min, idle) {
+                tracing::debug!("recorder: could not make the writer thread SCHED_IDLE: {e:?}");
+            }
         }
+        WriterPriority::Nice(nice) if nice > 0 => {
+            if let Err(e) = rustix::process::setpriority_process(None, nice) {
+                tracing::debug!("recorder: could not lower the writer thread's priority: {e}");
+            }
+        }
+        WriterPriority::Nice(_) => {}
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = nice;
+    let _ = priority;
 }
 
 /// Runs `f`, CPU work of the writer's, without holding up the async workers that serve
@@ -427,32 +451,11 @@ pub(crate) fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// The record of `queued`, its canonical bodies turned into JSON.
-fn serialised(queued: Queued) -> InferenceRecord {
-    let Queued {
-        mut record, bodies, ..
-    } = queued;
-    if let Some(bodies) = bodies {
-        record.request = serde_json::to_value(&bodies.request).unwrap_or(serde_json::Value::Null);
-        record.response = bodies.response.and_then(|r| serde_json::to_value(&r).ok());
-        if let Some(t) = bodies.truncation {
-            record.truncated = true;
-            if let serde_json::Value::Object(request) = &mut record.request {
-                request.insert(
-                    "fungible_truncated".into(),
-                    serde_json::json!({"omitted_messages": t.omitted_messages, "cut_bytes": t.cut_bytes}),
-                );
-            }
-        }
-    }
-    record
-}
-
 /// Writes `batch`, retrying with backoff until it is written. A flush (shutdown) gives up
 /// after `shutdown_timeout` and counts the batch as dropped.
 async fn write_with_retry(
     sink: &dyn BatchSink,
-    batch: &mut Vec<InferenceRecord>,
+    batch: &mut Vec<EncodedRecord>,
     options: &RecorderOptions,
     counters: &RecorderCounters,
     flushing: bool,
@@ -484,7 +487,7 @@ async fn write_with_retry(
                         }
                         Err(e) if e.is_permanent() => {
                             counters.dropped.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(id = %record.id, "inference record dropped: the store refused it: {e}");
+                            tracing::error!(id = %record.record.id, "inference record dropped: the store refused it: {e}");
                         }
                         Err(_) => kept.push(record),
                     }

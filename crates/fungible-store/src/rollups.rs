@@ -22,7 +22,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use crate::record::InferenceRecord;
+use crate::record::EncodedRecord;
 use crate::store::{Backend, GroupBy, Store, StoreError};
 
 pub(crate) const DAY_MS: i64 = 86_400_000;
@@ -382,9 +382,10 @@ async fn lock_watermark(tx: &mut Transaction<'_, Any>) -> Result<i64, StoreError
 pub(crate) async fn add_late(
     tx: &mut Transaction<'_, Any>,
     backend: Backend,
-    records: &[InferenceRecord],
+    records: &[EncodedRecord],
 ) -> Result<(), StoreError> {
-    let Some(earliest) = records.iter().map(|r| r.time_ms).min() else {
+    let records = || records.iter().map(|e| &e.record);
+    let Some(earliest) = records().map(|r| r.time_ms).min() else {
         return Ok(());
     };
     // Shares the lock a roll-up takes: a roll-up either saw these rows or moves the
@@ -397,7 +398,7 @@ pub(crate) async fn add_late(
     if earliest >= watermark {
         return Ok(());
     }
-    for r in records.iter().filter(|r| r.time_ms < watermark) {
+    for r in records().filter(|r| r.time_ms < watermark) {
         let mut sums = Sums {
             requests: 1,
             errors: u64::from(r.error.is_some()),

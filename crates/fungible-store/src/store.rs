@@ -11,7 +11,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, ConnectOptions, Row};
 
 use crate::migrations::MIGRATIONS;
-use crate::record::{AttemptRecord, Feedback, FeedbackTarget, InferenceRecord, RawExchange};
+use crate::record::{AttemptRecord, EncodedRecord, Feedback, FeedbackTarget, InferenceRecord, RawExchange};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -236,8 +236,16 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Writes `records` and their attempts in one transaction.
+    /// Writes `records` and their attempts in one transaction (their JSON values turned into
+    /// text first: [`Store::insert_encoded`] is the one way records go in).
     pub async fn insert(&self, records: &[InferenceRecord]) -> Result<(), StoreError> {
+        let encoded: Vec<EncodedRecord> = records.iter().cloned().map(EncodedRecord::from).collect();
+        self.insert_encoded(&encoded).await
+    }
+
+    /// Writes `records` (their bodies already JSON text) and their attempts in one
+    /// transaction.
+    pub async fn insert_encoded(&self, records: &[EncodedRecord]) -> Result<(), StoreError> {
         if self.backend == Backend::Postgres {
             return self.insert_multi_row(records).await;
         }
@@ -274,13 +282,17 @@ impl Store {
 
     /// PostgreSQL: one multi-row `INSERT` per table and chunk, since each statement is a
     /// network round trip (and is prepared per execution: see `cache_statements`).
-    async fn insert_multi_row(&self, records: &[InferenceRecord]) -> Result<(), StoreError> {
+    async fn insert_multi_row(&self, records: &[EncodedRecord]) -> Result<(), StoreError> {
         const ROWS: usize = 500;
         // PostgreSQL's text cannot hold NUL, which a client can put in a user, a model name
-        // or a tag: such a record would fail its batch on every retry.
-        let cleaned: Vec<InferenceRecord>;
-        let records = if records.iter().any(has_nul) {
-            cleaned = records.iter().map(without_nul).collect();
+        // or a tag: such a record would fail its batch on every retry. (The bodies are JSON
+        // text, where a NUL is escaped.)
+        let cleaned: Vec<EncodedRecord>;
+        let records = if records.iter().any(|e| has_nul(&e.record)) {
+            cleaned = records
+                .iter()
+                .map(|e| EncodedRecord { record: without_nul(&e.record), bodies: e.bodies.clone() })
+                .collect();
             &cleaned[..]
         } else {
             records
@@ -289,24 +301,20 @@ impl Store {
         for chunk in records.chunks(ROWS) {
             let sql = multi_row(INSERT_INFERENCE, 26, chunk.len());
             let mut query = sqlx::query(&sql).persistent(false);
-            for r in chunk {
+            for EncodedRecord { record: r, bodies } in chunk {
                 query = query
-                    .bind(r.id.clone())
+                    .bind(r.id.as_str())
                     .bind(r.time_ms)
-                    .bind(r.inbound.clone())
-                    .bind(r.requested_model.clone())
-                    .bind(r.route.clone())
-                    .bind(r.variant.clone())
-                    .bind(r.provider.clone())
-                    .bind(r.model.clone())
+                    .bind(r.inbound.as_str())
+                    .bind(r.requested_model.as_str())
+                    .bind(r.route.as_deref())
+                    .bind(r.variant.as_deref())
+                    .bind(r.provider.as_deref())
+                    .bind(r.model.as_deref())
                     .bind(i64::from(r.stream))
-                    .bind(r.error.clone())
-                    .bind(serde_json::to_string(&r.request).unwrap_or_default())
-                    .bind(
-                        r.response
-                            .as_ref()
-                            .map(|v| serde_json::to_string(v).unwrap_or_default()),
-                    )
+                    .bind(r.error.as_deref())
+                    .bind(bodies.request.as_str())
+                    .bind(bodies.response.as_deref())
                     .bind(r.usage.input_tokens as i64)
                     .bind(r.usage.output_tokens as i64)
                     .bind(r.usage.cache_read_tokens as i64)
@@ -315,29 +323,31 @@ impl Store {
                     .bind(r.cost)
                     .bind(r.ttft_ms)
                     .bind(r.latency_ms)
-                    .bind(r.user.clone())
+                    .bind(r.user.as_deref())
                     .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "{}".into()))
-                    .bind(r.episode_id.clone())
-                    .bind(r.key_id.clone())
+                    .bind(r.episode_id.as_deref())
+                    .bind(r.key_id.as_deref())
                     .bind(i64::from(r.cache_hit))
-                    .bind(i64::from(r.truncated));
+                    .bind(i64::from(r.truncated || bodies.truncated));
             }
             query.execute(&mut *tx).await?;
         }
         let tags: Vec<(&str, String)> = records
             .iter()
+            .map(|e| &e.record)
             .flat_map(|r| r.tag_list().into_iter().map(move |t| (r.id.as_str(), t)))
             .collect();
         for chunk in tags.chunks(ROWS) {
             let sql = multi_row(INSERT_TAG, 2, chunk.len());
             let mut query = sqlx::query(&sql).persistent(false);
             for (id, tag) in chunk {
-                query = query.bind(id.to_string()).bind(tag.clone());
+                query = query.bind(*id).bind(tag.as_str());
             }
             query.execute(&mut *tx).await?;
         }
         let attempts: Vec<(&str, usize, &AttemptRecord)> = records
             .iter()
+            .map(|e| &e.record)
             .flat_map(|r| {
                 r.attempts
                     .iter()
@@ -350,12 +360,12 @@ impl Store {
             let mut query = sqlx::query(&sql).persistent(false);
             for (id, i, a) in chunk {
                 query = query
-                    .bind(id.to_string())
+                    .bind(*id)
                     .bind(*i as i64)
-                    .bind(a.provider.clone())
-                    .bind(a.model.clone())
-                    .bind(a.status.clone())
-                    .bind(a.error.clone())
+                    .bind(a.provider.as_str())
+                    .bind(a.model.as_str())
+                    .bind(a.status.as_str())
+                    .bind(a.error.as_deref())
                     .bind(a.latency_ms)
                     .bind(a.cost);
             }
@@ -819,34 +829,70 @@ fn json_insert(table: &str, names: &str, columns: usize) -> String {
 
 /// A batch's rows for SQLite's `json_each`: per table, one JSON array of rows, each row an
 /// array in the table's column order. Text columns that hold JSON (request, response, tags)
-/// are JSON strings; SQLite reads numbers back exactly (shortest round-trip form).
+/// are JSON strings; SQLite reads numbers back exactly (shortest round-trip form). Written
+/// straight from the records: no JSON value tree is built.
 struct SqliteRows {
     inferences: String,
     tags: Option<String>,
     attempts: Option<String>,
 }
 
+/// One `inferences` row, serialised as a JSON array in [`INFERENCE_COLUMNS`]' order.
+#[derive(Serialize)]
+struct InferenceRow<'a>(
+    &'a str,
+    i64,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    i64,
+    Option<&'a str>,
+    &'a str,
+    Option<&'a str>,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<f64>,
+    Option<f64>,
+    f64,
+    Option<&'a str>,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    i64,
+    i64,
+);
+
 impl SqliteRows {
-    fn of(records: &[InferenceRecord]) -> SqliteRows {
-        use serde_json::json;
-        let mut inferences = Vec::with_capacity(records.len());
-        let mut tags = Vec::new();
+    fn of(records: &[EncodedRecord]) -> SqliteRows {
+        let mut inferences = Vec::with_capacity(records.len() * 2048);
+        let mut tags: Vec<(&str, String)> = Vec::new();
         let mut attempts = Vec::new();
-        for r in records {
-            let text = |v: &serde_json::Value| serde_json::to_string(v).unwrap_or_default();
-            inferences.push(json!([
-                r.id,
+        inferences.push(b'[');
+        for (n, EncodedRecord { record: r, bodies }) in records.iter().enumerate() {
+            if n > 0 {
+                inferences.push(b',');
+            }
+            // A map of strings and JSON values: serialising it cannot fail.
+            let tags_text = serde_json::to_string(&r.tags).unwrap_or_default();
+            let row = InferenceRow(
+                &r.id,
                 r.time_ms,
-                r.inbound,
-                r.requested_model,
-                r.route,
-                r.variant,
-                r.provider,
-                r.model,
+                &r.inbound,
+                &r.requested_model,
+                r.route.as_deref(),
+                r.variant.as_deref(),
+                r.provider.as_deref(),
+                r.model.as_deref(),
                 i64::from(r.stream),
-                r.error,
-                text(&r.request),
-                r.response.as_ref().map(text),
+                r.error.as_deref(),
+                &bodies.request,
+                bodies.response.as_deref(),
                 r.usage.input_tokens as i64,
                 r.usage.output_tokens as i64,
                 r.usage.cache_read_tokens as i64,
@@ -855,27 +901,28 @@ impl SqliteRows {
                 r.cost,
                 r.ttft_ms,
                 r.latency_ms,
-                r.user,
-                serde_json::to_string(&r.tags).unwrap_or_else(|_| "{}".into()),
-                r.episode_id,
-                r.key_id,
+                r.user.as_deref(),
+                if tags_text.is_empty() { "{}" } else { &tags_text },
+                r.episode_id.as_deref(),
+                r.key_id.as_deref(),
                 i64::from(r.cache_hit),
-                i64::from(r.truncated),
-            ]));
+                i64::from(r.truncated || bodies.truncated),
+            );
+            let _ = serde_json::to_writer(&mut inferences, &row);
             for tag in r.tag_list() {
-                tags.push(json!([r.id, tag]));
+                tags.push((&r.id, tag));
             }
             for (i, a) in r.attempts.iter().enumerate() {
-                attempts.push(json!([r.id, i as i64, a.provider, a.model, a.status, a.error, a.latency_ms, a.cost]));
+                attempts.push((&r.id, i as i64, &a.provider, &a.model, &a.status, &a.error, a.latency_ms, a.cost));
             }
         }
-        let array = |rows: Vec<serde_json::Value>| {
-            (!rows.is_empty()).then(|| serde_json::Value::Array(rows).to_string())
-        };
+        inferences.push(b']');
+        let array = |text: Result<String, serde_json::Error>| text.ok();
         SqliteRows {
-            inferences: serde_json::Value::Array(inferences).to_string(),
-            tags: array(tags),
-            attempts: array(attempts),
+            // Serialised from `&str`s and numbers: valid UTF-8.
+            inferences: String::from_utf8(inferences).unwrap_or_default(),
+            tags: (!tags.is_empty()).then(|| array(serde_json::to_string(&tags))).flatten(),
+            attempts: (!attempts.is_empty()).then(|| array(serde_json::to_string(&attempts))).flatten(),
         }
     }
 }
@@ -892,9 +939,9 @@ fn json(field: &'static str, text: &str) -> Result<serde_json::Value, StoreError
 /// The raw bodies of `records` (only with `[store] raw_bodies` on), in `tx`.
 async fn insert_raw(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    records: &[InferenceRecord],
+    records: &[EncodedRecord],
 ) -> Result<(), StoreError> {
-    for r in records {
+    for r in records.iter().map(|e| &e.record) {
         for (i, raw) in r.raw.iter().enumerate() {
             sqlx::query("INSERT INTO raw_bodies (inference_id, idx, provider, request, response, truncated) VALUES ($1, $2, $3, $4, $5, $6)")
                 .bind(&r.id)

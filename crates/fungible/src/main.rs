@@ -17,6 +17,12 @@ use clap::{Parser, Subcommand};
 use fungible_gateway::{ConfigFile, Gateway, GatewayConfig};
 use fungible_server::AppState;
 
+
+/// mimalloc frees memory another thread allocated without taking a lock: the recorder's
+/// writer frees what the request path allocated, and with glibc's allocator each such free
+/// locks the request thread's arena (see BENCHMARKS.md, "Recording at wire speed").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `fungible --version`: the version and the cargo features this binary was built with.
 const VERSION: &str = match (cfg!(feature = "local"), cfg!(feature = "bench")) {
     (true, true) => concat!(env!("CARGO_PKG_VERSION"), " (features: local, bench)"),
@@ -166,8 +172,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_prices(prices)
         .with_allowed_hosts(config.allowed_hosts.clone());
     if store_config.enabled {
-        state.recording.raw_bodies = store_config.raw_bodies;
-        state.recording.durable = store_config.durable;
+        state.shared_mut().recording.raw_bodies = store_config.raw_bodies;
+        state.shared_mut().recording.durable = store_config.durable;
     }
     // Each connection holds a file descriptor, and so may its upstream call: the connection
     // cap, not the default soft limit (often 1024), should be what bounds them.
@@ -211,7 +217,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Stored Responses (`previous_response_id`) follow the other shared state: in Redis when
     // `[state] redis` is set, so every instance continues every conversation.
     if let Some(url) = &config.auth.redis {
-        state.responses = runtime
+        state.shared_mut().responses = runtime
             .block_on(fungible_server::openai_responses::ResponseStore::redis(
                 url,
                 fungible_server::openai_responses::DEFAULT_RETENTION,
@@ -220,7 +226,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("stored responses (previous_response_id) in redis");
     } else if let Some(store) = state.store.clone().filter(fungible_store::Store::is_postgres) {
         // Several instances on one PostgreSQL share the conversations through it.
-        state.responses =
+        state.shared_mut().responses =
             fungible_server::openai_responses::ResponseStore::in_store(store, fungible_server::openai_responses::DEFAULT_RETENTION);
         tracing::info!("stored responses (previous_response_id) in the store");
     }

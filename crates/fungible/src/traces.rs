@@ -45,7 +45,7 @@ pub async fn start(config: &StoreConfig) -> anyhow::Result<Option<(Store, Record
             queue_bytes: config.queue_bytes,
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
-            writer_nice: config.writer_nice,
+            writer_priority: config.writer_priority,
             max_record_bytes: config.max_record_bytes,
             ..RecorderOptions::default()
         },

@@ -50,7 +50,7 @@ impl Recorded {
         let config = fungible_gateway::GatewayConfig::resolve(file, &env).expect("config");
         let gateway = fungible_gateway::Gateway::new(&config).expect("gateway");
         let mut state = AppState::new(gateway, config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes).with_recorder(store, recorder.clone());
-        state.recording.raw_bodies = raw;
+        state.shared_mut().recording.raw_bodies = raw;
         h.app = app(state);
         Recorded { h, recorder }
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use fungible_store::testing::PgSchema;
 use fungible_store::{
-    AttemptRecord, BatchSink, Feedback, FeedbackTarget, GroupBy, InferenceFilter, InferenceRecord,
-    Recorder, RecorderOptions, Store, StoreError, new_id,
+    AttemptRecord, BatchSink, EncodedRecord, Feedback, FeedbackTarget, GroupBy, InferenceFilter, InferenceRecord,
+    Recorder, RecorderOptions, Store, StoreError, WriterPriority, new_id,
 };
 use fungible_types::Usage;
 use serde_json::json;
@@ -338,13 +338,13 @@ struct Flaky {
 impl BatchSink for Flaky {
     fn write<'a>(
         &'a self,
-        batch: &'a [InferenceRecord],
+        batch: &'a [EncodedRecord],
     ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
         Box::pin(async move {
             if self.down.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("down for the test".into()));
             }
-            self.store.insert(batch).await
+            self.store.insert_encoded(batch).await
         })
     }
 }
@@ -357,7 +357,7 @@ fn options(capacity: usize) -> RecorderOptions {
         flush_interval: Duration::from_millis(5),
         retry_delay: Duration::from_millis(5),
         shutdown_timeout: Duration::from_secs(30),
-        writer_nice: 10,
+        writer_priority: WriterPriority::Idle,
         max_record_bytes: 256 << 10,
     }
 }
@@ -433,52 +433,59 @@ async fn a_refused_record_does_not_block_the_rest(store: Store) {
 }
 both!(refused_record, a_refused_record_does_not_block_the_rest);
 
-/// The threads of this process named `name` (as /proc shows it: 15 bytes at most) and
-/// their nice values.
+/// The threads of this process named `name` (as /proc shows it: 15 bytes at most): their
+/// scheduling policy (5: `SCHED_IDLE`) and nice value.
 #[cfg(target_os = "linux")]
-fn nice_of_threads(name: &str) -> Vec<i64> {
+fn scheduling_of_threads(name: &str) -> Vec<(i64, i64)> {
     let mut found = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if comm.trim_end() == name {
-            // After the ")" that ends the name: state is field 3, nice field 19.
+            // After the ")" that ends the name: state is field 3, nice field 19, policy 41.
             let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-            let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            found.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            found.push((fields[38].parse().unwrap(), fields[16].parse().unwrap()));
         }
     }
     found
 }
 
-/// `Recorder::start_in_background`: the writer opens its own store on a thread of its
-/// own at nice 10 (SQLite's connection thread inherits it), writes everything, and drains
-/// on shutdown; a store it cannot open is an error at start.
+/// `Recorder::start_in_background`: the writer opens its own store on a thread of its own,
+/// `SCHED_IDLE` by default or at a nice value (SQLite's connection thread inherits either),
+/// writes everything, and drains on shutdown; a store it cannot open is an error at start.
 #[tokio::test]
 async fn a_background_recorder_writes_at_low_priority_and_drains() {
+    const SCHED_IDLE: i64 = 5;
+    const SCHED_OTHER: i64 = 0;
     let dir = std::env::temp_dir().join("fungible-store-tests");
     std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.join(format!("{}.db", new_id())).display());
-    let store = Store::open(&url).await.unwrap();
-    let writer_url = url.clone();
-    let recorder = Recorder::start_in_background(move || async move { Store::open(&writer_url).await }, options(1000))
-        .await
-        .unwrap();
-    for i in 0..100 {
-        recorder.record(record(i));
+    for (priority, scheduling) in [(WriterPriority::Idle, (SCHED_IDLE, 0)), (WriterPriority::Nice(10), (SCHED_OTHER, 10))] {
+        let url = format!("sqlite://{}?mode=rwc", dir.join(format!("{}.db", new_id())).display());
+        let store = Store::open(&url).await.unwrap();
+        let writer_url = url.clone();
+        let options = RecorderOptions { writer_priority: priority, ..options(1000) };
+        let recorder = Recorder::start_in_background(move || async move { Store::open(&writer_url).await }, options)
+            .await
+            .unwrap();
+        for i in 0..100 {
+            recorder.record(record(i));
+        }
+        recorder.flush().await;
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(scheduling_of_threads("fungible-record"), [scheduling], "{priority:?}");
+            // Other tests' stores have connection threads too, at nice 0: this one's is as its
+            // writer.
+            let sqlite = scheduling_of_threads("sqlx-sqlite-wor");
+            assert!(sqlite.contains(&scheduling), "{priority:?}: {sqlite:?}");
+        }
+        for i in 100..150 {
+            recorder.record(record(i));
+        }
+        recorder.shutdown().await;
+        assert_eq!(recorder.counters().written.load(Ordering::SeqCst), 150);
+        assert_eq!(count(&store).await, 150);
     }
-    recorder.flush().await;
-    #[cfg(target_os = "linux")]
-    {
-        assert_eq!(nice_of_threads("fungible-record"), [10]);
-        // Other tests' stores have connection threads too, at nice 0: this one's is at 10.
-        assert!(nice_of_threads("sqlx-sqlite-wor").contains(&10), "{:?}", nice_of_threads("sqlx-sqlite-wor"));
-    }
-    for i in 100..150 {
-        recorder.record(record(i));
-    }
-    recorder.shutdown().await;
-    assert_eq!(recorder.counters().written.load(Ordering::SeqCst), 150);
-    assert_eq!(count(&store).await, 150);
 
     let err = Recorder::start_in_background(
         || async { Store::open("sqlite:///nonexistent-dir/fungible/x.db?mode=rwc").await },
@@ -550,7 +557,7 @@ async fn postgres_test_schemas_are_dropped_even_on_panic() {
     assert!(!schema_exists(&rx.await.unwrap()).await);
 }
 
-async fn canonical_bodies_are_serialised_by_the_writer(store: Store) {
+async fn canonical_bodies_are_stored_as_they_serialise(store: Store) {
     use fungible_types::{
         AssistantMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, Role,
     };
@@ -583,9 +590,7 @@ async fn canonical_bodies_are_serialised_by_the_writer(store: Store) {
         response: None,
         ..record(1)
     };
-    let bodies = fungible_store::Bodies::new(request.clone(), Some(response.clone()));
-    assert!(bodies.estimated_bytes() > 512);
-    recorder.record_with(bare.clone(), bodies);
+    recorder.record_with(bare.clone(), &request, Some(&response), None);
     recorder.shutdown().await;
     let got = store.get(&bare.id).await.unwrap().unwrap();
     assert_eq!(got.request, serde_json::to_value(&request).unwrap());
@@ -594,7 +599,7 @@ async fn canonical_bodies_are_serialised_by_the_writer(store: Store) {
 }
 both!(
     canonical_bodies,
-    canonical_bodies_are_serialised_by_the_writer
+    canonical_bodies_are_stored_as_they_serialise
 );
 
 async fn the_queue_is_bounded_in_bytes(store: Store) {
@@ -610,7 +615,8 @@ async fn the_queue_is_bounded_in_bytes(store: Store) {
             ..options(10_000)
         },
     );
-    let each = record(0).estimated_bytes();
+    // What one record counts in the queue: its JSON buffers and ~512 bytes for the rest.
+    let each = EncodedRecord::from(record(0)).bytes();
     for i in 0..500 {
         recorder.record(record(i));
         tokio::task::yield_now().await;
