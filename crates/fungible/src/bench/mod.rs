@@ -35,6 +35,12 @@ pub struct BenchArgs {
     /// the cache), whole and streamed; reports p50/p99 of each.
     #[arg(long)]
     cache: bool,
+    /// `--cache`: then two gateways sharing the cache in `--redis`, with semantic matching
+    /// (the embedded MiniLM model): `--requests` questions (at most 200), each answered by
+    /// one instance and asked again, exactly and as a paraphrase, of the same instance and of
+    /// the other; reports p50/p99 of each kind of hit.
+    #[arg(long, requires = "cache")]
+    shared: bool,
     /// Seconds per measurement (`--soak`: of the whole run, 600 by default).
     #[arg(long, default_value_t = 10, default_value_if("soak", "true", Some("600")))]
     duration: u64,
@@ -80,13 +86,15 @@ pub struct BenchArgs {
     #[arg(long)]
     auth: bool,
     /// Instead of the overhead phases: the cost of recording. Four gateways over the mock:
-    /// one with `[store] enabled = false`, one recording every inference to SQLite, a
-    /// second without recording as a control (the noise floor: how far two identical
-    /// gateways differ in the same run), and one recording with its writer at the request
-    /// path's priority (`writer_nice = 0`); the same fixed `--rate` through each, JSON and
+    /// one with `[store] enabled = false`, one recording every inference to SQLite as `serve`
+    /// does by default (its writer `SCHED_IDLE`), one recording with its writer at nice 10,
+    /// and a second without recording as a control (the noise floor: how far two identical
+    /// gateways differ in the same run). The same fixed `--rate` through each, JSON and
     /// streamed, alternating between them for `--rounds` rounds so that drift on the machine
-    /// hits all alike; reports p50, p99 and p99.9 of each over all rounds, the added
-    /// latency against the first, gateway CPU per request, and what the recorder wrote.
+    /// hits all alike; then `--duration` s each at `--concurrency` connections (saturation).
+    /// Reports p50, p99 and p99.9, the added latency against the first, gateway CPU per
+    /// request, req/s, each gateway's peak RSS, and what each recorder wrote and dropped (a
+    /// drop at the fixed rate fails the run; at saturation the queue's bound allows them).
     #[arg(long)]
     recording: bool,
     /// Instead of the overhead phases: a soak test, the gate for a release. One gateway
@@ -104,7 +112,7 @@ pub struct BenchArgs {
     /// `--recording`: rounds (each runs every phase for `--duration` s).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// `--auth`: the Redis holding the counters.
+    /// `--auth`: the Redis holding the counters; `--cache --shared`: the shared cache.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis: String,
 }

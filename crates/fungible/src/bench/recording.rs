@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -11,81 +12,96 @@ use super::gateway::GatewayProcess;
 use super::load::{Measurement, closed_loop, open_loop};
 use super::{BENCH_KEY, BenchArgs, HttpClient, REQUEST, bench_dir, fixed_mock, recorded};
 
-/// `--recording`: recording off vs on at a fixed rate (see [`BenchArgs`]).
+/// One gateway of the comparison: its name, its `[store]` section, whether it records.
+struct Variant {
+    name: &'static str,
+    store: &'static str,
+    records: bool,
+}
+
+/// The gateways compared, the first (recording off) the base; a second "off" is the noise
+/// floor: how far two identical gateways differ in the same run.
+const VARIANTS: [Variant; 4] = [
+    Variant { name: "recording off", store: "enabled = false\n", records: false },
+    Variant { name: "on (idle writer)", store: "", records: true },
+    Variant { name: "on (nice 10)", store: "writer_priority = 10\n", records: true },
+    Variant { name: "off (control)", store: "enabled = false\n", records: false },
+];
+
+/// `--recording`: recording off vs on at a fixed rate, then at saturation (see [`BenchArgs`]).
 pub(super) async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mock = fixed_mock(args.chunks).await?;
     let dir = bench_dir("recording")?;
-    let off = dir.join("off.toml");
-    std::fs::write(&off, "[store]\nenabled = false\n")?;
-    let on = dir.join("on.toml");
-    let db = dir.join("fungible.db");
-    std::fs::write(&on, format!("[store]\npath = \"{}\"\n", db.display()))?;
-    // The same, with the writer at the request path's own priority (`writer_nice = 0`): what
-    // the background priority buys.
-    let on_nice0 = dir.join("on-nice0.toml");
-    let db_nice0 = dir.join("fungible-nice0.db");
-    std::fs::write(&on_nice0, format!("[store]\npath = \"{}\"\nwriter_nice = 0\n", db_nice0.display()))?;
     let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
-    let mut plain = GatewayProcess::start(&mock.url(), args.port, args.workers, &off)?;
-    plain.wait_ready(&client).await?;
-    let mut recording = GatewayProcess::start(&mock.url(), args.port + 1, args.workers, &on)?;
-    recording.wait_ready(&client).await?;
-    // A second gateway without recording, measured like the others: how far two identical
-    // gateways differ in the same run is the noise floor the recording cost is read against.
-    let mut control = GatewayProcess::start(&mock.url(), args.port + 2, args.workers, &off)?;
-    control.wait_ready(&client).await?;
-    let mut nice0 = GatewayProcess::start(&mock.url(), args.port + 3, args.workers, &on_nice0)?;
-    nice0.wait_ready(&client).await?;
+    let mut gateways = Vec::new();
+    for (i, v) in VARIANTS.iter().enumerate() {
+        let db = dir.join(format!("fungible-{i}.db"));
+        let config = dir.join(format!("gateway-{i}.toml"));
+        std::fs::write(&config, format!("[store]\npath = \"{}\"\n{}", db.display(), v.store))?;
+        let port = args.port + i as u16;
+        let mut process = GatewayProcess::start(&mock.url(), port, args.workers, &config)?;
+        process.wait_ready(&client).await?;
+        gateways.push((v, process, port, db));
+    }
     let request = |stream: bool| {
         Bytes::from(REQUEST.replace("MODEL", "openai/gpt-4o-mini").replace("STREAM", if stream { ",\"stream\":true" } else { "" }))
     };
     let duration = Duration::from_secs(args.duration);
     eprintln!(
-        "fungible bench --recording: {} rounds of {} s per phase at {}/s, {} SSE chunks (gateway pids {} off, {} on, {} control, {} on with writer_nice = 0)",
+        "fungible bench --recording: {} rounds of {} s per phase at {}/s, then {} s at {} connections; {} SSE chunks (gateway pids: {})",
         args.rounds,
         args.duration,
         args.rate,
+        args.duration,
+        args.concurrency,
         args.chunks,
-        plain.child.id(),
-        recording.child.id(),
-        control.child.id(),
-        nice0.child.id()
+        gateways.iter().map(|(v, p, ..)| format!("{} {}", p.child.id(), v.name)).collect::<Vec<_>>().join(", ")
     );
-    // (name, process, port, whether it records): the first, recording off, is the base.
-    let gateways = [
-        ("recording off", &plain, args.port, false),
-        ("recording on", &recording, args.port + 1, true),
-        ("off (control)", &control, args.port + 2, false),
-        ("on, nice 0", &nice0, args.port + 3, true),
-    ];
-    // (kind, gateway) -> latencies of every round, and CPU ms per request.
-    let mut pooled: Vec<((&str, &str), Measurement, f64)> = Vec::new();
-    for kind in ["json", "stream"] {
-        for (name, ..) in gateways {
-            pooled.push(((kind, name), Measurement::default(), 0.0));
+    // (phase, gateway) -> latencies of every round, and CPU ms per request.
+    let mut pooled: Vec<((String, &str), Measurement, f64)> = Vec::new();
+    // Answers each gateway gave, warm-ups included.
+    let mut answered = vec![0u64; gateways.len()];
+    let phases = [("json", false, false), ("stream", true, false), ("json c", false, true), ("stream c", true, true)];
+    let mut dropped_at_rate: Option<Vec<u64>> = None;
+    for (phase, stream, saturate) in phases {
+        if saturate && dropped_at_rate.is_none() {
+            // Every record of the fixed-rate phases must have made it into the queue.
+            let mut counts = Vec::new();
+            for (.., port, _) in &gateways {
+                counts.push(dropped(&client, *port).await);
+            }
+            dropped_at_rate = Some(counts);
         }
-    }
-    let mut warm_ups = 0;
-    for round in 1..=args.rounds {
-        for (kind, stream) in [("json", false), ("stream", true)] {
-            let body = request(stream);
-            for (name, gateway, port, records) in gateways {
+        let rounds = if saturate { 1 } else { args.rounds };
+        let body = request(stream);
+        for round in 1..=rounds {
+            for (i, (v, process, port, _)) in gateways.iter().enumerate() {
                 let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-                let warm = closed_loop(&client, &url, BENCH_KEY, &body, 4, Duration::from_millis(300)).await;
-                if records {
-                    warm_ups += warm.ok;
-                }
-                let cpu_before = gateway.cpu_ms();
-                let m = open_loop(&client, &url, BENCH_KEY, &body, args.rate, duration).await;
-                let cpu = gateway.cpu_ms() - cpu_before;
+                answered[i] += closed_loop(&client, &url, BENCH_KEY, &body, 4, Duration::from_millis(300)).await.ok;
+                let cpu_before = process.cpu_ms();
+                let m = if saturate {
+                    closed_loop(&client, &url, BENCH_KEY, &body, args.concurrency, duration).await
+                } else {
+                    open_loop(&client, &url, BENCH_KEY, &body, args.rate, duration).await
+                };
+                let cpu = process.cpu_ms() - cpu_before;
+                answered[i] += m.ok;
                 eprintln!(
-                    "  round {round} {kind:<6} {name:<14} {:>7.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
+                    "  round {round} {phase:<8} {:<16} {:>7.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
+                    v.name,
                     m.rps(),
                     m.percentile(0.5),
                     m.percentile(0.99),
                     m.errors
                 );
-                let slot = pooled.iter_mut().find(|(k, _, _)| *k == (kind, name)).expect("every phase has a slot");
+                let key = (phase.to_owned(), v.name);
+                let slot = match pooled.iter_mut().position(|(k, ..)| *k == key) {
+                    Some(i) => &mut pooled[i],
+                    None => {
+                        pooled.push((key, Measurement::default(), 0.0));
+                        pooled.last_mut().expect("just pushed")
+                    }
+                };
                 slot.1.ok += m.ok;
                 slot.1.errors += m.errors;
                 slot.1.elapsed += m.elapsed;
@@ -94,58 +110,80 @@ pub(super) async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode>
             }
         }
     }
-    let recorders: Vec<&str> = gateways.iter().filter(|g| g.3).map(|g| g.0).collect();
-    let per_phase = gateways.len();
-    plain.stop();
-    recording.terminate();
-    control.stop();
-    nice0.terminate();
-    let mut count = 0;
-    for db in [&db, &db_nice0] {
-        count += recorded(db).await?;
+    // Drops at saturation, and peak memory, before SIGTERM drains the queues.
+    let mut rows = Vec::new();
+    for (i, (v, process, port, db)) in gateways.iter_mut().enumerate() {
+        let dropped_total = dropped(&client, *port).await;
+        let peak = process.peak_rss_kib().unwrap_or(0);
+        if v.records {
+            process.terminate();
+        } else {
+            process.stop();
+        }
+        let stored = if v.records { recorded(db).await? } else { 0 };
+        let at_rate = dropped_at_rate.as_ref().map_or(dropped_total, |d| d[i]);
+        rows.push((v.name, v.records, answered[i], stored, at_rate, dropped_total, peak));
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!();
-    println!("| phase | gateway | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | gateway CPU ms/req | errors |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| phase | gateway | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | gateway CPU ms/req | errors |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
     // One group per phase, its gateways in order: the first (recording off) is the base.
-    for group in pooled.chunks_mut(per_phase) {
+    for group in pooled.chunks_mut(VARIANTS.len()) {
         for (_, m, _) in group.iter_mut() {
             m.latencies.sort_unstable();
         }
-        let base = [0.5, 0.99, 0.999].map(|p| group[0].1.percentile(p));
-        for ((kind, name), m, cpu) in group.iter() {
-            let added = |i: usize, p: f64| if *name == "recording off" { "–".to_owned() } else { format!("{:+.3}", m.percentile(p) - base[i]) };
+        let base = [0.5, 0.99].map(|p| group[0].1.percentile(p));
+        for ((phase, name), m, cpu) in group.iter() {
+            let added = |i: usize, p: f64| if *name == VARIANTS[0].name { "–".to_owned() } else { format!("{:+.3}", m.percentile(p) - base[i]) };
             println!(
-                "| {kind} | {name} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {:.3} | {} |",
+                "| {phase} | {name} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {:.3} | {} |",
                 m.rps(),
                 m.percentile(0.5),
                 m.percentile(0.99),
                 m.percentile(0.999),
                 added(0, 0.5),
                 added(1, 0.99),
-                added(2, 0.999),
                 cpu / m.ok.max(1) as f64,
                 m.errors
             );
             failed |= m.errors > 0;
         }
     }
-    let sent: u64 = pooled
-        .iter()
-        .filter(|((_, name), _, _)| recorders.contains(name))
-        .map(|(_, m, _)| m.ok)
-        .sum();
-    let answered = sent + warm_ups;
     println!();
-    println!(
-        "recorded: {count} inferences in the stores of {answered} answered by the two recording gateways ({sent} measured, {warm_ups} warm-up; SIGTERM drained the queues)"
-    );
-    if count < answered {
-        // The recorder drops records only when its queue is full: at this rate it must not.
-        eprintln!("error: {} answers were not recorded", answered - count);
-        failed = true;
+    println!("(\"c\": {} connections, as fast as the gateway answers)", args.concurrency);
+    println!();
+    println!("| gateway | answered | recorded | dropped at the fixed rates | dropped in all | peak RSS MiB |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, records, answered, stored, at_rate, total, peak) in rows {
+        if !records {
+            println!("| {name} | {answered} | – | – | – | {:.1} |", peak as f64 / 1024.0);
+            continue;
+        }
+        println!("| {name} | {answered} | {stored} | {at_rate} | {total} | {:.1} |", peak as f64 / 1024.0);
+        // The recorder drops records only when its queue is full: at the fixed rates it must
+        // not, and every record it kept must be in the store.
+        if at_rate > 0 {
+            eprintln!("error: {name} dropped {at_rate} records at {}/s", args.rate);
+            failed = true;
+        }
+        if stored + total < answered {
+            eprintln!("error: {name}: {} answers neither recorded nor counted as dropped", answered - stored - total);
+            failed = true;
+        }
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// `fungible_store_dropped_total` of the gateway on `port` (0 when it has no recorder).
+async fn dropped(client: &HttpClient, port: u16) -> u64 {
+    let Ok(uri) = format!("http://127.0.0.1:{port}/metrics").parse::<hyper::Uri>() else { return 0 };
+    let Ok(response) = client.get(uri).await else { return 0 };
+    let Ok(body) = response.into_body().collect().await else { return 0 };
+    String::from_utf8_lossy(&body.to_bytes())
+        .lines()
+        .find_map(|l| l.strip_prefix("fungible_store_dropped_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
