@@ -68,7 +68,9 @@ pub(super) async fn cache_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!("| request | cache | req/s | p50 ms | p99 ms | errors |");
     println!("|---|---|---:|---:|---:|---:|");
     for (kind, outcome, m) in &rows {
-        println!("| {kind} | {outcome} | {:.0} | {:.3} | {:.3} | {} |", m.rps(), m.percentile(0.5), m.percentile(0.99), m.errors);
+        // The shared phases are sequential pairs of requests: their rate says nothing.
+        let rps = if kind.starts_with("shared") { "–".to_owned() } else { format!("{:.0}", m.rps()) };
+        println!("| {kind} | {outcome} | {rps} | {:.3} | {:.3} | {} |", m.percentile(0.5), m.percentile(0.99), m.errors);
     }
     if failed {
         eprintln!("fungible bench: some requests failed, or were not the expected hit or miss");
