@@ -29,6 +29,8 @@ struct StoreSection {
     /// How the recorder's writer is scheduled (Linux): `"idle"` (default: only on CPU time
     /// nothing else wants), or a nice value 0-19 (0: the priority of request handling).
     writer_priority: Option<WriterPrioritySetting>,
+    /// The earlier name of `writer_priority = N` (a nice value); still read.
+    writer_nice: Option<i32>,
     /// Keep each upstream call's raw request and response bodies (off by default).
     raw_bodies: Option<bool>,
     /// Bytes kept of each raw body at most (default 65536).
@@ -156,7 +158,19 @@ impl StoreConfig {
         if let Some(ms) = section.flush_interval_ms {
             config.flush_interval = Duration::from_millis(ms);
         }
-        match section.writer_priority {
+        let priority = match (section.writer_priority, section.writer_nice) {
+            (Some(_), Some(_)) => {
+                return Err(err("store.writer_nice", "is the earlier name of store.writer_priority: set only writer_priority"));
+            }
+            (None, Some(nice)) => {
+                tracing::warn!("[store] writer_nice is now writer_priority (a nice value or \"idle\")");
+                Some(WriterPrioritySetting::Nice(nice))
+            }
+            (priority, None) => priority,
+        };
+        match priority {
+            // Durable answers wait for the writer: it must not wait for spare CPU.
+            None if config.durable => config.writer_priority = WriterPriority::Nice(0),
             None => {}
             Some(WriterPrioritySetting::Nice(nice)) if (0..=19).contains(&nice) => {
                 config.writer_priority = WriterPriority::Nice(nice);
@@ -172,6 +186,9 @@ impl StoreConfig {
                 return Err(err("store.max_record_bytes", "must be at most store.queue_bytes"));
             }
             config.max_record_bytes = n;
+        } else {
+            // A small queue caps its records at its own size.
+            config.max_record_bytes = config.max_record_bytes.min(config.queue_bytes);
         }
         if section.raw_bodies_max_bytes == Some(0) {
             return Err(err("store.raw_bodies_max_bytes", "must be at least 1"));
@@ -289,7 +306,15 @@ mod tests {
         assert_eq!(StoreConfig::from_toml(None).unwrap().writer_priority, WriterPriority::Idle);
         assert_eq!(StoreConfig::from_toml(table("writer_priority = \"idle\"")).unwrap().writer_priority, WriterPriority::Idle);
         assert_eq!(StoreConfig::from_toml(table("writer_priority = 0")).unwrap().writer_priority, WriterPriority::Nice(0));
-        for bad in ["writer_priority = 20", "writer_priority = -1", "writer_priority = \"low\""] {
+        assert_eq!(StoreConfig::from_toml(table("writer_nice = 10")).unwrap().writer_priority, WriterPriority::Nice(10));
+        assert!(StoreConfig::from_toml(table("writer_nice = 10\nwriter_priority = 5")).is_err());
+        assert_eq!(StoreConfig::from_toml(table("durable = true")).unwrap().writer_priority, WriterPriority::Nice(0));
+        assert_eq!(
+            StoreConfig::from_toml(table("durable = true\nwriter_priority = \"idle\"")).unwrap().writer_priority,
+            WriterPriority::Idle
+        );
+        assert_eq!(StoreConfig::from_toml(table("queue_bytes = 65536")).unwrap().max_record_bytes, 65536);
+        for bad in ["writer_priority = 20", "writer_priority = -1", "writer_priority = \"low\"", "writer_nice = 20"] {
             let e = StoreConfig::from_toml(table(bad)).unwrap_err().to_string();
             assert_eq!(e, "store.writer_priority: must be \"idle\" or a nice value between 0 and 19", "{bad}");
         }

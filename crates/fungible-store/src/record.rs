@@ -96,9 +96,8 @@ impl InferenceRecord {
     }
 }
 
-/// The canonical request and response of a record, as the request path has them: the
-/// [`crate::Recorder`]'s writer turns them into the record's `request` and `response` JSON,
-/// so that serialising them costs the request nothing.
+/// The canonical request and response of a record, as the request path has them (what
+/// telemetry reads; the recorder keeps them as [`EncodedBodies`]).
 #[derive(Debug, Clone)]
 pub struct Bodies {
     pub request: ChatRequest,
@@ -108,15 +107,15 @@ pub struct Bodies {
 }
 
 impl Bodies {
-    /// Whole bodies (the recorder caps them at `max_record_bytes` if need be; build them
-    /// with [`Bodies::capped`] to copy no more than that from a borrowed request).
+    /// Whole bodies (build them with [`Bodies::capped`] to copy no more than
+    /// `max_record_bytes` from a borrowed request).
     pub fn new(request: ChatRequest, response: Option<ChatResponse>) -> Bodies {
         Bodies { request, response, truncation: None }
     }
 
     /// Roughly the bytes these bodies hold (their text, images and JSON values, and about
     /// what each message's fields take as JSON), cheap enough for the request path: what
-    /// the recorder's queue bound and the record cap count.
+    /// the record cap counts.
     pub fn estimated_bytes(&self) -> usize {
         estimate(&self.request, self.response.as_ref())
     }
@@ -174,6 +173,11 @@ impl EncodedBodies {
         fn text(capacity: usize, write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> Option<String> {
             let mut out = Vec::with_capacity(capacity);
             write(&mut out).ok()?;
+            // Escapes the estimate does not count (quotes, newlines in code) can double the
+            // buffer: then copy the text into one of its size.
+            if out.capacity() > out.len() + out.len() / 4 + 256 {
+                out.shrink_to_fit();
+            }
             // serde_json writes UTF-8.
             String::from_utf8(out).ok()
         }

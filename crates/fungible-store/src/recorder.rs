@@ -61,8 +61,8 @@ pub enum WriterPriority {
 #[derive(Debug, Clone, Copy)]
 pub struct RecorderOptions {
     pub queue_capacity: usize,
-    /// The most bytes (estimated) the records queued or being written may hold: what keeps
-    /// a slow or unavailable store from growing the gateway's memory.
+    /// The most bytes the records queued or being written may hold (as `queued_bytes` counts
+    /// them): what keeps a slow or unavailable store from growing the gateway's memory.
     pub queue_bytes: usize,
     pub batch_size: usize,
     /// How long the writer lets a batch fill after its first record before writing it; a
@@ -110,7 +110,8 @@ pub struct RecorderCounters {
     pub dropped: AtomicU64,
     /// Failed batch writes (each is retried).
     pub write_errors: AtomicU64,
-    /// Bytes (estimated) of the records queued or being written.
+    /// Bytes of the records queued or being written: their bodies' buffers, and about 512
+    /// bytes each for the rest.
     pub queued_bytes: AtomicUsize,
 }
 
@@ -262,7 +263,9 @@ impl Recorder {
         // A saturated gateway whose writer cannot keep up drops records: decide that before
         // spending the encoding on one.
         let estimate = crate::record::estimate(request, response).min(self.max_record_bytes);
-        if self.counters.queued_bytes.load(Ordering::Relaxed) + estimate > self.max_bytes {
+        let queued = self.counters.queued_bytes.load(Ordering::Relaxed);
+        // As in `enqueue`, one record alone is always let in.
+        if queued > 0 && queued + estimate > self.max_bytes {
             self.count_drop("the queue is full (the store is slow or down)");
             return;
         }
@@ -427,7 +430,9 @@ fn lower_this_threads_priority(priority: WriterPriority) {
             use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
             let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
             if let Err(e) = thread_priority::set_thread_priority_and_policy(thread_priority::thread_native_id(), ThreadPriority::Min, idle) {
-                tracing::debug!("recorder: could not make the writer thread SCHED_IDLE: {e:?}");
+                // thread-priority sets the policy, then the nice value: the second step fails
+                // (harmlessly) in a process that already runs at a nice value above 0.
+                tracing::debug!("recorder: could not set the writer thread's scheduling (SCHED_IDLE, then nice): {e:?}");
             }
         }
         WriterPriority::Nice(nice) if nice > 0 => {

@@ -17,12 +17,12 @@ use clap::{Parser, Subcommand};
 use fungible_gateway::{ConfigFile, Gateway, GatewayConfig};
 use fungible_server::AppState;
 
-
 /// mimalloc frees memory another thread allocated without taking a lock: the recorder's
 /// writer frees what the request path allocated, and with glibc's allocator each such free
 /// locks the request thread's arena (BENCHMARKS.md, "Gateway overhead against peers").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `fungible --version`: the version and the cargo features this binary was built with.
 const VERSION: &str = match (cfg!(feature = "local"), cfg!(feature = "bench")) {
     (true, true) => concat!(env!("CARGO_PKG_VERSION"), " (features: local, bench)"),

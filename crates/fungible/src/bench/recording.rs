@@ -68,7 +68,7 @@ pub(super) async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode>
             // Every record of the fixed-rate phases must have made it into the queue.
             let mut counts = Vec::new();
             for (.., port, _) in &gateways {
-                counts.push(dropped(&client, *port).await);
+                counts.push(dropped(&client, *port).await?);
             }
             dropped_at_rate = Some(counts);
         }
@@ -113,7 +113,7 @@ pub(super) async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode>
     // Drops at saturation, and peak memory, before SIGTERM drains the queues.
     let mut rows = Vec::new();
     for (i, (v, process, port, db)) in gateways.iter_mut().enumerate() {
-        let dropped_total = dropped(&client, *port).await;
+        let dropped_total = dropped(&client, *port).await?;
         let peak = process.peak_rss_kib().unwrap_or(0);
         if v.records {
             process.terminate();
@@ -176,14 +176,17 @@ pub(super) async fn recording_bench(args: BenchArgs) -> anyhow::Result<ExitCode>
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-/// `fungible_store_dropped_total` of the gateway on `port` (0 when it has no recorder).
-async fn dropped(client: &HttpClient, port: u16) -> u64 {
-    let Ok(uri) = format!("http://127.0.0.1:{port}/metrics").parse::<hyper::Uri>() else { return 0 };
-    let Ok(response) = client.get(uri).await else { return 0 };
-    let Ok(body) = response.into_body().collect().await else { return 0 };
-    String::from_utf8_lossy(&body.to_bytes())
-        .lines()
-        .find_map(|l| l.strip_prefix("fungible_store_dropped_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+/// `fungible_store_dropped_total` of the gateway on `port` (0 when it has no recorder);
+/// an error when `/metrics` cannot be read, so that a check on it cannot pass by default.
+async fn dropped(client: &HttpClient, port: u16) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let uri: hyper::Uri = format!("http://127.0.0.1:{port}/metrics").parse()?;
+    let response = client.get(uri).await.context("reading /metrics")?;
+    let body = response.into_body().collect().await.context("reading /metrics")?.to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    match text.lines().find_map(|l| l.strip_prefix("fungible_store_dropped_total ")) {
+        Some(n) => n.trim().parse().context("fungible_store_dropped_total"),
+        None if text.contains("fungible_requests_total") => Ok(0),
+        None => anyhow::bail!("gateway on port {port}: /metrics is not the Prometheus text"),
+    }
 }
