@@ -336,7 +336,7 @@ fn fungible_store_now_ms() -> i64 {
 fn gateway_error_class(e: &fungible_gateway::GatewayError) -> String {
     match e {
         fungible_gateway::GatewayError::UnknownModel(_) => "unknown_model".into(),
-        fungible_gateway::GatewayError::Provider(p) => p.kind.class(),
+        fungible_gateway::GatewayError::Provider(p) => p.kind.class().into(),
     }
 }
 
@@ -375,7 +375,7 @@ fn build(
         .map(|(i, a)| {
             let (status, error) = match a.outcome {
                 AttemptOutcome::Ok => ("ok", None),
-                AttemptOutcome::Failed(kind) => ("failed", Some(kind.class())),
+                AttemptOutcome::Failed(kind) => ("failed", Some(kind.class().into())),
                 AttemptOutcome::CircuitOpen => ("circuit_open", None),
             };
             AttemptRecord {
@@ -714,7 +714,7 @@ impl Stream for ObservedStream {
                     this.acc.add(event, started);
                 }
             }
-            Poll::Ready(Some(Err(e))) => this.finish(Some(e.kind.class())),
+            Poll::Ready(Some(Err(e))) => this.finish(Some(e.kind.class().into())),
             Poll::Ready(None) => {
                 let settled = this.pending.as_ref().and_then(|p| p.state.recording.settled());
                 this.finish(None);

@@ -41,18 +41,26 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The kind as recorded and reported: `snake_case` of its name (`rate_limited`,
-    /// `context_length_exceeded`).
-    pub fn class(self) -> String {
-        let name = format!("{self:?}");
-        let mut out = String::with_capacity(name.len() + 4);
-        for (i, c) in name.chars().enumerate() {
-            if c.is_ascii_uppercase() && i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
+    /// The kind as recorded and reported (metrics, stored records, eval reports): the
+    /// `snake_case` of its name. These names are stored: a kind's name never changes.
+    pub fn class(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Authentication => "authentication",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::ContextLengthExceeded => "context_length_exceeded",
+            ErrorKind::Unprocessable => "unprocessable",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::UpstreamServer => "upstream_server",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connection => "connection",
+            ErrorKind::MalformedResponse => "malformed_response",
         }
-        out
     }
 
     /// Classify an upstream HTTP status.
@@ -140,10 +148,25 @@ impl std::error::Error for ProviderError {}
 mod tests {
     use super::*;
 
+    /// The names records already hold: the `snake_case` of each kind's name, as they were
+    /// derived from `Debug` before they were written out.
     #[test]
     fn classes_are_snake_case_names() {
-        assert_eq!(ErrorKind::RateLimited.class(), "rate_limited");
-        assert_eq!(ErrorKind::ContextLengthExceeded.class(), "context_length_exceeded");
-        assert_eq!(ErrorKind::Timeout.class(), "timeout");
+        use ErrorKind::*;
+        let all = [
+            InvalidRequest, Authentication, PermissionDenied, NotFound, Conflict, PayloadTooLarge, ContextLengthExceeded,
+            Unprocessable, RateLimited, Overloaded, Unavailable, UpstreamServer, Timeout, Connection, MalformedResponse,
+        ];
+        for kind in all {
+            let mut snake = String::new();
+            for (i, c) in format!("{kind:?}").chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_lowercase());
+            }
+            assert_eq!(kind.class(), snake);
+        }
+        assert_eq!(ContextLengthExceeded.class(), "context_length_exceeded");
     }
 }
