@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use fungible_gateway::{AttemptOutcome, RouteError, RouteInfo, Routed};
 use fungible_providers::EventStream;
-use fungible_store::{AttemptRecord, Bodies, InferenceRecord, PriceTable, Recorder};
+use fungible_store::{AttemptRecord, AttemptStatus, Bodies, InferenceRecord, PriceTable, Recorder};
 use fungible_types::{
     AssistantMessage, ChatRequest, ChatResponse, FinishReason, ReasoningBlock,
     StreamEvent, ToolCall, Usage,
@@ -374,14 +374,14 @@ fn build(
         .enumerate()
         .map(|(i, a)| {
             let (status, error) = match a.outcome {
-                AttemptOutcome::Ok => ("ok", None),
-                AttemptOutcome::Failed(kind) => ("failed", Some(kind.class().into())),
-                AttemptOutcome::CircuitOpen => ("circuit_open", None),
+                AttemptOutcome::Ok => (AttemptStatus::Ok, None),
+                AttemptOutcome::Failed(kind) => (AttemptStatus::Failed, Some(kind.class().into())),
+                AttemptOutcome::CircuitOpen => (AttemptStatus::CircuitOpen, None),
             };
             AttemptRecord {
                 provider: a.target.provider.clone(),
                 model: a.target.model.clone(),
-                status: status.into(),
+                status,
                 error,
                 latency_ms: a.latency.as_secs_f64() * 1000.0,
                 cost: match a.outcome {

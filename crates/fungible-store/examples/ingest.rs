@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use fungible_store::{AttemptRecord, InferenceRecord, Recorder, RecorderOptions, Store, new_id};
+use fungible_store::{AttemptRecord, AttemptStatus, InferenceRecord, Recorder, RecorderOptions, Store, new_id};
 use fungible_types::Usage;
 use serde_json::json;
 
@@ -43,7 +43,7 @@ fn record(i: u64) -> InferenceRecord {
         attempts: vec![AttemptRecord {
             provider: "openai".into(),
             model: "gpt-5-mini".into(),
-            status: "ok".into(),
+            status: AttemptStatus::Ok,
             error: None,
             latency_ms: 249.0,
             cost: Some(0.000_013_5),

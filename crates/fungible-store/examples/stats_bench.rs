@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use fungible_store::testing::PgSchema;
 use fungible_store::{
+    AttemptStatus,
     AttemptRecord, GroupBy, InferenceRecord, Recorder, RecorderOptions, Store, new_id,
 };
 use fungible_types::Usage;
@@ -104,7 +105,7 @@ fn record(i: u64, n: u64) -> InferenceRecord {
         attempts: vec![AttemptRecord {
             provider: provider.into(),
             model: model.into(),
-            status: if failed { "failed" } else { "ok" }.into(),
+            status: if failed { AttemptStatus::Failed } else { AttemptStatus::Ok },
             error: failed.then(|| "rate_limited".to_owned()),
             latency_ms,
             cost,

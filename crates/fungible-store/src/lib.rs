@@ -33,7 +33,7 @@ pub use config::{StoreConfig, StoreConfigError, sqlite_url};
 pub use keys::{BudgetPeriod, KeyBudget, KeyRecord, Scope};
 pub use prices::{PRICES_AS_OF, Price, PriceTable};
 pub use record::{
-    AttemptRecord, Bodies, EncodedBodies, EncodedRecord, Feedback, FeedbackTarget, InferenceRecord, RawExchange, new_id,
+    AttemptRecord, AttemptStatus, Bodies, EncodedBodies, EncodedRecord, Feedback, FeedbackTarget, InferenceRecord, RawExchange, new_id,
     now_ms,
 };
 pub use responses::StoredResponseRow;

@@ -367,13 +367,51 @@ pub(crate) fn value_bytes(v: &Value) -> usize {
 pub struct AttemptRecord {
     pub provider: String,
     pub model: String,
-    /// `ok`, `failed` or `circuit_open`.
-    pub status: String,
+    pub status: AttemptStatus,
     /// The error class of a failed attempt.
     pub error: Option<String>,
     pub latency_ms: f64,
     /// Known only for the attempt that answered, and only when its price is known.
     pub cost: Option<f64>,
+}
+
+/// How one attempt ended; stored as its `snake_case` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    /// The target answered.
+    Ok,
+    /// The call failed (the attempt's `error` says how).
+    Failed,
+    /// The target's circuit breaker was open: it was skipped without a call.
+    CircuitOpen,
+}
+
+impl AttemptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Ok => "ok",
+            AttemptStatus::Failed => "failed",
+            AttemptStatus::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+impl std::str::FromStr for AttemptStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AttemptStatus, String> {
+        [AttemptStatus::Ok, AttemptStatus::Failed, AttemptStatus::CircuitOpen]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown attempt status {s:?}"))
+    }
+}
+
+impl std::fmt::Display for AttemptStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What [`Feedback`] is about.

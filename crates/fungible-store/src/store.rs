@@ -397,7 +397,10 @@ impl Store {
                 Ok(AttemptRecord {
                     provider: a.try_get(0)?,
                     model: a.try_get(1)?,
-                    status: a.try_get(2)?,
+                    status: a
+                        .try_get::<String, _>(2)?
+                        .parse()
+                        .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
                     error: a.try_get(3)?,
                     latency_ms: a.try_get(4)?,
                     cost: a.try_get(5)?,
@@ -765,7 +768,7 @@ fn has_nul(r: &InferenceRecord) -> bool {
         || [&r.route, &r.variant, &r.provider, &r.model, &r.error, &r.user, &r.episode_id, &r.key_id]
             .into_iter()
             .any(opt)
-        || r.attempts.iter().any(|a| nul(&a.provider) || nul(&a.model) || nul(&a.status) || opt(&a.error))
+        || r.attempts.iter().any(|a| nul(&a.provider) || nul(&a.model) || opt(&a.error))
         || r.raw.iter().any(|x| nul(&x.provider) || nul(&x.request) || nul(&x.response))
         || r.tag_list().iter().any(|t| nul(t))
 }
@@ -803,7 +806,7 @@ fn without_nul(r: &InferenceRecord) -> InferenceRecord {
         clean(s);
     }
     for a in &mut r.attempts {
-        for s in [&mut a.provider, &mut a.model, &mut a.status].into_iter().chain(a.error.as_mut()) {
+        for s in [&mut a.provider, &mut a.model].into_iter().chain(a.error.as_mut()) {
             clean(s);
         }
     }
@@ -913,7 +916,7 @@ impl SqliteRows {
                 tags.push((&r.id, tag));
             }
             for (i, a) in r.attempts.iter().enumerate() {
-                attempts.push((&r.id, i as i64, &a.provider, &a.model, &a.status, &a.error, a.latency_ms, a.cost));
+                attempts.push((&r.id, i as i64, &a.provider, &a.model, a.status.as_str(), &a.error, a.latency_ms, a.cost));
             }
         }
         inferences.push(b']');

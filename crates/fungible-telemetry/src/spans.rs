@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
 
-use fungible_store::{AttemptRecord, Bodies, InferenceRecord};
+use fungible_store::{AttemptRecord, AttemptStatus, Bodies, InferenceRecord};
 use fungible_types::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource, Message, ReasoningBlock,
     Role,
@@ -132,7 +132,7 @@ pub(crate) fn spans(
     for (i, a) in record.attempts.iter().enumerate() {
         let a_start = cursor;
         let mut a_end = (a_start + duration_ms(a.latency_ms)).min(end.max(a_start));
-        if record.stream && a.status == "ok" && i == last {
+        if record.stream && a.status == AttemptStatus::Ok && i == last {
             a_end = end.max(a_start);
         }
         cursor = a_end;
@@ -189,20 +189,20 @@ fn attempt_attrs(
         KeyValue::new("gen_ai.request.model", a.model.clone()),
         KeyValue::new("fungible.provider", a.provider.clone()),
         KeyValue::new("fungible.attempt", index as i64 + 1),
-        KeyValue::new("fungible.attempt.status", a.status.clone()),
+        KeyValue::new("fungible.attempt.status", a.status.as_str()),
         KeyValue::new("fungible.latency_ms", a.latency_ms),
         KeyValue::new("fungible.inference_id", record.id.clone()),
     ];
     if let Some(error) = &a.error {
         attrs.push(KeyValue::new("error.type", error.clone()));
-    } else if a.status == "circuit_open" {
+    } else if a.status == AttemptStatus::CircuitOpen {
         attrs.push(KeyValue::new("error.type", "circuit_open"));
     }
     if let Some(cost) = a.cost {
         attrs.push(KeyValue::new("fungible.cost_usd", cost));
     }
     // The answering attempt carries the answer's model, id, finish and usage.
-    if a.status == "ok"
+    if a.status == AttemptStatus::Ok
         && let Some(r) = response
     {
         response_attrs(r, record, &mut attrs);

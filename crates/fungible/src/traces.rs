@@ -262,7 +262,7 @@ pub fn traces(args: TracesArgs) -> anyhow::Result<ExitCode> {
                 let status = at
                     .error
                     .clone()
-                    .map_or(at.status.clone(), |e| format!("{} ({e})", at.status));
+                    .map_or(at.status.to_string(), |e| format!("{} ({e})", at.status));
                 rows.push(row([
                     i.to_string(),
                     format!("{}/{}", at.provider, at.model),

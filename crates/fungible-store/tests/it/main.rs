@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use fungible_store::testing::PgSchema;
 use fungible_store::{
-    AttemptRecord, BatchSink, EncodedRecord, Feedback, FeedbackTarget, GroupBy, InferenceFilter, InferenceRecord,
+    AttemptRecord, AttemptStatus, BatchSink, EncodedRecord, Feedback, FeedbackTarget, GroupBy, InferenceFilter, InferenceRecord,
     Recorder, RecorderOptions, Store, StoreError, WriterPriority, new_id,
 };
 use fungible_types::Usage;
@@ -90,7 +90,7 @@ fn record(i: u64) -> InferenceRecord {
             AttemptRecord {
                 provider: "openai".into(),
                 model: "gpt-5".into(),
-                status: "failed".into(),
+                status: AttemptStatus::Failed,
                 error: Some("rate_limited".into()),
                 latency_ms: 3.25,
                 cost: None,
@@ -98,7 +98,7 @@ fn record(i: u64) -> InferenceRecord {
             AttemptRecord {
                 provider: "anthropic".into(),
                 model: "claude-sonnet-4-5".into(),
-                status: "ok".into(),
+                status: AttemptStatus::Ok,
                 error: None,
                 latency_ms: 90.0,
                 cost: Some(0.001_234_5),
