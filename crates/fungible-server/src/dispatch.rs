@@ -1,14 +1,17 @@
 //! The one way front ends call the gateway for a chat, so every inbound API routes alike.
 //!
-//! A middleware ([`layer`]) opens a per-request context: it reads the routing hints from the
-//! request headers (sticky A/B variants), and once the handler returned it writes how the
+//! A middleware ([`layer`]) builds each request's [`RequestContext`] and puts it in the
+//! request's extensions, where a front end takes it ([`Context`]) and hands it to [`chat`] or
+//! [`chat_stream`]: the routing hints from the request headers (sticky A/B variants), its
+//! cache directive and scope, and on chat routes the facts recording needs
+//! (`recording::RequestFacts`). Once the handler returned, the middleware writes how the
 //! request was routed into the response headers — `x-fungible-target` (the `PROVIDER/MODEL`
 //! that answered), `x-fungible-attempts`, and `x-fungible-route` / `x-fungible-variant` for
-//! aliases. Front ends call [`chat`] and [`chat_stream`] instead of the gateway's methods;
-//! they admit the request's virtual key first (`auth::admit`: model allowance, rate limits,
-//! budget) and settle its real usage and cost when the answer is known.
+//! aliases — and the cache outcome. [`chat`] and [`chat_stream`] admit the request's virtual
+//! key first (`auth::admit`: model allowance, rate limits, budget) and settle its real usage
+//! and cost when the answer is known.
 
-use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
@@ -20,38 +23,62 @@ use fungible_types::{ChatRequest, ChatResponse};
 
 use crate::AppState;
 
-struct RequestContext {
+/// What one request carries through the pipeline, built by [`layer`].
+pub struct RequestContext {
     hints: RouteHints,
-    route: RefCell<Option<RouteInfo>>,
-    /// The cache directive and scope of this request, and whether it was a hit.
+    /// The cache directive and scope of this request.
     cache: crate::cache::CacheRequest,
-    cache_outcome: std::cell::Cell<Option<crate::cache::Outcome>>,
+    /// On the chat routes: who the request is for and when it arrived, for its record.
+    facts: Option<crate::recording::RequestFacts>,
+    /// How the request was routed, for the response headers.
+    route: Mutex<Option<RouteInfo>>,
+    /// Whether the cache answered, for the response headers.
+    cache_outcome: Mutex<Option<crate::cache::Outcome>>,
 }
 
-tokio::task_local! {
-    static CONTEXT: RequestContext;
+/// The extractor a front end takes its request's context with.
+pub type Context = axum::Extension<Arc<RequestContext>>;
+
+impl RequestContext {
+    fn remember(&self, route: RouteInfo) {
+        if let Ok(mut slot) = self.route.lock() {
+            *slot = Some(route);
+        }
+    }
+
+    pub(crate) fn facts(&self) -> Option<&crate::recording::RequestFacts> {
+        self.facts.as_ref()
+    }
 }
 
-/// Middleware: the routing context of one request (see the module docs).
-pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Middleware: builds the request's context (see the module docs); a chat request whose
+/// `x-fungible-tags` are over the limits is a 400 here.
+pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let hints = state
         .gateway
         .route_hints(request.headers().iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))));
-    let cache = crate::cache::CacheRequest::new(request.headers(), request.extensions().get::<crate::principal::Principal>());
-    let context = RequestContext { hints, route: RefCell::new(None), cache, cache_outcome: std::cell::Cell::new(None) };
-    CONTEXT
-        .scope(context, async move {
-            let mut response = next.run(request).await;
-            let route = CONTEXT.with(|c| c.route.borrow_mut().take());
-            if let Some(route) = route {
-                mark(&mut response, &route);
-            }
-            if let Some(outcome) = CONTEXT.with(|c| c.cache_outcome.get()) {
-                crate::cache::mark(&mut response, outcome);
-            }
-            response
-        })
-        .await
+    let principal = request.extensions().get::<crate::principal::Principal>();
+    let cache = crate::cache::CacheRequest::new(request.headers(), principal);
+    let facts = match crate::recording::facts(&state, request.uri().path(), request.headers(), principal) {
+        Ok(facts) => facts,
+        Err(error) => return error.into_response_for(crate::auth::format_of(request.uri().path())),
+    };
+    let capture = facts.as_ref().and_then(|f| f.capture.clone());
+    let context = Arc::new(RequestContext { hints, cache, facts, route: Mutex::new(None), cache_outcome: Mutex::new(None) });
+    request.extensions_mut().insert(context.clone());
+    let run = next.run(request);
+    let mut response = match capture {
+        // `[store] raw_bodies`: the providers note each upstream call's bodies in this scope.
+        Some(capture) => capture.scope(run).await,
+        None => run.await,
+    };
+    if let Some(route) = context.route.lock().ok().and_then(|mut r| r.take()) {
+        mark(&mut response, &route);
+    }
+    if let Some(outcome) = context.cache_outcome.lock().ok().and_then(|o| *o) {
+        crate::cache::mark(&mut response, outcome);
+    }
+    response
 }
 
 fn mark(response: &mut Response, route: &RouteInfo) {
@@ -75,37 +102,30 @@ fn mark(response: &mut Response, route: &RouteInfo) {
     }
 }
 
-fn hints() -> RouteHints {
-    CONTEXT.try_with(|c| c.hints.clone()).unwrap_or_default()
-}
-
-fn remember(route: RouteInfo) {
-    let _ = CONTEXT.try_with(|c| *c.route.borrow_mut() = Some(route));
-}
-
 /// Looks the request up in the response cache and notes the outcome for the headers.
-async fn cache_lookup(state: &AppState, req: &ChatRequest) -> crate::cache::Lookup {
-    let request = CONTEXT.try_with(|c| c.cache.clone()).unwrap_or_default();
-    let lookup = crate::cache::lookup(state, req, &request).await;
+async fn cache_lookup(state: &AppState, context: &RequestContext, req: &ChatRequest) -> crate::cache::Lookup {
+    let lookup = crate::cache::lookup(state, req, &context.cache).await;
     let outcome = match &lookup {
         crate::cache::Lookup::Off => None,
         crate::cache::Lookup::Hit { outcome, .. } => Some(*outcome),
         crate::cache::Lookup::Miss { .. } => Some(crate::cache::Outcome::Miss),
     };
-    let _ = CONTEXT.try_with(|c| c.cache_outcome.set(outcome));
+    if let Ok(mut slot) = context.cache_outcome.lock() {
+        *slot = outcome;
+    }
     lookup
 }
 
 /// A whole response, routed.
-pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, GatewayError> {
+pub async fn chat(state: &AppState, context: &RequestContext, req: &ChatRequest) -> Result<ChatResponse, GatewayError> {
     // The key's allowance, rate limits and budget come first: a cached answer is no way
     // around them (it costs nothing, so its ticket settles nothing but the request).
     let ticket = crate::auth::admit(state, req).await?;
-    let plan = match cache_lookup(state, req).await {
+    let plan = match cache_lookup(state, context, req).await {
         crate::cache::Lookup::Hit { answer, .. } => {
             let route = crate::cache::hit_route(&answer);
-            crate::recording::observe_cache_hit(state, req, &answer.response, &route, false);
-            remember(route);
+            crate::recording::observe_cache_hit(state, context.facts(), req, &answer.response, &route, false);
+            context.remember(route);
             ticket.finish(None, &fungible_types::Usage::default());
             if let Some(settled) = state.recording.settled() {
                 settled.await;
@@ -115,13 +135,13 @@ pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, G
         crate::cache::Lookup::Miss { plan } => plan,
         crate::cache::Lookup::Off => None,
     };
-    match crate::recording::observe_chat(state, req, state.gateway.chat_routed(req, &hints()).await) {
+    match crate::recording::observe_chat(state, context.facts(), req, state.gateway.chat_routed(req, &context.hints).await) {
         Ok(routed) => {
             ticket.finish(routed.route.target.as_ref(), &routed.value.usage);
             if let Some(plan) = plan {
                 plan.store(&routed.value, &routed.route).await;
             }
-            remember(routed.route);
+            context.remember(routed.route);
             // Durable recording: the answer goes out once its record is committed.
             if let Some(settled) = state.recording.settled() {
                 settled.await;
@@ -129,27 +149,27 @@ pub async fn chat(state: &AppState, req: &ChatRequest) -> Result<ChatResponse, G
             Ok(routed.value)
         }
         Err(e) => {
-            remember(e.route);
+            context.remember(e.route);
             Err(e.error)
         }
     }
 }
 
 /// A stream, routed; resolves once a target's stream is under way.
-pub async fn chat_stream(state: &AppState, req: &ChatRequest) -> Result<EventStream, GatewayError> {
+pub async fn chat_stream(state: &AppState, context: &RequestContext, req: &ChatRequest) -> Result<EventStream, GatewayError> {
     let ticket = crate::auth::admit(state, req).await?;
-    let plan = match cache_lookup(state, req).await {
+    let plan = match cache_lookup(state, context, req).await {
         crate::cache::Lookup::Hit { answer, .. } => {
             let route = crate::cache::hit_route(&answer);
-            crate::recording::observe_cache_hit(state, req, &answer.response, &route, true);
-            remember(route);
+            crate::recording::observe_cache_hit(state, context.facts(), req, &answer.response, &route, true);
+            context.remember(route);
             ticket.finish(None, &fungible_types::Usage::default());
             return Ok(crate::cache::replay(answer.response));
         }
         crate::cache::Lookup::Miss { plan } => plan,
         crate::cache::Lookup::Off => None,
     };
-    match crate::recording::observe_stream(state, req, state.gateway.chat_stream_routed(req, &hints()).await) {
+    match crate::recording::observe_stream(state, context.facts(), req, state.gateway.chat_stream_routed(req, &context.hints).await) {
         Ok(routed) => {
             let stream = match plan {
                 Some(plan) => plan.wrap(routed.value, &routed.route),
@@ -157,11 +177,11 @@ pub async fn chat_stream(state: &AppState, req: &ChatRequest) -> Result<EventStr
             };
             // Settled with the stream's reported usage at its end (or when the client leaves).
             let stream = ticket.wrap(stream, routed.route.target.clone());
-            remember(routed.route);
+            context.remember(routed.route);
             Ok(stream)
         }
         Err(e) => {
-            remember(e.route);
+            context.remember(e.route);
             Err(e.error)
         }
     }

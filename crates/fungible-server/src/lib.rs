@@ -175,7 +175,6 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), dispatch::layer))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), recording::layer))
         // Every body is charged to the in-flight memory budget as it arrives, and the charge
         // is held until the response is done; refused requests reach no handler.
         .layer(axum::middleware::from_fn_with_state(state.clone(), budget::layer))

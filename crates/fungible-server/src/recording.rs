@@ -1,9 +1,10 @@
 //! Recording every inference: what the request path hands to the store, and the Prometheus
 //! metrics.
 //!
-//! [`layer`] (middleware) notes when a chat request arrived, through which inbound API, and
-//! who it is for (`x-fungible-user`, `x-fungible-episode-id`, `x-fungible-tags: k=v,...`,
-//! bounded by `crate::tags`; the body's `user` and `metadata` too). `dispatch` hands every routed result to
+//! [`facts`] notes, for the request's context (`dispatch::RequestContext`), when a chat
+//! request arrived, through which inbound API, and who it is for (`x-fungible-user`,
+//! `x-fungible-episode-id`, `x-fungible-tags: k=v,...`, bounded by `crate::tags`; the body's
+//! `user` and `metadata` too). `dispatch` hands every routed result, with those facts, to
 //! [`observe_chat`] / [`observe_stream`]: a whole answer is recorded at once; a stream is
 //! wrapped so that its events are collected as they pass (nothing is held back) and the
 //! record is made at its end, its error, or when the client goes away. Recording is a
@@ -14,9 +15,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
 use fungible_gateway::{AttemptOutcome, RouteError, RouteInfo, Routed};
 use fungible_providers::EventStream;
 use fungible_store::{AttemptRecord, AttemptStatus, Bodies, InferenceRecord, PriceTable, Recorder};
@@ -228,9 +226,9 @@ impl Metrics {
     }
 }
 
-/// What the middleware learned about one chat request.
+/// What the request's context knows about one chat request, for its record.
 #[derive(Clone)]
-struct RequestFacts {
+pub(crate) struct RequestFacts {
     /// The caller's trace (W3C `traceparent`), for the OpenTelemetry spans.
     trace: fungible_telemetry::Parent,
     inbound: &'static str,
@@ -243,11 +241,7 @@ struct RequestFacts {
     key_id: Option<String>,
     key_tags: Map<String, Value>,
     /// The raw upstream bodies, with `[store] raw_bodies` on.
-    capture: Option<fungible_providers::capture::Capture>,
-}
-
-tokio::task_local! {
-    static FACTS: RequestFacts;
+    pub(crate) capture: Option<fungible_providers::capture::Capture>,
 }
 
 fn inbound_of(path: &str) -> Option<&'static str> {
@@ -260,36 +254,17 @@ fn inbound_of(path: &str) -> Option<&'static str> {
     })
 }
 
-/// Middleware: notes the facts of a chat request (see the module docs).
-pub async fn layer(
-    axum::extract::State(state): axum::extract::State<crate::AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(inbound) = inbound_of(request.uri().path()) else {
-        return next.run(request).await;
+/// The facts of a request to `path` when it is a chat request (else `None`), or a 400 when
+/// its `x-fungible-tags` are over the limits (`crate::tags`).
+pub(crate) fn facts(
+    state: &crate::AppState,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    principal: Option<&crate::principal::Principal>,
+) -> Result<Option<RequestFacts>, crate::error::ApiError> {
+    let Some(inbound) = inbound_of(path) else {
+        return Ok(None);
     };
-    let mut facts = match facts(inbound, request.headers()) {
-        Ok(facts) => facts,
-        Err(error) => return error.into_response_for(crate::auth::format_of(request.uri().path())),
-    };
-    if let Some(p) = request.extensions().get::<crate::principal::Principal>() {
-        facts.key_id = Some(p.key_id.clone());
-        facts.key_tags = tag_map(&p.tags);
-    }
-    match state.recording.raw_bodies {
-        Some(cap) => {
-            let capture = fungible_providers::capture::Capture::new(cap);
-            facts.capture = Some(capture.clone());
-            capture.scope(FACTS.scope(facts, next.run(request))).await
-        }
-        None => FACTS.scope(facts, next.run(request)).await,
-    }
-}
-
-/// The facts of a request, or a 400 when its `x-fungible-tags` are over the limits
-/// (`crate::tags`).
-fn facts(inbound: &'static str, headers: &axum::http::HeaderMap) -> Result<RequestFacts, crate::error::ApiError> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -300,7 +275,7 @@ fn facts(inbound: &'static str, headers: &axum::http::HeaderMap) -> Result<Reque
         Some(list) => crate::tags::parse_header(&list)?,
         None => Map::new(),
     };
-    Ok(RequestFacts {
+    Ok(Some(RequestFacts {
         trace: fungible_telemetry::Parent::from_headers(headers),
         inbound,
         started: Instant::now(),
@@ -308,10 +283,10 @@ fn facts(inbound: &'static str, headers: &axum::http::HeaderMap) -> Result<Reque
         user: header("x-fungible-user"),
         episode_id: header("x-fungible-episode-id"),
         tags,
-        key_id: None,
-        key_tags: Map::new(),
-        capture: None,
-    })
+        key_id: principal.map(|p| p.key_id.clone()),
+        key_tags: principal.map(|p| tag_map(&p.tags)).unwrap_or_default(),
+        capture: state.recording.raw_bodies.map(fungible_providers::capture::Capture::new),
+    }))
 }
 
 /// A key's tags as recorded tags: `k=v` becomes `"k": "v"`, a bare `t` becomes `"t": true`
@@ -469,12 +444,13 @@ fn submit(
 
 /// Records a whole (non-streamed) answer or failure, and hands the result back.
 #[allow(clippy::result_large_err)] // The gateway's own result, passed through.
-pub fn observe_chat(
+pub(crate) fn observe_chat(
     state: &crate::AppState,
+    facts: Option<&RequestFacts>,
     req: &ChatRequest,
     result: Result<Routed<ChatResponse>, RouteError>,
 ) -> Result<Routed<ChatResponse>, RouteError> {
-    let Ok(facts) = FACTS.try_with(Clone::clone) else {
+    let Some(facts) = facts else {
         return result;
     };
     let record = match &result {
@@ -486,7 +462,7 @@ pub fn observe_chat(
             None,
             None,
             false,
-            &facts,
+            facts,
         ),
         Err(e) => build(
             state,
@@ -496,7 +472,7 @@ pub fn observe_chat(
             Some(gateway_error_class(&e.error)),
             None,
             false,
-            &facts,
+            facts,
         ),
     };
     // At most `max_record_bytes` of the request is encoded, however large it is.
@@ -507,12 +483,13 @@ pub fn observe_chat(
 /// Wraps an opened stream so it is recorded when it ends; a stream that failed to open is
 /// recorded at once.
 #[allow(clippy::result_large_err)] // The gateway's own result, passed through.
-pub fn observe_stream(
+pub(crate) fn observe_stream(
     state: &crate::AppState,
+    facts: Option<&RequestFacts>,
     req: &ChatRequest,
     result: Result<Routed<EventStream>, RouteError>,
 ) -> Result<Routed<EventStream>, RouteError> {
-    let Ok(facts) = FACTS.try_with(Clone::clone) else {
+    let Some(facts) = facts else {
         return result;
     };
     match result {
@@ -527,7 +504,7 @@ pub fn observe_stream(
                     Some(gateway_error_class(&e.error)),
                     None,
                     true,
-                    &facts,
+                    facts,
                 ),
                 &facts.trace,
                 req,
@@ -546,7 +523,7 @@ pub fn observe_stream(
                     req: kept.request,
                     truncation: kept.truncation,
                     route: routed.route.clone(),
-                    facts,
+                    facts: facts.clone(),
                 }),
                 acc: Accumulated::default(),
                 settling: None,
@@ -743,15 +720,16 @@ impl Drop for ObservedStream {
 /// it has no attempts, costs 0 and is marked `cache_hit`.
 pub(crate) fn observe_cache_hit(
     state: &crate::AppState,
+    facts: Option<&RequestFacts>,
     req: &ChatRequest,
     response: &ChatResponse,
     route: &RouteInfo,
     stream: bool,
 ) {
-    let Ok(facts) = FACTS.try_with(Clone::clone) else {
+    let Some(facts) = facts else {
         return;
     };
-    let mut record = build(state, req, route, Some(response), None, None, stream, &facts);
+    let mut record = build(state, req, route, Some(response), None, None, stream, facts);
     record.cache_hit = true;
     record.cost = Some(0.0);
     submit(state, record, &facts.trace, req, Some(response), None);

@@ -24,8 +24,8 @@ use response::EventEncoder;
 
 pub use request::parse as parse_request;
 
-pub async fn messages(State(state): State<AppState>, body: Body) -> Response {
-    match handle(state, body).await {
+pub async fn messages(State(state): State<AppState>, context: crate::dispatch::Context, body: Body) -> Response {
+    match handle(state, &context, body).await {
         Ok(response) => response,
         Err(error) => error.into_response_for(ApiFormat::Anthropic),
     }
@@ -57,14 +57,14 @@ async fn handle_count(state: AppState, body: Body) -> Result<Response, ApiError>
     Ok(json_response(format!("{{\"input_tokens\":{tokens}}}").into_bytes()))
 }
 
-async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
+async fn handle(state: AppState, context: &crate::dispatch::RequestContext, body: Body) -> Result<Response, ApiError> {
     let req = read_request(&state, body, Endpoint::Messages).await?;
     if !req.stream {
-        let response = crate::dispatch::chat(&state, &req).await?;
+        let response = crate::dispatch::chat(&state, context, &req).await?;
         return Ok(json_response(response::message_body(&response, &req.model)));
     }
 
-    let upstream = crate::dispatch::chat_stream(&state, &req).await?;
+    let upstream = crate::dispatch::chat_stream(&state, context, &req).await?;
     let encoder = EventEncoder::new(&req.model);
     Ok(crate::streaming::response(upstream, encoder, "text/event-stream"))
 }

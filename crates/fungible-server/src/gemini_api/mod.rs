@@ -27,11 +27,12 @@ pub use request::parse as parse_request;
 /// `POST /v1beta/models/{*rest}` and `POST /v1/models/{*rest}`.
 pub async fn models_post(
     State(state): State<AppState>,
+    context: crate::dispatch::Context,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Response {
-    match handle(state, path, query, body).await {
+    match handle(state, &context, path, query, body).await {
         Ok(response) => response,
         Err(error) => error.into_response_for(ApiFormat::Gemini),
     }
@@ -79,6 +80,7 @@ fn split_target<'a>(rest: &'a str, query: Option<&str>) -> Result<(&'a str, Meth
 
 async fn handle(
     state: AppState,
+    context: &crate::dispatch::RequestContext,
     path: Result<Path<String>, PathRejection>,
     query: Option<String>,
     body: Body,
@@ -108,7 +110,7 @@ async fn handle(
         Method::Generate => {
             let parsed = request::parse(&bytes, model, false, gemini_upstream)?;
             drop(bytes);
-            let answer = crate::dispatch::chat(&state, &parsed.request).await?;
+            let answer = crate::dispatch::chat(&state, context, &parsed.request).await?;
             return Ok(json(response::response_body(&answer, parsed.include_thoughts, &provider_name)?));
         }
         Method::Stream(framing) => framing,
@@ -116,7 +118,7 @@ async fn handle(
 
     let parsed = request::parse(&bytes, model, true, gemini_upstream)?;
     drop(bytes);
-    let upstream = crate::dispatch::chat_stream(&state, &parsed.request).await?;
+    let upstream = crate::dispatch::chat_stream(&state, context, &parsed.request).await?;
     let encoder = StreamEncoder::new(framing, model, &provider_name, parsed.include_thoughts);
     Ok(crate::streaming::response(upstream, encoder, framing.content_type()))
 }

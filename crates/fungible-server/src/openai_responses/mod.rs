@@ -29,8 +29,8 @@ use response::{EventEncoder, ResponseHead};
 pub use request::{ResponsesRequest, parse as parse_request};
 pub use store::{DEFAULT_RETENTION, ResponseStore, StoredResponse};
 
-pub async fn create_response(State(state): State<AppState>, caller: Caller, body: Body) -> Response {
-    match handle(state, owner_scope(&caller), body).await {
+pub async fn create_response(State(state): State<AppState>, context: crate::dispatch::Context, caller: Caller, body: Body) -> Response {
+    match handle(state, &context, owner_scope(&caller), body).await {
         Ok(response) => response,
         Err(error) => error.into_response_for(ApiFormat::OpenAi),
     }
@@ -84,7 +84,7 @@ fn json_response(status: StatusCode, body: Bytes) -> Response {
     http
 }
 
-async fn handle(state: AppState, owner: DataScope, body: Body) -> Result<Response, ApiError> {
+async fn handle(state: AppState, context: &crate::dispatch::RequestContext, owner: DataScope, body: Body) -> Result<Response, ApiError> {
     // The body is dropped once parsed: only the canonical request lives on.
     let ResponsesRequest { mut chat, instructions, previous_response_id, store, echo, unknown } =
         request::parse(&crate::read_body(body, state.max_body_bytes).await?)?;
@@ -134,7 +134,7 @@ async fn handle(state: AppState, owner: DataScope, body: Body) -> Result<Respons
     let saver = store.then(|| Saver { store: state.responses.clone(), conversation, owner });
 
     if !chat.stream {
-        let answer = crate::dispatch::chat(&state, &chat).await?;
+        let answer = crate::dispatch::chat(&state, context, &chat).await?;
         let head = ResponseHead { model: answer.model.clone(), ..head };
         let rendered = response::response_body(&head, &answer);
         if let Some(saver) = saver {
@@ -143,7 +143,7 @@ async fn handle(state: AppState, owner: DataScope, body: Body) -> Result<Respons
         return Ok(json_response(StatusCode::OK, rendered.body));
     }
 
-    let upstream = crate::dispatch::chat_stream(&state, &chat).await?;
+    let upstream = crate::dispatch::chat_stream(&state, context, &chat).await?;
     let encoder = EventEncoder::new(head);
     Ok(crate::streaming::response(upstream, Saving { encoder, saver, saving: None }, "text/event-stream"))
 }
