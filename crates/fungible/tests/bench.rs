@@ -2,11 +2,11 @@
 //! must pass on a healthy gateway, report the gateway's memory at the start, middle and end,
 //! and find every answer in the store.
 
-use std::process::Command;
+mod common;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+use common::free_port;
+
+use std::process::Command;
 
 /// The number after `prefix` on the line that starts with it.
 fn number_after(text: &str, prefix: &str) -> f64 {

@@ -5,8 +5,12 @@
 //! shows up in either process's log or `/metrics`. Needs `FUNGIBLE_TEST_REDIS_URL` and
 //! `FUNGIBLE_TEST_POSTGRES_URL` (scripts/test.sh sets both when the servers answer).
 
+mod common;
+
+use common::{ChildGuard, free_port};
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,24 +30,11 @@ const COST: f64 = 0.025;
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 struct Instance {
-    child: Child,
+    /// Held only to kill the process when the instance drops.
+    _process: ChildGuard,
     url: String,
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn spawn(config: &Path, log: &Path) -> Instance {
     let port = free_port();
@@ -65,7 +56,7 @@ fn spawn(config: &Path, log: &Path) -> Instance {
         .spawn()
         .expect("fungible starts");
     Instance {
-        child,
+        _process: ChildGuard(child),
         url: format!("http://127.0.0.1:{port}"),
     }
 }
@@ -121,6 +112,16 @@ async fn chat(client: &HttpClient, base: &str, key: &str) -> (u16, Value, Option
         Some(body),
     )
     .await
+}
+
+/// Two gateways over the same config, logging to `a.log` and `b.log` in `dir`, both healthy;
+/// started one after the other, so the second finds the migrations applied.
+async fn two_instances(client: &HttpClient, config: &Path, dir: &Path) -> (Instance, Instance) {
+    let a = spawn(config, &dir.join("a.log"));
+    wait_healthy(client, &a).await;
+    let b = spawn(config, &dir.join("b.log"));
+    wait_healthy(client, &b).await;
+    (a, b)
 }
 
 async fn wait_healthy(client: &HttpClient, instance: &Instance) {
@@ -203,11 +204,7 @@ async fn two_instances_share_limits_budgets_and_revocations() {
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
         .build_http();
-    // One after the other, so the second finds the migrations applied.
-    let a = spawn(&config, &dir.path().join("a.log"));
-    wait_healthy(&client, &a).await;
-    let b = spawn(&config, &dir.path().join("b.log"));
-    wait_healthy(&client, &b).await;
+    let (a, b) = two_instances(&client, &config, dir.path()).await;
     let instances = [a.url.clone(), b.url.clone()];
 
     // One RPM limit across both instances.
@@ -415,10 +412,7 @@ async fn stored_responses_across_instances(redis: Option<&str>, postgres: &str) 
     )
     .expect("config");
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let a = spawn(&config, &dir.path().join("a.log"));
-    wait_healthy(&client, &a).await;
-    let b = spawn(&config, &dir.path().join("b.log"));
-    wait_healthy(&client, &b).await;
+    let (a, b) = two_instances(&client, &config, dir.path()).await;
     let instances = [a.url.clone(), b.url.clone()];
     let (_, key) = create_key(&client, &a.url, json!({})).await;
     let (_, other) = create_key(&client, &b.url, json!({})).await;
@@ -483,10 +477,7 @@ async fn a_semantic_cache_entry_stored_through_one_instance_is_a_hit_on_the_othe
     )
     .expect("config");
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let a = spawn(&config, &dir.path().join("a.log"));
-    wait_healthy(&client, &a).await;
-    let b = spawn(&config, &dir.path().join("b.log"));
-    wait_healthy(&client, &b).await;
+    let (a, b) = two_instances(&client, &config, dir.path()).await;
     let ask = |base: String, question: &'static str| {
         let client = client.clone();
         async move {

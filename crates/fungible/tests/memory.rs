@@ -3,9 +3,13 @@
 //! max_inflight_body_bytes`, where before the budget it reached 1.3 GB (debug build; 2 GB
 //! for the release build the attack was found on).
 
+mod common;
+
+use common::{ChildGuard, free_port};
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,19 +22,9 @@ const BODY: usize = 31_000_000;
 const GENEROUS: Duration = Duration::from_secs(120);
 
 struct Gateway {
-    child: Child,
+    child: ChildGuard,
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 fn kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");
@@ -91,7 +85,7 @@ fn ten_concurrent_31_mb_bodies_stay_within_the_inflight_budget() {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("fungible starts");
-    let mut gateway = Gateway { child };
+    let mut gateway = Gateway { child: ChildGuard(child) };
     let pid = gateway.child.id();
     let started = Instant::now();
     loop {

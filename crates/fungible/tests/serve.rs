@@ -3,6 +3,10 @@
 //! once `[server] shutdown_timeout_ms` has passed (after flushing the store), not wait on
 //! them for ever.
 
+mod common;
+
+use common::free_port;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -10,10 +14,6 @@ use std::time::{Duration, Instant};
 
 /// Far beyond the deadline: only a process that hangs reaches it.
 const GENEROUS: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 /// Reads from `stream` until `done` says the text so far is complete.
 fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
