@@ -1,13 +1,13 @@
-//! `--from-traces`: a dataset made of recorded inferences, read through the store's own
-//! list/get APIs (only `fungible-store` knows SQL).
+//! Datasets from the store, read through `fungible-datasets` (only `fungible-store` knows
+//! SQL): recorded inferences (`--from-traces`, filtered as `fungible datasets build` filters),
+//! or a stored dataset version (`--dataset NAME[@VERSION]`).
 //!
-//! Each successful inference that passes the filters becomes an item: its id, its request's
-//! messages, and as reference what was answered then — or, when feedback carries a
-//! demonstration (a corrected answer), that demonstration. So "would model X have answered
-//! my traffic like production did?" is one command.
+//! Each row becomes an item: its id, its messages, and as reference the row's answer — for
+//! traffic, the demonstration given as feedback when there is one, else what was answered
+//! then. So "would model X have answered my traffic like production did?" is one command.
 
-use fungible_store::{Feedback, InferenceFilter, InferenceRecord, Store, StoreError};
-use fungible_types::{ChatRequest, Role};
+use fungible_datasets::{Example, Selection, Split};
+use fungible_store::{Store, StoreError};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -17,195 +17,94 @@ use crate::dataset::{Dataset, DatasetFormat, Item, hex};
 pub enum TracesError {
     #[error("reading the inference store: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Dataset(#[from] fungible_datasets::DatasetError),
     #[error("no recorded inference matches {0}")]
     Empty(String),
     #[error("{0}")]
     BadFilter(String),
 }
 
-/// Which feedback an inference must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeedbackFilter {
-    /// Thumbs up or a score >= 0.5.
-    Positive,
-    /// Thumbs down or a score < 0.5.
-    Negative,
-    /// Any feedback.
-    Any,
-}
-
-impl FeedbackFilter {
-    pub fn parse(s: &str) -> Result<FeedbackFilter, TracesError> {
-        match s {
-            "positive" | "good" => Ok(FeedbackFilter::Positive),
-            "negative" | "bad" => Ok(FeedbackFilter::Negative),
-            "any" => Ok(FeedbackFilter::Any),
-            _ => Err(TracesError::BadFilter(format!(
-                "--feedback {s:?}: expected positive, negative or any"
-            ))),
+fn describe(selection: &Selection) -> String {
+    let mut parts = Vec::new();
+    let mut push = |key: &str, value: Option<String>| {
+        if let Some(v) = value {
+            parts.push(format!("{key}={v}"));
         }
+    };
+    push("route", selection.route.clone());
+    push("model", selection.model.clone());
+    push("since", selection.since_ms.map(|s| s.to_string()));
+    push("until", selection.until_ms.map(|s| s.to_string()));
+    push("feedback", selection.feedback.map(|f| format!("{f:?}").to_lowercase()));
+    for tag in &selection.tags {
+        parts.push(format!("tag={tag}"));
     }
-
-    fn matches(self, feedback: &[Feedback]) -> bool {
-        let mut verdicts = feedback
-            .iter()
-            .filter_map(|f| f.boolean.or(f.score.map(|s| s >= 0.5)));
-        match self {
-            FeedbackFilter::Any => !feedback.is_empty(),
-            FeedbackFilter::Positive => verdicts.any(|v| v),
-            FeedbackFilter::Negative => verdicts.any(|v| !v),
-        }
-    }
-}
-
-/// What to take from the store.
-#[derive(Debug, Clone, Default)]
-pub struct TraceFilter {
-    pub route: Option<String>,
-    /// The model as the client named it, or `PROVIDER/MODEL` that answered.
-    pub model: Option<String>,
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-    pub feedback: Option<FeedbackFilter>,
-    /// At most this many items (newest first).
-    pub limit: usize,
-}
-
-impl TraceFilter {
-    fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(r) = &self.route {
-            parts.push(format!("route={r}"));
-        }
-        if let Some(m) = &self.model {
-            parts.push(format!("model={m}"));
-        }
-        if let Some(s) = self.since_ms {
-            parts.push(format!("since={s}"));
-        }
-        if let Some(u) = self.until_ms {
-            parts.push(format!("until={u}"));
-        }
-        if let Some(f) = self.feedback {
-            parts.push(format!("feedback={f:?}").to_lowercase());
-        }
-        parts.push(format!("limit={}", self.limit));
-        format!("traces:{}", parts.join(","))
-    }
+    parts.push(format!("limit={}", selection.limit));
+    format!("traces:{}", parts.join(","))
 }
 
 /// Reads the matching inferences into a dataset, newest first.
-pub async fn dataset_from_traces(
-    store: &Store,
-    filter: &TraceFilter,
-) -> Result<Dataset, TracesError> {
-    let source = filter.describe();
-    let (provider, model) = match filter.model.as_deref().and_then(|m| m.split_once('/')) {
-        Some((p, m)) => (Some(p.to_owned()), Some(m.to_owned())),
-        None => (None, None),
-    };
-    let mut items = Vec::new();
-    let mut before: Option<String> = None;
-    'pages: loop {
-        let page = store
-            .list(&InferenceFilter {
-                provider: provider.clone(),
-                model: model.clone(),
-                route: filter
-                    .route
-                    .clone()
-                    .or_else(|| filter.model.clone().filter(|m| !m.contains('/'))),
-                errors: Some(false),
-                since_ms: filter.since_ms,
-                until_ms: filter.until_ms,
-                before: before.clone(),
-                limit: Some(500),
-                ..InferenceFilter::default()
-            })
-            .await?;
-        let Some(last) = page.last() else { break };
-        before = Some(last.id.clone());
-        for record in page {
-            let feedback = store.feedback(&record.id).await?;
-            if let Some(f) = filter.feedback
-                && !f.matches(&feedback)
-            {
-                continue;
-            }
-            if let Some(item) = item_from(record, &feedback) {
-                items.push(item);
-                if items.len() >= filter.limit {
-                    break 'pages;
-                }
-            }
-        }
-    }
-    if items.is_empty() {
+pub async fn dataset_from_traces(store: &Store, selection: &Selection) -> Result<Dataset, TracesError> {
+    let source = describe(selection);
+    let selected = fungible_datasets::select::select(store, selection).await?;
+    if selected.rows.is_empty() {
         return Err(TracesError::Empty(source));
     }
+    Ok(dataset(source.clone(), source, &selected.rows))
+}
+
+/// A stored dataset version (the latest when `version` is `None`), one split or all; also
+/// returns the version read. The caller marks it used once the run starts.
+pub async fn dataset_from_store(
+    store: &Store,
+    name: &str,
+    version: Option<i64>,
+    split: Option<Split>,
+) -> Result<(Dataset, i64), TracesError> {
+    let info = fungible_datasets::versions::info(store, name, version).await?;
+    let rows: Vec<Example> = fungible_datasets::versions::rows(store, name, info.version)
+        .await?
+        .into_iter()
+        .filter(|r| split.is_none_or(|s| r.split == s))
+        .collect();
+    let source = format!("dataset:{name}@{}", info.version);
+    if rows.is_empty() {
+        return Err(TracesError::Empty(source));
+    }
+    Ok((dataset(format!("{name}@{}", info.version), source, &rows), info.version))
+}
+
+fn dataset(name: String, source: String, rows: &[Example]) -> Dataset {
+    let items: Vec<Item> = rows.iter().map(item_from).collect();
     let mut hasher = Sha256::new();
     for item in &items {
         hasher.update(item.id.as_bytes());
         hasher.update(b"\n");
     }
-    Ok(Dataset {
-        name: source.clone(),
-        source,
-        sha256: Some(hex(&hasher.finalize())),
-        format: DatasetFormat::Chat,
-        items,
-    })
+    Dataset { name, source, sha256: Some(hex(&hasher.finalize())), format: DatasetFormat::Chat, items }
 }
 
-/// An item from a recorded inference; `None` when it cannot be replayed (no user message,
-/// or stored cut at `[store] max_record_bytes`: not the request that was asked).
-fn item_from(record: InferenceRecord, feedback: &[Feedback]) -> Option<Item> {
-    if record.truncated {
-        return None;
-    }
-    let request: ChatRequest = serde_json::from_value(record.request).ok()?;
-    if !request.messages.iter().any(|m| m.role == Role::User) {
-        return None;
-    }
-    let demonstration = feedback
-        .iter()
-        .rev()
-        .find_map(|f| f.demonstration.as_ref())
-        .map(|d| match d {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
-    let answered = record
-        .response
-        .as_ref()
-        .and_then(|r| r.get("message"))
-        .and_then(|m| m.get("content"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+fn item_from(row: &Example) -> Item {
     let mut metadata = Map::new();
-    metadata.insert(
-        "requested_model".into(),
-        Value::String(record.requested_model),
-    );
-    if let (Some(p), Some(m)) = (record.provider, record.model) {
-        metadata.insert("answered_by".into(), Value::String(format!("{p}/{m}")));
+    metadata.insert("source".into(), Value::String(row.source.as_str().to_owned()));
+    if let Some(id) = &row.inference_id {
+        metadata.insert("inference_id".into(), Value::String(id.clone()));
     }
-    if let Some(r) = record.route {
-        metadata.insert("route".into(), Value::String(r));
+    if let Some(route) = row.tags.get("route") {
+        metadata.insert("route".into(), route.clone());
     }
-    metadata.insert("time_ms".into(), Value::from(record.time_ms));
-    let schema = match &request.response_format {
-        Some(fungible_types::ResponseFormat::JsonSchema(f)) => Some(f.schema.clone()),
-        _ => None,
-    };
-    Some(Item {
-        id: record.id,
-        messages: request.messages,
-        reference: demonstration.or(answered),
-        schema,
+    if !row.tags.is_empty() {
+        metadata.insert("tags".into(), Value::Object(row.tags.clone()));
+    }
+    Item {
+        id: row.id.clone(),
+        messages: row.messages.clone(),
+        reference: Some(fungible_datasets::message_text(&row.output)),
+        schema: row.schema.clone(),
         code: None,
         metadata,
-    })
+    }
 }
 
 /// A point in time for `--since` / `--until`: `30m`, `24h`, `7d` ago, or a date
@@ -247,7 +146,8 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, TracesError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fungible_store::FeedbackTarget;
+    use fungible_store::{Feedback, FeedbackTarget, InferenceRecord};
+    use fungible_types::{ChatRequest, Role};
     use fungible_types::{Message, Usage};
     use serde_json::json;
 
@@ -348,10 +248,10 @@ mod tests {
 
         let all = dataset_from_traces(
             &store,
-            &TraceFilter {
+            &Selection {
                 route: Some("chat".into()),
                 limit: 100,
-                ..TraceFilter::default()
+                ..Selection::default()
             },
         )
         .await
@@ -373,10 +273,10 @@ mod tests {
 
         let good = dataset_from_traces(
             &store,
-            &TraceFilter {
-                feedback: Some(FeedbackFilter::Positive),
+            &Selection {
+                feedback: Some(fungible_datasets::FeedbackFilter::Positive),
                 limit: 100,
-                ..TraceFilter::default()
+                ..Selection::default()
             },
         )
         .await
@@ -386,9 +286,9 @@ mod tests {
 
         let limited = dataset_from_traces(
             &store,
-            &TraceFilter {
+            &Selection {
                 limit: 1,
-                ..TraceFilter::default()
+                ..Selection::default()
             },
         )
         .await
@@ -397,10 +297,10 @@ mod tests {
 
         let none = dataset_from_traces(
             &store,
-            &TraceFilter {
+            &Selection {
                 route: Some("nope".into()),
                 limit: 10,
-                ..TraceFilter::default()
+                ..Selection::default()
             },
         )
         .await;

@@ -8,7 +8,7 @@ pub mod config;
 mod presets;
 pub mod routing;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,8 @@ use fungible_types::{ChatRequest, ChatResponse, Embeddings, ErrorKind, ProviderE
 
 pub use config::{ConfigError, ConfigFile, GatewayConfig, Target};
 pub use routing::{
-    Attempt, AttemptOutcome, LateAttempts, Leg, PriceLookup, RouteError, RouteHints, RouteInfo, Routed, TargetStatus,
+    Attempt, AttemptOutcome, LateAttempts, Leg, PriceLookup, RouteError, RouteHints, RouteInfo, RouteOverlay, Routed,
+    TargetStatus,
 };
 
 /// Why the gateway could not answer.
@@ -60,7 +61,6 @@ pub struct Gateway {
 #[derive(Debug)]
 struct GatewayInner {
     providers: HashMap<String, ProviderEntry>,
-    aliases: BTreeMap<String, Target>,
     routing: routing::Routing,
     request_timeout: Duration,
 }
@@ -116,7 +116,6 @@ impl Gateway {
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
                 providers,
-                aliases: config.aliases().map(|(alias, target)| (alias.clone(), target.clone())).collect(),
                 routing: routing::Routing::new(&config.routes, &config.routing),
                 request_timeout: config.request_timeout,
             }),
@@ -125,8 +124,8 @@ impl Gateway {
 
     /// Which provider and provider model serve `model` (an alias or `PROVIDER/MODEL`).
     pub fn resolve(&self, model: &str) -> Result<(&Provider, Target), GatewayError> {
-        let target = match self.inner.aliases.get(model) {
-            Some(target) => target.clone(),
+        let target = match self.route_target(model) {
+            Some(target) => target,
             None => Target::parse(model).ok_or_else(|| {
                 GatewayError::UnknownModel(format!(
                     "model {model:?} is neither a configured alias nor PROVIDER/MODEL (for example openai/gpt-5); see GET /v1/models"
@@ -227,10 +226,9 @@ impl Gateway {
     /// Aliases first, then each provider's listed models, sorted within each group.
     pub fn models(&self) -> Vec<ModelInfo> {
         let mut out: Vec<ModelInfo> = self
-            .inner
-            .aliases
-            .keys()
-            .map(|alias| ModelInfo { id: alias.clone(), owned_by: "fungible".into(), defaults: None })
+            .route_names()
+            .into_iter()
+            .map(|alias| ModelInfo { id: alias, owned_by: "fungible".into(), defaults: None })
             .collect();
         let mut names: Vec<&String> = self.inner.providers.keys().collect();
         names.sort();
@@ -263,6 +261,37 @@ mod tests {
         let gw = gateway("[models.fast]\ntarget = \"openai/gpt-5-mini\"\n");
         assert_eq!(gw.resolve("fast").unwrap().1.model, "gpt-5-mini");
         assert_eq!(gw.resolve("openai/gpt-5").unwrap().1.model, "gpt-5");
+    }
+
+    #[test]
+    fn overlays_serve_tuned_models_without_a_restart() {
+        let gw = gateway("[models.support]\ntarget = \"openai/gpt-5-mini\"\n");
+        let tuned = Target::parse("openai/ft:gpt-4.1-mini-2025-04-14:org:support:abc").unwrap();
+        assert!(gw.resolve("support@ft-1").is_err());
+        gw.set_overlays(vec![
+            RouteOverlay { route: "support@ft-1".into(), target: tuned.clone(), percent: 0 },
+            RouteOverlay { route: "support".into(), target: tuned.clone(), percent: 10 },
+            RouteOverlay { route: "elsewhere".into(), target: Target::parse("groq/llama").unwrap(), percent: 0 },
+        ]);
+        assert_eq!(gw.resolve("support@ft-1").unwrap().1, tuned);
+        assert_eq!(gw.resolve("support").unwrap().1.model, "gpt-5-mini", "the route's own target stays first");
+        let ids: Vec<String> = gw.models().into_iter().map(|m| m.id).collect();
+        assert!(ids.contains(&"support@ft-1".to_owned()), "{ids:?}");
+        assert!(!ids.contains(&"elsewhere".to_owned()), "a provider that is not enabled is not served");
+        let support: Vec<(String, u32)> = gw
+            .route_status()
+            .into_iter()
+            .filter(|s| s.route == "support")
+            .map(|s| (s.target.to_string(), s.weight))
+            .collect();
+        assert_eq!(
+            support,
+            [("openai/gpt-5-mini".to_owned(), 90), (tuned.to_string(), 10)],
+            "10% of first picks to the tuned model"
+        );
+        gw.set_overlays(Vec::new());
+        assert!(gw.resolve("support@ft-1").is_err());
+        assert_eq!(gw.route_status().iter().filter(|s| s.route == "support").count(), 1);
     }
 
     #[test]

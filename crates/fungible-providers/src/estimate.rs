@@ -35,6 +35,13 @@ pub(crate) async fn input_tokens(provider: &str, req: &ChatRequest) -> Result<u6
         .map_err(|e| ProviderError::new(ErrorKind::UpstreamServer, provider, format!("token counting failed: {e}")))
 }
 
+/// The same estimate, on the calling thread (for batch work such as datasets, already off
+/// the request path).
+pub fn request_tokens(req: &ChatRequest) -> u64 {
+    let (texts, fixed) = pieces(req);
+    fixed.saturating_add(texts.iter().map(|t| text_tokens(t)).sum::<u64>())
+}
+
 /// The texts to encode, and the tokens known without encoding.
 fn pieces(req: &ChatRequest) -> (Vec<String>, u64) {
     let mut texts = Vec::new();

@@ -10,7 +10,7 @@
 pub mod anthropic;
 pub mod body;
 pub mod capture;
-mod estimate;
+pub mod estimate;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gemini;

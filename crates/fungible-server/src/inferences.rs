@@ -191,6 +191,7 @@ pub async fn list(
         user: q.user,
         episode_id: q.episode_id,
         key_id,
+        tags: Vec::new(),
         errors: q.errors,
         since_ms: q.since_ms,
         until_ms: q.until_ms,

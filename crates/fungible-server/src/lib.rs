@@ -10,6 +10,7 @@ pub mod anthropic_messages;
 pub mod auth;
 pub mod budget;
 mod cache;
+pub mod datasets;
 pub mod dispatch;
 pub mod error;
 #[doc(hidden)]
@@ -169,6 +170,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/inferences/{id}", get(inferences::get))
         .route("/v1/stats", get(inferences::stats))
         .route("/v1/routes", get(routes_status::list))
+        .route("/v1/datasets", get(datasets::list).post(datasets::build))
+        .route("/v1/datasets/{name}", get(datasets::get).delete(datasets::delete))
+        .route("/v1/datasets/{name}/rows", get(datasets::rows).post(datasets::put_rows))
+        .route("/v1/datasets/{name}/rows/{row_id}", axum::routing::delete(datasets::delete_row))
+        .route("/v1/datasets/{name}/export", get(datasets::export))
         .route("/metrics", get(inferences::metrics))
         .route("/admin/keys", post(admin::create).get(admin::list))
         .route("/admin/keys/{id}", get(admin::get).patch(admin::update).delete(admin::revoke))

@@ -62,10 +62,15 @@ impl DataScope {
 }
 
 /// The scope a path needs from a virtual key: the read endpoints need one of the read scopes
-/// (checked by [`needs`]'s caller), the operational ones `read:all`, everything else
-/// `inference`.
+/// (checked by [`needs`]'s caller), the operational ones and datasets (which hold every
+/// key's traffic) `read:all`, everything else `inference`.
 pub fn needs(path: &str) -> &'static [Scope] {
-    if path == "/metrics" || path == "/v1/routes" || path.starts_with("/v1/routes/") {
+    if path == "/metrics"
+        || path == "/v1/routes"
+        || path.starts_with("/v1/routes/")
+        || path == "/v1/datasets"
+        || path.starts_with("/v1/datasets/")
+    {
         &[Scope::ReadAll]
     } else if path.starts_with("/v1/inferences") || path == "/v1/stats" || path == "/v1/feedback" {
         &[Scope::ReadOwn, Scope::ReadAll]

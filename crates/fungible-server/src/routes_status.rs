@@ -28,6 +28,8 @@ struct Target {
     name: String,
     /// `PROVIDER/MODEL`.
     target: String,
+    /// The balancer's weight: a variant's share of first picks is its weight over the sum.
+    weight: u32,
     /// `closed`, `open` or `half_open`.
     breaker: &'static str,
     in_flight: u64,
@@ -45,6 +47,7 @@ pub async fn list(State(state): State<AppState>) -> Response {
         let target = Target {
             name: t.name,
             target: t.target.to_string(),
+            weight: t.weight,
             breaker: t.breaker.as_str(),
             in_flight: t.in_flight,
             ewma_ttft_ms: t.ewma_ttft.map(|d| d.as_secs_f64() * 1000.0),

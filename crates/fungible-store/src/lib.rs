@@ -12,11 +12,15 @@
 //!   drains it.
 //! - [`Bodies::capped`] keeps a record within `[store] max_record_bytes`: long texts cut
 //!   and marked, so one client's huge requests cannot fill the queue for everyone.
+//! - Datasets (`datasets.rs`): versions of rows for fine-tuning and evals, immutable once a
+//!   job or an eval used them; fine-tuning jobs (`tune_jobs.rs`), leased to one polling
+//!   instance at a time.
 //! - [`PriceTable`] turns usage into cost; an unknown price is an unknown cost (`None`),
 //!   never zero.
 
 mod cap;
 mod config;
+mod datasets;
 mod keys;
 pub mod migrations;
 mod prices;
@@ -25,11 +29,13 @@ mod rollups;
 mod recorder;
 mod responses;
 mod store;
+mod tune_jobs;
 #[doc(hidden)]
 pub mod testing;
 
 pub use cap::{DEFAULT_MAX_RECORD_BYTES, Truncation};
 pub use config::{StoreConfig, StoreConfigError, sqlite_url};
+pub use datasets::{DatasetRow, DatasetStoreError, DatasetVersion};
 pub use keys::{BudgetPeriod, KeyBudget, KeyRecord, Scope};
 pub use prices::{PRICES_AS_OF, Price, PriceTable};
 pub use record::{
@@ -40,3 +46,4 @@ pub use responses::StoredResponseRow;
 pub use rollups::{RollUp, SETTLE_MS};
 pub use recorder::{BatchSink, DEFAULT_QUEUE_BYTES, Recorder, RecorderCounters, RecorderOptions, WriterPriority};
 pub use store::{GroupBy, InferenceFilter, StatsRow, Store, StoreError};
+pub use tune_jobs::{TERMINAL_STATUSES, TuneJobRow};

@@ -165,4 +165,54 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX responses_expiry ON responses (expires_ms)",
         ],
     ),
+    // Datasets for fine-tuning and evals (`datasets.rs`): versions, their rows, and what
+    // used each version (a used version never changes again).
+    (
+        9,
+        &[
+            "CREATE TABLE datasets (
+            name TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            description TEXT,
+            spec TEXT NOT NULL,
+            report TEXT NOT NULL,
+            PRIMARY KEY (name, version)
+        )",
+            "CREATE TABLE dataset_rows (
+            name TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            row_id TEXT NOT NULL,
+            idx BIGINT NOT NULL,
+            split TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (name, version, row_id)
+        )",
+            "CREATE INDEX dataset_rows_order ON dataset_rows (name, version, idx)",
+            "CREATE TABLE dataset_uses (
+            name TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            used_by TEXT NOT NULL,
+            time_ms BIGINT NOT NULL,
+            PRIMARY KEY (name, version, used_by)
+        )",
+        ],
+    ),
+    // Fine-tuning jobs (`tune_jobs.rs`): the job as JSON, its status, and the lease of the
+    // one instance polling it.
+    (
+        10,
+        &[
+            "CREATE TABLE tune_jobs (
+            id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            updated_ms BIGINT NOT NULL,
+            lease_owner TEXT,
+            lease_until_ms BIGINT NOT NULL
+        )",
+            "CREATE INDEX tune_jobs_status ON tune_jobs (status)",
+        ],
+    ),
 ];

@@ -81,6 +81,8 @@ pub struct InferenceFilter {
     pub episode_id: Option<String>,
     /// The virtual key's id.
     pub key_id: Option<String>,
+    /// Tags the inference must all have (`key=value`, or a bare `key` for `true`).
+    pub tags: Vec<String>,
     /// `true`: only failures; `false`: only successes.
     pub errors: Option<bool>,
     pub since_ms: Option<i64>,
@@ -441,6 +443,10 @@ impl Store {
         text(&mut sql, "user_id", &filter.user);
         text(&mut sql, "episode_id", &filter.episode_id);
         text(&mut sql, "key_id", &filter.key_id);
+        for tag in &filter.tags {
+            binds.push(Bind::Text(tag.clone()));
+            sql.push_str(&format!(" AND id IN (SELECT inference_id FROM inference_tags WHERE tag = ${})", binds.len()));
+        }
         if let Some(before) = &filter.before {
             binds.push(Bind::Text(before.clone()));
             sql.push_str(&format!(" AND id < ${}", binds.len()));

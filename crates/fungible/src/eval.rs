@@ -12,7 +12,7 @@ use fungible_eval::backend::GatewayBackend;
 use fungible_eval::dataset::{Dataset, DatasetFormat};
 use fungible_eval::runner::{self, RunOptions};
 use fungible_eval::scorers::{CodeLimits, ScorerSet};
-use fungible_eval::traces::{FeedbackFilter, TraceFilter};
+use fungible_datasets::{FeedbackFilter, Selection, Split};
 use fungible_gateway::Gateway;
 use fungible_store::Store;
 
@@ -50,7 +50,9 @@ enum EvalCommand {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// The dataset: JSONL (or .jsonl.gz) in the chat, gsm8k or humaneval format.
+    /// The dataset: JSONL (or .jsonl.gz) in the chat, gsm8k or humaneval format, or a
+    /// dataset kept in the store as NAME or NAME@VERSION (`fungible datasets list`; the
+    /// version used becomes immutable).
     #[arg(
         long,
         required_unless_present = "from_traces",
@@ -60,6 +62,9 @@ struct RunArgs {
     /// The dataset format [default: detected from the first item].
     #[arg(long)]
     format: Option<String>,
+    /// A stored dataset: only this split (train or validation) [default: every row].
+    #[arg(long)]
+    split: Option<String>,
     /// Make the dataset from recorded inferences (the store of `[store]`); filter with
     /// --route, --trace-model, --since, --until, --feedback.
     #[arg(long)]
@@ -76,7 +81,7 @@ struct RunArgs {
     /// --from-traces: until (same forms as --since).
     #[arg(long, requires = "from_traces")]
     until: Option<String>,
-    /// --from-traces: only inferences with positive, negative or any feedback.
+    /// --from-traces: only inferences with positive, negative, demonstration or any feedback.
     #[arg(long, requires = "from_traces")]
     feedback: Option<String>,
     /// The models to compare, comma-separated (PROVIDER/MODEL or route aliases); the first
@@ -172,38 +177,58 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
 
-    let mut dataset = match &args.dataset {
-        Some(path) => Dataset::read(path, format)?,
-        None => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
-            let filter = TraceFilter {
+    let store_reference = args
+        .dataset
+        .as_ref()
+        .filter(|p| !p.exists())
+        .and_then(|p| p.to_str())
+        .and_then(|r| fungible_datasets::versions::parse_reference(r).ok());
+    let mut used_version: Option<(String, i64)> = None;
+    let mut dataset = match (&args.dataset, store_reference) {
+        (Some(_), Some((name, version))) => {
+            let split = args
+                .split
+                .as_deref()
+                .map(|s| Split::parse(s).with_context(|| format!("--split {s:?}: expected train or validation")))
+                .transpose()?;
+            let (dataset, version) = runtime.block_on(async {
+                let store = Store::open(&store_config.url)
+                    .await
+                    .context("could not open the store ([store] url) for a stored dataset")?;
+                let read = fungible_eval::traces::dataset_from_store(&store, &name, version, split).await;
+                store.close().await;
+                anyhow::Ok(read?)
+            })?;
+            used_version = Some((name, version));
+            dataset
+        }
+        (Some(path), None) => Dataset::read(path, format)?,
+        (None, _) => {
+            let now = fungible_store::now_ms();
+            let time = |s: &Option<String>| -> anyhow::Result<Option<i64>> {
+                Ok(s.as_deref().map(|s| fungible_eval::traces::parse_time(s, now)).transpose()?)
+            };
+            let selection = Selection {
                 route: args.route.clone(),
                 model: args.trace_model.clone(),
-                since_ms: args
-                    .since
-                    .as_deref()
-                    .map(|s| fungible_eval::traces::parse_time(s, now))
-                    .transpose()?,
-                until_ms: args
-                    .until
-                    .as_deref()
-                    .map(|s| fungible_eval::traces::parse_time(s, now))
-                    .transpose()?,
+                since_ms: time(&args.since)?,
+                until_ms: time(&args.until)?,
                 feedback: args
                     .feedback
                     .as_deref()
-                    .map(FeedbackFilter::parse)
+                    .map(|f| {
+                        FeedbackFilter::parse(f)
+                            .with_context(|| format!("--feedback {f:?}: expected positive, negative, demonstration or any"))
+                    })
                     .transpose()?,
                 limit: args.limit.unwrap_or(100),
+                ..Selection::default()
             };
             runtime.block_on(async {
                 let store = Store::open(&store_config.url)
                     .await
                     .context("could not open the inference store ([store] url)")?;
-                let dataset = fungible_eval::traces::dataset_from_traces(&store, &filter).await;
+                let dataset = fungible_eval::traces::dataset_from_traces(&store, &selection).await;
                 store.close().await;
                 anyhow::Ok(dataset?)
             })?
@@ -236,6 +261,15 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         out.display()
     );
 
+    if let Some((name, version)) = &used_version {
+        // The run refers to this version from now on: it must never change under it.
+        runtime.block_on(async {
+            let store = Store::open(&store_config.url).await.context("could not open the store ([store] url)")?;
+            let marked = fungible_datasets::versions::mark_used(&store, name, *version, &format!("eval:{}", out.display())).await;
+            store.close().await;
+            anyhow::Ok(marked?)
+        })?;
+    }
     let backend = Arc::new(GatewayBackend::new(gateway, prices));
     let started = std::time::Instant::now();
     let outcome = runtime.block_on(async {

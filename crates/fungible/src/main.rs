@@ -3,6 +3,7 @@
 
 #[cfg(feature = "bench")]
 mod bench;
+mod datasets;
 mod eval;
 mod keys;
 mod telemetry;
@@ -80,6 +81,10 @@ enum Command {
     Stats(traces::StatsArgs),
     /// Evaluate models on a dataset: `eval run`, `eval report DIR`, `eval compare A B`.
     Eval(eval::EvalArgs),
+    /// Datasets for fine-tuning and evals, kept in the store: `datasets build` (from
+    /// recorded traffic and feedback, curated), `list`, `show`, `rows`, `add`, `remove`,
+    /// `export` (a provider's fine-tuning JSONL, checked against its limits), `delete`.
+    Datasets(datasets::DatasetsArgs),
 }
 
 #[derive(clap::Args)]
@@ -126,6 +131,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Stats(args) => traces::stats(args),
         Command::Keys(args) => keys::keys(args),
         Command::Eval(args) => eval::eval(args),
+        Command::Datasets(args) => datasets::datasets(args),
     }
 }
 

@@ -349,7 +349,7 @@ fn row<const N: usize, S: Into<String>>(cells: [S; N]) -> Vec<String> {
 }
 
 /// Left-aligned columns, two spaces apart.
-fn print_table(rows: &[Vec<String>]) {
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -370,6 +370,6 @@ fn print_table(rows: &[Vec<String>]) {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` of Unix milliseconds.
-fn utc_time(ms: i64) -> String {
+pub(crate) fn utc_time(ms: i64) -> String {
     fungible_types::date::utc_datetime(ms, ' ')
 }

@@ -42,6 +42,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use fungible_providers::{EventStream, Provider, ProviderKind};
@@ -173,6 +175,8 @@ pub struct TargetStatus {
     pub name: String,
     pub target: Target,
     pub strategy: Strategy,
+    /// The balancer's weight (a variant's share of first picks is its weight over the sum).
+    pub weight: u32,
     pub breaker: BreakerState,
     pub in_flight: u64,
     /// Moving average of time to first token (or to the whole answer, non-streamed).
@@ -310,7 +314,14 @@ impl Route {
 /// Every configured route with its live state, and the limits over all of them.
 #[derive(Debug)]
 pub(crate) struct Routing {
-    routes: BTreeMap<String, Arc<Route>>,
+    /// The routes requests resolve through: the configured ones with the overlays applied
+    /// ([`Gateway::set_overlays`]). Swapped whole, so a request sees one consistent map.
+    routes: ArcSwap<BTreeMap<String, Arc<Route>>>,
+    /// The configured routes as built at start, kept so that a route no overlay touches keeps
+    /// its breakers and load figures across swaps.
+    configured: BTreeMap<String, (RouteConfig, Arc<Route>)>,
+    /// The overlays applied now.
+    overlays: Mutex<Vec<RouteOverlay>>,
     budget: RetryBudget,
     max_attempts: u32,
     /// The headers some route is sticky on, lowercase.
@@ -341,8 +352,14 @@ impl Routing {
             .collect();
         sticky_headers.sort();
         sticky_headers.dedup();
+        let configured: BTreeMap<String, (RouteConfig, Arc<Route>)> = routes
+            .iter()
+            .map(|(name, r)| (name.clone(), (r.clone(), Arc::new(Route::configured(name, r)))))
+            .collect();
         Routing {
-            routes: routes.iter().map(|(name, r)| (name.clone(), Arc::new(Route::configured(name, r)))).collect(),
+            routes: ArcSwap::from_pointee(configured.iter().map(|(name, (_, route))| (name.clone(), route.clone())).collect()),
+            configured,
+            overlays: Mutex::new(Vec::new()),
             budget: RetryBudget::new(limits.retry_budget),
             max_attempts: limits.max_attempts_per_request,
             sticky_headers,
@@ -350,6 +367,19 @@ impl Routing {
             prices: Prices::default(),
         }
     }
+}
+
+/// A model that appeared while the gateway runs (a fine-tuned model): served as a route of
+/// its own under `route`, or, when `route` names a configured route, added to it as a
+/// variant that gets `percent` of the route's first picks (the route's own targets share the
+/// rest in their configured proportions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteOverlay {
+    pub route: String,
+    pub target: Target,
+    /// The variant's share of a configured route's first picks, 1 to 99 (ignored for a
+    /// route of its own).
+    pub percent: u32,
 }
 
 /// One model name a request may be answered under, and the targets behind it
@@ -513,7 +543,7 @@ impl Gateway {
     /// per million tokens of a target, `None` when unknown (such targets are tried last). Set
     /// once, at start; a later call is ignored.
     pub fn with_prices(self, lookup: PriceLookup) -> Gateway {
-        for (name, route) in &self.inner.routing.routes {
+        for (name, route) in self.inner.routing.routes.load().iter() {
             if route.strategy != Strategy::Cheapest {
                 continue;
             }
@@ -533,13 +563,14 @@ impl Gateway {
     pub fn route_status(&self) -> Vec<TargetStatus> {
         let now = Instant::now();
         let mut out = Vec::new();
-        for (name, route) in &self.inner.routing.routes {
+        for (name, route) in self.inner.routing.routes.load().iter() {
             for t in &route.targets {
                 out.push(TargetStatus {
                     route: name.clone(),
                     name: t.config.name.clone(),
                     target: t.config.target.clone(),
                     strategy: route.strategy,
+                    weight: t.config.weight,
                     breaker: t.health.breaker.as_ref().map_or(BreakerState::Closed, |b| b.state(now)),
                     in_flight: t.health.in_flight.load(Ordering::Relaxed),
                     ewma_ttft: t.health.ttft.get(),
@@ -550,6 +581,82 @@ impl Gateway {
             }
         }
         out
+    }
+
+    /// Serves `overlays` from now on, in place of the ones set before: each becomes a route of
+    /// its own or a variant of a configured route (see [`RouteOverlay`]). Requests already
+    /// routed keep the routes they started with; a configured route no overlay touches
+    /// keeps its breakers and load figures. An overlay whose provider is not enabled is
+    /// skipped (and logged): it could not answer.
+    pub fn set_overlays(&self, overlays: Vec<RouteOverlay>) {
+        let routing = &self.inner.routing;
+        let mut applied = routing.overlays.lock().unwrap_or_else(|e| e.into_inner());
+        if *applied == overlays {
+            return;
+        }
+        let usable: Vec<&RouteOverlay> = overlays
+            .iter()
+            .filter(|o| {
+                let enabled = self.inner.providers.contains_key(&o.target.provider);
+                if !enabled {
+                    tracing::warn!(route = %o.route, target = %o.target, "not served: its provider is not enabled");
+                }
+                enabled
+            })
+            .collect();
+        let mut routes: BTreeMap<String, Arc<Route>> = BTreeMap::new();
+        for (name, (config, built)) in &routing.configured {
+            let extra: Vec<&&RouteOverlay> = usable.iter().filter(|o| &o.route == name).collect();
+            if extra.is_empty() {
+                routes.insert(name.clone(), built.clone());
+                continue;
+            }
+            let mut config = config.clone();
+            let timeouts = config.targets.first().map_or(routing.direct_timeouts, |t| t.stream_timeouts);
+            let extra: Vec<&&RouteOverlay> =
+                extra.into_iter().filter(|o| !config.targets.iter().any(|t| t.target == o.target)).collect();
+            // Weights for the shares: the route's own targets keep their proportions in what
+            // the variants leave, each variant gets its percent of the whole.
+            let total: u32 = extra.iter().map(|o| o.percent.clamp(1, 99)).sum::<u32>().min(99);
+            let own: u32 = config.targets.iter().map(|t| t.weight).sum::<u32>().max(1);
+            for t in &mut config.targets {
+                t.weight = t.weight.saturating_mul(100 - total);
+            }
+            for o in extra {
+                let mut target = RouteTargetConfig::plain(o.target.clone(), timeouts);
+                target.weight = o.percent.clamp(1, 99).saturating_mul(own);
+                config.targets.push(target);
+            }
+            routes.insert(name.clone(), Arc::new(Route::configured(name, &config)));
+        }
+        let mut own: BTreeMap<String, RouteConfig> = BTreeMap::new();
+        for o in usable.iter().filter(|o| !routing.configured.contains_key(&o.route)) {
+            let config = own.entry(o.route.clone()).or_insert_with(|| RouteConfig {
+                targets: Vec::new(),
+                strategy: Strategy::Fallback,
+                retries: RetryPolicy::DEFAULT,
+                breaker: self::breaker::BreakerConfig::DEFAULT,
+                sticky: None,
+                attempt_timeout: None,
+                continue_on_stream_failure: true,
+            });
+            config.targets.push(RouteTargetConfig::plain(o.target.clone(), routing.direct_timeouts));
+        }
+        for (name, config) in &own {
+            routes.insert(name.clone(), Arc::new(Route::configured(name, config)));
+        }
+        routing.routes.store(Arc::new(routes));
+        *applied = overlays;
+    }
+
+    /// The first target of a route (configured or overlaid), if `name` is one.
+    pub(crate) fn route_target(&self, name: &str) -> Option<Target> {
+        self.inner.routing.routes.load().get(name).and_then(|r| r.targets.first()).map(|t| t.config.target.clone())
+    }
+
+    /// The names of the routes served now (configured and overlaid), sorted.
+    pub(crate) fn route_names(&self) -> Vec<String> {
+        self.inner.routing.routes.load().keys().cloned().collect()
     }
 
     fn limits(&self) -> Limits<'_> {
@@ -572,11 +679,12 @@ impl Gateway {
         let names = std::iter::once((None, req.model.as_str()))
             .chain(fallbacks.iter().map(|(path, name)| (Some(path.as_str()), name.as_str())));
         let mut legs: Vec<Leg> = Vec::new();
+        let routes = self.inner.routing.routes.load();
         for (path, name) in names {
             if legs.iter().any(|leg| leg.name == name) {
                 continue;
             }
-            let targets = match self.inner.routing.routes.get(name) {
+            let targets = match routes.get(name) {
                 Some(route) => route.targets.iter().map(|t| t.config.target.clone()).collect(),
                 None => match (self.resolve(name), path) {
                     (Ok((_, target)), _) => vec![target],
@@ -586,7 +694,7 @@ impl Gateway {
                     (Err(error), _) => return Err(error),
                 },
             };
-            legs.push(Leg { name: name.to_owned(), is_route: self.inner.routing.routes.contains_key(name), targets });
+            legs.push(Leg { name: name.to_owned(), is_route: routes.contains_key(name), targets });
         }
         Ok(legs)
     }
@@ -601,12 +709,13 @@ impl Gateway {
         let mut seen: Vec<&str> = Vec::with_capacity(1 + fallbacks.len());
         let names = std::iter::once((None, req.model.as_str()))
             .chain(fallbacks.iter().map(|(path, name)| (Some(path.as_str()), name.as_str())));
+        let routes = self.inner.routing.routes.load();
         for (path, name) in names {
             if seen.contains(&name) {
                 continue;
             }
             seen.push(name);
-            let route = match self.inner.routing.routes.get(name) {
+            let route = match routes.get(name) {
                 Some(route) => route.clone(),
                 None => match (self.resolve(name), path) {
                     (Ok((_, target)), _) => Arc::new(Route::direct(target, self.inner.routing.direct_timeouts)),

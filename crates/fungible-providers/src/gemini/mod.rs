@@ -173,7 +173,7 @@ fn wire_error(provider: &str, error: WireError) -> ProviderError {
 // ---- request ----
 
 /// The request body as bytes, with `extra_body` merged in (see [`crate::body`]).
-pub(crate) fn encode_request(provider: &str, req: &ChatRequest) -> Result<Vec<u8>, ProviderError> {
+pub fn encode_request(provider: &str, req: &ChatRequest) -> Result<Vec<u8>, ProviderError> {
     body::encode(provider, &build_request(provider, req)?, &req.extra_body)
 }
 

@@ -287,8 +287,9 @@ pub(crate) fn stream_decoder(provider: &str) -> impl sse::SseDecoder + use<> {
     stream::ChunkDecoder::new(provider)
 }
 
-/// The body `chat` sends for `req` to a server of `flavor`, for [`crate::fuzzing`].
-pub(crate) fn encode_request(
+/// The body `chat` sends for `req` to a server of `flavor` (also what fuzzing and dataset
+/// exports encode with).
+pub fn encode_request(
     provider: &str,
     req: &ChatRequest,
     model: &str,

@@ -1,6 +1,6 @@
 //! The OpenAI Chat Completions front end: `POST /v1/chat/completions`.
 
-mod request;
+pub(crate) mod request;
 pub(crate) mod response;
 
 

@@ -74,7 +74,11 @@ async fn every_documented_operation_is_routed() {
     let paths = spec["paths"].as_object().expect("paths");
     assert!(paths.len() >= 10, "{paths:?}");
     for (path, ops) in paths {
-        let concrete = path.replace("{model}", "openai/gpt-5").replace("{id}", "resp_unknown");
+        let concrete = path
+            .replace("{model}", "openai/gpt-5")
+            .replace("{id}", "resp_unknown")
+            .replace("{name}", "support")
+            .replace("{row_id}", "row_1");
         for method in ops.as_object().expect("operations").keys() {
             let request = Request::builder()
                 .method(method.to_uppercase().as_str())

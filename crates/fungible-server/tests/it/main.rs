@@ -11,6 +11,7 @@ mod guard;
 mod local;
 mod memory;
 mod conformance;
+mod datasets;
 mod recording;
 mod routing;
 mod serve;

@@ -11,12 +11,12 @@ use serde_json::{Value, json};
 
 use crate::{Harness, OPENAI};
 
-struct Recorded {
-    h: Harness,
-    recorder: Recorder,
+pub(crate) struct Recorded {
+    pub(crate) h: Harness,
+    pub(crate) recorder: Recorder,
 }
 
-async fn sqlite_store() -> Store {
+pub(crate) async fn sqlite_store() -> Store {
     let dir = std::env::temp_dir().join("fungible-server-recording-tests");
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(format!("{}.db", fungible_store::new_id()));
@@ -26,7 +26,7 @@ async fn sqlite_store() -> Store {
 }
 
 /// A store in a fresh PostgreSQL schema, dropped with the guard (also when the test panics).
-async fn postgres_store() -> Option<(Store, fungible_store::testing::PgSchema)> {
+pub(crate) async fn postgres_store() -> Option<(Store, fungible_store::testing::PgSchema)> {
     let schema = fungible_store::testing::PgSchema::from_env()
         .await
         .expect("postgres")?;
@@ -35,7 +35,7 @@ async fn postgres_store() -> Option<(Store, fungible_store::testing::PgSchema)> 
 }
 
 impl Recorded {
-    async fn new(store: Store) -> Recorded {
+    pub(crate) async fn new(store: Store) -> Recorded {
         Recorded::with_raw_bodies(store, None).await
     }
 
@@ -51,18 +51,19 @@ impl Recorded {
         let gateway = fungible_gateway::Gateway::new(&config).expect("gateway");
         let mut state = AppState::new(gateway, config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes).with_recorder(store, recorder.clone());
         state.shared_mut().recording.raw_bodies = raw;
-        h.app = app(state);
+        h.app = app(state.clone());
+        h.state = state;
         Recorded { h, recorder }
     }
 
-    async fn get(&self, path: &str) -> crate::TestResponse {
+    pub(crate) async fn get(&self, path: &str) -> crate::TestResponse {
         self.h
             .send(Request::get(path).body(Body::empty()).expect("request"))
             .await
     }
 
     /// The newest records, after the queue is written.
-    async fn records(&self) -> Vec<Value> {
+    pub(crate) async fn records(&self) -> Vec<Value> {
         self.recorder.flush().await;
         let list = self.get("/v1/inferences").await;
         assert_eq!(list.status, 200, "{}", list.text());

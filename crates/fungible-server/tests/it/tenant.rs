@@ -151,11 +151,21 @@ async fn a_key_reads_and_annotates_only_its_own_inferences() {
     // Operational endpoints are for read:all (or the admin key).
     get(&gw, &b, "/metrics").await.openai_error(403);
     get(&gw, &b, "/v1/routes").await.openai_error(403);
+    // Datasets hold every key's traffic: building one, listing or exporting them is for
+    // read:all too, so B cannot lift A's conversations through a dataset.
+    let build = post(&gw, &b, "/v1/datasets", json!({"name": "lift", "curation": {"near_duplicates": null}})).await;
+    build.openai_error(403);
+    get(&gw, &b, "/v1/datasets").await.openai_error(403);
+    get(&gw, &b, "/v1/datasets/lift/export?format=openai").await.openai_error(403);
+    assert!(gw.store.list_datasets().await.expect("datasets").is_empty(), "nothing was built");
 
     // A key with read:all reads everyone's; one without read scopes reads nothing.
     let (_, ops) = gw.key(json!({"scopes": ["read:all"]})).await;
     assert_eq!(get(&gw, &ops, &format!("/v1/inferences/{a_inference}")).await.status.as_u16(), 200);
     assert_eq!(get(&gw, &ops, "/metrics").await.status.as_u16(), 200);
+    let built = post(&gw, &ops, "/v1/datasets", json!({"name": "all", "curation": {"near_duplicates": null, "dedup": false}})).await;
+    assert_eq!(built.status.as_u16(), 201, "{}", built.text());
+    assert_eq!(built.json()["rows"], 2, "read:all builds from every key's traffic");
     assert_eq!(gw.chat(&ops, "openai/gpt-5").await.openai_error(403)["type"], "permission_error");
     let (_, inference_only) = gw.key(json!({"scopes": ["inference"]})).await;
     get(&gw, &inference_only, "/v1/inferences").await.openai_error(403);
