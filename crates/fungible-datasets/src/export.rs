@@ -168,11 +168,13 @@ pub fn export(rows: &[Example], split: Option<Split>, format: Format, skip_inval
     if !problems.is_empty() && !skip_invalid {
         return Err(ExportError { format: format.as_str(), problems, file_problems });
     }
-    if lines.len() < limits.min_rows {
+    // The minimum is the training file's; a validation file may be small.
+    let min_rows = if split == Some(Split::Validation) { 1 } else { limits.min_rows };
+    if lines.len() < min_rows {
         file_problems.push(format!(
             "{} takes at least {} rows; {} {} ready",
             format.as_str(),
-            limits.min_rows,
+            min_rows,
             lines.len(),
             if lines.len() == 1 { "is" } else { "are" }
         ));

@@ -199,42 +199,50 @@ pub async fn page(
     page.iter().map(|r| Ok((r.idx, parse_row(name, r)?))).collect()
 }
 
+/// A row to add, with its split when the writer chose one (else it is drawn from the row's
+/// id and the dataset's seed and validation fraction).
+pub type NewRow = (Example, Option<Split>);
+
 /// Adds rows (or replaces rows with the same ids) in the latest version of `name`, creating
-/// the dataset when there is none; a version already used is copied to a new one first. A
-/// new row's split is drawn from its id and the dataset's seed and validation fraction.
+/// the dataset when there is none; a version already used is copied to a new one first.
 /// Returns the version written.
-pub async fn put_rows(store: &Store, name: &str, new_rows: Vec<Example>) -> Result<VersionInfo, DatasetError> {
+pub async fn put_rows(store: &Store, name: &str, new_rows: Vec<NewRow>) -> Result<VersionInfo, DatasetError> {
     check_name(name)?;
-    for row in &new_rows {
+    for (row, _) in &new_rows {
         if let Some(problem) = row.problem() {
             return Err(DatasetError::BadInput(format!("row {}: {problem}", row.id)));
         }
     }
-    let Some(head) = store.dataset_version(name, None).await? else {
-        let curation = Curation::default();
-        let mut rows = new_rows;
-        for r in &mut rows {
-            r.split = curate::split_of_new_row(&r.id, curation.validation_fraction, curation.seed);
-        }
+    let head = store.dataset_version(name, None).await?.map(VersionInfo::of);
+    let curation = head.as_ref().map_or_else(Curation::default, |h| h.spec.curation.clone());
+    let placed = |(mut row, split): NewRow| {
+        row.split = split.unwrap_or_else(|| curate::split_of_new_row(&row.id, curation.validation_fraction, curation.seed));
+        row
+    };
+    let Some(head) = head else {
+        let rows: Vec<Example> = new_rows.into_iter().map(placed).collect();
         let report = VersionReport { stats: Stats::of(&rows), ..VersionReport::default() };
-        let spec = Spec { selection: None, curation };
+        let spec = Spec { selection: None, curation: curation.clone() };
         let version = store.create_dataset_version(name, None, &to_json(&spec), &to_json(&report), &stored_rows(&rows)).await?;
         return info(store, name, Some(version)).await;
     };
-    let head = VersionInfo::of(head);
     let version = writable(store, &head).await?;
     let mut all = rows(store, name, version).await?;
     let mut written = Vec::with_capacity(new_rows.len());
-    for mut row in new_rows {
-        match all.iter_mut().find(|r| r.id == row.id) {
+    for (row, split) in new_rows {
+        let row = match all.iter_mut().find(|r| r.id == row.id) {
             Some(existing) => {
-                *existing = row.clone();
+                // A replaced row keeps its split unless the writer chose one.
+                let split = split.unwrap_or(existing.split);
+                *existing = Example { split, ..row };
+                existing.clone()
             }
             None => {
-                row.split = curate::split_of_new_row(&row.id, head.spec.curation.validation_fraction, head.spec.curation.seed);
+                let row = placed((row, split));
                 all.push(row.clone());
+                row
             }
-        }
+        };
         written.push(row);
     }
     let report = VersionReport { stats: Stats::of(&all), ..head.report };

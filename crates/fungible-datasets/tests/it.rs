@@ -210,7 +210,7 @@ async fn traffic_and_feedback_become_a_curated_versioned_dataset() {
 async fn edits_go_to_a_copy_once_a_version_is_used() {
     for (store, _schema, _dir) in stores().await {
         let row = |id: &str, q: &str, a: &str| {
-            Example::new(id.into(), Source::Manual, vec![Message::text(Role::User, q)], vec![], fungible_datasets::assistant(Some(a.into()), vec![]))
+            (Example::new(id.into(), Source::Manual, vec![Message::text(Role::User, q)], vec![], fungible_datasets::assistant(Some(a.into()), vec![])), None)
         };
         let info = versions::put_rows(&store, "manual", vec![row("a", "1+1?", "2"), row("b", "2+2?", "4")]).await.unwrap();
         assert_eq!((info.version, info.rows), (1, 2));
@@ -218,6 +218,11 @@ async fn edits_go_to_a_copy_once_a_version_is_used() {
         let info = versions::put_rows(&store, "manual", vec![row("a", "1+1?", "two")]).await.unwrap();
         assert_eq!((info.version, info.rows), (1, 2));
         assert_eq!(versions::rows(&store, "manual", 1).await.unwrap()[0].output.joined_text(), "two");
+        // A split given is kept; a replaced row keeps its own unless one is given.
+        versions::put_rows(&store, "manual", vec![(row("b", "2+2?", "4").0, Some(Split::Validation))]).await.unwrap();
+        versions::put_rows(&store, "manual", vec![row("b", "2+2?", "four")]).await.unwrap();
+        let b = versions::rows(&store, "manual", 1).await.unwrap().into_iter().find(|r| r.id == "b").unwrap();
+        assert_eq!((b.split, b.output.joined_text().as_str()), (Split::Validation, "four"));
 
         versions::mark_used(&store, "manual", 1, "ftjob_123").await.unwrap();
         let info = versions::put_rows(&store, "manual", vec![row("c", "3+3?", "6")]).await.unwrap();
@@ -230,7 +235,7 @@ async fn edits_go_to_a_copy_once_a_version_is_used() {
 
         // Bad rows and names are refused.
         let bad = Example::new("x".into(), Source::Manual, vec![Message::text(Role::System, "no user")], vec![], fungible_datasets::assistant(Some("a".into()), vec![]));
-        assert!(matches!(versions::put_rows(&store, "manual", vec![bad]).await, Err(DatasetError::BadInput(_))));
+        assert!(matches!(versions::put_rows(&store, "manual", vec![(bad, None)]).await, Err(DatasetError::BadInput(_))));
         assert!(matches!(versions::put_rows(&store, "../etc", vec![row("a", "q", "a")]).await, Err(DatasetError::BadInput(_))));
     }
 }

@@ -6,6 +6,8 @@
 //! SDKs), or one fixed body (benchmarks). It can also misbehave on purpose: hang before
 //! headers, stall or reset mid-stream, and report when the client went away. For load tests,
 //! [`Chaos`] fails a seeded random share of requests (500, 503, 429, connection resets).
+//! The fine-tuning APIs (files and jobs of OpenAI, Mistral and Together) are simulated with
+//! state of their own (`tuning`), whatever the fallback.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -23,6 +25,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+
+mod tuning;
 
 /// One scripted answer.
 #[derive(Debug, Clone)]
@@ -178,6 +182,8 @@ struct Shared {
     arrived: Notify,
     /// Failures [`Chaos`] injected.
     injected: AtomicU64,
+    /// Files and fine-tuning jobs (see [`tuning`]).
+    tuning: tuning::Tuning,
 }
 
 /// A running mock; it stops when dropped.
@@ -216,6 +222,7 @@ impl MockUpstream {
             requests: AtomicU64::new(0),
             arrived: Notify::new(),
             injected: AtomicU64::new(0),
+            tuning: tuning::Tuning::default(),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
         Ok(MockUpstream { addr, shared, task })
@@ -329,8 +336,12 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     let n = shared.requests.fetch_add(1, Ordering::Relaxed);
     let scripted = lock(&shared.queue).pop_front();
     let chaos = *lock(&shared.chaos);
+    let path = uri.split('?').next().unwrap_or(&uri);
     let response = match (scripted, chaos.and_then(|c| c.failure(n))) {
         (Some(r), _) => r,
+        (None, _) if tuning::handles(path) => {
+            shared.tuning.respond(parts.method.as_str(), &uri, &parts.headers, body.clone()).await
+        }
         (None, Some(failure)) => {
             shared.injected.fetch_add(1, Ordering::Relaxed);
             failure

@@ -253,8 +253,9 @@ pub async fn export(
 /// A row written by a person: OpenAI's SFT shape (`messages` ending with the answer,
 /// `tools`), a preference pair (`input`, `preferred_output`, `non_preferred_output`), or
 /// `prompt` and `completion`; with `fungible`'s other row fields where present. `source` is
-/// what the row is marked as unless it says otherwise.
-pub fn parse_row(value: Value, source: Source) -> Result<Example, String> {
+/// what the row is marked as unless it says otherwise; the split is the row's when it gives
+/// one.
+pub fn parse_row(value: Value, source: Source) -> Result<versions::NewRow, String> {
     let Value::Object(mut obj) = value else {
         return Err("a row must be a JSON object".into());
     };
@@ -298,9 +299,11 @@ pub fn parse_row(value: Value, source: Source) -> Result<Example, String> {
     };
     let mut example = Example::new(id, source, messages, tools, output);
     example.rejected = rejected;
-    if let Some(split) = obj.remove("split").as_ref().and_then(Value::as_str) {
-        example.split = Split::parse(split).ok_or_else(|| format!("split {split:?}: expected train or validation"))?;
-    }
+    let split = match obj.remove("split") {
+        Some(Value::String(split)) => Some(Split::parse(&split).ok_or_else(|| format!("split {split:?}: expected train or validation"))?),
+        None | Some(Value::Null) => None,
+        Some(_) => return Err("split must be train or validation".into()),
+    };
     if let Some(Value::String(id)) = obj.remove("inference_id") {
         example.inference_id = Some(id);
     }
@@ -319,7 +322,7 @@ pub fn parse_row(value: Value, source: Source) -> Result<Example, String> {
     if let Some(problem) = example.problem() {
         return Err(problem);
     }
-    Ok(example)
+    Ok((example, split))
 }
 
 /// Messages and tools, parsed as a Chat Completions request's.

@@ -299,12 +299,15 @@ async fn run(command: DatasetsCommand, store: &Store) -> anyhow::Result<ExitCode
                     }
                     messages.push(Message::text(Role::User, user.clone()));
                     let seed = format!("{:?}\0{user}\0{assistant}", a.system);
-                    vec![fungible_datasets::Example::new(
-                        fungible_datasets::stable_id(seed.as_bytes()),
-                        Source::Manual,
-                        messages,
-                        Vec::new(),
-                        fungible_datasets::assistant(Some(assistant.clone()), Vec::new()),
+                    vec![(
+                        fungible_datasets::Example::new(
+                            fungible_datasets::stable_id(seed.as_bytes()),
+                            Source::Manual,
+                            messages,
+                            Vec::new(),
+                            fungible_datasets::assistant(Some(assistant.clone()), Vec::new()),
+                        ),
+                        None,
                     )]
                 }
                 _ => anyhow::bail!("give a row with --user and --assistant, or a JSONL file with --file"),
@@ -458,7 +461,7 @@ fn parse_split(split: Option<&str>) -> anyhow::Result<Option<Split>> {
 }
 
 /// Rows from a JSONL file ('-': standard input); every bad line is reported, nothing is added.
-fn read_rows(path: &PathBuf) -> anyhow::Result<Vec<fungible_datasets::Example>> {
+fn read_rows(path: &PathBuf) -> anyhow::Result<Vec<versions::NewRow>> {
     let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {

@@ -79,7 +79,11 @@ async fn every_documented_operation_is_routed() {
             .replace("{id}", "resp_unknown")
             .replace("{name}", "support")
             .replace("{row_id}", "row_1");
-        for method in ops.as_object().expect("operations").keys() {
+        let methods = ops.as_object().expect("operations").keys().filter(|k| {
+            // A path item also holds shared `parameters`, which is not an operation.
+            ["get", "post", "put", "patch", "delete", "head", "options"].contains(&k.as_str())
+        });
+        for method in methods {
             let request = Request::builder()
                 .method(method.to_uppercase().as_str())
                 .uri(&concrete)

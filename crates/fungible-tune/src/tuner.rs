@@ -1,0 +1,406 @@
+//! The jobs: planning one (validate, export, estimate the cost: nothing leaves the machine),
+//! launching it (upload, create, keep it in the store, mark the dataset version used),
+//! polling the unfinished ones (one instance at a time, by lease), cancelling, promoting, and
+//! the routes the finished ones are served as.
+
+use std::collections::BTreeMap;
+
+use fungible_datasets::versions;
+use fungible_gateway::{RouteOverlay, Target};
+use fungible_store::{Store, TuneJobRow};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::client::{Api, Client, ClientError, CreateSpec};
+use crate::job::{Job, Method, Promotion, Status};
+use crate::prices;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    /// The request cannot be run as asked: nothing was uploaded.
+    #[error("{0}")]
+    BadInput(String),
+    #[error("no tuning job {0:?}")]
+    NotFound(String),
+    #[error(transparent)]
+    Provider(#[from] ClientError),
+    #[error(transparent)]
+    Dataset(#[from] fungible_datasets::DatasetError),
+    #[error(transparent)]
+    Store(#[from] fungible_store::StoreError),
+    #[error("a stored job is not valid JSON: {0}")]
+    Corrupt(String),
+}
+
+/// What to launch.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchRequest {
+    /// A configured provider (`openai`, `together`, `mistral`, ...).
+    pub provider: String,
+    /// The base model, as the provider names it.
+    pub model: String,
+    /// `NAME` or `NAME@VERSION` of a stored dataset.
+    pub dataset: String,
+    #[serde(default = "sft")]
+    pub method: Method,
+    /// Passed through with the provider's names (`n_epochs`, `learning_rate_multiplier`,
+    /// `batch_size`, `beta` for OpenAI; `n_epochs`, `learning_rate`, `lora_r`... for Together;
+    /// `epochs`, `training_steps`, `learning_rate` for Mistral).
+    #[serde(default)]
+    pub hyperparameters: Map<String, Value>,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// The name to serve the tuned model under [default: `DATASET@ft-YYYYMMDD`].
+    #[serde(default)]
+    pub alias: Option<String>,
+}
+
+fn sft() -> Method {
+    Method::Sft
+}
+
+/// A launch worked out, before anything is uploaded: what `--dry-run` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub request: LaunchRequest,
+    pub dataset: String,
+    pub dataset_version: i64,
+    pub format: &'static str,
+    pub train_rows: usize,
+    pub validation_rows: usize,
+    /// Training tokens of the training rows (the `o200k_base` estimate), before epochs.
+    pub dataset_tokens: u64,
+    pub epochs: u64,
+    /// USD per million training tokens; `None` when unknown.
+    pub price_per_million: Option<f64>,
+    /// `dataset_tokens × epochs × price`; `None` when the price is unknown.
+    pub estimated_cost: Option<f64>,
+    pub prices_as_of: &'static str,
+    pub alias: String,
+    #[serde(skip)]
+    train_jsonl: String,
+    #[serde(skip)]
+    validation_jsonl: Option<String>,
+}
+
+/// Jobs on the providers of a config, kept in one store.
+#[derive(Debug, Clone)]
+pub struct Tuner {
+    clients: BTreeMap<String, Client>,
+    /// Configured providers that cannot be tuned through, with why.
+    unsupported: BTreeMap<String, String>,
+    store: Store,
+    /// This instance, as the holder of job leases.
+    owner: String,
+    lease_ms: i64,
+}
+
+/// How long a poller holds a job before another instance may take it over.
+pub const DEFAULT_LEASE_MS: i64 = 5 * 60_000;
+
+impl Tuner {
+    /// A client for each configured provider whose fine-tuning API fungible speaks.
+    pub fn new(providers: &[fungible_gateway::config::ProviderConfig], store: Store) -> Tuner {
+        let mut clients = BTreeMap::new();
+        let mut unsupported = BTreeMap::new();
+        for p in providers {
+            match Api::of(&p.name, p.kind) {
+                Some(api) => {
+                    clients.insert(p.name.clone(), Client::new(&p.name, api, &p.base_url, p.api_key.clone()));
+                }
+                None => {
+                    unsupported.insert(p.name.clone(), format!("fungible cannot fine-tune through {:?} (it tunes on openai, together and mistral)", p.name));
+                }
+            }
+        }
+        Tuner { clients, unsupported, store, owner: format!("tuner-{}", fungible_store::new_id()), lease_ms: DEFAULT_LEASE_MS }
+    }
+
+    /// Uses `lease_ms` for job leases (tests shorten it).
+    pub fn with_lease_ms(mut self, lease_ms: i64) -> Tuner {
+        self.lease_ms = lease_ms;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn client(&self, provider: &str) -> Result<&Client, TuneError> {
+        self.clients.get(provider).ok_or_else(|| {
+            TuneError::BadInput(self.unsupported.get(provider).cloned().unwrap_or_else(|| {
+                let known: Vec<&str> = self.clients.keys().map(String::as_str).collect();
+                format!(
+                    "provider {provider:?} is not configured (set its API key, e.g. {}_API_KEY); tunable here: {}",
+                    provider.to_ascii_uppercase(),
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                )
+            }))
+        })
+    }
+
+    /// Checks everything and works out the files and the cost; uploads nothing.
+    pub async fn plan(&self, request: LaunchRequest) -> Result<Plan, TuneError> {
+        let client = self.client(&request.provider)?;
+        if !client.has_key() {
+            return Err(TuneError::BadInput(format!(
+                "{} has no API key: set {}_API_KEY (or api_key_env in [providers.{}])",
+                request.provider,
+                request.provider.to_ascii_uppercase().replace('-', "_"),
+                request.provider
+            )));
+        }
+        if !client.api.supports(request.method) {
+            return Err(TuneError::BadInput(format!("{} has no preference (DPO) tuning; use --method sft", request.provider)));
+        }
+        if request.model.trim().is_empty() {
+            return Err(TuneError::BadInput("the base model is required".into()));
+        }
+        if let Some(suffix) = &request.suffix
+            && (suffix.len() > 40 || !suffix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(TuneError::BadInput(format!("suffix {suffix:?}: up to 40 letters, digits, '-' or '_'")));
+        }
+        let (name, version) = versions::parse_reference(&request.dataset)?;
+        let info = versions::info(&self.store, &name, version).await?;
+        let rows = versions::rows(&self.store, &name, info.version).await?;
+        if rows.is_empty() {
+            return Err(TuneError::BadInput(format!("dataset {name}@{} has no rows", info.version)));
+        }
+        let format = client.api.format(request.method);
+        let export = |split| {
+            fungible_datasets::export::export(&rows, Some(split), format, false).map_err(|e| {
+                TuneError::BadInput(format!("{name}@{} cannot be tuned on as {} ({} rows): {e}", info.version, format.as_str(), split.as_str()))
+            })
+        };
+        let train = export(fungible_datasets::Split::Train)?;
+        let has_validation = rows.iter().any(|r| r.split == fungible_datasets::Split::Validation);
+        let validation = if has_validation { Some(export(fungible_datasets::Split::Validation)?) } else { None };
+        let dataset_tokens: u64 = rows.iter().filter(|r| r.split == fungible_datasets::Split::Train).map(|r| r.tokens).sum();
+        let epochs = ["n_epochs", "epochs"]
+            .iter()
+            .find_map(|k| request.hyperparameters.get(*k).and_then(Value::as_f64))
+            .map(|e| e.ceil() as u64)
+            .unwrap_or_else(|| prices::default_epochs(client.api));
+        let price = prices::training_price(&request.provider, &request.model);
+        let alias = match &request.alias {
+            Some(alias) => {
+                fungible_datasets::versions::check_name(alias.split('@').next().unwrap_or(alias))?;
+                alias.clone()
+            }
+            None => self.free_alias(&format!("{name}@ft-{}", fungible_types::date::utc_date(fungible_store::now_ms()).replace('-', ""))).await?,
+        };
+        Ok(Plan {
+            dataset: name,
+            dataset_version: info.version,
+            format: format.as_str(),
+            train_rows: train.rows,
+            validation_rows: validation.as_ref().map_or(0, |v| v.rows),
+            dataset_tokens,
+            epochs,
+            price_per_million: price,
+            estimated_cost: price.map(|p| dataset_tokens as f64 * epochs as f64 * p / 1e6),
+            prices_as_of: prices::TRAINING_PRICES_AS_OF,
+            alias,
+            train_jsonl: train.jsonl,
+            validation_jsonl: validation.map(|v| v.jsonl),
+            request,
+        })
+    }
+
+    /// `base`, or `base-2`, `base-3`... whichever no job serves yet.
+    async fn free_alias(&self, base: &str) -> Result<String, TuneError> {
+        let taken: Vec<String> = self.jobs(1000).await?.into_iter().map(|j| j.alias).collect();
+        let mut alias = base.to_owned();
+        let mut n = 2;
+        while taken.contains(&alias) {
+            alias = format!("{base}-{n}");
+            n += 1;
+        }
+        Ok(alias)
+    }
+
+    /// Uploads the files, creates the job, keeps it, and marks the dataset version used.
+    pub async fn launch(&self, plan: Plan) -> Result<Job, TuneError> {
+        let client = self.client(&plan.request.provider)?;
+        let stem = format!("{}-v{}", plan.dataset, plan.dataset_version);
+        let training_file = client.upload(&format!("{stem}-train.jsonl"), plan.train_jsonl).await?;
+        let validation_file = match plan.validation_jsonl {
+            Some(v) => Some(client.upload(&format!("{stem}-validation.jsonl"), v).await?),
+            None => None,
+        };
+        let remote = client
+            .create(&CreateSpec {
+                model: &plan.request.model,
+                method: plan.request.method,
+                training_file: &training_file,
+                validation_file: validation_file.as_deref(),
+                suffix: plan.request.suffix.as_deref(),
+                hyperparameters: &plan.request.hyperparameters,
+            })
+            .await?;
+        let now = fungible_store::now_ms();
+        let job = Job {
+            id: format!("tune_{}", fungible_store::new_id()),
+            provider: plan.request.provider.clone(),
+            provider_job_id: remote.id.clone(),
+            base_model: plan.request.model.clone(),
+            method: plan.request.method,
+            dataset: plan.dataset.clone(),
+            dataset_version: plan.dataset_version,
+            training_file,
+            validation_file,
+            hyperparameters: plan.request.hyperparameters.clone(),
+            suffix: plan.request.suffix.clone(),
+            alias: plan.alias.clone(),
+            promotion: None,
+            status: remote.status,
+            provider_status: remote.provider_status.clone(),
+            fine_tuned_model: remote.fine_tuned_model.clone(),
+            dataset_tokens: plan.dataset_tokens,
+            trained_tokens: remote.trained_tokens,
+            estimated_cost: plan.estimated_cost,
+            cost: None,
+            events: remote.events.clone(),
+            error: remote.error.clone(),
+            created_ms: now,
+            updated_ms: now,
+            finished_ms: remote.status.is_terminal().then_some(now),
+        };
+        self.store
+            .insert_tune_job(&TuneJobRow { id: job.id.clone(), status: job.status.as_str().into(), body: encode(&job)?, created_ms: now, updated_ms: now })
+            .await?;
+        versions::mark_used(&self.store, &plan.dataset, plan.dataset_version, &job.id).await?;
+        tracing::info!(job = %job.id, provider = %job.provider, provider_job = %job.provider_job_id, "tuning job launched");
+        Ok(job)
+    }
+
+    /// Reads the job from its provider once, and keeps what changed.
+    pub async fn refresh(&self, mut job: Job) -> Result<Job, TuneError> {
+        if job.status.is_terminal() {
+            return Ok(job);
+        }
+        let client = self.client(&job.provider)?;
+        let remote = client.get(&job.provider_job_id).await?;
+        let fresh = client.events(&job.provider_job_id).await?;
+        self.apply(&mut job, remote, fresh);
+        self.save(&job).await?;
+        Ok(job)
+    }
+
+    fn apply(&self, job: &mut Job, remote: crate::client::Remote, fresh: Vec<crate::job::Event>) {
+        let was = job.status;
+        if !remote.events.is_empty() {
+            job.events = remote.events;
+        }
+        for event in fresh {
+            if event.id.is_none() || !job.events.iter().any(|e| e.id == event.id) {
+                job.events.push(event);
+            }
+        }
+        job.status = remote.status;
+        job.provider_status = remote.provider_status;
+        job.fine_tuned_model = remote.fine_tuned_model.or(job.fine_tuned_model.take());
+        job.trained_tokens = remote.trained_tokens.or(job.trained_tokens);
+        job.error = remote.error.or(job.error.take());
+        job.updated_ms = fungible_store::now_ms();
+        if job.status.is_terminal() && job.finished_ms.is_none() {
+            job.finished_ms = Some(job.updated_ms);
+        }
+        if let (Some(tokens), Some(price)) = (job.trained_tokens, prices::training_price(&job.provider, &job.base_model)) {
+            job.cost = Some(tokens as f64 * price / 1e6);
+        }
+        if job.status != was {
+            tracing::info!(job = %job.id, from = was.as_str(), to = job.status.as_str(), model = ?job.fine_tuned_model, "tuning job moved");
+        }
+    }
+
+    async fn save(&self, job: &Job) -> Result<(), TuneError> {
+        self.store.update_tune_job(&job.id, job.status.as_str(), &encode(job)?).await?;
+        Ok(())
+    }
+
+    /// Polls every unfinished job no other instance holds (taking a lease on it), and
+    /// returns them as they are now. A provider's error on one job is logged and the job
+    /// is tried again next time.
+    pub async fn poll_due(&self) -> Result<Vec<Job>, TuneError> {
+        self.poll_due_at(fungible_store::now_ms()).await
+    }
+
+    /// [`Tuner::poll_due`] as if it were `now_ms` (tests move the clock).
+    pub async fn poll_due_at(&self, now_ms: i64) -> Result<Vec<Job>, TuneError> {
+        let mut polled = Vec::new();
+        for row in self.store.lease_tune_jobs(&self.owner, now_ms, self.lease_ms).await? {
+            let job = decode(&row.body)?;
+            match self.refresh(job).await {
+                Ok(job) => polled.push(job),
+                Err(e) => tracing::warn!(job = %row.id, "tuning job not polled: {e}"),
+            }
+        }
+        Ok(polled)
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Job, TuneError> {
+        match self.store.tune_job(id).await? {
+            Some(row) => decode(&row.body),
+            None => Err(TuneError::NotFound(id.to_owned())),
+        }
+    }
+
+    /// Jobs, newest first.
+    pub async fn jobs(&self, limit: i64) -> Result<Vec<Job>, TuneError> {
+        self.store.tune_jobs(limit).await?.iter().map(|r| decode(&r.body)).collect()
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<Job, TuneError> {
+        let mut job = self.job(id).await?;
+        if job.status.is_terminal() {
+            return Err(TuneError::BadInput(format!("job {id} already {}", job.status.as_str())));
+        }
+        let client = self.client(&job.provider)?;
+        let remote = client.cancel(&job.provider_job_id).await?;
+        self.apply(&mut job, remote, Vec::new());
+        self.save(&job).await?;
+        Ok(job)
+    }
+
+    /// Gives the tuned model `percent` of `route`'s first picks (a configured route; the
+    /// gateway applies it with the next [`Tuner::overlays`]). `percent` 0 takes it back.
+    pub async fn promote(&self, id: &str, route: &str, percent: u32) -> Result<Job, TuneError> {
+        let mut job = self.job(id).await?;
+        if job.status != Status::Succeeded || job.fine_tuned_model.is_none() {
+            return Err(TuneError::BadInput(format!("job {id} is {}: only a succeeded job's model can serve a route", job.status.as_str())));
+        }
+        if percent > 99 {
+            return Err(TuneError::BadInput("percent: 1 to 99 (the route's own targets keep the rest), or 0 to take it back".into()));
+        }
+        job.promotion = (percent > 0).then(|| Promotion { route: route.to_owned(), percent });
+        job.updated_ms = fungible_store::now_ms();
+        self.save(&job).await?;
+        Ok(job)
+    }
+
+    /// The routes the succeeded jobs are served as: each model under its alias, and in the
+    /// route it was promoted into.
+    pub async fn overlays(&self) -> Result<Vec<RouteOverlay>, TuneError> {
+        let mut out = Vec::new();
+        for job in self.jobs(10_000).await? {
+            let Some(target) = job.target().filter(|_| job.status == Status::Succeeded) else { continue };
+            out.push(RouteOverlay { route: job.alias.clone(), target: target.clone(), percent: 0 });
+            if let Some(p) = &job.promotion {
+                out.push(RouteOverlay { route: p.route.clone(), target: Target { ..target }, percent: p.percent });
+            }
+        }
+        out.sort_by(|a, b| (&a.route, a.target.to_string()).cmp(&(&b.route, b.target.to_string())));
+        Ok(out)
+    }
+}
+
+fn encode(job: &Job) -> Result<String, TuneError> {
+    serde_json::to_string(job).map_err(|e| TuneError::Corrupt(e.to_string()))
+}
+
+fn decode(body: &str) -> Result<Job, TuneError> {
+    serde_json::from_str(body).map_err(|e| TuneError::Corrupt(e.to_string()))
+}
