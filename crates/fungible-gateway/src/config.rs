@@ -48,6 +48,17 @@ pub struct ConfigFile {
     /// `[state]`: where state shared by several instances lives (Redis).
     #[serde(default)]
     pub state: StateSection,
+    /// `[tune]`: fine-tuning jobs.
+    #[serde(default)]
+    pub tune: TuneSection,
+}
+
+/// `[tune]`: how `serve` follows fine-tuning jobs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneSection {
+    /// Seconds between polls of the unfinished jobs (default 30, at least 1).
+    pub poll_interval_secs: Option<u64>,
 }
 
 /// `[local]`: the in-process models (`local/MODEL`), served offline with no key.
@@ -204,6 +215,8 @@ pub struct GatewayConfig {
     pub preload_local: bool,
     /// `[auth]` and `[state]`.
     pub auth: AuthConfig,
+    /// `[tune] poll_interval_secs`.
+    pub tune_poll_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -342,6 +355,11 @@ impl GatewayConfig {
         // the in-process models.
         let local_taken = file.providers.contains_key(fungible_providers::local::NAME);
         let preload_local = file.local.preload.unwrap_or(false);
+        let tune_poll_interval = match file.tune.poll_interval_secs {
+            Some(0) => return Err(invalid("tune.poll_interval_secs", "must be at least 1")),
+            Some(secs) => Duration::from_secs(secs),
+            None => Duration::from_secs(30),
+        };
         let local = if local_taken { None } else { local_config(file.local, env)? };
         let mut sections = file.providers;
         // Built-in presets: enabled by their key (or base URL) in the environment, or by a
@@ -389,6 +407,7 @@ impl GatewayConfig {
             local,
             preload_local,
             auth,
+            tune_poll_interval,
         })
     }
 }

@@ -246,6 +246,9 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
                 scopes: key.scopes.clone(),
             };
             let needed = crate::principal::needs(request.uri().path());
+            if needed.is_empty() {
+                return forbidden(format!("{} is for the admin key only", request.uri().path())).into_response_for(format);
+            }
             if !needed.iter().any(|scope| principal.has(*scope)) {
                 let names: Vec<&str> = needed.iter().map(|s| s.as_str()).collect();
                 return forbidden(format!(

@@ -25,6 +25,7 @@ pub mod openai_responses;
 pub mod principal;
 pub mod recording;
 pub mod routes_status;
+pub mod tune;
 pub mod serve;
 mod streaming;
 mod tags;
@@ -84,6 +85,8 @@ pub struct Shared {
     pub auth: auth::Auth,
     /// `[server] allowed_hosts`: the `Host` names served with auth off besides loopback ones.
     pub allowed_hosts: guard::AllowedHosts,
+    /// Fine-tuning jobs (`/v1/tune/jobs`); `None` without a store.
+    pub tuner: Option<fungible_tune::Tuner>,
 }
 
 impl AppState {
@@ -99,6 +102,7 @@ impl AppState {
             cache: None,
             auth: auth::Auth::default(),
             allowed_hosts: guard::AllowedHosts::default(),
+            tuner: None,
         }))
     }
 
@@ -125,6 +129,12 @@ impl AppState {
         let shared = self.shared_mut();
         shared.store = Some(store);
         shared.recording.recorder = Some(recorder);
+        self
+    }
+
+    /// Runs fine-tuning jobs with `tuner` (`/v1/tune/jobs`; see [`tune`]).
+    pub fn with_tuner(mut self, tuner: fungible_tune::Tuner) -> AppState {
+        self.shared_mut().tuner = Some(tuner);
         self
     }
 
@@ -175,6 +185,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/datasets/{name}/rows", get(datasets::rows).post(datasets::put_rows))
         .route("/v1/datasets/{name}/rows/{row_id}", axum::routing::delete(datasets::delete_row))
         .route("/v1/datasets/{name}/export", get(datasets::export))
+        .route("/v1/tune/jobs", get(tune::list).post(tune::create))
+        .route("/v1/tune/jobs/{id}", get(tune::get))
+        .route("/v1/tune/jobs/{id}/cancel", post(tune::cancel))
+        .route("/v1/tune/jobs/{id}/promote", post(tune::promote))
         .route("/metrics", get(inferences::metrics))
         .route("/admin/keys", post(admin::create).get(admin::list))
         .route("/admin/keys/{id}", get(admin::get).patch(admin::update).delete(admin::revoke))

@@ -63,9 +63,13 @@ impl DataScope {
 
 /// The scope a path needs from a virtual key: the read endpoints need one of the read scopes
 /// (checked by [`needs`]'s caller), the operational ones and datasets (which hold every
-/// key's traffic) `read:all`, everything else `inference`.
+/// key's traffic) `read:all`, tuning jobs (which spend money) none: only the admin key,
+/// everything else `inference`.
 pub fn needs(path: &str) -> &'static [Scope] {
-    if path == "/metrics"
+    if path == "/v1/tune" || path.starts_with("/v1/tune/") {
+        // Tuning jobs spend money on the providers' accounts: the admin key only.
+        &[]
+    } else if path == "/metrics"
         || path == "/v1/routes"
         || path.starts_with("/v1/routes/")
         || path == "/v1/datasets"

@@ -8,6 +8,7 @@ mod eval;
 mod keys;
 mod telemetry;
 mod traces;
+mod tune;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,10 @@ enum Command {
     /// recorded traffic and feedback, curated), `list`, `show`, `rows`, `add`, `remove`,
     /// `export` (a provider's fine-tuning JSONL, checked against its limits), `delete`.
     Datasets(datasets::DatasetsArgs),
+    /// Fine-tuning jobs on the providers (OpenAI, Together, Mistral) from a stored dataset:
+    /// `tune create` (estimate, confirm, launch), `list`, `show`, `watch`, `cancel`,
+    /// `promote` (a share of a route). A finished job's model is served at once.
+    Tune(tune::TuneArgs),
 }
 
 #[derive(clap::Args)]
@@ -132,6 +137,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Keys(args) => keys::keys(args),
         Command::Eval(args) => eval::eval(args),
         Command::Datasets(args) => datasets::datasets(args),
+        Command::Tune(args) => tune::tune(args),
     }
 }
 
@@ -201,7 +207,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let store = recording.as_ref().map(|(store, _)| store.clone());
     if let Some((store, recorder)) = recording {
-        state = state.with_recorder(store, recorder);
+        // Fine-tuning jobs live in the store too; their models are served as they finish.
+        state = state.with_recorder(store.clone(), recorder).with_tuner(fungible_tune::Tuner::new(&config.providers, store));
     }
     let auth = runtime
         .block_on(fungible_server::auth::Auth::from_config(&config.auth, store))
@@ -242,6 +249,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if config.preload_local {
         runtime.block_on(state.gateway.preload_local());
+    }
+    if state.tuner.is_some() {
+        let _poller = runtime.enter();
+        fungible_server::tune::spawn_poller(state.clone(), config.tune_poll_interval);
     }
     runtime
         .block_on(fungible_server::serve(state, addr, limits, shutdown_signal()))

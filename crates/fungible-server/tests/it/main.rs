@@ -18,6 +18,7 @@ mod serve;
 mod streaming;
 mod telemetry;
 mod tenant;
+mod tune;
 
 use std::path::PathBuf;
 

@@ -163,6 +163,10 @@ async fn a_key_reads_and_annotates_only_its_own_inferences() {
     let (_, ops) = gw.key(json!({"scopes": ["read:all"]})).await;
     assert_eq!(get(&gw, &ops, &format!("/v1/inferences/{a_inference}")).await.status.as_u16(), 200);
     assert_eq!(get(&gw, &ops, "/metrics").await.status.as_u16(), 200);
+    // Tuning jobs spend money: not even read:all may launch or list them.
+    let launch = post(&gw, &ops, "/v1/tune/jobs", json!({"provider": "openai", "model": "gpt-4.1-mini", "dataset": "all"})).await;
+    assert!(message(&launch.openai_error(403)).contains("admin key only"));
+    get(&gw, &ops, "/v1/tune/jobs").await.openai_error(403);
     let built = post(&gw, &ops, "/v1/datasets", json!({"name": "all", "curation": {"near_duplicates": null, "dedup": false}})).await;
     assert_eq!(built.status.as_u16(), 201, "{}", built.text());
     assert_eq!(built.json()["rows"], 2, "read:all builds from every key's traffic");

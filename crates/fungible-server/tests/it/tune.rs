@@ -1,0 +1,133 @@
+//! `/v1/tune/jobs` against the mock's OpenAI fine-tuning API: a dry run sends nothing, a
+//! launch runs to the end as the poller reads it, the tuned model then answers under its
+//! alias (the mock sees the tuned model's id) and takes its share of a route when promoted;
+//! bad input is refused in OpenAI's error shape, and virtual keys cannot reach any of it.
+
+use axum::body::Body;
+use axum::http::Request;
+use fungible_gateway::{ConfigFile, Gateway, GatewayConfig};
+use fungible_mock::{Fallback, MockResponse, MockUpstream};
+use fungible_server::{AppState, app};
+use fungible_store::Store;
+use serde_json::{Value, json};
+
+use crate::TestResponse;
+
+struct Tuning {
+    mock: MockUpstream,
+    app: axum::Router,
+    state: AppState,
+}
+
+async fn tuning() -> Tuning {
+    let mock = MockUpstream::start(Fallback::Fail).await;
+    let toml = format!("[providers.openai]\nbase_url = \"{}/v1\"\n[models.support]\ntarget = \"openai/gpt-4.1-mini\"\n", mock.url());
+    let file = ConfigFile::parse(&toml, "t.toml").expect("config");
+    let env = |k: &str| (k == "OPENAI_API_KEY").then(|| "sk-test-openai-0123456789".to_owned());
+    let config = GatewayConfig::resolve(file, &env).expect("config");
+    let store = crate::recording::sqlite_store().await;
+    let rows: Vec<fungible_datasets::versions::NewRow> = (0..12)
+        .map(|i| {
+            let e = fungible_datasets::Example::new(
+                format!("r{i}"),
+                fungible_datasets::Source::Manual,
+                vec![fungible_types::Message::text(fungible_types::Role::User, format!("{i} + {i}?"))],
+                vec![],
+                fungible_datasets::assistant(Some(format!("{}", i + i)), vec![]),
+            );
+            (e, Some(fungible_datasets::Split::Train))
+        })
+        .collect();
+    fungible_datasets::versions::put_rows(&store, "sums", rows).await.expect("rows");
+    let state = AppState::new(Gateway::new(&config).expect("gateway"), config.max_body_bytes)
+        .with_tuner(fungible_tune::Tuner::new(&config.providers, Store::clone(&store)));
+    let app = app(state.clone());
+    Tuning { mock, app, state }
+}
+
+impl Tuning {
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> TestResponse {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .expect("request");
+        let response = self.app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        TestResponse { status, headers, body }
+    }
+}
+
+#[tokio::test]
+async fn a_job_launched_over_http_serves_its_model_when_it_finishes() {
+    let t = tuning().await;
+    let launch = json!({"provider": "openai", "model": "gpt-4.1-mini-2025-04-14", "dataset": "sums", "suffix": "sums", "alias": "sums-tuned", "hyperparameters": {"n_epochs": 2}});
+
+    let mut dry = launch.clone();
+    dry["dry_run"] = json!(true);
+    let plan = t.send("POST", "/v1/tune/jobs", Some(dry)).await;
+    assert_eq!(plan.status, 200, "{}", plan.text());
+    let plan = plan.json();
+    assert_eq!((plan["plan"]["train_rows"].as_u64(), plan["plan"]["epochs"].as_u64()), (Some(12), Some(2)));
+    assert!(plan["plan"]["estimated_cost"].as_f64().is_some_and(|c| c > 0.0), "{plan}");
+    assert_eq!(t.mock.request_count(), 0, "a dry run sends nothing");
+
+    let created = t.send("POST", "/v1/tune/jobs", Some(launch)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().expect("id").to_owned();
+    let mut job = Value::Null;
+    for _ in 0..10 {
+        fungible_server::tune::poll_once(&t.state).await;
+        job = t.send("GET", &format!("/v1/tune/jobs/{id}"), None).await.json();
+        if job["status"] == "succeeded" {
+            break;
+        }
+    }
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let tuned = job["fine_tuned_model"].as_str().expect("model").to_owned();
+
+    // Served at once under its alias: listed, and a request reaches the tuned model.
+    let models = t.send("GET", "/v1/models", None).await.json();
+    assert!(models["data"].as_array().expect("data").iter().any(|m| m["id"] == "sums-tuned"), "{models}");
+    t.mock.push(MockResponse::fixture(200, crate::fixtures().join("openai/plain.response.json")));
+    let chat = t.send("POST", "/v1/chat/completions", Some(json!({"model": "sums-tuned", "messages": [{"role": "user", "content": "3 + 3?"}]}))).await;
+    assert_eq!(chat.status, 200, "{}", chat.text());
+    let sent: Value = serde_json::from_slice(&t.mock.received().last().expect("a request").body).expect("json");
+    assert_eq!(sent["model"], json!(tuned));
+
+    // Promoted: 25% of the route's first picks.
+    let promoted = t.send("POST", &format!("/v1/tune/jobs/{id}/promote"), Some(json!({"route": "support", "percent": 25}))).await;
+    assert_eq!(promoted.status, 200, "{}", promoted.text());
+    let routes = t.send("GET", "/v1/routes", None).await.json();
+    let support = routes["data"].as_array().expect("routes").iter().find(|r| r["route"] == "support").expect("support").clone();
+    let weights: Vec<(String, u64)> = support["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .map(|t| (t["target"].as_str().unwrap_or_default().to_owned(), t["weight"].as_u64().unwrap_or_default()))
+        .collect();
+    assert_eq!(weights, [("openai/gpt-4.1-mini".to_owned(), 75), (format!("openai/{tuned}"), 25)]);
+
+    // The list, and bad input.
+    let list = t.send("GET", "/v1/tune/jobs", None).await.json();
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1));
+    t.send("POST", &format!("/v1/tune/jobs/{id}/cancel"), None).await.openai_error(400);
+    t.send("POST", &format!("/v1/tune/jobs/{id}/promote"), Some(json!({"route": "nope", "percent": 5}))).await.openai_error(400);
+    t.send("GET", "/v1/tune/jobs/tune_nope", None).await.openai_error(404);
+    let m = t.send("POST", "/v1/tune/jobs", Some(json!({"provider": "groq", "model": "x", "dataset": "sums"}))).await.openai_error(400);
+    assert!(m["message"].as_str().unwrap_or_default().contains("not configured"), "{m}");
+    t.send("POST", "/v1/tune/jobs", Some(json!({"provider": "openai", "model": "x", "dataset": "missing"}))).await.openai_error(404);
+    t.send("POST", "/v1/tune/jobs", Some(json!({"provider": "openai", "model": "x", "dataset": "sums", "colour": "red"}))).await.openai_error(400);
+}
+
+#[test]
+fn tuning_is_for_the_admin_key_only() {
+    for path in ["/v1/tune/jobs", "/v1/tune/jobs/x/cancel"] {
+        assert!(fungible_server::principal::needs(path).is_empty(), "{path}");
+    }
+}
