@@ -49,17 +49,30 @@ def wait_until_up(url: str, proc: subprocess.Popen, what: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def gateway():
+def mock_url():
+    """The mock upstream's origin (its fixtures, and its fine-tuning APIs)."""
+    mock_port = free_port()
+    url = f"http://127.0.0.1:{mock_port}"
+    mock = subprocess.Popen(
+        [BIN_DIR / "fungible-mock", "--addr", f"127.0.0.1:{mock_port}", "--fixtures", ROOT / "tests" / "fixtures"],
+    )
+    try:
+        wait_until_up(url + "/", mock, "fungible-mock")
+        yield url
+    finally:
+        mock.terminate()
+        try:
+            mock.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            mock.kill()
+
+
+@pytest.fixture(scope="session")
+def gateway(mock_url):
     """The gateway's origin, `http://127.0.0.1:PORT`."""
-    mock_port, port = free_port(), free_port()
-    mock_url = f"http://127.0.0.1:{mock_port}"
+    port = free_port()
     procs = []
     try:
-        mock = subprocess.Popen(
-            [BIN_DIR / "fungible-mock", "--addr", f"127.0.0.1:{mock_port}", "--fixtures", ROOT / "tests" / "fixtures"],
-        )
-        procs.append(mock)
-        wait_until_up(mock_url + "/", mock, "fungible-mock")
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.endswith("_BASE_URL")}
         env.update(SECRETS)
         env.update(

@@ -145,7 +145,7 @@ impl Stats {
 /// used only as rejected answers for rows that ask the same thing.
 pub async fn curate<E: Embed>(
     mut rows: Vec<Example>,
-    others: Vec<Example>,
+    mut others: Vec<Example>,
     curation: &Curation,
     embedder: Option<&E>,
 ) -> Result<(Vec<Example>, Report), String> {
@@ -162,6 +162,12 @@ pub async fn curate<E: Embed>(
             }
         }
         report.pii = counts.into_iter().map(|(k, n)| (k.as_str().to_owned(), n)).collect();
+        // The rows left out may still lend a rejected answer: scrubbed too (and their inputs
+        // then match the scrubbed rows'), not counted (most are never used).
+        let mut unused = PiiCounts::new();
+        for other in &mut others {
+            scrub_example(other, &mut unused);
+        }
     }
 
     rows.retain(|r| {
@@ -377,6 +383,16 @@ mod tests {
         assert_eq!((report.exact_duplicates, report.near_duplicates, report.paired), (2, 1, 1));
         assert_eq!(kept[0].rejected.as_ref().map(Message::joined_text).as_deref(), Some("Lyon"));
         assert!(kept[1].rejected.is_none(), "an unlabelled answer is not a rejected one");
+    }
+
+    #[tokio::test]
+    async fn a_rejected_answer_from_a_row_left_out_is_scrubbed_too() {
+        let kept = row("good", "mail a.b@example.com", "Done.", Source::Recorded, Some(1.0));
+        let left_out = row("bad", "mail a.b@example.com", "Sent to a.b@example.com", Source::Recorded, Some(0.0));
+        let curation = Curation { scrub_pii: true, near_duplicates: None, ..Curation::default() };
+        let (rows, report) = curate::<Words>(vec![kept], vec![left_out], &curation, None).await.unwrap();
+        assert_eq!(report.paired, 1, "the scrubbed inputs still match");
+        assert_eq!(rows[0].rejected.as_ref().map(Message::joined_text).as_deref(), Some("Sent to [EMAIL]"));
     }
 
     #[tokio::test]

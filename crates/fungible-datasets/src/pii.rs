@@ -48,7 +48,7 @@ static PATTERNS: LazyLock<Vec<(PiiKind, Regex)>> = LazyLock::new(|| {
         pattern(
             PiiKind::Secret,
             concat!(
-                r"\b(?:sk-(?:proj-|ant-(?:api\d\d-)?)?[A-Za-z0-9_\-]{20,}",
+                r"\b(?:sk-(?:proj-|ant-(?:api[0-9][0-9]-)?)?[A-Za-z0-9_\-]{20,}",
                 r"|AKIA[0-9A-Z]{16}",
                 r"|gh[pousr]_[A-Za-z0-9]{36,}",
                 r"|github_pat_[A-Za-z0-9_]{40,}",
@@ -60,15 +60,20 @@ static PATTERNS: LazyLock<Vec<(PiiKind, Regex)>> = LazyLock::new(|| {
             ),
         ),
         pattern(PiiKind::Email, r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b"),
-        pattern(PiiKind::Iban, r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
-        pattern(PiiKind::Card, r"\b\d(?:[ \-]?\d){12,18}\b"),
+        pattern(PiiKind::Iban, r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
+        // Grouped 4-4-4-x and Amex's 4-6-5, or 13 to 19 digits in a row; card numbers start
+        // with 2 to 6 (so millisecond timestamps, which start with 1, stay).
+        pattern(
+            PiiKind::Card,
+            r"\b[2-6][0-9]{3}[ \-][0-9]{4}[ \-][0-9]{4}[ \-][0-9]{1,7}\b|\b3[0-9]{3}[ \-][0-9]{6}[ \-][0-9]{5}\b|\b[2-6][0-9]{12,18}\b",
+        ),
         pattern(
             PiiKind::Phone,
             concat!(
                 // International (+country), national with a trunk 0, North American.
-                r"\+\d{1,3}[ .\-]?(?:\(?\d{1,4}\)?[ .\-]?){1,4}\d{2,4}\b",
-                r"|\b0\d{1,4}[ .\-]\d{2,4}[ .\-]\d{2,4}(?:[ .\-]\d{2,4})?\b",
-                r"|\(\d{3}\) ?\d{3}[ .\-]\d{4}\b|\b\d{3}[.\-]\d{3}[.\-]\d{4}\b",
+                r"\+[0-9]{1,3}[ .\-]?(?:\(?[0-9]{1,4}\)?[ .\-]?){1,4}[0-9]{2,4}\b",
+                r"|\b0[0-9]{1,4}[ .\-][0-9]{2,4}[ .\-][0-9]{2,4}(?:[ .\-][0-9]{2,4})?\b",
+                r"|\([0-9]{3}\) ?[0-9]{3}[ .\-][0-9]{4}\b|\b[0-9]{3}[.\-][0-9]{3}[.\-][0-9]{4}\b",
             ),
         ),
     ]
@@ -107,7 +112,8 @@ fn valid(kind: PiiKind, found: &str) -> bool {
     match kind {
         PiiKind::Card => luhn(&digits),
         PiiKind::Iban => iban_checksum(found),
-        PiiKind::Phone => (8..=15).contains(&digits.len()),
+        // Nine digits at least: dates (8 digits: 05.03.2024) are not phone numbers.
+        PiiKind::Phone => (9..=15).contains(&digits.len()),
         PiiKind::Secret | PiiKind::Email => true,
     }
 }
@@ -127,15 +133,15 @@ fn luhn(digits: &[u32]) -> bool {
 
 /// ISO 13616: move the first four characters to the end, letters to 10..35, mod 97 == 1.
 fn iban_checksum(found: &str) -> bool {
-    let compact: String = found.chars().filter(|c| !c.is_whitespace()).collect();
-    if !(15..=34).contains(&compact.len()) {
+    let compact: Vec<char> = found.chars().filter(|c| !c.is_whitespace()).collect();
+    if !(15..=34).contains(&compact.len()) || !compact.iter().all(char::is_ascii_alphanumeric) {
         return false;
     }
-    let rearranged = compact[4..].chars().chain(compact[..4].chars());
+    let rearranged = compact[4..].iter().chain(compact[..4].iter());
     let mut remainder: u64 = 0;
     for c in rearranged {
         let value = match c.to_digit(36) {
-            Some(v) => v as u64,
+            Some(v) => u64::from(v),
             None => return false,
         };
         remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
@@ -172,6 +178,20 @@ mod tests {
         let (text, counts) = scrubbed(input);
         assert_eq!(text, input);
         assert!(counts.is_empty());
+    }
+
+    #[test]
+    fn dates_timestamps_other_scripts_and_a_card_with_its_code() {
+        // Dates and millisecond timestamps are not phones or cards; digits of other scripts
+        // neither panic nor match; a card followed by its code is still found.
+        let input = "on 05.03.2024 or 01-02-2024 at 1765000000000, GB\u{0967}\u{0968} WEST 1234 5698 7654 32";
+        let (text, counts) = scrubbed(input);
+        assert_eq!(text, input);
+        assert!(counts.is_empty(), "{counts:?}");
+        let (text, _) = scrubbed("card 4111 1111 1111 1111 123, call 020 7946 0958");
+        assert_eq!(text, "card [CARD] 123, call [PHONE]");
+        let (text, _) = scrubbed("amex 3782 822463 10005 and 4111111111111111");
+        assert_eq!(text, "amex [CARD] and [CARD]");
     }
 
     #[test]

@@ -208,6 +208,12 @@ pub type NewRow = (Example, Option<Split>);
 /// Returns the version written.
 pub async fn put_rows(store: &Store, name: &str, new_rows: Vec<NewRow>) -> Result<VersionInfo, DatasetError> {
     check_name(name)?;
+    // Two rows with one id: the later one is the row.
+    let mut new_rows = new_rows;
+    let mut seen = std::collections::HashSet::new();
+    new_rows.reverse();
+    new_rows.retain(|(row, _)| seen.insert(row.id.clone()));
+    new_rows.reverse();
     for (row, _) in &new_rows {
         if let Some(problem) = row.problem() {
             return Err(DatasetError::BadInput(format!("row {}: {problem}", row.id)));

@@ -278,17 +278,13 @@ mod tests {
         let ids: Vec<String> = gw.models().into_iter().map(|m| m.id).collect();
         assert!(ids.contains(&"support@ft-1".to_owned()), "{ids:?}");
         assert!(!ids.contains(&"elsewhere".to_owned()), "a provider that is not enabled is not served");
-        let support: Vec<(String, u32)> = gw
+        let support: Vec<(String, Option<u32>)> = gw
             .route_status()
             .into_iter()
             .filter(|s| s.route == "support")
-            .map(|s| (s.target.to_string(), s.weight))
+            .map(|s| (s.target.to_string(), s.share))
             .collect();
-        assert_eq!(
-            support,
-            [("openai/gpt-5-mini".to_owned(), 90), (tuned.to_string(), 10)],
-            "10% of first picks to the tuned model"
-        );
+        assert_eq!(support, [("openai/gpt-5-mini".to_owned(), None), (tuned.to_string(), Some(10))]);
         gw.set_overlays(Vec::new());
         assert!(gw.resolve("support@ft-1").is_err());
         assert_eq!(gw.route_status().iter().filter(|s| s.route == "support").count(), 1);

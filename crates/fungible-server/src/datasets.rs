@@ -12,7 +12,8 @@
 //! - `GET /v1/datasets/{name}/export?format=&version=&split=&skip_invalid=`: a provider's
 //!   fine-tuning JSONL, or a 400 listing the rows that break its rules.
 //!
-//! Datasets hold every key's traffic, so a virtual key needs `read:all` (see `principal`).
+//! Datasets hold every key's traffic, so a virtual key needs `read:all` (see `principal`) to
+//! read them, and only the admin key (or auth off) changes them.
 //! A row is OpenAI-shaped (`messages` ending with the answer, `tools`), or a preference pair
 //! (`input`, `preferred_output`, `non_preferred_output`), or `prompt` and `completion`;
 //! other fields of `fungible`'s own format (`id`, `split`, `rejected`, `tags`, `label`,
@@ -32,6 +33,18 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::principal::Principal;
+
+type Caller = Option<axum::Extension<Principal>>;
+
+/// Reading datasets takes `read:all`; changing them (building one reads every key's traffic
+/// into it, and may call an embedding model) is for the admin key (or auth off).
+fn may_change(caller: &Caller) -> Result<(), ApiError> {
+    match caller {
+        Some(_) => Err(ApiError::forbidden("changing datasets is for the admin key; a key with read:all may read them")),
+        None => Ok(()),
+    }
+}
 
 fn store(state: &AppState) -> Result<&Store, ApiError> {
     state.store.as_ref().ok_or_else(|| ApiError {
@@ -97,7 +110,8 @@ struct BuildBody {
 }
 
 /// `POST /v1/datasets`: a new version built from recorded traffic.
-pub async fn build(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+pub async fn build(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Response, ApiError> {
+    may_change(&caller)?;
     let bytes = crate::read_body(body, state.max_body_bytes).await?;
     let body: BuildBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_request(None, format!("invalid dataset build: {e}")))?;
@@ -119,7 +133,8 @@ pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Res
 }
 
 /// `DELETE /v1/datasets/{name}`: the versions nothing used.
-pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub async fn delete(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Response, ApiError> {
+    may_change(&caller)?;
     let store = store(&state)?;
     versions::versions(store, &name).await.map_err(api_error)?;
     let deleted = store.delete_unused_dataset_versions(&name).await.map_err(|e| api_error(e.into()))?;
@@ -179,7 +194,8 @@ struct PutRowsBody {
 }
 
 /// `POST /v1/datasets/{name}/rows`: adds rows (or replaces rows with the same `id`).
-pub async fn put_rows(State(state): State<AppState>, Path(name): Path<String>, body: Body) -> Result<Response, ApiError> {
+pub async fn put_rows(State(state): State<AppState>, caller: Caller, Path(name): Path<String>, body: Body) -> Result<Response, ApiError> {
+    may_change(&caller)?;
     let bytes = crate::read_body(body, state.max_body_bytes).await?;
     let body: PutRowsBody =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_request(None, format!("invalid rows: {e}")))?;
@@ -202,8 +218,10 @@ pub async fn put_rows(State(state): State<AppState>, Path(name): Path<String>, b
 /// `DELETE /v1/datasets/{name}/rows/{row_id}`.
 pub async fn delete_row(
     State(state): State<AppState>,
+    caller: Caller,
     Path((name, row_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    may_change(&caller)?;
     let info = versions::remove_row(store(&state)?, &name, &row_id).await.map_err(api_error)?;
     Ok(json_response(StatusCode::OK, &info_json(&info)))
 }

@@ -28,8 +28,11 @@ struct Target {
     name: String,
     /// `PROVIDER/MODEL`.
     target: String,
-    /// The balancer's weight: a variant's share of first picks is its weight over the sum.
+    /// The `weighted` strategy's weight.
     weight: u32,
+    /// A promoted tuned model's percent of the route's first picks; `null` for configured
+    /// targets.
+    share_percent: Option<u32>,
     /// `closed`, `open` or `half_open`.
     breaker: &'static str,
     in_flight: u64,
@@ -48,6 +51,7 @@ pub async fn list(State(state): State<AppState>) -> Response {
             name: t.name,
             target: t.target.to_string(),
             weight: t.weight,
+            share_percent: t.share,
             breaker: t.breaker.as_str(),
             in_flight: t.in_flight,
             ewma_ttft_ms: t.ewma_ttft.map(|d| d.as_secs_f64() * 1000.0),

@@ -40,7 +40,12 @@ fn api_error(e: TuneError) -> ApiError {
             ApiError::not_found(e.to_string())
         }
         TuneError::Dataset(fungible_datasets::DatasetError::BadInput(_)) => ApiError::invalid_request(None, e.to_string()),
-        // The provider refused or failed: its words (never its key), as a 502.
+        // The provider refused the request itself (a model or hyperparameter it does not
+        // take): the client's to fix, in the provider's words.
+        TuneError::Provider(fungible_tune::ClientError::Http { status: Some(400 | 404 | 409 | 422), .. }) => {
+            ApiError::invalid_request(None, e.to_string())
+        }
+        // The provider failed, or refused fungible's key: a 502 in its words (never the key).
         TuneError::Provider(_) => {
             ApiError { status: StatusCode::BAD_GATEWAY, kind: "upstream_error", ..ApiError::invalid_request(None, e.to_string()) }
         }
@@ -121,9 +126,6 @@ pub async fn promote(State(state): State<AppState>, Path(id): Path<String>, body
     let bytes = crate::read_body(body, state.max_body_bytes).await?;
     let body: PromoteBody =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_request(None, format!("invalid promotion: {e}")))?;
-    if !state.gateway.route_status().iter().any(|t| t.route == body.route) {
-        return Err(ApiError::invalid_request(Some("route".into()), format!("no route {:?}: promote into a route of [models]", body.route)));
-    }
     let job = tuner(&state)?.promote(&id, &body.route, body.percent).await.map_err(api_error)?;
     apply_overlays(&state).await;
     Ok(json_response(StatusCode::OK, &serde_json::to_value(&job).unwrap_or_default()))

@@ -59,9 +59,39 @@ impl From<sqlx::Error> for DatasetStoreError {
 /// Rows per multi-row INSERT (6 parameters each, well under both backends' limits).
 const ROWS_PER_INSERT: usize = 500;
 
+/// Tries of a write that lost a race (two writers took the same next version or position).
+const RACE_TRIES: usize = 5;
+
+/// Whether `e` is a lost race another try wins: a unique key taken meanwhile, or SQLite's
+/// snapshot that another writer moved past (SQLITE_BUSY_SNAPSHOT, 517).
+fn lost_race(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.is_unique_violation() || db.code().is_some_and(|c| c == "517" || c == "5"),
+        _ => false,
+    }
+}
+
 impl Store {
     /// Adds a new version of `name` (the first is 1) holding `rows`; returns its number.
+    /// Concurrent writers each get their own version.
     pub async fn create_dataset_version(
+        &self,
+        name: &str,
+        description: Option<&str>,
+        spec: &str,
+        report: &str,
+        rows: &[DatasetRow],
+    ) -> Result<i64, StoreError> {
+        let mut tries = 0;
+        loop {
+            match self.try_create_dataset_version(name, description, spec, report, rows).await {
+                Err(StoreError::Database(e)) if lost_race(&e) && tries + 1 < RACE_TRIES => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_create_dataset_version(
         &self,
         name: &str,
         description: Option<&str>,
@@ -92,6 +122,16 @@ impl Store {
     /// A new version of `name` with the rows of `from` (and its description and spec) and
     /// `report`; returns its number.
     pub async fn copy_dataset_version(&self, name: &str, from: i64, report: &str) -> Result<i64, DatasetStoreError> {
+        let mut tries = 0;
+        loop {
+            match self.try_copy_dataset_version(name, from, report).await {
+                Err(DatasetStoreError::Store(StoreError::Database(e))) if lost_race(&e) && tries + 1 < RACE_TRIES => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_copy_dataset_version(&self, name: &str, from: i64, report: &str) -> Result<i64, DatasetStoreError> {
         let mut tx = self.pool.begin().await?;
         let source = sqlx::query("SELECT description, spec FROM datasets WHERE name = $1 AND version = $2")
             .bind(name)
@@ -226,6 +266,16 @@ impl Store {
     /// Adds or replaces a row of an unused version; a new row goes after the last one
     /// (its `idx` is ignored), a replaced one keeps its place. Also stores `report`.
     pub async fn put_dataset_row(&self, name: &str, version: i64, row: &DatasetRow, report: &str) -> Result<(), DatasetStoreError> {
+        let mut tries = 0;
+        loop {
+            match self.try_put_dataset_row(name, version, row, report).await {
+                Err(DatasetStoreError::Store(StoreError::Database(e))) if lost_race(&e) && tries + 1 < RACE_TRIES => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_put_dataset_row(&self, name: &str, version: i64, row: &DatasetRow, report: &str) -> Result<(), DatasetStoreError> {
         let mut tx = self.pool.begin().await?;
         self.check_unused(&mut tx, name, version).await?;
         let existing: Option<i64> =
@@ -304,6 +354,17 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes back a use that did not happen (a job whose launch failed).
+    pub async fn unuse_dataset_version(&self, name: &str, version: i64, used_by: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM dataset_uses WHERE name = $1 AND version = $2 AND used_by = $3")
+            .bind(name)
+            .bind(version)
+            .bind(used_by)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -452,6 +513,15 @@ mod tests {
         assert_eq!(store.dataset_version("support", None).await.unwrap().unwrap().version, 2);
         assert!(store.dataset_version("support", Some(7)).await.unwrap().is_none());
         assert!(matches!(store.use_dataset_version("support", 7, "x").await, Err(DatasetStoreError::NoVersion { .. })));
+
+        // Concurrent builds each get a version of their own.
+        let (a, b) = tokio::join!(
+            store.create_dataset_version("race", None, "{}", "{}", &rows[..10]),
+            store.create_dataset_version("race", None, "{}", "{}", &rows[..10])
+        );
+        let mut got = [a.unwrap(), b.unwrap()];
+        got.sort();
+        assert_eq!(got, [1, 2]);
 
         // Deleting keeps what was used.
         assert_eq!(store.delete_unused_dataset_versions("support").await.unwrap(), [2]);

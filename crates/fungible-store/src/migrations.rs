@@ -188,7 +188,7 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             body TEXT NOT NULL,
             PRIMARY KEY (name, version, row_id)
         )",
-            "CREATE INDEX dataset_rows_order ON dataset_rows (name, version, idx)",
+            "CREATE UNIQUE INDEX dataset_rows_order ON dataset_rows (name, version, idx)",
             "CREATE TABLE dataset_uses (
             name TEXT NOT NULL,
             version BIGINT NOT NULL,

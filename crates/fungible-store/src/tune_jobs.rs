@@ -35,13 +35,17 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces a job's status and JSON; whether it was there.
-    pub async fn update_tune_job(&self, id: &str, status: &str, body: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE tune_jobs SET status = $1, body = $2, updated_ms = $3 WHERE id = $4")
+    /// Replaces a job's status and JSON if nothing changed it since it was read
+    /// (`updated_ms` is what was read, `now_ms` the new value, greater); whether it did.
+    /// A writer that loses re-reads and tries again, so a poll never undoes a promotion or a
+    /// cancel made meanwhile.
+    pub async fn update_tune_job(&self, id: &str, status: &str, body: &str, updated_ms: i64, now_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE tune_jobs SET status = $1, body = $2, updated_ms = $3 WHERE id = $4 AND updated_ms = $5")
             .bind(status)
             .bind(body)
-            .bind(crate::now_ms())
+            .bind(now_ms)
             .bind(id)
+            .bind(updated_ms)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
@@ -139,7 +143,8 @@ mod tests {
         store.release_tune_job("a", "one").await.unwrap();
         assert_eq!(store.lease_tune_jobs("two", 3_000, 60_000).await.unwrap().len(), 1, "a released job");
         assert_eq!(store.lease_tune_jobs("two", 70_000, 60_000).await.unwrap().len(), 2, "an expired lease");
-        assert!(store.update_tune_job("b", "succeeded", "{\"done\":true}").await.unwrap());
+        assert!(!store.update_tune_job("b", "succeeded", "{}", 0, 5).await.unwrap(), "changed since it was read");
+        assert!(store.update_tune_job("b", "succeeded", "{\"done\":true}", 1, 5).await.unwrap());
         assert_eq!(store.lease_tune_jobs("two", 200_000, 60_000).await.unwrap().len(), 1);
         assert_eq!(store.tune_job("b").await.unwrap().unwrap().body, "{\"done\":true}");
         assert_eq!(store.tune_jobs(10).await.unwrap().len(), 3);

@@ -90,6 +90,8 @@ pub struct Tuner {
     clients: BTreeMap<String, Client>,
     /// Configured providers that cannot be tuned through, with why.
     unsupported: BTreeMap<String, String>,
+    /// The configured routes (an alias may not take one's name).
+    routes: Vec<String>,
     store: Store,
     /// This instance, as the holder of job leases.
     owner: String,
@@ -101,10 +103,10 @@ pub const DEFAULT_LEASE_MS: i64 = 5 * 60_000;
 
 impl Tuner {
     /// A client for each configured provider whose fine-tuning API fungible speaks.
-    pub fn new(providers: &[fungible_gateway::config::ProviderConfig], store: Store) -> Tuner {
+    pub fn new(config: &fungible_gateway::GatewayConfig, store: Store) -> Tuner {
         let mut clients = BTreeMap::new();
         let mut unsupported = BTreeMap::new();
-        for p in providers {
+        for p in &config.providers {
             match Api::of(&p.name, p.kind) {
                 Some(api) => {
                     clients.insert(p.name.clone(), Client::new(&p.name, api, &p.base_url, p.api_key.clone()));
@@ -114,7 +116,14 @@ impl Tuner {
                 }
             }
         }
-        Tuner { clients, unsupported, store, owner: format!("tuner-{}", fungible_store::new_id()), lease_ms: DEFAULT_LEASE_MS }
+        Tuner {
+            clients,
+            unsupported,
+            routes: config.routes.keys().cloned().collect(),
+            store,
+            owner: format!("tuner-{}", fungible_store::new_id()),
+            lease_ms: DEFAULT_LEASE_MS,
+        }
     }
 
     /// Uses `lease_ms` for job leases (tests shorten it).
@@ -187,6 +196,12 @@ impl Tuner {
         let alias = match &request.alias {
             Some(alias) => {
                 fungible_datasets::versions::check_name(alias.split('@').next().unwrap_or(alias))?;
+                if alias.contains('/') || self.routes.contains(alias) {
+                    return Err(TuneError::BadInput(format!("alias {alias:?} is a route or a PROVIDER/MODEL name: pick another")));
+                }
+                if self.jobs(10_000).await?.iter().any(|j| &j.alias == alias) {
+                    return Err(TuneError::BadInput(format!("alias {alias:?} is another job's: pick another")));
+                }
                 alias.clone()
             }
             None => self.free_alias(&format!("{name}@ft-{}", fungible_types::date::utc_date(fungible_store::now_ms()).replace('-', ""))).await?,
@@ -211,7 +226,8 @@ impl Tuner {
 
     /// `base`, or `base-2`, `base-3`... whichever no job serves yet.
     async fn free_alias(&self, base: &str) -> Result<String, TuneError> {
-        let taken: Vec<String> = self.jobs(1000).await?.into_iter().map(|j| j.alias).collect();
+        let mut taken: Vec<String> = self.jobs(10_000).await?.into_iter().map(|j| j.alias).collect();
+        taken.extend(self.routes.iter().cloned());
         let mut alias = base.to_owned();
         let mut n = 2;
         while taken.contains(&alias) {
@@ -221,28 +237,25 @@ impl Tuner {
         Ok(alias)
     }
 
-    /// Uploads the files, creates the job, keeps it, and marks the dataset version used.
+    /// Marks the dataset version used (so it cannot change under the job), checks it still
+    /// holds what was planned, uploads the files, creates the job and keeps it. A launch
+    /// that fails before the provider has a job takes the mark back.
     pub async fn launch(&self, plan: Plan) -> Result<Job, TuneError> {
         let client = self.client(&plan.request.provider)?;
-        let stem = format!("{}-v{}", plan.dataset, plan.dataset_version);
-        let training_file = client.upload(&format!("{stem}-train.jsonl"), plan.train_jsonl).await?;
-        let validation_file = match plan.validation_jsonl {
-            Some(v) => Some(client.upload(&format!("{stem}-validation.jsonl"), v).await?),
-            None => None,
+        let id = format!("tune_{}", fungible_store::new_id());
+        versions::mark_used(&self.store, &plan.dataset, plan.dataset_version, &id).await?;
+        let (training_file, validation_file, remote) = match self.create_remote(client, &plan).await {
+            Ok(created) => created,
+            Err(e) => {
+                if let Err(undo) = self.store.unuse_dataset_version(&plan.dataset, plan.dataset_version, &id).await {
+                    tracing::warn!(job = %id, "the dataset version stays marked used: {undo}");
+                }
+                return Err(e);
+            }
         };
-        let remote = client
-            .create(&CreateSpec {
-                model: &plan.request.model,
-                method: plan.request.method,
-                training_file: &training_file,
-                validation_file: validation_file.as_deref(),
-                suffix: plan.request.suffix.as_deref(),
-                hyperparameters: &plan.request.hyperparameters,
-            })
-            .await?;
         let now = fungible_store::now_ms();
         let job = Job {
-            id: format!("tune_{}", fungible_store::new_id()),
+            id,
             provider: plan.request.provider.clone(),
             provider_job_id: remote.id.clone(),
             base_model: plan.request.model.clone(),
@@ -268,57 +281,70 @@ impl Tuner {
             updated_ms: now,
             finished_ms: remote.status.is_terminal().then_some(now),
         };
-        self.store
-            .insert_tune_job(&TuneJobRow { id: job.id.clone(), status: job.status.as_str().into(), body: encode(&job)?, created_ms: now, updated_ms: now })
-            .await?;
-        versions::mark_used(&self.store, &plan.dataset, plan.dataset_version, &job.id).await?;
+        let row = TuneJobRow { id: job.id.clone(), status: job.status.as_str().into(), body: encode(&job)?, created_ms: now, updated_ms: now };
+        if let Err(e) = self.store.insert_tune_job(&row).await {
+            // The provider runs a job fungible could not keep: say which, so it can be found.
+            tracing::error!(provider = %job.provider, provider_job = %job.provider_job_id, "a launched job could not be stored: {e}");
+            return Err(e.into());
+        }
         tracing::info!(job = %job.id, provider = %job.provider, provider_job = %job.provider_job_id, "tuning job launched");
         Ok(job)
     }
 
+    /// Checks the version still exports to the planned file, uploads the files and creates
+    /// the provider's job.
+    async fn create_remote(&self, client: &Client, plan: &Plan) -> Result<(String, Option<String>, crate::client::Remote), TuneError> {
+        let rows = versions::rows(&self.store, &plan.dataset, plan.dataset_version).await?;
+        let format = client.api.format(plan.request.method);
+        let now_train = fungible_datasets::export::export(&rows, Some(fungible_datasets::Split::Train), format, false)
+            .map(|e| e.jsonl)
+            .unwrap_or_default();
+        if now_train != plan.train_jsonl {
+            return Err(TuneError::BadInput(format!("{}@{} changed since it was planned: plan the job again", plan.dataset, plan.dataset_version)));
+        }
+        let stem = format!("{}-v{}", plan.dataset, plan.dataset_version);
+        let training_file = client.upload(&format!("{stem}-train.jsonl"), plan.train_jsonl.clone()).await?;
+        let validation_file = match &plan.validation_jsonl {
+            Some(v) => Some(client.upload(&format!("{stem}-validation.jsonl"), v.clone()).await?),
+            None => None,
+        };
+        let remote = client
+            .create(&CreateSpec {
+                model: &plan.request.model,
+                method: plan.request.method,
+                training_file: &training_file,
+                validation_file: validation_file.as_deref(),
+                suffix: plan.request.suffix.as_deref(),
+                hyperparameters: &plan.request.hyperparameters,
+            })
+            .await?;
+        Ok((training_file, validation_file, remote))
+    }
+
     /// Reads the job from its provider once, and keeps what changed.
-    pub async fn refresh(&self, mut job: Job) -> Result<Job, TuneError> {
+    pub async fn refresh(&self, job: Job) -> Result<Job, TuneError> {
         if job.status.is_terminal() {
             return Ok(job);
         }
         let client = self.client(&job.provider)?;
         let remote = client.get(&job.provider_job_id).await?;
         let fresh = client.events(&job.provider_job_id).await?;
-        self.apply(&mut job, remote, fresh);
-        self.save(&job).await?;
-        Ok(job)
+        self.modify(&job.id, |job| apply(job, remote.clone(), fresh.clone())).await
     }
 
-    fn apply(&self, job: &mut Job, remote: crate::client::Remote, fresh: Vec<crate::job::Event>) {
-        let was = job.status;
-        if !remote.events.is_empty() {
-            job.events = remote.events;
-        }
-        for event in fresh {
-            if event.id.is_none() || !job.events.iter().any(|e| e.id == event.id) {
-                job.events.push(event);
+    /// Changes the stored job with `change`, re-reading it and trying again when something
+    /// else changed it meanwhile (a poll, a promotion and a cancel may race).
+    async fn modify(&self, id: &str, change: impl Fn(&mut Job)) -> Result<Job, TuneError> {
+        for _ in 0..8 {
+            let row = self.store.tune_job(id).await?.ok_or_else(|| TuneError::NotFound(id.to_owned()))?;
+            let mut job = decode(&row.body)?;
+            change(&mut job);
+            job.updated_ms = fungible_store::now_ms().max(row.updated_ms + 1);
+            if self.store.update_tune_job(id, job.status.as_str(), &encode(&job)?, row.updated_ms, job.updated_ms).await? {
+                return Ok(job);
             }
         }
-        job.status = remote.status;
-        job.provider_status = remote.provider_status;
-        job.fine_tuned_model = remote.fine_tuned_model.or(job.fine_tuned_model.take());
-        job.trained_tokens = remote.trained_tokens.or(job.trained_tokens);
-        job.error = remote.error.or(job.error.take());
-        job.updated_ms = fungible_store::now_ms();
-        if job.status.is_terminal() && job.finished_ms.is_none() {
-            job.finished_ms = Some(job.updated_ms);
-        }
-        if let (Some(tokens), Some(price)) = (job.trained_tokens, prices::training_price(&job.provider, &job.base_model)) {
-            job.cost = Some(tokens as f64 * price / 1e6);
-        }
-        if job.status != was {
-            tracing::info!(job = %job.id, from = was.as_str(), to = job.status.as_str(), model = ?job.fine_tuned_model, "tuning job moved");
-        }
-    }
-
-    async fn save(&self, job: &Job) -> Result<(), TuneError> {
-        self.store.update_tune_job(&job.id, job.status.as_str(), &encode(job)?).await?;
-        Ok(())
+        Err(TuneError::BadInput(format!("job {id} keeps changing under this update: try again")))
     }
 
     /// Polls every unfinished job no other instance holds (taking a lease on it), and
@@ -354,31 +380,29 @@ impl Tuner {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Job, TuneError> {
-        let mut job = self.job(id).await?;
+        let job = self.job(id).await?;
         if job.status.is_terminal() {
             return Err(TuneError::BadInput(format!("job {id} already {}", job.status.as_str())));
         }
         let client = self.client(&job.provider)?;
         let remote = client.cancel(&job.provider_job_id).await?;
-        self.apply(&mut job, remote, Vec::new());
-        self.save(&job).await?;
-        Ok(job)
+        self.modify(id, |job| apply(job, remote.clone(), Vec::new())).await
     }
 
     /// Gives the tuned model `percent` of `route`'s first picks (a configured route; the
     /// gateway applies it with the next [`Tuner::overlays`]). `percent` 0 takes it back.
     pub async fn promote(&self, id: &str, route: &str, percent: u32) -> Result<Job, TuneError> {
-        let mut job = self.job(id).await?;
+        let job = self.job(id).await?;
         if job.status != Status::Succeeded || job.fine_tuned_model.is_none() {
             return Err(TuneError::BadInput(format!("job {id} is {}: only a succeeded job's model can serve a route", job.status.as_str())));
         }
         if percent > 99 {
             return Err(TuneError::BadInput("percent: 1 to 99 (the route's own targets keep the rest), or 0 to take it back".into()));
         }
-        job.promotion = (percent > 0).then(|| Promotion { route: route.to_owned(), percent });
-        job.updated_ms = fungible_store::now_ms();
-        self.save(&job).await?;
-        Ok(job)
+        if !self.routes.iter().any(|r| r == route) {
+            return Err(TuneError::BadInput(format!("no route {route:?} in [models] (configured: {})", self.routes.join(", "))));
+        }
+        self.modify(id, |job| job.promotion = (percent > 0).then(|| Promotion { route: route.to_owned(), percent })).await
     }
 
     /// The routes the succeeded jobs are served as: each model under its alias, and in the
@@ -394,6 +418,33 @@ impl Tuner {
         }
         out.sort_by(|a, b| (&a.route, a.target.to_string()).cmp(&(&b.route, b.target.to_string())));
         Ok(out)
+    }
+}
+
+/// What the provider reported, onto the job.
+fn apply(job: &mut Job, remote: crate::client::Remote, fresh: Vec<crate::job::Event>) {
+    let was = job.status;
+    if !remote.events.is_empty() {
+        job.events = remote.events;
+    }
+    for event in fresh {
+        if event.id.is_none() || !job.events.iter().any(|e| e.id == event.id) {
+            job.events.push(event);
+        }
+    }
+    job.status = remote.status;
+    job.provider_status = remote.provider_status;
+    job.fine_tuned_model = remote.fine_tuned_model.or(job.fine_tuned_model.take());
+    job.trained_tokens = remote.trained_tokens.or(job.trained_tokens);
+    job.error = remote.error.or(job.error.take());
+    if job.status.is_terminal() && job.finished_ms.is_none() {
+        job.finished_ms = Some(fungible_store::now_ms());
+    }
+    if let (Some(tokens), Some(price)) = (job.trained_tokens, prices::training_price(&job.provider, &job.base_model)) {
+        job.cost = Some(tokens as f64 * price / 1e6);
+    }
+    if job.status != was {
+        tracing::info!(job = %job.id, from = was.as_str(), to = job.status.as_str(), model = ?job.fine_tuned_model, "tuning job moved");
     }
 }
 

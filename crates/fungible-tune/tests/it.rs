@@ -83,7 +83,7 @@ async fn a_job_on_each_provider_runs_to_a_served_model() {
         ("together", "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", "fungible-mock/Meta-Llama-3.1-8B-Instruct-Reference-sums-"),
     ] {
         let w = world().await;
-        let tuner = Tuner::new(&w.config.providers, w.store.clone());
+        let tuner = Tuner::new(&w.config, w.store.clone());
         let plan = tuner.plan(request(provider, model)).await.unwrap();
         assert_eq!(w.mock.request_count(), 0, "{provider}: planning sends nothing");
         assert_eq!(plan.train_rows + plan.validation_rows, 12, "{provider}");
@@ -130,16 +130,16 @@ async fn a_job_on_each_provider_runs_to_a_served_model() {
         // Promoted into a configured route: 10% of its first picks.
         tuner.promote(&job.id, "support", 10).await.unwrap();
         gateway.set_overlays(tuner.overlays().await.unwrap());
-        let weights: Vec<(String, u32)> =
-            gateway.route_status().into_iter().filter(|s| s.route == "support").map(|s| (s.target.to_string(), s.weight)).collect();
-        assert_eq!(weights, [("openai/gpt-4.1-mini".to_owned(), 90), (format!("{provider}/{tuned}"), 10)]);
+        let shares: Vec<(String, Option<u32>)> =
+            gateway.route_status().into_iter().filter(|s| s.route == "support").map(|s| (s.target.to_string(), s.share)).collect();
+        assert_eq!(shares, [("openai/gpt-4.1-mini".to_owned(), None), (format!("{provider}/{tuned}"), Some(10))]);
     }
 }
 
 #[tokio::test]
 async fn failed_and_cancelled_jobs_end_so_and_serve_nothing() {
     let w = world().await;
-    let tuner = Tuner::new(&w.config.providers, w.store.clone());
+    let tuner = Tuner::new(&w.config, w.store.clone());
     let failing = LaunchRequest { suffix: Some("will-fail".into()), ..request("openai", "gpt-4.1-mini-2025-04-14") };
     let job = tuner.launch(tuner.plan(failing).await.unwrap()).await.unwrap();
     let failed = run_to_the_end(&tuner, &job.id).await;
@@ -159,13 +159,13 @@ async fn failed_and_cancelled_jobs_end_so_and_serve_nothing() {
 #[tokio::test]
 async fn polling_resumes_after_a_restart_and_one_instance_polls_a_job() {
     let w = world().await;
-    let first = Tuner::new(&w.config.providers, w.store.clone()).with_lease_ms(60_000);
+    let first = Tuner::new(&w.config, w.store.clone()).with_lease_ms(60_000);
     let job = first.launch(first.plan(request("openai", "gpt-4.1-nano-2025-04-14")).await.unwrap()).await.unwrap();
     let now = fungible_store::now_ms();
     assert_eq!(first.poll_due_at(now).await.unwrap().len(), 1);
     drop(first); // the instance dies holding the lease
 
-    let second = Tuner::new(&w.config.providers, w.store.clone()).with_lease_ms(60_000);
+    let second = Tuner::new(&w.config, w.store.clone()).with_lease_ms(60_000);
     let reads = w.mock.received().iter().filter(|r| r.method == "GET" && !r.uri.contains("events")).count();
     assert!(second.poll_due_at(now + 1_000).await.unwrap().is_empty(), "still held by the first");
     assert_eq!(w.mock.received().iter().filter(|r| r.method == "GET" && !r.uri.contains("events")).count(), reads, "not polled twice");
@@ -183,7 +183,7 @@ async fn polling_resumes_after_a_restart_and_one_instance_polls_a_job() {
 #[tokio::test]
 async fn bad_launches_are_refused_before_anything_is_uploaded() {
     let w = world().await;
-    let tuner = Tuner::new(&w.config.providers, w.store.clone());
+    let tuner = Tuner::new(&w.config, w.store.clone());
     let refused = |r: Result<fungible_tune::Plan, TuneError>| match r {
         Err(TuneError::BadInput(m)) => m,
         Err(TuneError::Dataset(e)) => e.to_string(),
@@ -209,7 +209,28 @@ async fn bad_launches_are_refused_before_anything_is_uploaded() {
     versions::put_rows(&w.store, "few", few).await.unwrap();
     let m = refused(tuner.plan(LaunchRequest { dataset: "few".into(), ..request("openai", "gpt-4.1-mini") }).await);
     assert!(m.contains("at least 10 rows"), "{m}");
+    let m = refused(tuner.plan(LaunchRequest { alias: Some("support".into()), ..request("openai", "gpt-4.1-mini") }).await);
+    assert!(m.contains("is a route"), "{m}");
     assert_eq!(w.mock.request_count(), 0, "nothing left the machine");
+
+    // An alias another job serves under is refused.
+    let mine = LaunchRequest { alias: Some("mine".into()), ..request("openai", "gpt-4.1-mini") };
+    tuner.launch(tuner.plan(mine.clone()).await.unwrap()).await.unwrap();
+    let m = refused(tuner.plan(mine).await);
+    assert!(m.contains("another job"), "{m}");
+
+    // A version edited between the plan and the launch is not launched.
+    let rows: Vec<(Example, Option<Split>)> = (0..12)
+        .map(|i| (Example::new(format!("e{i}"), Source::Manual, vec![Message::text(Role::User, format!("q{i}"))], vec![], fungible_datasets::assistant(Some("a".into()), vec![])), Some(Split::Train)))
+        .collect();
+    versions::put_rows(&w.store, "fresh", rows.clone()).await.unwrap();
+    let plan = tuner.plan(LaunchRequest { dataset: "fresh@1".into(), ..request("openai", "gpt-4.1-mini") }).await.unwrap();
+    versions::put_rows(&w.store, "fresh", vec![(Example { output: fungible_datasets::assistant(Some("changed".into()), vec![]), ..rows[0].0.clone() }, None)]).await.unwrap();
+    let before = w.mock.request_count();
+    let err = tuner.launch(plan).await.unwrap_err();
+    assert!(err.to_string().contains("changed since it was planned"), "{err}");
+    assert_eq!(w.mock.request_count(), before, "nothing uploaded");
+    assert!(versions::info(&w.store, "fresh", Some(1)).await.unwrap().used_by.is_empty(), "the mark was taken back");
 
     // A provider that refuses the key: the provider's words, never the key.
     let mut config = w.config.clone();
@@ -218,7 +239,8 @@ async fn bad_launches_are_refused_before_anything_is_uploaded() {
             p.api_key = Some(fungible_providers::Secret::new(" "));
         }
     }
-    let tuner = Tuner::new(&config.providers, w.store.clone());
+    let tuner = Tuner::new(&config, w.store.clone());
     let err = tuner.launch(tuner.plan(request("openai", "gpt-4.1-mini")).await.unwrap()).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
+    assert_eq!(versions::info(&w.store, "sums", Some(1)).await.unwrap().used_by.len(), 1, "only the launched job uses it");
 }

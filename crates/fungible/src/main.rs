@@ -208,7 +208,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = recording.as_ref().map(|(store, _)| store.clone());
     if let Some((store, recorder)) = recording {
         // Fine-tuning jobs live in the store too; their models are served as they finish.
-        state = state.with_recorder(store.clone(), recorder).with_tuner(fungible_tune::Tuner::new(&config.providers, store));
+        state = state.with_recorder(store.clone(), recorder).with_tuner(fungible_tune::Tuner::new(&config, store));
     }
     let auth = runtime
         .block_on(fungible_server::auth::Auth::from_config(&config.auth, store))

@@ -138,14 +138,13 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let store = runtime.block_on(Store::open(&store_config.url)).context("could not open the store ([store] url)")?;
-    let tuner = Tuner::new(&config.providers, store.clone());
-    let routes: Vec<String> = config.routes.keys().cloned().collect();
-    let result = runtime.block_on(run(args.command, &tuner, &routes));
+    let tuner = Tuner::new(&config, store.clone());
+    let result = runtime.block_on(run(args.command, &tuner));
     runtime.block_on(store.close());
     result
 }
 
-async fn run(command: TuneCommand, tuner: &Tuner, routes: &[String]) -> anyhow::Result<ExitCode> {
+async fn run(command: TuneCommand, tuner: &Tuner) -> anyhow::Result<ExitCode> {
     match command {
         TuneCommand::Create(a) => create(a, tuner).await,
         TuneCommand::List(a) => {
@@ -187,9 +186,6 @@ async fn run(command: TuneCommand, tuner: &Tuner, routes: &[String]) -> anyhow::
             Ok(ExitCode::SUCCESS)
         }
         TuneCommand::Promote(a) => {
-            if !routes.contains(&a.route) {
-                anyhow::bail!("no route {:?} in [models] (configured: {})", a.route, routes.join(", "));
-            }
             let job = tuner.promote(&a.id, &a.route, a.percent).await?;
             match &job.promotion {
                 Some(p) => eprintln!(

@@ -125,7 +125,7 @@ fn a_job_from_the_cli_is_served_by_fungible_serve() {
     assert!(sent["model"].as_str().unwrap().starts_with("ft:gpt-4.1-mini-2025-04-14"), "{sent}");
     let (_, routes) = http(port, "GET", "/v1/routes", None);
     let routes: Value = serde_json::from_str(&routes).unwrap();
-    let weights: Vec<u64> = routes["data"]
+    let shares: Vec<Value> = routes["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -134,7 +134,7 @@ fn a_job_from_the_cli_is_served_by_fungible_serve() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t["weight"].as_u64().unwrap())
+        .map(|t| t["share_percent"].clone())
         .collect();
-    assert_eq!(weights, [90, 10]);
+    assert_eq!(shares, [Value::Null, json!(10)]);
 }

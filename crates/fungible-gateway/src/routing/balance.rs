@@ -78,6 +78,26 @@ pub fn order(strategy: Strategy, loads: &[Load], rng: &mut impl rand::Rng) -> Ve
     }
 }
 
+/// Puts a variant with a share first for that percent of the draws, ahead of `own` (the
+/// configured targets in their strategy's order); the variants not drawn go last, as the
+/// route's final fallbacks. The shares together are at most 99.
+pub fn with_shares(own: Vec<usize>, shares: &[(usize, u32)], rng: &mut impl rand::Rng) -> Vec<usize> {
+    if shares.is_empty() {
+        return own;
+    }
+    let draw = rng.random_range(0..100u32);
+    let mut cumulative = 0;
+    let first = shares.iter().find(|(_, percent)| {
+        cumulative += percent;
+        draw < cumulative
+    });
+    let mut out = Vec::with_capacity(own.len() + shares.len());
+    out.extend(first.map(|(i, _)| *i));
+    out.extend(own);
+    out.extend(shares.iter().map(|(i, _)| *i).filter(|i| first.map(|(f, _)| f) != Some(i)));
+    out
+}
+
 fn shuffled(n: usize, rng: &mut impl rand::Rng) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
     // Fisher-Yates.
@@ -188,6 +208,29 @@ mod tests {
         for (count, expected) in first.iter().zip([3000, 1000, 6000]) {
             assert!(count.abs_diff(expected) < 200, "first picks {first:?}, expected ≈ [3000, 1000, 6000]");
         }
+    }
+
+    #[test]
+    fn a_shared_variant_gets_its_percent_of_first_picks_under_any_strategy() {
+        // A fallback route [0, 1] and a variant 2 with 10%, another 3 with 5%.
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut first = [0u32; 4];
+        for _ in 0..10_000 {
+            let own = order(Strategy::Fallback, &[load(1), load(1)], &mut rng);
+            let order = with_shares(own, &[(2, 10), (3, 5)], &mut rng);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2, 3], "every target appears once: {order:?}");
+            if order[0] == 0 {
+                assert_eq!(&order[1..2], [1], "the route's own order stays: {order:?}");
+            }
+            first[order[0]] += 1;
+        }
+        // Expected 8500 / 0 / 1000 / 500; binomial sigma <= 50, ±4 sigma.
+        for (count, expected) in first.iter().zip([8500, 0, 1000, 500]) {
+            assert!(count.abs_diff(expected) < 200, "first picks {first:?}");
+        }
+        assert_eq!(with_shares(vec![1, 0], &[], &mut rng), [1, 0]);
     }
 
     #[test]

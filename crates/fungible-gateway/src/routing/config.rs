@@ -196,6 +196,10 @@ pub struct RouteTargetConfig {
     pub stream_timeouts: StreamTimeouts,
     /// Tokens; `None` when unknown.
     pub context_window: Option<u64>,
+    /// A variant added at run time (a tuned model, `Gateway::set_overlays`): the percent of the
+    /// route's first picks it gets, whatever the route's strategy; `None` for configured
+    /// targets, which the strategy orders among themselves.
+    pub share: Option<u32>,
 }
 
 impl RouteTargetConfig {
@@ -209,6 +213,7 @@ impl RouteTargetConfig {
             extra_body: Map::new(),
             stream_timeouts,
             context_window: None,
+            share: None,
         }
     }
 }
@@ -335,6 +340,7 @@ fn route(
                         idle: millis(t.idle_timeout_ms, &format!("{here}.idle_timeout_ms"))?.or(route_timeouts.idle),
                     },
                     context_window: t.context_window,
+                    share: None,
                 });
             }
             out

@@ -175,8 +175,10 @@ pub struct TargetStatus {
     pub name: String,
     pub target: Target,
     pub strategy: Strategy,
-    /// The balancer's weight (a variant's share of first picks is its weight over the sum).
+    /// The balancer's weight (used by the `weighted` strategy).
     pub weight: u32,
+    /// A run-time variant's percent of the route's first picks (a promoted tuned model).
+    pub share: Option<u32>,
     pub breaker: BreakerState,
     pub in_flight: u64,
     /// Moving average of time to first token (or to the whole answer, non-streamed).
@@ -281,11 +283,14 @@ impl Route {
         }
     }
 
-    /// The order to try the targets in for one request.
+    /// The order to try the targets in for one request: the configured targets in their
+    /// strategy's order, with a run-time variant (a tuned model) drawn first for its share of
+    /// the requests ([`balance::with_shares`]).
     fn order(&self, req: &ChatRequest, hints: &RouteHints, prices: Option<&PriceLookup>) -> Vec<usize> {
-        let loads: Vec<Load> = self
-            .targets
+        let own: Vec<usize> = (0..self.targets.len()).filter(|&i| self.targets[i].config.share.is_none()).collect();
+        let loads: Vec<Load> = own
             .iter()
+            .map(|&i| &self.targets[i])
             .map(|t| Load {
                 weight: t.config.weight,
                 ewma_ttft: t.health.ttft.get(),
@@ -296,18 +301,26 @@ impl Route {
                 },
             })
             .collect();
+        let shares: Vec<(usize, u32)> =
+            self.targets.iter().enumerate().filter_map(|(i, t)| Some((i, t.config.share?))).collect();
         let key = match &self.sticky {
             Some(Sticky::User) => req.user.as_deref(),
             Some(Sticky::Header(name)) => hints.header(name),
             None => None,
         };
         match key {
+            // A sticky key keeps its variant too.
             Some(key) => {
-                let seed = balance::sticky_seed(self.name.as_deref().unwrap_or_default(), key);
-                balance::order(self.strategy, &loads, &mut SmallRng::seed_from_u64(seed))
+                let mut rng = SmallRng::seed_from_u64(balance::sticky_seed(self.name.as_deref().unwrap_or_default(), key));
+                self.ordered(&own, &loads, &shares, &mut rng)
             }
-            None => balance::order(self.strategy, &loads, &mut rand::rng()),
+            None => self.ordered(&own, &loads, &shares, &mut rand::rng()),
         }
+    }
+
+    fn ordered(&self, own: &[usize], loads: &[Load], shares: &[(usize, u32)], rng: &mut impl rand::Rng) -> Vec<usize> {
+        let own_order = balance::order(self.strategy, loads, rng).into_iter().map(|j| own[j]).collect();
+        balance::with_shares(own_order, shares, rng)
     }
 }
 
@@ -571,6 +584,7 @@ impl Gateway {
                     target: t.config.target.clone(),
                     strategy: route.strategy,
                     weight: t.config.weight,
+                    share: t.config.share,
                     breaker: t.health.breaker.as_ref().map_or(BreakerState::Closed, |b| b.state(now)),
                     in_flight: t.health.in_flight.load(Ordering::Relaxed),
                     ewma_ttft: t.health.ttft.get(),
@@ -613,18 +627,17 @@ impl Gateway {
             }
             let mut config = config.clone();
             let timeouts = config.targets.first().map_or(routing.direct_timeouts, |t| t.stream_timeouts);
-            let extra: Vec<&&RouteOverlay> =
-                extra.into_iter().filter(|o| !config.targets.iter().any(|t| t.target == o.target)).collect();
-            // Weights for the shares: the route's own targets keep their proportions in what
-            // the variants leave, each variant gets its percent of the whole.
-            let total: u32 = extra.iter().map(|o| o.percent.clamp(1, 99)).sum::<u32>().min(99);
-            let own: u32 = config.targets.iter().map(|t| t.weight).sum::<u32>().max(1);
-            for t in &mut config.targets {
-                t.weight = t.weight.saturating_mul(100 - total);
-            }
+            // Each variant its percent of the first picks, whatever the route's strategy (the
+            // route's own targets keep theirs for the rest); together at most 99.
+            let mut left = 99u32;
             for o in extra {
+                if config.targets.iter().any(|t| t.target == o.target) || left == 0 {
+                    continue;
+                }
+                let percent = o.percent.clamp(1, left);
+                left -= percent;
                 let mut target = RouteTargetConfig::plain(o.target.clone(), timeouts);
-                target.weight = o.percent.clamp(1, 99).saturating_mul(own);
+                target.share = Some(percent);
                 config.targets.push(target);
             }
             routes.insert(name.clone(), Arc::new(Route::configured(name, &config)));

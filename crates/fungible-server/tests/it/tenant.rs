@@ -167,9 +167,13 @@ async fn a_key_reads_and_annotates_only_its_own_inferences() {
     let launch = post(&gw, &ops, "/v1/tune/jobs", json!({"provider": "openai", "model": "gpt-4.1-mini", "dataset": "all"})).await;
     assert!(message(&launch.openai_error(403)).contains("admin key only"));
     get(&gw, &ops, "/v1/tune/jobs").await.openai_error(403);
+    // read:all reads datasets; building one (every key's traffic) is the admin's.
     let built = post(&gw, &ops, "/v1/datasets", json!({"name": "all", "curation": {"near_duplicates": null, "dedup": false}})).await;
+    assert!(message(&built.openai_error(403)).contains("admin key"));
+    let built = gw.admin("POST", "/v1/datasets", Some(json!({"name": "all", "curation": {"near_duplicates": null, "dedup": false}}))).await;
     assert_eq!(built.status.as_u16(), 201, "{}", built.text());
-    assert_eq!(built.json()["rows"], 2, "read:all builds from every key's traffic");
+    assert_eq!(built.json()["rows"], 2, "built from every key's traffic");
+    assert_eq!(get(&gw, &ops, "/v1/datasets").await.json()["data"][0]["name"], "all");
     assert_eq!(gw.chat(&ops, "openai/gpt-5").await.openai_error(403)["type"], "permission_error");
     let (_, inference_only) = gw.key(json!({"scopes": ["inference"]})).await;
     get(&gw, &inference_only, "/v1/inferences").await.openai_error(403);

@@ -40,7 +40,7 @@ async fn tuning() -> Tuning {
         .collect();
     fungible_datasets::versions::put_rows(&store, "sums", rows).await.expect("rows");
     let state = AppState::new(Gateway::new(&config).expect("gateway"), config.max_body_bytes)
-        .with_tuner(fungible_tune::Tuner::new(&config.providers, Store::clone(&store)));
+        .with_tuner(fungible_tune::Tuner::new(&config, Store::clone(&store)));
     let app = app(state.clone());
     Tuning { mock, app, state }
 }
@@ -105,13 +105,13 @@ async fn a_job_launched_over_http_serves_its_model_when_it_finishes() {
     assert_eq!(promoted.status, 200, "{}", promoted.text());
     let routes = t.send("GET", "/v1/routes", None).await.json();
     let support = routes["data"].as_array().expect("routes").iter().find(|r| r["route"] == "support").expect("support").clone();
-    let weights: Vec<(String, u64)> = support["targets"]
+    let shares: Vec<(String, Value)> = support["targets"]
         .as_array()
         .expect("targets")
         .iter()
-        .map(|t| (t["target"].as_str().unwrap_or_default().to_owned(), t["weight"].as_u64().unwrap_or_default()))
+        .map(|t| (t["target"].as_str().unwrap_or_default().to_owned(), t["share_percent"].clone()))
         .collect();
-    assert_eq!(weights, [("openai/gpt-4.1-mini".to_owned(), 75), (format!("openai/{tuned}"), 25)]);
+    assert_eq!(shares, [("openai/gpt-4.1-mini".to_owned(), Value::Null), (format!("openai/{tuned}"), json!(25))]);
 
     // The list, and bad input.
     let list = t.send("GET", "/v1/tune/jobs", None).await.json();
