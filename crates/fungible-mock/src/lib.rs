@@ -334,14 +334,14 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let uri = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     let n = shared.requests.fetch_add(1, Ordering::Relaxed);
-    let scripted = lock(&shared.queue).pop_front();
+    let path = uri.split('?').next().unwrap_or(&uri).to_owned();
+    // The tuning APIs keep state of their own; scripted answers are for everything else.
+    let tuning = tuning::handles(&path);
+    let scripted = if tuning { None } else { lock(&shared.queue).pop_front() };
     let chaos = *lock(&shared.chaos);
-    let path = uri.split('?').next().unwrap_or(&uri);
     let response = match (scripted, chaos.and_then(|c| c.failure(n))) {
+        _ if tuning => shared.tuning.respond(parts.method.as_str(), &uri, &parts.headers, body.clone()).await,
         (Some(r), _) => r,
-        (None, _) if tuning::handles(path) => {
-            shared.tuning.respond(parts.method.as_str(), &uri, &parts.headers, body.clone()).await
-        }
         (None, Some(failure)) => {
             shared.injected.fetch_add(1, Ordering::Relaxed);
             failure

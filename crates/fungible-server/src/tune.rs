@@ -3,8 +3,9 @@
 //!
 //! - `GET /v1/tune/jobs`: jobs, newest first.
 //! - `POST /v1/tune/jobs`: `{"provider", "model", "dataset", "method", "hyperparameters",
-//!   "suffix", "alias", "dry_run"}`; `dry_run` answers the plan (files, rows, tokens,
-//!   estimated cost) and sends nothing.
+//!   "suffix", "alias", "eval", "dry_run"}`; `dry_run` answers the plan (files, rows, tokens,
+//!   estimated cost) and sends nothing; `eval` (`{"dataset", "split", "scorers", "limit"}`)
+//!   runs the tuned model against its base model once the job succeeds.
 //! - `GET /v1/tune/jobs/{id}`, `POST /v1/tune/jobs/{id}/cancel`,
 //!   `POST /v1/tune/jobs/{id}/promote` (`{"route", "percent"}`; 0 takes it back).
 //!
@@ -152,4 +153,8 @@ pub async fn poll_once(state: &AppState) {
         tracing::warn!("tuning jobs not polled: {e}");
     }
     apply_overlays(state).await;
+    // The evals finished jobs asked for, now that their models are served.
+    if let Err(e) = tuner.evaluate_finished(&state.gateway, &state.recording.prices).await {
+        tracing::warn!("tuning jobs not evaluated: {e}");
+    }
 }

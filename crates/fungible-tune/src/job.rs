@@ -105,6 +105,11 @@ pub struct Job {
     pub alias: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<Promotion>,
+    /// The eval to run once the job succeeds (tuned model against base model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<crate::eval::EvalSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_result: Option<crate::eval::EvalResult>,
     pub status: Status,
     /// The status in the provider's words.
     pub provider_status: String,

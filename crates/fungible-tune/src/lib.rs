@@ -10,14 +10,18 @@
 //! - [`Tuner::overlays`] turns the succeeded jobs into routes the gateway serves at once
 //!   (`Gateway::set_overlays`): each model under its alias, and a share of a configured route
 //!   after [`Tuner::promote`].
+//! - [`Tuner::evaluate_finished`] runs the eval a job asked for once it succeeded (the tuned
+//!   model against its base model, `eval.rs`) and keeps the report with the job.
 //! - `client.rs` is the only code that knows the providers' fine-tuning APIs (OpenAI,
 //!   Mistral, Together); `prices.rs` the training prices.
 
 pub mod client;
+pub mod eval;
 mod job;
 pub mod prices;
 mod tuner;
 
 pub use client::{Api, Client, ClientError};
+pub use eval::{EvalResult, EvalSpec, EvalState};
 pub use job::{Event, Job, Method, Promotion, Status};
 pub use tuner::{DEFAULT_LEASE_MS, LaunchRequest, Plan, TuneError, Tuner};

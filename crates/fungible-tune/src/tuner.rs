@@ -54,6 +54,9 @@ pub struct LaunchRequest {
     /// The name to serve the tuned model under [default: `DATASET@ft-YYYYMMDD`].
     #[serde(default)]
     pub alias: Option<String>,
+    /// An eval to run once the job succeeds: the tuned model against the base model.
+    #[serde(default)]
+    pub eval: Option<crate::eval::EvalSpec>,
 }
 
 fn sft() -> Method {
@@ -96,6 +99,8 @@ pub struct Tuner {
     /// This instance, as the holder of job leases.
     owner: String,
     lease_ms: i64,
+    /// Where the evals of finished jobs write their runs.
+    eval_dir: std::path::PathBuf,
 }
 
 /// How long a poller holds a job before another instance may take it over.
@@ -123,7 +128,15 @@ impl Tuner {
             store,
             owner: format!("tuner-{}", fungible_store::new_id()),
             lease_ms: DEFAULT_LEASE_MS,
+            eval_dir: std::path::PathBuf::from("eval-runs"),
         }
+    }
+
+    /// Writes the evals of finished jobs under `dir` (default `eval-runs`), one directory
+    /// per job.
+    pub fn with_eval_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Tuner {
+        self.eval_dir = dir.into();
+        self
     }
 
     /// Uses `lease_ms` for job leases (tests shorten it).
@@ -268,6 +281,8 @@ impl Tuner {
             suffix: plan.request.suffix.clone(),
             alias: plan.alias.clone(),
             promotion: None,
+            eval: plan.request.eval.clone(),
+            eval_result: None,
             status: remote.status,
             provider_status: remote.provider_status.clone(),
             fine_tuned_model: remote.fine_tuned_model.clone(),
@@ -403,6 +418,73 @@ impl Tuner {
             return Err(TuneError::BadInput(format!("no route {route:?} in [models] (configured: {})", self.routes.join(", "))));
         }
         self.modify(id, |job| job.promotion = (percent > 0).then(|| Promotion { route: route.to_owned(), percent })).await
+    }
+
+    /// Runs the eval of each succeeded job that asked for one and has none yet (one
+    /// instance runs each: the first to mark it running), through `gateway` (which must
+    /// serve the jobs' aliases already: apply [`Tuner::overlays`] first). Returns the jobs
+    /// evaluated.
+    pub async fn evaluate_finished(&self, gateway: &fungible_gateway::Gateway, prices: &fungible_store::PriceTable) -> Result<Vec<Job>, TuneError> {
+        let mut done = Vec::new();
+        for job in self.jobs(10_000).await? {
+            let (Some(spec), None, Status::Succeeded) = (job.eval.clone(), &job.eval_result, job.status) else { continue };
+            let run_dir = self.eval_dir.join(&job.id);
+            let claim = crate::eval::EvalResult {
+                state: crate::eval::EvalState::Running,
+                by: self.owner.clone(),
+                run_dir: run_dir.display().to_string(),
+                started_ms: fungible_store::now_ms(),
+                models: Vec::new(),
+                recommendation: Vec::new(),
+                error: None,
+            };
+            let claimed = self.modify(&job.id, |j| if j.eval_result.is_none() { j.eval_result = Some(claim.clone()) }).await?;
+            if claimed.eval_result.as_ref().is_none_or(|r| r.by != self.owner) {
+                continue; // another instance runs it
+            }
+            let outcome = self.run_eval(&claimed, &spec, gateway, prices, run_dir).await;
+            let finished = self
+                .modify(&job.id, |j| {
+                    if let Some(r) = &mut j.eval_result {
+                        match &outcome {
+                            Ok((models, recommendation)) => {
+                                r.state = crate::eval::EvalState::Done;
+                                r.models = models.clone();
+                                r.recommendation = recommendation.clone();
+                            }
+                            Err(e) => {
+                                r.state = crate::eval::EvalState::Failed;
+                                r.error = Some(e.clone());
+                            }
+                        }
+                    }
+                })
+                .await?;
+            tracing::info!(job = %job.id, ok = outcome.is_ok(), "tuning job evaluated");
+            done.push(finished);
+        }
+        Ok(done)
+    }
+
+    async fn run_eval(
+        &self,
+        job: &Job,
+        spec: &crate::eval::EvalSpec,
+        gateway: &fungible_gateway::Gateway,
+        prices: &fungible_store::PriceTable,
+        run_dir: std::path::PathBuf,
+    ) -> Result<(Vec<crate::eval::EvalModel>, Vec<String>), String> {
+        let (name, version) = match &spec.dataset {
+            Some(reference) => versions::parse_reference(reference).map_err(|e| e.to_string())?,
+            None => (job.dataset.clone(), Some(job.dataset_version)),
+        };
+        let split = spec.split.unwrap_or(fungible_datasets::Split::Validation);
+        let (dataset, version) = fungible_eval::traces::dataset_from_store(&self.store, &name, version, Some(split))
+            .await
+            .map_err(|e| format!("{e} (no {} rows to evaluate on)", split.as_str()))?;
+        versions::mark_used(&self.store, &name, version, &format!("eval:{}", job.id)).await.map_err(|e| e.to_string())?;
+        let base = format!("{}/{}", job.provider, job.base_model);
+        crate::eval::run(&dataset, vec![base, job.alias.clone()], spec, gateway.clone(), prices.clone(), run_dir).await
     }
 
     /// The routes the succeeded jobs are served as: each model under its alias, and in the

@@ -61,6 +61,7 @@ fn request(provider: &str, model: &str) -> LaunchRequest {
         hyperparameters: Map::new(),
         suffix: Some("sums".into()),
         alias: None,
+        eval: None,
     }
 }
 

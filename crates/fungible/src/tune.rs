@@ -76,6 +76,23 @@ struct CreateArgs {
     /// Check and estimate only: nothing is uploaded.
     #[arg(long)]
     dry_run: bool,
+    /// Once the job succeeds, evaluate the tuned model against its base model on the
+    /// dataset's validation rows (or --eval-dataset / --eval-split); the report is kept with
+    /// the job. `fungible serve` runs it, or `tune watch` when no gateway is running.
+    #[arg(long)]
+    eval: bool,
+    /// The eval's dataset, NAME or NAME@VERSION [default: the job's].
+    #[arg(long, requires = "eval")]
+    eval_dataset: Option<String>,
+    /// The eval's split: train or validation [default: validation].
+    #[arg(long, requires = "eval")]
+    eval_split: Option<String>,
+    /// The eval's scorers (as `fungible eval run --scorer`); repeatable.
+    #[arg(long = "eval-scorer", requires = "eval")]
+    eval_scorers: Vec<String>,
+    /// At most this many eval items.
+    #[arg(long, requires = "eval")]
+    eval_limit: Option<usize>,
     /// Follow the job after launching it.
     #[arg(long)]
     watch: bool,
@@ -139,14 +156,22 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let store = runtime.block_on(Store::open(&store_config.url)).context("could not open the store ([store] url)")?;
     let tuner = Tuner::new(&config, store.clone());
-    let result = runtime.block_on(run(args.command, &tuner));
+    let (_, prices) = crate::traces::load(config_args)?;
+    let serving = Serving { gateway: fungible_gateway::Gateway::new(&config)?.with_prices(crate::price_lookup(&prices)), prices };
+    let result = runtime.block_on(run(args.command, &tuner, &serving));
     runtime.block_on(store.close());
     result
 }
 
-async fn run(command: TuneCommand, tuner: &Tuner) -> anyhow::Result<ExitCode> {
+/// What an eval of a finished job runs through: the config's gateway and prices.
+struct Serving {
+    gateway: fungible_gateway::Gateway,
+    prices: fungible_store::PriceTable,
+}
+
+async fn run(command: TuneCommand, tuner: &Tuner, serving: &Serving) -> anyhow::Result<ExitCode> {
     match command {
-        TuneCommand::Create(a) => create(a, tuner).await,
+        TuneCommand::Create(a) => create(a, tuner, serving).await,
         TuneCommand::List(a) => {
             let jobs = tuner.jobs(1000).await?;
             if a.json {
@@ -179,7 +204,7 @@ async fn run(command: TuneCommand, tuner: &Tuner) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        TuneCommand::Watch(a) => watch(tuner, &a.id, Duration::from_secs(a.every.max(1))).await,
+        TuneCommand::Watch(a) => watch(tuner, serving, &a.id, Duration::from_secs(a.every.max(1))).await,
         TuneCommand::Cancel(a) => {
             let job = tuner.cancel(&a.id).await?;
             eprintln!("{} {}", job.id, job.status.as_str());
@@ -199,7 +224,7 @@ async fn run(command: TuneCommand, tuner: &Tuner) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn create(a: CreateArgs, tuner: &Tuner) -> anyhow::Result<ExitCode> {
+async fn create(a: CreateArgs, tuner: &Tuner, serving: &Serving) -> anyhow::Result<ExitCode> {
     let method = Method::parse(&a.method).with_context(|| format!("--method {:?}: expected sft or dpo", a.method))?;
     let mut hyperparameters = Map::new();
     if let Some(epochs) = a.epochs {
@@ -211,6 +236,19 @@ async fn create(a: CreateArgs, tuner: &Tuner) -> anyhow::Result<ExitCode> {
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
         hyperparameters.insert(key.trim().to_owned(), value);
     }
+    let eval = match a.eval {
+        true => Some(fungible_tune::EvalSpec {
+            dataset: a.eval_dataset,
+            split: a
+                .eval_split
+                .as_deref()
+                .map(|s| fungible_datasets::Split::parse(s).with_context(|| format!("--eval-split {s:?}: expected train or validation")))
+                .transpose()?,
+            scorers: a.eval_scorers,
+            limit: a.eval_limit,
+        }),
+        false => None,
+    };
     let request = LaunchRequest {
         provider: a.provider,
         model: a.model,
@@ -219,6 +257,7 @@ async fn create(a: CreateArgs, tuner: &Tuner) -> anyhow::Result<ExitCode> {
         hyperparameters,
         suffix: a.suffix,
         alias: a.alias,
+        eval,
     };
     let plan = tuner.plan(request).await?;
     if a.json && a.dry_run {
@@ -250,7 +289,7 @@ async fn create(a: CreateArgs, tuner: &Tuner) -> anyhow::Result<ExitCode> {
         eprintln!("launched {} ({} job {}); follow it with `fungible tune watch {}`", job.id, job.provider, job.provider_job_id, job.id);
     }
     if a.watch {
-        return watch(tuner, &job.id, Duration::from_secs(10)).await;
+        return watch(tuner, serving, &job.id, Duration::from_secs(10)).await;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -290,6 +329,24 @@ fn print_job(job: &Job) {
     }
     let money = |c: Option<f64>| c.map_or("unknown".to_owned(), |c| format!("${c:.2}"));
     println!("  cost: {} (estimated {}), trained tokens {}", money(job.cost), money(job.estimated_cost), job.trained_tokens.map_or("-".into(), |t| t.to_string()));
+    if let Some(r) = &job.eval_result {
+        println!("  eval ({:?}, {}):", r.state, r.run_dir);
+        for m in &r.models {
+            println!(
+                "    {:<40} accuracy {}  answered {}  errors {}",
+                m.model,
+                m.accuracy.map_or("-".to_owned(), |a| format!("{:.1}%", a * 100.0)),
+                m.answered,
+                m.errors
+            );
+        }
+        for line in &r.recommendation {
+            println!("    {line}");
+        }
+        if let Some(e) = &r.error {
+            println!("    error: {e}");
+        }
+    }
     let losses = job.losses();
     if !losses.is_empty() {
         println!("  loss by step (train / validation):");
@@ -303,8 +360,9 @@ fn print_job(job: &Job) {
     }
 }
 
-/// Polls the job until it ends, with a spinner showing its status and latest loss.
-async fn watch(tuner: &Tuner, id: &str, every: Duration) -> anyhow::Result<ExitCode> {
+/// Polls the job until it ends, with a spinner showing its status and latest loss; then runs
+/// the eval it asked for, if no gateway ran it yet.
+async fn watch(tuner: &Tuner, serving: &Serving, id: &str, every: Duration) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -318,6 +376,14 @@ async fn watch(tuner: &Tuner, id: &str, every: Duration) -> anyhow::Result<ExitC
         let loss = job.losses().last().and_then(|(step, train, _)| train.map(|t| format!(", step {step} loss {t:.4}"))).unwrap_or_default();
         bar.set_message(format!("{} {}{loss}", job.id, job.status.as_str()));
         if job.status.is_terminal() {
+            let job = if job.eval.is_some() && job.eval_result.is_none() && job.status == fungible_tune::Status::Succeeded {
+                bar.set_message(format!("{} succeeded; evaluating {} against {}/{}", job.id, job.alias, job.provider, job.base_model));
+                serving.gateway.set_overlays(tuner.overlays().await?);
+                tuner.evaluate_finished(&serving.gateway, &serving.prices).await?;
+                tuner.job(id).await?
+            } else {
+                job
+            };
             bar.finish_and_clear();
             print_job(&job);
             return Ok(if job.status == fungible_tune::Status::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE });

@@ -1,6 +1,6 @@
 //! `fungible tune` as a user runs it, against the mock's OpenAI fine-tuning API: a dry run
 //! with the estimate, a launch refused without --yes when nobody can answer the prompt, a
-//! launch, `watch` to the end, `promote`, and then `fungible serve` on the same store serving
+//! launch, `watch` to the end (running the eval the job asked for), `promote`, and then `fungible serve` on the same store serving
 //! the tuned model under its alias and in its route, with no config edit.
 
 mod common;
@@ -77,7 +77,10 @@ fn a_job_from_the_cli_is_served_by_fungible_serve() {
     std::fs::write(cwd.path().join("rows.jsonl"), rows.join("\n")).unwrap();
     ok(fungible(cwd.path(), &mock).args(["datasets", "add", "sums", "--file", "rows.jsonl"]).output().unwrap());
 
-    let create = ["tune", "create", "--provider", "openai", "--model", "gpt-4.1-mini-2025-04-14", "--dataset", "sums", "--suffix", "sums", "--epochs", "2"];
+    let create = [
+        "tune", "create", "--provider", "openai", "--model", "gpt-4.1-mini-2025-04-14", "--dataset", "sums", "--suffix", "sums", "--epochs", "2",
+        "--eval", "--eval-split", "train", "--eval-limit", "2", "--eval-scorer", "exact",
+    ];
     let (_, plan) = ok(fungible(cwd.path(), &mock).args(create).arg("--dry-run").output().unwrap());
     assert!(plan.contains("training tokens:") && plan.contains("x 2 epochs"), "{plan}");
     assert!(plan.contains("estimated cost: $"), "{plan}");
@@ -95,6 +98,9 @@ fn a_job_from_the_cli_is_served_by_fungible_serve() {
     assert!(shown.contains("succeeded"), "{shown}");
     assert!(shown.contains("model: openai/ft:gpt-4.1-mini-2025-04-14:fungible-mock:sums:"), "{shown}");
     assert!(shown.contains("loss by step"), "{shown}");
+    // No gateway was running: `watch` ran the eval it asked for, base against tuned.
+    assert!(shown.contains("eval (Done"), "{shown}");
+    assert!(shown.contains("openai/gpt-4.1-mini-2025-04-14") && shown.contains("answered 2"), "{shown}");
     ok(fungible(cwd.path(), &mock).args(["tune", "promote", &id, "--route", "support", "--percent", "10"]).output().unwrap());
     let bad = fungible(cwd.path(), &mock).args(["tune", "promote", &id, "--route", "nope", "--percent", "10"]).output().unwrap();
     assert!(!bad.status.success());

@@ -17,6 +17,7 @@ struct Tuning {
     mock: MockUpstream,
     app: axum::Router,
     state: AppState,
+    _evals: tempfile::TempDir,
 }
 
 async fn tuning() -> Tuning {
@@ -39,10 +40,11 @@ async fn tuning() -> Tuning {
         })
         .collect();
     fungible_datasets::versions::put_rows(&store, "sums", rows).await.expect("rows");
+    let evals = tempfile::tempdir().expect("temp dir");
     let state = AppState::new(Gateway::new(&config).expect("gateway"), config.max_body_bytes)
-        .with_tuner(fungible_tune::Tuner::new(&config, Store::clone(&store)));
+        .with_tuner(fungible_tune::Tuner::new(&config, Store::clone(&store)).with_eval_dir(evals.path()));
     let app = app(state.clone());
-    Tuning { mock, app, state }
+    Tuning { mock, app, state, _evals: evals }
 }
 
 impl Tuning {
@@ -66,7 +68,11 @@ impl Tuning {
 #[tokio::test]
 async fn a_job_launched_over_http_serves_its_model_when_it_finishes() {
     let t = tuning().await;
-    let launch = json!({"provider": "openai", "model": "gpt-4.1-mini-2025-04-14", "dataset": "sums", "suffix": "sums", "alias": "sums-tuned", "hyperparameters": {"n_epochs": 2}});
+    let launch = json!({
+        "provider": "openai", "model": "gpt-4.1-mini-2025-04-14", "dataset": "sums", "suffix": "sums", "alias": "sums-tuned",
+        "hyperparameters": {"n_epochs": 2},
+        "eval": {"split": "train", "scorers": ["exact"], "limit": 3}
+    });
 
     let mut dry = launch.clone();
     dry["dry_run"] = json!(true);
@@ -80,6 +86,10 @@ async fn a_job_launched_over_http_serves_its_model_when_it_finishes() {
     let created = t.send("POST", "/v1/tune/jobs", Some(launch)).await;
     assert_eq!(created.status, 201, "{}", created.text());
     let id = created.json()["id"].as_str().expect("id").to_owned();
+    // The eval once it succeeds: 3 items x (base, tuned), streamed.
+    for _ in 0..6 {
+        t.mock.push(MockResponse::fixture(200, crate::fixtures().join("openai/stream.response.sse")));
+    }
     let mut job = Value::Null;
     for _ in 0..10 {
         fungible_server::tune::poll_once(&t.state).await;
@@ -90,6 +100,25 @@ async fn a_job_launched_over_http_serves_its_model_when_it_finishes() {
     }
     assert_eq!(job["status"], "succeeded", "{job}");
     let tuned = job["fine_tuned_model"].as_str().expect("model").to_owned();
+    // The eval it asked for ran through the gateway, base model against the tuned one.
+    let eval = &job["eval_result"];
+    assert_eq!(eval["state"], "done", "{job}");
+    let models: Vec<(&str, u64)> = eval["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| (m["model"].as_str().unwrap_or_default(), m["answered"].as_u64().unwrap_or_default()))
+        .collect();
+    assert_eq!(models, [("openai/gpt-4.1-mini-2025-04-14", 3), ("sums-tuned", 3)]);
+    assert!(std::path::Path::new(eval["run_dir"].as_str().expect("dir")).join("report.html").is_file());
+    let sent_models: Vec<String> = t
+        .mock
+        .received()
+        .iter()
+        .filter(|r| r.uri.ends_with("/chat/completions"))
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok()?["model"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(sent_models.iter().filter(|m| *m == &tuned).count(), 3, "{sent_models:?}");
 
     // Served at once under its alias: listed, and a request reaches the tuned model.
     let models = t.send("GET", "/v1/models", None).await.json();
