@@ -5,41 +5,12 @@
 use fungible_datasets::versions::{self, DatasetError};
 use fungible_datasets::{Curation, Embed, Example, FeedbackFilter, Format, Selection, Source, Split};
 use fungible_store::{Feedback, FeedbackTarget, InferenceRecord, Store};
-use fungible_types::{ChatRequest, Message, Role, Tool, ToolCall, Usage};
+use fungible_types::{Message, Role, Tool, ToolCall};
 use serde_json::{Value, json};
 
 fn record(id: &str, route: &str, question: &str, answer: Option<&str>, tags: Value) -> InferenceRecord {
-    let request = ChatRequest {
-        model: route.into(),
-        messages: vec![Message::text(Role::System, "Be brief."), Message::text(Role::User, question)],
-        ..ChatRequest::default()
-    };
-    InferenceRecord {
-        id: id.into(),
-        time_ms: 1_000,
-        inbound: "openai_chat".into(),
-        requested_model: route.into(),
-        route: Some(route.into()),
-        variant: None,
-        provider: Some("openai".into()),
-        model: Some("gpt-4.1-mini".into()),
-        stream: false,
-        error: answer.is_none().then(|| "timeout".into()),
-        request: serde_json::to_value(&request).unwrap(),
-        response: answer.map(|a| json!({"id": "x", "model": "gpt-4.1-mini", "created": 0, "message": {"content": a, "tool_calls": [], "reasoning": [], "refusal": null}, "finish_reason": "Stop", "usage": {"input_tokens": 1, "output_tokens": 1, "cache_read_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0}})),
-        usage: Usage::default(),
-        cost: None,
-        ttft_ms: None,
-        latency_ms: 5.0,
-        user: None,
-        tags,
-        episode_id: None,
-        attempts: vec![],
-        key_id: None,
-        cache_hit: false,
-        truncated: false,
-        raw: Vec::new(),
-    }
+    let messages = vec![Message::text(Role::System, "Be brief."), Message::text(Role::User, question)];
+    InferenceRecord { tags, ..fungible_store::testing::chat_record(id, route, messages, answer) }
 }
 
 fn feedback(id: &str, target: &str, boolean: Option<bool>, demonstration: Option<Value>) -> Feedback {

@@ -147,8 +147,7 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, TracesError> {
 mod tests {
     use super::*;
     use fungible_store::{Feedback, FeedbackTarget, InferenceRecord};
-    use fungible_types::{ChatRequest, Role};
-    use fungible_types::{Message, Usage};
+    use fungible_types::{Message, Role};
     use serde_json::json;
 
     #[test]
@@ -166,43 +165,9 @@ mod tests {
         assert!(parse_time("2024-13-01", 0).is_err());
     }
 
-    fn record(
-        id: &str,
-        route: Option<&str>,
-        question: &str,
-        answer: Option<&str>,
-    ) -> InferenceRecord {
-        let request = ChatRequest {
-            model: "m".into(),
-            messages: vec![Message::text(Role::User, question)],
-            ..ChatRequest::default()
-        };
-        InferenceRecord {
-            id: id.into(),
-            time_ms: 1_000,
-            inbound: "openai_chat".into(),
-            requested_model: route.unwrap_or("openai/gpt-5").into(),
-            route: route.map(Into::into),
-            variant: None,
-            provider: Some("openai".into()),
-            model: Some("gpt-5".into()),
-            stream: false,
-            error: answer.is_none().then(|| "timeout".into()),
-            request: serde_json::to_value(&request).unwrap(),
-            response: answer.map(|a| json!({"id": "x", "model": "gpt-5", "created": 0, "message": {"content": a, "tool_calls": [], "reasoning": [], "refusal": null}, "finish_reason": "Stop", "usage": {"input_tokens": 1, "output_tokens": 1, "cache_read_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0}})),
-            usage: Usage::default(),
-            cost: None,
-            ttft_ms: None,
-            latency_ms: 5.0,
-            user: None,
-            tags: json!({}),
-            episode_id: None,
-            attempts: vec![],
-            key_id: None,
-            cache_hit: false,
-            truncated: false,
-            raw: Vec::new(),
-        }
+    fn record(id: &str, route: Option<&str>, question: &str, answer: Option<&str>) -> InferenceRecord {
+        let record = fungible_store::testing::chat_record(id, route.unwrap_or("openai/gpt-5"), vec![Message::text(Role::User, question)], answer);
+        InferenceRecord { route: route.map(Into::into), ..record }
     }
 
     fn feedback(

@@ -59,6 +59,8 @@ pub struct ConfigFile {
 pub struct TuneSection {
     /// Seconds between polls of the unfinished jobs (default 30, at least 1).
     pub poll_interval_secs: Option<u64>,
+    /// The Fireworks account jobs run under [default: FIREWORKS_ACCOUNT_ID].
+    pub fireworks_account: Option<String>,
 }
 
 /// `[local]`: the in-process models (`local/MODEL`), served offline with no key.
@@ -217,6 +219,8 @@ pub struct GatewayConfig {
     pub auth: AuthConfig,
     /// `[tune] poll_interval_secs`.
     pub tune_poll_interval: Duration,
+    /// `[tune] fireworks_account`, else FIREWORKS_ACCOUNT_ID.
+    pub tune_fireworks_account: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -360,6 +364,8 @@ impl GatewayConfig {
             Some(secs) => Duration::from_secs(secs),
             None => Duration::from_secs(30),
         };
+        let tune_fireworks_account =
+            file.tune.fireworks_account.clone().or_else(|| env("FIREWORKS_ACCOUNT_ID")).filter(|a| !a.trim().is_empty());
         let local = if local_taken { None } else { local_config(file.local, env)? };
         let mut sections = file.providers;
         // Built-in presets: enabled by their key (or base URL) in the environment, or by a
@@ -408,6 +414,7 @@ impl GatewayConfig {
             preload_local,
             auth,
             tune_poll_interval,
+            tune_fireworks_account,
         })
     }
 }

@@ -1,13 +1,15 @@
 //! Fine-tuning on the mock: the files and jobs APIs of OpenAI (`/v1/files`,
-//! `/v1/fine_tuning/jobs`), Mistral (the same paths under `/mistral/v1`) and Together
-//! (`/v1/files/upload`, `/v1/fine-tunes`), with the objects in the shapes their API
-//! references document (see `docs/tuning-providers.md`).
+//! `/v1/fine_tuning/jobs`), Mistral (the same paths under `/mistral/v1`), Together
+//! (`/v1/files/upload`, `/v1/fine-tunes`) and Fireworks (`/fireworks/v1/accounts/{account}/`
+//! `datasets`, `datasets/{id}:upload`, `supervisedFineTuningJobs`), with the objects in the
+//! shapes their API references document (see `docs/tuning-providers.md`).
 //!
 //! A job moves one step each time it is read: OpenAI `validating_files` → `queued` →
 //! `running` (a metrics event per read) → `succeeded`; Mistral `QUEUED` → `VALIDATING` →
-//! `RUNNING` → `SUCCESS`; Together `pending` → `queued` → `running` → `completed`. A job
-//! whose suffix contains `fail` fails instead of succeeding. Cancelling an unfinished job
-//! ends it `cancelled`. Every request needs a bearer key (else 401), an upload must be
+//! `RUNNING` → `SUCCESS`; Together `pending` → `queued` → `running` → `completed`;
+//! Fireworks `JOB_STATE_VALIDATING` → `PENDING` → `RUNNING` → `COMPLETED`. A job whose
+//! suffix (Fireworks: display name) contains `fail` fails instead of succeeding. Cancelling
+//! an unfinished job ends it `cancelled`. Every request needs a bearer key (else 401), an upload must be
 //! JSONL whose lines are JSON objects (else 400), and a job must name an uploaded file.
 
 use std::collections::HashMap;
@@ -24,6 +26,7 @@ enum Flavor {
     OpenAi,
     Mistral,
     Together,
+    Fireworks,
 }
 
 #[derive(Debug)]
@@ -36,6 +39,8 @@ struct File {
 struct Job {
     flavor: Flavor,
     id: String,
+    /// Fireworks: the account it runs under.
+    account: String,
     model: String,
     suffix: String,
     training_file: String,
@@ -61,12 +66,17 @@ struct State {
     files: HashMap<String, File>,
     jobs: HashMap<String, Job>,
     next: u64,
+    /// The Fireworks account of the job being created.
+    account: String,
 }
 
 const CREATED: u64 = 1_765_000_000;
 
 /// Whether the request is for the tuning APIs.
 pub(crate) fn handles(path: &str) -> bool {
+    if path.starts_with("/fireworks/v1/accounts/") {
+        return true;
+    }
     let path = path.strip_prefix("/mistral").unwrap_or(path);
     path == "/v1/files" || path == "/v1/files/upload" || path.starts_with("/v1/fine_tuning/jobs") || path.starts_with("/v1/fine-tunes")
 }
@@ -74,17 +84,15 @@ pub(crate) fn handles(path: &str) -> bool {
 impl Tuning {
     pub(crate) async fn respond(&self, method: &str, uri: &str, headers: &HeaderMap, body: Bytes) -> MockResponse {
         let path = uri.split('?').next().unwrap_or(uri);
+        if let Some(rest) = path.strip_prefix("/fireworks/v1/accounts/") {
+            return self.fireworks(method, rest, headers, body).await;
+        }
         let (flavor, path) = match path.strip_prefix("/mistral") {
             Some(rest) => (Flavor::Mistral, rest),
             None if path.starts_with("/v1/fine-tunes") || path == "/v1/files/upload" => (Flavor::Together, path),
             None => (Flavor::OpenAi, path),
         };
-        let authorized = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|k| !k.trim().is_empty());
-        if !authorized {
+        if !authorized(headers) {
             return error(flavor, 401, "invalid_api_key", "Incorrect API key provided.");
         }
         if method == "POST" && (path == "/v1/files" || path == "/v1/files/upload") {
@@ -103,47 +111,94 @@ impl Tuning {
         }
     }
 
-    async fn upload(&self, flavor: Flavor, headers: &HeaderMap, body: Bytes) -> MockResponse {
-        let Some(boundary) = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|ct| multer::parse_boundary(ct).ok())
-        else {
-            return error(flavor, 400, "invalid_request_error", "expected a multipart/form-data upload");
-        };
-        let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
-        let mut form = multer::Multipart::new(stream, boundary);
-        let (mut purpose, mut filename, mut content) = (None, None, None);
-        while let Ok(Some(field)) = form.next_field().await {
-            let name = field.name().unwrap_or_default().to_owned();
-            let file_name = field.file_name().map(str::to_owned);
-            let Ok(data) = field.bytes().await else {
-                return error(flavor, 400, "invalid_request_error", "the upload could not be read");
-            };
-            match name.as_str() {
-                "purpose" => purpose = Some(String::from_utf8_lossy(&data).into_owned()),
-                "file_name" => filename = Some(String::from_utf8_lossy(&data).into_owned()),
-                "file" => {
-                    filename = filename.or(file_name);
-                    content = Some(data);
-                }
-                _ => {}
-            }
+    /// Fireworks: `{account}/datasets`, `{account}/datasets/{id}:upload`,
+    /// `{account}/supervisedFineTuningJobs[/{id}[:cancel]]`.
+    async fn fireworks(&self, method: &str, rest: &str, headers: &HeaderMap, body: Bytes) -> MockResponse {
+        let flavor = Flavor::Fireworks;
+        if !authorized(headers) {
+            return error(flavor, 401, "UNAUTHENTICATED", "invalid API key");
         }
+        let Some((account, resource)) = rest.split_once('/') else {
+            return error(flavor, 404, "NOT_FOUND", "no such resource");
+        };
+        match (method, resource.split_once('/')) {
+            ("POST", None) if resource == "datasets" => {
+                let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+                    return error(flavor, 400, "INVALID_ARGUMENT", "the body must be JSON");
+                };
+                let Some(id) = req.get("datasetId").and_then(Value::as_str) else {
+                    return error(flavor, 400, "INVALID_ARGUMENT", "datasetId is required");
+                };
+                let name = format!("accounts/{account}/datasets/{id}");
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if state.files.contains_key(&name) {
+                    return error(flavor, 409, "ALREADY_EXISTS", "the dataset exists");
+                }
+                state.files.insert(name.clone(), File { bytes: 0, lines: 0 });
+                MockResponse::json(200, json!({"name": name, "state": "UPLOADING", "status": {"code": "OK", "message": ""}, "exampleCount": req.pointer("/dataset/exampleCount").cloned().unwrap_or(json!("0")), "userUploaded": {}, "format": "CHAT", "createTime": iso(CREATED)}).to_string())
+            }
+            ("POST", Some(("datasets", id_upload))) => {
+                let Some(id) = id_upload.strip_suffix(":upload") else {
+                    return error(flavor, 404, "NOT_FOUND", "no such resource");
+                };
+                let name = format!("accounts/{account}/datasets/{id}");
+                if !self.state.lock().unwrap_or_else(|e| e.into_inner()).files.contains_key(&name) {
+                    return error(flavor, 404, "NOT_FOUND", &format!("dataset {name} does not exist"));
+                }
+                let (content, filename) = match read_upload(headers, body).await {
+                    Ok((_, filename, content)) => (content, filename),
+                    Err(message) => return error(flavor, 400, "INVALID_ARGUMENT", &message),
+                };
+                let lines = match count_lines(&content) {
+                    Ok(lines) => lines,
+                    Err(message) => return error(flavor, 400, "INVALID_ARGUMENT", &message),
+                };
+                self.state.lock().unwrap_or_else(|e| e.into_inner()).files.insert(name, File { bytes: content.len(), lines });
+                MockResponse::json(200, json!({"filenameToSignedUrls": {}, "bytes": content.len(), "filename": filename.unwrap_or_default()}).to_string())
+            }
+            ("POST", None) if resource == "supervisedFineTuningJobs" => {
+                let Ok(Value::Object(mut req)) = serde_json::from_slice::<Value>(&body) else {
+                    return error(flavor, 400, "INVALID_ARGUMENT", "the body must be a JSON object");
+                };
+                // The same lifecycle as the others, read through OpenAI-style fields.
+                let mut translated = json!({
+                    "model": req.remove("baseModel").unwrap_or(Value::Null),
+                    "training_file": req.remove("dataset").unwrap_or(Value::Null),
+                    "suffix": req.get("displayName").cloned().unwrap_or(json!("")),
+                    "n_epochs": req.get("epochs").cloned().unwrap_or(json!(1)),
+                });
+                if let Some(v) = req.remove("evaluationDataset") {
+                    translated["validation_file"] = v;
+                }
+                let bytes = serde_json::to_vec(&translated).unwrap_or_default();
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.account = account.to_owned();
+                state.create(flavor, &bytes)
+            }
+            ("GET", Some(("supervisedFineTuningJobs", id))) => self.state.lock().unwrap_or_else(|e| e.into_inner()).read(flavor, id),
+            ("POST", Some(("supervisedFineTuningJobs", id_cancel))) => match id_cancel.strip_suffix(":cancel") {
+                Some(id) => {
+                    let response = self.state.lock().unwrap_or_else(|e| e.into_inner()).cancel(flavor, id);
+                    if response.status == 200 { MockResponse::json(200, "{}") } else { response }
+                }
+                None => error(flavor, 404, "NOT_FOUND", "no such resource"),
+            },
+            _ => error(flavor, 404, "NOT_FOUND", &format!("mock: no Fireworks endpoint {method} {rest}")),
+        }
+    }
+
+    async fn upload(&self, flavor: Flavor, headers: &HeaderMap, body: Bytes) -> MockResponse {
+        let (purpose, filename, content) = match read_upload(headers, body).await {
+            Ok(parts) => parts,
+            Err(message) => return error(flavor, 400, "invalid_request_error", &message),
+        };
         if purpose.as_deref() != Some("fine-tune") {
             return error(flavor, 400, "invalid_request_error", "purpose must be fine-tune");
         }
-        let Some(content) = content else {
-            return error(flavor, 400, "invalid_request_error", "no file part");
+        let lines = match count_lines(&content) {
+            Ok(lines) => lines,
+            Err(message) => return error(flavor, 400, "invalid_file_format", &message),
         };
-        let text = String::from_utf8_lossy(&content);
-        let mut lines = 0;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            if !matches!(serde_json::from_str::<Value>(line), Ok(Value::Object(_))) {
-                return error(flavor, 400, "invalid_file_format", &format!("line {} is not a JSON object", i + 1));
-            }
-            lines += 1;
-        }
         let filename = filename.unwrap_or_else(|| "file.jsonl".into());
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.next += 1;
@@ -155,7 +210,8 @@ impl Tuning {
         let object = match flavor {
             Flavor::OpenAi => json!({"id": id, "object": "file", "bytes": content.len(), "created_at": CREATED, "filename": filename, "purpose": "fine-tune", "status": "processed", "expires_at": null, "status_details": null}),
             Flavor::Mistral => json!({"id": id, "object": "file", "bytes": content.len(), "created_at": CREATED, "filename": filename, "purpose": "fine-tune", "sample_type": "instruct", "num_lines": lines, "source": "upload"}),
-            Flavor::Together => json!({"id": id, "object": "file", "created_at": CREATED, "filename": filename, "bytes": content.len(), "purpose": "fine-tune", "Processed": true, "FileType": "jsonl", "LineCount": lines}),
+            // Fireworks uploads go to a dataset (`fireworks`), not here.
+            Flavor::Together | Flavor::Fireworks => json!({"id": id, "object": "file", "created_at": CREATED, "filename": filename, "bytes": content.len(), "purpose": "fine-tune", "Processed": true, "FileType": "jsonl", "LineCount": lines}),
         };
         MockResponse::json(200, object.to_string())
     }
@@ -204,18 +260,20 @@ impl State {
                 .or_else(|| req.pointer("/method/dpo/hyperparameters/n_epochs"))
                 .and_then(Value::as_u64),
             Flavor::Mistral => req.pointer("/hyperparameters/epochs").and_then(Value::as_f64).map(|e| e.ceil() as u64),
-            Flavor::Together => req.get("n_epochs").and_then(Value::as_u64),
+            Flavor::Together | Flavor::Fireworks => req.get("n_epochs").and_then(Value::as_u64),
         }
-        .unwrap_or(if flavor == Flavor::Together { 1 } else { 3 });
+        .unwrap_or(if matches!(flavor, Flavor::Together | Flavor::Fireworks) { 1 } else { 3 });
         self.next += 1;
         let id = match flavor {
             Flavor::OpenAi => format!("ftjob-mock{:014}", self.next),
             Flavor::Mistral => uuid_like(self.next),
             Flavor::Together => format!("ft-mock{:016}", self.next),
+            Flavor::Fireworks => format!("mock{:012}", self.next),
         };
         let job = Job {
             flavor,
             id: id.clone(),
+            account: self.account.clone(),
             model,
             suffix: req.get("suffix").and_then(Value::as_str).unwrap_or_default().to_owned(),
             training_file,
@@ -310,6 +368,7 @@ impl Job {
                 json!({"object": "fine_tuning.job.event", "id": format!("ftevent-{}-{n}", self.id), "created_at": created, "level": level, "message": message, "data": data, "type": if metrics.is_some() { "metrics" } else { "message" }})
             }
             Flavor::Mistral => json!({"name": message, "data": metrics.map(|(step, train, valid)| json!({"step_number": step, "train_loss": train, "valid_loss": valid})), "created_at": created}),
+            Flavor::Fireworks => json!({"message": message}),
             Flavor::Together => {
                 let mut e = json!({"object": "fine-tune-event", "created_at": iso(created), "level": level, "message": message, "type": if metrics.is_some() { "checkpoint_save" } else { "job_start" }});
                 if let Some((step, _, _)) = metrics {
@@ -342,6 +401,12 @@ impl Job {
             (Flavor::Together, _, _, 1) => "queued",
             (Flavor::Together, _, _, 2) => "running",
             (Flavor::Together, _, _, _) => "completed",
+            (Flavor::Fireworks, true, _, _) => "JOB_STATE_CANCELLED",
+            (Flavor::Fireworks, _, true, _) => "JOB_STATE_FAILED",
+            (Flavor::Fireworks, _, _, 0) => "JOB_STATE_VALIDATING",
+            (Flavor::Fireworks, _, _, 1) => "JOB_STATE_PENDING",
+            (Flavor::Fireworks, _, _, 2) => "JOB_STATE_RUNNING",
+            (Flavor::Fireworks, _, _, _) => "JOB_STATE_COMPLETED",
         }
     }
 
@@ -355,6 +420,7 @@ impl Job {
             Flavor::OpenAi => format!("ft:{}:fungible-mock:{}:{short}", self.model, self.suffix),
             Flavor::Mistral => format!("ft:{}:0a1b2c3d:20261207:{short}", self.model),
             Flavor::Together => format!("fungible-mock/{}-{}-{short}", self.model.rsplit('/').next().unwrap_or(&self.model), self.suffix),
+            Flavor::Fireworks => format!("accounts/{}/models/{}-{short}", self.account, self.model.rsplit('/').next().unwrap_or(&self.model)),
         })
     }
 
@@ -363,7 +429,7 @@ impl Job {
         let done = self.finished();
         let tuned = self.tuned_model();
         let trained = tuned.as_ref().map(|_| self.tokens);
-        let failed = status == "failed" || status == "FAILED" || status == "error";
+        let failed = matches!(status, "failed" | "FAILED" | "error" | "JOB_STATE_FAILED");
         match self.flavor {
             Flavor::OpenAi => json!({
                 "object": "fine_tuning.job", "id": self.id, "model": self.model, "created_at": self.created,
@@ -386,6 +452,14 @@ impl Job {
                 "metadata": {"expected_duration_seconds": 60, "cost": 4.0, "cost_currency": "USD", "train_tokens_per_step": 1000, "train_tokens": self.tokens, "data_tokens": self.tokens / self.epochs.max(1)},
                 "events": self.events, "checkpoints": []
             }),
+            Flavor::Fireworks => json!({
+                "name": format!("accounts/{}/supervisedFineTuningJobs/{}", self.account, self.id),
+                "displayName": self.suffix, "dataset": self.training_file, "evaluationDataset": self.validation_file,
+                "baseModel": self.model, "outputModel": tuned, "state": status,
+                "status": if failed { json!({"code": "INVALID_ARGUMENT", "message": "The training file has too few usable examples."}) } else { json!({"code": "OK", "message": ""}) },
+                "epochs": self.epochs, "learningRate": 0.0001, "loraRank": 8, "createTime": iso(self.created),
+                "jobProgress": {"percent": u32::min(self.step, 3) * 33, "epoch": self.epochs, "inputTokens": trained.map(|t| t.to_string())}
+            }),
             Flavor::Together => json!({
                 "id": self.id, "status": status, "created_at": iso(self.created), "updated_at": iso(self.created + u64::from(self.step)),
                 "user_id": "user_fungiblemock", "owner_address": "mock@example.com", "total_price": 0, "token_count": trained,
@@ -401,9 +475,59 @@ impl Job {
 fn error(flavor: Flavor, status: u16, code: &str, message: &str) -> MockResponse {
     let body = match flavor {
         Flavor::Mistral => json!({"object": "error", "message": message, "type": code, "param": null, "code": null}),
+        Flavor::Fireworks => json!({"code": code, "message": message}),
         _ => json!({"error": {"message": message, "type": code, "param": null, "code": code}}),
     };
     MockResponse::json(status, body.to_string())
+}
+
+/// A request's bearer key is there and not blank.
+fn authorized(headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|k| !k.trim().is_empty())
+}
+
+/// A multipart upload's `purpose`, file name (`file_name`, else the file part's) and file.
+async fn read_upload(headers: &HeaderMap, body: Bytes) -> Result<(Option<String>, Option<String>, Bytes), String> {
+    let boundary = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| multer::parse_boundary(ct).ok())
+        .ok_or("expected a multipart/form-data upload")?;
+    let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let (mut purpose, mut filename, mut content) = (None, None, None);
+    while let Ok(Some(field)) = form.next_field().await {
+        let name = field.name().unwrap_or_default().to_owned();
+        let file_name = field.file_name().map(str::to_owned);
+        let data = field.bytes().await.map_err(|_| "the upload could not be read")?;
+        match name.as_str() {
+            "purpose" => purpose = Some(String::from_utf8_lossy(&data).into_owned()),
+            "file_name" => filename = Some(String::from_utf8_lossy(&data).into_owned()),
+            "file" => {
+                filename = filename.or(file_name);
+                content = Some(data);
+            }
+            _ => {}
+        }
+    }
+    Ok((purpose, filename, content.ok_or("no file part")?))
+}
+
+/// The examples of a JSONL file, each a JSON object.
+fn count_lines(content: &[u8]) -> Result<usize, String> {
+    let text = String::from_utf8_lossy(content);
+    let mut lines = 0;
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if !matches!(serde_json::from_str::<Value>(line), Ok(Value::Object(_))) {
+            return Err(format!("line {} is not a JSON object", i + 1));
+        }
+        lines += 1;
+    }
+    Ok(lines)
 }
 
 fn uuid_like(n: u64) -> String {

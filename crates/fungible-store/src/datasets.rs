@@ -100,20 +100,7 @@ impl Store {
         rows: &[DatasetRow],
     ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM datasets WHERE name = $1")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
-        let version = latest.unwrap_or(0) + 1;
-        sqlx::query("INSERT INTO datasets (name, version, created_ms, description, spec, report) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(name)
-            .bind(version)
-            .bind(crate::now_ms())
-            .bind(description)
-            .bind(spec)
-            .bind(report)
-            .execute(&mut *tx)
-            .await?;
+        let version = insert_version(&mut tx, name, description, spec, report).await?;
         insert_rows(&mut tx, name, version, rows).await?;
         tx.commit().await?;
         Ok(version)
@@ -141,20 +128,7 @@ impl Store {
             .ok_or_else(|| DatasetStoreError::NoVersion { name: name.to_owned(), version: from })?;
         let description: Option<String> = source.try_get(0)?;
         let spec: String = source.try_get(1)?;
-        let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM datasets WHERE name = $1")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
-        let version = latest.unwrap_or(0) + 1;
-        sqlx::query("INSERT INTO datasets (name, version, created_ms, description, spec, report) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(name)
-            .bind(version)
-            .bind(crate::now_ms())
-            .bind(description)
-            .bind(spec)
-            .bind(report)
-            .execute(&mut *tx)
-            .await?;
+        let version = insert_version(&mut tx, name, description.as_deref(), &spec, report).await?;
         sqlx::query("INSERT INTO dataset_rows (name, version, row_id, idx, split, body) SELECT name, $1, row_id, idx, split, body FROM dataset_rows WHERE name = $2 AND version = $3")
             .bind(version)
             .bind(name)
@@ -420,6 +394,28 @@ const VERSION_SELECT: &str = "SELECT d.name, d.version, d.created_ms, d.descript
 
 fn row_of(r: &AnyRow) -> Result<DatasetRow, StoreError> {
     Ok(DatasetRow { row_id: r.try_get(0)?, idx: r.try_get(1)?, split: r.try_get(2)?, body: r.try_get(3)? })
+}
+
+/// The next version of `name` (the first is 1), inserted in `tx`.
+async fn insert_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    name: &str,
+    description: Option<&str>,
+    spec: &str,
+    report: &str,
+) -> Result<i64, StoreError> {
+    let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM datasets WHERE name = $1").bind(name).fetch_one(&mut **tx).await?;
+    let version = latest.unwrap_or(0) + 1;
+    sqlx::query("INSERT INTO datasets (name, version, created_ms, description, spec, report) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(name)
+        .bind(version)
+        .bind(crate::now_ms())
+        .bind(description)
+        .bind(spec)
+        .bind(report)
+        .execute(&mut **tx)
+        .await?;
+    Ok(version)
 }
 
 async fn set_report(

@@ -103,3 +103,44 @@ impl Drop for PgSchema {
         }
     }
 }
+
+/// A recorded chat inference for tests: `messages` asked of `route`, and `answer` given (a
+/// failed one when `None`), with the canonical request and response as the recorder stores
+/// them.
+pub fn chat_record(id: &str, route: &str, messages: Vec<fungible_types::Message>, answer: Option<&str>) -> crate::InferenceRecord {
+    let request = fungible_types::ChatRequest { model: route.into(), messages, ..fungible_types::ChatRequest::default() };
+    let response = answer.map(|a| fungible_types::ChatResponse {
+        id: "resp-test".into(),
+        model: "gpt-4.1-mini".into(),
+        created: 0,
+        message: fungible_types::AssistantMessage { content: Some(a.to_owned()), tool_calls: Vec::new(), reasoning: Vec::new(), refusal: None },
+        finish_reason: fungible_types::FinishReason::Stop,
+        usage: fungible_types::Usage::default(),
+    });
+    crate::InferenceRecord {
+        id: id.into(),
+        time_ms: 1_000,
+        inbound: "openai_chat".into(),
+        requested_model: route.into(),
+        route: Some(route.into()),
+        variant: None,
+        provider: Some("openai".into()),
+        model: Some("gpt-4.1-mini".into()),
+        stream: false,
+        error: answer.is_none().then(|| "timeout".into()),
+        request: serde_json::to_value(&request).unwrap_or_default(),
+        response: response.map(|r| serde_json::to_value(&r).unwrap_or_default()),
+        usage: fungible_types::Usage::default(),
+        cost: None,
+        ttft_ms: None,
+        latency_ms: 5.0,
+        user: None,
+        tags: serde_json::json!({}),
+        episode_id: None,
+        attempts: vec![],
+        key_id: None,
+        cache_hit: false,
+        truncated: false,
+        raw: Vec::new(),
+    }
+}

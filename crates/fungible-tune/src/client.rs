@@ -10,6 +10,11 @@
 //! - Together: `POST /files/upload` (multipart with `file_name`), `POST /fine-tunes`
 //!   (`training_file`, `n_epochs`, `learning_rate`, `training_method`), `GET /fine-tunes/{id}`,
 //!   `GET .../events`, `POST .../cancel`; the model is `model_output_name`.
+//! - Fireworks: resources under `/v1/accounts/{account}` (the account from `[tune]
+//!   fireworks_account` or `FIREWORKS_ACCOUNT_ID`): a file is a dataset (`POST /datasets`,
+//!   then `POST /datasets/{id}:upload`), a job a `supervisedFineTuningJobs` resource (`epochs`,
+//!   `learningRate`, `loraRank`...), states `JOB_STATE_*`, `:cancel`; the model is
+//!   `accounts/{account}/models/{outputModel}`.
 
 use fungible_providers::Secret;
 use serde_json::{Map, Value, json};
@@ -22,6 +27,8 @@ pub enum Api {
     OpenAi,
     Mistral,
     Together,
+    /// Needs the account id its resources live under.
+    Fireworks,
 }
 
 impl Api {
@@ -32,6 +39,7 @@ impl Api {
             "openai" => Some(Api::OpenAi),
             "mistral" => Some(Api::Mistral),
             "together" => Some(Api::Together),
+            "fireworks" => Some(Api::Fireworks),
             _ if kind == fungible_providers::ProviderKind::OpenAi => Some(Api::OpenAi),
             _ => None,
         }
@@ -46,11 +54,13 @@ impl Api {
             (Api::Mistral, _) => Format::Mistral,
             (Api::Together, Method::Sft) => Format::Together,
             (Api::Together, Method::Dpo) => Format::TogetherDpo,
+            (Api::Fireworks, _) => Format::Fireworks,
         }
     }
 
+    /// Preference tuning goes through OpenAI's and Together's job APIs here.
     pub fn supports(self, method: Method) -> bool {
-        !(self == Api::Mistral && method == Method::Dpo)
+        method == Method::Sft || matches!(self, Api::OpenAi | Api::Together)
     }
 }
 
@@ -93,10 +103,13 @@ pub struct CreateSpec<'a> {
 pub struct Client {
     pub name: String,
     pub api: Api,
-    /// Ends in `/v1` (as the providers' SDKs take it).
+    /// Ends in `/v1` (as the providers' SDKs take it); Fireworks': its management API's
+    /// `/v1/accounts/{account}`.
     base_url: String,
     key: Option<Secret>,
     http: reqwest::Client,
+    /// Fireworks' account id.
+    account: Option<String>,
 }
 
 impl Client {
@@ -106,6 +119,7 @@ impl Client {
             api,
             base_url: base_url.trim_end_matches('/').to_owned(),
             key,
+            account: None,
             http: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .timeout(std::time::Duration::from_secs(300))
@@ -114,8 +128,35 @@ impl Client {
         }
     }
 
+    /// Fireworks: the account its datasets and jobs live under. The management API is the
+    /// inference base URL without `/inference` (`https://api.fireworks.ai/v1`).
+    pub fn with_account(mut self, account: Option<String>) -> Client {
+        if self.api == Api::Fireworks {
+            if let Some(account) = &account {
+                let root = self.base_url.strip_suffix("/inference/v1").or_else(|| self.base_url.strip_suffix("/v1")).unwrap_or(&self.base_url);
+                self.base_url = format!("{root}/v1/accounts/{account}");
+            }
+            self.account = account;
+        }
+        self
+    }
+
     pub fn has_key(&self) -> bool {
         self.key.is_some()
+    }
+
+    /// What is missing before a job can be launched, if anything.
+    pub fn missing(&self) -> Option<String> {
+        if self.key.is_none() {
+            return Some(format!(
+                "{} has no API key: set {}_API_KEY (or api_key_env in [providers.{}])",
+                self.name,
+                self.name.to_ascii_uppercase().replace('-', "_"),
+                self.name
+            ));
+        }
+        (self.api == Api::Fireworks && self.account.is_none())
+            .then(|| "Fireworks tunes under an account: set [tune] fireworks_account or FIREWORKS_ACCOUNT_ID".to_owned())
     }
 
     fn http_error(&self, status: Option<u16>, message: impl Into<String>) -> ClientError {
@@ -156,10 +197,14 @@ impl Client {
 
     /// Uploads a training file; returns its id.
     pub async fn upload(&self, filename: &str, jsonl: String) -> Result<String, ClientError> {
+        let lines = jsonl.lines().filter(|l| !l.trim().is_empty()).count();
         let part = reqwest::multipart::Part::text(jsonl)
             .file_name(filename.to_owned())
             .mime_str("application/jsonl")
             .map_err(|e| self.decode_error(e.to_string()))?;
+        if self.api == Api::Fireworks {
+            return self.upload_dataset(filename, lines, part).await;
+        }
         let mut form = reqwest::multipart::Form::new().text("purpose", "fine-tune");
         let path = match self.api {
             Api::Together => {
@@ -170,6 +215,18 @@ impl Client {
         };
         let value = self.send(self.http.post(format!("{}{path}", self.base_url)).multipart(form.part("file", part))).await?;
         value.get("id").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| self.decode_error("the file has no id"))
+    }
+
+    /// Fireworks: a dataset resource, then its file; the dataset's name is the "file id".
+    async fn upload_dataset(&self, filename: &str, lines: usize, part: reqwest::multipart::Part) -> Result<String, ClientError> {
+        let stem: String = filename.trim_end_matches(".jsonl").chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let id = format!("{}-{}", stem.trim_matches('-'), &fungible_store::new_id()[..12]);
+        let body = json!({"datasetId": id, "dataset": {"displayName": filename, "exampleCount": lines.to_string(), "userUploaded": {}, "format": "CHAT"}});
+        let created = self.send(self.http.post(format!("{}/datasets", self.base_url)).json(&body)).await?;
+        let name = created.get("name").and_then(Value::as_str).ok_or_else(|| self.decode_error("the dataset has no name"))?.to_owned();
+        let form = reqwest::multipart::Form::new().part("file", part);
+        self.send(self.http.post(format!("{}/datasets/{id}:upload", self.base_url)).multipart(form)).await?;
+        Ok(name)
     }
 
     pub async fn create(&self, spec: &CreateSpec<'_>) -> Result<Remote, ClientError> {
@@ -205,6 +262,22 @@ impl Client {
                 }
                 ("/fine_tuning/jobs", body)
             }
+            Api::Fireworks => {
+                let mut body = Value::Object(spec.hyperparameters.clone());
+                body["dataset"] = json!(spec.training_file);
+                body["baseModel"] = json!(if spec.model.starts_with("accounts/") {
+                    spec.model.to_owned()
+                } else {
+                    format!("accounts/fireworks/models/{}", spec.model)
+                });
+                if let Some(v) = spec.validation_file {
+                    body["evaluationDataset"] = json!(v);
+                }
+                if let Some(s) = spec.suffix {
+                    body["displayName"] = json!(s);
+                }
+                ("/supervisedFineTuningJobs", body)
+            }
             Api::Together => {
                 let mut body = Value::Object(spec.hyperparameters.clone());
                 body["model"] = json!(spec.model);
@@ -231,6 +304,11 @@ impl Client {
         self.remote(&value)
     }
 
+    /// The last segment of a resource name (`accounts/a/supervisedFineTuningJobs/ID`).
+    fn short_id(name: &str) -> &str {
+        name.rsplit('/').next().unwrap_or(name)
+    }
+
     /// OpenAI's newest events (up to 100; the list runs newest first, and its cursor goes
     /// back in time), oldest first. Mistral's and Together's come with the job
     /// ([`Remote::events`]). The caller keeps those it has not seen (by id).
@@ -247,6 +325,11 @@ impl Client {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Remote, ClientError> {
+        if self.api == Api::Fireworks {
+            // `:cancel` answers with nothing useful: the job is read back.
+            self.send(self.http.post(format!("{}/{}/{id}:cancel", self.base_url, self.jobs_path())).json(&json!({}))).await?;
+            return self.get(id).await;
+        }
         let value = self.send(self.http.post(format!("{}/{}/{id}/cancel", self.base_url, self.jobs_path()))).await?;
         self.remote(&value)
     }
@@ -255,11 +338,15 @@ impl Client {
         match self.api {
             Api::OpenAi | Api::Mistral => "fine_tuning/jobs",
             Api::Together => "fine-tunes",
+            Api::Fireworks => "supervisedFineTuningJobs",
         }
     }
 
     /// The provider's job object in fungible's words.
     pub fn remote(&self, v: &Value) -> Result<Remote, ClientError> {
+        if self.api == Api::Fireworks {
+            return self.fireworks_remote(v);
+        }
         let id = v.get("id").and_then(Value::as_str).ok_or_else(|| self.decode_error("the job has no id"))?.to_owned();
         let provider_status = v.get("status").and_then(Value::as_str).ok_or_else(|| self.decode_error("the job has no status"))?.to_owned();
         let status = match (self.api, provider_status.as_str()) {
@@ -300,6 +387,40 @@ impl Client {
                 .flatten()
         });
         Ok(Remote { id, status, provider_status, fine_tuned_model, trained_tokens, error, events })
+    }
+
+    fn fireworks_remote(&self, v: &Value) -> Result<Remote, ClientError> {
+        let name = v.get("name").and_then(Value::as_str).ok_or_else(|| self.decode_error("the job has no name"))?;
+        let state = v.get("state").and_then(Value::as_str).ok_or_else(|| self.decode_error("the job has no state"))?.to_owned();
+        let status = match state.as_str() {
+            "JOB_STATE_VALIDATING" | "JOB_STATE_CREATING_INPUT_DATASET" => Status::Validating,
+            "JOB_STATE_UNSPECIFIED" | "JOB_STATE_CREATING" | "JOB_STATE_PENDING" | "JOB_STATE_RE_QUEUEING" | "JOB_STATE_IDLE" | "JOB_STATE_PAUSED" => Status::Queued,
+            "JOB_STATE_RUNNING" | "JOB_STATE_WRITING_RESULTS" | "JOB_STATE_CANCELLING" => Status::Running,
+            "JOB_STATE_COMPLETED" | "JOB_STATE_EARLY_STOPPED" => Status::Succeeded,
+            "JOB_STATE_FAILED" | "JOB_STATE_EXPIRED" => Status::Failed,
+            "JOB_STATE_CANCELLED" | "JOB_STATE_DELETING" | "JOB_STATE_DELETING_CLEANING_UP" | "JOB_STATE_DELETED" | "JOB_STATE_ARCHIVED" => Status::Cancelled,
+            other => return Err(self.decode_error(format!("unknown job state {other:?}"))),
+        };
+        let account = self.account.as_deref().unwrap_or_default();
+        let fine_tuned_model = (status == Status::Succeeded)
+            .then(|| v.get("outputModel").and_then(Value::as_str))
+            .flatten()
+            .filter(|m| !m.is_empty())
+            .map(|m| if m.contains("/models/") { m.to_owned() } else { format!("accounts/{account}/models/{m}") });
+        let progress = v.get("jobProgress");
+        let tokens = progress.and_then(|p| p.get("inputTokens")).and_then(|t| t.as_u64().or_else(|| t.as_str()?.parse().ok()));
+        let error = (status == Status::Failed)
+            .then(|| v.pointer("/status/message").and_then(Value::as_str).map(str::to_owned))
+            .flatten();
+        Ok(Remote {
+            id: Client::short_id(name).to_owned(),
+            status,
+            provider_status: state,
+            fine_tuned_model,
+            trained_tokens: tokens.filter(|_| status == Status::Succeeded),
+            error,
+            events: Vec::new(),
+        })
     }
 
     fn event(&self, e: &Value) -> Option<Event> {
@@ -371,6 +492,16 @@ mod tests {
         assert_eq!(r.status, Status::Failed);
         assert_eq!(r.events.len(), 1);
         assert!(client(Api::OpenAi).remote(&json!({"id": "x", "status": "melting"})).is_err());
+
+        let fireworks = json!({"name":"accounts/acme/supervisedFineTuningJobs/abc123","dataset":"accounts/acme/datasets/support","baseModel":"accounts/fireworks/models/llama-v3p1-8b-instruct","outputModel":"accounts/acme/models/support-v1","state":"JOB_STATE_COMPLETED","status":{"code":"OK","message":""},"epochs":2,"learningRate":0.0001,"loraRank":8,"createTime":"2026-12-01T10:00:00Z","completedTime":"2026-12-01T10:30:00Z","jobProgress":{"percent":100,"epoch":2,"inputTokens":"120000"}});
+        let r = client(Api::Fireworks).with_account(Some("acme".into())).remote(&fireworks).unwrap();
+        assert_eq!((r.id.as_str(), r.status), ("abc123", Status::Succeeded));
+        assert_eq!(r.fine_tuned_model.as_deref(), Some("accounts/acme/models/support-v1"));
+        assert_eq!(r.trained_tokens, Some(120_000));
+        assert_eq!(
+            Client::new("fireworks", Api::Fireworks, "https://api.fireworks.ai/inference/v1", None).with_account(Some("acme".into())).base_url,
+            "https://api.fireworks.ai/v1/accounts/acme"
+        );
     }
 
     #[test]

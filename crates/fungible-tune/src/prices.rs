@@ -21,11 +21,11 @@ pub fn training_price(provider: &str, model: &str) -> Option<f64> {
 }
 
 /// Epochs a job will run when its hyperparameters do not say: OpenAI's `auto` picks from
-/// the dataset's size (3 for most small sets), Together and Mistral default to 1.
+/// the dataset's size (3 for most small sets); Together, Mistral and Fireworks take 1.
 pub fn default_epochs(api: crate::client::Api) -> u64 {
     match api {
         crate::client::Api::OpenAi => 3,
-        crate::client::Api::Together | crate::client::Api::Mistral => 1,
+        crate::client::Api::Together | crate::client::Api::Mistral | crate::client::Api::Fireworks => 1,
     }
 }
 

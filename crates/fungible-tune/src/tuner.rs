@@ -114,10 +114,14 @@ impl Tuner {
         for p in &config.providers {
             match Api::of(&p.name, p.kind) {
                 Some(api) => {
-                    clients.insert(p.name.clone(), Client::new(&p.name, api, &p.base_url, p.api_key.clone()));
+                    let client = Client::new(&p.name, api, &p.base_url, p.api_key.clone()).with_account(config.tune_fireworks_account.clone());
+                    clients.insert(p.name.clone(), client);
                 }
                 None => {
-                    unsupported.insert(p.name.clone(), format!("fungible cannot fine-tune through {:?} (it tunes on openai, together and mistral)", p.name));
+                    unsupported.insert(
+                        p.name.clone(),
+                        format!("fungible cannot fine-tune through {:?} (it tunes on openai, together, mistral and fireworks)", p.name),
+                    );
                 }
             }
         }
@@ -165,16 +169,11 @@ impl Tuner {
     /// Checks everything and works out the files and the cost; uploads nothing.
     pub async fn plan(&self, request: LaunchRequest) -> Result<Plan, TuneError> {
         let client = self.client(&request.provider)?;
-        if !client.has_key() {
-            return Err(TuneError::BadInput(format!(
-                "{} has no API key: set {}_API_KEY (or api_key_env in [providers.{}])",
-                request.provider,
-                request.provider.to_ascii_uppercase().replace('-', "_"),
-                request.provider
-            )));
+        if let Some(missing) = client.missing() {
+            return Err(TuneError::BadInput(missing));
         }
         if !client.api.supports(request.method) {
-            return Err(TuneError::BadInput(format!("{} has no preference (DPO) tuning; use --method sft", request.provider)));
+            return Err(TuneError::BadInput(format!("preference (DPO) tuning on {} is not offered here; use --method sft", request.provider)));
         }
         if request.model.trim().is_empty() {
             return Err(TuneError::BadInput("the base model is required".into()));

@@ -23,6 +23,7 @@ async fn world() -> World {
     let store = Store::open(&fungible_store::sqlite_url(&dir.path().join("s.db"))).await.unwrap();
     let toml = format!(
         "[providers.openai]\nbase_url = \"{0}/v1\"\n[providers.mistral]\nbase_url = \"{0}/mistral/v1\"\n[providers.together]\nbase_url = \"{0}/v1\"\n\
+         [providers.fireworks]\nbase_url = \"{0}/fireworks/inference/v1\"\n[tune]\nfireworks_account = \"acme\"\n\
          [providers.nokey]\nkind = \"openai\"\nbase_url = \"{0}/v1\"\napi_key_env = \"NOKEY_API_KEY\"\n[models.support]\ntarget = \"openai/gpt-4.1-mini\"\n",
         mock.url()
     );
@@ -31,6 +32,7 @@ async fn world() -> World {
         "OPENAI_API_KEY" => Some("sk-test-openai-0123456789".to_owned()),
         "MISTRAL_API_KEY" => Some("mistral-test-0123456789".to_owned()),
         "TOGETHER_API_KEY" => Some("together-test-0123456789".to_owned()),
+        "FIREWORKS_API_KEY" => Some("fw-test-0123456789".to_owned()),
         _ => None,
     };
     let config = GatewayConfig::resolve(file, &env).unwrap();
@@ -82,6 +84,7 @@ async fn a_job_on_each_provider_runs_to_a_served_model() {
         ("openai", "gpt-4.1-mini-2025-04-14", "ft:gpt-4.1-mini-2025-04-14:fungible-mock:sums:"),
         ("mistral", "open-mistral-7b", "ft:open-mistral-7b:"),
         ("together", "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", "fungible-mock/Meta-Llama-3.1-8B-Instruct-Reference-sums-"),
+        ("fireworks", "llama-v3p1-8b-instruct", "accounts/acme/models/llama-v3p1-8b-instruct-"),
     ] {
         let w = world().await;
         let tuner = Tuner::new(&w.config, w.store.clone());
@@ -101,7 +104,7 @@ async fn a_job_on_each_provider_runs_to_a_served_model() {
 
         let job = tuner.launch(plan).await.unwrap();
         assert!(!job.status.is_terminal());
-        let uploads: Vec<_> = w.mock.received().into_iter().filter(|r| r.uri.contains("/files")).collect();
+        let uploads: Vec<_> = w.mock.received().into_iter().filter(|r| r.uri.contains("/files") || r.uri.ends_with(":upload")).collect();
         assert_eq!(uploads.len(), 2, "{provider}: training and validation files");
         assert!(String::from_utf8_lossy(&uploads[0].body).contains("What is"), "{provider}: the rows went up");
         let info = versions::info(&w.store, "sums", Some(1)).await.unwrap();
@@ -112,8 +115,11 @@ async fn a_job_on_each_provider_runs_to_a_served_model() {
         let tuned = done.fine_tuned_model.clone().unwrap();
         assert!(tuned.starts_with(model_prefix), "{provider}: {tuned}");
         assert!(done.trained_tokens.is_some_and(|t| t > 0), "{provider}");
-        assert!(!done.losses().is_empty(), "{provider}: steps are reported: {:?}", done.events);
-        if provider != "together" {
+        if provider != "fireworks" {
+            // Fireworks reports progress in percent, not steps.
+            assert!(!done.losses().is_empty(), "{provider}: steps are reported: {:?}", done.events);
+        }
+        if !matches!(provider, "together" | "fireworks") {
             // Together reports steps, and its losses only to Weights & Biases.
             assert!(done.losses().iter().any(|(_, train, _)| train.is_some()), "{provider}: {:?}", done.events);
         }
@@ -232,6 +238,12 @@ async fn bad_launches_are_refused_before_anything_is_uploaded() {
     assert!(err.to_string().contains("changed since it was planned"), "{err}");
     assert_eq!(w.mock.request_count(), before, "nothing uploaded");
     assert!(versions::info(&w.store, "fresh", Some(1)).await.unwrap().used_by.is_empty(), "the mark was taken back");
+
+    // Fireworks tunes under an account.
+    let mut config = w.config.clone();
+    config.tune_fireworks_account = None;
+    let m = refused(Tuner::new(&config, w.store.clone()).plan(request("fireworks", "llama-v3p1-8b-instruct")).await);
+    assert!(m.contains("fireworks_account"), "{m}");
 
     // A provider that refuses the key: the provider's words, never the key.
     let mut config = w.config.clone();

@@ -45,7 +45,7 @@ enum TuneCommand {
 struct CreateArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// openai, together or mistral (a configured provider).
+    /// openai, together, mistral or fireworks (a configured provider).
     #[arg(long)]
     provider: String,
     /// The base model as the provider names it (gpt-4.1-mini-2025-04-14, ...).
@@ -57,7 +57,7 @@ struct CreateArgs {
     /// sft, or dpo (preference pairs: OpenAI, Together).
     #[arg(long, default_value = "sft")]
     method: String,
-    /// Epochs (the provider's name for it: n_epochs, or epochs on Mistral).
+    /// Epochs (the provider's name for it: n_epochs, or epochs on Mistral and Fireworks).
     #[arg(long)]
     epochs: Option<u32>,
     /// A hyperparameter with the provider's name, KEY=VALUE (VALUE as JSON when it parses:
@@ -228,7 +228,7 @@ async fn create(a: CreateArgs, tuner: &Tuner, serving: &Serving) -> anyhow::Resu
     let method = Method::parse(&a.method).with_context(|| format!("--method {:?}: expected sft or dpo", a.method))?;
     let mut hyperparameters = Map::new();
     if let Some(epochs) = a.epochs {
-        let key = if a.provider == "mistral" { "epochs" } else { "n_epochs" };
+        let key = if matches!(a.provider.as_str(), "mistral" | "fireworks") { "epochs" } else { "n_epochs" };
         hyperparameters.insert(key.into(), Value::from(epochs));
     }
     for p in &a.params {

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use fungible_mock::{Fallback, MockUpstream};
 use fungible_store::{InferenceRecord, Store};
-use fungible_types::{ChatRequest, Message, Role, Usage};
+use fungible_types::{Message, Role};
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
@@ -40,33 +40,8 @@ fn ok(output: Output) -> String {
 }
 
 fn record(id: &str, question: &str, answer: &str) -> InferenceRecord {
-    let request = ChatRequest { model: "support".into(), messages: vec![Message::text(Role::User, question)], ..ChatRequest::default() };
-    InferenceRecord {
-        id: id.into(),
-        time_ms: fungible_store::now_ms(),
-        inbound: "openai_chat".into(),
-        requested_model: "support".into(),
-        route: Some("support".into()),
-        variant: None,
-        provider: Some("openai".into()),
-        model: Some("gpt-5".into()),
-        stream: false,
-        error: None,
-        request: serde_json::to_value(&request).unwrap(),
-        response: Some(json!({"id": "x", "model": "gpt-5", "created": 0, "message": {"content": answer, "tool_calls": [], "reasoning": [], "refusal": null}, "finish_reason": "Stop", "usage": {"input_tokens": 1, "output_tokens": 1, "cache_read_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0}})),
-        usage: Usage::default(),
-        cost: None,
-        ttft_ms: None,
-        latency_ms: 5.0,
-        user: None,
-        tags: json!({}),
-        episode_id: None,
-        attempts: vec![],
-        key_id: None,
-        cache_hit: false,
-        truncated: false,
-        raw: Vec::new(),
-    }
+    let record = fungible_store::testing::chat_record(id, "support", vec![Message::text(Role::User, question)], Some(answer));
+    InferenceRecord { time_ms: fungible_store::now_ms(), ..record }
 }
 
 #[test]
