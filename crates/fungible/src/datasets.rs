@@ -30,7 +30,7 @@ enum DatasetsCommand {
     /// PII scrub (--scrub-pii), length limits, exact and near-duplicate removal (local
     /// MiniLM embeddings), preference pairs (a demonstration or a thumbs-up answer against a
     /// thumbs-down one to the same input), and a train/validation split by seed.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Every dataset with its latest version.
     List(ListArgs),
     /// A dataset's versions: how each was made, what curation did, its statistics.
@@ -231,7 +231,7 @@ pub fn datasets(args: DatasetsArgs) -> anyhow::Result<ExitCode> {
 
 async fn run(command: DatasetsCommand, store: &Store) -> anyhow::Result<ExitCode> {
     match command {
-        DatasetsCommand::Build(a) => build(a, store).await,
+        DatasetsCommand::Build(a) => build(*a, store).await,
         DatasetsCommand::List(a) => {
             let all = versions::list(store).await?;
             if a.json {

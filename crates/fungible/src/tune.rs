@@ -27,7 +27,7 @@ enum TuneCommand {
     /// launching unless --yes, and sends nothing with --dry-run. The dataset version becomes
     /// immutable. When the job succeeds its model is served under --alias (default
     /// DATASET@ft-YYYYMMDD) by every `fungible serve` on the same store, with no restart.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Jobs, newest first.
     List(ListArgs),
     /// A job: status, events, the loss by step, the model it made.
@@ -171,7 +171,7 @@ struct Serving {
 
 async fn run(command: TuneCommand, tuner: &Tuner, serving: &Serving) -> anyhow::Result<ExitCode> {
     match command {
-        TuneCommand::Create(a) => create(a, tuner, serving).await,
+        TuneCommand::Create(a) => create(*a, tuner, serving).await,
         TuneCommand::List(a) => {
             let jobs = tuner.jobs(1000).await?;
             if a.json {
