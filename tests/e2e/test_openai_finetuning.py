@@ -3,6 +3,8 @@ against this mock, so the mock must speak what the SDK (and so OpenAI) speaks: f
 jobs through their lifecycle, events, cancel, and errors."""
 
 import json
+import urllib.error
+import urllib.request
 
 import openai
 import pytest
@@ -65,5 +67,8 @@ def test_cancel_failures_and_errors(mock_url):
         client.fine_tuning.jobs.create(model="gpt-4.1-nano-2025-04-14", training_file="file-missing")
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.retrieve("ftjob-missing")
-    with pytest.raises(openai.AuthenticationError):
-        sdk(mock_url, key=" ").fine_tuning.jobs.retrieve("ftjob-missing")
+    # Without a key: 401 in OpenAI's error shape (the SDK itself never sends a blank key).
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{mock_url}/v1/fine_tuning/jobs/ftjob-missing", timeout=30)
+    assert refused.value.code == 401
+    assert json.loads(refused.value.read())["error"]["type"] == "invalid_api_key"
