@@ -119,10 +119,10 @@ impl Auth {
     }
 }
 
-tokio::task_local! {
-    /// The key the current request authenticated with, for [`admit`].
-    static KEY: Arc<KeyRecord>;
-}
+/// The key a request authenticated with, in its extensions (the admin key and auth off
+/// leave none); the dispatch layer puts it in the request's context for [`admit`].
+#[derive(Debug, Clone)]
+pub struct CallerKey(pub Arc<KeyRecord>);
 
 /// The inbound API a path belongs to, for its error shape.
 pub fn format_of(path: &str) -> ApiFormat {
@@ -259,7 +259,8 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
                 .into_response_for(format);
             }
             request.extensions_mut().insert(principal);
-            KEY.scope(key, next.run(request)).await
+            request.extensions_mut().insert(CallerKey(key));
+            next.run(request).await
         }
         Ok(Err(failure)) => unauthorized(failure.to_string()).into_response_for(format),
         Err(e) => {
@@ -400,14 +401,14 @@ impl Drop for SettledStream {
     }
 }
 
-/// Admits a chat for the current request's key (see the module docs); no key (auth off,
-/// or the admin key): always admitted.
+/// Admits a chat for the request's key (see the module docs); no key (auth off, or the
+/// admin key): always admitted.
 ///
 /// Every target the request can reach is judged, not only the first: its route's targets and
 /// its per-request fallbacks (`models` / `fallbacks`), any of which may answer. Each must be
 /// allowed for the key, and the budget reserves what the dearest of them would cost.
-pub async fn admit(state: &AppState, req: &ChatRequest) -> Result<Ticket, GatewayError> {
-    let Ok(key) = KEY.try_with(Arc::clone) else {
+pub async fn admit(state: &AppState, key: Option<&Arc<KeyRecord>>, req: &ChatRequest) -> Result<Ticket, GatewayError> {
+    let Some(key) = key.cloned() else {
         return Ok(Ticket::none());
     };
     let Some(access) = state.auth.access.clone() else {
@@ -511,18 +512,17 @@ fn allowed_target(state: &AppState, key: &KeyRecord, model: &str) -> Result<Opti
     Ok(targets.into_iter().next())
 }
 
-/// Whether the current request's key may use `model` (no key: yes). For listings: an
-/// alias is judged by its own name.
-pub(crate) fn current_key_allows(model: &str) -> bool {
-    KEY.try_with(|key| fungible_access::model_allowed(&key.models, model))
-        .unwrap_or(true)
+/// Whether `key` may use `model` (no key: yes). For listings: an alias is judged by its
+/// own name.
+pub(crate) fn key_allows(key: Option<&Arc<KeyRecord>>, model: &str) -> bool {
+    key.is_none_or(|key| fungible_access::model_allowed(&key.models, model))
 }
 
 /// Admits a call that spends a provider key but is not priced (embeddings, token counts) for
-/// the current request's key: the model allowance (every target of an alias) and RPM. Such
+/// the request's key: the model allowance (every target of an alias) and RPM. Such
 /// calls are not priced yet, so TPM and budgets do not count them.
-pub async fn admit_unpriced(state: &AppState, model: &str) -> Result<(), GatewayError> {
-    let Ok(key) = KEY.try_with(Arc::clone) else {
+pub async fn admit_unpriced(state: &AppState, key: Option<&Arc<KeyRecord>>, model: &str) -> Result<(), GatewayError> {
+    let Some(key) = key.cloned() else {
         return Ok(());
     };
     let Some(access) = state.auth.access.clone() else {

@@ -2,7 +2,7 @@
 //!
 //! A middleware ([`layer`]) builds each request's [`RequestContext`] and puts it in the
 //! request's extensions, where a front end takes it ([`Context`]) and hands it to [`chat`] or
-//! [`chat_stream`]: the routing hints from the request headers (sticky A/B variants), its
+//! [`chat_stream`]: the virtual key it authenticated with, the routing hints from the request headers (sticky A/B variants), its
 //! cache directive and scope, and on chat routes the facts recording needs
 //! (`recording::RequestFacts`). Once the handler returned, the middleware writes how the
 //! request was routed into the response headers — `x-fungible-target` (the `PROVIDER/MODEL`
@@ -25,6 +25,8 @@ use crate::AppState;
 
 /// What one request carries through the pipeline, built by [`layer`].
 pub struct RequestContext {
+    /// The virtual key the request authenticated with (none: auth off, or the admin key).
+    key: Option<Arc<fungible_store::KeyRecord>>,
     hints: RouteHints,
     /// The cache directive and scope of this request.
     cache: crate::cache::CacheRequest,
@@ -49,6 +51,11 @@ impl RequestContext {
     pub(crate) fn facts(&self) -> Option<&crate::recording::RequestFacts> {
         self.facts.as_ref()
     }
+
+    /// The virtual key the request authenticated with, if any.
+    pub(crate) fn key(&self) -> Option<&Arc<fungible_store::KeyRecord>> {
+        self.key.as_ref()
+    }
 }
 
 /// Middleware: builds the request's context (see the module docs); a chat request whose
@@ -64,7 +71,8 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         Err(error) => return error.into_response_for(crate::auth::format_of(request.uri().path())),
     };
     let capture = facts.as_ref().and_then(|f| f.capture.clone());
-    let context = Arc::new(RequestContext { hints, cache, facts, route: Mutex::new(None), cache_outcome: Mutex::new(None) });
+    let key = request.extensions().get::<crate::auth::CallerKey>().map(|k| k.0.clone());
+    let context = Arc::new(RequestContext { key, hints, cache, facts, route: Mutex::new(None), cache_outcome: Mutex::new(None) });
     request.extensions_mut().insert(context.clone());
     let run = next.run(request);
     let mut response = match capture {
@@ -120,7 +128,7 @@ async fn cache_lookup(state: &AppState, context: &RequestContext, req: &ChatRequ
 pub async fn chat(state: &AppState, context: &RequestContext, req: &ChatRequest) -> Result<ChatResponse, GatewayError> {
     // The key's allowance, rate limits and budget come first: a cached answer is no way
     // around them (it costs nothing, so its ticket settles nothing but the request).
-    let ticket = crate::auth::admit(state, req).await?;
+    let ticket = crate::auth::admit(state, context.key(), req).await?;
     let plan = match cache_lookup(state, context, req).await {
         crate::cache::Lookup::Hit { answer, .. } => {
             let route = crate::cache::hit_route(&answer);
@@ -157,7 +165,7 @@ pub async fn chat(state: &AppState, context: &RequestContext, req: &ChatRequest)
 
 /// A stream, routed; resolves once a target's stream is under way.
 pub async fn chat_stream(state: &AppState, context: &RequestContext, req: &ChatRequest) -> Result<EventStream, GatewayError> {
-    let ticket = crate::auth::admit(state, req).await?;
+    let ticket = crate::auth::admit(state, context.key(), req).await?;
     let plan = match cache_lookup(state, context, req).await {
         crate::cache::Lookup::Hit { answer, .. } => {
             let route = crate::cache::hit_route(&answer);

@@ -276,7 +276,7 @@ async fn health() -> Response {
     json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
 }
 
-async fn models(State(state): State<AppState>) -> Response {
+async fn models(State(state): State<AppState>, context: dispatch::Context) -> Response {
     #[derive(Serialize)]
     struct List {
         object: &'static str,
@@ -297,7 +297,7 @@ async fn models(State(state): State<AppState>) -> Response {
         .gateway
         .models()
         .into_iter()
-        .filter(|m| auth::current_key_allows(&m.id))
+        .filter(|m| auth::key_allows(context.key(), &m.id))
         .map(|m| Model { id: m.id, object: "model", created: 0, owned_by: m.owned_by, defaults: m.defaults })
         .collect();
     json_response(StatusCode::OK, serde_json::to_vec(&List { object: "list", data }).unwrap_or_default())

@@ -16,17 +16,17 @@ use crate::error::ApiError;
 /// Most inputs in one request (OpenAI's own limit).
 const MAX_INPUTS: usize = 2048;
 
-pub async fn embeddings(State(state): State<AppState>, body: Body) -> Response {
-    match handle(state, body).await {
+pub async fn embeddings(State(state): State<AppState>, context: crate::dispatch::Context, body: Body) -> Response {
+    match handle(state, &context, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn handle(state: AppState, body: Body) -> Result<Response, ApiError> {
+async fn handle(state: AppState, context: &crate::dispatch::RequestContext, body: Body) -> Result<Response, ApiError> {
     let bytes = crate::read_body(body, state.max_body_bytes).await?;
     let request = parse(&bytes)?;
-    crate::auth::admit_unpriced(&state, &request.model).await?;
+    crate::auth::admit_unpriced(&state, context.key(), &request.model).await?;
     let (embeddings, _target) = state.gateway.embed(&request.model, request.inputs).await?;
     let data: Vec<Value> = embeddings
         .vectors

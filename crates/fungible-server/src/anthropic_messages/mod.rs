@@ -31,8 +31,8 @@ pub async fn messages(State(state): State<AppState>, context: crate::dispatch::C
     }
 }
 
-pub async fn count_tokens(State(state): State<AppState>, body: Body) -> Response {
-    match handle_count(state, body).await {
+pub async fn count_tokens(State(state): State<AppState>, context: crate::dispatch::Context, body: Body) -> Response {
+    match handle_count(state, &context, body).await {
         Ok(response) => response,
         Err(error) => error.into_response_for(ApiFormat::Anthropic),
     }
@@ -50,9 +50,9 @@ async fn read_request(state: &AppState, body: Body, endpoint: Endpoint) -> Resul
     Ok(req)
 }
 
-async fn handle_count(state: AppState, body: Body) -> Result<Response, ApiError> {
+async fn handle_count(state: AppState, context: &crate::dispatch::RequestContext, body: Body) -> Result<Response, ApiError> {
     let req = read_request(&state, body, Endpoint::CountTokens).await?;
-    crate::auth::admit_unpriced(&state, &req.model).await?;
+    crate::auth::admit_unpriced(&state, context.key(), &req.model).await?;
     let tokens = state.gateway.count_tokens(&req).await?;
     Ok(json_response(format!("{{\"input_tokens\":{tokens}}}").into_bytes()))
 }

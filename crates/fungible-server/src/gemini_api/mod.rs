@@ -97,13 +97,13 @@ async fn handle(
     let framing = match method {
         Method::Embed { batch } => {
             let texts = embed::parse(&bytes, batch)?;
-            crate::auth::admit_unpriced(&state, model).await?;
+            crate::auth::admit_unpriced(&state, context.key(), model).await?;
             let (embeddings, _) = state.gateway.embed(model, texts).await?;
             return Ok(json(embed::body(embeddings.vectors, batch)));
         }
         Method::CountTokens => {
             let parsed = request::parse_count_tokens(&bytes, model, gemini_upstream)?;
-            crate::auth::admit_unpriced(&state, model).await?;
+            crate::auth::admit_unpriced(&state, context.key(), model).await?;
             let total = state.gateway.count_tokens(&parsed.request).await?;
             return Ok(json(response::count_tokens_body(total)));
         }
