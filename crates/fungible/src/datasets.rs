@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use fungible_datasets::versions::{self, VersionInfo};
 use fungible_datasets::{Curation, FeedbackFilter, Format, Selection, Source, Split};
-use fungible_gateway::Gateway;
+use fungible_gateway::{Gateway, GatewayConfig};
 use fungible_store::Store;
 use fungible_types::{Message, Role};
 
@@ -216,7 +216,8 @@ pub fn datasets(args: DatasetsArgs) -> anyhow::Result<ExitCode> {
         DatasetsCommand::Export(a) => &a.config,
         DatasetsCommand::Delete(a) => &a.config,
     };
-    let (store_config, _) = crate::traces::load(config)?;
+    let config = crate::config::Config::load(config)?;
+    let store_config = &config.store;
     if !store_config.enabled {
         anyhow::bail!("datasets live in the store, and [store] enabled = false");
     }
@@ -224,14 +225,14 @@ pub fn datasets(args: DatasetsArgs) -> anyhow::Result<ExitCode> {
     let store = runtime
         .block_on(Store::open(&store_config.url))
         .context("could not open the store ([store] url)")?;
-    let result = runtime.block_on(run(args.command, &store));
+    let result = runtime.block_on(run(args.command, &store, &config.gateway));
     runtime.block_on(store.close());
     result
 }
 
-async fn run(command: DatasetsCommand, store: &Store) -> anyhow::Result<ExitCode> {
+async fn run(command: DatasetsCommand, store: &Store, gateway: &GatewayConfig) -> anyhow::Result<ExitCode> {
     match command {
-        DatasetsCommand::Build(a) => build(*a, store).await,
+        DatasetsCommand::Build(a) => build(*a, store, gateway).await,
         DatasetsCommand::List(a) => {
             let all = versions::list(store).await?;
             if a.json {
@@ -366,7 +367,7 @@ async fn run(command: DatasetsCommand, store: &Store) -> anyhow::Result<ExitCode
     }
 }
 
-async fn build(a: BuildArgs, store: &Store) -> anyhow::Result<ExitCode> {
+async fn build(a: BuildArgs, store: &Store, gateway: &GatewayConfig) -> anyhow::Result<ExitCode> {
     let now = fungible_store::now_ms();
     let time = |s: &Option<String>| -> anyhow::Result<Option<i64>> {
         Ok(s.as_deref().map(|s| fungible_eval::traces::parse_time(s, now)).transpose()?)
@@ -403,7 +404,7 @@ async fn build(a: BuildArgs, store: &Store) -> anyhow::Result<ExitCode> {
         seed: a.seed,
     };
     let gateway = match curation.near_duplicates {
-        Some(_) => Some(Gateway::new(&crate::load_config(&a.config)?)?),
+        Some(_) => Some(Gateway::new(gateway)?),
         None => None,
     };
     let info = versions::build(store, &a.name, a.description.as_deref(), selection, curation, gateway.as_ref()).await?;

@@ -169,8 +169,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(DatasetFormat::parse)
         .transpose()?;
-    let config = crate::load_config(&args.config)?;
-    let (store_config, prices) = crate::traces::load(&args.config)?;
+    let crate::config::Config { gateway: config, store: store_config, prices, .. } = crate::config::Config::load(&args.config)?;
     // Priced as `serve` prices it, so a `cheapest` route picks the same target.
     let gateway = Gateway::new(&config)?.with_prices(crate::price_lookup(&prices));
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "bench")]
 mod bench;
+mod config;
 mod datasets;
 mod eval;
 mod keys;
@@ -11,12 +12,14 @@ mod traces;
 mod tune;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fungible_gateway::{ConfigFile, Gateway, GatewayConfig};
+use fungible_gateway::Gateway;
+
+use crate::config::Config;
 use fungible_server::AppState;
 
 /// mimalloc frees memory another thread allocated without taking a lock: the recorder's
@@ -147,18 +150,10 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-fn load_config(args: &ConfigArgs) -> anyhow::Result<GatewayConfig> {
-    let default = Path::new("fungible.toml");
-    let file = match &args.config {
-        Some(path) => ConfigFile::read(path)?,
-        None if default.exists() => ConfigFile::read(default)?,
-        None => ConfigFile::default(),
-    };
-    Ok(GatewayConfig::resolve(file, &|k| std::env::var(k).ok())?)
-}
-
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut config = load_config(&args.config)?;
+    // Every section is validated here, before a store is opened or migrated.
+    let Config { gateway: mut config, store: store_config, prices, telemetry: telemetry_config, cache: cache_config } =
+        Config::load(&args.config)?;
     if let Some(host) = args.host {
         config.host = host.to_string();
     }
@@ -171,13 +166,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let ip: IpAddr = config.host.parse().with_context(|| format!("server.host: {:?} is not an IP address", config.host))?;
     let addr = SocketAddr::new(ip, config.port);
     let gateway = Gateway::new(&config)?;
+    config::check_cache_model(&cache_config, &gateway)?;
     if config.providers.is_empty() && config.local.is_none() {
         tracing::warn!("no provider is enabled: set an API key (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) or add [providers] to the config");
     }
     for p in &config.providers {
         tracing::info!(provider = %p.name, kind = p.kind.as_str(), base_url = %p.base_url, "provider enabled");
     }
-    let (store_config, prices) = traces::load(&args.config)?;
     let gateway = gateway.with_prices(price_lookup(&prices));
     let mut state = AppState::new(gateway, config.max_body_bytes)
         .with_inflight_budget(config.max_inflight_body_bytes)
@@ -202,7 +197,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads).enable_all().build()?;
     let recording = runtime.block_on(traces::start(&store_config))?;
     let recorder = recording.as_ref().map(|(_, recorder)| recorder.clone());
-    if let Some(cache) = runtime.block_on(open_cache(&args.config, &state.gateway))? {
+    if let Some(cache) = runtime.block_on(open_cache(cache_config))? {
         state = state.with_cache(cache);
     }
     let store = recording.as_ref().map(|(store, _)| store.clone());
@@ -243,7 +238,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             fungible_server::openai_responses::ResponseStore::in_store(store, fungible_server::openai_responses::DEFAULT_RETENTION);
         tracing::info!("stored responses (previous_response_id) in the store");
     }
-    let telemetry = runtime.block_on(async { telemetry::start(&args.config) })?;
+    let telemetry = runtime.block_on(async { telemetry::start(telemetry_config.as_ref()) })?;
     if let Some(t) = &telemetry {
         state = state.with_telemetry(t.clone());
     }
@@ -304,23 +299,11 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// `[cache]`: the response cache, opened here so that a bad section, an unknown embedding
-/// model or an unreachable Redis fails at start; `None` when the section is absent or off.
-async fn open_cache(args: &ConfigArgs, gateway: &Gateway) -> anyhow::Result<Option<fungible_cache::ResponseCache>> {
-    let default = Path::new("fungible.toml");
-    let file = match &args.config {
-        Some(path) => ConfigFile::read(path)?,
-        None if default.exists() => ConfigFile::read(default)?,
-        None => ConfigFile::default(),
-    };
-    let config = fungible_cache::CacheConfig::from_toml(file.cache, file.state.redis.as_deref())?;
+/// `[cache]`: the response cache, opened here so that an unreachable Redis fails at start;
+/// `None` when the section is absent or off.
+async fn open_cache(config: fungible_cache::CacheConfig) -> anyhow::Result<Option<fungible_cache::ResponseCache>> {
     if !config.enabled {
         return Ok(None);
-    }
-    if let Some(semantic) = &config.semantic {
-        gateway
-            .resolve(&semantic.embedding_model)
-            .map_err(|e| anyhow::anyhow!("cache.semantic.embedding_model: {e}"))?;
     }
     let backend = match &config.backend {
         fungible_cache::BackendConfig::Memory { .. } => "memory",
@@ -331,8 +314,10 @@ async fn open_cache(args: &ConfigArgs, gateway: &Gateway) -> anyhow::Result<Opti
     Ok(Some(cache))
 }
 
+/// Validates every section and prints what the config enables; nothing is opened or written.
 fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
-    let config = load_config(&args)?;
+    let Config { gateway: config, store, prices: _, telemetry, cache } = Config::load(&args)?;
+    config::check_cache_model(&cache, &Gateway::new(&config)?)?;
     println!("listen: {}:{}", config.host, config.port);
     if config.providers.is_empty() {
         println!("providers: none enabled");
@@ -361,6 +346,25 @@ fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             .map(|t| if route.targets.len() > 1 { format!("{} (weight {})", t.target, t.weight) } else { t.target.to_string() })
             .collect();
         println!("model    {alias:<12} -> {}  [{:?}, {} retries]", targets.join(", "), route.strategy, route.retries.attempts);
+    }
+    if store.enabled {
+        println!("store:     {} (batches of {}, queue {} bytes)", traces::shown(&store.url), store.batch_size, store.queue_bytes);
+    } else {
+        println!("store:     off (nothing recorded)");
+    }
+    match &cache.backend {
+        _ if !cache.enabled => println!("cache:     off"),
+        fungible_cache::BackendConfig::Memory { .. } => println!("cache:     in memory, ttl {} s", cache.ttl.as_secs()),
+        fungible_cache::BackendConfig::Redis { url, .. } => {
+            println!("cache:     redis {}, ttl {} s", traces::shown(url), cache.ttl.as_secs())
+        }
+    }
+    if let Some(semantic) = cache.semantic.as_ref().filter(|_| cache.enabled) {
+        println!("           semantic matching with {} at {}", semantic.embedding_model, semantic.threshold);
+    }
+    match &telemetry {
+        Some(t) => println!("telemetry: OTLP to {} as {:?} (sampling {})", traces::shown(&t.endpoint), t.service_name, t.sample_ratio),
+        None => println!("telemetry: off"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,29 +1,14 @@
 //! The recording side of the binary: opening the store from `[store]` for `serve`, and the
 //! `fungible traces list|show` and `fungible stats` commands, which read the store directly.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use fungible_gateway::ConfigFile;
 use fungible_store::{
-    GroupBy, InferenceFilter, PriceTable, Recorder, RecorderOptions, Store, StoreConfig,
+    GroupBy, InferenceFilter, Recorder, RecorderOptions, Store, StoreConfig,
 };
 
 use crate::ConfigArgs;
-
-/// `[store]` and `[prices]` of the config file (validated).
-pub fn load(args: &ConfigArgs) -> anyhow::Result<(StoreConfig, PriceTable)> {
-    let default = Path::new("fungible.toml");
-    let file = match &args.config {
-        Some(path) => ConfigFile::read(path)?,
-        None if default.exists() => ConfigFile::read(default)?,
-        None => ConfigFile::default(),
-    };
-    let store = StoreConfig::from_toml(file.store)?;
-    let prices = PriceTable::from_toml(file.prices)?;
-    Ok((store, prices))
-}
 
 /// Opens the store (applying migrations) and starts the recorder; `None` when `[store]` is
 /// disabled.
@@ -73,7 +58,7 @@ async fn roll_up_every_minute(store: Store) {
 }
 
 /// The URL without a password.
-fn shown(url: &str) -> String {
+pub(crate) fn shown(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let user = &url[scheme + 3..at];
@@ -151,7 +136,7 @@ pub struct StatsArgs {
 }
 
 fn open_for_reading(config: &ConfigArgs) -> anyhow::Result<(tokio::runtime::Runtime, Store)> {
-    let (store, _) = load(config)?;
+    let store = crate::config::Config::load(config)?.store;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

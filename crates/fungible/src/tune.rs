@@ -148,15 +148,13 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<ExitCode> {
         TuneCommand::Watch(a) => &a.config,
         TuneCommand::Promote(a) => &a.config,
     };
-    let config = crate::load_config(config_args)?;
-    let (store_config, _) = crate::traces::load(config_args)?;
+    let crate::config::Config { gateway: config, store: store_config, prices, .. } = crate::config::Config::load(config_args)?;
     if !store_config.enabled {
         anyhow::bail!("tuning jobs live in the store, and [store] enabled = false");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let store = runtime.block_on(Store::open(&store_config.url)).context("could not open the store ([store] url)")?;
     let tuner = Tuner::new(&config, store.clone());
-    let (_, prices) = crate::traces::load(config_args)?;
     let serving = Serving { gateway: fungible_gateway::Gateway::new(&config)?.with_prices(crate::price_lookup(&prices)), prices };
     let result = runtime.block_on(run(args.command, &tuner, &serving));
     runtime.block_on(store.close());
