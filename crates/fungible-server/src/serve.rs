@@ -59,9 +59,22 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = bind(addr)?;
     tracing::info!("fungible listening on http://{}", listener.local_addr()?);
     serve_on(state, listener, limits, shutdown).await
+}
+
+/// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`). Tokio's
+/// default, 1,024, is less than what waits while every connection slot is taken under a
+/// flood; past the backlog the kernel drops connection attempts.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a backlog of [`LISTEN_BACKLOG`] (port 0: any free port).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Like [`serve`], on a listener the caller bound (tests and benchmarks use port 0).

@@ -10,7 +10,7 @@ use fungible_gateway::config::ConnectionLimits;
 use fungible_gateway::{ConfigFile, Gateway, GatewayConfig};
 use fungible_server::{AppState, serve_on};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -30,7 +30,8 @@ impl Server {
         let file = ConfigFile::parse("[local]\nenabled = false\n", "test.toml").expect("config");
         let config = GatewayConfig::resolve(file, &|_| None).expect("config");
         let state = AppState::new(Gateway::new(&config).expect("gateway"), config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // The server's own bind: its listen backlog holds the connections waiting on the cap.
+        let listener = fungible_server::serve::bind(([127, 0, 0, 1], 0).into()).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(serve_on(state, listener, limits, async move {
