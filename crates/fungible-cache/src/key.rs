@@ -8,7 +8,7 @@
 //! Since the key is computed on the canonical request, a hit from any inbound API may serve
 //! any other.
 
-use fungible_types::{ChatRequest, ContentPart, Role};
+use fungible_types::ChatRequest;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -31,7 +31,7 @@ impl CacheKey {
     /// parameters and model match except for that text). `None` when the last message is
     /// not a user message of text only.
     pub fn semantic_scope(req: &ChatRequest, key_id: Option<&str>) -> Option<CacheKey> {
-        last_user_text(req)?;
+        fungible_types::last_user_text(&req.messages)?;
         let mut req = req.clone();
         if let Some(last) = req.messages.last_mut() {
             last.content.clear();
@@ -63,28 +63,6 @@ impl std::fmt::Display for CacheKey {
 /// Whether `req` asks for a reproducible answer: temperature 0, or a seed.
 pub fn is_deterministic(req: &ChatRequest) -> bool {
     req.params.temperature == Some(0.0) || req.params.seed.is_some()
-}
-
-/// The text of the last message when it is a user message made of text only (what the
-/// semantic cache embeds).
-pub fn last_user_text(req: &ChatRequest) -> Option<String> {
-    let last = req.messages.last()?;
-    if last.role != Role::User || last.content.is_empty() {
-        return None;
-    }
-    let mut text = String::new();
-    for part in &last.content {
-        match part {
-            ContentPart::Text { text: t } => {
-                if !text.is_empty() {
-                    text.push('\n');
-                }
-                text.push_str(t);
-            }
-            _ => return None,
-        }
-    }
-    (!text.trim().is_empty()).then_some(text)
 }
 
 /// The request as JSON with the fields that do not change the answer removed and object keys
@@ -123,7 +101,7 @@ fn sorted(value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fungible_types::Message;
+    use fungible_types::{Message, Role};
 
     fn request(text: &str) -> ChatRequest {
         ChatRequest {
@@ -230,7 +208,7 @@ mod tests {
             .push(Message::text(Role::Assistant, "Paris"));
         assert_eq!(CacheKey::semantic_scope(&assistant_last, None), None);
         assert_eq!(
-            last_user_text(&a).as_deref(),
+            fungible_types::last_user_text(&a.messages).as_deref(),
             Some("what is the capital of France?")
         );
     }

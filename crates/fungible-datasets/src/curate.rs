@@ -257,15 +257,7 @@ fn exact_dedup(rows: Vec<Example>, others: Vec<Example>) -> (Vec<Example>, usize
 async fn near_dedup<E: Embed>(rows: Vec<Example>, threshold: f32, model: &str, embedder: &E) -> Result<Vec<Example>, String> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| rank(&rows[i]));
-    let mut vectors = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(64) {
-        let texts = chunk.iter().map(Example::input_text).collect();
-        let embedded = embedder.embed(model, texts).await.map_err(|e| format!("embedding the inputs with {model}: {e}"))?;
-        if embedded.len() != chunk.len() {
-            return Err(format!("{model} returned {} embeddings for {} inputs", embedded.len(), chunk.len()));
-        }
-        vectors.extend(embedded.into_iter().map(normalized));
-    }
+    let vectors = embed_normalized(embedder, model, rows.iter().map(Example::input_text).collect()).await?;
     let mut kept_vectors: Vec<&[f32]> = Vec::new();
     let mut keep = vec![false; rows.len()];
     for i in order {
@@ -279,6 +271,20 @@ async fn near_dedup<E: Embed>(rows: Vec<Example>, threshold: f32, model: &str, e
     Ok(rows.into_iter().zip(keep).filter_map(|(r, k)| k.then_some(r)).collect())
 }
 
+/// The unit-length embeddings of `texts`, asked for 64 at a time.
+pub(crate) async fn embed_normalized<E: Embed>(embedder: &E, model: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
+    let mut vectors = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(64) {
+        let embedded =
+            embedder.embed(model, chunk.to_vec()).await.map_err(|e| format!("embedding the inputs with {model}: {e}"))?;
+        if embedded.len() != chunk.len() {
+            return Err(format!("{model} returned {} embeddings for {} inputs", embedded.len(), chunk.len()));
+        }
+        vectors.extend(embedded.into_iter().map(normalized));
+    }
+    Ok(vectors)
+}
+
 fn normalized(mut v: Vec<f32>) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
@@ -287,7 +293,7 @@ fn normalized(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 

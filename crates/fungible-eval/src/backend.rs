@@ -54,18 +54,32 @@ pub trait ChatBackend: Send + Sync + 'static {
 }
 
 /// The gateway, streaming (so time to first token is measured), priced with the config's
-/// price table.
+/// price table; a route with retrieved examples gets them as it does when it serves.
 pub struct GatewayBackend {
     gateway: Gateway,
     prices: PriceTable,
+    examples: fungible_datasets::Examples,
 }
 
 impl GatewayBackend {
     pub fn new(gateway: Gateway, prices: PriceTable) -> GatewayBackend {
-        GatewayBackend { gateway, prices }
+        GatewayBackend { gateway, prices, examples: fungible_datasets::Examples::default() }
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Inserts the retrieved examples of the routes `examples` has (`[models.NAME] examples`).
+    pub fn with_examples(mut self, examples: fungible_datasets::Examples) -> GatewayBackend {
+        self.examples = examples;
+        self
     }
 
     async fn answer(&self, mut req: ChatRequest) -> Result<Answer, CallError> {
+        if let Some((augmented, _)) = self.examples.augment(&req, &self.gateway).await {
+            req = augmented;
+        }
         req.stream = true;
         req.stream_include_usage = true;
         let start = Instant::now();

@@ -3,10 +3,10 @@
 //! [`Gateway`] is what every inbound front end calls with a canonical request; it knows no
 //! HTTP status codes and no inbound wire format.
 
-mod auth_config;
 pub mod config;
 mod presets;
 pub mod routing;
+mod target;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,8 +1,9 @@
 //! Raw provider bodies, for the inference store when `[store] raw_bodies` is on (off by
-//! default). The recording middleware runs a request inside [`Capture::scope`]; the HTTP
-//! helpers then note, per upstream call, the body fungible sent and the bytes the vendor
-//! answered (a stream's raw SSE as it is read), each cut at the capture's byte cap. Nothing
-//! is noted outside a scope, so the cost when off is one task-local lookup per call.
+//! default). The request's context holds a [`Capture`], which the gateway hands to every
+//! upstream call it makes for the request (fallbacks and a stream's continuation included);
+//! the HTTP helpers note the body fungible sent and the bytes the vendor answered (a stream's
+//! raw SSE as it is read), each cut at the capture's byte cap. With no capture, nothing is
+//! noted and nothing is spent.
 //!
 //! Bodies never hold credentials (keys travel in headers), and what is handed out is
 //! scrubbed of the provider's key all the same, as error messages are: once, when the
@@ -35,10 +36,6 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct Capture(Arc<Mutex<State>>);
 
-tokio::task_local! {
-    static CAPTURE: Capture;
-}
-
 impl Capture {
     /// Keeps at most `cap` bytes of each body.
     pub fn new(cap: usize) -> Capture {
@@ -46,11 +43,6 @@ impl Capture {
             cap,
             exchanges: Vec::new(),
         })))
-    }
-
-    /// Runs `future` with this capture noting its upstream calls.
-    pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        CAPTURE.scope(self, future).await
     }
 
     /// The calls noted so far, scrubbed of their provider's key.
@@ -74,14 +66,9 @@ impl Capture {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The capture of the current task, if any.
-    pub(crate) fn current() -> Option<Capture> {
-        CAPTURE.try_with(Clone::clone).ok()
-    }
-
-    /// Notes a new call to `provider` (whose key is `key`) with the `body` sent; returns its
-    /// index.
-    pub(crate) fn start(&self, provider: &str, key: Option<&Secret>, body: &[u8]) -> usize {
+    /// Notes a new call to `provider` (whose key is `key`) with the `body` sent; its answer
+    /// is noted through the [`Tap`].
+    pub(crate) fn start(&self, provider: &str, key: Option<&Secret>, body: &[u8]) -> Tap {
         let mut state = self.lock();
         let cap = state.cap;
         let mut exchange = Exchange {
@@ -90,19 +77,26 @@ impl Capture {
         };
         exchange.truncated = append(&mut exchange.request, body, cap);
         state.exchanges.push((exchange, key.cloned()));
-        state.exchanges.len() - 1
+        Tap {
+            capture: self.clone(),
+            index: state.exchanges.len() - 1,
+        }
     }
+}
 
-    /// The index of the latest call.
-    pub(crate) fn latest(&self) -> Option<usize> {
-        self.lock().exchanges.len().checked_sub(1)
-    }
+/// Where one upstream call's answer is noted.
+#[derive(Debug, Clone)]
+pub(crate) struct Tap {
+    capture: Capture,
+    index: usize,
+}
 
-    /// Appends `bytes` to the answer of call `index`, up to the cap.
-    pub(crate) fn answer(&self, index: usize, bytes: &[u8]) {
-        let mut state = self.lock();
+impl Tap {
+    /// Appends `bytes` to the call's answer, up to the cap.
+    pub(crate) fn answer(&self, bytes: &[u8]) {
+        let mut state = self.capture.lock();
         let cap = state.cap;
-        if let Some((exchange, _)) = state.exchanges.get_mut(index) {
+        if let Some((exchange, _)) = state.exchanges.get_mut(self.index) {
             exchange.truncated |= append(&mut exchange.response, bytes, cap);
         }
     }
@@ -131,9 +125,8 @@ mod tests {
     fn bodies_are_capped_and_scrubbed() {
         let capture = Capture::new(10);
         let key = Secret::new("sk-secret");
-        let i = capture.start("openai", Some(&key), b"{\"a\":\"0123456789\"}");
-        assert_eq!(capture.latest(), Some(i));
-        capture.answer(i, b"sk-secret ok");
+        let tap = capture.start("openai", Some(&key), b"{\"a\":\"0123456789\"}");
+        tap.answer(b"sk-secret ok");
         let e = &capture.exchanges()[0];
         assert_eq!(e.request, "{\"a\":\"0123");
         assert!(e.truncated);
@@ -141,8 +134,8 @@ mod tests {
         assert_eq!(e.response, "[redacted] ");
         // Multi-byte text cut at the cap stays valid UTF-8 within the cap.
         let capture = Capture::new(3);
-        let i = capture.start("x", None, "héllo".as_bytes());
-        capture.answer(i, "✓✓".as_bytes());
+        let tap = capture.start("x", None, "héllo".as_bytes());
+        tap.answer("✓✓".as_bytes());
         let e = &capture.exchanges()[0];
         assert!(e.request.len() <= 3 && e.response.len() <= 3, "{e:?}");
     }

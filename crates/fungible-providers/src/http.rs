@@ -7,6 +7,7 @@ use fungible_types::{ErrorKind, ProviderError};
 use serde::de::DeserializeOwned;
 
 use crate::ProviderSettings;
+use crate::capture::{Capture, Tap};
 
 /// Most of an upstream error body that is read to find its message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -36,6 +37,12 @@ impl HttpClient {
     }
 }
 
+/// A 2xx upstream response, and where its body is noted when the request keeps raw bodies.
+pub(crate) struct Sent {
+    pub(crate) response: reqwest::Response,
+    pub(crate) tap: Option<Tap>,
+}
+
 /// Sends `body` as JSON and returns the response if its status is 2xx; any other status
 /// becomes a [`ProviderError`] whose message `vendor_message` digs out of the vendor's error
 /// body.
@@ -44,7 +51,8 @@ pub(crate) async fn send_json(
     request: reqwest::RequestBuilder,
     body: Vec<u8>,
     vendor_message: fn(&[u8]) -> Option<String>,
-) -> Result<reqwest::Response, ProviderError> {
+    capture: Option<&Capture>,
+) -> Result<Sent, ProviderError> {
     let mut request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
     for (name, value) in &settings.headers {
         // Marked sensitive like the API key: a configured header may carry a credential.
@@ -57,17 +65,16 @@ pub(crate) async fn send_json(
             Err(_) => request = request.header(name, value.expose()),
         }
     }
-    let captured = crate::capture::Capture::current()
-        .map(|c| (c.start(&settings.name, settings.api_key.as_ref(), &body), c));
+    let tap = capture.map(|c| c.start(&settings.name, settings.api_key.as_ref(), &body));
     let response = request.body(body).send().await.map_err(|e| transport_error(settings, e))?;
     let status = response.status();
     if status.is_success() {
-        return Ok(response);
+        return Ok(Sent { response, tap });
     }
     let retry_after = retry_after(response.headers());
     let bytes = read_capped(response, MAX_ERROR_BODY).await;
-    if let Some((i, capture)) = &captured {
-        capture.answer(*i, &bytes);
+    if let Some(tap) = &tap {
+        tap.answer(&bytes);
     }
     let message = scrub_key(settings, error_body_message(&bytes, vendor_message));
     let mut kind = ErrorKind::from_upstream_status(status.as_u16());
@@ -129,13 +136,11 @@ pub(crate) fn scrub_key(settings: &ProviderSettings, message: String) -> String 
 /// Reads a whole 2xx body and parses it.
 pub(crate) async fn read_json<T: DeserializeOwned>(
     settings: &ProviderSettings,
-    response: reqwest::Response,
+    sent: Sent,
 ) -> Result<T, ProviderError> {
-    let bytes = response.bytes().await.map_err(|e| transport_error(settings, e))?;
-    if let Some(capture) = crate::capture::Capture::current()
-        && let Some(i) = capture.latest()
-    {
-        capture.answer(i, &bytes);
+    let bytes = sent.response.bytes().await.map_err(|e| transport_error(settings, e))?;
+    if let Some(tap) = &sent.tap {
+        tap.answer(&bytes);
     }
     parse_json(&settings.name, &bytes)
 }

@@ -34,6 +34,8 @@ use std::pin::Pin;
 use futures::Stream;
 use fungible_types::{ChatRequest, ChatResponse, ProviderError, StreamEvent};
 
+use crate::capture::Capture;
+
 /// A stream of canonical events from one upstream response. It ends after a
 /// [`StreamEvent::Finish`] (and possibly a last [`StreamEvent::Usage`]), or with an error:
 /// a stream that stops early yields an error, never a silent end.
@@ -41,11 +43,13 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, ProviderErr
 
 /// What every provider can do.
 pub trait ChatProvider {
-    /// One whole response. `model` is the vendor's own model name.
+    /// One whole response. `model` is the vendor's own model name; `capture`, when the
+    /// request keeps raw bodies, notes what was sent and answered.
     fn chat(
         &self,
         req: &ChatRequest,
         model: &str,
+        capture: Option<&Capture>,
     ) -> impl Future<Output = Result<ChatResponse, ProviderError>> + Send;
 
     /// A streamed response. The future resolves once the upstream accepted the request (so
@@ -54,6 +58,7 @@ pub trait ChatProvider {
         &self,
         req: &ChatRequest,
         model: &str,
+        capture: Option<&Capture>,
     ) -> impl Future<Output = Result<EventStream, ProviderError>> + Send;
 
     /// How many input tokens `req` takes with `model`, without generating anything: the
@@ -130,12 +135,17 @@ impl Provider {
         }
     }
 
-    pub async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
+    pub async fn chat(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        capture: Option<&Capture>,
+    ) -> Result<ChatResponse, ProviderError> {
         let mut response = match self {
-            Provider::OpenAi(p) => p.chat(req, model).await,
-            Provider::Anthropic(p) => p.chat(req, model).await,
-            Provider::Gemini(p) => p.chat(req, model).await,
-            Provider::Local(p) => p.chat(req, model).await,
+            Provider::OpenAi(p) => p.chat(req, model, capture).await,
+            Provider::Anthropic(p) => p.chat(req, model, capture).await,
+            Provider::Gemini(p) => p.chat(req, model, capture).await,
+            Provider::Local(p) => p.chat(req, model, capture).await,
         }?;
         if let Some(redactions) = self.redactions() {
             redactions.response(&mut response);
@@ -143,12 +153,17 @@ impl Provider {
         Ok(response)
     }
 
-    pub async fn chat_stream(&self, req: &ChatRequest, model: &str) -> Result<EventStream, ProviderError> {
+    pub async fn chat_stream(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        capture: Option<&Capture>,
+    ) -> Result<EventStream, ProviderError> {
         let stream = match self {
-            Provider::OpenAi(p) => p.chat_stream(req, model).await,
-            Provider::Anthropic(p) => p.chat_stream(req, model).await,
-            Provider::Gemini(p) => p.chat_stream(req, model).await,
-            Provider::Local(p) => p.chat_stream(req, model).await,
+            Provider::OpenAi(p) => p.chat_stream(req, model, capture).await,
+            Provider::Anthropic(p) => p.chat_stream(req, model, capture).await,
+            Provider::Gemini(p) => p.chat_stream(req, model, capture).await,
+            Provider::Local(p) => p.chat_stream(req, model, capture).await,
         }?;
         Ok(match self.redactions() {
             Some(redactions) => redactions.stream(stream),

@@ -6,6 +6,7 @@
 use fungible_local::LocalEngine;
 use fungible_types::{ChatRequest, ChatResponse, Embeddings, ProviderError};
 
+use crate::capture::Capture;
 use crate::{ChatProvider, EventStream};
 
 pub use fungible_local::{
@@ -46,11 +47,12 @@ impl LocalProvider {
 }
 
 impl ChatProvider for LocalProvider {
-    async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
+    /// In process: no upstream body to capture.
+    async fn chat(&self, req: &ChatRequest, model: &str, _: Option<&Capture>) -> Result<ChatResponse, ProviderError> {
         self.engine.chat(req, model).await
     }
 
-    async fn chat_stream(&self, req: &ChatRequest, model: &str) -> Result<EventStream, ProviderError> {
+    async fn chat_stream(&self, req: &ChatRequest, model: &str, _: Option<&Capture>) -> Result<EventStream, ProviderError> {
         self.engine.chat_stream(req, model).await
     }
 

@@ -7,6 +7,7 @@
 use fungible_types::{ChatRequest, ChatResponse, Embeddings, ProviderError};
 use serde::Serialize;
 
+use crate::capture::Capture;
 use crate::{ChatProvider, EventStream};
 
 /// The provider name in `local/MODEL` (as `fungible_local::PROVIDER`).
@@ -47,11 +48,11 @@ impl LocalProvider {
 }
 
 impl ChatProvider for LocalProvider {
-    async fn chat(&self, _req: &ChatRequest, _model: &str) -> Result<ChatResponse, ProviderError> {
+    async fn chat(&self, _req: &ChatRequest, _model: &str, _: Option<&Capture>) -> Result<ChatResponse, ProviderError> {
         match *self {}
     }
 
-    async fn chat_stream(&self, _req: &ChatRequest, _model: &str) -> Result<EventStream, ProviderError> {
+    async fn chat_stream(&self, _req: &ChatRequest, _model: &str, _: Option<&Capture>) -> Result<EventStream, ProviderError> {
         match *self {}
     }
 

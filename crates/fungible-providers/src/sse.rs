@@ -11,7 +11,7 @@ use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::StreamExt;
 use fungible_types::{ErrorKind, ProviderError, StreamEvent};
 
-use crate::http::{scrub_key, transport_error};
+use crate::http::{Sent, scrub_key, transport_error};
 use crate::{EventStream, ProviderSettings};
 
 pub(crate) trait SseDecoder: Send + 'static {
@@ -24,7 +24,7 @@ pub(crate) trait SseDecoder: Send + 'static {
 
 pub(crate) fn event_stream<D: SseDecoder>(
     settings: &ProviderSettings,
-    response: reqwest::Response,
+    sent: Sent,
     decoder: D,
 ) -> EventStream {
     struct State<D> {
@@ -38,18 +38,19 @@ pub(crate) fn event_stream<D: SseDecoder>(
 
     let state = State {
         settings: settings.clone(),
-        inner: match crate::capture::Capture::current().and_then(|c| Some((c.latest()?, c))) {
+        inner: match sent.tap {
             // The raw SSE as it is read, for `[store] raw_bodies`.
-            Some((i, capture)) => response
+            Some(tap) => sent
+                .response
                 .bytes_stream()
                 .inspect(move |chunk| {
                     if let Ok(bytes) = chunk {
-                        capture.answer(i, bytes);
+                        tap.answer(bytes);
                     }
                 })
                 .eventsource()
                 .boxed(),
-            None => response.bytes_stream().eventsource().boxed(),
+            None => sent.response.bytes_stream().eventsource().boxed(),
         },
         decoder,
         pending: VecDeque::new(),

@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
-use fungible_cache::key::{is_deterministic, last_user_text};
+use fungible_cache::key::is_deterministic;
 use fungible_cache::{CacheKey, CachedAnswer, ResponseCache};
 use fungible_gateway::{RouteInfo, Target};
 use fungible_providers::EventStream;
@@ -165,7 +165,7 @@ pub(crate) async fn lookup(state: &AppState, req: &ChatRequest, request: &CacheR
     let mut semantic = None;
     if let (Some(_), Some(settings)) = (cache.semantic(), config.semantic_for(&req.model))
         && let (Some(scope), Some(text)) =
-            (CacheKey::semantic_scope(req, key_id), last_user_text(req))
+            (CacheKey::semantic_scope(req, key_id), fungible_types::last_user_text(&req.messages))
     {
         match state
             .gateway

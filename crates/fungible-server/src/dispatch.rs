@@ -7,10 +7,13 @@
 //! (`recording::RequestFacts`). Once the handler returned, the middleware writes how the
 //! request was routed into the response headers — `x-fungible-target` (the `PROVIDER/MODEL`
 //! that answered), `x-fungible-attempts`, and `x-fungible-route` / `x-fungible-variant` for
-//! aliases — and the cache outcome. [`chat`] and [`chat_stream`] admit the request's virtual
-//! key first (`auth::admit`: model allowance, rate limits, budget) and settle its real usage
-//! and cost when the answer is known.
+//! aliases — the cache outcome, and `x-fungible-examples` (how many retrieved examples the
+//! request got). [`chat`] and [`chat_stream`] run the stages in one order: admit the virtual
+//! key (`auth::admit`: model allowance, rate limits, budget), insert the route's retrieved
+//! examples (`examples`), ask the cache, route, and settle the real usage and cost when the
+//! answer is known.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
@@ -36,6 +39,8 @@ pub struct RequestContext {
     route: Mutex<Option<RouteInfo>>,
     /// Whether the cache answered, for the response headers.
     cache_outcome: Mutex<Option<crate::cache::Outcome>>,
+    /// How many retrieved examples the request got, for the response headers.
+    examples: Mutex<Option<usize>>,
 }
 
 /// The extractor a front end takes its request's context with.
@@ -61,32 +66,59 @@ impl RequestContext {
 /// Middleware: builds the request's context (see the module docs); a chat request whose
 /// `x-fungible-tags` are over the limits is a 400 here.
 pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let hints = state
-        .gateway
-        .route_hints(request.headers().iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))));
     let principal = request.extensions().get::<crate::principal::Principal>();
     let cache = crate::cache::CacheRequest::new(request.headers(), principal);
     let facts = match crate::recording::facts(&state, request.uri().path(), request.headers(), principal) {
         Ok(facts) => facts,
         Err(error) => return error.into_response_for(crate::auth::format_of(request.uri().path())),
     };
-    let capture = facts.as_ref().and_then(|f| f.capture.clone());
+    // `[store] raw_bodies`: every upstream call made for the request notes its bodies here.
+    let hints = state
+        .gateway
+        .route_hints(request.headers().iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))))
+        .with_capture(facts.as_ref().and_then(|f| f.capture.clone()));
     let key = request.extensions().get::<crate::auth::CallerKey>().map(|k| k.0.clone());
-    let context = Arc::new(RequestContext { key, hints, cache, facts, route: Mutex::new(None), cache_outcome: Mutex::new(None) });
+    let context = Arc::new(RequestContext {
+        key,
+        hints,
+        cache,
+        facts,
+        route: Mutex::new(None),
+        cache_outcome: Mutex::new(None),
+        examples: Mutex::new(None),
+    });
     request.extensions_mut().insert(context.clone());
-    let run = next.run(request);
-    let mut response = match capture {
-        // `[store] raw_bodies`: the providers note each upstream call's bodies in this scope.
-        Some(capture) => capture.scope(run).await,
-        None => run.await,
-    };
+    let mut response = next.run(request).await;
     if let Some(route) = context.route.lock().ok().and_then(|mut r| r.take()) {
         mark(&mut response, &route);
     }
     if let Some(outcome) = context.cache_outcome.lock().ok().and_then(|o| *o) {
         crate::cache::mark(&mut response, outcome);
     }
+    if let Some(n) = context.examples.lock().ok().and_then(|n| *n) {
+        response.headers_mut().insert("x-fungible-examples", HeaderValue::from(n));
+    }
     response
+}
+
+/// The request as the pipeline sends it, and the facts its record gets.
+struct Prepared<'a> {
+    req: Cow<'a, ChatRequest>,
+    facts: Option<Cow<'a, crate::recording::RequestFacts>>,
+}
+
+/// Inserts the route's retrieved examples, if it has any (`[models.NAME] examples`, built at
+/// start by `fungible-datasets`' `Examples::load`); the record names the rows used in its
+/// `fungible.examples` tag and the response says how many in `x-fungible-examples`.
+async fn prepare<'a>(state: &AppState, context: &'a RequestContext, req: &'a ChatRequest) -> Prepared<'a> {
+    let Some((augmented, used)) = state.examples.augment(req, &state.gateway).await else {
+        return Prepared { req: Cow::Borrowed(req), facts: context.facts().map(Cow::Borrowed) };
+    };
+    if let Ok(mut slot) = context.examples.lock() {
+        *slot = Some(used.rows.len());
+    }
+    let facts = context.facts().map(|f| Cow::Owned(f.with_tag("fungible.examples", used.tag())));
+    Prepared { req: Cow::Owned(augmented), facts }
 }
 
 fn mark(response: &mut Response, route: &RouteInfo) {
@@ -129,10 +161,12 @@ pub async fn chat(state: &AppState, context: &RequestContext, req: &ChatRequest)
     // The key's allowance, rate limits and budget come first: a cached answer is no way
     // around them (it costs nothing, so its ticket settles nothing but the request).
     let ticket = crate::auth::admit(state, context.key(), req).await?;
+    let prepared = prepare(state, context, req).await;
+    let (req, facts) = (prepared.req.as_ref(), prepared.facts.as_deref());
     let plan = match cache_lookup(state, context, req).await {
         crate::cache::Lookup::Hit { answer, .. } => {
             let route = crate::cache::hit_route(&answer);
-            crate::recording::observe_cache_hit(state, context.facts(), req, &answer.response, &route, false);
+            crate::recording::observe_cache_hit(state, facts, req, &answer.response, &route, false);
             context.remember(route);
             ticket.finish(None, &fungible_types::Usage::default());
             if let Some(settled) = state.recording.settled() {
@@ -143,7 +177,7 @@ pub async fn chat(state: &AppState, context: &RequestContext, req: &ChatRequest)
         crate::cache::Lookup::Miss { plan } => plan,
         crate::cache::Lookup::Off => None,
     };
-    match crate::recording::observe_chat(state, context.facts(), req, state.gateway.chat_routed(req, &context.hints).await) {
+    match crate::recording::observe_chat(state, facts, req, state.gateway.chat_routed(req, &context.hints).await) {
         Ok(routed) => {
             ticket.finish(routed.route.target.as_ref(), &routed.value.usage);
             if let Some(plan) = plan {
@@ -166,10 +200,12 @@ pub async fn chat(state: &AppState, context: &RequestContext, req: &ChatRequest)
 /// A stream, routed; resolves once a target's stream is under way.
 pub async fn chat_stream(state: &AppState, context: &RequestContext, req: &ChatRequest) -> Result<EventStream, GatewayError> {
     let ticket = crate::auth::admit(state, context.key(), req).await?;
+    let prepared = prepare(state, context, req).await;
+    let (req, facts) = (prepared.req.as_ref(), prepared.facts.as_deref());
     let plan = match cache_lookup(state, context, req).await {
         crate::cache::Lookup::Hit { answer, .. } => {
             let route = crate::cache::hit_route(&answer);
-            crate::recording::observe_cache_hit(state, context.facts(), req, &answer.response, &route, true);
+            crate::recording::observe_cache_hit(state, facts, req, &answer.response, &route, true);
             context.remember(route);
             ticket.finish(None, &fungible_types::Usage::default());
             return Ok(crate::cache::replay(answer.response));
@@ -177,7 +213,7 @@ pub async fn chat_stream(state: &AppState, context: &RequestContext, req: &ChatR
         crate::cache::Lookup::Miss { plan } => plan,
         crate::cache::Lookup::Off => None,
     };
-    match crate::recording::observe_stream(state, context.facts(), req, state.gateway.chat_stream_routed(req, &context.hints).await) {
+    match crate::recording::observe_stream(state, facts, req, state.gateway.chat_stream_routed(req, &context.hints).await) {
         Ok(routed) => {
             let stream = match plan {
                 Some(plan) => plan.wrap(routed.value, &routed.route),

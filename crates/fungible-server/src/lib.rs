@@ -13,6 +13,7 @@ mod cache;
 pub mod datasets;
 pub mod dispatch;
 pub mod error;
+mod fields;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gemini_api;
@@ -87,6 +88,8 @@ pub struct Shared {
     pub allowed_hosts: guard::AllowedHosts,
     /// Fine-tuning jobs (`/v1/tune/jobs`); `None` without a store.
     pub tuner: Option<fungible_tune::Tuner>,
+    /// Few-shot examples of the routes that have `examples` (`fungible-datasets`' `fewshot`).
+    pub examples: fungible_datasets::Examples,
 }
 
 impl AppState {
@@ -103,6 +106,7 @@ impl AppState {
             auth: auth::Auth::default(),
             allowed_hosts: guard::AllowedHosts::default(),
             tuner: None,
+            examples: fungible_datasets::Examples::default(),
         }))
     }
 
@@ -135,6 +139,12 @@ impl AppState {
     /// Runs fine-tuning jobs with `tuner` (`/v1/tune/jobs`; see [`tune`]).
     pub fn with_tuner(mut self, tuner: fungible_tune::Tuner) -> AppState {
         self.shared_mut().tuner = Some(tuner);
+        self
+    }
+
+    /// Inserts retrieved few-shot examples into the requests of the routes `examples` has.
+    pub fn with_examples(mut self, examples: fungible_datasets::Examples) -> AppState {
+        self.shared_mut().examples = examples;
         self
     }
 
@@ -311,7 +321,8 @@ async fn method_not_allowed() -> ApiError {
     ApiError { status: StatusCode::METHOD_NOT_ALLOWED, ..ApiError::invalid_request(None, "method not allowed") }
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+/// `body` (JSON text) with `status` and `Content-Type: application/json`: how every handler answers JSON.
+fn json_response(status: StatusCode, body: impl IntoResponse) -> Response {
     let mut response = (status, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response

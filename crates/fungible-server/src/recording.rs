@@ -244,6 +244,15 @@ pub(crate) struct RequestFacts {
     pub(crate) capture: Option<fungible_providers::capture::Capture>,
 }
 
+impl RequestFacts {
+    /// These facts with one more tag (one fungible sets, such as `fungible.examples`).
+    pub(crate) fn with_tag(&self, key: &str, value: String) -> RequestFacts {
+        let mut facts = self.clone();
+        facts.tags.insert(key.to_owned(), Value::String(value));
+        facts
+    }
+}
+
 fn inbound_of(path: &str) -> Option<&'static str> {
     Some(match path {
         "/v1/chat/completions" | "/chat/completions" => "openai_chat",

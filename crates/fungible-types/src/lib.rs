@@ -225,6 +225,20 @@ impl Message {
     }
 }
 
+/// The text of the last message when it is a user message made of text only, and not blank:
+/// what the semantic cache and retrieved examples embed.
+pub fn last_user_text(messages: &[Message]) -> Option<String> {
+    let last = messages.last()?;
+    if last.role != Role::User || last.content.is_empty() {
+        return None;
+    }
+    if !last.content.iter().all(|p| matches!(p, ContentPart::Text { .. })) {
+        return None;
+    }
+    let text = last.joined_text();
+    (!text.trim().is_empty()).then_some(text)
+}
+
 /// The text parts of `parts` joined with newlines; non-text parts are skipped.
 pub fn joined_text(parts: &[ContentPart]) -> String {
     let mut out = String::new();

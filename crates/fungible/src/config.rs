@@ -49,6 +49,11 @@ impl Config {
         let cache_table = file.cache.take();
         let gateway = GatewayConfig::resolve(file, env)?;
         let cache = CacheConfig::from_toml(cache_table, gateway.auth.redis.as_deref())?;
+        if !store.enabled
+            && let Some(route) = gateway.routes.iter().find_map(|(name, r)| r.examples.as_ref().map(|_| name))
+        {
+            anyhow::bail!("models.{route}.examples: examples come from a dataset in the store, and [store] enabled = false");
+        }
         Ok(Config { gateway, store, prices, telemetry, cache })
     }
 
@@ -72,7 +77,7 @@ mod tests {
     use super::*;
 
     fn config(text: &str) -> anyhow::Result<Config> {
-        Config::from_file(ConfigFile::parse(text, "test.toml")?, &|_| None)
+        Config::from_file(ConfigFile::parse(text, "test.toml")?, &|k| (k == "OPENAI_API_KEY").then(|| "sk-test".to_owned()))
     }
 
     #[test]
@@ -85,6 +90,12 @@ mod tests {
             ("[prices.\"openai/x\"]\ninput = -1.0\noutput = 1.0\n", "prices"),
             ("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes"),
             ("[tune]\npoll_interval_secs = 0\n", "tune.poll_interval_secs"),
+            ("[models.s]\ntarget = \"openai/m\"\nexamples = { dataset = \"support@x\" }\n", "models.s.examples.dataset"),
+            ("[models.s]\ntarget = \"openai/m\"\nexamples = { dataset = \"support\", k = 0 }\n", "models.s.examples.k"),
+            (
+                "[store]\nenabled = false\n[models.s]\ntarget = \"openai/m\"\nexamples = { dataset = \"support\" }\n",
+                "models.s.examples: examples come from a dataset in the store",
+            ),
         ] {
             let err = format!("{:#}", config(text).err().unwrap_or_else(|| panic!("{text} was accepted")));
             assert!(err.contains(path), "{text}: {err}");

@@ -269,7 +269,20 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             anyhow::Ok(marked?)
         })?;
     }
-    let backend = Arc::new(GatewayBackend::new(gateway, prices));
+    let mut backend = GatewayBackend::new(gateway, prices);
+    // A route with retrieved examples is measured as it serves, examples included.
+    let with_examples: std::collections::BTreeMap<_, _> =
+        config.routes.iter().filter(|(name, r)| r.examples.is_some() && opts.models.contains(name)).map(|(n, r)| (n.clone(), r.clone())).collect();
+    if !with_examples.is_empty() {
+        let examples = runtime.block_on(async {
+            let store = Store::open(&store_config.url).await.context("could not open the store ([store] url) for retrieved examples")?;
+            let loaded = fungible_datasets::Examples::load(&store, backend.gateway(), &with_examples).await;
+            store.close().await;
+            loaded.map_err(anyhow::Error::msg)
+        })?;
+        backend = backend.with_examples(examples);
+    }
+    let backend = Arc::new(backend);
     let started = std::time::Instant::now();
     let outcome = runtime.block_on(async {
         tokio::select! {

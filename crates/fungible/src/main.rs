@@ -201,6 +201,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         state = state.with_cache(cache);
     }
     let store = recording.as_ref().map(|(store, _)| store.clone());
+    // Routes with retrieved examples: their indexes are built now, so a missing dataset or
+    // embedding model fails the start (Config::load refused them with no store).
+    if let Some(store) = &store
+        && config.routes.values().any(|r| r.examples.is_some())
+    {
+        let examples = runtime
+            .block_on(fungible_datasets::Examples::load(store, &state.gateway, &config.routes))
+            .map_err(anyhow::Error::msg)?;
+        state = state.with_examples(examples);
+    }
     if let Some((store, recorder)) = recording {
         // Fine-tuning jobs live in the store too; their models are served as they finish.
         state = state.with_recorder(store.clone(), recorder).with_tuner(fungible_tune::Tuner::new(&config, store));
@@ -346,6 +356,17 @@ fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             .map(|t| if route.targets.len() > 1 { format!("{} (weight {})", t.target, t.weight) } else { t.target.to_string() })
             .collect();
         println!("model    {alias:<12} -> {}  [{:?}, {} retries]", targets.join(", "), route.strategy, route.retries.attempts);
+        if let Some(e) = &route.examples {
+            println!(
+                "         {:<12}    {} examples from {} ({} rows) within distance {} ({})",
+                "",
+                e.k,
+                e.dataset,
+                e.split.as_deref().unwrap_or("all"),
+                e.max_distance,
+                e.embedding_model
+            );
+        }
     }
     if store.enabled {
         println!("store:     {} (batches of {}, queue {} bytes)", traces::shown(&store.url), store.batch_size, store.queue_bytes);

@@ -470,3 +470,64 @@ async fn the_gateway_backend_answers_through_routing() {
     assert_eq!(sent[1].json()["stream"], true);
     assert_eq!(sent[1].json()["temperature"], 0.0);
 }
+
+/// A route with `examples` is evaluated as it serves: the backend inserts the nearest dataset
+/// row before the item's prompt (so an eval measures base + retrieval against a tuned model).
+#[tokio::test]
+async fn the_gateway_backend_gives_a_route_its_retrieved_examples() {
+    use fungible_datasets::{Example, Source, Split};
+    use fungible_types::{Message, Role};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = fungible_store::Store::open(&format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()))
+        .await
+        .unwrap();
+    let row = |id: &str, q: &str, a: &str| {
+        let messages = vec![Message::text(Role::User, q)];
+        (Example::new(id.into(), Source::Manual, messages, Vec::new(), Message::text(Role::Assistant, a)), Some(Split::Train))
+    };
+    fungible_datasets::versions::put_rows(&store, "support", vec![row("near", "Say hi", "Hi!"), row("far", "Add 2 and 2", "4")])
+        .await
+        .unwrap();
+    let json = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/openai/plain.response.json")).unwrap();
+    let sse = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/openai/stream.response.sse")).unwrap();
+    let mock = MockUpstream::start(Fallback::Fixed { json: json.into(), sse: sse.into() }).await;
+    let embeddings = |vectors: &[[f32; 2]]| {
+        let data: Vec<serde_json::Value> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| serde_json::json!({"object": "embedding", "index": i, "embedding": v}))
+            .collect();
+        MockResponse::json(200, serde_json::json!({"object": "list", "data": data, "model": "e", "usage": {"prompt_tokens": 1, "total_tokens": 1}}).to_string())
+    };
+    // The two rows' questions, then the item's: nearest to "near".
+    mock.push(embeddings(&[[1.0, 0.0], [0.0, 1.0]]));
+    mock.push(embeddings(&[[0.9, 0.1]]));
+    let toml = format!(
+        "[providers.openai]\nbase_url = \"{}/v1\"\n[models.hello]\ntarget = \"openai/gpt-5\"\n\
+         examples = {{ dataset = \"support\", k = 1, split = \"all\", embedding_model = \"openai/text-embedding-3-small\" }}\n",
+        mock.url()
+    );
+    let config = GatewayConfig::resolve(ConfigFile::parse(&toml, "t.toml").unwrap(), &|k: &str| {
+        (k == "OPENAI_API_KEY").then(|| "sk-test".to_owned())
+    })
+    .unwrap();
+    let gateway = Gateway::new(&config).unwrap();
+    let examples = fungible_datasets::Examples::load(&store, &gateway, &config.routes).await.unwrap();
+    let backend = Arc::new(GatewayBackend::new(gateway, fungible_store::PriceTable::builtin()).with_examples(examples));
+
+    let data = Dataset::parse("{\"id\": \"a\", \"prompt\": \"Say hello\", \"reference\": \"Hello!\"}\n", "t", None).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let outcome = runner::run(&data, backend, options(out.path(), &["hello"])).await.unwrap();
+    assert_eq!((outcome.answered, outcome.errors), (1, 0));
+    let chat = mock.received().into_iter().find(|r| r.uri.ends_with("/chat/completions")).expect("a chat request");
+    let turns: Vec<(String, String)> = chat.json()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap().to_owned(), m["content"].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    let expected: Vec<(String, String)> =
+        [("user", "Say hi"), ("assistant", "Hi!"), ("user", "Say hello")].iter().map(|(r, t)| (r.to_string(), t.to_string())).collect();
+    assert_eq!(turns, expected);
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use fungible_providers::Secret;
 use serde::Deserialize;
 
-use crate::config::{ConfigError, invalid};
+use super::error::{ConfigError, invalid};
 
 /// Where the admin key is read from unless `[auth] admin_key_env` says otherwise.
 pub const DEFAULT_ADMIN_KEY_ENV: &str = "FUNGIBLE_ADMIN_KEY";

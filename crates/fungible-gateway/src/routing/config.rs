@@ -13,7 +13,8 @@ use serde_json::{Map, Value};
 use super::balance::Strategy;
 use super::breaker::BreakerConfig;
 use super::policy::{RetryBudgetConfig, RetryPolicy};
-use crate::config::{ConfigError, Target};
+use crate::config::error::{ConfigError, invalid};
+use crate::target::Target;
 
 /// `[models.NAME]`: what a client's `model = "NAME"` stands for.
 #[derive(Debug, Deserialize)]
@@ -39,6 +40,64 @@ pub struct ModelSection {
     /// Whether a stream that fails after content is continued on the next target that can
     /// prefill (default: `[routing]`, which defaults to true).
     pub continue_on_stream_failure: Option<bool>,
+    /// Few-shot examples retrieved from a dataset for each request.
+    pub examples: Option<ExamplesSection>,
+}
+
+/// `[models.NAME] examples`: the rows of a dataset version nearest to each request's
+/// question, inserted as earlier turns (`fungible-datasets`' `fewshot`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExamplesSection {
+    /// `NAME@VERSION`, or `NAME` for its latest version when the gateway starts.
+    pub dataset: String,
+    /// Examples per request at most (default 4).
+    pub k: Option<usize>,
+    /// Cosine distance (1 − similarity) above which a row is not an example (default 0.5).
+    pub max_distance: Option<f32>,
+    /// Which rows may be examples: "train" (default), "validation" or "all".
+    pub split: Option<String>,
+    /// Default: the in-process `local/all-minilm-l6-v2`.
+    pub embedding_model: Option<String>,
+}
+
+/// A route's validated `examples`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExamplesConfig {
+    pub dataset: String,
+    pub k: usize,
+    pub max_distance: f32,
+    /// "train" or "validation"; `None`: every row.
+    pub split: Option<String>,
+    pub embedding_model: String,
+}
+
+pub const DEFAULT_EXAMPLES_K: usize = 4;
+pub const DEFAULT_EXAMPLES_MAX_DISTANCE: f32 = 0.5;
+pub const DEFAULT_EXAMPLES_EMBEDDING_MODEL: &str = "local/all-minilm-l6-v2";
+
+fn examples(section: ExamplesSection, at: &str) -> Result<ExamplesConfig, ConfigError> {
+    let (name, version) = section.dataset.rsplit_once('@').unwrap_or((section.dataset.as_str(), ""));
+    if name.trim().is_empty() || name.contains(char::is_whitespace) || (section.dataset.contains('@') && version.parse::<u64>().is_err())
+    {
+        return Err(invalid(format!("{at}.dataset"), "must be NAME or NAME@VERSION"));
+    }
+    let k = section.k.unwrap_or(DEFAULT_EXAMPLES_K);
+    if !(1..=32).contains(&k) {
+        return Err(invalid(format!("{at}.k"), "must be between 1 and 32"));
+    }
+    let max_distance = section.max_distance.unwrap_or(DEFAULT_EXAMPLES_MAX_DISTANCE);
+    if !(0.0..=2.0).contains(&max_distance) {
+        return Err(invalid(format!("{at}.max_distance"), "must be between 0 and 2 (cosine distance)"));
+    }
+    let split = match section.split.as_deref() {
+        None | Some("train") => Some("train".to_owned()),
+        Some("validation") => Some("validation".to_owned()),
+        Some("all") => None,
+        Some(other) => return Err(invalid(format!("{at}.split"), format!("{other:?}: expected \"train\", \"validation\" or \"all\""))),
+    };
+    let embedding_model = section.embedding_model.unwrap_or_else(|| DEFAULT_EXAMPLES_EMBEDDING_MODEL.to_owned());
+    Ok(ExamplesConfig { dataset: section.dataset, k, max_distance, split, embedding_model })
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +241,8 @@ pub struct RouteConfig {
     pub attempt_timeout: Option<Duration>,
     /// Continue a stream that failed after content on the next target that can prefill.
     pub continue_on_stream_failure: bool,
+    /// Few-shot examples retrieved for each request (applied by `fungible-server`).
+    pub examples: Option<ExamplesConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -225,10 +286,6 @@ pub enum Sticky {
     User,
     /// A request header (lowercase name).
     Header(String),
-}
-
-fn invalid(at: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { at: at.into(), message: message.into() }
 }
 
 /// Validates `[routing]` and every `[models.NAME]`; `enabled` says whether a provider name
@@ -372,6 +429,7 @@ fn route(
         sticky,
         attempt_timeout,
         continue_on_stream_failure: section.continue_on_stream_failure.unwrap_or(defaults.continue_on_stream_failure),
+        examples: section.examples.map(|e| examples(e, &format!("{at}.examples"))).transpose()?,
     })
 }
 

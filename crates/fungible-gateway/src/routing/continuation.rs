@@ -25,6 +25,7 @@ use super::breaker::Admission;
 use super::execute::{self, InFlight, TrackedStream, Watchdog};
 use super::{Attempt, AttemptOutcome, LateAttempts, Route, request_for};
 use crate::Gateway;
+use fungible_providers::capture::Capture;
 
 /// What a continuation needs besides the stream: where to go next and what to ask.
 pub(crate) struct Continuation {
@@ -36,6 +37,8 @@ pub(crate) struct Continuation {
     /// Upstream calls this request may still make.
     pub calls_left: u32,
     pub log: LateAttempts,
+    /// Where the continuation's upstream calls note their bodies (`[store] raw_bodies`).
+    pub capture: Option<Capture>,
 }
 
 /// Whether `provider` continues a trailing assistant message of `req`.
@@ -191,7 +194,7 @@ impl State {
             let limit = route.attempt_timeout.unwrap_or(self.cont.gateway.inner.request_timeout);
             let timeouts = target.config.stream_timeouts;
             let open = async {
-                let stream = provider.chat_stream(&req, &target.config.target.model).await?;
+                let stream = provider.chat_stream(&req, &target.config.target.model, self.cont.capture.as_ref()).await?;
                 let stream: EventStream = if Watchdog::needed(timeouts.ttft, timeouts.idle) {
                     Box::pin(Watchdog::new(stream, &target.config.target.provider, started, timeouts.ttft, timeouts.idle))
                 } else {

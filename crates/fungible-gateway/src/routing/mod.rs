@@ -46,6 +46,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use std::time::Duration;
 
+use fungible_providers::capture::Capture;
 use fungible_providers::{EventStream, Provider, ProviderKind};
 use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError};
 use rand::SeedableRng;
@@ -59,7 +60,7 @@ use self::config::{RouteConfig, RouteTargetConfig, RoutingConfig, Sticky, Stream
 use self::continuation::Continuation;
 use self::execute::{AttemptCtx, Limits, Plan, TrackedStream, Watchdog};
 use self::policy::{RetryBudget, RetryPolicy};
-use crate::config::Target;
+use crate::target::Target;
 use crate::{Gateway, GatewayError};
 
 /// How a request was routed: returned with every answer (and every failure), so a front end
@@ -154,16 +155,25 @@ impl From<RouteError> for GatewayError {
 }
 
 /// What the front end knows of the request beyond the canonical body: the headers routes
-/// are sticky on. Build it with [`Gateway::route_hints`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// are sticky on, and where upstream bodies are noted. Build it with [`Gateway::route_hints`].
+#[derive(Debug, Clone, Default)]
 pub struct RouteHints {
     /// Lowercase name and value.
     headers: Vec<(String, String)>,
+    /// `[store] raw_bodies`: every upstream call made for the request notes its bodies here,
+    /// fallbacks and a stream's continuation included.
+    capture: Option<Capture>,
 }
 
 impl RouteHints {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Notes the raw bodies of the request's upstream calls in `capture`.
+    pub fn with_capture(mut self, capture: Option<Capture>) -> RouteHints {
+        self.capture = capture;
+        self
     }
 }
 
@@ -477,17 +487,18 @@ impl Gateway {
                 wanted.contains(&name).then(|| (name, value.to_owned()))
             })
             .collect();
-        RouteHints { headers }
+        RouteHints { headers, capture: None }
     }
 
     /// One whole response, routed: retries, fallbacks and breakers as the model's route says.
     pub async fn chat_routed(&self, req: &ChatRequest, hints: &RouteHints) -> Result<Routed<ChatResponse>, RouteError> {
         let (req, plan) = self.plan(req, hints).map_err(|error| RouteError { error, route: RouteInfo::default() })?;
         let req: &ChatRequest = &req;
+        let capture = hints.capture.as_ref();
         let (route, result) = execute::execute(self.limits(), plan, self.inner.request_timeout, |ctx: AttemptCtx| async move {
             let target = &ctx.route.targets[ctx.index];
             let provider = self.provider_of(&target.config.target)?;
-            provider.chat(&request_for(req, target, provider.kind()), &target.config.target.model).await
+            provider.chat(&request_for(req, target, provider.kind()), &target.config.target.model, capture).await
         })
         .await;
         match result {
@@ -503,13 +514,14 @@ impl Gateway {
         let candidates: Vec<(Arc<Route>, usize)> =
             plan.legs.iter().flat_map(|(route, order)| order.iter().map(move |&i| (route.clone(), i))).collect();
         let request: &ChatRequest = &req;
+        let capture = hints.capture.as_ref();
         let (route, result) = execute::execute(self.limits(), plan, self.inner.request_timeout, |ctx: AttemptCtx| async move {
             let target = &ctx.route.targets[ctx.index];
             let provider = self.provider_of(&target.config.target)?;
             let timeouts = target.config.stream_timeouts;
             let started = Instant::now();
             let upstream_request = request_for(request, target, provider.kind());
-            let open = provider.chat_stream(&upstream_request, &target.config.target.model);
+            let open = provider.chat_stream(&upstream_request, &target.config.target.model, capture);
             let stream = match timeouts.ttft {
                 Some(ttft) => tokio::time::timeout(ttft, open).await.map_err(|_| {
                     ProviderError::new(
@@ -545,6 +557,7 @@ impl Gateway {
                     rest,
                     calls_left: self.inner.routing.max_attempts.saturating_sub(used),
                     log: route.continuations.clone(),
+                    capture: hints.capture.clone(),
                 };
                 Ok(Routed { value: continuation::continuing(stream, continuation), route })
             }
@@ -652,6 +665,7 @@ impl Gateway {
                 sticky: None,
                 attempt_timeout: None,
                 continue_on_stream_failure: true,
+                examples: None,
             });
             config.targets.push(RouteTargetConfig::plain(o.target.clone(), routing.direct_timeouts));
         }

@@ -33,6 +33,7 @@ fn route(targets: &[&str], retries: u32, breaker: BreakerConfig) -> Arc<Route> {
         sticky: None,
         attempt_timeout: None,
         continue_on_stream_failure: true,
+        examples: None,
     };
     Arc::new(Route::configured("r", &config))
 }
@@ -503,6 +504,7 @@ fn route_with_windows(targets: &[(&str, Option<u64>)]) -> Arc<Route> {
         sticky: None,
         attempt_timeout: None,
         continue_on_stream_failure: true,
+        examples: None,
     };
     Arc::new(Route::configured("r", &config))
 }

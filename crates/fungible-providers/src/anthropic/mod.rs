@@ -20,6 +20,7 @@ use fungible_types::{
 use serde_json::{Value, json};
 
 use crate::http::{self, HttpClient};
+use crate::capture::Capture;
 use crate::{ChatProvider, EventStream, ProviderSettings, body, sse};
 use crate::redact::Redactions;
 use types::*;
@@ -72,24 +73,30 @@ impl AnthropicProvider {
         Ok(rb.header("x-api-key", value))
     }
 
-    async fn send(&self, req: &ChatRequest, model: &str, stream: bool) -> Result<reqwest::Response, ProviderError> {
+    async fn send(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        stream: bool,
+        capture: Option<&Capture>,
+    ) -> Result<http::Sent, ProviderError> {
         let body = build_request(&self.settings.name, req, model, stream, self.default_max_tokens)?;
         let body = body::encode(&self.settings.name, &body, &req.extra_body)?;
         // Anthropic's error body is `{"type":"error","error":{"type":..,"message":..}}`, which
         // the shared `error.message` reader handles; the type is implied by the status.
-        http::send_json(&self.settings, self.request(&self.url)?, body, http::error_message_field).await
+        http::send_json(&self.settings, self.request(&self.url)?, body, http::error_message_field, capture).await
     }
 }
 
 impl ChatProvider for AnthropicProvider {
-    async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
-        let response = self.send(req, model, false).await?;
+    async fn chat(&self, req: &ChatRequest, model: &str, capture: Option<&Capture>) -> Result<ChatResponse, ProviderError> {
+        let response = self.send(req, model, false, capture).await?;
         let wire: Response = http::read_json(&self.settings, response).await?;
         Ok(convert_response(wire, model))
     }
 
-    async fn chat_stream(&self, req: &ChatRequest, model: &str) -> Result<EventStream, ProviderError> {
-        let response = self.send(req, model, true).await?;
+    async fn chat_stream(&self, req: &ChatRequest, model: &str, capture: Option<&Capture>) -> Result<EventStream, ProviderError> {
+        let response = self.send(req, model, true, capture).await?;
         let decoder = stream::EventDecoder::new(&self.settings.name, model);
         Ok(sse::event_stream(&self.settings, response, decoder))
     }
@@ -101,7 +108,7 @@ impl ChatProvider for AnthropicProvider {
         let wire = CountTokensRequest { model, system, messages, tools, tool_choice, output_config, thinking };
         let body = body::encode(&self.settings.name, &wire, &req.extra_body)?;
         let response =
-            http::send_json(&self.settings, self.request(&self.count_url)?, body, http::error_message_field).await?;
+            http::send_json(&self.settings, self.request(&self.count_url)?, body, http::error_message_field, None).await?;
         let count: CountTokensResponse = http::read_json(&self.settings, response).await?;
         Ok(count.input_tokens)
     }

@@ -866,7 +866,7 @@ fn split_request(raw: &str) -> (String, Value) {
 #[tokio::test]
 async fn chat_posts_the_fixture_body_with_anthropic_headers() {
     let (url, server) = serve_once("200 OK", "application/json", fixture("plain.response.json")).await;
-    let response = provider(url).chat(&case_plain(), MODEL).await.expect("chat succeeds");
+    let response = provider(url).chat(&case_plain(), MODEL, None).await.expect("chat succeeds");
     assert_eq!(response.message.content.as_deref(), Some("Hello!"));
     assert_eq!(response.usage.input_tokens, 20);
 
@@ -901,7 +901,7 @@ async fn count_tokens_posts_the_prompt_without_sampling_fields() {
 async fn chat_stream_yields_the_fixture_events() {
     let (url, server) = serve_once("200 OK", "text/event-stream", fixture("stream.response.sse")).await;
     let events: Vec<StreamEvent> = provider(url)
-        .chat_stream(&case_stream(), MODEL)
+        .chat_stream(&case_stream(), MODEL, None)
         .await
         .expect("stream starts")
         .map(|e| e.expect("no stream error"))
@@ -917,13 +917,13 @@ async fn chat_stream_yields_the_fixture_events() {
 #[tokio::test]
 async fn an_error_status_carries_the_vendor_message() {
     let (url, _server) = serve_once("500 Internal Server Error", "application/json", fixture("error.json")).await;
-    let err = provider(url).chat(&case_plain(), MODEL).await.expect_err("fails");
+    let err = provider(url).chat(&case_plain(), MODEL, None).await.expect_err("fails");
     assert_eq!(err.kind, ErrorKind::UpstreamServer);
     assert_eq!(err.upstream_status, Some(500));
     assert_eq!(err.message, "simulated upstream failure");
 
     let (url, _server) = serve_once("529 Overloaded", "application/json", fixture("error.json")).await;
-    let err = provider(url).chat_stream(&case_stream(), MODEL).await.err().expect("fails");
+    let err = provider(url).chat_stream(&case_stream(), MODEL, None).await.err().expect("fails");
     assert_eq!(err.kind, ErrorKind::Overloaded);
 }
 
@@ -936,7 +936,7 @@ async fn a_mid_stream_error_event_echoing_the_key_is_scrubbed() {
     );
     let (url, _server) = serve_once("200 OK", "text/event-stream", sse).await;
     let events: Vec<Result<StreamEvent, ProviderError>> =
-        provider(url).chat_stream(&case_stream(), MODEL).await.expect("stream starts").collect().await;
+        provider(url).chat_stream(&case_stream(), MODEL, None).await.expect("stream starts").collect().await;
     let err = events.last().expect("some events").as_ref().expect_err("the stream fails");
     assert_eq!(err.kind, ErrorKind::Authentication);
     assert_eq!(err.message, "invalid x-api-key: [redacted]");
@@ -948,7 +948,7 @@ async fn a_truncated_stream_is_an_error() {
     let cut = sse.find("event: message_delta").expect("has message_delta");
     let (url, _server) = serve_once("200 OK", "text/event-stream", sse[..cut].to_owned()).await;
     let events: Vec<Result<StreamEvent, ProviderError>> =
-        provider(url).chat_stream(&case_stream(), MODEL).await.expect("stream starts").collect().await;
+        provider(url).chat_stream(&case_stream(), MODEL, None).await.expect("stream starts").collect().await;
     let last = events.last().expect("some events");
     assert_eq!(last.as_ref().err().map(|e| e.kind), Some(ErrorKind::Connection));
 }

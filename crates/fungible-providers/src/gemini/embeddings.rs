@@ -36,7 +36,7 @@ impl GeminiProvider {
         let body = serde_json::to_vec(&Request { requests }).map_err(|e| {
             ProviderError::invalid_request(&self.settings.name, format!("could not encode the request: {e}"))
         })?;
-        let response = http::send_json(&self.settings, self.request(&url)?, body, error_message).await?;
+        let response = http::send_json(&self.settings, self.request(&url)?, body, error_message, None).await?;
         let wire: Response = http::read_json(&self.settings, response).await?;
         if wire.embeddings.len() != inputs.len() {
             return Err(ProviderError::malformed(

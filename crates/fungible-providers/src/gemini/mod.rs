@@ -21,6 +21,7 @@ use fungible_types::{
 use serde_json::{Value, json};
 
 use crate::http::{self, HttpClient};
+use crate::capture::Capture;
 use crate::{ChatProvider, EventStream, ProviderSettings, body, sse};
 use crate::redact::Redactions;
 use types::*;
@@ -80,22 +81,28 @@ impl GeminiProvider {
         Ok(request.header("x-goog-api-key", value))
     }
 
-    async fn send(&self, req: &ChatRequest, model: &str, stream: bool) -> Result<reqwest::Response, ProviderError> {
+    async fn send(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        stream: bool,
+        capture: Option<&Capture>,
+    ) -> Result<http::Sent, ProviderError> {
         let url = self.url(model, stream)?;
         let body = encode_request(&self.settings.name, req)?;
-        http::send_json(&self.settings, self.request(&url)?, body, error_message).await
+        http::send_json(&self.settings, self.request(&url)?, body, error_message, capture).await
     }
 }
 
 impl ChatProvider for GeminiProvider {
-    async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
-        let response = self.send(req, model, false).await?;
+    async fn chat(&self, req: &ChatRequest, model: &str, capture: Option<&Capture>) -> Result<ChatResponse, ProviderError> {
+        let response = self.send(req, model, false, capture).await?;
         let wire: GenerateContentResponse = http::read_json(&self.settings, response).await?;
         convert_response(&self.settings.name, wire, model)
     }
 
-    async fn chat_stream(&self, req: &ChatRequest, model: &str) -> Result<EventStream, ProviderError> {
-        let response = self.send(req, model, true).await?;
+    async fn chat_stream(&self, req: &ChatRequest, model: &str, capture: Option<&Capture>) -> Result<EventStream, ProviderError> {
+        let response = self.send(req, model, true, capture).await?;
         let decoder = stream::ChunkDecoder::new(&self.settings.name, model);
         Ok(sse::event_stream(&self.settings, response, decoder))
     }
@@ -113,7 +120,7 @@ impl ChatProvider for GeminiProvider {
         }
         let body = serde_json::to_vec(&json!({ "generateContentRequest": inner }))
             .map_err(|e| ProviderError::invalid_request(name, format!("could not encode the request: {e}")))?;
-        let response = http::send_json(&self.settings, self.request(&url)?, body, error_message).await?;
+        let response = http::send_json(&self.settings, self.request(&url)?, body, error_message, None).await?;
         let count: CountTokensResponse = http::read_json(&self.settings, response).await?;
         Ok(count.total_tokens)
     }

@@ -719,7 +719,7 @@ fn provider(base: &str) -> GeminiProvider {
 #[tokio::test]
 async fn chat_posts_to_generate_content_with_the_key_header() {
     let (base, seen) = serve_once("200 OK", "application/json; charset=UTF-8", fixture("plain.response.json")).await;
-    let r = provider(&base).chat(&plain_case(false), MODEL).await.unwrap();
+    let r = provider(&base).chat(&plain_case(false), MODEL, None).await.unwrap();
     assert_eq!(r.message.content.as_deref(), Some("Hello!"));
     let seen = seen.await.unwrap();
     let head = seen.head.to_ascii_lowercase();
@@ -733,7 +733,7 @@ async fn chat_posts_to_generate_content_with_the_key_header() {
 async fn chat_stream_posts_to_stream_generate_content() {
     let (base, seen) = serve_once("200 OK", "text/event-stream", fixture("tools_stream.response.sse")).await;
     let req = tools_case("Weather in Paris and Tokyo?", true);
-    let stream = provider(&base).chat_stream(&req, MODEL).await.unwrap();
+    let stream = provider(&base).chat_stream(&req, MODEL, None).await.unwrap();
     let events: Vec<StreamEvent> = stream.map(|e| e.unwrap()).collect().await;
     assert_eq!(events.last(), Some(&StreamEvent::Finish { reason: FinishReason::ToolCalls }));
     let seen = seen.await.unwrap();
@@ -748,7 +748,7 @@ async fn chat_stream_posts_to_stream_generate_content() {
 #[tokio::test]
 async fn upstream_error_status_uses_the_gemini_message() {
     let (base, _seen) = serve_once("500 Internal Server Error", "application/json", fixture("error.json")).await;
-    let err = provider(&base).chat(&plain_case(false), MODEL).await.unwrap_err();
+    let err = provider(&base).chat(&plain_case(false), MODEL, None).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::UpstreamServer);
     assert_eq!(err.upstream_status, Some(500));
     assert_eq!(err.message, "simulated upstream failure");
@@ -757,7 +757,7 @@ async fn upstream_error_status_uses_the_gemini_message() {
 #[tokio::test]
 async fn bad_model_fails_before_any_request() {
     let p = provider("http://127.0.0.1:9");
-    let err = p.chat(&plain_case(false), "gemini?key=x").await.unwrap_err();
+    let err = p.chat(&plain_case(false), "gemini?key=x", None).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidRequest);
 }
 

@@ -44,7 +44,7 @@ impl OpenAiProvider {
         let body = serde_json::to_vec(&Request { model, input: inputs, encoding_format: "float" }).map_err(|e| {
             ProviderError::invalid_request(&self.settings.name, format!("could not encode the request: {e}"))
         })?;
-        let response = http::send_json(&self.settings, rb, body, http::error_message_field).await?;
+        let response = http::send_json(&self.settings, rb, body, http::error_message_field, None).await?;
         let mut wire: Response = http::read_json(&self.settings, response).await?;
         if wire.data.len() != inputs.len() {
             return Err(ProviderError::malformed(

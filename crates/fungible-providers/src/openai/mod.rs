@@ -13,6 +13,7 @@ use fungible_types::{
 use serde_json::{Value, json};
 
 use crate::http::{self, HttpClient};
+use crate::capture::Capture;
 use crate::{ChatProvider, EventStream, ProviderKind, ProviderSettings, body, sse};
 use crate::redact::Redactions;
 use types::*;
@@ -119,22 +120,28 @@ impl OpenAiProvider {
         }
     }
 
-    async fn send(&self, req: &ChatRequest, model: &str, stream: bool) -> Result<reqwest::Response, ProviderError> {
+    async fn send(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        stream: bool,
+        capture: Option<&Capture>,
+    ) -> Result<http::Sent, ProviderError> {
         let wire = build_request(req, model, stream, self.flavor);
         let body = body::encode(&self.settings.name, &wire, &req.extra_body)?;
-        http::send_json(&self.settings, self.request(), body, http::error_message_field).await
+        http::send_json(&self.settings, self.request(), body, http::error_message_field, capture).await
     }
 }
 
 impl ChatProvider for OpenAiProvider {
-    async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
-        let response = self.send(req, model, false).await?;
+    async fn chat(&self, req: &ChatRequest, model: &str, capture: Option<&Capture>) -> Result<ChatResponse, ProviderError> {
+        let response = self.send(req, model, false, capture).await?;
         let wire: Response = http::read_json(&self.settings, response).await?;
         convert_response(&self.settings.name, wire, model)
     }
 
-    async fn chat_stream(&self, req: &ChatRequest, model: &str) -> Result<EventStream, ProviderError> {
-        let response = self.send(req, model, true).await?;
+    async fn chat_stream(&self, req: &ChatRequest, model: &str, capture: Option<&Capture>) -> Result<EventStream, ProviderError> {
+        let response = self.send(req, model, true, capture).await?;
         Ok(sse::event_stream(&self.settings, response, stream::ChunkDecoder::new(&self.settings.name)))
     }
 

@@ -13,8 +13,8 @@ pub(crate) mod response;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use fungible_types::ChatRequest;
 
 use crate::AppState;
@@ -54,14 +54,14 @@ async fn handle_count(state: AppState, context: &crate::dispatch::RequestContext
     let req = read_request(&state, body, Endpoint::CountTokens).await?;
     crate::auth::admit_unpriced(&state, context.key(), &req.model).await?;
     let tokens = state.gateway.count_tokens(&req).await?;
-    Ok(json_response(format!("{{\"input_tokens\":{tokens}}}").into_bytes()))
+    Ok(crate::json_response(StatusCode::OK, format!("{{\"input_tokens\":{tokens}}}").into_bytes()))
 }
 
 async fn handle(state: AppState, context: &crate::dispatch::RequestContext, body: Body) -> Result<Response, ApiError> {
     let req = read_request(&state, body, Endpoint::Messages).await?;
     if !req.stream {
         let response = crate::dispatch::chat(&state, context, &req).await?;
-        return Ok(json_response(response::message_body(&response, &req.model)));
+        return Ok(crate::json_response(StatusCode::OK, response::message_body(&response, &req.model)));
     }
 
     let upstream = crate::dispatch::chat_stream(&state, context, &req).await?;
@@ -69,8 +69,3 @@ async fn handle(state: AppState, context: &crate::dispatch::RequestContext, body
     Ok(crate::streaming::response(upstream, encoder, "text/event-stream"))
 }
 
-fn json_response(body: Vec<u8>) -> Response {
-    let mut http = (StatusCode::OK, body).into_response();
-    http.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    http
-}

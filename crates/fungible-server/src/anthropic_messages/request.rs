@@ -17,13 +17,11 @@ use fungible_types::{
     ReasoningEffort, ResponseFormat, Role, SamplingParams, Tool, ToolCall, ToolChoice,
 };
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::fields::{Fields, bad, join, object, take, take_at};
 use crate::limits;
-
-type Fields = Map<String, Value>;
 
 /// Which endpoint the body came to: `count_tokens` takes no `max_tokens` and no sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,46 +30,8 @@ pub enum Endpoint {
     CountTokens,
 }
 
-fn bad(param: impl Into<String>, message: impl Into<String>) -> ApiError {
-    let param = param.into();
-    let message = format!("{param}: {}", message.into());
-    ApiError::invalid_request(Some(param), message)
-}
-
 fn required(path: &str) -> ApiError {
     bad(path, "Field required")
-}
-
-/// Removes `key` and deserializes it, naming `path.key` on failure; `null` counts as absent.
-fn take_at<T: DeserializeOwned>(fields: &mut Fields, key: &str, path: &str) -> Result<Option<T>, ApiError> {
-    match fields.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => from_value(value, &join(path, key)).map(Some),
-    }
-}
-
-fn take<T: DeserializeOwned>(fields: &mut Fields, key: &str) -> Result<Option<T>, ApiError> {
-    take_at(fields, key, "")
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
-}
-
-/// Deserializes `value`, naming `path` (plus the path inside it) on failure.
-fn from_value<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let inner = e.path().to_string();
-        let full = if inner == "." { path.to_owned() } else { format!("{path}.{inner}").replace(".[", "[") };
-        bad(full, e.into_inner().to_string())
-    })
-}
-
-fn object(value: Value, path: &str) -> Result<Fields, ApiError> {
-    match value {
-        Value::Object(fields) => Ok(fields),
-        _ => Err(bad(path, "must be an object")),
-    }
 }
 
 pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<ChatRequest, ApiError> {

@@ -15,8 +15,8 @@ pub(crate) mod response;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiFormat};
@@ -99,19 +99,19 @@ async fn handle(
             let texts = embed::parse(&bytes, batch)?;
             crate::auth::admit_unpriced(&state, context.key(), model).await?;
             let (embeddings, _) = state.gateway.embed(model, texts).await?;
-            return Ok(json(embed::body(embeddings.vectors, batch)));
+            return Ok(crate::json_response(StatusCode::OK, embed::body(embeddings.vectors, batch)));
         }
         Method::CountTokens => {
             let parsed = request::parse_count_tokens(&bytes, model, gemini_upstream)?;
             crate::auth::admit_unpriced(&state, context.key(), model).await?;
             let total = state.gateway.count_tokens(&parsed.request).await?;
-            return Ok(json(response::count_tokens_body(total)));
+            return Ok(crate::json_response(StatusCode::OK, response::count_tokens_body(total)));
         }
         Method::Generate => {
             let parsed = request::parse(&bytes, model, false, gemini_upstream)?;
             drop(bytes);
             let answer = crate::dispatch::chat(&state, context, &parsed.request).await?;
-            return Ok(json(response::response_body(&answer, parsed.include_thoughts, &provider_name)?));
+            return Ok(crate::json_response(StatusCode::OK, response::response_body(&answer, parsed.include_thoughts, &provider_name)?));
         }
         Method::Stream(framing) => framing,
     };
@@ -123,11 +123,6 @@ async fn handle(
     Ok(crate::streaming::response(upstream, encoder, framing.content_type()))
 }
 
-fn json(body: Vec<u8>) -> Response {
-    let mut http = (StatusCode::OK, body).into_response();
-    http.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    http
-}
 
 #[cfg(test)]
 mod tests {

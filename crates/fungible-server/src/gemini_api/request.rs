@@ -15,9 +15,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
+use crate::fields::{Fields, bad, from_value, join, object};
 use crate::limits;
-
-type Fields = Map<String, Value>;
 
 /// A parsed request and the rendering choices that come with it.
 #[derive(Debug)]
@@ -25,16 +24,6 @@ pub struct Parsed {
     pub request: ChatRequest,
     /// `generationConfig.thinkingConfig.includeThoughts`: render reasoning as thought parts.
     pub include_thoughts: bool,
-}
-
-fn bad(param: impl Into<String>, message: impl Into<String>) -> ApiError {
-    let param = param.into();
-    let message = format!("{param}: {}", message.into());
-    ApiError::invalid_request(Some(param), message)
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
 /// `systemInstruction` -> `system_instruction`.
@@ -82,22 +71,6 @@ fn take<T: DeserializeOwned>(f: &mut Fields, key: &str, path: &str) -> Result<Op
     match take_raw(f, key) {
         None => Ok(None),
         Some((name, value)) => from_value(value, &join(path, &name)).map(Some),
-    }
-}
-
-/// Deserializes `value`, naming `path` (plus the path inside it) on failure.
-fn from_value<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let inner = e.path().to_string();
-        let full = if inner == "." { path.to_owned() } else { format!("{path}.{inner}").replace(".[", "[") };
-        bad(full, e.into_inner().to_string())
-    })
-}
-
-fn object(value: Value, path: &str) -> Result<Fields, ApiError> {
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => Err(bad(path, "must be an object")),
     }
 }
 

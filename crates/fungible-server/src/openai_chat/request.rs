@@ -9,36 +9,11 @@ use fungible_types::{
     ReasoningEffort, ResponseFormat, Role, SamplingParams, Tool, ToolCall, ToolChoice,
 };
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::fields::{bad, from_value, take, take_at};
 use crate::limits;
-
-type Fields = Map<String, Value>;
-
-fn bad(param: impl Into<String>, message: impl Into<String>) -> ApiError {
-    let param = param.into();
-    let message = format!("{param}: {}", message.into());
-    ApiError::invalid_request(Some(param), message)
-}
-
-/// Removes `key` and deserializes it; `null` counts as absent.
-fn take<T: DeserializeOwned>(fields: &mut Fields, key: &str) -> Result<Option<T>, ApiError> {
-    match fields.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => from_value(value, key).map(Some),
-    }
-}
-
-/// Deserializes `value`, naming `path` (plus the path inside it) on failure.
-fn from_value<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let inner = e.path().to_string();
-        let full = if inner == "." { path.to_owned() } else { format!("{path}.{inner}").replace(".[", "[") };
-        bad(full, e.into_inner().to_string())
-    })
-}
 
 pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     limits::precheck(body, &[("messages", limits::MAX_MESSAGES), ("tools", limits::MAX_TOOLS)])?;
@@ -208,13 +183,6 @@ fn parse_message(value: Value, path: &str) -> Result<Message, ApiError> {
         _ => {}
     }
     Ok(message)
-}
-
-fn take_at<T: DeserializeOwned>(m: &mut Fields, key: &str, path: &str) -> Result<Option<T>, ApiError> {
-    match m.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => from_value(v, &format!("{path}.{key}")).map(Some),
-    }
 }
 
 fn parse_content(value: Value, path: &str, images_allowed: bool) -> Result<Vec<ContentPart>, ApiError> {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use fungible_types::{AssistantMessage, ContentPart, Message, Role};
 
 use crate::AppState;
@@ -54,7 +54,7 @@ fn store_failed(e: store::StoreError) -> ApiError {
 
 pub async fn get_response(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
     match state.responses.get(&id, &owner_scope(&caller)).await {
-        Ok(Some(stored)) => json_response(StatusCode::OK, stored.body),
+        Ok(Some(stored)) => crate::json_response(StatusCode::OK, stored.body),
         Ok(None) => response_not_found(&id).into_response_for(ApiFormat::OpenAi),
         Err(e) => store_failed(e).into_response_for(ApiFormat::OpenAi),
     }
@@ -67,7 +67,7 @@ pub async fn delete_response(State(state): State<AppState>, caller: Caller, Path
         Err(e) => return store_failed(e).into_response_for(ApiFormat::OpenAi),
     }
     let body = serde_json::json!({"id": id, "object": "response", "deleted": true});
-    json_response(StatusCode::OK, Bytes::from(serde_json::to_vec(&body).unwrap_or_default()))
+    crate::json_response(StatusCode::OK, Bytes::from(serde_json::to_vec(&body).unwrap_or_default()))
 }
 
 fn response_not_found(id: &str) -> ApiError {
@@ -78,11 +78,6 @@ fn response_not_found(id: &str) -> ApiError {
     }
 }
 
-fn json_response(status: StatusCode, body: Bytes) -> Response {
-    let mut http = (status, body).into_response();
-    http.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    http
-}
 
 async fn handle(state: AppState, context: &crate::dispatch::RequestContext, owner: DataScope, body: Body) -> Result<Response, ApiError> {
     // The body is dropped once parsed: only the canonical request lives on.
@@ -140,7 +135,7 @@ async fn handle(state: AppState, context: &crate::dispatch::RequestContext, owne
         if let Some(saver) = saver {
             saver.save(head.id.clone(), rendered.body.clone(), &rendered.message).await;
         }
-        return Ok(json_response(StatusCode::OK, rendered.body));
+        return Ok(crate::json_response(StatusCode::OK, rendered.body));
     }
 
     let upstream = crate::dispatch::chat_stream(&state, context, &chat).await?;

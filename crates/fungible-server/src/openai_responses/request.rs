@@ -11,14 +11,12 @@ use fungible_types::{
     ChatRequest, ContentPart, ImageSource, JsonSchemaFormat, Message, OpenAiOptions, ReasoningBlock, ReasoningConfig,
     ReasoningEffort, ResponseFormat, Role, SamplingParams, Tool, ToolCall, ToolChoice,
 };
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
+use crate::fields::{Fields, bad, take, take_at};
 use crate::limits;
-
-type Fields = Map<String, Value>;
 
 /// `encrypted_content` of a reasoning item that stands for a redacted (vendor-encrypted)
 /// reasoning block starts with this; any other `encrypted_content` is a thinking block's
@@ -93,35 +91,6 @@ pub enum EchoFormat {
         schema: Value,
         strict: Option<bool>,
     },
-}
-
-fn bad(param: impl Into<String>, message: impl Into<String>) -> ApiError {
-    let param = param.into();
-    let message = format!("{param}: {}", message.into());
-    ApiError::invalid_request(Some(param), message)
-}
-
-/// Removes `key` and deserializes it; `null` counts as absent.
-fn take<T: DeserializeOwned>(fields: &mut Fields, key: &str) -> Result<Option<T>, ApiError> {
-    take_at(fields, key, "")
-}
-
-/// Like [`take`] inside an object at `path`.
-fn take_at<T: DeserializeOwned>(fields: &mut Fields, key: &str, path: &str) -> Result<Option<T>, ApiError> {
-    let full = if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
-    match fields.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => from_value(value, &full).map(Some),
-    }
-}
-
-/// Deserializes `value`, naming `path` (plus the path inside it) on failure.
-fn from_value<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let inner = e.path().to_string();
-        let full = if inner == "." { path.to_owned() } else { format!("{path}.{inner}").replace(".[", "[") };
-        bad(full, e.into_inner().to_string())
-    })
 }
 
 fn required<T>(value: Option<T>, path: impl Into<String>) -> Result<T, ApiError> {

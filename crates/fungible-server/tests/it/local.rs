@@ -16,7 +16,7 @@ use tower::ServiceExt;
 
 use crate::TestResponse;
 
-fn models_dir() -> PathBuf {
+pub(crate) fn models_dir() -> PathBuf {
     let dir = std::env::var_os("FUNGIBLE_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models")));

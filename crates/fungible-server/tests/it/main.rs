@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod cache;
 mod errors;
+mod examples;
 mod guard;
 mod local;
 mod memory;

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::http::Request;
 use bytes::Bytes;
 use fungible_gateway::{ConfigFile, Gateway, GatewayConfig};
 use fungible_mock::{Fallback, MockBody, MockResponse, MockUpstream};
@@ -406,6 +408,33 @@ async fn a_stream_cut_after_content_is_continued_by_an_anthropic_target_with_a_p
     assert_eq!(prefix.as_deref(), Some("Hel"), "the text so far is the prefill: {sent}");
     let usage = data.iter().filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok()).find(|v| v["usage"].is_object());
     assert_eq!(usage.map(|u| u["usage"]["completion_tokens"].clone()), Some(json!(2)), "b's usage (a reported none)");
+}
+
+/// `[store] raw_bodies` with a continuation: the continuation's call is made while the
+/// client reads the stream, and its bodies are recorded beside the first call's.
+#[tokio::test]
+async fn a_continuations_raw_bodies_are_recorded_beside_the_first_calls() {
+    let routes = "[models.r]\nretries = { attempts = 0 }\ntargets = [{ target = \"a/m\" }, { target = \"b/claude\" }]\n";
+    let mut t = TwoUpstreams::with_providers("", "kind = \"anthropic\"", routes).await;
+    let store = crate::recording::sqlite_store().await;
+    let recorder = fungible_store::Recorder::start(store.clone(), fungible_store::RecorderOptions::default());
+    let mut state = t.h.state.clone().with_recorder(store, recorder.clone());
+    state.shared_mut().recording.raw_bodies = Some(1 << 20);
+    t.h.app = app(state.clone());
+    t.h.state = state;
+    t.a().push(MockResponse::sse("").with_body(MockBody::ChunksThenReset(stream_events(2))));
+    t.b.push(anthropic_stream(&["lo", "!"]));
+    let res = t.h.post("/v1/chat/completions", stream_request("r")).await;
+    assert_eq!(streamed_text(&res.sse_data()).0, "Hello!");
+    recorder.flush().await;
+    let list = t.h.send(Request::get("/v1/inferences").body(Body::empty()).expect("request")).await.json();
+    let id = list["data"][0]["id"].as_str().expect("one record").to_owned();
+    let full = t.h.send(Request::get(format!("/v1/inferences/{id}")).body(Body::empty()).expect("request")).await.json();
+    let raw = full["raw"].as_array().cloned().unwrap_or_default();
+    let providers: Vec<&str> = raw.iter().filter_map(|r| r["provider"].as_str()).collect();
+    assert_eq!(providers, ["a", "b"], "{full}");
+    assert_eq!(raw[1]["request"].as_str().map(str::as_bytes), Some(&t.b.single_request().body[..]));
+    assert!(raw[1]["response"].as_str().is_some_and(|r| r.contains("message_stop")), "b's raw SSE: {}", raw[1]);
 }
 
 #[tokio::test]
