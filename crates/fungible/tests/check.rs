@@ -98,3 +98,22 @@ fn check_prints_every_section_without_secrets_and_writes_nothing() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "check wrote a file");
 }
+
+#[test]
+fn serve_refuses_to_start_when_a_routes_examples_dataset_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fungible.toml"),
+        "[store]\npath = \"recorded.db\"\n\n[models.support]\ntarget = \"openai/gpt-4.1-mini\"\nexamples = { dataset = \"support@2\", k = 3 }\n",
+    )
+    .unwrap();
+    let env = [("OPENAI_API_KEY", "sk-test")];
+    let check = fungible(dir.path(), &["check"], &env);
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    assert!(text(&check.stdout).contains("3 examples from support@2 (train rows)"), "{}", text(&check.stdout));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let serve = fungible(dir.path(), &["serve", "--port", &port], &env);
+    assert!(!serve.status.success());
+    assert!(text(&serve.stderr).contains("models.support.examples: dataset \"support\" has no version 2"), "{}", text(&serve.stderr));
+}
