@@ -147,10 +147,14 @@ impl FewShotIndex {
 }
 
 /// The index of every route that has `examples`, as `fungible serve` and `fungible eval` use
-/// them: built once at start, then asked for each request.
+/// them: built once at start, then asked for each request. An eval may also add an *arm*: a
+/// name of its own (`openai/gpt-4.1-mini+examples`) whose requests get examples and then go
+/// to another model, so a model with and without retrieval are compared in one run.
 #[derive(Clone, Default)]
 pub struct Examples {
     routes: BTreeMap<String, Arc<FewShotIndex>>,
+    /// Arm name -> the model its requests go to.
+    arms: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Examples {
@@ -173,7 +177,19 @@ impl Examples {
             tracing::info!(route, dataset = %index.dataset, rows = index.len(), "few-shot examples ready");
             out.insert(route.clone(), Arc::new(index));
         }
-        Ok(Examples { routes: out })
+        Ok(Examples { routes: out, arms: BTreeMap::new() })
+    }
+
+    /// Requests for `name` get `index`'s examples and are then sent to `model`.
+    pub fn with_arm(mut self, name: String, model: String, index: FewShotIndex) -> Examples {
+        self.routes.insert(name.clone(), Arc::new(index));
+        self.arms.insert(name, model);
+        self
+    }
+
+    /// The model an arm's requests go to (`None`: `name` is no arm).
+    pub fn arm_model(&self, name: &str) -> Option<&str> {
+        self.arms.get(name).map(String::as_str)
     }
 
     pub fn is_empty(&self) -> bool {

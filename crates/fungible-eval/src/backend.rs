@@ -80,6 +80,9 @@ impl GatewayBackend {
         if let Some((augmented, _)) = self.examples.augment(&req, &self.gateway).await {
             req = augmented;
         }
+        if let Some(model) = self.examples.arm_model(&req.model) {
+            req.model = model.to_owned();
+        }
         req.stream = true;
         req.stream_include_usage = true;
         let start = Instant::now();

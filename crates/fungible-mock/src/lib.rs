@@ -184,6 +184,8 @@ struct Shared {
     injected: AtomicU64,
     /// Files and fine-tuning jobs (see [`tuning`]).
     tuning: tuning::Tuning,
+    /// OpenAI `/embeddings` answered by [`embed`] (never from the queue); off by default.
+    embeddings: std::sync::atomic::AtomicBool,
 }
 
 /// A running mock; it stops when dropped.
@@ -223,6 +225,7 @@ impl MockUpstream {
             arrived: Notify::new(),
             injected: AtomicU64::new(0),
             tuning: tuning::Tuning::default(),
+            embeddings: std::sync::atomic::AtomicBool::new(false),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
         Ok(MockUpstream { addr, shared, task })
@@ -235,6 +238,12 @@ impl MockUpstream {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Answers OpenAI `/embeddings` requests itself from now on, with [`embed`]'s vectors, and
+    /// leaves the scripted queue to the other requests (whatever order they come in).
+    pub fn answer_embeddings(&self) {
+        self.shared.embeddings.store(true, Ordering::Relaxed);
     }
 
     /// Fails a random share of the requests that have no scripted response (see [`Chaos`]);
@@ -337,10 +346,12 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     let path = uri.split('?').next().unwrap_or(&uri).to_owned();
     // The tuning APIs keep state of their own; scripted answers are for everything else.
     let tuning = tuning::handles(&path);
-    let scripted = if tuning { None } else { lock(&shared.queue).pop_front() };
+    let embedding = path.ends_with("/embeddings") && shared.embeddings.load(Ordering::Relaxed);
+    let scripted = if tuning || embedding { None } else { lock(&shared.queue).pop_front() };
     let chaos = *lock(&shared.chaos);
     let response = match (scripted, chaos.and_then(|c| c.failure(n))) {
         _ if tuning => shared.tuning.respond(parts.method.as_str(), &uri, &parts.headers, body.clone()).await,
+        _ if embedding => embeddings_response(&body),
         (Some(r), _) => r,
         (None, Some(failure)) => {
             shared.injected.fetch_add(1, Ordering::Relaxed);
@@ -480,6 +491,38 @@ pub fn fixture_for(dir: &std::path::Path, uri: &str, body: &[u8]) -> Option<Mock
         vendor_dir.join(format!("{model}.response.json"))
     };
     file.exists().then(|| MockResponse::fixture(200, file))
+}
+
+/// A deterministic stand-in for an embedding model: the counts of a text's lowercase words,
+/// hashed into 64 dimensions, so texts that share words are near and others far.
+pub fn embed(text: &str) -> Vec<f32> {
+    let mut v = vec![0.0f32; 64];
+    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        let hash = word.to_lowercase().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        v[(hash % 64) as usize] += 1.0;
+    }
+    v
+}
+
+/// An OpenAI embeddings response to `body` (`input`: a string or a list of strings).
+fn embeddings_response(body: &[u8]) -> MockResponse {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let inputs: Vec<String> = match &request["input"] {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(list) => list.iter().map(|x| x.as_str().unwrap_or_default().to_owned()).collect(),
+        _ => return MockResponse::json(400, r#"{"error":{"message":"input is required","type":"invalid_request_error"}}"#),
+    };
+    let data: Vec<serde_json::Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| serde_json::json!({"object": "embedding", "index": i, "embedding": embed(text)}))
+        .collect();
+    let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();
+    let response = serde_json::json!({
+        "object": "list", "data": data, "model": request["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
+    });
+    MockResponse::json(200, response.to_string())
 }
 
 fn model_from_body(body: &[u8]) -> Option<String> {

@@ -1,6 +1,9 @@
 //! The eval a job asks for when it succeeds: the tuned model against its base model on a
 //! stored dataset (by default the job's own version, validation split), through the same
-//! gateway that serves them, with the report kept beside the job.
+//! gateway that serves them, with the report kept beside the job. When the items are
+//! validation rows, a third arm is the base model given the nearest train rows as few-shot
+//! examples (`fungible-datasets`' `fewshot`): the adaptation with no training that tuning has
+//! to beat.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +27,10 @@ pub struct EvalSpec {
     /// At most this many items.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// The model the base + retrieved examples arm embeds questions with [default:
+    /// `local/all-minilm-l6-v2`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +77,7 @@ pub(crate) async fn run(
     spec: &EvalSpec,
     gateway: fungible_gateway::Gateway,
     prices: fungible_store::PriceTable,
+    examples: fungible_datasets::Examples,
     run_dir: PathBuf,
 ) -> Result<(Vec<EvalModel>, Vec<String>), String> {
     let mut dataset = dataset.clone();
@@ -78,7 +86,7 @@ pub(crate) async fn run(
     }
     let mut opts = fungible_eval::runner::RunOptions::new(models, run_dir.clone());
     opts.scorers = fungible_eval::scorers::ScorerSet::parse(&spec.scorers).map_err(|e| e.to_string())?;
-    let backend = Arc::new(fungible_eval::backend::GatewayBackend::new(gateway, prices));
+    let backend = Arc::new(fungible_eval::backend::GatewayBackend::new(gateway, prices).with_examples(examples));
     fungible_eval::runner::run(&dataset, backend, opts).await.map_err(|e| e.to_string())?;
     let summary = tokio::task::spawn_blocking(move || fungible_eval::report::write_report(&run_dir))
         .await

@@ -483,7 +483,32 @@ impl Tuner {
             .map_err(|e| format!("{e} (no {} rows to evaluate on)", split.as_str()))?;
         versions::mark_used(&self.store, &name, version, &format!("eval:{}", job.id)).await.map_err(|e| e.to_string())?;
         let base = format!("{}/{}", job.provider, job.base_model);
-        crate::eval::run(&dataset, vec![base, job.alias.clone()], spec, gateway.clone(), prices.clone(), run_dir).await
+        let mut models = vec![base.clone(), job.alias.clone()];
+        let mut examples = fungible_datasets::Examples::default();
+        // The train rows as retrieved examples for the base model: only when the items are
+        // not train rows themselves (each would find its own answer).
+        if split != fungible_datasets::Split::Train {
+            let config = fungible_gateway::routing::config::ExamplesConfig {
+                dataset: format!("{name}@{version}"),
+                k: fungible_gateway::routing::config::DEFAULT_EXAMPLES_K,
+                max_distance: fungible_gateway::routing::config::DEFAULT_EXAMPLES_MAX_DISTANCE,
+                split: Some("train".to_owned()),
+                embedding_model: spec
+                    .embedding_model
+                    .clone()
+                    .unwrap_or_else(|| fungible_gateway::routing::config::DEFAULT_EXAMPLES_EMBEDDING_MODEL.to_owned()),
+            };
+            match fungible_datasets::FewShotIndex::load(&self.store, &config, gateway, &format!("eval:{}", job.id)).await {
+                Ok(index) if !index.is_empty() => {
+                    let arm = format!("{base}+examples");
+                    examples = examples.with_arm(arm.clone(), base.clone(), index);
+                    models.insert(1, arm);
+                }
+                Ok(_) => tracing::info!(job = %job.id, "no train row can be a few-shot example: the eval has no base + examples arm"),
+                Err(e) => tracing::warn!(job = %job.id, "the eval has no base + examples arm: {e}"),
+            }
+        }
+        crate::eval::run(&dataset, models, spec, gateway.clone(), prices.clone(), examples, run_dir).await
     }
 
     /// The routes the succeeded jobs are served as: each model under its alias, and in the

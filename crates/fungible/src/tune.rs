@@ -93,6 +93,10 @@ struct CreateArgs {
     /// At most this many eval items.
     #[arg(long, requires = "eval")]
     eval_limit: Option<usize>,
+    /// The embedding model of the eval's third arm, the base model given the nearest train
+    /// rows as few-shot examples [default: local/all-minilm-l6-v2].
+    #[arg(long, requires = "eval")]
+    eval_embedding_model: Option<String>,
     /// Follow the job after launching it.
     #[arg(long)]
     watch: bool,
@@ -244,6 +248,7 @@ async fn create(a: CreateArgs, tuner: &Tuner, serving: &Serving) -> anyhow::Resu
                 .transpose()?,
             scorers: a.eval_scorers,
             limit: a.eval_limit,
+            embedding_model: a.eval_embedding_model,
         }),
         false => None,
     };

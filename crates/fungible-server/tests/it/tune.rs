@@ -40,6 +40,20 @@ async fn tuning() -> Tuning {
         })
         .collect();
     fungible_datasets::versions::put_rows(&store, "sums", rows).await.expect("rows");
+    // Sums asked in words, with three held out, for the eval's few-shot arm.
+    let held_out: Vec<fungible_datasets::versions::NewRow> = (0..15)
+        .map(|i| {
+            let e = fungible_datasets::Example::new(
+                format!("w{i}"),
+                fungible_datasets::Source::Manual,
+                vec![fungible_types::Message::text(fungible_types::Role::User, format!("Please add these two numbers for me: {i} and {i}"))],
+                vec![],
+                fungible_datasets::assistant(Some(format!("{}", i + i)), vec![]),
+            );
+            (e, Some(if i < 12 { fungible_datasets::Split::Train } else { fungible_datasets::Split::Validation }))
+        })
+        .collect();
+    fungible_datasets::versions::put_rows(&store, "sums-held-out", held_out).await.expect("rows");
     let evals = tempfile::tempdir().expect("temp dir");
     let state = AppState::new(Gateway::new(&config).expect("gateway"), config.max_body_bytes)
         .with_tuner(fungible_tune::Tuner::new(&config, Store::clone(&store)).with_eval_dir(evals.path()));
@@ -152,6 +166,63 @@ async fn a_job_launched_over_http_serves_its_model_when_it_finishes() {
     assert!(m["message"].as_str().unwrap_or_default().contains("not configured"), "{m}");
     t.send("POST", "/v1/tune/jobs", Some(json!({"provider": "openai", "model": "x", "dataset": "missing"}))).await.openai_error(404);
     t.send("POST", "/v1/tune/jobs", Some(json!({"provider": "openai", "model": "x", "dataset": "sums", "colour": "red"}))).await.openai_error(400);
+}
+
+/// On validation rows the eval has a third arm, the base model given the nearest train rows
+/// as few-shot examples: what tuning has to beat with no training at all.
+#[tokio::test]
+async fn the_eval_compares_the_tuned_model_with_the_base_given_retrieved_examples() {
+    let t = tuning().await;
+    t.mock.answer_embeddings();
+    let launch = json!({
+        "provider": "openai", "model": "gpt-4.1-mini-2025-04-14", "dataset": "sums-held-out", "alias": "sums-tuned",
+        "eval": {"scorers": ["exact"], "embedding_model": "openai/text-embedding-3-small"}
+    });
+    let created = t.send("POST", "/v1/tune/jobs", Some(launch)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().expect("id").to_owned();
+    // 3 validation items x (base, base + examples, tuned).
+    for _ in 0..9 {
+        t.mock.push(MockResponse::fixture(200, crate::fixtures().join("openai/stream.response.sse")));
+    }
+    let mut job = Value::Null;
+    for _ in 0..10 {
+        fungible_server::tune::poll_once(&t.state).await;
+        job = t.send("GET", &format!("/v1/tune/jobs/{id}"), None).await.json();
+        if job["eval_result"]["state"] == "done" {
+            break;
+        }
+    }
+    let models: Vec<(&str, u64)> = job["eval_result"]["models"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no eval models: {job}"))
+        .iter()
+        .map(|m| (m["model"].as_str().unwrap_or_default(), m["answered"].as_u64().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        models,
+        [("openai/gpt-4.1-mini-2025-04-14", 3), ("openai/gpt-4.1-mini-2025-04-14+examples", 3), ("sums-tuned", 3)]
+    );
+    // The few-shot arm reached the base model with train rows before the question; the
+    // held-out rows themselves are never examples.
+    let chats: Vec<Value> = t
+        .mock
+        .received()
+        .iter()
+        .filter(|r| r.uri.ends_with("/chat/completions"))
+        .filter_map(|r| serde_json::from_slice(&r.body).ok())
+        .collect();
+    let with_examples: Vec<&Value> = chats.iter().filter(|c| c["messages"].as_array().is_some_and(|m| m.len() > 1)).collect();
+    assert_eq!(with_examples.len(), 3, "{chats:?}");
+    for chat in with_examples {
+        assert_eq!(chat["model"], "gpt-4.1-mini-2025-04-14");
+        let texts: Vec<&str> = chat["messages"].as_array().expect("messages").iter().filter_map(|m| m["content"].as_str()).collect();
+        let (question, examples) = texts.split_last().expect("a question");
+        let held_out = (12..15).map(|i| format!("Please add these two numbers for me: {i} and {i}")).collect::<Vec<_>>();
+        let held_out: Vec<&str> = held_out.iter().map(String::as_str).collect();
+        assert!(held_out.contains(question), "{texts:?}");
+        assert!(examples.iter().all(|t| !held_out.contains(t)), "a held-out row was an example: {texts:?}");
+    }
 }
 
 #[test]
