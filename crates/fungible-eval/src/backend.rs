@@ -116,9 +116,9 @@ impl GatewayBackend {
             }
         }
         let cost_usd = match (&target, &usage) {
-            // Local models run here: known to cost nothing.
-            (Some((provider, _)), _) if provider == "local" => Some(0.0),
             (Some((provider, model)), Some(u)) => self.prices.cost(provider, model, u),
+            // A local model answered without usage: it costs nothing all the same.
+            (Some((provider, model)), None) => self.prices.get(provider, model).filter(|p| *p == fungible_store::Price::FREE).map(|_| 0.0),
             _ => None,
         };
         Ok(Answer {

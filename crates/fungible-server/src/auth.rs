@@ -320,11 +320,7 @@ impl Ticket {
         let Some(p) = self.pending.take() else {
             return;
         };
-        let cost = target
-            .and_then(|t| {
-                price_of(&p.prices, t).map(|price| price.map_or(0.0, |pr| pr.cost(usage)))
-            })
-            .unwrap_or(0.0);
+        let cost = target.and_then(|t| p.prices.cost(&t.provider, &t.model, usage)).unwrap_or(0.0);
         let tokens = usage.total_tokens();
         let key_id = p.key.id.clone();
         let work = async move {
@@ -360,14 +356,6 @@ impl Drop for Ticket {
         // Unfinished (the request failed): release the reservation.
         self.settle(None, &Usage::default());
     }
-}
-
-/// The price of `target`: `Some(None)` for a free (local) model, `None` when unknown.
-fn price_of(prices: &PriceTable, target: &Target) -> Option<Option<fungible_store::Price>> {
-    if target.provider == fungible_providers::local::NAME {
-        return Some(None);
-    }
-    prices.get(&target.provider, &target.model).map(Some)
 }
 
 struct SettledStream {
@@ -421,9 +409,8 @@ pub async fn admit(state: &AppState, key: Option<&Arc<KeyRecord>>, req: &ChatReq
             let usage = estimate_usage(req, state.auth.default_output_tokens);
             let mut dearest: f64 = 0.0;
             for target in &targets {
-                match price_of(&prices, target) {
-                    Some(None) => {}
-                    Some(Some(price)) => dearest = dearest.max(price.cost(&usage)),
+                match prices.get(&target.provider, &target.model) {
+                    Some(price) => dearest = dearest.max(price.cost(&usage)),
                     None => {
                         return Err(refusal(
                             ErrorKind::PermissionDenied,

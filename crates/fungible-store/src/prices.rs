@@ -25,6 +25,9 @@ pub struct Price {
 }
 
 impl Price {
+    /// What the in-process models cost: they run here.
+    pub const FREE: Price = Price { input: 0.0, output: 0.0, cached_read: None, cache_write: None };
+
     /// The cost of `usage` in USD (see the `Usage` conventions: `input_tokens` includes the
     /// cached parts, `output_tokens` includes reasoning).
     pub fn cost(&self, usage: &Usage) -> f64 {
@@ -149,8 +152,13 @@ impl PriceTable {
         self.entries.insert(key.to_owned(), price);
     }
 
-    /// The price of `provider/model`, or of the model it is a dated snapshot of.
+    /// The price of `provider/model`, or of the model it is a dated snapshot of; `local/*`
+    /// (the in-process models) is free. The one answer to what a model costs: budgets, the
+    /// records, the `cheapest` strategy and evals all ask here.
     pub fn get(&self, provider: &str, model: &str) -> Option<Price> {
+        if provider == LOCAL_PROVIDER {
+            return Some(Price::FREE);
+        }
         let key = format!("{provider}/{model}");
         if let Some(price) = self.entries.get(&key) {
             return Some(*price);
@@ -174,6 +182,9 @@ impl PriceTable {
     }
 }
 
+/// The provider name of the in-process models (`local/MODEL`; `fungible_providers::local::NAME`).
+pub const LOCAL_PROVIDER: &str = "local";
+
 /// `2025-08-07`, `20250929`, `latest`.
 fn is_date_suffix(s: &str) -> bool {
     let digits: String = s.chars().filter(|c| *c != '-').collect();
@@ -183,6 +194,16 @@ fn is_date_suffix(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_models_cost_nothing_whatever_the_table_says() {
+        let usage = Usage { input_tokens: 1_000, output_tokens: 500, ..Usage::default() };
+        for table in [PriceTable::empty(), PriceTable::builtin()] {
+            assert_eq!(table.get("local", "smollm2-135m-instruct"), Some(Price::FREE));
+            assert_eq!(table.cost("local", "any-model", &usage), Some(0.0));
+        }
+        assert_eq!(PriceTable::empty().cost("openai", "gpt-5", &usage), None, "unknown stays unknown");
+    }
 
     #[test]
     fn cost_of_cache_counts_near_u64_max_does_not_overflow() {
