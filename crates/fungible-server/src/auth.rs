@@ -22,9 +22,7 @@
 //! The presented key is never logged or stored: only its hash is looked up, and a
 //! principal carries the key's id.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -33,10 +31,9 @@ use axum::response::{IntoResponse, Response};
 use fungible_access::{Access, Denial, Limits, Reservation};
 use fungible_gateway::config::AuthConfig;
 use fungible_gateway::{GatewayError, Target};
-use fungible_providers::{EventStream, Secret};
+use fungible_providers::Secret;
 use fungible_store::{KeyRecord, PriceTable, Store};
-use fungible_types::{ChatRequest, ErrorKind, ProviderError, StreamEvent, Usage};
-use futures::Stream;
+use fungible_types::{ChatRequest, ErrorKind, ProviderError, Usage};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiFormat};
@@ -336,18 +333,9 @@ impl Ticket {
         }
     }
 
-    /// Wraps `stream` so the ticket settles at its end, its error or its drop, with the
-    /// usage the stream reported.
-    pub fn wrap(self, stream: EventStream, target: Option<Target>) -> EventStream {
-        if self.pending.is_none() {
-            return stream;
-        }
-        Box::pin(SettledStream {
-            inner: stream,
-            ticket: self,
-            target,
-            usage: Usage::default(),
-        })
+    /// Whether there is nothing to settle (no key, or already settled).
+    pub(crate) fn is_settled(&self) -> bool {
+        self.pending.is_none()
     }
 }
 
@@ -355,37 +343,6 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         // Unfinished (the request failed): release the reservation.
         self.settle(None, &Usage::default());
-    }
-}
-
-struct SettledStream {
-    inner: EventStream,
-    ticket: Ticket,
-    target: Option<Target>,
-    usage: Usage,
-}
-
-impl Stream for SettledStream {
-    type Item = <EventStream as Stream>::Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let poll = this.inner.as_mut().poll_next(cx);
-        match &poll {
-            Poll::Ready(Some(Ok(StreamEvent::Usage(u)))) => this.usage = *u,
-            Poll::Ready(Some(Err(_)) | None) => {
-                this.ticket.settle(this.target.as_ref(), &this.usage)
-            }
-            _ => {}
-        }
-        poll
-    }
-}
-
-impl Drop for SettledStream {
-    fn drop(&mut self) {
-        // The client went away: what was used so far still counts.
-        self.ticket.settle(self.target.as_ref(), &self.usage);
     }
 }
 

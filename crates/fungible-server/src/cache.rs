@@ -23,9 +23,6 @@
 //! the last user message is embedded and an answer within the same scope and conversation
 //! is served at or above the similarity threshold.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Instant;
 
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
@@ -34,11 +31,9 @@ use fungible_cache::{CacheKey, CachedAnswer, ResponseCache};
 use fungible_gateway::{RouteInfo, Target};
 use fungible_providers::EventStream;
 use fungible_types::{ChatRequest, ChatResponse, FinishReason, ReasoningBlock, StreamEvent};
-use futures::Stream;
 
 use crate::AppState;
 use crate::principal::Principal;
-use crate::recording::Accumulated;
 
 /// What a client asked of the cache for one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -230,65 +225,34 @@ impl Plan {
         self.cache.put(&self.key, &answer).await;
     }
 
-    /// Wraps a stream so that its answer is stored when (and only when) it ends cleanly.
-    pub(crate) fn wrap(self, stream: EventStream, route: &RouteInfo) -> EventStream {
-        Box::pin(StoringStream {
-            inner: stream,
-            plan: Some(self),
-            target: route.target.as_ref().map(ToString::to_string),
-            route: route.route.clone(),
-            acc: Accumulated::default(),
-            finished: false,
-            started: Instant::now(),
-        })
+    /// What a stream's tap (`crate::tap`) stores its answer with, when (and only when) the
+    /// stream ends cleanly.
+    pub(crate) fn for_stream(self, route: &RouteInfo) -> StreamStore {
+        StreamStore { plan: self, target: route.target.as_ref().map(ToString::to_string), route: route.route.clone() }
     }
 }
 
-struct StoringStream {
-    inner: EventStream,
-    plan: Option<Plan>,
+/// Where a streamed answer goes once it finished cleanly.
+pub(crate) struct StreamStore {
+    plan: Plan,
     target: Option<String>,
     route: Option<String>,
-    acc: Accumulated,
-    /// A finish event was seen.
-    finished: bool,
-    started: Instant,
 }
 
-impl Stream for StoringStream {
-    type Item = <EventStream as Stream>::Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let poll = this.inner.as_mut().poll_next(cx);
-        match &poll {
-            Poll::Ready(Some(Ok(event))) if this.plan.is_some() => {
-                this.finished |= matches!(event, StreamEvent::Finish { .. });
-                this.acc.add(event, this.started);
-            }
-            Poll::Ready(Some(Err(_))) => this.plan = None,
-            Poll::Ready(None) => {
-                if let Some(plan) = this.plan.take()
-                    && this.finished
-                {
-                    let response = this.acc.response();
-                    if cacheable(&response) {
-                        let answer = CachedAnswer {
-                            response,
-                            target: this.target.take(),
-                            route: this.route.take(),
-                        };
-                        if let Some((scope, embedding)) = plan.semantic {
-                            let (cache, answer) = (plan.cache.clone(), answer.clone());
-                            tokio::spawn(async move { cache.semantic_insert(scope, embedding, answer).await });
-                        }
-                        plan.cache.store(plan.key, answer);
-                    }
-                }
-            }
-            _ => {}
+impl StreamStore {
+    /// Keeps `response` if it may be kept (in the background: the stream's end waits for
+    /// nothing).
+    pub(crate) fn store(self, response: &ChatResponse) {
+        if !cacheable(response) {
+            return;
         }
-        poll
+        let answer = CachedAnswer { response: response.clone(), target: self.target, route: self.route };
+        let plan = self.plan;
+        if let Some((scope, embedding)) = plan.semantic {
+            let (cache, answer) = (plan.cache.clone(), answer.clone());
+            tokio::spawn(async move { cache.semantic_insert(scope, embedding, answer).await });
+        }
+        plan.cache.store(plan.key, answer);
     }
 }
 

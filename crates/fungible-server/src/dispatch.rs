@@ -213,14 +213,18 @@ pub async fn chat_stream(state: &AppState, context: &RequestContext, req: &ChatR
         crate::cache::Lookup::Miss { plan } => plan,
         crate::cache::Lookup::Off => None,
     };
-    match crate::recording::observe_stream(state, facts, req, state.gateway.chat_stream_routed(req, &context.hints).await) {
+    let routed = state.gateway.chat_stream_routed(req, &context.hints).await;
+    let record = crate::recording::observe_stream(state, facts, req, &routed);
+    match routed {
         Ok(routed) => {
-            let stream = match plan {
-                Some(plan) => plan.wrap(routed.value, &routed.route),
-                None => routed.value,
+            // One tap puts the answer together as it passes, for the record, the cache and
+            // the key's settlement.
+            let sinks = crate::tap::Sinks {
+                record,
+                cache: plan.map(|plan| plan.for_stream(&routed.route)),
+                ticket: (ticket, routed.route.target.clone()),
             };
-            // Settled with the stream's reported usage at its end (or when the client leaves).
-            let stream = ticket.wrap(stream, routed.route.target.clone());
+            let stream = crate::tap::tap(routed.value, sinks);
             context.remember(routed.route);
             Ok(stream)
         }

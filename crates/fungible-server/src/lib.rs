@@ -29,6 +29,7 @@ pub mod routes_status;
 pub mod tune;
 pub mod serve;
 mod streaming;
+mod tap;
 mod tags;
 
 pub use serve::{serve, serve_on};

@@ -5,14 +5,13 @@
 //! request arrived, through which inbound API, and who it is for (`x-fungible-user`,
 //! `x-fungible-episode-id`, `x-fungible-tags: k=v,...`, bounded by `crate::tags`; the body's
 //! `user` and `metadata` too). `dispatch` hands every routed result, with those facts, to
-//! [`observe_chat`] / [`observe_stream`]: a whole answer is recorded at once; a stream is
-//! wrapped so that its events are collected as they pass (nothing is held back) and the
-//! record is made at its end, its error, or when the client goes away. Recording is a
+//! [`observe_chat`] / [`observe_stream`]: a whole answer is recorded at once; a stream's
+//! record ([`StreamRecord`]) is made by the stream's one tap (`crate::tap`), which collects
+//! its events as they pass (nothing is held back), at its end, its error, or when the client
+//! goes away. Recording is a
 //! `try_send` into the recorder's queue: the request path never waits on the store.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use fungible_gateway::{AttemptOutcome, RouteError, RouteInfo, Routed};
@@ -22,7 +21,6 @@ use fungible_types::{
     AssistantMessage, ChatRequest, ChatResponse, FinishReason, ReasoningBlock,
     StreamEvent, ToolCall, Usage,
 };
-use futures::Stream;
 use prometheus::{CounterVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde_json::{Map, Value};
 
@@ -58,7 +56,7 @@ const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 impl Recording {
     /// With `durable`, waits until every record submitted so far (this answer's included) is
     /// committed to the store; otherwise nothing to wait for. Bounded by [`DURABLE_WAIT`].
-    pub(crate) fn settled(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    pub(crate) fn settled(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static + use<>> {
         let recorder = self.recorder.clone().filter(|_| self.durable)?;
         Some(async move {
             if tokio::time::timeout(DURABLE_WAIT, recorder.flush()).await.is_err() {
@@ -489,69 +487,66 @@ pub(crate) fn observe_chat(
     result
 }
 
-/// Wraps an opened stream so it is recorded when it ends; a stream that failed to open is
-/// recorded at once.
-#[allow(clippy::result_large_err)] // The gateway's own result, passed through.
+/// Records a stream that failed before it started; or, when it started, what its tap
+/// (`crate::tap`) needs to record it at its end ([`StreamRecord`]). `None`: not a recorded
+/// route.
 pub(crate) fn observe_stream(
     state: &crate::AppState,
     facts: Option<&RequestFacts>,
     req: &ChatRequest,
-    result: Result<Routed<EventStream>, RouteError>,
-) -> Result<Routed<EventStream>, RouteError> {
-    let Some(facts) = facts else {
-        return result;
-    };
+    result: &Result<Routed<EventStream>, RouteError>,
+) -> Option<StreamRecord> {
+    let facts = facts?;
     match result {
         Err(e) => {
-            submit(
-                state,
-                build(
-                    state,
-                    req,
-                    &e.route,
-                    None,
-                    Some(gateway_error_class(&e.error)),
-                    None,
-                    true,
-                    facts,
-                ),
-                &facts.trace,
-                req,
-                None,
-                None,
-            );
-            Err(e)
+            let record = build(state, req, &e.route, None, Some(gateway_error_class(&e.error)), None, true, facts);
+            submit(state, record, &facts.trace, req, None, None);
+            None
         }
         Ok(routed) => {
             // The stream outlives the handler's request: it keeps what the record will hold.
             let kept = Bodies::capped(req, None, state.recording.record_cap());
-            let observed = ObservedStream {
-                inner: routed.value,
-                pending: Some(Pending {
-                    state: state.clone(),
-                    req: kept.request,
-                    truncation: kept.truncation,
-                    route: routed.route.clone(),
-                    facts: facts.clone(),
-                }),
-                acc: Accumulated::default(),
-                settling: None,
-            };
-            Ok(Routed {
-                value: Box::pin(observed),
-                route: routed.route,
+            Some(StreamRecord {
+                state: state.clone(),
+                req: kept.request,
+                truncation: kept.truncation,
+                route: routed.route.clone(),
+                facts: facts.clone(),
             })
         }
     }
 }
 
-struct Pending {
+/// A streamed answer's record, made by its tap once the stream ends, fails or is dropped.
+pub(crate) struct StreamRecord {
     state: crate::AppState,
     /// The request as the record keeps it (capped at `max_record_bytes`).
     req: ChatRequest,
     truncation: Option<fungible_store::Truncation>,
     route: RouteInfo,
     facts: RequestFacts,
+}
+
+impl StreamRecord {
+    /// When the request arrived (time to first token is measured from it).
+    pub(crate) fn started(&self) -> Instant {
+        self.facts.started
+    }
+
+    /// Records the answer (`error`: how the stream failed; an answer with text is kept all
+    /// the same). Durable mode: the commit, which the stream's end waits for.
+    pub(crate) fn finish(
+        self,
+        response: &ChatResponse,
+        error: Option<String>,
+        ttft_ms: Option<f64>,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static + use<>> {
+        let settled = self.state.recording.settled();
+        let answered = error.is_none() || !response.message.content.as_deref().unwrap_or("").is_empty();
+        let record = build(&self.state, &self.req, &self.route, answered.then_some(response), error, ttft_ms, true, &self.facts);
+        submit(&self.state, record, &self.facts.trace, &self.req, answered.then_some(response), self.truncation);
+        settled
+    }
 }
 
 #[derive(Default)]
@@ -571,6 +566,16 @@ pub(crate) struct Accumulated {
 }
 
 impl Accumulated {
+    /// The usage the stream reported so far.
+    pub(crate) fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// Milliseconds from the start to the first content event.
+    pub(crate) fn ttft_ms(&self) -> Option<f64> {
+        self.ttft_ms
+    }
+
     pub(crate) fn add(&mut self, event: &StreamEvent, started: Instant) {
         let content = !matches!(
             event,
@@ -644,83 +649,6 @@ impl Accumulated {
             },
             finish_reason: self.finish.clone().unwrap_or(FinishReason::Stop),
             usage: self.usage,
-        }
-    }
-}
-
-/// A stream that records itself once, when it ends, fails, or is dropped unfinished.
-struct ObservedStream {
-    inner: EventStream,
-    pending: Option<Pending>,
-    acc: Accumulated,
-    /// Durable mode: the commit of the record, awaited before the stream ends.
-    settling: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
-}
-
-impl ObservedStream {
-    fn finish(&mut self, error: Option<String>) {
-        if let Some(p) = self.pending.take() {
-            let response = self.acc.response();
-            let answered =
-                error.is_none() || !response.message.content.as_deref().unwrap_or("").is_empty();
-            let record = build(
-                &p.state,
-                &p.req,
-                &p.route,
-                answered.then_some(&response),
-                error,
-                self.acc.ttft_ms,
-                true,
-                &p.facts,
-            );
-            submit(&p.state, record, &p.facts.trace, &p.req, answered.then_some(&response), p.truncation);
-        }
-    }
-}
-
-impl Stream for ObservedStream {
-    type Item = <EventStream as Stream>::Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if let Some(settling) = &mut this.settling {
-            return match settling.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.settling = None;
-                    Poll::Ready(None)
-                }
-                Poll::Pending => Poll::Pending,
-            };
-        }
-        let poll = this.inner.as_mut().poll_next(cx);
-        match &poll {
-            Poll::Ready(Some(Ok(event))) => {
-                if let Some(p) = &this.pending {
-                    let started = p.facts.started;
-                    this.acc.add(event, started);
-                }
-            }
-            Poll::Ready(Some(Err(e))) => this.finish(Some(e.kind.class().into())),
-            Poll::Ready(None) => {
-                let settled = this.pending.as_ref().and_then(|p| p.state.recording.settled());
-                this.finish(None);
-                // Durable: the stream (and so the client's last frame) ends once the record
-                // is committed.
-                if let Some(settled) = settled {
-                    this.settling = Some(Box::pin(settled));
-                    return self.poll_next(cx);
-                }
-            }
-            Poll::Pending => {}
-        }
-        poll
-    }
-}
-
-impl Drop for ObservedStream {
-    fn drop(&mut self) {
-        if self.pending.is_some() {
-            self.finish(Some("client_disconnected".into()));
         }
     }
 }
