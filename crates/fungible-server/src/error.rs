@@ -116,17 +116,19 @@ impl ApiError {
         response
     }
 
-    /// Anthropic's `{"type":"error","error":{"type":..,"message":..}}`.
+    /// Anthropic's `{"type":"error","error":{"type":..,"message":..}}`. The type follows the
+    /// error's class, not only its status: an overloaded upstream (or gateway) is
+    /// `overloaded_error`, an unavailable one is an `api_error`, though both answer 503.
     pub fn anthropic_body(&self) -> Vec<u8> {
-        let kind = match self.status.as_u16() {
-            400 | 408 | 415 | 422 => "invalid_request_error",
-            401 => "authentication_error",
-            403 => "permission_error",
-            404 => "not_found_error",
-            413 => "request_too_large",
-            429 => "rate_limit_error",
-            503 | 529 => "overloaded_error",
-            504 => "timeout_error",
+        let kind = match (self.kind, self.status.as_u16()) {
+            ("overloaded_error", _) | (_, 529) => "overloaded_error",
+            (_, 400 | 408 | 415 | 422) => "invalid_request_error",
+            (_, 401) => "authentication_error",
+            (_, 403) => "permission_error",
+            (_, 404) => "not_found_error",
+            (_, 413) => "request_too_large",
+            (_, 429) => "rate_limit_error",
+            (_, 504) => "timeout_error",
             _ => "api_error",
         };
         serde_json::to_vec(&serde_json::json!({

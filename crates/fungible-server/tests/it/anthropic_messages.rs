@@ -52,7 +52,11 @@ async fn bad_requests_are_anthropic_errors_naming_the_field() {
 
 #[tokio::test]
 async fn upstream_errors_keep_their_class() {
-    for (status, kind) in [(401, "authentication_error"), (404, "not_found_error"), (500, "api_error"), (529, "overloaded_error")] {
+    // An overloaded upstream (529) and an unavailable one (503) both answer 503, each with its
+    // own type.
+    for (status, kind) in
+        [(401, "authentication_error"), (404, "not_found_error"), (500, "api_error"), (503, "api_error"), (529, "overloaded_error")]
+    {
         let h = Harness::new(OPENAI).await;
         h.mock.push(MockResponse::fixture(status, fixtures().join("openai").join("error.json")));
         let body = crate::conformance::inbound_file("anthropic_messages", "plain").replace("{model}", &model(OPENAI));
