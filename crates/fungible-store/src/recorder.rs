@@ -446,16 +446,6 @@ fn lower_this_threads_priority(priority: WriterPriority) {
     let _ = priority;
 }
 
-/// Runs `f`, CPU work of the writer's, without holding up the async workers that serve
-/// requests: on a multi-threaded runtime the worker hands its other tasks over first
-/// (`block_in_place`); elsewhere (tests' current-thread runtimes) it just runs.
-pub(crate) fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 /// Writes `batch`, retrying with backoff until it is written. A flush (shutdown) gives up
 /// after `shutdown_timeout` and counts the batch as dropped.
 async fn write_with_retry(

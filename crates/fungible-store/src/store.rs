@@ -254,7 +254,7 @@ impl Store {
         // SQLite: each table's rows as one JSON array bound to one statement. Statements
         // through sqlx are each a round trip to the connection's worker thread, which cost
         // more than the insert itself; `json_each` lets SQLite unpack the rows in C.
-        let rows = crate::recorder::off_the_workers(|| SqliteRows::of(records));
+        let rows = off_the_workers(|| SqliteRows::of(records));
         let mut tx = self.pool.begin().await?;
         sqlx::query(&json_insert("inferences", INFERENCE_COLUMNS, 26))
             .bind(rows.inferences)
@@ -1006,6 +1006,16 @@ fn inference_from_row(r: &AnyRow) -> Result<InferenceRecord, StoreError> {
         truncated: truncated != 0,
         raw: Vec::new(),
     })
+}
+
+/// Runs `f`, CPU work of the writer's, without holding up the async workers that serve
+/// requests: on a multi-threaded runtime the worker hands its other tasks over first
+/// (`block_in_place`); elsewhere (tests' current-thread runtimes) it just runs.
+fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 #[cfg(test)]

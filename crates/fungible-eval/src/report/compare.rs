@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::html::{STYLE, escape};
+use super::html::STYLE;
+use super::markup::escape;
 use super::terminal::{Table, ms, opt};
 use super::{
     LoadedRun, ModelStats, ReportError, ReportOptions, RunInfo, Verdict, load, model_stats, pct,

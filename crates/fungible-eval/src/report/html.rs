@@ -5,23 +5,8 @@
 use std::fmt::Write as _;
 
 use super::terminal::{ms, tokens};
+use super::markup::escape;
 use super::{LoadedRun, Report, Verdict, pct, points, svg, truncate_chars, usd};
-
-/// Escapes text for HTML element content and quoted attribute values.
-pub(crate) fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
 
 pub(crate) const STYLE: &str = r#"
 :root { color-scheme: light; }
@@ -475,17 +460,4 @@ fn items_table(h: &mut String, r: &Report, run: &LoadedRun) {
         h.push_str("</tr>");
     }
     h.push_str("</tbody></table></div></section>\n");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::escape;
-
-    #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            escape("</script><img src=x onerror=\"alert('x')\">&"),
-            "&lt;/script&gt;&lt;img src=x onerror=&quot;alert(&#39;x&#39;)&quot;&gt;&amp;"
-        );
-    }
 }

@@ -13,6 +13,7 @@
 mod compare;
 mod html;
 mod load;
+mod markup;
 mod svg;
 mod terminal;
 

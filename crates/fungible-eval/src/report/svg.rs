@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use super::html::escape;
+use super::markup::escape;
 use super::{ModelStats, pct, usd};
 
 /// Tableau 10: distinct, colour-blind-friendly enough, readable on white.
