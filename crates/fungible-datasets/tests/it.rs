@@ -196,6 +196,17 @@ async fn edits_go_to_a_copy_once_a_version_is_used() {
         assert_eq!((b.split, b.output.joined_text().as_str()), (Split::Validation, "four"));
 
         versions::mark_used(&store, "manual", 1, "ftjob_123").await.unwrap();
+        // Marking a use again, or from several instances at once (a route's examples at
+        // start), is no error and one use.
+        let (x, y, z) = tokio::join!(
+            versions::mark_used(&store, "manual", 1, "route:support"),
+            versions::mark_used(&store, "manual", 1, "route:support"),
+            versions::mark_used(&store, "manual", 1, "ftjob_123"),
+        );
+        x.unwrap();
+        y.unwrap();
+        z.unwrap();
+        assert_eq!(versions::info(&store, "manual", Some(1)).await.unwrap().used_by, ["ftjob_123", "route:support"]);
         let info = versions::put_rows(&store, "manual", vec![row("c", "3+3?", "6")]).await.unwrap();
         assert_eq!((info.version, info.rows), (2, 3), "a used version is copied, then edited");
         let info = versions::remove_row(&store, "manual", "a").await.unwrap();

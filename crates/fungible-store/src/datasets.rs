@@ -302,32 +302,29 @@ impl Store {
 
     /// Marks a version as used by `used_by` (a job or eval id): it never changes again.
     pub async fn use_dataset_version(&self, name: &str, version: i64, used_by: &str) -> Result<(), DatasetStoreError> {
-        let mut tx = self.pool.begin().await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT version FROM datasets WHERE name = $1 AND version = $2")
-            .bind(name)
-            .bind(version)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(DatasetStoreError::NoVersion { name: name.to_owned(), version });
-        }
-        let already: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM dataset_uses WHERE name = $1 AND version = $2 AND used_by = $3")
+        // One statement, no read-then-write transaction: several instances (a route's
+        // examples at start), or several tasks on one SQLite file, may mark a use at once.
+        let inserted = sqlx::query(
+            "INSERT INTO dataset_uses (name, version, used_by, time_ms) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM datasets WHERE name = $1 AND version = $2) \
+             ON CONFLICT (name, version, used_by) DO NOTHING",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(used_by)
+        .bind(crate::now_ms())
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT version FROM datasets WHERE name = $1 AND version = $2")
                 .bind(name)
                 .bind(version)
-                .bind(used_by)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await?;
-        if already.is_none() {
-            sqlx::query("INSERT INTO dataset_uses (name, version, used_by, time_ms) VALUES ($1, $2, $3, $4)")
-                .bind(name)
-                .bind(version)
-                .bind(used_by)
-                .bind(crate::now_ms())
-                .execute(&mut *tx)
-                .await?;
+            if exists.is_none() {
+                return Err(DatasetStoreError::NoVersion { name: name.to_owned(), version });
+            }
         }
-        tx.commit().await?;
         Ok(())
     }
 
