@@ -62,6 +62,26 @@ async fn tuning() -> Tuning {
 }
 
 impl Tuning {
+    /// Launches `launch`, queues `answers` streamed answers for its eval, and polls (as
+    /// `serve` does) until `done` says so or ten polls passed; the job's id and last state.
+    async fn launch_and_poll(&self, launch: Value, answers: usize, done: impl Fn(&Value) -> bool) -> (String, Value) {
+        let created = self.send("POST", "/v1/tune/jobs", Some(launch)).await;
+        assert_eq!(created.status, 201, "{}", created.text());
+        let id = created.json()["id"].as_str().expect("id").to_owned();
+        for _ in 0..answers {
+            self.mock.push(MockResponse::fixture(200, crate::fixtures().join("openai/stream.response.sse")));
+        }
+        let mut job = Value::Null;
+        for _ in 0..10 {
+            fungible_server::tune::poll_once(&self.state).await;
+            job = self.send("GET", &format!("/v1/tune/jobs/{id}"), None).await.json();
+            if done(&job) {
+                break;
+            }
+        }
+        (id, job)
+    }
+
     async fn send(&self, method: &str, path: &str, body: Option<Value>) -> TestResponse {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
@@ -97,21 +117,8 @@ async fn a_job_launched_over_http_serves_its_model_when_it_finishes() {
     assert!(plan["plan"]["estimated_cost"].as_f64().is_some_and(|c| c > 0.0), "{plan}");
     assert_eq!(t.mock.request_count(), 0, "a dry run sends nothing");
 
-    let created = t.send("POST", "/v1/tune/jobs", Some(launch)).await;
-    assert_eq!(created.status, 201, "{}", created.text());
-    let id = created.json()["id"].as_str().expect("id").to_owned();
     // The eval once it succeeds: 3 items x (base, tuned), streamed.
-    for _ in 0..6 {
-        t.mock.push(MockResponse::fixture(200, crate::fixtures().join("openai/stream.response.sse")));
-    }
-    let mut job = Value::Null;
-    for _ in 0..10 {
-        fungible_server::tune::poll_once(&t.state).await;
-        job = t.send("GET", &format!("/v1/tune/jobs/{id}"), None).await.json();
-        if job["status"] == "succeeded" {
-            break;
-        }
-    }
+    let (id, job) = t.launch_and_poll(launch, 6, |job| job["status"] == "succeeded").await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let tuned = job["fine_tuned_model"].as_str().expect("model").to_owned();
     // The eval it asked for ran through the gateway, base model against the tuned one.
@@ -178,21 +185,8 @@ async fn the_eval_compares_the_tuned_model_with_the_base_given_retrieved_example
         "provider": "openai", "model": "gpt-4.1-mini-2025-04-14", "dataset": "sums-held-out", "alias": "sums-tuned",
         "eval": {"scorers": ["exact"], "embedding_model": "openai/text-embedding-3-small"}
     });
-    let created = t.send("POST", "/v1/tune/jobs", Some(launch)).await;
-    assert_eq!(created.status, 201, "{}", created.text());
-    let id = created.json()["id"].as_str().expect("id").to_owned();
     // 3 validation items x (base, base + examples, tuned).
-    for _ in 0..9 {
-        t.mock.push(MockResponse::fixture(200, crate::fixtures().join("openai/stream.response.sse")));
-    }
-    let mut job = Value::Null;
-    for _ in 0..10 {
-        fungible_server::tune::poll_once(&t.state).await;
-        job = t.send("GET", &format!("/v1/tune/jobs/{id}"), None).await.json();
-        if job["eval_result"]["state"] == "done" {
-            break;
-        }
-    }
+    let (_, job) = t.launch_and_poll(launch, 9, |job| job["eval_result"]["state"] == "done").await;
     let models: Vec<(&str, u64)> = job["eval_result"]["models"]
         .as_array()
         .unwrap_or_else(|| panic!("no eval models: {job}"))
