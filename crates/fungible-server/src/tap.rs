@@ -89,10 +89,16 @@ impl Stream for Tap {
         }
         let poll = this.inner.as_mut().poll_next(cx);
         match &poll {
-            Poll::Ready(Some(Ok(event))) if this.sinks.is_some() => {
-                this.finished |= matches!(event, StreamEvent::Finish { .. });
-                this.acc.add(event, this.started);
-            }
+            Poll::Ready(Some(Ok(event))) => match &this.sinks {
+                // The record or the cache needs the whole answer.
+                Some(Sinks { record: Some(_), .. } | Sinks { cache: Some(_), .. }) => {
+                    this.finished |= matches!(event, StreamEvent::Finish { .. });
+                    this.acc.add(event, this.started);
+                }
+                // The ticket needs only the usage: no copy of the text per event.
+                Some(_) if matches!(event, StreamEvent::Usage(_)) => this.acc.add(event, this.started),
+                _ => {}
+            },
             Poll::Ready(Some(Err(e))) => {
                 // Durable or not, an error frame goes out at once; the record follows it.
                 let error = e.kind.class().to_owned();
