@@ -21,6 +21,7 @@
 mod cap;
 mod config;
 mod datasets;
+mod inferences;
 mod keys;
 pub mod migrations;
 mod prices;
@@ -28,6 +29,7 @@ mod record;
 mod rollups;
 mod recorder;
 mod responses;
+mod stats;
 mod store;
 mod tune_jobs;
 #[doc(hidden)]
@@ -45,5 +47,7 @@ pub use record::{
 pub use responses::StoredResponseRow;
 pub use rollups::{RollUp, SETTLE_MS};
 pub use recorder::{BatchSink, DEFAULT_QUEUE_BYTES, Recorder, RecorderCounters, RecorderOptions, WriterPriority};
-pub use store::{GroupBy, InferenceFilter, StatsRow, Store, StoreError};
+pub use inferences::InferenceFilter;
+pub use stats::{GroupBy, StatsRow};
+pub use store::{Store, StoreError};
 pub use tune_jobs::{TERMINAL_STATUSES, TuneJobRow};

@@ -23,7 +23,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use crate::record::EncodedRecord;
-use crate::store::{Backend, GroupBy, Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 
 pub(crate) const DAY_MS: i64 = 86_400_000;
 /// How long after its end a day is rolled up: records are written within seconds.
@@ -44,20 +44,6 @@ const DIMENSIONS: &[(&str, &str)] = &[
     // One row per tag (an inference counts once per tag), NULL for none.
     ("tag", "inference_tags.tag"),
 ];
-
-/// The roll-up dimension of `group`, and the SQL of its key over `inference_rollups`.
-pub(crate) fn dimension(group: GroupBy) -> Option<(&'static str, &'static str)> {
-    Some(match group {
-        GroupBy::Model => ("model", "value"),
-        GroupBy::Provider => ("provider", "value"),
-        GroupBy::Route => ("route", "value"),
-        GroupBy::User => ("user", "value"),
-        GroupBy::Key => ("key", "value"),
-        GroupBy::Inbound => ("inbound", "value"),
-        GroupBy::Day => ("all", "day"),
-        GroupBy::Tag => ("tag", "value"),
-    })
-}
 
 /// A row's latency bucket in SQL: 1 ms wide below 1 s, 10 ms below 10 s, 100 ms below
 /// 100 s, then 1 s (at most 1% of the latency from 1 s up). Truncating on both backends
@@ -155,7 +141,7 @@ impl Sums {
         serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
     }
 
-    fn parse_latencies(text: &str) -> Result<std::collections::BTreeMap<i64, Bucket>, StoreError> {
+    pub(crate) fn parse_latencies(text: &str) -> Result<std::collections::BTreeMap<i64, Bucket>, StoreError> {
         let list: Vec<(i64, u64, f64, f64)> = serde_json::from_str(text).map_err(|source| {
             StoreError::Json {
                 field: "rollup latencies",
@@ -199,21 +185,6 @@ impl Sums {
         sums.latencies.insert(r.try_get::<Option<i64>, _>(11)?.unwrap_or(0), bucket);
         Ok(sums)
     }
-}
-
-/// The group key of a stats row's first column: a day number for [`GroupBy::Day`], else
-/// text (`None` for NULL).
-pub(crate) enum GroupKey {
-    Day(Option<i64>),
-    Text(Option<String>),
-}
-
-pub(crate) fn group_key(group: GroupBy, r: &AnyRow) -> Result<GroupKey, StoreError> {
-    Ok(if group == GroupBy::Day {
-        GroupKey::Day(r.try_get::<Option<i64>, _>(0)?)
-    } else {
-        GroupKey::Text(r.try_get::<Option<String>, _>(0)?)
-    })
 }
 
 impl Store {
@@ -298,45 +269,6 @@ impl Store {
         )
     }
 
-    /// Rolled-up sums of `group` over the days `[from_day, to_day)`, by group key.
-    pub(crate) async fn rolled_up_stats(
-        &self,
-        group: GroupBy,
-        from_day: i64,
-        to_day: i64,
-    ) -> Result<Vec<(GroupKey, Sums)>, StoreError> {
-        let Some((dim, key)) = dimension(group) else {
-            return Ok(Vec::new());
-        };
-        let sql = format!(
-            "SELECT {key} AS k, requests, errors, input_tokens, output_tokens, cache_read_tokens, cost, unpriced, cache_hits, latencies FROM inference_rollups WHERE dim = $1 AND day >= $2 AND day < $3"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(dim)
-            .bind(from_day)
-            .bind(to_day)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let count = |i: usize| -> Result<u64, sqlx::Error> {
-                Ok(r.try_get::<i64, _>(i)?.max(0) as u64)
-            };
-            let sums = Sums {
-                requests: count(1)?,
-                errors: count(2)?,
-                input_tokens: count(3)?,
-                output_tokens: count(4)?,
-                cache_read_tokens: count(5)?,
-                cost: r.try_get::<f64, _>(6)?,
-                unpriced: count(7)?,
-                cache_hits: count(8)?,
-                latencies: Sums::parse_latencies(&r.try_get::<String, _>(9)?)?,
-            };
-            out.push((group_key(group, r)?, sums));
-        }
-        Ok(out)
-    }
 }
 
 async fn insert_rollup(
