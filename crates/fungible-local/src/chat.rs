@@ -24,7 +24,7 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::OnceCell;
@@ -50,11 +50,15 @@ pub struct ChatSettings {
     pub defaults: Defaults,
 }
 
-/// A configured chat model; loaded on first use.
+/// A configured chat model, or a LoRA adapter on one (`BASE+ADAPTER`); loaded on first use.
 #[derive(Debug)]
 pub struct ChatModel {
     name: String,
     path: PathBuf,
+    /// The GGUF LoRA adapter applied to every request of this model: it gets a llama.cpp
+    /// model instance of its own (the weights' pages are shared through the file mapping)
+    /// and its own scheduler and context, since llama.cpp applies adapters per context.
+    adapter: Option<PathBuf>,
     settings: ChatSettings,
     loaded: OnceCell<Arc<Loaded>>,
 }
@@ -115,7 +119,7 @@ struct Grammar {
     field: &'static str,
 }
 
-fn backend() -> Result<&'static LlamaBackend, ProviderError> {
+pub(crate) fn backend() -> Result<&'static LlamaBackend, ProviderError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -128,7 +132,26 @@ fn backend() -> Result<&'static LlamaBackend, ProviderError> {
 
 impl ChatModel {
     pub fn new(name: &str, path: PathBuf, settings: ChatSettings) -> ChatModel {
-        ChatModel { name: name.to_owned(), path, settings, loaded: OnceCell::new() }
+        ChatModel { name: name.to_owned(), path, adapter: None, settings, loaded: OnceCell::new() }
+    }
+
+    /// `base` with the adapter in `adapter` applied, served as `name`.
+    pub fn with_adapter(base: &ChatModel, name: &str, adapter: PathBuf) -> ChatModel {
+        ChatModel {
+            name: name.to_owned(),
+            path: base.path.clone(),
+            adapter: Some(adapter),
+            settings: base.settings,
+            loaded: OnceCell::new(),
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    pub fn adapter(&self) -> Option<&PathBuf> {
+        self.adapter.as_ref()
     }
 
     pub(crate) async fn loaded(&self) -> Result<Arc<Loaded>, ProviderError> {
@@ -136,8 +159,9 @@ impl ChatModel {
             .get_or_try_init(|| async {
                 let name = self.name.clone();
                 let path = self.path.clone();
+                let adapter = self.adapter.clone();
                 let settings = self.settings;
-                tokio::task::spawn_blocking(move || load(&name, path, settings))
+                tokio::task::spawn_blocking(move || load(&name, path, adapter, settings))
                     .await
                     .map_err(|e| error(ErrorKind::Unavailable, format!("loading local model {:?} failed: {e}", self.name)))?
                     .map(Arc::new)
@@ -364,13 +388,24 @@ fn schema_grammar(schema: &serde_json::Value) -> Result<String, ProviderError> {
         .map_err(|e| invalid(format!("response_format: the JSON schema cannot be turned into a grammar: {e}")))
 }
 
-fn tokenize(model: &LlamaModel, prompt: &str) -> Vec<LlamaToken> {
+pub(crate) fn tokenize(model: &LlamaModel, prompt: &str) -> Vec<LlamaToken> {
     // The template already has the BOS text where the model wants it; special tokens in the
     // rendered text (`<|im_start|>`) are parsed as such.
     model.vocab().tokenize(prompt.as_bytes(), false, true)
 }
 
-fn load(name: &str, path: PathBuf, settings: ChatSettings) -> Result<Loaded, ProviderError> {
+/// The chat template of `model`'s GGUF, with its BOS and EOS texts.
+pub(crate) fn chat_template(model: &LlamaModel) -> Result<ChatTemplate, String> {
+    let vocab = model.vocab();
+    let token_text =
+        |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
+    let bos = token_text(vocab.bos());
+    let eos = token_text(vocab.eos());
+    let source = model.meta_val_str("tokenizer.chat_template").ok();
+    ChatTemplate::new(source, bos, eos)
+}
+
+fn load(name: &str, path: PathBuf, adapter: Option<PathBuf>, settings: ChatSettings) -> Result<Loaded, ProviderError> {
     let unavailable = |message: String| error(ErrorKind::Unavailable, message);
     if !path.is_file() {
         return Err(unavailable(format!(
@@ -389,17 +424,20 @@ fn load(name: &str, path: PathBuf, settings: ChatSettings) -> Result<Loaded, Pro
         }),
         None => path,
     };
-    let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default()).map_err(|e| {
+    let mut model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default()).map_err(|e| {
         unavailable(format!("local model {name:?}: {} is not a loadable GGUF file: {e}", path.display()))
     })?;
+    let lora = match &adapter {
+        Some(file) => Some(model.lora_adapter_init(file).map_err(|e| {
+            invalid(format!(
+                "local model {name:?}: {} is not a LoRA adapter for this base model ({e}; llama.cpp's log says why)",
+                file.display()
+            ))
+        })?),
+        None => None,
+    };
     let model = Arc::new(model);
-    let vocab = model.vocab();
-    let token_text =
-        |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
-    let bos = token_text(vocab.bos());
-    let eos = token_text(vocab.eos());
-    let source = model.meta_val_str("tokenizer.chat_template").ok();
-    let template = ChatTemplate::new(source, bos, eos).map_err(unavailable)?;
+    let template = chat_template(&model).map_err(unavailable)?;
     let n_ctx = settings.context_size.min(model.n_ctx_train().max(64));
 
     let (tx, rx) = mpsc::channel::<Job>();
@@ -408,7 +446,7 @@ fn load(name: &str, path: PathBuf, settings: ChatSettings) -> Result<Loaded, Pro
         let model = model.clone();
         std::thread::Builder::new()
             .name(format!("local-{name}"))
-            .spawn(move || scheduler(backend, &model, settings, n_ctx, &rx, &ready_tx))
+            .spawn(move || scheduler(backend, &model, lora, settings, n_ctx, &rx, &ready_tx))
             .map_err(|e| unavailable(format!("could not start the scheduler thread: {e}")))?;
     }
     match ready_rx.recv() {
@@ -510,6 +548,7 @@ impl Sequence {
 fn scheduler(
     backend: &LlamaBackend,
     model: &LlamaModel,
+    lora: Option<LlamaLoraAdapter>,
     settings: ChatSettings,
     n_ctx: u32,
     jobs: &mpsc::Receiver<Job>,
@@ -518,24 +557,35 @@ fn scheduler(
     let slots = settings.slots.max(1);
     let n_batch = CHUNK.max(slots);
     let mut ctx = match model.new_context(backend, context_params(slots, n_ctx, settings.threads)) {
-        Ok(ctx) => {
-            let _ = ready.send(Ok(()));
-            ctx
-        }
+        Ok(ctx) => ctx,
         Err(e) => {
             let _ = ready.send(Err(e.to_string()));
             return;
         }
     };
+    // The adapter (if any) applies to every sequence of this context, for its whole life.
+    if let Some(mut lora) = lora
+        && let Err(e) = ctx.lora_adapter_set(&mut lora, 1.0)
+    {
+        let _ = ready.send(Err(format!("could not apply the LoRA adapter: {e}")));
+        return;
+    }
+    let _ = ready.send(Ok(()));
     let vocab = model.vocab();
     let mut batch = LlamaBatch::new(n_batch, slots as i32);
     let mut active: Vec<Sequence> = Vec::new();
     let mut free: Vec<Slot> =
         (0..slots as i32).map(|id| Slot { id, cached: Vec::new(), prompted: 0, used: 0 }).collect();
     let mut clock: u64 = 0;
+    // Set once the model is dropped (an adapter unloaded): the running sequences finish,
+    // then the thread ends.
+    let mut closed = false;
     loop {
+        if closed && active.is_empty() {
+            return;
+        }
         // Admit new requests while a slot is free; block only when there is nothing to do.
-        while !free.is_empty() {
+        while !free.is_empty() && !closed {
             let job = if active.is_empty() {
                 match jobs.recv() {
                     Ok(job) => job,
@@ -545,7 +595,10 @@ fn scheduler(
                 match jobs.try_recv() {
                     Ok(job) => job,
                     Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => return,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
             };
             let started = Instant::now();

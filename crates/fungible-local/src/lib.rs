@@ -14,6 +14,7 @@ mod convert;
 mod defaults;
 mod embed;
 mod gate;
+pub mod lora;
 mod stop;
 mod template;
 mod tools;
@@ -127,8 +128,15 @@ pub struct LocalEngine {
 
 #[derive(Debug)]
 struct Inner {
-    chat: BTreeMap<String, chat::ChatModel>,
+    chat: BTreeMap<String, Arc<chat::ChatModel>>,
+    /// `BASE+ADAPTER` -> the base with a LoRA adapter, loaded and unloaded while serving.
+    adapters: std::sync::RwLock<BTreeMap<String, Arc<chat::ChatModel>>>,
     embed: BTreeMap<String, embed::EmbeddingModel>,
+}
+
+/// The name a LoRA adapter on `base` is served under: `BASE+ADAPTER`.
+pub fn adapter_model(base: &str, adapter: &str) -> String {
+    format!("{base}+{adapter}")
 }
 
 pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> ProviderError {
@@ -157,7 +165,7 @@ impl LocalEngine {
                     weights: config.weights,
                     defaults: config.chat_defaults(name, path),
                 };
-                (name.clone(), chat::ChatModel::new(name, path.clone(), settings))
+                (name.clone(), Arc::new(chat::ChatModel::new(name, path.clone(), settings)))
             })
             .collect();
         let embed = config
@@ -165,16 +173,68 @@ impl LocalEngine {
             .iter()
             .map(|(name, path)| (name.clone(), embed::EmbeddingModel::new(name, path.clone())))
             .collect();
-        LocalEngine { inner: Arc::new(Inner { chat, embed }) }
+        LocalEngine { inner: Arc::new(Inner { chat, adapters: Default::default(), embed }) }
     }
 
+    /// The configured chat models, then the loaded adapters (`BASE+ADAPTER`).
     pub fn chat_models(&self) -> Vec<String> {
-        self.inner.chat.keys().cloned().collect()
+        let mut models: Vec<String> = self.inner.chat.keys().cloned().collect();
+        models.extend(self.adapters());
+        models
+    }
+
+    /// The GGUF file configured chat model `model` is served from (not an adapter).
+    pub fn chat_file(&self, model: &str) -> Option<PathBuf> {
+        self.inner.chat.get(model).map(|m| m.path().to_owned())
+    }
+
+    /// The adapters being served, as `BASE+ADAPTER`.
+    pub fn adapters(&self) -> Vec<String> {
+        self.inner.adapters.read().map(|a| a.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Serves the GGUF LoRA adapter in `file` on chat model `base` as `BASE+ADAPTER`, from
+    /// now on, with no restart; loads it before returning, so a file that is not an adapter
+    /// for `base` is an error here, not on the first request. An adapter of the same name is
+    /// replaced (its running requests finish on it).
+    pub async fn load_adapter(&self, base: &str, adapter: &str, file: &Path) -> Result<String, ProviderError> {
+        if adapter.is_empty()
+            || adapter.len() > 128
+            || !adapter.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        {
+            return Err(invalid(format!("adapter name {adapter:?}: up to 128 letters, digits, '-', '_', '.' or '@'")));
+        }
+        if !file.is_file() {
+            return Err(invalid(format!("adapter file {} does not exist", file.display())));
+        }
+        let base_model = self.chat_model(base)?;
+        if base_model.adapter().is_some() {
+            return Err(invalid(format!("{base} is an adapter itself: load adapters on a base model")));
+        }
+        let name = adapter_model(base, adapter);
+        let model = Arc::new(chat::ChatModel::with_adapter(&base_model, &name, file.to_owned()));
+        model.loaded().await?;
+        self.inner
+            .adapters
+            .write()
+            .map_err(|_| error(ErrorKind::Unavailable, "the adapter table is poisoned"))?
+            .insert(name.clone(), model);
+        tracing::info!(model = %format!("local/{name}"), file = %file.display(), "LoRA adapter loaded");
+        Ok(name)
+    }
+
+    /// Stops serving `BASE+ADAPTER`; requests already running finish. Whether it was served.
+    pub fn unload_adapter(&self, name: &str) -> bool {
+        let removed = self.inner.adapters.write().map(|mut a| a.remove(name).is_some()).unwrap_or(false);
+        if removed {
+            tracing::info!(model = %format!("local/{name}"), "LoRA adapter unloaded");
+        }
+        removed
     }
 
     /// What chat model `model` uses for the parameters a request leaves out.
     pub fn chat_defaults(&self, model: &str) -> Option<Defaults> {
-        self.inner.chat.get(model).map(chat::ChatModel::defaults)
+        self.chat_model(model).ok().map(|m| m.defaults())
     }
 
     pub fn embedding_models(&self) -> Vec<String> {
@@ -192,9 +252,15 @@ impl LocalEngine {
         Ok(())
     }
 
-    fn chat_model(&self, model: &str) -> Result<&chat::ChatModel, ProviderError> {
-        self.inner.chat.get(model).ok_or_else(|| {
-            let known: Vec<String> = self.inner.chat.keys().map(|m| format!("local/{m}")).collect();
+    fn chat_model(&self, model: &str) -> Result<Arc<chat::ChatModel>, ProviderError> {
+        if let Some(m) = self.inner.chat.get(model) {
+            return Ok(m.clone());
+        }
+        if let Some(m) = self.inner.adapters.read().ok().and_then(|a| a.get(model).cloned()) {
+            return Ok(m);
+        }
+        Err({
+            let known: Vec<String> = self.chat_models().iter().map(|m| format!("local/{m}")).collect();
             error(
                 ErrorKind::NotFound,
                 format!(

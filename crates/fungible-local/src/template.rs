@@ -3,7 +3,7 @@
 //! and silently drops parts of them (SmolLM2's default system prompt), so the template is
 //! rendered as written, the way `transformers` does.
 
-use fungible_types::{ChatRequest, Role};
+use fungible_types::{ChatRequest, Message, Role};
 use minijinja::{Environment, Error, ErrorKind, context};
 use serde::Serialize;
 use serde_json::Value;
@@ -56,9 +56,31 @@ impl ChatTemplate {
     /// the template's way, else in the same Hermes convention (`<tool_call>` in the assistant
     /// turn, `<tool_response>` in a user turn).
     pub fn render(&self, req: &ChatRequest) -> Result<String, String> {
+        self.render_messages(req, &req.messages, true)
+    }
+
+    /// What training on `answer` (the next assistant turn of `req`) needs: the prompt the
+    /// server sends for `req` ([`ChatTemplate::render`]) and the text the template puts after
+    /// it when the conversation goes on with `answer`. Errors when the template does not
+    /// render the prompt as the start of the conversation with the answer (then no loss mask
+    /// can be exact).
+    pub fn render_answer(&self, req: &ChatRequest, answer: &Message) -> Result<(String, String), String> {
+        let prompt = self.render(req)?;
+        let mut messages = req.messages.clone();
+        messages.push(answer.clone());
+        let full = self.render_messages(req, &messages, false)?;
+        match full.strip_prefix(&prompt) {
+            Some(rest) => Ok((prompt, rest.to_owned())),
+            None => Err(
+                "the model's chat template does not render the prompt as the start of the conversation with its answer, so the answer's tokens cannot be told apart".to_owned(),
+            ),
+        }
+    }
+
+    /// `messages` (with `req`'s tools) through the template.
+    fn render_messages(&self, req: &ChatRequest, messages: &[Message], add_generation_prompt: bool) -> Result<String, String> {
         let native = self.native_tools;
-        let mut messages: Vec<TemplateMessage> = req
-            .messages
+        let mut messages: Vec<TemplateMessage> = messages
             .iter()
             .map(|m| {
                 let mut content = m.joined_text();
@@ -133,7 +155,7 @@ impl ChatTemplate {
             .render(context! {
                 messages => messages,
                 tools => tool_list,
-                add_generation_prompt => true,
+                add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
             })
@@ -144,7 +166,6 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fungible_types::Message;
 
     const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 

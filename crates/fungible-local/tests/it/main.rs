@@ -1,6 +1,8 @@
 //! The real models (`scripts/setup-models.sh` puts them in `models/`): answers, streaming,
 //! seeds, constrained JSON, embeddings, and bad input.
 
+mod lora;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 

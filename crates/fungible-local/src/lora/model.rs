@@ -1,0 +1,370 @@
+//! The llama forward pass over a GGUF's weights, for training adapters.
+//!
+//! The base weights are read from the GGUF and dequantized to f32 once; they are frozen:
+//! each projection runs through [`Frozen`], whose backward gives the input's gradient only,
+//! so no weight gradient is ever computed for them (candle's matmul would compute both).
+//! Every other op is one whose backward candle implements (its fused softmax, RMS norm and
+//! RoPE kernels have none and would silently cut the gradient).
+//!
+//! Layout: weights are `[out, in]` as the GGUF holds them (ggml `ne` reversed). llama.cpp's
+//! converter permutes the query and key rows for its "normal" RoPE, which rotates adjacent
+//! pairs; so does [`rope`] here, and an adapter trained on these weights is in the GGUF's
+//! row order already.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::{LoraSettings, Projection, TrainError};
+
+/// The shape of a llama model, from the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Hparams {
+    pub arch: String,
+    pub layers: usize,
+    pub dim: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_base: f32,
+    pub eps: f64,
+}
+
+/// One block's frozen weights.
+struct Block {
+    attn_norm: Tensor,
+    ffn_norm: Tensor,
+    proj: BTreeMap<Projection, Tensor>,
+}
+
+/// The frozen base model.
+pub(crate) struct Base {
+    pub hp: Hparams,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+}
+
+/// The trainable adapters: `A` (`[rank, in]`) and `B` (`[out, rank]`) per block and
+/// projection, named as the GGUF adapter names them.
+pub(crate) struct Adapters {
+    pub scale: f64,
+    /// `(name of A, A, name of B, B)` per block and projection, in a fixed order.
+    pub pairs: BTreeMap<(usize, Projection), (Var, Var)>,
+}
+
+impl Adapters {
+    pub fn name(block: usize, p: Projection, half: char) -> String {
+        format!("blk.{block}.{}.weight.lora_{half}", p.gguf())
+    }
+
+    /// Fresh adapters: `A` uniform in ±1/√in (as PEFT initialises it), `B` zero, so the
+    /// adapted model starts as the base model.
+    pub fn new(base: &Base, settings: &LoraSettings) -> Result<Adapters, TrainError> {
+        let mut rng = StdRng::seed_from_u64(settings.seed);
+        let mut pairs = BTreeMap::new();
+        for (i, block) in base.blocks.iter().enumerate() {
+            for &p in &settings.target_modules {
+                let w = &block.proj[&p];
+                let (out, inp) = w.dims2()?;
+                let bound = 1.0 / (inp as f32).sqrt();
+                let a: Vec<f32> = (0..settings.rank * inp).map(|_| rng.random_range(-bound..bound)).collect();
+                let a = Var::from_tensor(&Tensor::from_vec(a, (settings.rank, inp), &Device::Cpu)?)?;
+                let b = Var::zeros((out, settings.rank), DType::F32, &Device::Cpu)?;
+                pairs.insert((i, p), (a, b));
+            }
+        }
+        Ok(Adapters { scale: f64::from(settings.alpha) / settings.rank as f64, pairs })
+    }
+
+    /// Every trainable tensor with its GGUF name.
+    pub fn named(&self) -> Vec<(String, &Var)> {
+        let mut out = Vec::with_capacity(self.pairs.len() * 2);
+        for (&(i, p), (a, b)) in &self.pairs {
+            out.push((Adapters::name(i, p, 'a'), a));
+            out.push((Adapters::name(i, p, 'b'), b));
+        }
+        out
+    }
+
+    pub fn parameters(&self) -> usize {
+        self.pairs.values().map(|(a, b)| a.elem_count() + b.elem_count()).sum()
+    }
+}
+
+/// A packed micro-batch: several examples one after the other, each attending only to
+/// itself, with positions from 0 in each.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Batch {
+    pub tokens: Vec<u32>,
+    pub positions: Vec<u32>,
+    /// Which example each token belongs to.
+    pub segments: Vec<u32>,
+    /// `(index, next token)`: the positions whose prediction is trained on.
+    pub targets: Vec<(u32, u32)>,
+}
+
+fn meta_usize(content: &Content, key: &str) -> Result<usize, TrainError> {
+    let v = content
+        .metadata
+        .get(key)
+        .ok_or_else(|| TrainError::BadInput(format!("the base GGUF has no {key}")))?;
+    Ok(v.to_u32().map(|n| n as usize).or_else(|_| v.to_u64().map(|n| n as usize))?)
+}
+
+impl Base {
+    /// Reads and dequantizes `path`, a llama-architecture GGUF.
+    pub fn load(path: &Path) -> Result<Base, TrainError> {
+        let mut file = File::open(path)
+            .map_err(|e| TrainError::BadInput(format!("cannot open the base model {}: {e}", path.display())))?;
+        let content = Content::read(&mut file)
+            .map_err(|e| TrainError::BadInput(format!("{} is not a GGUF file: {e}", path.display())))?;
+        let arch = match content.metadata.get("general.architecture") {
+            Some(Value::String(a)) => a.clone(),
+            _ => return Err(TrainError::BadInput("the base GGUF names no general.architecture".into())),
+        };
+        if arch != "llama" {
+            return Err(TrainError::BadInput(format!(
+                "local LoRA training supports llama-architecture models; {} is {arch:?}",
+                path.display()
+            )));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let dim = meta_usize(&content, &key("embedding_length"))?;
+        let heads = meta_usize(&content, &key("attention.head_count"))?;
+        let kv_heads = meta_usize(&content, &key("attention.head_count_kv")).unwrap_or(heads);
+        let rope_base = match content.metadata.get(&key("rope.freq_base")) {
+            Some(v) => v.to_f32()?,
+            None => 10_000.0,
+        };
+        let eps = match content.metadata.get(&key("attention.layer_norm_rms_epsilon")) {
+            Some(v) => f64::from(v.to_f32()?),
+            None => 1e-5,
+        };
+        let hp = Hparams {
+            layers: meta_usize(&content, &key("block_count"))?,
+            dim,
+            heads,
+            kv_heads,
+            head_dim: dim / heads,
+            rope_base,
+            eps,
+            arch,
+        };
+        if heads == 0 || dim % heads != 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(TrainError::BadInput(format!("unsupported head layout: {heads} heads, {kv_heads} key/value heads")));
+        }
+        let mut tensor = |name: &str| -> Result<Tensor, TrainError> {
+            let q = content
+                .tensor(&mut file, name, &Device::Cpu)
+                .map_err(|e| TrainError::BadInput(format!("the base GGUF: {name}: {e}")))?;
+            Ok(q.dequantize(&Device::Cpu)?)
+        };
+        let embed = tensor("token_embd.weight")?;
+        let norm = tensor("output_norm.weight")?;
+        if content.tensor_infos.contains_key("output.weight") {
+            // An untied output layer is not trained through here; the loss would be wrong.
+            return Err(TrainError::BadInput(
+                "models with an output layer separate from the token embeddings are not supported yet".into(),
+            ));
+        }
+        let mut blocks = Vec::with_capacity(hp.layers);
+        for i in 0..hp.layers {
+            let mut proj = BTreeMap::new();
+            for p in Projection::ALL {
+                proj.insert(p, tensor(&format!("blk.{i}.{}.weight", p.gguf()))?);
+            }
+            blocks.push(Block {
+                attn_norm: tensor(&format!("blk.{i}.attn_norm.weight"))?,
+                ffn_norm: tensor(&format!("blk.{i}.ffn_norm.weight"))?,
+                proj,
+            });
+        }
+        Ok(Base { hp, embed, blocks, norm })
+    }
+
+    /// Mean cross-entropy of `batch`'s targets, times `weight` (the share of the optimizer
+    /// step's target tokens this batch holds, so accumulated micro-batches average right).
+    /// `dropout`: the adapters' input dropout, with the generator of its masks.
+    pub fn loss(
+        &self,
+        batch: &Batch,
+        adapters: &Adapters,
+        dropout: Option<(f32, &mut StdRng)>,
+        weight: f64,
+    ) -> Result<Tensor, TrainError> {
+        let hidden = self.hidden(batch, adapters, dropout)?;
+        let (index, next): (Vec<u32>, Vec<u32>) = batch.targets.iter().copied().unzip();
+        let n = index.len();
+        let index = Tensor::from_vec(index, n, &Device::Cpu)?;
+        let next = Tensor::from_vec(next, n, &Device::Cpu)?;
+        // Only the trained positions go through the output layer (49k columns wide).
+        let selected = hidden.index_select(&index, 0)?;
+        let logits = frozen(&selected, &self.embed)?;
+        Ok((candle_nn::loss::cross_entropy(&logits, &next)? * weight)?)
+    }
+
+    /// Logits of every position, for checking the forward pass against llama.cpp.
+    #[cfg(test)]
+    pub fn logits(&self, batch: &Batch, adapters: &Adapters) -> Result<Tensor, TrainError> {
+        let hidden = self.hidden(batch, adapters, None)?;
+        frozen(&hidden, &self.embed)
+    }
+
+    /// The final hidden states (after the output norm), `[tokens, dim]`.
+    fn hidden(&self, batch: &Batch, adapters: &Adapters, mut dropout: Option<(f32, &mut StdRng)>) -> Result<Tensor, TrainError> {
+        let hp = &self.hp;
+        let t = batch.tokens.len();
+        let tokens = Tensor::from_slice(&batch.tokens, t, &Device::Cpu)?;
+        let mut x = self.embed.index_select(&tokens, 0)?;
+        let mask = block_causal_mask(&batch.segments)?;
+        let (cos, sin) = rope_tables(&batch.positions, hp.head_dim, hp.rope_base)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut project = |input: &Tensor, p: Projection| -> Result<Tensor, TrainError> {
+                let y = frozen(input, &block.proj[&p])?;
+                let Some((a, b)) = adapters.pairs.get(&(i, p)) else { return Ok(y) };
+                let input = match dropout.as_mut() {
+                    Some((rate, rng)) if *rate > 0.0 => dropped(input, *rate, rng)?,
+                    _ => input.clone(),
+                };
+                let delta = input.matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)?;
+                Ok((y + (delta * adapters.scale)?)?)
+            };
+            let h = rms_norm(&x, &block.attn_norm, hp.eps)?;
+            let q = project(&h, Projection::AttnQ)?;
+            let k = project(&h, Projection::AttnK)?;
+            let v = project(&h, Projection::AttnV)?;
+            let heads = |x: Tensor, n: usize| -> candle_core::Result<Tensor> {
+                x.reshape((t, n, hp.head_dim))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)
+            };
+            let q = rope(&heads(q, hp.heads)?, &cos, &sin)?;
+            let k = rope(&heads(k, hp.kv_heads)?, &cos, &sin)?;
+            let v = heads(v, hp.kv_heads)?;
+            let rep = hp.heads / hp.kv_heads;
+            let k = candle_transformers::utils::repeat_kv(k, rep)?;
+            let v = candle_transformers::utils::repeat_kv(v, rep)?;
+            let scores = (q.matmul(&k.t()?)? / (hp.head_dim as f64).sqrt())?.broadcast_add(&mask)?;
+            let attn = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)?;
+            let attn = attn.squeeze(0)?.transpose(0, 1)?.reshape((t, hp.dim))?;
+            x = (x + project(&attn, Projection::AttnOutput)?)?;
+            let h = rms_norm(&x, &block.ffn_norm, hp.eps)?;
+            let gate = project(&h, Projection::FfnGate)?.silu()?;
+            let up = project(&h, Projection::FfnUp)?;
+            x = (x + project(&(gate * up)?, Projection::FfnDown)?)?;
+        }
+        Ok(rms_norm(&x, &self.norm, hp.eps)?)
+    }
+}
+
+/// `x · wᵀ` for a frozen `w` (`[out, in]`): the backward gives `x`'s gradient only.
+fn frozen(x: &Tensor, w: &Tensor) -> Result<Tensor, TrainError> {
+    Ok(x.apply_op1(Frozen { w: w.clone() })?)
+}
+
+struct Frozen {
+    w: Tensor,
+}
+
+impl CustomOp1 for Frozen {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-linear: the input is not contiguous".into()))?;
+        let x = Tensor::from_slice(&storage.as_slice::<f32>()?[start..end], layout.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.w)?))
+    }
+}
+
+/// Root-mean-square norm from ops that have a backward.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let mean = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(mean + eps)?.sqrt()?)?.broadcast_mul(weight)
+}
+
+/// RoPE on adjacent pairs (llama.cpp's "normal" mode): `x` is `[1, heads, tokens, head_dim]`,
+/// `cos` and `sin` `[tokens, head_dim / 2]`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::rotary_emb::rope_i_slow(x, cos, sin)
+}
+
+/// `cos` and `sin` of each token's position times each pair's frequency
+/// (`base^(-2i/head_dim)`).
+fn rope_tables(positions: &[u32], head_dim: usize, base: f32) -> candle_core::Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(positions.len() * half);
+    let mut sin = Vec::with_capacity(positions.len() * half);
+    for &p in positions {
+        for i in 0..half {
+            let freq = 1.0 / f64::from(base).powf(2.0 * i as f64 / head_dim as f64);
+            let angle = f64::from(p) * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    let shape = (positions.len(), half);
+    Ok((Tensor::from_vec(cos, shape, &Device::Cpu)?, Tensor::from_vec(sin, shape, &Device::Cpu)?))
+}
+
+/// 0 where token `i` may attend to token `j` (same example, `j ≤ i`), -∞ elsewhere.
+fn block_causal_mask(segments: &[u32]) -> candle_core::Result<Tensor> {
+    let t = segments.len();
+    let mut mask = vec![f32::NEG_INFINITY; t * t];
+    for i in 0..t {
+        for j in 0..=i {
+            if segments[i] == segments[j] {
+                mask[i * t + j] = 0.0;
+            }
+        }
+    }
+    Tensor::from_vec(mask, (t, t), &Device::Cpu)
+}
+
+/// Inverted dropout with a mask from `rng` (seeded per step, so a resumed run draws the
+/// same masks).
+fn dropped(x: &Tensor, rate: f32, rng: &mut StdRng) -> candle_core::Result<Tensor> {
+    let keep = 1.0 / (1.0 - rate);
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f32>() < rate { 0.0 } else { keep }).collect();
+    x * Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mask_keeps_examples_apart() {
+        let m = block_causal_mask(&[0, 0, 1]).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(m[0], [0.0, f32::NEG_INFINITY, f32::NEG_INFINITY]);
+        assert_eq!(m[1], [0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(m[2], [f32::NEG_INFINITY, f32::NEG_INFINITY, 0.0]);
+    }
+
+    #[test]
+    fn frozen_gives_the_input_gradient_only() {
+        let w = Tensor::new(&[[1f32, 2.0], [3.0, 4.0], [5.0, 6.0]], &Device::Cpu).unwrap();
+        let x = Var::new(&[[1f32, -1.0]], &Device::Cpu).unwrap();
+        let y = frozen(x.as_tensor(), &w).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), [[-1.0, -1.0, -1.0]]);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        // d(sum(x·wᵀ))/dx = column sums of w.
+        assert_eq!(grads.get(&x).unwrap().to_vec2::<f32>().unwrap(), [[9.0, 12.0]]);
+        // The same through candle's matmul, which the op replaces.
+        let reference = x.as_tensor().matmul(&w.t().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(reference.get(&x).unwrap().to_vec2::<f32>().unwrap(), [[9.0, 12.0]]);
+    }
+}
