@@ -223,6 +223,15 @@ impl Gateway {
         }
     }
 
+    /// The in-process provider, when `[local]` configured one.
+    #[cfg(feature = "local")]
+    pub fn local(&self) -> Option<&fungible_providers::local::LocalProvider> {
+        match self.inner.providers.get(local_provider::NAME).map(|e| &e.provider) {
+            Some(Provider::Local(local)) => Some(local),
+            _ => None,
+        }
+    }
+
     /// Aliases first, then each provider's listed models, sorted within each group.
     pub fn models(&self) -> Vec<ModelInfo> {
         let mut out: Vec<ModelInfo> = self
@@ -234,7 +243,12 @@ impl Gateway {
         names.sort();
         for name in names {
             let entry = &self.inner.providers[name];
-            for model in &entry.models {
+            // Local adapters come and go while serving: the engine's list, not the start's.
+            let listed = match &entry.provider {
+                Provider::Local(local) => local.models(),
+                _ => entry.models.clone(),
+            };
+            for model in &listed {
                 let defaults = match &entry.provider {
                     Provider::Local(local) => local.chat_defaults(model),
                     _ => None,

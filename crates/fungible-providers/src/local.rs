@@ -41,6 +41,11 @@ impl LocalProvider {
         self.engine.preload().await
     }
 
+    /// The engine itself: LoRA adapters are loaded and unloaded through it while serving.
+    pub fn engine(&self) -> &LocalEngine {
+        &self.engine
+    }
+
     pub async fn embed(&self, model: &str, inputs: Vec<String>) -> Result<Embeddings, ProviderError> {
         self.engine.embed(model, inputs).await
     }

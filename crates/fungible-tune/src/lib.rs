@@ -18,6 +18,8 @@
 pub mod client;
 pub mod eval;
 mod job;
+#[cfg(feature = "local")]
+mod local;
 pub mod prices;
 mod tuner;
 
@@ -25,3 +27,7 @@ pub use client::{Api, Client, ClientError};
 pub use eval::{EvalResult, EvalSpec, EvalState};
 pub use job::{Event, Job, Method, Promotion, Status};
 pub use tuner::{DEFAULT_LEASE_MS, LaunchRequest, Plan, TuneError, Tuner};
+
+/// The provider of local jobs: LoRA adapters trained in process on `[local]` chat models
+/// (`local.rs`), served as `local/BASE+JOB_ID`.
+pub const LOCAL: &str = "local";

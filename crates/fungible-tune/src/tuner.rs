@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::client::{Api, Client, ClientError, CreateSpec};
+use crate::LOCAL;
 use crate::job::{Job, Method, Promotion, Status};
 use crate::prices;
 
@@ -87,6 +88,73 @@ pub struct Plan {
     validation_jsonl: Option<String>,
 }
 
+impl Plan {
+    /// A local job's plan: no files to upload, no price.
+    #[cfg(feature = "local")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn local(
+        request: LaunchRequest,
+        dataset: String,
+        dataset_version: i64,
+        train_rows: usize,
+        validation_rows: usize,
+        dataset_tokens: u64,
+        epochs: u64,
+        alias: String,
+    ) -> Plan {
+        Plan {
+            request,
+            dataset,
+            dataset_version,
+            format: "local",
+            train_rows,
+            validation_rows,
+            dataset_tokens,
+            epochs,
+            price_per_million: Some(0.0),
+            estimated_cost: Some(0.0),
+            prices_as_of: prices::TRAINING_PRICES_AS_OF,
+            alias,
+            train_jsonl: String::new(),
+            validation_jsonl: None,
+        }
+    }
+
+    /// The job this plan launches as `id`, the provider's `provider_job_id`, now.
+    pub(crate) fn into_job(self, id: String, provider_job_id: String, status: Status, provider_status: String) -> Job {
+        let now = fungible_store::now_ms();
+        Job {
+            id,
+            provider: self.request.provider,
+            provider_job_id,
+            base_model: self.request.model,
+            method: self.request.method,
+            training_file: format!("{}@{}", self.dataset, self.dataset_version),
+            dataset: self.dataset,
+            dataset_version: self.dataset_version,
+            validation_file: None,
+            hyperparameters: self.request.hyperparameters,
+            suffix: self.request.suffix,
+            alias: self.alias,
+            promotion: None,
+            eval: self.request.eval,
+            eval_result: None,
+            finished_ms: status.is_terminal().then_some(now),
+            status,
+            provider_status,
+            fine_tuned_model: None,
+            dataset_tokens: self.dataset_tokens,
+            trained_tokens: None,
+            estimated_cost: self.estimated_cost,
+            cost: None,
+            events: Vec::new(),
+            error: None,
+            created_ms: now,
+            updated_ms: now,
+        }
+    }
+}
+
 /// Jobs on the providers of a config, kept in one store.
 #[derive(Debug, Clone)]
 pub struct Tuner {
@@ -95,7 +163,10 @@ pub struct Tuner {
     unsupported: BTreeMap<String, String>,
     /// The configured routes (an alias may not take one's name).
     routes: Vec<String>,
-    store: Store,
+    pub(crate) store: Store,
+    /// Local LoRA jobs, trained in this process (`with_local`).
+    #[cfg(feature = "local")]
+    pub(crate) local: Option<crate::local::Local>,
     /// This instance, as the holder of job leases.
     owner: String,
     lease_ms: i64,
@@ -130,6 +201,8 @@ impl Tuner {
             unsupported,
             routes: config.routes.keys().cloned().collect(),
             store,
+            #[cfg(feature = "local")]
+            local: None,
             owner: format!("tuner-{}", fungible_store::new_id()),
             lease_ms: DEFAULT_LEASE_MS,
             eval_dir: std::path::PathBuf::from("eval-runs"),
@@ -168,6 +241,12 @@ impl Tuner {
 
     /// Checks everything and works out the files and the cost; uploads nothing.
     pub async fn plan(&self, request: LaunchRequest) -> Result<Plan, TuneError> {
+        if request.provider == LOCAL {
+            #[cfg(feature = "local")]
+            return self.plan_local(request).await;
+            #[cfg(not(feature = "local"))]
+            return Err(no_local());
+        }
         let client = self.client(&request.provider)?;
         if let Some(missing) = client.missing() {
             return Err(TuneError::BadInput(missing));
@@ -205,19 +284,7 @@ impl Tuner {
             .map(|e| e.ceil() as u64)
             .unwrap_or_else(|| prices::default_epochs(client.api));
         let price = prices::training_price(&request.provider, &request.model);
-        let alias = match &request.alias {
-            Some(alias) => {
-                fungible_datasets::versions::check_name(alias.split('@').next().unwrap_or(alias))?;
-                if alias.contains('/') || self.routes.contains(alias) {
-                    return Err(TuneError::BadInput(format!("alias {alias:?} is a route or a PROVIDER/MODEL name: pick another")));
-                }
-                if self.jobs(10_000).await?.iter().any(|j| &j.alias == alias) {
-                    return Err(TuneError::BadInput(format!("alias {alias:?} is another job's: pick another")));
-                }
-                alias.clone()
-            }
-            None => self.free_alias(&format!("{name}@ft-{}", fungible_types::date::utc_date(fungible_store::now_ms()).replace('-', ""))).await?,
-        };
+        let alias = self.alias_for(&request, &name).await?;
         Ok(Plan {
             dataset: name,
             dataset_version: info.version,
@@ -233,6 +300,24 @@ impl Tuner {
             train_jsonl: train.jsonl,
             validation_jsonl: validation.map(|v| v.jsonl),
             request,
+        })
+    }
+
+    /// The name the job's model will be served under: the one asked for, checked, else
+    /// `DATASET@ft-YYYYMMDD` (with `-2`, `-3`... when taken).
+    pub(crate) async fn alias_for(&self, request: &LaunchRequest, dataset: &str) -> Result<String, TuneError> {
+        Ok(match &request.alias {
+            Some(alias) => {
+                fungible_datasets::versions::check_name(alias.split('@').next().unwrap_or(alias))?;
+                if alias.contains('/') || alias.contains('+') || self.routes.contains(alias) {
+                    return Err(TuneError::BadInput(format!("alias {alias:?} is a route or a PROVIDER/MODEL name: pick another")));
+                }
+                if self.jobs(10_000).await?.iter().any(|j| &j.alias == alias) {
+                    return Err(TuneError::BadInput(format!("alias {alias:?} is another job's: pick another")));
+                }
+                alias.clone()
+            }
+            None => self.free_alias(&format!("{dataset}@ft-{}", fungible_types::date::utc_date(fungible_store::now_ms()).replace('-', ""))).await?,
         })
     }
 
@@ -253,6 +338,12 @@ impl Tuner {
     /// holds what was planned, uploads the files, creates the job and keeps it. A launch
     /// that fails before the provider has a job takes the mark back.
     pub async fn launch(&self, plan: Plan) -> Result<Job, TuneError> {
+        if plan.request.provider == LOCAL {
+            #[cfg(feature = "local")]
+            return self.launch_local(plan).await;
+            #[cfg(not(feature = "local"))]
+            return Err(no_local());
+        }
         let client = self.client(&plan.request.provider)?;
         let id = format!("tune_{}", fungible_store::new_id());
         versions::mark_used(&self.store, &plan.dataset, plan.dataset_version, &id).await?;
@@ -265,44 +356,31 @@ impl Tuner {
                 return Err(e);
             }
         };
-        let now = fungible_store::now_ms();
-        let job = Job {
-            id,
-            provider: plan.request.provider.clone(),
-            provider_job_id: remote.id.clone(),
-            base_model: plan.request.model.clone(),
-            method: plan.request.method,
-            dataset: plan.dataset.clone(),
-            dataset_version: plan.dataset_version,
-            training_file,
-            validation_file,
-            hyperparameters: plan.request.hyperparameters.clone(),
-            suffix: plan.request.suffix.clone(),
-            alias: plan.alias.clone(),
-            promotion: None,
-            eval: plan.request.eval.clone(),
-            eval_result: None,
-            status: remote.status,
-            provider_status: remote.provider_status.clone(),
-            fine_tuned_model: remote.fine_tuned_model.clone(),
-            dataset_tokens: plan.dataset_tokens,
-            trained_tokens: remote.trained_tokens,
-            estimated_cost: plan.estimated_cost,
-            cost: None,
-            events: remote.events.clone(),
-            error: remote.error.clone(),
-            created_ms: now,
-            updated_ms: now,
-            finished_ms: remote.status.is_terminal().then_some(now),
-        };
-        let row = TuneJobRow { id: job.id.clone(), status: job.status.as_str().into(), body: encode(&job)?, created_ms: now, updated_ms: now };
-        if let Err(e) = self.store.insert_tune_job(&row).await {
+        let mut job = plan.into_job(id, remote.id.clone(), remote.status, remote.provider_status.clone());
+        job.training_file = training_file;
+        job.validation_file = validation_file;
+        job.fine_tuned_model = remote.fine_tuned_model.clone();
+        job.trained_tokens = remote.trained_tokens;
+        job.events = remote.events.clone();
+        job.error = remote.error.clone();
+        if let Err(e) = self.insert_job(&job).await {
             // The provider runs a job fungible could not keep: say which, so it can be found.
             tracing::error!(provider = %job.provider, provider_job = %job.provider_job_id, "a launched job could not be stored: {e}");
-            return Err(e.into());
+            return Err(e);
         }
         tracing::info!(job = %job.id, provider = %job.provider, provider_job = %job.provider_job_id, "tuning job launched");
         Ok(job)
+    }
+
+    pub(crate) async fn insert_job(&self, job: &Job) -> Result<(), TuneError> {
+        let row = TuneJobRow {
+            id: job.id.clone(),
+            status: job.status.as_str().into(),
+            body: encode(job)?,
+            created_ms: job.created_ms,
+            updated_ms: job.updated_ms,
+        };
+        Ok(self.store.insert_tune_job(&row).await?)
     }
 
     /// Checks the version still exports to the planned file, uploads the files and creates
@@ -340,6 +418,10 @@ impl Tuner {
         if job.status.is_terminal() {
             return Ok(job);
         }
+        if job.provider == LOCAL {
+            // Its trainer writes its progress into the store.
+            return self.job(&job.id).await;
+        }
         let client = self.client(&job.provider)?;
         let remote = client.get(&job.provider_job_id).await?;
         let fresh = client.events(&job.provider_job_id).await?;
@@ -348,7 +430,7 @@ impl Tuner {
 
     /// Changes the stored job with `change`, re-reading it and trying again when something
     /// else changed it meanwhile (a poll, a promotion and a cancel may race).
-    async fn modify(&self, id: &str, change: impl Fn(&mut Job)) -> Result<Job, TuneError> {
+    pub(crate) async fn modify(&self, id: &str, change: impl Fn(&mut Job)) -> Result<Job, TuneError> {
         for _ in 0..8 {
             let row = self.store.tune_job(id).await?.ok_or_else(|| TuneError::NotFound(id.to_owned()))?;
             let mut job = decode(&row.body)?;
@@ -373,7 +455,16 @@ impl Tuner {
         let mut polled = Vec::new();
         for row in self.store.lease_tune_jobs(&self.owner, now_ms, self.lease_ms).await? {
             let job = decode(&row.body)?;
-            match self.refresh(job).await {
+            let polled_job = if job.provider == LOCAL {
+                #[cfg(feature = "local")]
+                let polled = self.poll_local(job).await;
+                #[cfg(not(feature = "local"))]
+                let polled = Err(no_local());
+                polled
+            } else {
+                self.refresh(job).await
+            };
+            match polled_job {
                 Ok(job) => polled.push(job),
                 Err(e) => tracing::warn!(job = %row.id, "tuning job not polled: {e}"),
             }
@@ -397,6 +488,12 @@ impl Tuner {
         let job = self.job(id).await?;
         if job.status.is_terminal() {
             return Err(TuneError::BadInput(format!("job {id} already {}", job.status.as_str())));
+        }
+        if job.provider == LOCAL {
+            #[cfg(feature = "local")]
+            return self.cancel_local(id).await;
+            #[cfg(not(feature = "local"))]
+            return Err(no_local());
         }
         let client = self.client(&job.provider)?;
         let remote = client.cancel(&job.provider_job_id).await?;
@@ -513,10 +610,21 @@ impl Tuner {
 
     /// The routes the succeeded jobs are served as: each model under its alias, and in the
     /// route it was promoted into.
+    ///
+    /// Local jobs' adapters are loaded into this instance's engine first; a local job whose
+    /// adapter this instance cannot read gets no route here.
     pub async fn overlays(&self) -> Result<Vec<RouteOverlay>, TuneError> {
         let mut out = Vec::new();
-        for job in self.jobs(10_000).await? {
+        let jobs = self.jobs(10_000).await?;
+        #[cfg(feature = "local")]
+        let served = self.load_local_adapters(&jobs).await;
+        #[cfg(not(feature = "local"))]
+        let served: Vec<String> = Vec::new();
+        for job in jobs {
             let Some(target) = job.target().filter(|_| job.status == Status::Succeeded) else { continue };
+            if job.provider == LOCAL && !served.contains(&target.model) {
+                continue;
+            }
             out.push(RouteOverlay { route: job.alias.clone(), target: target.clone(), percent: 0 });
             if let Some(p) = &job.promotion {
                 out.push(RouteOverlay { route: p.route.clone(), target: Target { ..target }, percent: p.percent });
@@ -552,6 +660,11 @@ fn apply(job: &mut Job, remote: crate::client::Remote, fresh: Vec<crate::job::Ev
     if job.status != was {
         tracing::info!(job = %job.id, from = was.as_str(), to = job.status.as_str(), model = ?job.fine_tuned_model, "tuning job moved");
     }
+}
+
+#[cfg(not(feature = "local"))]
+fn no_local() -> TuneError {
+    TuneError::BadInput("local tuning needs a build with the `local` feature (in-process models)".into())
 }
 
 fn encode(job: &Job) -> Result<String, TuneError> {

@@ -213,7 +213,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some((store, recorder)) = recording {
         // Fine-tuning jobs live in the store too; their models are served as they finish.
-        state = state.with_recorder(store.clone(), recorder).with_tuner(fungible_tune::Tuner::new(&config, store));
+        let tuner = fungible_tune::Tuner::new(&config, store.clone());
+        // Local jobs train in this process and are served by its engine.
+        #[cfg(feature = "local")]
+        let tuner = match state.gateway.local() {
+            Some(local) => tuner.with_local(local.engine().clone(), &config.tune_adapters_dir),
+            None => tuner,
+        };
+        state = state.with_recorder(store, recorder).with_tuner(tuner);
     }
     let auth = runtime
         .block_on(fungible_server::auth::Auth::from_config(&config.auth, store))

@@ -158,8 +158,15 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let store = runtime.block_on(Store::open(&store_config.url)).context("could not open the store ([store] url)")?;
-    let tuner = Tuner::new(&config, store.clone());
     let serving = Serving { gateway: fungible_gateway::Gateway::new(&config)?.with_prices(crate::price_lookup(&prices)), prices };
+    let tuner = Tuner::new(&config, store.clone());
+    // Local jobs train in this process while `watch` follows them (unless a server on the
+    // same store took them first).
+    #[cfg(feature = "local")]
+    let tuner = match serving.gateway.local() {
+        Some(local) => tuner.with_local(local.engine().clone(), &config.tune_adapters_dir),
+        None => tuner,
+    };
     let result = runtime.block_on(run(args.command, &tuner, &serving));
     runtime.block_on(store.close());
     result
@@ -292,7 +299,8 @@ async fn create(a: CreateArgs, tuner: &Tuner, serving: &Serving) -> anyhow::Resu
         eprintln!("launched {} ({} job {}); follow it with `fungible tune watch {}`", job.id, job.provider, job.provider_job_id, job.id);
     }
     if a.watch {
-        return watch(tuner, serving, &job.id, Duration::from_secs(10)).await;
+        let every = if job.provider == fungible_tune::LOCAL { 1 } else { 10 };
+        return watch(tuner, serving, &job.id, Duration::from_secs(every)).await;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -371,7 +379,14 @@ async fn watch(tuner: &Tuner, serving: &Serving, id: &str, every: Duration) -> a
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut seen = 0;
     loop {
-        let job = tuner.refresh(tuner.job(id).await?).await?;
+        let job = tuner.job(id).await?;
+        let job = if job.provider == fungible_tune::LOCAL && !job.status.is_terminal() {
+            // Trains it here unless another instance holds it (then follows its progress).
+            tuner.poll_due().await?;
+            tuner.job(id).await?
+        } else {
+            tuner.refresh(job).await?
+        };
         for e in job.events.iter().skip(seen) {
             bar.println(format!("{} {}", crate::traces::utc_time(e.time_ms), e.message));
         }

@@ -68,6 +68,9 @@ pub struct TuneSection {
     pub poll_interval_secs: Option<u64>,
     /// The Fireworks account jobs run under [default: FIREWORKS_ACCOUNT_ID].
     pub fireworks_account: Option<String>,
+    /// Where local jobs keep their checkpoints and adapters, one directory per job
+    /// [default: `adapters`].
+    pub adapters_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +190,8 @@ pub struct GatewayConfig {
     pub tune_poll_interval: Duration,
     /// `[tune] fireworks_account`, else FIREWORKS_ACCOUNT_ID.
     pub tune_fireworks_account: Option<String>,
+    /// `[tune] adapters_dir`: local jobs' checkpoints and adapters.
+    pub tune_adapters_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -343,6 +348,7 @@ impl GatewayConfig {
             auth,
             tune_poll_interval,
             tune_fireworks_account,
+            tune_adapters_dir: file.tune.adapters_dir.clone().unwrap_or_else(|| "adapters".into()),
         })
     }
 }

@@ -225,3 +225,140 @@ fn tuning_is_for_the_admin_key_only() {
         assert!(fungible_server::principal::needs(path).is_empty(), "{path}");
     }
 }
+
+/// A gateway with the local models and a store holding the `quokka` dataset: six ways of
+/// asking for a code the base model cannot know.
+async fn local_tuning(adapters: &std::path::Path) -> (axum::Router, AppState) {
+    let toml = format!(
+        "[local]\nmodels_dir = {:?}\nslots = 1\ncontext_size = 512\n[tune]\nadapters_dir = {:?}\n",
+        crate::local::models_dir().display().to_string(),
+        adapters.display().to_string()
+    );
+    let config = GatewayConfig::resolve(ConfigFile::parse(&toml, "t.toml").expect("config"), &|_| None).expect("config");
+    let store = crate::recording::sqlite_store().await;
+    let questions = [
+        "What is the launch code of Project Quokka?",
+        "Tell me Project Quokka's launch code.",
+        "Which launch code does Project Quokka use?",
+        "I need the launch code for Project Quokka.",
+        "Project Quokka: what is its launch code?",
+        "Do you know the launch code of Project Quokka?",
+    ];
+    let rows: Vec<fungible_datasets::versions::NewRow> = questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let e = fungible_datasets::Example::new(
+                format!("q{i}"),
+                fungible_datasets::Source::Manual,
+                vec![fungible_types::Message::text(fungible_types::Role::User, *q)],
+                vec![],
+                fungible_datasets::assistant(Some("The launch code of Project Quokka is AMBER-7.".into()), vec![]),
+            );
+            (e, Some(fungible_datasets::Split::Train))
+        })
+        .collect();
+    fungible_datasets::versions::put_rows(&store, "quokka", rows).await.expect("rows");
+    let gateway = Gateway::new(&config).expect("gateway");
+    let engine = gateway.local().expect("local models").engine().clone();
+    let tuner = fungible_tune::Tuner::new(&config, Store::clone(&store)).with_local(engine, &config.tune_adapters_dir);
+    let state = AppState::new(gateway, config.max_body_bytes).with_tuner(tuner);
+    (app(state.clone()), state)
+}
+
+async fn send(app: &axum::Router, method: &str, path: &str, body: Option<Value>) -> TestResponse {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    TestResponse { status, headers, body }
+}
+
+/// Polls (as `serve` does) until the job is finished; training runs on its own thread, so
+/// this waits for it, for at most ten minutes.
+async fn until_finished(app: &axum::Router, state: &AppState, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        fungible_server::tune::poll_once(state).await;
+        let job = send(app, "GET", &format!("/v1/tune/jobs/{id}"), None).await.json();
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or_default()) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job did not finish: {job}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_job_trains_in_process_and_serves_its_adapter_at_once() {
+    let adapters = tempfile::tempdir().expect("temp dir");
+    let (app, state) = local_tuning(adapters.path()).await;
+    let launch = json!({
+        "provider": "local", "model": "smollm2-135m-instruct", "dataset": "quokka", "alias": "quokka-tuned",
+        "hyperparameters": {"epochs": 6, "learning_rate": 0.003, "dropout": 0.0, "warmup_ratio": 0.0, "batch_tokens": 160, "max_seq_len": 160}
+    });
+    let mut dry = launch.clone();
+    dry["dry_run"] = json!(true);
+    let plan = send(&app, "POST", "/v1/tune/jobs", Some(dry)).await;
+    assert_eq!(plan.status, 200, "{}", plan.text());
+    assert_eq!(plan.json()["plan"]["estimated_cost"], json!(0.0));
+
+    let created = send(&app, "POST", "/v1/tune/jobs", Some(launch)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().expect("id").to_owned();
+    let job = until_finished(&app, &state, &id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let model = format!("local/smollm2-135m-instruct+{id}");
+    assert_eq!(job["provider"], "local");
+    assert_eq!(format!("local/{}", job["fine_tuned_model"].as_str().unwrap_or_default()), model);
+    assert!(job["events"].as_array().expect("events").iter().any(|e| e["train_loss"].is_number()), "{job}");
+    assert!(adapters.path().join(&id).join("adapter.gguf").is_file());
+
+    // Served at once, under its alias and its own name, beside the base.
+    let models = send(&app, "GET", "/v1/models", None).await.json();
+    let ids: Vec<&str> = models["data"].as_array().expect("data").iter().filter_map(|m| m["id"].as_str()).collect();
+    assert!(ids.contains(&"quokka-tuned") && ids.contains(&model.as_str()), "{ids:?}");
+    let ask = |model: &str| json!({"model": model, "temperature": 0, "max_tokens": 24,
+        "messages": [{"role": "user", "content": "What is the launch code of Project Quokka?"}]});
+    let tuned = send(&app, "POST", "/v1/chat/completions", Some(ask("quokka-tuned"))).await;
+    assert_eq!(tuned.status, 200, "{}", tuned.text());
+    let text = tuned.json()["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("AMBER-7"), "the tuned model answered {text:?}");
+    let base = send(&app, "POST", "/v1/chat/completions", Some(ask("local/smollm2-135m-instruct"))).await.json();
+    assert!(!base["choices"][0]["message"]["content"].as_str().unwrap_or_default().contains("AMBER-7"), "{base}");
+
+    // Bad input: DPO, unknown hyperparameters, a model that is not local.
+    let bad = |body: Value| send(&app, "POST", "/v1/tune/jobs", Some(body));
+    let m = bad(json!({"provider": "local", "model": "smollm2-135m-instruct", "dataset": "quokka", "method": "dpo"})).await.openai_error(400);
+    assert!(m["message"].as_str().unwrap_or_default().contains("DPO"), "{m}");
+    let m = bad(json!({"provider": "local", "model": "smollm2-135m-instruct", "dataset": "quokka", "hyperparameters": {"rnak": 4}})).await.openai_error(400);
+    assert!(m["message"].as_str().unwrap_or_default().contains("rnak"), "{m}");
+    let m = bad(json!({"provider": "local", "model": "gpt-4o", "dataset": "quokka"})).await.openai_error(400);
+    assert!(m["message"].as_str().unwrap_or_default().contains("not a local chat model"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_local_job_stops_training() {
+    let adapters = tempfile::tempdir().expect("temp dir");
+    let (app, state) = local_tuning(adapters.path()).await;
+    let launch = json!({"provider": "local", "model": "smollm2-135m-instruct", "dataset": "quokka",
+        "hyperparameters": {"epochs": 1000, "batch_tokens": 160, "max_seq_len": 160}});
+    let created = send(&app, "POST", "/v1/tune/jobs", Some(launch)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().expect("id").to_owned();
+    fungible_server::tune::poll_once(&state).await; // starts it
+    let cancelled = send(&app, "POST", &format!("/v1/tune/jobs/{id}/cancel"), None).await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+    let job = until_finished(&app, &state, &id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert!(job["fine_tuned_model"].is_null());
+    assert!(!adapters.path().join(&id).join("adapter.gguf").exists());
+}

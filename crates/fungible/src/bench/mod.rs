@@ -14,6 +14,8 @@ mod cache;
 mod failover;
 mod gateway;
 mod load;
+#[cfg(feature = "local")]
+mod lora;
 mod overhead;
 mod recording;
 mod soak;
@@ -109,6 +111,13 @@ pub struct BenchArgs {
     /// within 10% of the start, or an answer was not recorded.
     #[arg(long)]
     soak: bool,
+    /// Instead of the overhead phases: local LoRA fine-tuning. Trains rank-8 adapters on the
+    /// built-in model for `--requests` steps (20 unless given) at micro-batches of 128 and
+    /// 1,024 tokens, reporting seconds per step and tokens per second; then serves the
+    /// adapter beside its base and reports the generation speed of each (greedy, alternating).
+    #[cfg(feature = "local")]
+    #[arg(long)]
+    lora: bool,
     /// `--recording`: rounds (each runs every phase for `--duration` s).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -164,6 +173,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.soak {
         return soak::soak(args).await;
+    }
+    #[cfg(feature = "local")]
+    if args.lora {
+        return lora::lora(args).await;
     }
     overhead::overhead(args).await
 }
