@@ -15,6 +15,8 @@ mod defaults;
 mod embed;
 mod gate;
 pub mod lora;
+mod params;
+mod scheduler;
 mod stop;
 mod template;
 mod tools;
