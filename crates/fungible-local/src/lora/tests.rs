@@ -256,3 +256,33 @@ fn bad_hyperparameters_are_refused_by_name() {
     h.insert("rank".into(), 0.into());
     assert!(LoraSettings::from_json(&h).unwrap_err().contains("rank"));
 }
+
+#[test]
+fn an_empty_dataset_or_one_of_only_too_long_prompts_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = TrainJob {
+        base: base_file(),
+        train: Vec::new(),
+        validation: Vec::new(),
+        settings: quick_settings(),
+        dir: dir.path().to_owned(),
+        name: "empty".into(),
+    };
+    let err = train(&job, &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
+    assert!(matches!(&err, TrainError::BadInput(m) if m.contains("no training rows")), "{err}");
+    job.train = vec![example(&"Why? ".repeat(200), "Because.")];
+    let err = train(&job, &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
+    assert!(matches!(&err, TrainError::BadInput(m) if m.contains("max_seq_len")), "{err}");
+    job.base = dir.path().join("missing.gguf");
+    assert!(matches!(train(&job, &mut |_| {}, &AtomicBool::new(false)), Err(TrainError::BadInput(_))));
+}
+
+#[test]
+fn long_examples_are_cut_or_left_out_and_counted() {
+    let tokenizer = Tokenizer::open(&base_file()).unwrap();
+    let long_answer = example("Count to a hundred.", &(1..=100).map(|n| n.to_string()).collect::<Vec<_>>().join(", "));
+    let long_prompt = example(&"Why? ".repeat(200), "Because.");
+    let samples = tokenizer.samples(&[examples()[0].clone(), long_answer, long_prompt], 96, "training").unwrap();
+    assert_eq!((samples.samples.len(), samples.truncated, samples.skipped), (2, 1, 1));
+    assert!(samples.samples.iter().all(|s| s.tokens.len() <= 96 && s.prompt < s.tokens.len()));
+}

@@ -99,3 +99,34 @@ async fn a_trained_adapter_serves_at_once_beside_its_base() {
     // The base is untouched.
     assert_eq!(text(&engine, CHAT, &other).await, alone[3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_adapter_is_refused_and_the_served_models_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = TrainJob {
+        base: models_dir().join(fungible_local::DEFAULT_CHAT_FILE),
+        train: examples(),
+        validation: Vec::new(),
+        settings: LoraSettings { rank: 2, epochs: 1, batch_tokens: 320, max_seq_len: 160, ..LoraSettings::default() },
+        dir: dir.path().to_owned(),
+        name: "small".into(),
+    };
+    let outcome = tokio::task::spawn_blocking(move || train(&job, &mut |_| {}, &AtomicBool::new(false))).await.unwrap().unwrap();
+    let engine = LocalEngine::new(&one_slot_config(true));
+    let name = engine.load_adapter(CHAT, "small", &outcome.adapter).await.unwrap();
+    let before = text(&engine, &name, &ask("Hello!")).await;
+
+    // The same file cut in half, and a GGUF that is a model, not an adapter.
+    let bytes = std::fs::read(&outcome.adapter).unwrap();
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    for file in [truncated.as_path(), models_dir().join(fungible_local::DEFAULT_CHAT_FILE).as_path()] {
+        let err = engine.load_adapter(CHAT, "small", file).await.unwrap_err();
+        assert!(err.message.contains("not a LoRA adapter"), "{}: {}", file.display(), err.message);
+    }
+    let err = engine.load_adapter("no-such-model", "small", &outcome.adapter).await.unwrap_err();
+    assert_eq!(err.kind, fungible_types::ErrorKind::NotFound);
+    // The adapter of that name still serves, unchanged.
+    assert_eq!(engine.adapters(), [name.clone()]);
+    assert_eq!(text(&engine, &name, &ask("Hello!")).await, before);
+}
