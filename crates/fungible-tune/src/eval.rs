@@ -1,9 +1,9 @@
 //! The eval a job asks for when it succeeds: the tuned model against its base model on a
 //! stored dataset (by default the job's own version, validation split), through the same
-//! gateway that serves them, with the report kept beside the job. When the items are
-//! validation rows, a third arm is the base model given the nearest train rows as few-shot
-//! examples (`fungible-datasets`' `fewshot`): the adaptation with no training that tuning has
-//! to beat.
+//! gateway that serves them, with the report kept beside the job. Unless the items are the
+//! rows the model was tuned on, a third arm is the base model given the nearest of those
+//! rows as few-shot examples (`fungible-datasets`' `fewshot`): the adaptation with no
+//! training that tuning has to beat.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +27,9 @@ pub struct EvalSpec {
     /// At most this many items.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// `max_tokens` of every request [default: the eval's].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
     /// The model the base + retrieved examples arm embeds questions with [default:
     /// `local/all-minilm-l6-v2`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +89,9 @@ pub(crate) async fn run(
     }
     let mut opts = fungible_eval::runner::RunOptions::new(models, run_dir.clone());
     opts.scorers = fungible_eval::scorers::ScorerSet::parse(&spec.scorers).map_err(|e| e.to_string())?;
+    if spec.max_tokens.is_some() {
+        opts.max_tokens = spec.max_tokens;
+    }
     let backend = Arc::new(fungible_eval::backend::GatewayBackend::new(gateway, prices).with_examples(examples));
     fungible_eval::runner::run(&dataset, backend, opts).await.map_err(|e| e.to_string())?;
     let summary = tokio::task::spawn_blocking(move || fungible_eval::report::write_report(&run_dir))

@@ -582,11 +582,12 @@ impl Tuner {
         let base = format!("{}/{}", job.provider, job.base_model);
         let mut models = vec![base.clone(), job.alias.clone()];
         let mut examples = fungible_datasets::Examples::default();
-        // The train rows as retrieved examples for the base model: only when the items are
-        // not train rows themselves (each would find its own answer).
-        if split != fungible_datasets::Split::Train {
+        // The rows the model was tuned on, as retrieved examples for the base model: unless
+        // the items are those very rows (each would find its own answer).
+        let items_are_training_rows = name == job.dataset && version == job.dataset_version && split == fungible_datasets::Split::Train;
+        if !items_are_training_rows {
             let config = fungible_gateway::routing::config::ExamplesConfig {
-                dataset: format!("{name}@{version}"),
+                dataset: format!("{}@{}", job.dataset, job.dataset_version),
                 k: fungible_gateway::routing::config::DEFAULT_EXAMPLES_K,
                 max_distance: fungible_gateway::routing::config::DEFAULT_EXAMPLES_MAX_DISTANCE,
                 split: Some("train".to_owned()),

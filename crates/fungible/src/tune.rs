@@ -32,7 +32,8 @@ enum TuneCommand {
     List(ListArgs),
     /// A job: status, events, the loss by step, the model it made.
     Show(IdArgs),
-    /// Follow a job until it ends, polling the provider.
+    /// Follow a job until it ends, polling the provider. A local job trains in this process
+    /// while it is followed, unless a `fungible serve` on the same store already trains it.
     Watch(WatchArgs),
     /// Cancel an unfinished job.
     Cancel(IdArgs),
@@ -45,10 +46,12 @@ enum TuneCommand {
 struct CreateArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// openai, together, mistral or fireworks (a configured provider).
+    /// openai, together, mistral or fireworks (a configured provider), or local: a LoRA
+    /// adapter trained in process on a `[local]` chat model, served as local/MODEL+JOB_ID.
     #[arg(long)]
     provider: String,
-    /// The base model as the provider names it (gpt-4.1-mini-2025-04-14, ...).
+    /// The base model as the provider names it (gpt-4.1-mini-2025-04-14, ...; for local, a
+    /// local chat model: smollm2-135m-instruct).
     #[arg(long)]
     model: String,
     /// NAME or NAME@VERSION of a stored dataset (`fungible datasets list`).
@@ -61,7 +64,10 @@ struct CreateArgs {
     #[arg(long)]
     epochs: Option<u32>,
     /// A hyperparameter with the provider's name, KEY=VALUE (VALUE as JSON when it parses:
-    /// learning_rate_multiplier=0.5, batch_size=auto); repeatable.
+    /// learning_rate_multiplier=0.5, batch_size=auto); repeatable. Local: rank, alpha,
+    /// dropout, target_modules, learning_rate, warmup_ratio, schedule, weight_decay,
+    /// max_grad_norm, batch_tokens, gradient_accumulation, max_seq_len, patience,
+    /// checkpoint_steps, seed (see the README).
     #[arg(long = "param")]
     params: Vec<String>,
     /// Added to the model's name by the provider.
@@ -93,6 +99,10 @@ struct CreateArgs {
     /// At most this many eval items.
     #[arg(long, requires = "eval")]
     eval_limit: Option<usize>,
+    /// max_tokens of every eval request (a short label needs few; a model that rambles stops
+    /// here) [default: the eval's].
+    #[arg(long, requires = "eval")]
+    eval_max_tokens: Option<u32>,
     /// The embedding model of the eval's third arm, the base model given the nearest train
     /// rows as few-shot examples [default: local/all-minilm-l6-v2].
     #[arg(long, requires = "eval")]
@@ -255,6 +265,7 @@ async fn create(a: CreateArgs, tuner: &Tuner, serving: &Serving) -> anyhow::Resu
                 .transpose()?,
             scorers: a.eval_scorers,
             limit: a.eval_limit,
+            max_tokens: a.eval_max_tokens,
             embedding_model: a.eval_embedding_model,
         }),
         false => None,
@@ -314,6 +325,7 @@ fn print_plan(plan: &Plan) {
     );
     eprintln!("  training tokens: {} x {} epochs", plan.dataset_tokens, plan.epochs);
     match (plan.estimated_cost, plan.price_per_million) {
+        _ if r.provider == fungible_tune::LOCAL => eprintln!("  cost: none, it trains on this machine"),
         (Some(cost), Some(price)) => {
             eprintln!("  estimated cost: ${cost:.2} (${price:.2} per million training tokens, prices of {})", plan.prices_as_of)
         }
