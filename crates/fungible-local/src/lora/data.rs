@@ -40,6 +40,9 @@ pub(crate) struct Samples {
 
 impl Tokenizer {
     pub fn open(base: &Path) -> Result<Tokenizer, TrainError> {
+        if !base.is_file() {
+            return Err(TrainError::BadInput(format!("the base model {} does not exist", base.display())));
+        }
         let backend = chat::backend().map_err(|e| TrainError::Engine(e.message))?;
         let params = LlamaModelParams::default().with_vocab_only(true);
         let model = LlamaModel::load_from_file(backend, base, &params)
