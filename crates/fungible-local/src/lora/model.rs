@@ -3,8 +3,13 @@
 //! The base weights are read from the GGUF and dequantized to f32 once; they are frozen:
 //! each projection runs through [`Frozen`], whose backward gives the input's gradient only,
 //! so no weight gradient is ever computed for them (candle's matmul would compute both).
-//! Every other op is one whose backward candle implements (its fused softmax, RMS norm and
-//! RoPE kernels have none and would silently cut the gradient).
+//! Attention and RoPE are custom ops too, with their backward written here: attention runs
+//! head by head and keeps no `tokens × tokens` matrix for the backward pass (it recomputes
+//! each head's probabilities there, as flash attention does), which is what makes a
+//! micro-batch of a thousand tokens fit in memory and time; RoPE runs candle's fast kernel
+//! both ways (its backward is the rotation by the opposite angle). Every other op is one whose
+//! backward candle implements (its fused softmax and RMS norm kernels have none and would
+//! silently cut the gradient).
 //!
 //! Layout: weights are `[out, in]` as the GGUF holds them (ggml `ne` reversed). llama.cpp's
 //! converter permutes the query and key rows for its "normal" RoPE, which rotates adjacent
@@ -16,7 +21,7 @@ use std::fs::File;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, DType, Device, Layout, Shape, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -242,15 +247,12 @@ impl Base {
             let heads = |x: Tensor, n: usize| -> candle_core::Result<Tensor> {
                 x.reshape((t, n, hp.head_dim))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)
             };
-            let q = rope(&heads(q, hp.heads)?, &cos, &sin)?;
-            let k = rope(&heads(k, hp.kv_heads)?, &cos, &sin)?;
-            let v = heads(v, hp.kv_heads)?;
-            let rep = hp.heads / hp.kv_heads;
-            let k = candle_transformers::utils::repeat_kv(k, rep)?;
-            let v = candle_transformers::utils::repeat_kv(v, rep)?;
-            let scores = (q.matmul(&k.t()?)? / (hp.head_dim as f64).sqrt())?.broadcast_add(&mask)?;
-            let attn = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)?;
-            let attn = attn.squeeze(0)?.transpose(0, 1)?.reshape((t, hp.dim))?;
+            let q = rope(&heads(q, hp.heads)?, &cos, &sin)?.squeeze(0)?;
+            let k = rope(&heads(k, hp.kv_heads)?, &cos, &sin)?.squeeze(0)?;
+            let v = heads(v, hp.kv_heads)?.squeeze(0)?;
+            let op = Attention { mask: mask.clone(), scale: 1.0 / (hp.head_dim as f64).sqrt(), group: hp.heads / hp.kv_heads };
+            let attn = q.apply_op3(&k, &v, op)?;
+            let attn = attn.transpose(0, 1)?.reshape((t, hp.dim))?;
             x = (x + project(&attn, Projection::AttnOutput)?)?;
             let h = rms_norm(&x, &block.ffn_norm, hp.eps)?;
             let gate = project(&h, Projection::FfnGate)?.silu()?;
@@ -266,6 +268,122 @@ fn frozen(x: &Tensor, w: &Tensor) -> Result<Tensor, TrainError> {
     Ok(x.apply_op1(Frozen { w: w.clone() })?)
 }
 
+/// A custom op's f32 input as a tensor of its own (a copy of the part its layout covers).
+fn tensor_of(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Tensor> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu),
+        None => Err(candle_core::Error::Msg("a training op got a non-contiguous input".into())),
+    }
+}
+
+/// A tensor as a custom op's output.
+fn output(t: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
+    Ok((CpuStorage::F32(t.flatten_all()?.to_vec1::<f32>()?), t.shape().clone()))
+}
+
+/// Attention of `q` (`[heads, tokens, head_dim]`) over `k` and `v` (`[kv_heads, tokens,
+/// head_dim]`, each shared by `group` query heads), under `mask` (`[tokens, tokens]`, 0 or
+/// -∞), head by head. The backward recomputes each head's probabilities instead of keeping
+/// them.
+struct Attention {
+    mask: Tensor,
+    scale: f64,
+    group: usize,
+}
+
+impl Attention {
+    /// Head `h`'s attention probabilities, `[tokens, tokens]`.
+    fn probabilities(&self, q: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
+        let scores = (q.matmul(&k.t()?)? * self.scale)?.broadcast_add(&self.mask)?;
+        candle_nn::ops::softmax_last_dim(&scores)
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "packed-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (tensor_of(s1, l1)?, tensor_of(s2, l2)?, tensor_of(s3, l3)?);
+        let heads = q.dim(0)?;
+        let mut out = Vec::with_capacity(heads);
+        for h in 0..heads {
+            let kv = h / self.group;
+            out.push(self.probabilities(&q.get(h)?, &k.get(kv)?)?.matmul(&v.get(kv)?)?);
+        }
+        output(&Tensor::stack(&out, 0)?)
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v, grad) = (q.detach(), k.detach(), v.detach(), grad.detach());
+        let (heads, kv_heads) = (q.dim(0)?, k.dim(0)?);
+        let mut dq = Vec::with_capacity(heads);
+        let mut dk: Vec<Option<Tensor>> = vec![None; kv_heads];
+        let mut dv: Vec<Option<Tensor>> = vec![None; kv_heads];
+        let add = |slot: &mut Option<Tensor>, t: Tensor| -> candle_core::Result<()> {
+            *slot = Some(match slot.take() {
+                Some(sum) => (sum + t)?,
+                None => t,
+            });
+            Ok(())
+        };
+        for h in 0..heads {
+            let kv = h / self.group;
+            let (qh, kh, vh, doh) = (q.get(h)?, k.get(kv)?, v.get(kv)?, grad.get(h)?);
+            let p = self.probabilities(&qh, &kh)?;
+            add(&mut dv[kv], p.t()?.matmul(&doh)?)?;
+            let dp = doh.matmul(&vh.t()?)?;
+            // Softmax's backward: p ⊙ (dp − Σ_j dp ⊙ p).
+            let ds = (&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(D::Minus1)?)?)?;
+            dq.push((ds.matmul(&kh)? * self.scale)?);
+            add(&mut dk[kv], (ds.t()?.matmul(&qh)? * self.scale)?)?;
+        }
+        let collect = |parts: Vec<Option<Tensor>>| -> candle_core::Result<Tensor> {
+            let parts: Vec<Tensor> = parts.into_iter().map(|p| p.ok_or_else(|| candle_core::Error::Msg("a key/value head no query head uses".into()))).collect::<Result<_, _>>()?;
+            Tensor::stack(&parts, 0)
+        };
+        Ok((Some(Tensor::stack(&dq, 0)?), Some(collect(dk)?), Some(collect(dv)?)))
+    }
+}
+
+/// RoPE through candle's kernel both ways: the backward rotates the gradient by the
+/// opposite angles.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        output(&candle_nn::rotary_emb::rope_i(&tensor_of(storage, layout)?, &self.cos, &self.sin)?)
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(candle_nn::rotary_emb::rope_i(&grad.detach().contiguous()?, &self.cos, &self.sin.neg()?)?))
+    }
+}
+
 struct Frozen {
     w: Tensor,
 }
@@ -276,13 +394,7 @@ impl CustomOp1 for Frozen {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("frozen-linear: the input is not contiguous".into()))?;
-        let x = Tensor::from_slice(&storage.as_slice::<f32>()?[start..end], layout.shape(), &Device::Cpu)?;
-        let y = x.matmul(&self.w.t()?)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+        output(&tensor_of(storage, layout)?.matmul(&self.w.t()?)?)
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -299,7 +411,7 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor
 /// RoPE on adjacent pairs (llama.cpp's "normal" mode): `x` is `[1, heads, tokens, head_dim]`,
 /// `cos` and `sin` `[tokens, head_dim / 2]`.
 fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    candle_nn::rotary_emb::rope_i_slow(x, cos, sin)
+    x.apply_op1(Rope { cos: cos.clone(), sin: sin.clone() })
 }
 
 /// `cos` and `sin` of each token's position times each pair's frequency
@@ -352,6 +464,51 @@ mod tests {
         assert_eq!(m[0], [0.0, f32::NEG_INFINITY, f32::NEG_INFINITY]);
         assert_eq!(m[1], [0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(m[2], [f32::NEG_INFINITY, f32::NEG_INFINITY, 0.0]);
+    }
+
+    fn random(shape: &[usize], seed: u64) -> Var {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Var::from_tensor(&Tensor::from_vec(data, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn the_fused_attention_and_rope_match_candles_ops_forward_and_backward() {
+        // Two examples packed (4 and 3 tokens), 6 query heads over 2 key/value heads.
+        let segments = [0, 0, 0, 0, 1, 1, 1];
+        let positions = [0, 1, 2, 3, 0, 1, 2];
+        let t = segments.len();
+        let mask = block_causal_mask(&segments).unwrap();
+        let (cos, sin) = rope_tables(&positions, 8, 10_000.0).unwrap();
+        let (q, k, v) = (random(&[1, 6, t, 8], 1), random(&[1, 2, t, 8], 2), random(&[2, t, 8], 3));
+        let weights = random(&[6, t, 8], 4); // the loss: a weighted sum of the output
+
+        let fused = {
+            let q = rope(q.as_tensor(), &cos, &sin).unwrap().squeeze(0).unwrap();
+            let k = rope(k.as_tensor(), &cos, &sin).unwrap().squeeze(0).unwrap();
+            let op = Attention { mask: mask.clone(), scale: 0.3, group: 3 };
+            q.apply_op3(&k, v.as_tensor(), op).unwrap()
+        };
+        let reference = {
+            let q = candle_nn::rotary_emb::rope_i_slow(q.as_tensor(), &cos, &sin).unwrap();
+            let k = candle_nn::rotary_emb::rope_i_slow(k.as_tensor(), &cos, &sin).unwrap();
+            let k = candle_transformers::utils::repeat_kv(k, 3).unwrap();
+            let v = candle_transformers::utils::repeat_kv(v.as_tensor().unsqueeze(0).unwrap(), 3).unwrap();
+            let scores = (q.matmul(&k.t().unwrap()).unwrap() * 0.3).unwrap().broadcast_add(&mask).unwrap();
+            candle_nn::ops::softmax(&scores, D::Minus1).unwrap().matmul(&v).unwrap().squeeze(0).unwrap()
+        };
+        assert!(max_diff(&fused, &reference) < 1e-5);
+        let loss = |out: &Tensor| (out * weights.as_tensor()).unwrap().sum_all().unwrap();
+        let (g1, g2) = (loss(&fused).backward().unwrap(), loss(&reference).backward().unwrap());
+        for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+            let d = max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
+            assert!(d < 1e-4, "the gradient of {name} differs by {d}");
+        }
     }
 
     #[test]
