@@ -231,14 +231,14 @@ impl Base {
         let (cos, sin) = rope_tables(&batch.positions, hp.head_dim, hp.rope_base)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let mut project = |input: &Tensor, p: Projection| -> Result<Tensor, TrainError> {
-                let y = frozen(input, &block.proj[&p])?;
-                let Some((a, b)) = adapters.pairs.get(&(i, p)) else { return Ok(y) };
-                let input = match dropout.as_mut() {
-                    Some((rate, rng)) if *rate > 0.0 => dropped(input, *rate, rng)?,
-                    _ => input.clone(),
+                let w = &block.proj[&p];
+                let Some((a, b)) = adapters.pairs.get(&(i, p)) else { return frozen(input, w) };
+                let (dropout, seed) = match dropout.as_mut() {
+                    Some((rate, rng)) if *rate > 0.0 => (*rate, rng.random::<u64>()),
+                    _ => (0.0, 0),
                 };
-                let delta = input.matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)?;
-                Ok((y + (delta * adapters.scale)?)?)
+                let op = Adapted { w: w.clone(), scale: adapters.scale, dropout, seed };
+                Ok(input.apply_op3(a.as_tensor(), b.as_tensor(), op)?)
             };
             let h = rms_norm(&x, &block.attn_norm, hp.eps)?;
             let q = project(&h, Projection::AttnQ)?;
@@ -266,6 +266,66 @@ impl Base {
 /// `x · wᵀ` for a frozen `w` (`[out, in]`): the backward gives `x`'s gradient only.
 fn frozen(x: &Tensor, w: &Tensor) -> Result<Tensor, TrainError> {
     Ok(x.apply_op1(Frozen { w: w.clone() })?)
+}
+
+/// `x · Wᵀ + scale · (dropout(x) · Aᵀ) · Bᵀ` for a frozen `W` (`[out, in]`) and an adapter's
+/// `A` (`[rank, in]`) and `B` (`[out, rank]`), as one op: its backward gives the gradients of
+/// `x`, `A` and `B` from what it recomputes (the dropout mask from its seed, `x · Aᵀ`), so
+/// none of the adapter's intermediate tensors is kept between the passes.
+struct Adapted {
+    w: Tensor,
+    scale: f64,
+    dropout: f32,
+    seed: u64,
+}
+
+impl Adapted {
+    /// `x` with the dropout applied (the same mask in both passes).
+    fn dropped(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.dropout <= 0.0 {
+            return Ok(x.clone());
+        }
+        x * dropout_mask(x.shape(), self.dropout, self.seed)?
+    }
+}
+
+impl CustomOp3 for Adapted {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, a, b) = (tensor_of(s1, l1)?, tensor_of(s2, l2)?, tensor_of(s3, l3)?);
+        let delta = self.dropped(&x)?.matmul(&a.t()?)?.matmul(&b.t()?)?;
+        output(&(x.matmul(&self.w.t()?)? + (delta * self.scale)?)?)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, a, b, dy) = (x.detach(), a.detach(), b.detach(), grad.detach());
+        let xd = self.dropped(&x)?;
+        let u = xd.matmul(&a.t()?)?; // [tokens, rank]
+        let db = (dy.t()?.matmul(&u)? * self.scale)?;
+        let du = (dy.matmul(&b)? * self.scale)?;
+        let da = du.t()?.matmul(&xd)?;
+        let through_adapter = self.dropped(&du.matmul(&a)?)?;
+        let dx = (dy.matmul(&self.w)? + through_adapter)?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
 }
 
 /// A custom op's f32 input as a tensor of its own (a copy of the part its layout covers).
@@ -446,12 +506,13 @@ fn block_causal_mask(segments: &[u32]) -> candle_core::Result<Tensor> {
     Tensor::from_vec(mask, (t, t), &Device::Cpu)
 }
 
-/// Inverted dropout with a mask from `rng` (seeded per step, so a resumed run draws the
-/// same masks).
-fn dropped(x: &Tensor, rate: f32, rng: &mut StdRng) -> candle_core::Result<Tensor> {
+/// An inverted-dropout mask drawn from `seed` (seeded per step and projection, so a resumed
+/// run and the backward pass draw the same one).
+fn dropout_mask(shape: &Shape, rate: f32, seed: u64) -> candle_core::Result<Tensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
     let keep = 1.0 / (1.0 - rate);
-    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f32>() < rate { 0.0 } else { keep }).collect();
-    x * Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+    let mask: Vec<f32> = (0..shape.elem_count()).map(|_| if rng.random::<f32>() < rate { 0.0 } else { keep }).collect();
+    Tensor::from_vec(mask, shape, &Device::Cpu)
 }
 
 #[cfg(test)]
@@ -508,6 +569,31 @@ mod tests {
         for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
             let d = max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
             assert!(d < 1e-4, "the gradient of {name} differs by {d}");
+        }
+    }
+
+    #[test]
+    fn the_fused_adapter_matches_candles_ops_forward_and_backward() {
+        let (x, a, b) = (random(&[5, 12], 5), random(&[3, 12], 6), random(&[7, 3], 7));
+        let w = random(&[7, 12], 8).as_tensor().detach();
+        let weights = random(&[5, 7], 9);
+        for dropout in [0.0, 0.3] {
+            let op = Adapted { w: w.clone(), scale: 2.0, dropout, seed: 11 };
+            let fused = x.as_tensor().apply_op3(a.as_tensor(), b.as_tensor(), op).unwrap();
+            let xd = if dropout > 0.0 {
+                (x.as_tensor() * dropout_mask(x.shape(), dropout, 11).unwrap()).unwrap()
+            } else {
+                x.as_tensor().clone()
+            };
+            let delta = xd.matmul(&a.as_tensor().t().unwrap()).unwrap().matmul(&b.as_tensor().t().unwrap()).unwrap();
+            let reference = (x.as_tensor().matmul(&w.t().unwrap()).unwrap() + (delta * 2.0).unwrap()).unwrap();
+            assert!(max_diff(&fused, &reference) < 1e-5);
+            let loss = |out: &Tensor| (out * weights.as_tensor()).unwrap().sum_all().unwrap();
+            let (g1, g2) = (loss(&fused).backward().unwrap(), loss(&reference).backward().unwrap());
+            for (name, v) in [("x", &x), ("A", &a), ("B", &b)] {
+                let d = max_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+                assert!(d < 1e-4, "dropout {dropout}: the gradient of {name} differs by {d}");
+            }
         }
     }
 

@@ -164,7 +164,19 @@ fn evaluate(base: &Base, adapters: &Adapters, batches: &[Batch]) -> Result<f64, 
 /// one, and exports the adapter there ([`ADAPTER_FILE`]). `progress` hears after every
 /// optimizer step and validation; `stop`, once set, ends the run at the next step with a
 /// checkpoint ([`TrainError::Cancelled`]).
-pub fn train(job: &TrainJob, progress: &mut dyn FnMut(&Progress), stop: &AtomicBool) -> Result<TrainOutcome, TrainError> {
+pub fn train(job: &TrainJob, progress: &mut (dyn FnMut(&Progress) + Send), stop: &AtomicBool) -> Result<TrainOutcome, TrainError> {
+    // The training thread joins a pool of one thread per core and works as one of them, so
+    // that candle's parallel ops do not have a waiting extra thread beside their workers.
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("lora-{i}"))
+        .build()
+        .map_err(|e| TrainError::Engine(format!("could not start the training threads: {e}")))?;
+    pool.install(|| run(job, progress, stop))
+}
+
+fn run(job: &TrainJob, progress: &mut (dyn FnMut(&Progress) + Send), stop: &AtomicBool) -> Result<TrainOutcome, TrainError> {
     let settings = &job.settings;
     settings.check().map_err(TrainError::BadInput)?;
     if job.train.is_empty() {
