@@ -111,8 +111,23 @@ impl Tuner {
     /// A leased local job: starts training it here unless it already trains here.
     pub(crate) async fn poll_local(&self, job: Job) -> Result<Job, TuneError> {
         let local = self.local()?;
-        if local.stop_flag(&job.id).is_none() {
-            self.start_local(job.clone()).await?;
+        if local.stop_flag(&job.id).is_none()
+            && let Err(e) = self.start_local(job.clone()).await
+        {
+            // What no retry can fix (its settings, its dataset gone) ends the job.
+            if matches!(e, TuneError::BadInput(_) | TuneError::Dataset(_)) {
+                let message = e.to_string();
+                self.modify(&job.id, |j| {
+                    if !j.status.is_terminal() {
+                        j.status = Status::Failed;
+                        j.provider_status = "failed".into();
+                        j.error = Some(message.clone());
+                        j.finished_ms = Some(fungible_store::now_ms());
+                    }
+                })
+                .await?;
+            }
+            return Err(e);
         }
         self.job(&job.id).await
     }
@@ -202,7 +217,10 @@ impl Tuner {
         let thread_stop = stop.clone();
         let spawned = std::thread::Builder::new().name(format!("tune-{}", job.id)).spawn(move || {
             let progress_tx = tx.clone();
-            let result = lora::train(&spec, &mut |p: &Progress| drop(progress_tx.send(Ok(p.clone()))), &thread_stop);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                lora::train(&spec, &mut |p: &Progress| drop(progress_tx.send(Ok(p.clone()))), &thread_stop)
+            }))
+            .unwrap_or_else(|_| Err(TrainError::Engine("the training thread panicked; see the gateway log".into())));
             let _ = tx.send(Err(result));
         });
         if let Err(e) = spawned {
@@ -230,7 +248,7 @@ impl Tuner {
                                 .filter(|(i, e)| e.valid_loss.is_some() || e.message.starts_with("epoch") || *i + 1 == events.len())
                                 .map(|(_, e)| e.clone())
                                 .collect();
-                            match tuner.modify(&id, |j| j.events.extend(kept.iter().cloned())).await {
+                            match tuner.modify(&id, |j| keep_events(&mut j.events, &kept)).await {
                                 Ok(j) if j.status == Status::Cancelled => stop.store(true, Ordering::Relaxed),
                                 Ok(_) => {}
                                 Err(e) => tracing::warn!(job = %id, "progress not kept: {e}"),
@@ -251,11 +269,13 @@ impl Tuner {
         Ok(())
     }
 
-    /// Keeps how a local job ended, and serves its adapter when it succeeded.
+    /// Keeps how a local job ended, and serves its adapter when it succeeded (a job
+    /// cancelled meanwhile stays cancelled, and its adapter is not served).
     async fn finish_local(&self, id: &str, result: Result<lora::TrainOutcome, TrainError>) {
         let mut served = None;
         if let (Ok(outcome), Some(local)) = (&result, &self.local)
             && let Ok(job) = self.job(id).await
+            && !job.status.is_terminal()
         {
             match local.engine.load_adapter(&job.base_model, id, &outcome.adapter).await {
                 Ok(model) => served = Some(model),
@@ -263,6 +283,9 @@ impl Tuner {
             }
         }
         let change = |j: &mut Job| {
+            if j.status.is_terminal() {
+                return; // cancelled while it trained
+            }
             let now = fungible_store::now_ms();
             match &result {
                 Ok(outcome) => {
@@ -299,9 +322,36 @@ impl Tuner {
             }
         };
         match self.modify(id, change).await {
-            Ok(job) => tracing::info!(job = %id, status = job.status.as_str(), model = ?job.fine_tuned_model, "local tuning job ended"),
+            Ok(job) => {
+                if let (Some(model), Some(local)) = (&served, &self.local)
+                    && job.status != Status::Succeeded
+                {
+                    local.engine.unload_adapter(model);
+                }
+                tracing::info!(job = %id, status = job.status.as_str(), model = ?job.fine_tuned_model, "local tuning job ended");
+            }
             Err(e) => tracing::error!(job = %id, "how the local job ended was not kept: {e}"),
         }
+    }
+}
+
+/// Most step reports a job keeps: beyond them every other older one is dropped, so a long run
+/// keeps its whole loss curve at a coarser grain and its record stays small.
+const STEP_EVENTS: usize = 400;
+
+/// Adds `fresh` to a job's events, thinning the step reports past [`STEP_EVENTS`].
+fn keep_events(events: &mut Vec<Event>, fresh: &[Event]) {
+    events.extend(fresh.iter().cloned());
+    let is_step = |e: &Event| e.step.is_some() && e.valid_loss.is_none();
+    if events.iter().filter(|e| is_step(e)).count() > STEP_EVENTS {
+        let mut nth = 0;
+        events.retain(|e| {
+            if !is_step(e) {
+                return true;
+            }
+            nth += 1;
+            nth == 1 || nth % 2 == 0 || nth > STEP_EVENTS / 2
+        });
     }
 }
 
@@ -332,5 +382,33 @@ fn progress_event(p: &Progress) -> Event {
         step: Some(p.step as u64),
         train_loss: if p.valid_loss.is_some() { None } else { p.train_loss },
         valid_loss: p.valid_loss,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(n: u64) -> Event {
+        Event { step: Some(n), train_loss: Some(1.0), ..event(format!("step {n}")) }
+    }
+
+    #[test]
+    fn a_long_run_keeps_a_thinned_loss_curve_and_every_epoch() {
+        let mut events = vec![event("training started".into())];
+        for n in 1..=2000 {
+            let mut fresh = vec![step(n)];
+            if n % 500 == 0 {
+                fresh.push(Event { valid_loss: Some(0.5), ..step(n) });
+            }
+            keep_events(&mut events, &fresh);
+        }
+        let steps: Vec<u64> = events.iter().filter(|e| e.valid_loss.is_none()).filter_map(|e| e.step).collect();
+        assert!(steps.len() <= STEP_EVENTS + 1, "{}", steps.len());
+        assert!(steps.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(steps.last(), Some(&2000));
+        assert_eq!(steps[0], 1, "the start of the curve is kept");
+        assert_eq!(events.iter().filter(|e| e.valid_loss.is_some()).count(), 4);
+        assert_eq!(events[0].message, "training started");
     }
 }

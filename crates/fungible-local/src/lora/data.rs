@@ -79,7 +79,7 @@ impl Tokenizer {
             let mut sample = self
                 .sample(example)
                 .map_err(|e| TrainError::BadInput(format!("{what} example {}: {e}", i + 1)))?;
-            if sample.prompt + 1 >= max_len {
+            if sample.prompt == 0 || sample.prompt + 1 >= max_len {
                 out.skipped += 1;
                 continue;
             }

@@ -144,6 +144,9 @@ impl Default for LoraSettings {
     }
 }
 
+/// The most tokens of one example or one micro-batch.
+pub const MAX_TOKENS: usize = 16_384;
+
 impl LoraSettings {
     /// Settings from a launch's `hyperparameters`, over the defaults.
     pub fn from_json(hyperparameters: &serde_json::Map<String, serde_json::Value>) -> Result<LoraSettings, String> {
@@ -173,15 +176,17 @@ impl LoraSettings {
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             return bad(format!("warmup_ratio must be in [0, 1), got {}", self.warmup_ratio));
         }
-        if !(self.weight_decay >= 0.0 && self.max_grad_norm > 0.0) {
-            return bad("weight_decay must be at least 0 and max_grad_norm above 0".into());
+        if !((0.0..=1.0).contains(&self.weight_decay) && self.max_grad_norm > 0.0 && self.max_grad_norm.is_finite()) {
+            return bad("weight_decay must be 0 to 1 and max_grad_norm a positive number".into());
         }
         if !(1..=1000).contains(&self.epochs) {
             return bad(format!("epochs must be 1 to 1000, got {}", self.epochs));
         }
-        if !(16..=1_000_000).contains(&self.max_seq_len) || self.batch_tokens < self.max_seq_len {
+        // Attention keeps a tokens × tokens matrix per head while it runs: bounded so that a
+        // typo cannot take the memory of the process that serves.
+        if !(16..=MAX_TOKENS).contains(&self.max_seq_len) || !(self.max_seq_len..=MAX_TOKENS).contains(&self.batch_tokens) {
             return bad(format!(
-                "max_seq_len must be at least 16 and batch_tokens at least max_seq_len (got {} and {})",
+                "max_seq_len must be 16 to {MAX_TOKENS} and batch_tokens max_seq_len to {MAX_TOKENS} (got {} and {})",
                 self.max_seq_len, self.batch_tokens
             ));
         }
@@ -268,9 +273,9 @@ pub struct TrainOutcome {
 pub enum TrainError {
     #[error("{0}")]
     BadInput(String),
-    /// Asked to stop: the last checkpoint is kept, a new run over the same directory
-    /// resumes from it.
-    #[error("training was stopped; it resumes from its last checkpoint at step {step}")]
+    /// Asked to stop: a checkpoint of where it stopped is kept, which a new run over the
+    /// same directory resumes from.
+    #[error("training was stopped at step {step}")]
     Cancelled { step: usize },
     #[error("training failed: {0}")]
     Engine(String),

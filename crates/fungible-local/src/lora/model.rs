@@ -140,6 +140,14 @@ impl Base {
             )));
         }
         let key = |k: &str| format!("{arch}.{k}");
+        // Llama 3.1+ scales RoPE's low frequencies (`rope_freqs`): trained without it, the
+        // adapter would fit another model than the one llama.cpp serves.
+        if content.tensor_infos.contains_key("rope_freqs.weight") || content.metadata.contains_key(&key("rope.scaling.type")) {
+            return Err(TrainError::BadInput(format!(
+                "{} scales its RoPE frequencies (Llama 3.1 and later), which local training does not support yet",
+                path.display()
+            )));
+        }
         let dim = meta_usize(&content, &key("embedding_length"))?;
         let heads = meta_usize(&content, &key("attention.head_count"))?;
         let kv_heads = meta_usize(&content, &key("attention.head_count_kv")).unwrap_or(heads);

@@ -255,6 +255,13 @@ fn bad_hyperparameters_are_refused_by_name() {
     assert_eq!(s.epochs, 2);
     h.insert("rank".into(), 0.into());
     assert!(LoraSettings::from_json(&h).unwrap_err().contains("rank"));
+    h.insert("rank".into(), 8.into());
+    // Sizes that would take the serving process's memory are refused.
+    h.insert("batch_tokens".into(), 1_000_000_000u64.into());
+    assert!(LoraSettings::from_json(&h).unwrap_err().contains("batch_tokens"));
+    h.insert("batch_tokens".into(), 2048.into());
+    h.insert("weight_decay".into(), 5.into());
+    assert!(LoraSettings::from_json(&h).unwrap_err().contains("weight_decay"));
 }
 
 #[test]

@@ -286,6 +286,12 @@ fn run(job: &TrainJob, progress: &mut (dyn FnMut(&Progress) + Send), stop: &Atom
                 norm += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
             }
             let norm = norm.sqrt();
+            if !loss.is_finite() || !norm.is_finite() {
+                return Err(TrainError::Engine(format!(
+                    "the loss diverged at step {} (loss {loss}, gradient norm {norm}): lower the learning rate",
+                    state.step + 1
+                )));
+            }
             let grads = if norm > settings.max_grad_norm {
                 let f = settings.max_grad_norm / norm;
                 grads.iter().map(|g| g * f).collect::<Result<Vec<_>, _>>()?

@@ -83,19 +83,7 @@ impl Tuning {
     }
 
     async fn send(&self, method: &str, path: &str, body: Option<Value>) -> TestResponse {
-        use http_body_util::BodyExt;
-        use tower::ServiceExt;
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("content-type", "application/json")
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .expect("request");
-        let response = self.app.clone().oneshot(request).await.expect("infallible");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.expect("body").to_bytes();
-        TestResponse { status, headers, body }
+        send(&self.app, method, path, body).await
     }
 }
 
