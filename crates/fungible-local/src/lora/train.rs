@@ -350,8 +350,6 @@ fn run(job: &TrainJob, progress: &mut (dyn FnMut(&Progress) + Send), stop: &Atom
             eta: None,
         });
     }
-    // A run that stopped early ended on an epoch without improvement: the state says so.
-    stopped_early |= state.epoch < settings.epochs;
     if state.best_valid.is_some() && state.best_epoch != state.epoch {
         let best = candle_core::safetensors::load(job.dir.join(BEST), &Device::Cpu)?;
         restore(&adapters, &best, "")?;
