@@ -107,7 +107,7 @@ fn render_stream(decoded: &Decoded) {
     for include_usage in [false, true] {
         run(openai_chat::response::ChunkEncoder::new(MODEL, include_usage), decoded);
     }
-    run(Responses(openai_responses::response::EventEncoder::new(responses_head())), decoded);
+    run(Responses(openai_responses::events::EventEncoder::new(responses_head())), decoded);
     run(anthropic_messages::response::EventEncoder::new(MODEL), decoded);
     for framing in [gemini_api::response::Framing::Sse, gemini_api::response::Framing::JsonArray] {
         for include_thoughts in [false, true] {
@@ -135,7 +135,7 @@ fn run(mut encoder: impl FrameEncoder, decoded: &Decoded) {
 
 /// The Responses encoder as its handler drives it (`openai_responses::Saving`), storing
 /// nothing.
-struct Responses(openai_responses::response::EventEncoder);
+struct Responses(openai_responses::events::EventEncoder);
 
 impl FrameEncoder for Responses {
     fn encode(&mut self, event: fungible_types::StreamEvent, out: &mut Vec<Bytes>) -> Result<(), ApiError> {

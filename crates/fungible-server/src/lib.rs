@@ -24,6 +24,7 @@ pub mod openai_chat;
 pub mod openai_embeddings;
 pub mod openai_responses;
 pub mod principal;
+mod metrics;
 pub mod recording;
 pub mod routes_status;
 pub mod tune;

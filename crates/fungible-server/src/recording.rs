@@ -1,5 +1,5 @@
-//! Recording every inference: what the request path hands to the store, and the Prometheus
-//! metrics.
+//! Recording every inference: what the request path hands to the store (and to the
+//! Prometheus metrics, `crate::metrics`).
 //!
 //! [`facts`] notes, for the request's context (`dispatch::RequestContext`), when a chat
 //! request arrived, through which inbound API, and who it is for (`x-fungible-user`,
@@ -16,12 +16,9 @@ use std::time::Instant;
 
 use fungible_gateway::{AttemptOutcome, RouteError, RouteInfo, Routed};
 use fungible_providers::EventStream;
+pub use crate::metrics::Metrics;
 use fungible_store::{AttemptRecord, AttemptStatus, Bodies, InferenceRecord, PriceTable, Recorder};
-use fungible_types::{
-    AssistantMessage, ChatRequest, ChatResponse, FinishReason, ReasoningBlock,
-    StreamEvent, ToolCall, Usage,
-};
-use prometheus::{CounterVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use fungible_types::{ChatRequest, ChatResponse};
 use serde_json::{Map, Value};
 
 /// Recording settings and sinks, shared by every request (cheap to clone).
@@ -76,151 +73,6 @@ impl std::fmt::Debug for Recording {
         f.debug_struct("Recording")
             .field("recorder", &self.recorder)
             .finish_non_exhaustive()
-    }
-}
-
-/// The Prometheus metrics, in their own registry (so each app, and each test, has its own).
-pub struct Metrics {
-    pub registry: Registry,
-    requests: IntCounterVec,
-    errors: IntCounterVec,
-    tokens: IntCounterVec,
-    cost: CounterVec,
-    latency: HistogramVec,
-    ttft: HistogramVec,
-}
-
-impl Metrics {
-    #[allow(clippy::expect_used)] // The names and labels below are constant and valid.
-    fn new() -> Metrics {
-        let registry = Registry::new();
-        let labels = &["provider", "model", "route"];
-        let requests = IntCounterVec::new(
-            Opts::new("fungible_requests_total", "Inferences answered or failed."),
-            labels,
-        )
-        .expect("metric");
-        let errors = IntCounterVec::new(
-            Opts::new("fungible_errors_total", "Failed inferences by error class."),
-            &["provider", "model", "route", "class"],
-        )
-        .expect("metric");
-        let tokens = IntCounterVec::new(
-            Opts::new(
-                "fungible_tokens_total",
-                "Tokens by kind (input, output, cache_read, cache_write, reasoning).",
-            ),
-            &["provider", "model", "route", "kind"],
-        )
-        .expect("metric");
-        let cost = CounterVec::new(
-            Opts::new(
-                "fungible_cost_usd_total",
-                "Cost of the inferences whose price is known, in USD.",
-            ),
-            labels,
-        )
-        .expect("metric");
-        let buckets = vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-        ];
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "fungible_request_duration_seconds",
-                "Whole inference latency.",
-            )
-            .buckets(buckets.clone()),
-            labels,
-        )
-        .expect("metric");
-        let ttft = HistogramVec::new(
-            HistogramOpts::new(
-                "fungible_time_to_first_token_seconds",
-                "Time to the first content of a stream.",
-            )
-            .buckets(buckets),
-            labels,
-        )
-        .expect("metric");
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(errors.clone()),
-            Box::new(tokens.clone()),
-            Box::new(cost.clone()),
-            Box::new(latency.clone()),
-            Box::new(ttft.clone()),
-        ] {
-            registry.register(c).expect("unique metric");
-        }
-        Metrics {
-            registry,
-            requests,
-            errors,
-            tokens,
-            cost,
-            latency,
-            ttft,
-        }
-    }
-
-    fn observe(&self, r: &InferenceRecord) {
-        let provider = r.provider.as_deref().unwrap_or("");
-        let model = r.model.as_deref().unwrap_or("");
-        let route = r.route.as_deref().unwrap_or("");
-        let labels = [provider, model, route];
-        self.requests.with_label_values(&labels).inc();
-        if let Some(class) = &r.error {
-            self.errors
-                .with_label_values(&[provider, model, route, class])
-                .inc();
-        }
-        for (kind, n) in [
-            ("input", r.usage.input_tokens),
-            ("output", r.usage.output_tokens),
-            ("cache_read", r.usage.cache_read_tokens),
-            ("cache_write", r.usage.cache_write_tokens),
-            ("reasoning", r.usage.reasoning_tokens),
-        ] {
-            if n > 0 {
-                self.tokens
-                    .with_label_values(&[provider, model, route, kind])
-                    .inc_by(n);
-            }
-        }
-        if let Some(cost) = r.cost {
-            self.cost.with_label_values(&labels).inc_by(cost);
-        }
-        self.latency
-            .with_label_values(&labels)
-            .observe(r.latency_ms / 1000.0);
-        if let Some(ttft) = r.ttft_ms {
-            self.ttft.with_label_values(&labels).observe(ttft / 1000.0);
-        }
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self, recorder: Option<&Recorder>) -> String {
-        use prometheus::Encoder;
-        let mut out = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        let mut text = String::from_utf8(out).unwrap_or_default();
-        if let Some(r) = recorder {
-            use std::sync::atomic::Ordering::Relaxed;
-            let c = r.counters();
-            text.push_str(&format!(
-                "# HELP fungible_store_written_total Inference records written to the store.\n# TYPE fungible_store_written_total counter\nfungible_store_written_total {}\n\
-                 # HELP fungible_store_dropped_total Inference records dropped (queue full, or lost at shutdown).\n# TYPE fungible_store_dropped_total counter\nfungible_store_dropped_total {}\n\
-                 # HELP fungible_store_write_errors_total Failed batch writes (retried).\n# TYPE fungible_store_write_errors_total counter\nfungible_store_write_errors_total {}\n\
-                 # HELP fungible_store_queued Inference records waiting to be written.\n# TYPE fungible_store_queued gauge\nfungible_store_queued {}\n\
-                 # HELP fungible_store_queued_bytes Bytes (estimated) of the records queued or being written.\n# TYPE fungible_store_queued_bytes gauge\nfungible_store_queued_bytes {}\n",
-                c.written.load(Relaxed),
-                c.dropped.load(Relaxed),
-                c.write_errors.load(Relaxed),
-                r.queued(),
-                c.queued_bytes.load(Relaxed)
-            ));
-        }
-        text
     }
 }
 
@@ -546,110 +398,6 @@ impl StreamRecord {
         let record = build(&self.state, &self.req, &self.route, answered.then_some(response), error, ttft_ms, true, &self.facts);
         submit(&self.state, record, &self.facts.trace, &self.req, answered.then_some(response), self.truncation);
         settled
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Accumulated {
-    id: String,
-    model: String,
-    created: u64,
-    text: String,
-    reasoning: String,
-    signature: Option<String>,
-    redacted: Vec<String>,
-    refusal: Option<String>,
-    tool_calls: Vec<ToolCall>,
-    usage: Usage,
-    finish: Option<FinishReason>,
-    ttft_ms: Option<f64>,
-}
-
-impl Accumulated {
-    /// The usage the stream reported so far.
-    pub(crate) fn usage(&self) -> Usage {
-        self.usage
-    }
-
-    /// Milliseconds from the start to the first content event.
-    pub(crate) fn ttft_ms(&self) -> Option<f64> {
-        self.ttft_ms
-    }
-
-    pub(crate) fn add(&mut self, event: &StreamEvent, started: Instant) {
-        let content = !matches!(
-            event,
-            StreamEvent::Start { .. } | StreamEvent::Usage(_) | StreamEvent::Finish { .. }
-        );
-        if content && self.ttft_ms.is_none() {
-            self.ttft_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-        }
-        match event {
-            StreamEvent::Start { id, model, created } => {
-                self.id = id.clone();
-                self.model = model.clone();
-                self.created = *created;
-            }
-            StreamEvent::TextDelta { text } => self.text.push_str(text),
-            StreamEvent::ReasoningDelta { text } => self.reasoning.push_str(text),
-            StreamEvent::ReasoningSignature { signature } => {
-                self.signature = Some(signature.clone())
-            }
-            StreamEvent::RedactedReasoning { data } => self.redacted.push(data.clone()),
-            StreamEvent::ToolCallStart { index, id, name } => {
-                let i = *index as usize;
-                if self.tool_calls.len() <= i {
-                    self.tool_calls.resize(
-                        i + 1,
-                        ToolCall {
-                            id: String::new(),
-                            name: String::new(),
-                            arguments: String::new(),
-                        },
-                    );
-                }
-                self.tool_calls[i].id = id.clone();
-                self.tool_calls[i].name = name.clone();
-            }
-            StreamEvent::ToolCallArgs { index, arguments } => {
-                if let Some(call) = self.tool_calls.get_mut(*index as usize) {
-                    call.arguments.push_str(arguments);
-                }
-            }
-            StreamEvent::Refusal { text } => {
-                self.refusal.get_or_insert_with(String::new).push_str(text)
-            }
-            StreamEvent::Usage(u) => self.usage = *u,
-            StreamEvent::Finish { reason } => self.finish = Some(reason.clone()),
-        }
-    }
-
-    pub(crate) fn response(&mut self) -> ChatResponse {
-        let mut reasoning = Vec::new();
-        if !self.reasoning.is_empty() || self.signature.is_some() {
-            reasoning.push(ReasoningBlock::Thinking {
-                text: std::mem::take(&mut self.reasoning),
-                signature: self.signature.take(),
-            });
-        }
-        reasoning.extend(
-            self.redacted
-                .drain(..)
-                .map(|data| ReasoningBlock::Redacted { data }),
-        );
-        ChatResponse {
-            id: std::mem::take(&mut self.id),
-            model: std::mem::take(&mut self.model),
-            created: self.created,
-            message: AssistantMessage {
-                content: (!self.text.is_empty()).then(|| std::mem::take(&mut self.text)),
-                tool_calls: std::mem::take(&mut self.tool_calls),
-                reasoning,
-                refusal: self.refusal.take(),
-            },
-            finish_reason: self.finish.clone().unwrap_or(FinishReason::Stop),
-            usage: self.usage,
-        }
     }
 }
 

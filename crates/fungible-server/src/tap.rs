@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use fungible_gateway::Target;
 use fungible_providers::EventStream;
-use fungible_types::StreamEvent;
+use fungible_types::{AssistantMessage, ChatResponse, FinishReason, ReasoningBlock, StreamEvent, ToolCall, Usage};
 use futures::Stream;
 
 use crate::auth::Ticket;
 use crate::cache::StreamStore;
-use crate::recording::{Accumulated, StreamRecord};
+use crate::recording::StreamRecord;
 
 /// Where a stream's answer goes when it ends.
 pub(crate) struct Sinks {
@@ -122,5 +122,110 @@ impl Drop for Tap {
     fn drop(&mut self) {
         // The client went away: what was used so far still counts, and is recorded.
         drop(self.end(Some("client_disconnected".into())));
+    }
+}
+
+/// A stream's answer so far, put together from its events.
+#[derive(Default)]
+pub(crate) struct Accumulated {
+    id: String,
+    model: String,
+    created: u64,
+    text: String,
+    reasoning: String,
+    signature: Option<String>,
+    redacted: Vec<String>,
+    refusal: Option<String>,
+    tool_calls: Vec<ToolCall>,
+    usage: Usage,
+    finish: Option<FinishReason>,
+    ttft_ms: Option<f64>,
+}
+
+impl Accumulated {
+    /// The usage the stream reported so far.
+    pub(crate) fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// Milliseconds from the start to the first content event.
+    pub(crate) fn ttft_ms(&self) -> Option<f64> {
+        self.ttft_ms
+    }
+
+    pub(crate) fn add(&mut self, event: &StreamEvent, started: Instant) {
+        let content = !matches!(
+            event,
+            StreamEvent::Start { .. } | StreamEvent::Usage(_) | StreamEvent::Finish { .. }
+        );
+        if content && self.ttft_ms.is_none() {
+            self.ttft_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        match event {
+            StreamEvent::Start { id, model, created } => {
+                self.id = id.clone();
+                self.model = model.clone();
+                self.created = *created;
+            }
+            StreamEvent::TextDelta { text } => self.text.push_str(text),
+            StreamEvent::ReasoningDelta { text } => self.reasoning.push_str(text),
+            StreamEvent::ReasoningSignature { signature } => {
+                self.signature = Some(signature.clone())
+            }
+            StreamEvent::RedactedReasoning { data } => self.redacted.push(data.clone()),
+            StreamEvent::ToolCallStart { index, id, name } => {
+                let i = *index as usize;
+                if self.tool_calls.len() <= i {
+                    self.tool_calls.resize(
+                        i + 1,
+                        ToolCall {
+                            id: String::new(),
+                            name: String::new(),
+                            arguments: String::new(),
+                        },
+                    );
+                }
+                self.tool_calls[i].id = id.clone();
+                self.tool_calls[i].name = name.clone();
+            }
+            StreamEvent::ToolCallArgs { index, arguments } => {
+                if let Some(call) = self.tool_calls.get_mut(*index as usize) {
+                    call.arguments.push_str(arguments);
+                }
+            }
+            StreamEvent::Refusal { text } => {
+                self.refusal.get_or_insert_with(String::new).push_str(text)
+            }
+            StreamEvent::Usage(u) => self.usage = *u,
+            StreamEvent::Finish { reason } => self.finish = Some(reason.clone()),
+        }
+    }
+
+    pub(crate) fn response(&mut self) -> ChatResponse {
+        let mut reasoning = Vec::new();
+        if !self.reasoning.is_empty() || self.signature.is_some() {
+            reasoning.push(ReasoningBlock::Thinking {
+                text: std::mem::take(&mut self.reasoning),
+                signature: self.signature.take(),
+            });
+        }
+        reasoning.extend(
+            self.redacted
+                .drain(..)
+                .map(|data| ReasoningBlock::Redacted { data }),
+        );
+        ChatResponse {
+            id: std::mem::take(&mut self.id),
+            model: std::mem::take(&mut self.model),
+            created: self.created,
+            message: AssistantMessage {
+                content: (!self.text.is_empty()).then(|| std::mem::take(&mut self.text)),
+                tool_calls: std::mem::take(&mut self.tool_calls),
+                reasoning,
+                refusal: self.refusal.take(),
+            },
+            finish_reason: self.finish.clone().unwrap_or(FinishReason::Stop),
+            usage: self.usage,
+        }
     }
 }

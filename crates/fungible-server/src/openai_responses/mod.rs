@@ -8,6 +8,7 @@
 //! object, or as the API's typed event stream, and (unless `store` is false) kept so a later
 //! request can continue from it.
 
+pub(crate) mod events;
 mod request;
 pub(crate) mod response;
 mod store;
@@ -24,7 +25,8 @@ use fungible_types::{AssistantMessage, ContentPart, Message, Role};
 use crate::AppState;
 use crate::error::{ApiError, ApiFormat};
 use crate::principal::{DataScope, Principal};
-use response::{EventEncoder, ResponseHead};
+use events::EventEncoder;
+use response::ResponseHead;
 
 pub use request::{ResponsesRequest, parse as parse_request};
 pub use store::{DEFAULT_RETENTION, ResponseStore, StoredResponse};
