@@ -172,6 +172,32 @@ fn numbers_match_known_values() {
     assert!(term.contains("10 (10.0%)"), "{term}");
 }
 
+/// Local models are priced at zero: a much better free model is recommended over a free
+/// baseline, not reported as "without prices".
+#[test]
+fn a_better_model_at_no_cost_is_recommended_when_both_are_free() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let mut rs = Vec::new();
+    for i in 0..100 {
+        rs.push(result(i, "local/base", Some(i % 10 == 0), Some(0.0)));
+        rs.push(result(i, "local/base+tuned", Some(i % 10 != 9), Some(0.0)));
+    }
+    write_run(dir, &meta(&["local/base", "local/base+tuned"], 100), &rs);
+    report::write_report(dir).expect("report");
+    let j = report_json(dir);
+    assert_eq!(j["comparisons"][0]["verdict"], "better");
+    let rec = j["recommendation"].as_array().expect("array");
+    let all = rec.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n");
+    assert!(all.contains("(both cost nothing)"), "{all}");
+    assert!(
+        all.contains("Recommendation: replace local/base with local/base+tuned, 80.0 points more accurate at no cost either"),
+        "{all}"
+    );
+    assert!(!all.contains("without prices"), "{all}");
+    assert!(!all.contains("unknown"), "{all}");
+}
+
 #[test]
 fn report_is_a_pure_function_of_the_directory() {
     let tmp = tempfile::tempdir().expect("tempdir");
