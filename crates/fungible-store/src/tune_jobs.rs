@@ -100,6 +100,25 @@ impl Store {
         Ok(claimed)
     }
 
+    /// Claims (or, for its holder, renews) the lease of job `id` alone, as
+    /// [`Store::lease_tune_jobs`] claims each; the job if `owner` holds it now, `None` when
+    /// it is finished, unknown or held by another live instance.
+    pub async fn lease_tune_job(&self, id: &str, owner: &str, now_ms: i64, lease_ms: i64) -> Result<Option<TuneJobRow>, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tune_jobs SET lease_owner = $1, lease_until_ms = $2 WHERE id = $3 AND status NOT IN ('succeeded', 'failed', 'cancelled') AND (lease_until_ms < $4 OR lease_owner = $1)",
+        )
+        .bind(owner)
+        .bind(now_ms + lease_ms)
+        .bind(id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.tune_job(id).await
+    }
+
     /// Gives a job's lease back (another instance may claim it at once).
     pub async fn release_tune_job(&self, id: &str, owner: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE tune_jobs SET lease_owner = NULL, lease_until_ms = 0 WHERE id = $1 AND lease_owner = $2")
@@ -148,5 +167,13 @@ mod tests {
         assert_eq!(store.lease_tune_jobs("two", 200_000, 60_000).await.unwrap().len(), 1);
         assert_eq!(store.tune_job("b").await.unwrap().unwrap().body, "{\"done\":true}");
         assert_eq!(store.tune_jobs(10).await.unwrap().len(), 3);
+
+        // One job alone: claimed when free, renewed by its holder, refused to another.
+        assert_eq!(store.lease_tune_job("a", "three", 300_000, 60_000).await.unwrap().unwrap().id, "a");
+        assert!(store.lease_tune_job("a", "four", 310_000, 60_000).await.unwrap().is_none(), "held by three");
+        assert!(store.lease_tune_job("a", "three", 350_000, 60_000).await.unwrap().is_some(), "renewed");
+        assert!(store.lease_tune_job("a", "four", 380_000, 60_000).await.unwrap().is_none(), "the renewal counts");
+        assert!(store.lease_tune_job("b", "three", 400_000, 60_000).await.unwrap().is_none(), "finished");
+        assert!(store.lease_tune_job("nope", "three", 400_000, 60_000).await.unwrap().is_none(), "unknown");
     }
 }

@@ -6,7 +6,7 @@
 //!   the store and marks the dataset version used (it never changes again).
 //! - [`Tuner::poll_due`] polls the unfinished jobs, each held by one instance at a time (a
 //!   lease in the store), so polling resumes after a restart and several instances do not
-//!   poll one job twice.
+//!   poll one job twice; [`Tuner::poll_job`] polls one job alone.
 //! - [`Tuner::overlays`] turns the succeeded jobs into routes the gateway serves at once
 //!   (`Gateway::set_overlays`): each model under its alias, and a share of a configured route
 //!   after [`Tuner::promote`].

@@ -27,13 +27,28 @@ use crate::tuner::{LaunchRequest, Plan, TuneError, Tuner};
 /// How often a running job's progress is written to the store (and a cancel noticed).
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
+/// How often a training job's lease is renewed (leases last minutes).
+const RENEW_EVERY: Duration = Duration::from_secs(20);
+
 /// What local jobs need: the engine that serves the adapters and where they are kept.
 #[derive(Debug, Clone)]
 pub(crate) struct Local {
     engine: LocalEngine,
     dir: PathBuf,
-    /// Jobs training in this process, with the flag that stops each.
-    running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    /// Jobs training in this process.
+    running: Arc<Mutex<HashMap<String, Run>>>,
+}
+
+/// A job training in this process.
+#[derive(Debug, Clone)]
+struct Run {
+    /// Stops the training at its next step (a checkpoint of where it stopped is kept).
+    stop: Arc<AtomicBool>,
+    /// Set with `stop` when the process hands the job back (it is stopping) rather than the
+    /// job being cancelled: the job returns to the queue, to resume from its checkpoint.
+    hand_back: Arc<AtomicBool>,
+    /// Ends (its sender dropped) once how the run ended is written.
+    done: tokio::sync::watch::Receiver<()>,
 }
 
 impl Local {
@@ -46,7 +61,13 @@ impl Local {
     }
 
     fn stop_flag(&self, id: &str) -> Option<Arc<AtomicBool>> {
-        self.running.lock().ok()?.get(id).cloned()
+        Some(self.running.lock().ok()?.get(id)?.stop.clone())
+    }
+
+    /// A job other than `id` training in this process: one at a time, since one takes
+    /// every core.
+    fn training_other_than(&self, id: &str) -> Option<String> {
+        self.running.lock().ok()?.keys().find(|k| *k != id).cloned()
     }
 }
 
@@ -108,9 +129,25 @@ impl Tuner {
         Ok(job)
     }
 
-    /// A leased local job: starts training it here unless it already trains here.
+    /// A leased local job: starts training it here unless it already trains here, or waits
+    /// (its lease given back, for an idle instance to take) while another job trains here.
     pub(crate) async fn poll_local(&self, job: Job) -> Result<Job, TuneError> {
         let local = self.local()?;
+        if local.stop_flag(&job.id).is_none()
+            && let Some(other) = local.training_other_than(&job.id)
+        {
+            self.store.release_tune_job(&job.id, &self.owner).await?;
+            let waiting = format!("queued behind {other}");
+            if job.provider_status != waiting {
+                return self.modify(&job.id, |j| {
+                    if j.status == Status::Queued {
+                        j.provider_status = waiting.clone();
+                    }
+                })
+                .await;
+            }
+            return Ok(job);
+        }
         if local.stop_flag(&job.id).is_none()
             && let Err(e) = self.start_local(job.clone()).await
         {
@@ -148,8 +185,8 @@ impl Tuner {
         .await
     }
 
-    /// Loads the adapter of every succeeded local job this instance can read and does not
-    /// serve yet; returns the models served now.
+    /// Serves the adapter of every succeeded local job this instance can read and does not
+    /// serve yet (each loads on its first request); returns the models served now.
     pub(crate) async fn load_local_adapters(&self, jobs: &[Job]) -> Vec<String> {
         let Some(local) = &self.local else { return Vec::new() };
         let loaded = local.engine.adapters();
@@ -159,7 +196,8 @@ impl Tuner {
             if loaded.contains(model) || !file.is_file() {
                 continue;
             }
-            if let Err(e) = local.engine.load_adapter(&job.base_model, &job.id, &file).await {
+            // Loaded on its first request: a gateway with many tuned jobs starts light.
+            if let Err(e) = local.engine.register_adapter(&job.base_model, &job.id, &file) {
                 tracing::warn!(job = %job.id, "the tuned adapter is not served: {}", e.message);
             }
         }
@@ -188,12 +226,14 @@ impl Tuner {
             }
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let hand_back = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = tokio::sync::watch::channel(());
         {
             let mut running = local.running.lock().map_err(|_| TuneError::BadInput("the local job table is poisoned".into()))?;
             if running.contains_key(&job.id) {
                 return Ok(());
             }
-            running.insert(job.id.clone(), stop.clone());
+            running.insert(job.id.clone(), Run { stop: stop.clone(), hand_back: hand_back.clone(), done });
         }
         let forget = || drop(local.running.lock().map(|mut r| r.remove(&job.id)));
         let started = self
@@ -234,6 +274,10 @@ impl Tuner {
         tokio::spawn(async move {
             let mut pending: Vec<Event> = Vec::new();
             let mut flushed = Instant::now();
+            let mut renewed = Instant::now();
+            // Set when another instance took the job over (this one stalled past its lease):
+            // this run stops and leaves the job to it.
+            let mut lost = false;
             while let Some(message) = rx.recv().await {
                 match message {
                     Ok(p) => {
@@ -255,9 +299,31 @@ impl Tuner {
                             }
                             flushed = Instant::now();
                         }
+                        // The lease is this instance's while it trains, whatever the pollers do.
+                        if !lost && renewed.elapsed() >= RENEW_EVERY {
+                            renewed = Instant::now();
+                            match tuner.store.lease_tune_job(&id, &tuner.owner, fungible_store::now_ms(), tuner.lease_ms).await {
+                                Ok(Some(_)) => {}
+                                Ok(None) => match tuner.job(&id).await {
+                                    Ok(j) if !j.status.is_terminal() => {
+                                        tracing::warn!(job = %id, "another instance took this job over; stopping here");
+                                        lost = true;
+                                        stop.store(true, Ordering::Relaxed);
+                                    }
+                                    _ => stop.store(true, Ordering::Relaxed),
+                                },
+                                Err(e) => tracing::warn!(job = %id, "lease not renewed: {e}"),
+                            }
+                        }
                     }
                     Err(result) => {
-                        tuner.finish_local(&id, result).await;
+                        match result {
+                            _ if lost => {}
+                            Err(TrainError::Cancelled { step }) if hand_back.load(Ordering::Relaxed) => {
+                                tuner.requeue_local(&id, step).await;
+                            }
+                            result => tuner.finish_local(&id, result).await,
+                        }
                         break;
                     }
                 }
@@ -265,8 +331,45 @@ impl Tuner {
             if let Some(local) = &tuner.local {
                 local.running.lock().map(|mut r| r.remove(&id)).ok();
             }
+            drop(done_tx);
         });
         Ok(())
+    }
+
+    /// Stops every local job training in this process at its next step, each keeping a
+    /// checkpoint, and puts them back in the queue with their leases given back, so that the
+    /// next instance to poll (this one restarted, or another) resumes them; returns once
+    /// each has stopped. What `fungible serve` does when it shuts down and `fungible tune
+    /// watch` on Ctrl-C.
+    pub(crate) async fn hand_back_local(&self) {
+        let Some(local) = &self.local else { return };
+        let runs: Vec<Run> = local.running.lock().map(|r| r.values().cloned().collect()).unwrap_or_default();
+        for run in &runs {
+            run.hand_back.store(true, Ordering::Relaxed);
+            run.stop.store(true, Ordering::Relaxed);
+        }
+        for mut run in runs {
+            while run.done.changed().await.is_ok() {}
+        }
+    }
+
+    /// Puts a job this process stopped back in the queue (unless it ended meanwhile) and
+    /// gives its lease back.
+    async fn requeue_local(&self, id: &str, step: usize) {
+        let change = |j: &mut Job| {
+            if !j.status.is_terminal() {
+                j.status = Status::Queued;
+                j.provider_status = format!("interrupted at step {step}; resumes from its checkpoint");
+                j.events.push(event(format!("handed back at step {step} (the instance training it stopped)")));
+            }
+        };
+        if let Err(e) = self.modify(id, change).await {
+            tracing::error!(job = %id, "the interrupted job was not put back in the queue: {e}");
+        }
+        if let Err(e) = self.store.release_tune_job(id, &self.owner).await {
+            tracing::warn!(job = %id, "the interrupted job's lease was not given back (another instance takes it when it runs out): {e}");
+        }
+        tracing::info!(job = %id, step, "local tuning job handed back");
     }
 
     /// Keeps how a local job ended, and serves its adapter when it succeeded (a job

@@ -168,8 +168,8 @@ pub struct Tuner {
     #[cfg(feature = "local")]
     pub(crate) local: Option<crate::local::Local>,
     /// This instance, as the holder of job leases.
-    owner: String,
-    lease_ms: i64,
+    pub(crate) owner: String,
+    pub(crate) lease_ms: i64,
     /// Where the evals of finished jobs write their runs.
     eval_dir: std::path::PathBuf,
 }
@@ -454,22 +454,41 @@ impl Tuner {
     pub async fn poll_due_at(&self, now_ms: i64) -> Result<Vec<Job>, TuneError> {
         let mut polled = Vec::new();
         for row in self.store.lease_tune_jobs(&self.owner, now_ms, self.lease_ms).await? {
-            let job = decode(&row.body)?;
-            let polled_job = if job.provider == LOCAL {
-                #[cfg(feature = "local")]
-                let polled = self.poll_local(job).await;
-                #[cfg(not(feature = "local"))]
-                let polled = Err(no_local());
-                polled
-            } else {
-                self.refresh(job).await
-            };
-            match polled_job {
+            match self.poll_leased(decode(&row.body)?).await {
                 Ok(job) => polled.push(job),
                 Err(e) => tracing::warn!(job = %row.id, "tuning job not polled: {e}"),
             }
         }
         Ok(polled)
+    }
+
+    /// Stops the local jobs training in this process at their next step and puts them back
+    /// in the queue (each resumes from its checkpoint wherever it is polled next); returns
+    /// once they have stopped. Call it before the process exits.
+    pub async fn hand_back(&self) {
+        #[cfg(feature = "local")]
+        self.hand_back_local().await;
+    }
+
+    /// Polls job `id` alone when no other instance holds it (taking its lease; a local job
+    /// starts training here), and returns it as it is now; what `fungible tune watch` does
+    /// for the job it follows, leaving every other job to the instances that hold them.
+    pub async fn poll_job(&self, id: &str) -> Result<Job, TuneError> {
+        match self.store.lease_tune_job(id, &self.owner, fungible_store::now_ms(), self.lease_ms).await? {
+            Some(row) => self.poll_leased(decode(&row.body)?).await,
+            None => self.job(id).await,
+        }
+    }
+
+    /// Polls a job this instance holds the lease of.
+    async fn poll_leased(&self, job: Job) -> Result<Job, TuneError> {
+        if job.provider == LOCAL {
+            #[cfg(feature = "local")]
+            return self.poll_local(job).await;
+            #[cfg(not(feature = "local"))]
+            return Err(no_local());
+        }
+        self.refresh(job).await
     }
 
     pub async fn job(&self, id: &str) -> Result<Job, TuneError> {

@@ -266,9 +266,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let _poller = runtime.enter();
         fungible_server::tune::spawn_poller(state.clone(), config.tune_poll_interval);
     }
+    let tuner = state.tuner.clone();
     runtime
         .block_on(fungible_server::serve(state, addr, limits, shutdown_signal()))
         .with_context(|| format!("could not serve on {addr}"))?;
+    // Local tuning jobs training here stop at their next step and go back to the queue, to
+    // resume from their checkpoints on the next start (or on another instance).
+    if let Some(tuner) = tuner {
+        runtime.block_on(tuner.hand_back());
+    }
     // The server has stopped (in-flight requests finished, or cut at server.shutdown_timeout_ms):
     // write the keys' settled spend and every queued record before exiting.
     if let Some(access) = access {

@@ -394,8 +394,7 @@ async fn watch(tuner: &Tuner, serving: &Serving, id: &str, every: Duration) -> a
         let job = tuner.job(id).await?;
         let job = if job.provider == fungible_tune::LOCAL && !job.status.is_terminal() {
             // Trains it here unless another instance holds it (then follows its progress).
-            tuner.poll_due().await?;
-            tuner.job(id).await?
+            tuner.poll_job(id).await?
         } else {
             tuner.refresh(job).await?
         };
@@ -418,6 +417,18 @@ async fn watch(tuner: &Tuner, serving: &Serving, id: &str, every: Duration) -> a
             print_job(&job);
             return Ok(if job.status == fungible_tune::Status::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => {
+                // A local job training here stops at its next step and goes back to the
+                // queue, to resume from its checkpoint (here, or on a server).
+                bar.set_message(format!("{id}: stopping at the next step, keeping a checkpoint"));
+                tuner.hand_back().await;
+                bar.finish_and_clear();
+                let job = tuner.job(id).await?;
+                eprintln!("stopped following {id} ({}: {}); `fungible tune watch {id}` resumes it", job.status.as_str(), job.provider_status);
+                return Ok(ExitCode::from(130));
+            }
+        }
     }
 }

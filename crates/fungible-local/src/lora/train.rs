@@ -20,8 +20,10 @@ use super::data::{Sample, Tokenizer, epoch_order, pack};
 use super::model::{Adapters, Base, Batch};
 use super::{LoraSettings, Progress, Schedule, TrainError, TrainJob, TrainOutcome, export};
 
+/// The adapters, the optimizer's moments and the run's [`State`] (as JSON bytes under
+/// [`STATE_TENSOR`]), in one file written at once.
 const CHECKPOINT: &str = "checkpoint.safetensors";
-const STATE: &str = "checkpoint.json";
+pub(super) const STATE_TENSOR: &str = "state.json";
 const BEST: &str = "best.safetensors";
 /// The adapter a finished run exports, in the job's directory.
 pub const ADAPTER_FILE: &str = "adapter.gguf";
@@ -113,10 +115,12 @@ fn fingerprint(job: &TrainJob, train: &[Sample], validation: &[Sample]) -> Resul
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Writes `tensors` to `path` through a temporary file.
+/// Writes `tensors` to `path` through a temporary file, synced before it takes the name: a
+/// crash leaves the previous file or the new one, whole.
 fn save(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
     let tmp = path.with_extension("part");
     candle_core::safetensors::save(tensors, &tmp)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
@@ -142,11 +146,27 @@ fn checkpoint(dir: &Path, adapters: &Adapters, adam: &AdamW, state: &State) -> R
         tensors.insert(format!("adam_m.{name}"), adam.m[i].clone());
         tensors.insert(format!("adam_v.{name}"), adam.v[i].clone());
     }
-    save(&dir.join(CHECKPOINT), &tensors)?;
-    let tmp = dir.join(format!("{STATE}.part"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(state).map_err(|e| TrainError::Engine(e.to_string()))?)?;
-    std::fs::rename(&tmp, dir.join(STATE))?;
-    Ok(())
+    let json = serde_json::to_vec(state).map_err(|e| TrainError::Engine(e.to_string()))?;
+    let n = json.len();
+    tensors.insert(STATE_TENSOR.to_owned(), Tensor::from_vec(json, n, &Device::Cpu)?);
+    save(&dir.join(CHECKPOINT), &tensors)
+}
+
+/// The checkpoint in `dir`, if there is one: its tensors and the run's state.
+fn read_checkpoint(dir: &Path) -> Result<Option<(HashMap<String, Tensor>, State)>, TrainError> {
+    let path = dir.join(CHECKPOINT);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let not_checkpoint = |why: String| TrainError::BadInput(format!("{}: not a checkpoint: {why}", path.display()));
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| not_checkpoint(e.to_string()))?;
+    let json = tensors
+        .get(STATE_TENSOR)
+        .ok_or_else(|| not_checkpoint(format!("no {STATE_TENSOR}")))?
+        .to_vec1::<u8>()
+        .map_err(|e| not_checkpoint(e.to_string()))?;
+    let state = serde_json::from_slice(&json).map_err(|e| not_checkpoint(e.to_string()))?;
+    Ok(Some((tensors, state)))
 }
 
 /// Mean loss per answer token over `batches`, without dropout or gradients.
@@ -221,16 +241,13 @@ fn run(job: &TrainJob, progress: &mut (dyn FnMut(&Progress) + Send), stop: &Atom
         trained_tokens: 0,
     };
     let mut resumed_at = None;
-    if let Ok(text) = std::fs::read(job.dir.join(STATE)) {
-        let saved: State = serde_json::from_slice(&text)
-            .map_err(|e| TrainError::BadInput(format!("{}: not a checkpoint: {e}", job.dir.join(STATE).display())))?;
+    if let Some((tensors, saved)) = read_checkpoint(&job.dir)? {
         if saved.fingerprint != fingerprint {
             return Err(TrainError::BadInput(format!(
                 "{} holds a checkpoint of other data or settings; use a new directory",
                 job.dir.display()
             )));
         }
-        let tensors = candle_core::safetensors::load(job.dir.join(CHECKPOINT), &Device::Cpu)?;
         restore(&adapters, &tensors, "lora.")?;
         for (i, (name, _)) in vars.iter().enumerate() {
             let get = |k: String| tensors.get(&k).cloned().ok_or_else(|| TrainError::BadInput(format!("the checkpoint has no {k}")));

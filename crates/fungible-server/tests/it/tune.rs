@@ -350,3 +350,53 @@ async fn a_cancelled_local_job_stops_training() {
     assert!(job["fine_tuned_model"].is_null());
     assert!(!adapters.path().join(&id).join("adapter.gguf").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_local_job_trains_at_a_time_and_a_stopping_gateway_hands_it_back() {
+    let adapters = tempfile::tempdir().expect("temp dir");
+    let (app, state) = local_tuning(adapters.path()).await;
+    let launch = json!({"provider": "local", "model": "smollm2-135m-instruct", "dataset": "quokka",
+        "hyperparameters": {"epochs": 1000, "batch_tokens": 160, "max_seq_len": 160}});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let created = send(&app, "POST", "/v1/tune/jobs", Some(launch.clone())).await;
+        assert_eq!(created.status, 201, "{}", created.text());
+        ids.push(created.json()["id"].as_str().expect("id").to_owned());
+    }
+    let jobs = || async {
+        let mut out = Vec::new();
+        for id in &ids {
+            out.push(send(&app, "GET", &format!("/v1/tune/jobs/{id}"), None).await.json());
+        }
+        out
+    };
+    let running_one = |jobs: &[Value]| -> (Value, Value) {
+        let (running, waiting): (Vec<&Value>, Vec<&Value>) = jobs.iter().partition(|j| j["status"] == "running");
+        assert_eq!((running.len(), waiting.len()), (1, 1), "{jobs:?}");
+        (running[0].clone(), waiting[0].clone())
+    };
+
+    // Training takes every core: the second job waits in the queue, free for another instance.
+    fungible_server::tune::poll_once(&state).await;
+    let (running, waiting) = running_one(&jobs().await);
+    assert_eq!(waiting["status"], "queued");
+    assert_eq!(waiting["provider_status"], format!("queued behind {}", running["id"].as_str().unwrap_or_default()));
+
+    // A gateway that stops hands the job back: queued again, to resume from its checkpoint.
+    state.tuner.as_ref().expect("tuner").hand_back().await;
+    let handed = send(&app, "GET", &format!("/v1/tune/jobs/{}", running["id"].as_str().unwrap_or_default()), None).await.json();
+    assert_eq!(handed["status"], "queued", "{handed}");
+    assert!(handed["provider_status"].as_str().unwrap_or_default().starts_with("interrupted at step"), "{handed}");
+    assert!(adapters.path().join(running["id"].as_str().unwrap_or_default()).join("checkpoint.safetensors").is_file());
+
+    // Its lease was given back: the next poll trains one of the two again.
+    fungible_server::tune::poll_once(&state).await;
+    running_one(&jobs().await);
+    for id in &ids {
+        let cancelled = send(&app, "POST", &format!("/v1/tune/jobs/{id}/cancel"), None).await;
+        assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+    }
+    for id in &ids {
+        assert_eq!(until_finished(&app, &state, id).await["status"], "cancelled");
+    }
+}
