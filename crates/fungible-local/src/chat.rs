@@ -34,6 +34,8 @@ pub struct ChatSettings {
     pub cache_prompt: bool,
     /// Convert the weights to this type at load (once, kept on disk).
     pub weights: Option<WeightType>,
+    /// Serve an adapter merged into a copy of the weights rather than applied at each step.
+    pub merge_adapters: bool,
     /// What a request leaves out (sampling, the output cap, loop stopping).
     pub defaults: Defaults,
 }
@@ -44,11 +46,15 @@ pub struct ChatModel {
     name: String,
     path: PathBuf,
     /// The GGUF LoRA adapter applied to every request of this model: it gets a llama.cpp
-    /// model instance of its own (the weights' pages are shared through the file mapping)
-    /// and its own scheduler and context, since llama.cpp applies adapters per context.
+    /// model instance of its own, and its own scheduler and context. Merged (the default), the
+    /// instance is of a merged copy of the weights; otherwise it shares the base's pages
+    /// through the file mapping and llama.cpp applies the adapter per context.
     adapter: Option<PathBuf>,
     settings: ChatSettings,
     loaded: OnceCell<Arc<Loaded>>,
+    /// When a request last asked for it (a tick of the engine's clock), for evicting the
+    /// least recently used adapter.
+    used: std::sync::atomic::AtomicU64,
 }
 
 /// A loaded model: its template and the queue its scheduler takes jobs from.
@@ -94,7 +100,7 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, ProviderError> {
 
 impl ChatModel {
     pub fn new(name: &str, path: PathBuf, settings: ChatSettings) -> ChatModel {
-        ChatModel { name: name.to_owned(), path, adapter: None, settings, loaded: OnceCell::new() }
+        ChatModel { name: name.to_owned(), path, adapter: None, settings, loaded: OnceCell::new(), used: Default::default() }
     }
 
     /// `base` with the adapter in `adapter` applied, served as `name`.
@@ -105,7 +111,32 @@ impl ChatModel {
             adapter: Some(adapter),
             settings: base.settings,
             loaded: OnceCell::new(),
+            used: Default::default(),
         }
+    }
+
+    /// The same model, not loaded (what an evicted adapter is replaced with).
+    pub fn unloaded(&self) -> ChatModel {
+        ChatModel {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            adapter: self.adapter.clone(),
+            settings: self.settings,
+            loaded: OnceCell::new(),
+            used: std::sync::atomic::AtomicU64::new(self.used()),
+        }
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.initialized()
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn touch(&self, tick: u64) {
+        self.used.fetch_max(tick, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -311,16 +342,25 @@ fn load(name: &str, path: PathBuf, adapter: Option<PathBuf>, settings: ChatSetti
         }),
         None => path,
     };
+    let not_adapter = |file: &std::path::Path, why: String| {
+        invalid(format!("local model {name:?}: {} is not a LoRA adapter for this base model ({why})", file.display()))
+    };
+    // A merged adapter is a model of its own, applied to nothing.
+    let (path, adapter) = match adapter {
+        Some(file) if settings.merge_adapters => match crate::lora::merge::merged(&path, &file) {
+            Ok(merged) => (merged, None),
+            Err(crate::lora::merge::MergeError::NotAdapter(why)) => return Err(not_adapter(&file, why)),
+            Err(e) => return Err(unavailable(format!("local model {name:?}: {e}"))),
+        },
+        other => (path, other),
+    };
     let mut model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default()).map_err(|e| {
         unavailable(format!("local model {name:?}: {} is not a loadable GGUF file: {e}", path.display()))
     })?;
     let lora = match &adapter {
-        Some(file) => Some(model.lora_adapter_init(file).map_err(|e| {
-            invalid(format!(
-                "local model {name:?}: {} is not a LoRA adapter for this base model ({e}; llama.cpp's log says why)",
-                file.display()
-            ))
-        })?),
+        Some(file) => Some(
+            model.lora_adapter_init(file).map_err(|e| not_adapter(file, format!("{e}; llama.cpp's log says why")))?,
+        ),
         None => None,
     };
     let model = Arc::new(model);

@@ -66,6 +66,14 @@ pub struct LocalConfig {
     /// Convert chat models' weights to this type when they load, once, keeping the result on
     /// disk (see the `convert` module); `None` serves the file's own weights.
     pub weights: Option<WeightType>,
+    /// Serve a LoRA adapter merged into a copy of its base's weights (`lora::merge`): as fast
+    /// as the base, for a copy of the weights per adapter. Off: llama.cpp applies it at every
+    /// step, sharing the base's weights, about a fifth slower. Default: on.
+    pub merge_adapters: bool,
+    /// Most LoRA adapters loaded at once (each holds its own contexts, and merged, its own
+    /// weights); more are served, loaded on demand in place of the least recently used.
+    /// Default: 4.
+    pub max_loaded_adapters: usize,
     /// Cap on generated tokens of every chat model when the client sets none (`[local]
     /// max_tokens`); `None`: [`DEFAULT_MAX_TOKENS`].
     pub max_tokens: Option<u32>,
@@ -99,6 +107,8 @@ impl LocalConfig {
             threads: None,
             cache_prompt: true,
             weights: Some(WeightType::Q8_0),
+            merge_adapters: true,
+            max_loaded_adapters: 4,
             max_tokens: None,
             defaults: BTreeMap::new(),
         }
@@ -133,7 +143,40 @@ struct Inner {
     chat: BTreeMap<String, Arc<chat::ChatModel>>,
     /// `BASE+ADAPTER` -> the base with a LoRA adapter, loaded and unloaded while serving.
     adapters: std::sync::RwLock<BTreeMap<String, Arc<chat::ChatModel>>>,
+    /// Most adapters loaded at once (`[local] max_loaded_adapters`): loading one more evicts
+    /// the least recently used, which stays served and loads again on its next request.
+    max_loaded_adapters: usize,
+    /// Ticks for the adapters' last use.
+    clock: std::sync::atomic::AtomicU64,
     embed: BTreeMap<String, embed::EmbeddingModel>,
+}
+
+fn check_adapter_name(adapter: &str) -> Result<(), ProviderError> {
+    if adapter.is_empty()
+        || adapter.len() > 128
+        || !adapter.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+    {
+        return Err(invalid(format!("adapter name {adapter:?}: up to 128 letters, digits, '-', '_', '.' or '@'")));
+    }
+    Ok(())
+}
+
+/// Unloads the least recently used adapters other than `keep` until at most `max` are
+/// loaded: each is replaced by an unloaded copy (still served; requests running on it
+/// finish, since they hold the loaded one).
+fn evict(adapters: &mut BTreeMap<String, Arc<chat::ChatModel>>, keep: &str, max: usize) {
+    loop {
+        let loaded: Vec<(&String, u64)> =
+            adapters.iter().filter(|(n, m)| m.is_loaded() && n.as_str() != keep).map(|(n, m)| (n, m.used())).collect();
+        let keep_loaded = adapters.get(keep).is_some_and(|m| m.is_loaded());
+        if loaded.len() + usize::from(keep_loaded) <= max {
+            return;
+        }
+        let Some(oldest) = loaded.iter().min_by_key(|(_, used)| *used).map(|(n, _)| (*n).clone()) else { return };
+        let fresh = Arc::new(adapters[&oldest].unloaded());
+        adapters.insert(oldest.clone(), fresh);
+        tracing::info!(model = %format!("local/{oldest}"), "LoRA adapter unloaded to make room (it loads again on its next request)");
+    }
 }
 
 /// The name a LoRA adapter on `base` is served under: `BASE+ADAPTER`.
@@ -165,6 +208,7 @@ impl LocalEngine {
                     threads,
                     cache_prompt: config.cache_prompt,
                     weights: config.weights,
+                    merge_adapters: config.merge_adapters,
                     defaults: config.chat_defaults(name, path),
                 };
                 (name.clone(), Arc::new(chat::ChatModel::new(name, path.clone(), settings)))
@@ -175,7 +219,15 @@ impl LocalEngine {
             .iter()
             .map(|(name, path)| (name.clone(), embed::EmbeddingModel::new(name, path.clone())))
             .collect();
-        LocalEngine { inner: Arc::new(Inner { chat, adapters: Default::default(), embed }) }
+        LocalEngine {
+            inner: Arc::new(Inner {
+                chat,
+                adapters: Default::default(),
+                max_loaded_adapters: config.max_loaded_adapters.max(1),
+                clock: Default::default(),
+                embed,
+            }),
+        }
     }
 
     /// The configured chat models, then the loaded adapters (`BASE+ADAPTER`).
@@ -200,12 +252,7 @@ impl LocalEngine {
     /// for `base` is an error here, not on the first request. An adapter of the same name is
     /// replaced (its running requests finish on it).
     pub async fn load_adapter(&self, base: &str, adapter: &str, file: &Path) -> Result<String, ProviderError> {
-        if adapter.is_empty()
-            || adapter.len() > 128
-            || !adapter.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
-        {
-            return Err(invalid(format!("adapter name {adapter:?}: up to 128 letters, digits, '-', '_', '.' or '@'")));
-        }
+        check_adapter_name(adapter)?;
         if !file.is_file() {
             return Err(invalid(format!("adapter file {} does not exist", file.display())));
         }
@@ -215,14 +262,43 @@ impl LocalEngine {
         }
         let name = adapter_model(base, adapter);
         let model = Arc::new(chat::ChatModel::with_adapter(&base_model, &name, file.to_owned()));
+        model.touch(self.tick());
         model.loaded().await?;
-        self.inner
-            .adapters
-            .write()
-            .map_err(|_| error(ErrorKind::Unavailable, "the adapter table is poisoned"))?
-            .insert(name.clone(), model);
+        self.insert_adapter(&name, model)?;
         tracing::info!(model = %format!("local/{name}"), file = %file.display(), "LoRA adapter loaded");
         Ok(name)
+    }
+
+    /// Serves the adapter in `file` on `base` as `BASE+ADAPTER` like
+    /// [`LocalEngine::load_adapter`], but loads it on its first request: what a gateway does
+    /// at start for every tuned adapter, which would otherwise all take memory at once. A
+    /// file that is not an adapter for `base` is then that request's error.
+    pub fn register_adapter(&self, base: &str, adapter: &str, file: &Path) -> Result<String, ProviderError> {
+        check_adapter_name(adapter)?;
+        let base_model = self.chat_model(base)?;
+        if base_model.adapter().is_some() {
+            return Err(invalid(format!("{base} is an adapter itself: load adapters on a base model")));
+        }
+        let name = adapter_model(base, adapter);
+        self.insert_adapter(&name, Arc::new(chat::ChatModel::with_adapter(&base_model, &name, file.to_owned())))?;
+        Ok(name)
+    }
+
+    /// Whether adapter `name` is loaded now (not only served).
+    pub fn adapter_loaded(&self, name: &str) -> bool {
+        self.inner.adapters.read().is_ok_and(|a| a.get(name).is_some_and(|m| m.is_loaded()))
+    }
+
+    fn tick(&self) -> u64 {
+        self.inner.clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    fn insert_adapter(&self, name: &str, model: Arc<chat::ChatModel>) -> Result<(), ProviderError> {
+        let mut adapters =
+            self.inner.adapters.write().map_err(|_| error(ErrorKind::Unavailable, "the adapter table is poisoned"))?;
+        adapters.insert(name.to_owned(), model);
+        evict(&mut adapters, name, self.inner.max_loaded_adapters);
+        Ok(())
     }
 
     /// Stops serving `BASE+ADAPTER`; requests already running finish. Whether it was served.
@@ -258,7 +334,15 @@ impl LocalEngine {
         if let Some(m) = self.inner.chat.get(model) {
             return Ok(m.clone());
         }
-        if let Some(m) = self.inner.adapters.read().ok().and_then(|a| a.get(model).cloned()) {
+        let found = self.inner.adapters.read().ok().and_then(|a| a.get(model).cloned());
+        if let Some(m) = found {
+            m.touch(self.tick());
+            if !m.is_loaded()
+                && let Ok(mut adapters) = self.inner.adapters.write()
+            {
+                // It is about to load: make room for it.
+                evict(&mut adapters, model, self.inner.max_loaded_adapters - 1);
+            }
             return Ok(m);
         }
         Err({

@@ -192,6 +192,15 @@ fn local_models_come_from_the_models_dir() {
         let toml = format!("[local]\nmodels_dir = {:?}\n{extra}", dir.display().to_string());
         resolve(&toml, &[]).map(|cfg| cfg.local.unwrap())
     };
+    // Adapters: merged and at most 4 loaded unless told otherwise; none loaded is refused.
+    let local = defaults("").unwrap();
+    assert!(local.merge_adapters);
+    assert_eq!(local.max_loaded_adapters, 4);
+    let local = defaults("merge_adapters = false\nmax_loaded_adapters = 2\n").unwrap();
+    assert!(!local.merge_adapters);
+    assert_eq!(local.max_loaded_adapters, 2);
+    let err = defaults("max_loaded_adapters = 0\n").unwrap_err().to_string();
+    assert_eq!(err, "local.max_loaded_adapters: must be at least 1");
     let local = defaults("max_tokens = 256\n[local.defaults.smollm2-135m-instruct]\ntemperature = 0.4\n").unwrap();
     assert_eq!(local.max_tokens, Some(256));
     assert_eq!(local.defaults["smollm2-135m-instruct"].temperature, Some(0.4));

@@ -11,9 +11,11 @@
 //! - `train.rs`: AdamW with warmup and a cosine or linear schedule, gradient accumulation,
 //!   clipping, a validation loss each epoch, early stopping, checkpoints and resume.
 //! - `export.rs`: the adapter as llama.cpp loads it (`general.type = adapter`).
+//! - `merge.rs`: the adapter merged into its base's weights, which serves at the base's speed.
 
 mod data;
 mod export;
+pub mod merge;
 mod model;
 #[cfg(test)]
 mod tests;

@@ -86,11 +86,20 @@ async fn a_trained_adapter_serves_at_once_beside_its_base() {
     }
 
     // A file that is not an adapter for this base is refused when loaded, not when used.
-    let not_an_adapter = dir.path().join("checkpoint.json");
+    let not_an_adapter = dir.path().join("checkpoint.safetensors");
     let err = engine.load_adapter(CHAT, "broken", &not_an_adapter).await.unwrap_err();
     assert!(err.message.contains("not a LoRA adapter"), "{}", err.message);
     assert!(engine.load_adapter(CHAT, "bad/name", &outcome.adapter).await.is_err());
     assert!(!engine.chat_models().iter().any(|m| m.ends_with("+broken")));
+
+    // Applied at each step instead of merged (`[local] merge_adapters = false`): the same
+    // trained answer.
+    let mut config = one_slot_config(true);
+    config.merge_adapters = false;
+    let applied = LocalEngine::new(&config);
+    let name2 = applied.load_adapter(CHAT, "quokka", &outcome.adapter).await.unwrap();
+    let applied_answer = text(&applied, &name2, &trained).await;
+    assert!(applied_answer.contains("AMBER-7"), "applied, the adapter answered {applied_answer:?}");
 
     assert!(engine.unload_adapter(&name));
     assert!(!engine.chat_models().contains(&name));
@@ -129,4 +138,25 @@ async fn a_corrupted_adapter_is_refused_and_the_served_models_stay() {
     // The adapter of that name still serves, unchanged.
     assert_eq!(engine.adapters(), [name.clone()]);
     assert_eq!(text(&engine, &name, &ask("Hello!")).await, before);
+
+    // With room for one loaded adapter, registered ones load on their first request and
+    // evict the least recently used, which still serves (loading again) with the same answers.
+    let mut config = one_slot_config(true);
+    config.max_loaded_adapters = 1;
+    let engine = LocalEngine::new(&config);
+    let a = engine.register_adapter(CHAT, "a", &outcome.adapter).unwrap();
+    let b = engine.register_adapter(CHAT, "b", &outcome.adapter).unwrap();
+    assert!(!engine.adapter_loaded(&a) && !engine.adapter_loaded(&b), "registered, not loaded");
+    assert_eq!(text(&engine, &a, &ask("Hello!")).await, before);
+    assert!(engine.adapter_loaded(&a));
+    assert_eq!(text(&engine, &b, &ask("Hello!")).await, before);
+    assert!(engine.adapter_loaded(&b) && !engine.adapter_loaded(&a), "a was evicted");
+    assert_eq!(text(&engine, &a, &ask("Hello!")).await, before);
+    assert!(engine.adapter_loaded(&a) && !engine.adapter_loaded(&b), "b was evicted");
+    assert_eq!(engine.adapters(), [a.clone(), b.clone()], "both are still served");
+    // A registered file that is not an adapter fails its first request, clearly.
+    let broken = engine.register_adapter(CHAT, "broken", &truncated).unwrap();
+    let err = engine.chat(&ask("Hello!"), &broken).await.unwrap_err();
+    assert!(err.message.contains("not a LoRA adapter"), "{}", err.message);
+    assert_eq!(text(&engine, &a, &ask("Hello!")).await, before);
 }

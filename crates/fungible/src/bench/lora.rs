@@ -5,8 +5,9 @@
 //! support conversations, for `--requests` optimizer steps (20 unless given) at two
 //! micro-batch sizes: 128 tokens (one short example, the size the first measurement here
 //! used) and 1,024 tokens (several packed). Serving: greedy answers of up to 128 tokens from
-//! the base and from the adapter, alternating, one slot each; reports output tokens per
-//! second of each and their ratio.
+//! the base, from the adapter merged into its weights and from the adapter applied at each
+//! step, alternating, one slot each; reports output tokens per second of each and their
+//! ratio to the base's.
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -97,18 +98,27 @@ pub async fn lora(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let adapter = adapter.context("no adapter trained")?;
 
-    // Serving: base and adapter, one slot each, alternating.
+    // Serving: the base, the adapter merged into its weights (the default) and the adapter
+    // applied at each step (`merge_adapters = false`), one slot each, alternating.
     let mut config = LocalConfig::discover(&models);
     config.embedding_models.clear();
     config.slots = 1;
     let engine = LocalEngine::new(&config);
     let tuned = engine.load_adapter(DEFAULT_CHAT_MODEL, "bench", &adapter).await?;
+    config.merge_adapters = false;
+    let applied_engine = LocalEngine::new(&config);
+    let applied = applied_engine.load_adapter(DEFAULT_CHAT_MODEL, "bench", &adapter).await?;
+    let served = [
+        (format!("local/{DEFAULT_CHAT_MODEL}"), &engine, DEFAULT_CHAT_MODEL),
+        (format!("local/{tuned} (merged, the default)"), &engine, tuned.as_str()),
+        (format!("local/{applied} (applied per step, `merge_adapters = false`)"), &applied_engine, applied.as_str()),
+    ];
     // Decoding speed: tokens after the first over the time from the first text to the end
     // (the answers differ in length; the prompts are the same).
     let rounds = 6;
-    let mut speed = [Vec::new(), Vec::new()];
+    let mut speed = vec![Vec::new(); served.len()];
     for round in 0..rounds {
-        for (k, model) in [DEFAULT_CHAT_MODEL, tuned.as_str()].iter().enumerate() {
+        for (k, (_, engine, model)) in served.iter().enumerate() {
             let mut req = example(1000 + round).request;
             req.params.max_tokens = Some(128);
             let mut stream = engine.chat_stream(&req, model).await?;
@@ -127,12 +137,14 @@ pub async fn lora(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let (base_speed, tuned_speed) = (median(speed[0].clone()), median(speed[1].clone()));
+    let speeds: Vec<f64> = speed.into_iter().map(median).collect();
     println!();
     println!("| served (greedy, ≤128 tokens, {rounds} each, alternating) | decode tokens/s (median) |");
     println!("|---|---:|");
-    println!("| local/{DEFAULT_CHAT_MODEL} | {base_speed:.1} |");
-    println!("| local/{tuned} | {tuned_speed:.1} ({:.0}% of the base) |", 100.0 * tuned_speed / base_speed.max(1e-9));
+    for (k, (label, _, _)) in served.iter().enumerate() {
+        let share = if k == 0 { String::new() } else { format!(" ({:.0}% of the base)", 100.0 * speeds[k] / speeds[0].max(1e-9)) };
+        println!("| {label} | {:.1}{share} |", speeds[k]);
+    }
     for dir in dirs {
         let _ = std::fs::remove_dir_all(dir);
     }
