@@ -1,7 +1,7 @@
 //! `PROVIDER/MODEL`: what a route resolves a model name to.
 
 /// A provider and the provider's own model name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     pub provider: String,
     pub model: String,

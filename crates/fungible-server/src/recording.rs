@@ -211,6 +211,7 @@ fn build(
                 AttemptOutcome::Ok => (AttemptStatus::Ok, None),
                 AttemptOutcome::Failed(kind) => (AttemptStatus::Failed, Some(kind.class().into())),
                 AttemptOutcome::CircuitOpen => (AttemptStatus::CircuitOpen, None),
+                AttemptOutcome::Backoff => (AttemptStatus::Backoff, None),
             };
             AttemptRecord {
                 provider: a.target.provider.clone(),
@@ -221,7 +222,7 @@ fn build(
                 cost: match a.outcome {
                     AttemptOutcome::Ok if Some(i) == last_ok => cost,
                     AttemptOutcome::Ok => None,
-                    AttemptOutcome::Failed(_) | AttemptOutcome::CircuitOpen => Some(0.0),
+                    AttemptOutcome::Failed(_) | AttemptOutcome::CircuitOpen | AttemptOutcome::Backoff => Some(0.0),
                 },
             }
         })

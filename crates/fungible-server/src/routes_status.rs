@@ -35,6 +35,9 @@ struct Target {
     share_percent: Option<u32>,
     /// `closed`, `open` or `half_open`.
     breaker: &'static str,
+    /// Seconds the upstream still asked (`Retry-After`) to be left alone; `null` when it did
+    /// not (requests skip it meanwhile).
+    retry_after_s: Option<f64>,
     in_flight: u64,
     /// Milliseconds; `null` until a call was measured.
     ewma_ttft_ms: Option<f64>,
@@ -53,6 +56,7 @@ pub async fn list(State(state): State<AppState>) -> Response {
             weight: t.weight,
             share_percent: t.share,
             breaker: t.breaker.as_str(),
+            retry_after_s: t.held_off.map(|d| d.as_secs_f64()),
             in_flight: t.in_flight,
             ewma_ttft_ms: t.ewma_ttft.map(|d| d.as_secs_f64() * 1000.0),
             first_picks: t.first_picks,

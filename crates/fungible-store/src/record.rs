@@ -385,6 +385,9 @@ pub enum AttemptStatus {
     Failed,
     /// The target's circuit breaker was open: it was skipped without a call.
     CircuitOpen,
+    /// The upstream had asked (`Retry-After`) to be left alone until later: it was skipped
+    /// without a call.
+    Backoff,
 }
 
 impl AttemptStatus {
@@ -393,6 +396,7 @@ impl AttemptStatus {
             AttemptStatus::Ok => "ok",
             AttemptStatus::Failed => "failed",
             AttemptStatus::CircuitOpen => "circuit_open",
+            AttemptStatus::Backoff => "backoff",
         }
     }
 }
@@ -401,7 +405,7 @@ impl std::str::FromStr for AttemptStatus {
     type Err = String;
 
     fn from_str(s: &str) -> Result<AttemptStatus, String> {
-        [AttemptStatus::Ok, AttemptStatus::Failed, AttemptStatus::CircuitOpen]
+        [AttemptStatus::Ok, AttemptStatus::Failed, AttemptStatus::CircuitOpen, AttemptStatus::Backoff]
             .into_iter()
             .find(|status| status.as_str() == s)
             .ok_or_else(|| format!("unknown attempt status {s:?}"))

@@ -195,8 +195,8 @@ fn attempt_attrs(
     ];
     if let Some(error) = &a.error {
         attrs.push(KeyValue::new("error.type", error.clone()));
-    } else if a.status == AttemptStatus::CircuitOpen {
-        attrs.push(KeyValue::new("error.type", "circuit_open"));
+    } else if matches!(a.status, AttemptStatus::CircuitOpen | AttemptStatus::Backoff) {
+        attrs.push(KeyValue::new("error.type", a.status.as_str()));
     }
     if let Some(cost) = a.cost {
         attrs.push(KeyValue::new("fungible.cost_usd", cost));

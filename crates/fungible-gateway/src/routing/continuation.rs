@@ -182,6 +182,14 @@ impl State {
                 });
                 continue;
             }
+            if self.cont.gateway.inner.routing.holds.remaining(&target.config.target, Instant::now()).is_some() {
+                self.cont.log.push(Attempt {
+                    target: target.config.target.clone(),
+                    outcome: AttemptOutcome::Backoff,
+                    latency: Duration::ZERO,
+                });
+                continue;
+            }
             self.cont.calls_left -= 1;
             let (req, stripped) = self.prefilled(&request_for(&self.cont.req, target, provider.kind()));
             tracing::info!(
@@ -224,7 +232,11 @@ impl State {
                 }
                 Err(e) => {
                     if e.kind.is_retryable() {
-                        target.health.record_failure(Instant::now());
+                        let now = Instant::now();
+                        target.health.record_failure(now);
+                        if let Some(secs) = e.retry_after.filter(|&s| s > 0) {
+                            self.cont.gateway.inner.routing.holds.hold(&target.config.target, now + Duration::from_secs(secs), now);
+                        }
                     }
                     tracing::debug!(upstream = %target.config.target, "continuation failed: {e}");
                     self.cont.log.push(Attempt {

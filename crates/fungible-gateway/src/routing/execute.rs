@@ -3,7 +3,9 @@
 //! retried on the same target with backoff (never sooner than `Retry-After`, within the
 //! retry budget), then the next target is tried; a non-retryable failure ends the request
 //! at once, except a context-length error, which moves on to the next target whose context
-//! window is larger (or unknown). Open circuit breakers are skipped without a call. What
+//! window is larger (or unknown). Open circuit breakers are skipped without a call, and so
+//! are upstreams whose `Retry-After` still runs (`holdoff`), except the last target, which
+//! is waited for when its wait is short. What
 //! the attempt is (a whole
 //! chat, or a stream up to its first token) is a closure, so this file knows nothing of
 //! providers and is tested with scripted attempts on tokio's paused clock.
@@ -21,6 +23,7 @@ use fungible_types::{ErrorKind, ProviderError, StreamEvent};
 use tokio::time::Instant;
 
 use super::breaker::{Admission, BreakerState};
+use super::holdoff::HoldOffs;
 use super::policy::RetryBudget;
 use super::{Attempt, AttemptOutcome, Route, RouteInfo};
 
@@ -47,6 +50,8 @@ pub(crate) struct AttemptCtx {
 pub(crate) struct Limits<'a> {
     pub budget: &'a RetryBudget,
     pub max_attempts: u32,
+    /// Upstreams that asked to be left alone until later.
+    pub holds: &'a HoldOffs,
 }
 
 /// Runs `plan`, calling `attempt` for each try. Returns the route taken and the answer, or
@@ -98,6 +103,21 @@ where
                 open_wait = Some(open_wait.map_or(retry_in, |w| w.min(retry_in)));
                 continue 'targets;
             }
+            if let Some(wait) = limits.holds.remaining(&target.config.target, now) {
+                // The upstream asked to be left alone: another target takes the request;
+                // the last one left is waited for when its wait is short (as a retry would).
+                let last = position + 1 == candidates.len();
+                if !last || wait > route.retries.max_backoff || now + wait >= deadline {
+                    info.attempts.push(Attempt {
+                        target: target.config.target.clone(),
+                        outcome: AttemptOutcome::Backoff,
+                        latency: Duration::ZERO,
+                    });
+                    open_wait = Some(open_wait.map_or(wait, |w| w.min(wait)));
+                    continue 'targets;
+                }
+                tokio::time::sleep(wait).await;
+            }
             let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 break 'targets;
@@ -143,6 +163,9 @@ where
             }
             let now = Instant::now();
             target.health.record_failure(now);
+            if let Some(secs) = error.retry_after.filter(|&s| s > 0) {
+                limits.holds.hold(&target.config.target, now + Duration::from_secs(secs), now);
+            }
             let delay = if retry < route.retries.attempts {
                 route.retries.delay(retry, error.retry_after, &mut rand::rng())
             } else {
@@ -172,9 +195,9 @@ where
                 ErrorKind::Unavailable,
                 "fungible",
                 format!(
-                    "every target of {:?} is failing and has an open circuit breaker; the next probe is in {} s",
+                    "every target of {:?} is unavailable (failing with an open circuit breaker, or asked by its upstream's Retry-After to wait); the next try is possible in {} s",
                     info.route.as_deref().unwrap_or_default(),
-                    wait.as_secs().max(1)
+                    wait.as_secs_f64().ceil().max(1.0)
                 ),
             );
             error.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);

@@ -36,6 +36,7 @@ pub mod breaker;
 pub mod config;
 mod continuation;
 mod execute;
+mod holdoff;
 pub mod policy;
 
 use std::borrow::Cow;
@@ -131,6 +132,8 @@ pub enum AttemptOutcome {
     Failed(ErrorKind),
     /// Not called: its circuit breaker was open.
     CircuitOpen,
+    /// Not called: the upstream had asked (`Retry-After`) to be left alone until later.
+    Backoff,
 }
 
 /// An answer and how it was routed.
@@ -190,6 +193,8 @@ pub struct TargetStatus {
     /// A run-time variant's percent of the route's first picks (a promoted tuned model).
     pub share: Option<u32>,
     pub breaker: BreakerState,
+    /// How long the upstream still asked (`Retry-After`) to be left alone, if it did.
+    pub held_off: Option<Duration>,
     pub in_flight: u64,
     /// Moving average of time to first token (or to the whole answer, non-streamed).
     pub ewma_ttft: Option<Duration>,
@@ -347,6 +352,8 @@ pub(crate) struct Routing {
     overlays: Mutex<Vec<RouteOverlay>>,
     budget: RetryBudget,
     max_attempts: u32,
+    /// Upstreams that asked (`Retry-After`) not to be called before a time.
+    holds: holdoff::HoldOffs,
     /// The headers some route is sticky on, lowercase.
     sticky_headers: Vec<String>,
     /// Stream timeouts of `PROVIDER/MODEL` requests.
@@ -385,6 +392,7 @@ impl Routing {
             overlays: Mutex::new(Vec::new()),
             budget: RetryBudget::new(limits.retry_budget),
             max_attempts: limits.max_attempts_per_request,
+            holds: holdoff::HoldOffs::default(),
             sticky_headers,
             direct_timeouts: limits.stream_timeouts,
             prices: Prices::default(),
@@ -549,7 +557,7 @@ impl Gateway {
                 }
                 let position = candidates.iter().position(|(r, i)| Arc::ptr_eq(r, &answered) && *i == index);
                 let rest = position.map(|p| candidates[p + 1..].to_vec()).unwrap_or_default();
-                let used = u32::try_from(route.attempts.iter().filter(|a| a.outcome != AttemptOutcome::CircuitOpen).count())
+                let used = u32::try_from(route.attempts.iter().filter(|a| !matches!(a.outcome, AttemptOutcome::CircuitOpen | AttemptOutcome::Backoff)).count())
                     .unwrap_or(u32::MAX);
                 let continuation = Continuation {
                     gateway: self.clone(),
@@ -599,6 +607,7 @@ impl Gateway {
                     weight: t.config.weight,
                     share: t.config.share,
                     breaker: t.health.breaker.as_ref().map_or(BreakerState::Closed, |b| b.state(now)),
+                    held_off: self.inner.routing.holds.remaining(&t.config.target, now),
                     in_flight: t.health.in_flight.load(Ordering::Relaxed),
                     ewma_ttft: t.health.ttft.get(),
                     first_picks: t.health.first_picks.load(Ordering::Relaxed),
@@ -687,7 +696,7 @@ impl Gateway {
     }
 
     fn limits(&self) -> Limits<'_> {
-        Limits { budget: &self.inner.routing.budget, max_attempts: self.inner.routing.max_attempts }
+        Limits { budget: &self.inner.routing.budget, max_attempts: self.inner.routing.max_attempts, holds: &self.inner.routing.holds }
     }
 
     fn provider_of(&self, target: &Target) -> Result<&Provider, ProviderError> {

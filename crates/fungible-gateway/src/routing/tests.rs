@@ -61,6 +61,8 @@ struct Script {
     calls: Arc<Mutex<Vec<(String, Instant, bool)>>>,
     /// How long every call takes.
     latency: Duration,
+    /// The upstreams' `Retry-After` holds, across this script's requests.
+    holds: Arc<super::holdoff::HoldOffs>,
 }
 
 impl Script {
@@ -84,7 +86,7 @@ impl Script {
     }
 
     async fn run(&self, budget: &RetryBudget, max_attempts: u32, plan: Plan, total: Duration) -> (RouteInfo, Result<String, ProviderError>) {
-        let limits = Limits { budget, max_attempts };
+        let limits = Limits { budget, max_attempts, holds: &self.holds };
         execute::execute(limits, plan, total, |ctx: AttemptCtx| {
             let name = ctx.route.targets[ctx.index].config.name.clone();
             self.calls.lock().unwrap().push((name.clone(), Instant::now(), ctx.last_chance));
@@ -237,6 +239,64 @@ async fn a_route_whose_every_breaker_is_open_fails_fast_with_a_retry_after() {
     assert!(error.message.contains("open circuit breaker"), "{error}");
     assert_eq!(script.calls().len(), 1, "no call while open");
     assert_eq!(outcomes(&info), [("a/m".into(), AttemptOutcome::CircuitOpen)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_keeps_every_request_off_the_upstream_until_it_runs_out() {
+    let r = route(&["a/m", "b/m"], 0, BreakerConfig::DEFAULT);
+    let script = Script::default().answer("a/m", vec![Err(error(ErrorKind::Unavailable, Some(1)))]);
+    let b = budget();
+    let (_, result) = script.run(&b, 6, plan_of(&r), 600 * S).await;
+    assert_eq!(result.unwrap(), "b/m");
+    // The next requests skip a without calling it while its Retry-After runs...
+    for _ in 0..3 {
+        let (info, result) = script.run(&b, 6, plan_of(&r), 600 * S).await;
+        assert_eq!(result.unwrap(), "b/m");
+        assert_eq!(outcomes(&info), [("a/m".into(), AttemptOutcome::Backoff), ("b/m".into(), AttemptOutcome::Ok)]);
+    }
+    assert_eq!(script.calls(), ["a/m", "b/m", "b/m", "b/m", "b/m"]);
+    // ...and go back to it once it has run out.
+    tokio::time::advance(S).await;
+    let (_, result) = script.run(&b, 6, plan_of(&r), 600 * S).await;
+    assert_eq!(result.unwrap(), "a/m");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_holds_the_upstream_for_other_routes_to_it_too() {
+    let first = route(&["a/m", "b/m"], 0, BreakerConfig::DEFAULT);
+    let other = route(&["a/m", "c/m"], 0, BreakerConfig::DEFAULT);
+    let script = Script::default().answer("a/m", vec![Err(error(ErrorKind::RateLimited, Some(5)))]);
+    let b = budget();
+    assert_eq!(script.run(&b, 6, plan_of(&first), 600 * S).await.1.unwrap(), "b/m");
+    let (info, result) = script.run(&b, 6, plan_of(&other), 600 * S).await;
+    assert_eq!(result.unwrap(), "c/m");
+    assert_eq!(outcomes(&info)[0], ("a/m".into(), AttemptOutcome::Backoff));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_upstream_left_is_waited_for_when_its_retry_after_is_short() {
+    let r = route(&["a/m"], 0, BreakerConfig::DEFAULT);
+    let script = Script::default().answer("a/m", vec![Err(error(ErrorKind::RateLimited, Some(2)))]);
+    let b = budget();
+    assert!(script.run(&b, 6, plan_of(&r), 600 * S).await.1.is_err());
+    let (_, result) = script.run(&b, 6, plan_of(&r), 600 * S).await;
+    assert_eq!(result.unwrap(), "a/m");
+    assert_eq!(script.times(), [Duration::ZERO, 2 * S], "called again once its 2 s had passed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_retry_after_on_the_last_upstream_fails_fast_with_it() {
+    let r = route(&["a/m"], 0, BreakerConfig::DEFAULT);
+    let script = Script::default().answer("a/m", vec![Err(error(ErrorKind::RateLimited, Some(60)))]);
+    let b = budget();
+    assert!(script.run(&b, 6, plan_of(&r), 600 * S).await.1.is_err());
+    tokio::time::advance(10 * S).await;
+    let (info, result) = script.run(&b, 6, plan_of(&r), 600 * S).await;
+    let error = result.unwrap_err();
+    assert_eq!((error.kind, error.retry_after), (ErrorKind::Unavailable, Some(50)));
+    assert!(error.message.contains("Retry-After"), "{error}");
+    assert_eq!(script.calls().len(), 1, "not called while it asked to be left alone");
+    assert_eq!(outcomes(&info), [("a/m".into(), AttemptOutcome::Backoff)]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -117,6 +117,27 @@ async fn a_429_with_retry_after_is_not_retried_sooner() {
 }
 
 #[tokio::test]
+async fn an_upstream_that_asked_to_wait_is_skipped_by_the_next_requests() {
+    // No retries: the 503 falls back at once, and its Retry-After (60 s) keeps a out.
+    let routes = "[models.r]\nretries = { attempts = 0 }\ntargets = [{ target = \"a/m\" }, { target = \"b/m\" }]\n";
+    let t = TwoUpstreams::new(routes).await;
+    t.a().push(failure(503).with_header("retry-after", "60"));
+    for i in 0..3 {
+        t.b.push(completion("from b"));
+        let res = t.chat("r", json!({})).await;
+        assert_eq!(answer_text(&res), "from b", "request {i}");
+    }
+    assert_eq!(t.a().received().len(), 1, "a asked for 60 s and was called only once");
+    assert_eq!(t.b.received().len(), 3);
+    // The route's status says how long a still asked for.
+    let request = axum::http::Request::get("/v1/routes").body(axum::body::Body::empty()).expect("request");
+    let body = t.h.send(request).await.json();
+    let held = body["data"][0]["targets"][0]["retry_after_s"].as_f64().unwrap_or_default();
+    assert!(held > 50.0 && held <= 60.0, "{body}");
+    assert!(body["data"][0]["targets"][1]["retry_after_s"].is_null(), "{body}");
+}
+
+#[tokio::test]
 async fn a_400_is_not_retried_and_not_sent_to_the_fallback() {
     let t = TwoUpstreams::new(&format!("[models.r]\ntargets = [{{ target = \"a/m\" }}, {{ target = \"b/m\" }}]\n{FAST_RETRIES}\n")).await;
     t.a().push(failure(400));
