@@ -52,6 +52,9 @@ pub struct ChatModel {
     adapter: Option<PathBuf>,
     settings: ChatSettings,
     loaded: OnceCell<Arc<Loaded>>,
+    /// Set when a request is about to load it (an adapter counts as loaded from then on, so
+    /// loads under way count against the cap); cleared when its load fails.
+    wanted: std::sync::atomic::AtomicBool,
     /// When a request last asked for it (a tick of the engine's clock), for evicting the
     /// least recently used adapter.
     used: std::sync::atomic::AtomicU64,
@@ -100,7 +103,7 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, ProviderError> {
 
 impl ChatModel {
     pub fn new(name: &str, path: PathBuf, settings: ChatSettings) -> ChatModel {
-        ChatModel { name: name.to_owned(), path, adapter: None, settings, loaded: OnceCell::new(), used: Default::default() }
+        ChatModel { name: name.to_owned(), path, adapter: None, settings, loaded: OnceCell::new(), wanted: Default::default(), used: Default::default() }
     }
 
     /// `base` with the adapter in `adapter` applied, served as `name`.
@@ -111,6 +114,7 @@ impl ChatModel {
             adapter: Some(adapter),
             settings: base.settings,
             loaded: OnceCell::new(),
+            wanted: Default::default(),
             used: Default::default(),
         }
     }
@@ -123,12 +127,23 @@ impl ChatModel {
             adapter: self.adapter.clone(),
             settings: self.settings,
             loaded: OnceCell::new(),
+            wanted: Default::default(),
             used: std::sync::atomic::AtomicU64::new(self.used()),
         }
     }
 
     pub fn is_loaded(&self) -> bool {
         self.loaded.initialized()
+    }
+
+    /// Loaded, or being loaded for a request.
+    pub fn is_resident(&self) -> bool {
+        self.is_loaded() || self.wanted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A request is about to use it.
+    pub fn want(&self) {
+        self.wanted.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn used(&self) -> u64 {
@@ -154,10 +169,14 @@ impl ChatModel {
                 let path = self.path.clone();
                 let adapter = self.adapter.clone();
                 let settings = self.settings;
-                tokio::task::spawn_blocking(move || load(&name, path, adapter, settings))
+                let loaded = tokio::task::spawn_blocking(move || load(&name, path, adapter, settings))
                     .await
-                    .map_err(|e| error(ErrorKind::Unavailable, format!("loading local model {:?} failed: {e}", self.name)))?
-                    .map(Arc::new)
+                    .map_err(|e| error(ErrorKind::Unavailable, format!("loading local model {:?} failed: {e}", self.name)))
+                    .and_then(|r| r.map(Arc::new));
+                if loaded.is_err() {
+                    self.wanted.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                loaded
             })
             .await
             .cloned()
@@ -345,12 +364,16 @@ fn load(name: &str, path: PathBuf, adapter: Option<PathBuf>, settings: ChatSetti
     let not_adapter = |file: &std::path::Path, why: String| {
         invalid(format!("local model {name:?}: {} is not a LoRA adapter for this base model ({why})", file.display()))
     };
-    // A merged adapter is a model of its own, applied to nothing.
+    // A merged adapter is a model of its own, applied to nothing. One that cannot be merged
+    // here (a layout the merge does not handle, no room to write it) is applied per step.
     let (path, adapter) = match adapter {
         Some(file) if settings.merge_adapters => match crate::lora::merge::merged(&path, &file) {
             Ok(merged) => (merged, None),
             Err(crate::lora::merge::MergeError::NotAdapter(why)) => return Err(not_adapter(&file, why)),
-            Err(e) => return Err(unavailable(format!("local model {name:?}: {e}"))),
+            Err(e) => {
+                tracing::warn!(model = %format!("local/{name}"), "the adapter is applied at each step, not merged: {e}");
+                (path, Some(file))
+            }
         },
         other => (path, other),
     };

@@ -162,13 +162,13 @@ fn check_adapter_name(adapter: &str) -> Result<(), ProviderError> {
 }
 
 /// Unloads the least recently used adapters other than `keep` until at most `max` are
-/// loaded: each is replaced by an unloaded copy (still served; requests running on it
-/// finish, since they hold the loaded one).
+/// loaded or loading (`keep` among them): each is replaced by an unloaded copy (still served;
+/// requests running on it finish, since they hold the loaded one).
 fn evict(adapters: &mut BTreeMap<String, Arc<chat::ChatModel>>, keep: &str, max: usize) {
     loop {
         let loaded: Vec<(&String, u64)> =
-            adapters.iter().filter(|(n, m)| m.is_loaded() && n.as_str() != keep).map(|(n, m)| (n, m.used())).collect();
-        let keep_loaded = adapters.get(keep).is_some_and(|m| m.is_loaded());
+            adapters.iter().filter(|(n, m)| m.is_resident() && n.as_str() != keep).map(|(n, m)| (n, m.used())).collect();
+        let keep_loaded = adapters.get(keep).is_some_and(|m| m.is_resident());
         if loaded.len() + usize::from(keep_loaded) <= max {
             return;
         }
@@ -230,7 +230,7 @@ impl LocalEngine {
         }
     }
 
-    /// The configured chat models, then the loaded adapters (`BASE+ADAPTER`).
+    /// The configured chat models, then the adapters served (`BASE+ADAPTER`, loaded or not).
     pub fn chat_models(&self) -> Vec<String> {
         let mut models: Vec<String> = self.inner.chat.keys().cloned().collect();
         models.extend(self.adapters());
@@ -263,6 +263,7 @@ impl LocalEngine {
         let name = adapter_model(base, adapter);
         let model = Arc::new(chat::ChatModel::with_adapter(&base_model, &name, file.to_owned()));
         model.touch(self.tick());
+        model.want();
         model.loaded().await?;
         self.insert_adapter(&name, model)?;
         tracing::info!(model = %format!("local/{name}"), file = %file.display(), "LoRA adapter loaded");
@@ -280,6 +281,9 @@ impl LocalEngine {
             return Err(invalid(format!("{base} is an adapter itself: load adapters on a base model")));
         }
         let name = adapter_model(base, adapter);
+        if !file.is_file() {
+            return Err(invalid(format!("adapter file {} does not exist", file.display())));
+        }
         self.insert_adapter(&name, Arc::new(chat::ChatModel::with_adapter(&base_model, &name, file.to_owned())))?;
         Ok(name)
     }
@@ -330,19 +334,27 @@ impl LocalEngine {
         Ok(())
     }
 
+    /// [`LocalEngine::chat_model`] for a request that runs on it: an adapter is marked used
+    /// (for the least-recently-used eviction) and, not loaded yet, makes room for itself.
+    fn chat_model_to_use(&self, model: &str) -> Result<Arc<chat::ChatModel>, ProviderError> {
+        let m = self.chat_model(model)?;
+        if m.adapter().is_some() {
+            m.touch(self.tick());
+            if !m.is_resident()
+                && let Ok(mut adapters) = self.inner.adapters.write()
+            {
+                m.want();
+                evict(&mut adapters, model, self.inner.max_loaded_adapters);
+            }
+        }
+        Ok(m)
+    }
+
     fn chat_model(&self, model: &str) -> Result<Arc<chat::ChatModel>, ProviderError> {
         if let Some(m) = self.inner.chat.get(model) {
             return Ok(m.clone());
         }
-        let found = self.inner.adapters.read().ok().and_then(|a| a.get(model).cloned());
-        if let Some(m) = found {
-            m.touch(self.tick());
-            if !m.is_loaded()
-                && let Ok(mut adapters) = self.inner.adapters.write()
-            {
-                // It is about to load: make room for it.
-                evict(&mut adapters, model, self.inner.max_loaded_adapters - 1);
-            }
+        if let Some(m) = self.inner.adapters.read().ok().and_then(|a| a.get(model).cloned()) {
             return Ok(m);
         }
         Err({
@@ -358,16 +370,16 @@ impl LocalEngine {
     }
 
     pub async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, ProviderError> {
-        self.chat_model(model)?.chat(req).await
+        self.chat_model_to_use(model)?.chat(req).await
     }
 
     pub async fn chat_stream(&self, req: &ChatRequest, model: &str) -> Result<LocalEventStream, ProviderError> {
-        self.chat_model(model)?.chat_stream(req).await
+        self.chat_model_to_use(model)?.chat_stream(req).await
     }
 
     /// Exact prompt tokens of `req` with the model's own template and tokenizer.
     pub async fn count_tokens(&self, req: &ChatRequest, model: &str) -> Result<u64, ProviderError> {
-        self.chat_model(model)?.count_tokens(req).await
+        self.chat_model_to_use(model)?.count_tokens(req).await
     }
 
     /// One vector per input, in order: mean-pooled, L2-normalised.

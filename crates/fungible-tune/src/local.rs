@@ -7,7 +7,9 @@
 //! does too when no server holds it), writes its progress into the job's events, and marks
 //! it succeeded, failed or cancelled. Its directory under `[tune] adapters_dir` keeps the
 //! checkpoints, so an instance that takes over an interrupted job resumes it, and the
-//! adapter, which every instance that can read the directory loads.
+//! adapter, which every instance that can read the directory serves (loading it on its first
+//! request). One job trains at a time per process; a process that stops hands its job back
+//! to the queue ([`Tuner::hand_back`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +39,8 @@ pub(crate) struct Local {
     dir: PathBuf,
     /// Jobs training in this process.
     running: Arc<Mutex<HashMap<String, Run>>>,
+    /// Set once the process hands its jobs back: it starts no more.
+    closing: Arc<AtomicBool>,
 }
 
 /// A job training in this process.
@@ -53,7 +57,7 @@ struct Run {
 
 impl Local {
     pub fn new(engine: LocalEngine, dir: PathBuf) -> Local {
-        Local { engine, dir, running: Arc::default() }
+        Local { engine, dir, running: Arc::default(), closing: Arc::default() }
     }
 
     fn job_dir(&self, id: &str) -> PathBuf {
@@ -230,7 +234,8 @@ impl Tuner {
         let (done_tx, done) = tokio::sync::watch::channel(());
         {
             let mut running = local.running.lock().map_err(|_| TuneError::BadInput("the local job table is poisoned".into()))?;
-            if running.contains_key(&job.id) {
+            // One at a time (checked again here, under the lock), none once handing back.
+            if !running.is_empty() || local.closing.load(Ordering::Relaxed) {
                 return Ok(());
             }
             running.insert(job.id.clone(), Run { stop: stop.clone(), hand_back: hand_back.clone(), done });
@@ -310,7 +315,8 @@ impl Tuner {
                                         lost = true;
                                         stop.store(true, Ordering::Relaxed);
                                     }
-                                    _ => stop.store(true, Ordering::Relaxed),
+                                    Ok(_) => stop.store(true, Ordering::Relaxed),
+                                    Err(e) => tracing::warn!(job = %id, "lease not renewed: {e}"),
                                 },
                                 Err(e) => tracing::warn!(job = %id, "lease not renewed: {e}"),
                             }
@@ -339,10 +345,11 @@ impl Tuner {
     /// Stops every local job training in this process at its next step, each keeping a
     /// checkpoint, and puts them back in the queue with their leases given back, so that the
     /// next instance to poll (this one restarted, or another) resumes them; returns once
-    /// each has stopped. What `fungible serve` does when it shuts down and `fungible tune
+    /// each has stopped. No job starts here after it. What `fungible serve` does when it shuts down and `fungible tune
     /// watch` on Ctrl-C.
     pub(crate) async fn hand_back_local(&self) {
         let Some(local) = &self.local else { return };
+        local.closing.store(true, Ordering::Relaxed);
         let runs: Vec<Run> = local.running.lock().map(|r| r.values().cloned().collect()).unwrap_or_default();
         for run in &runs {
             run.hand_back.store(true, Ordering::Relaxed);

@@ -262,16 +262,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if config.preload_local {
         runtime.block_on(state.gateway.preload_local());
     }
-    if state.tuner.is_some() {
-        let _poller = runtime.enter();
-        fungible_server::tune::spawn_poller(state.clone(), config.tune_poll_interval);
-    }
+    let poller = state.tuner.is_some().then(|| {
+        let _runtime = runtime.enter();
+        fungible_server::tune::spawn_poller(state.clone(), config.tune_poll_interval)
+    });
     let tuner = state.tuner.clone();
     runtime
         .block_on(fungible_server::serve(state, addr, limits, shutdown_signal()))
         .with_context(|| format!("could not serve on {addr}"))?;
     // Local tuning jobs training here stop at their next step and go back to the queue, to
     // resume from their checkpoints on the next start (or on another instance).
+    if let Some(poller) = poller {
+        poller.abort();
+    }
     if let Some(tuner) = tuner {
         runtime.block_on(tuner.hand_back());
     }

@@ -383,12 +383,29 @@ fn print_job(job: &Job) {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Polls the job until it ends, with a spinner showing its status and latest loss; then runs
 /// the eval it asked for, if no gateway ran it yet.
 async fn watch(tuner: &Tuner, serving: &Serving, id: &str, every: Duration) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
     bar.enable_steady_tick(Duration::from_millis(200));
+    // Listening from the start, so a Ctrl-C during a poll is not the default handler's.
+    let (interrupt_tx, mut interrupted) = tokio::sync::watch::channel(false);
+    let listener = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = interrupt_tx.send(true);
+        }
+    });
+    let _stop_listening = AbortOnDrop(listener);
     let mut seen = 0;
     loop {
         let job = tuner.job(id).await?;
@@ -417,9 +434,14 @@ async fn watch(tuner: &Tuner, serving: &Serving, id: &str, every: Duration) -> a
             print_job(&job);
             return Ok(if job.status == fungible_tune::Status::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            _ = tokio::signal::ctrl_c() => {
+        if !*interrupted.borrow() {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = interrupted.changed() => {}
+            }
+        }
+        if *interrupted.borrow() {
+            {
                 // A local job training here stops at its next step and goes back to the
                 // queue, to resume from its checkpoint (here, or on a server).
                 bar.set_message(format!("{id}: stopping at the next step, keeping a checkpoint"));

@@ -142,7 +142,13 @@ pub(super) fn recommend(report: &Report) -> Vec<String> {
             (Some(p), Some(r)) if p.non_inferior && r < 1.0 => {
                 non_inferior_cheaper.push((r, other.model.as_str()))
             }
-            (Some(p), None) if p.non_inferior && !both_free => non_inferior_unpriced.push(other.model.as_str()),
+            // Unpriced only when a price is missing (a free baseline against a paid model is
+            // priced: the paid one is not cheaper).
+            (Some(p), None)
+                if p.non_inferior && (base.cost_per_item_usd.is_none() || other.cost_per_item_usd.is_none()) =>
+            {
+                non_inferior_unpriced.push(other.model.as_str())
+            }
             _ => {}
         }
         out.push(s);

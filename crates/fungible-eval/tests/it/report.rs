@@ -196,6 +196,21 @@ fn a_better_model_at_no_cost_is_recommended_when_both_are_free() {
     );
     assert!(!all.contains("without prices"), "{all}");
     assert!(!all.contains("unknown"), "{all}");
+
+    // A free baseline against a paid model that matches it: priced, and not cheaper.
+    let mut rs = Vec::new();
+    for i in 0..1000 {
+        rs.push(result(i, "local/base", Some(i % 2 == 0), Some(0.0)));
+        rs.push(result(i, "openai/paid", Some(i % 2 == 0), Some(0.01)));
+    }
+    write_run(dir, &meta(&["local/base", "openai/paid"], 1000), &rs);
+    report::write_report(dir).expect("report");
+    let j = report_json(dir);
+    assert_eq!(j["comparisons"][0]["verdict"], "non-inferior", "{}", j["comparisons"][0]);
+    let all = j["recommendation"].as_array().expect("array").iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n");
+    assert!(all.contains("It costs $0.01000 per item where local/base costs nothing."), "{all}");
+    assert!(all.contains("Recommendation: keep local/base"), "{all}");
+    assert!(!all.contains("without prices"), "{all}");
 }
 
 #[test]

@@ -235,7 +235,8 @@ impl State {
                         let now = Instant::now();
                         target.health.record_failure(now);
                         if let Some(secs) = e.retry_after.filter(|&s| s > 0) {
-                            self.cont.gateway.inner.routing.holds.hold(&target.config.target, now + Duration::from_secs(secs), now);
+                            let hold = Duration::from_secs(secs).min(super::holdoff::MAX_HOLD);
+                            self.cont.gateway.inner.routing.holds.hold(&target.config.target, now + hold, now);
                         }
                     }
                     tracing::debug!(upstream = %target.config.target, "continuation failed: {e}");

@@ -116,7 +116,9 @@ where
                     open_wait = Some(open_wait.map_or(wait, |w| w.min(wait)));
                     continue 'targets;
                 }
+                // Then everything is checked again (the deadline, the breaker, a newer hold).
                 tokio::time::sleep(wait).await;
+                continue;
             }
             let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
@@ -164,7 +166,7 @@ where
             let now = Instant::now();
             target.health.record_failure(now);
             if let Some(secs) = error.retry_after.filter(|&s| s > 0) {
-                limits.holds.hold(&target.config.target, now + Duration::from_secs(secs), now);
+                limits.holds.hold(&target.config.target, now + Duration::from_secs(secs).min(super::holdoff::MAX_HOLD), now);
             }
             let delay = if retry < route.retries.attempts {
                 route.retries.delay(retry, error.retry_after, &mut rand::rng())
@@ -195,8 +197,14 @@ where
                 ErrorKind::Unavailable,
                 "fungible",
                 format!(
-                    "every target of {:?} is unavailable (failing with an open circuit breaker, or asked by its upstream's Retry-After to wait); the next try is possible in {} s",
-                    info.route.as_deref().unwrap_or_default(),
+                    "every target of {} is unavailable (failing with an open circuit breaker, or asked by its upstream's Retry-After to wait); the next try is possible in {} s",
+                    match info.route.as_deref() {
+                        Some(route) => format!("{route:?}"),
+                        None => candidates
+                            .first()
+                            .map(|&(leg, i)| format!("{:?}", legs[leg].0.targets[i].config.target.to_string()))
+                            .unwrap_or_default(),
+                    },
                     wait.as_secs_f64().ceil().max(1.0)
                 ),
             );

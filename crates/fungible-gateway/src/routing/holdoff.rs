@@ -17,6 +17,10 @@ use crate::Target;
 /// Holds kept at most; past it, the expired ones are dropped on the next hold.
 const PRUNE_AT: usize = 1024;
 
+/// The longest hold an upstream gets: a `Retry-After` of a day (or a bogus one) must not take
+/// a target out until a restart.
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Default)]
 pub(crate) struct HoldOffs {
     until: Mutex<HashMap<Target, Instant>>,

@@ -274,6 +274,18 @@ async fn a_retry_after_holds_the_upstream_for_other_routes_to_it_too() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_retry_after_of_a_day_holds_the_upstream_off_five_minutes_at_most() {
+    let r = route(&["a/m", "b/m"], 0, BreakerConfig::DEFAULT);
+    let script = Script::default().answer("a/m", vec![Err(error(ErrorKind::RateLimited, Some(86_400)))]);
+    let b = budget();
+    assert_eq!(script.run(&b, 6, plan_of(&r), 600 * S).await.1.unwrap(), "b/m");
+    tokio::time::advance(299 * S).await;
+    assert_eq!(script.run(&b, 6, plan_of(&r), 600 * S).await.1.unwrap(), "b/m");
+    tokio::time::advance(S).await;
+    assert_eq!(script.run(&b, 6, plan_of(&r), 600 * S).await.1.unwrap(), "a/m");
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_last_upstream_left_is_waited_for_when_its_retry_after_is_short() {
     let r = route(&["a/m"], 0, BreakerConfig::DEFAULT);
     let script = Script::default().answer("a/m", vec![Err(error(ErrorKind::RateLimited, Some(2)))]);

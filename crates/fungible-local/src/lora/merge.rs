@@ -20,24 +20,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
+use sha2::Digest;
 
 use super::TrainError;
 
-/// Why a merge failed: the file is not an adapter for this base (`NotAdapter`), or the
-/// merged model could not be written.
+/// Why a merge failed: the file is not an adapter for this base (`NotAdapter`), it is one
+/// this merge does not handle (`Unsupported`: llama.cpp can still apply it at each step), or
+/// a file could not be read or the merged model written (`Io`).
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
     #[error("{0}")]
     NotAdapter(String),
     #[error("{0}")]
-    Write(String),
+    Unsupported(String),
+    #[error("{0}")]
+    Io(String),
 }
 
 /// The base model at `base` with the adapter at `adapter` merged in: the path of a fresh
 /// merged GGUF, written now unless one newer than both inputs exists.
 pub fn merged(base: &Path, adapter: &Path) -> Result<PathBuf, MergeError> {
     let stem = |p: &Path| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let name = format!("{}.merged-{}.gguf", stem(adapter), stem(base));
+    // Named by what the adapter holds: every tuned adapter is an `adapter.gguf`, and two of
+    // them must never share a merged file (in the temporary directory they would).
+    let bytes = std::fs::read(adapter).map_err(|e| MergeError::Io(format!("cannot read {}: {e}", adapter.display())))?;
+    let digest = sha2::Sha256::digest(&bytes);
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let name = format!("{}.merged-{}-{hash}.gguf", stem(adapter), stem(base));
     let beside = adapter.with_file_name(&name);
     let in_temp = std::env::temp_dir().join("fungible-adapters").join(&name);
     for target in [&beside, &in_temp] {
@@ -53,7 +62,7 @@ pub fn merged(base: &Path, adapter: &Path) -> Result<PathBuf, MergeError> {
             Err(e) => failures.push(format!("{}: {e}", target.display())),
         }
     }
-    Err(MergeError::Write(format!("the merged model could not be written: {}", failures.join("; "))))
+    Err(MergeError::Io(format!("the merged model could not be written: {}", failures.join("; "))))
 }
 
 /// Whether `target` exists and was written after each of `sources` last changed.
@@ -68,7 +77,10 @@ type Merged = (Vec<(String, Value)>, Vec<(String, QTensor)>);
 /// Reads both files and computes the merged tensors (in the base's order).
 fn merge(base: &Path, adapter: &Path) -> Result<Merged, MergeError> {
     let not_adapter = |why: String| MergeError::NotAdapter(why);
-    let (mut afile, acontent) = read(adapter).map_err(not_adapter)?;
+    let (mut afile, acontent) = read(adapter).map_err(|e| match e {
+        ReadError::Open(e) => MergeError::Io(e),
+        ReadError::Format(e) => MergeError::NotAdapter(e),
+    })?;
     let meta_str = |key: &str| match acontent.metadata.get(key) {
         Some(Value::String(s)) => Some(s.as_str()),
         _ => None,
@@ -80,7 +92,7 @@ fn merge(base: &Path, adapter: &Path) -> Result<Merged, MergeError> {
         Some(v) => v.to_f32().map_err(|e| not_adapter(format!("adapter.lora.alpha: {e}")))?,
         None => 0.0,
     };
-    let (mut bfile, bcontent) = read(base).map_err(MergeError::Write)?;
+    let (mut bfile, bcontent) = read(base).map_err(|(ReadError::Open(e) | ReadError::Format(e))| MergeError::Io(e))?;
     if let (Some(a), Some(Value::String(b))) = (meta_str("general.architecture"), bcontent.metadata.get("general.architecture"))
         && a != b
     {
@@ -110,6 +122,10 @@ fn merge(base: &Path, adapter: &Path) -> Result<Merged, MergeError> {
         let Some(info) = bcontent.tensor_infos.get(target) else {
             return Err(not_adapter(format!("the base has no tensor {target}")));
         };
+        if target == "token_embd.weight" {
+            // llama.cpp lays this one's pair out the other way round.
+            return Err(MergeError::Unsupported("it adapts the token embeddings".into()));
+        }
         let mut tensor = |name: &str| -> Result<Tensor, MergeError> {
             let q = acontent.tensor(&mut afile, name, &cpu).map_err(|e| not_adapter(format!("{name}: {e}")))?;
             q.dequantize(&cpu).map_err(|e| not_adapter(format!("{name}: {e}")))
@@ -136,7 +152,7 @@ fn merge(base: &Path, adapter: &Path) -> Result<Merged, MergeError> {
     names.sort_by_key(|&(_, offset)| offset);
     let mut tensors = Vec::with_capacity(names.len());
     for (name, _) in names {
-        let q = bcontent.tensor(&mut bfile, name, &cpu).map_err(|e| MergeError::Write(format!("the base's {name}: {e}")))?;
+        let q = bcontent.tensor(&mut bfile, name, &cpu).map_err(|e| MergeError::Io(format!("the base's {name}: {e}")))?;
         let q = match deltas.get(name.as_str()) {
             None => q,
             Some(delta) => {
@@ -163,12 +179,18 @@ fn merge(base: &Path, adapter: &Path) -> Result<Merged, MergeError> {
 }
 
 fn engine(e: candle_core::Error) -> MergeError {
-    MergeError::Write(format!("merging: {e}"))
+    MergeError::Io(format!("merging: {e}"))
 }
 
-fn read(path: &Path) -> Result<(File, Content), String> {
-    let mut file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let content = Content::read(&mut file).map_err(|e| format!("{} is not a GGUF file: {e}", path.display()))?;
+/// A file that could not be opened, or is not a GGUF file.
+enum ReadError {
+    Open(String),
+    Format(String),
+}
+
+fn read(path: &Path) -> Result<(File, Content), ReadError> {
+    let mut file = File::open(path).map_err(|e| ReadError::Open(format!("cannot open {}: {e}", path.display())))?;
+    let content = Content::read(&mut file).map_err(|e| ReadError::Format(format!("{} is not a GGUF file: {e}", path.display())))?;
     Ok((file, content))
 }
 

@@ -24,6 +24,8 @@ use super::{LoraSettings, Progress, Schedule, TrainError, TrainJob, TrainOutcome
 /// [`STATE_TENSOR`]), in one file written at once.
 const CHECKPOINT: &str = "checkpoint.safetensors";
 pub(super) const STATE_TENSOR: &str = "state.json";
+/// Where checkpoints before the state moved inside kept it.
+const LEGACY_STATE: &str = "checkpoint.json";
 const BEST: &str = "best.safetensors";
 /// The adapter a finished run exports, in the job's directory.
 pub const ADAPTER_FILE: &str = "adapter.gguf";
@@ -115,10 +117,11 @@ fn fingerprint(job: &TrainJob, train: &[Sample], validation: &[Sample]) -> Resul
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Writes `tensors` to `path` through a temporary file, synced before it takes the name: a
-/// crash leaves the previous file or the new one, whole.
+/// Writes `tensors` to `path` through a temporary file of this process, synced before it
+/// takes the name: a crash, or another process writing the same checkpoint, leaves one
+/// whole file.
 fn save(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
-    let tmp = path.with_extension("part");
+    let tmp = path.with_extension(format!("part-{}", std::process::id()));
     candle_core::safetensors::save(tensors, &tmp)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -160,11 +163,11 @@ fn read_checkpoint(dir: &Path) -> Result<Option<(HashMap<String, Tensor>, State)
     }
     let not_checkpoint = |why: String| TrainError::BadInput(format!("{}: not a checkpoint: {why}", path.display()));
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| not_checkpoint(e.to_string()))?;
-    let json = tensors
-        .get(STATE_TENSOR)
-        .ok_or_else(|| not_checkpoint(format!("no {STATE_TENSOR}")))?
-        .to_vec1::<u8>()
-        .map_err(|e| not_checkpoint(e.to_string()))?;
+    let json = match tensors.get(STATE_TENSOR) {
+        Some(t) => t.to_vec1::<u8>().map_err(|e| not_checkpoint(e.to_string()))?,
+        // Written before the state moved into the checkpoint (2026-12-07): beside it.
+        None => std::fs::read(dir.join(LEGACY_STATE)).map_err(|e| not_checkpoint(format!("no {STATE_TENSOR}, no {LEGACY_STATE}: {e}")))?,
+    };
     let state = serde_json::from_slice(&json).map_err(|e| not_checkpoint(e.to_string()))?;
     Ok(Some((tensors, state)))
 }

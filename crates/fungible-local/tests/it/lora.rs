@@ -154,6 +154,9 @@ async fn a_corrupted_adapter_is_refused_and_the_served_models_stay() {
     assert_eq!(text(&engine, &a, &ask("Hello!")).await, before);
     assert!(engine.adapter_loaded(&a) && !engine.adapter_loaded(&b), "b was evicted");
     assert_eq!(engine.adapters(), [a.clone(), b.clone()], "both are still served");
+    // Listing models (their defaults) neither loads nor evicts.
+    assert!(engine.chat_defaults(&b).is_some());
+    assert!(engine.adapter_loaded(&a) && !engine.adapter_loaded(&b), "looking b up evicted nothing");
     // A registered file that is not an adapter fails its first request, clearly.
     let broken = engine.register_adapter(CHAT, "broken", &truncated).unwrap();
     let err = engine.chat(&ask("Hello!"), &broken).await.unwrap_err();
