@@ -98,7 +98,7 @@ pub(crate) fn converted(source: &Path, to: WeightType, threads: usize) -> Result
     let beside = source.with_file_name(&name);
     let in_temp = std::env::temp_dir().join("fungible-models").join(&name);
     for target in [&beside, &in_temp] {
-        if is_fresh(target, source) {
+        if is_fresh(target, &[source]) {
             return Ok(target.clone());
         }
     }
@@ -112,13 +112,11 @@ pub(crate) fn converted(source: &Path, to: WeightType, threads: usize) -> Result
     Err(failures.join("; "))
 }
 
-/// Whether `target` exists and was written after `source` last changed.
-fn is_fresh(target: &Path, source: &Path) -> bool {
+/// Whether `target` exists and was written after each of `sources` last changed.
+pub(crate) fn is_fresh(target: &Path, sources: &[&Path]) -> bool {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    match (modified(target), modified(source)) {
-        (Some(t), Some(s)) => t >= s,
-        _ => false,
-    }
+    let Some(t) = modified(target) else { return false };
+    sources.iter().all(|s| modified(s).is_some_and(|s| t >= s))
 }
 
 /// Writes `source` converted to `to` at `target`, through a temporary name in the same folder

@@ -50,7 +50,7 @@ pub fn merged(base: &Path, adapter: &Path) -> Result<PathBuf, MergeError> {
     let beside = adapter.with_file_name(&name);
     let in_temp = std::env::temp_dir().join("fungible-adapters").join(&name);
     for target in [&beside, &in_temp] {
-        if is_fresh(target, &[base, adapter]) {
+        if crate::convert::is_fresh(target, &[base, adapter]) {
             return Ok(target.clone());
         }
     }
@@ -63,13 +63,6 @@ pub fn merged(base: &Path, adapter: &Path) -> Result<PathBuf, MergeError> {
         }
     }
     Err(MergeError::Io(format!("the merged model could not be written: {}", failures.join("; "))))
-}
-
-/// Whether `target` exists and was written after each of `sources` last changed.
-fn is_fresh(target: &Path, sources: &[&Path]) -> bool {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let Some(t) = modified(target) else { return false };
-    sources.iter().all(|s| modified(s).is_some_and(|s| t >= s))
 }
 
 type Merged = (Vec<(String, Value)>, Vec<(String, QTensor)>);
