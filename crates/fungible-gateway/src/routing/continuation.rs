@@ -1,6 +1,6 @@
 //! Continuing a stream that failed after its content started: the client already has part of
-//! the answer, so a retry from scratch would repeat it. Instead the next target of the route
-//! that can **prefill** (continue a trailing assistant message: Anthropic natively, DeepSeek
+//! the answer, so a retry from scratch would repeat it. Instead the first target that can
+//! **prefill**, of the one whose stream failed and then the route's later ones, (continue a trailing assistant message: Anthropic natively, DeepSeek
 //! and Mistral with `prefix`, vLLM with `continue_final_message`; see
 //! `fungible_providers::openai::Prefill`) is asked again with the text so far as the start
 //! of its answer, and its output is spliced onto the client's stream: its `Start` is dropped,
@@ -10,7 +10,8 @@
 //! No continuation is tried (the failure reaches the client as the stream's error event, as
 //! before) when it is switched off (`continue_on_stream_failure = false`), when the error is
 //! not retryable, when a tool call or a refusal was under way or the stream had finished,
-//! when no later target can prefill, or when the request's attempt limit is spent. Each
+//! when neither that target nor a later one can prefill, or when the request's attempt limit
+//! is spent. Each
 //! continuation is recorded as an attempt in [`RouteInfo::continuations`](super::RouteInfo).
 
 use std::sync::Arc;
@@ -32,7 +33,8 @@ pub(crate) struct Continuation {
     pub gateway: Gateway,
     /// The request as planned (per-request fallback keys removed), before target params.
     pub req: ChatRequest,
-    /// The targets after the one that answered, in the order they would have been tried.
+    /// The target that answered, then the ones after it in the order they would have been
+    /// tried.
     pub rest: Vec<(Arc<Route>, usize)>,
     /// Upstream calls this request may still make.
     pub calls_left: u32,
@@ -52,7 +54,7 @@ pub(crate) fn supports_prefill(provider: &Provider, req: &ChatRequest) -> bool {
 }
 
 /// `stream` (a target's, already past its first content or handed over as the last chance),
-/// continued on the next target that can prefill when it fails.
+/// continued when it fails on the first target that can prefill: its own, then the later ones.
 pub(crate) fn continuing(stream: EventStream, continuation: Continuation) -> EventStream {
     let state = State {
         current: stream,
@@ -162,7 +164,7 @@ impl State {
         self.seen_content && !self.blocked && error.kind.is_retryable() && self.cont.calls_left > 0
     }
 
-    /// Opens the next target that can prefill with the answer so far, up to its first
+    /// Opens the first target left that can prefill with the answer so far, up to its first
     /// content; `None` when none could.
     async fn continue_elsewhere(&mut self, error: &ProviderError) -> Option<EventStream> {
         while self.cont.calls_left > 0 && !self.cont.rest.is_empty() {

@@ -556,7 +556,9 @@ impl Gateway {
                     return Ok(Routed { value: stream, route });
                 }
                 let position = candidates.iter().position(|(r, i)| Arc::ptr_eq(r, &answered) && *i == index);
-                let rest = position.map(|p| candidates[p + 1..].to_vec()).unwrap_or_default();
+                // The target that answered first (a cut stream is most often a dropped connection, not
+                // a sick upstream), then the ones after it.
+                let rest = position.map(|p| candidates[p..].to_vec()).unwrap_or_default();
                 let used = u32::try_from(route.attempts.iter().filter(|a| !matches!(a.outcome, AttemptOutcome::CircuitOpen | AttemptOutcome::Backoff)).count())
                     .unwrap_or(u32::MAX);
                 let continuation = Continuation {

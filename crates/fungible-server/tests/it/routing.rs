@@ -493,6 +493,30 @@ async fn a_stall_after_content_is_continued_by_a_prefix_flavoured_server() {
     }
 }
 
+/// A cut stream is continued on its own target first when that target can prefill; the
+/// fallback is not called.
+#[tokio::test]
+async fn a_stream_cut_after_content_is_continued_on_the_same_target_when_it_can_prefill() {
+    let routes = "[models.r]\nretries = { attempts = 0 }\ntargets = [{ target = \"a/m\" }, { target = \"b/m\" }]\n";
+    let t = TwoUpstreams::with_providers("prefill = \"prefix\"", "prefill = \"prefix\"", routes).await;
+    t.a().push(MockResponse::sse("").with_body(MockBody::ChunksThenReset(stream_events(2))));
+    let rest: Vec<Bytes> = stream_events(16).into_iter().skip(3).collect();
+    let mut head = stream_events(1);
+    head.push(Bytes::from(
+        "data: {\"id\":\"c2\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":null}]}\n\n",
+    ));
+    head.extend(rest);
+    t.a().push(MockResponse::sse("").with_body(MockBody::Chunks(head)));
+    let data = t.h.post("/v1/chat/completions", stream_request("r")).await.sse_data();
+    assert_eq!(streamed_text(&data), ("Hello!".to_owned(), 1), "{data:?}");
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let received = t.a().received();
+    assert_eq!(received.len(), 2, "a was asked again");
+    let last = received[1].json()["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or_default();
+    assert_eq!((last["role"].as_str(), last["content"].as_str(), last["prefix"].as_bool()), (Some("assistant"), Some("Hel"), Some(true)));
+    assert_eq!(t.b.received().len(), 0, "the fallback was not needed");
+}
+
 #[tokio::test]
 async fn no_continuation_when_switched_off_or_a_tool_call_was_under_way() {
     let routes = "[models.r]\nretries = { attempts = 0 }\ncontinue_on_stream_failure = false\ntargets = [{ target = \"a/m\" }, { target = \"b/claude\" }]\n";
