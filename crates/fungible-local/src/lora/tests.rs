@@ -257,6 +257,19 @@ fn an_interrupted_run_resumes_to_the_same_adapter() {
         let d = (t - &a[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-6, "{name} differs by {d} after resuming");
     }
+    // A checkpoint of the earlier layout (its state in `checkpoint.json` beside it) resumes too.
+    let legacy = tempfile::tempdir().unwrap();
+    let stop = AtomicBool::new(false);
+    let err = train(&job(legacy.path()), &mut |p| if p.step == 3 { stop.store(true, Ordering::Relaxed) }, &stop).unwrap_err();
+    assert!(matches!(err, TrainError::Cancelled { step: 3 }), "{err}");
+    let path = legacy.path().join("checkpoint.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let state = tensors.remove(super::train::STATE_TENSOR).unwrap().to_vec1::<u8>().unwrap();
+    std::fs::write(legacy.path().join("checkpoint.json"), state).unwrap();
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let resumed = train(&job(legacy.path()), &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    assert_eq!((resumed.resumed_at, resumed.steps), (Some(3), straight.steps));
+
     // Other data in the same directory is refused rather than mixed in.
     let mut other = job(split.path());
     other.train.truncate(2);
