@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,6 +25,9 @@ pub(crate) const MAX_HOLD: Duration = Duration::from_secs(300);
 #[derive(Debug, Default)]
 pub(crate) struct HoldOffs {
     until: Mutex<HashMap<Target, Instant>>,
+    /// Whether `until` may hold anything: every attempt of every request asks, and almost
+    /// always none is held, so the common case takes no lock.
+    any: AtomicBool,
 }
 
 impl HoldOffs {
@@ -39,16 +43,23 @@ impl HoldOffs {
         }
         let entry = holds.entry(target.clone()).or_insert(until);
         *entry = (*entry).max(until);
+        self.any.store(true, Ordering::Release);
     }
 
     /// How long `target` still asked to be left alone, if at all.
     pub fn remaining(&self, target: &Target, now: Instant) -> Option<Duration> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
         let mut holds = self.lock();
         let until = *holds.get(target)?;
         if until > now {
             return Some(until - now);
         }
         holds.remove(target);
+        if holds.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
         None
     }
 }
@@ -68,5 +79,6 @@ mod tests {
         assert_eq!(holds.remaining(&b, t0), None);
         assert_eq!(holds.remaining(&a, t0 + Duration::from_secs(2)), None);
         assert!(holds.lock().is_empty(), "an expired hold is dropped");
+        assert!(!holds.any.load(Ordering::Acquire), "and the lock-free check says so");
     }
 }
