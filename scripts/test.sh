@@ -41,4 +41,8 @@ for generation in older current; do
     echo "== end-to-end with the $generation Python SDKs: $("$venv/bin/pip" freeze | grep -iE '^(openai|anthropic|google-genai)==' | tr '\n' ' ')"
     "$venv/bin/python" -m pytest -q tests/e2e -p no:cacheprovider || status=$?
 done
+# The web UI in headless Chromium (Debian's; Playwright drives it, nothing is downloaded).
+# Screenshots of each page at two widths go to target/ui-screenshots/.
+echo "== web UI in Chromium"
+target/e2e/ui/bin/python -m pytest -q tests/ui -p no:cacheprovider || status=$?
 exit $status

@@ -172,7 +172,16 @@ impl Access {
         &self,
         presented: &str,
     ) -> Result<Result<Arc<KeyRecord>, AuthFailure>, AccessError> {
-        let hash = key::hash(presented);
+        self.authenticate_hash(key::hash(presented)).await
+    }
+
+    /// The key whose SHA-256 is `hash` (what [`key::hash`] gives), if it is a valid one now:
+    /// how a signed-in UI session, which keeps the hash and never the key, is checked on
+    /// each request (revoked and expired keys end their sessions).
+    pub async fn authenticate_hash(
+        &self,
+        hash: String,
+    ) -> Result<Result<Arc<KeyRecord>, AuthFailure>, AccessError> {
         let cached = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             cache

@@ -191,25 +191,27 @@ fn is_admin(auth: &Auth, presented: Option<&str>) -> bool {
 
 /// Middleware: authenticates the request (see the module docs).
 pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let presented = presented_key(&request);
+    // A signed-in page's session stands for its key when the request presents none.
+    if presented.is_none()
+        && let Some(sessions) = state.ui.as_ref().map(|ui| &ui.sessions)
+        && let Some(session) = sessions.from_headers(request.headers(), fungible_access::now_ms())
+    {
+        return with_session(&state, session, request, next).await;
+    }
     let path = request.uri().path();
     let format = format_of(path);
     let auth = &state.auth;
+    if crate::ui::is_ui_path(path) {
+        // The pages sign in with their own form: without a session, nobody is signed in.
+        request.extensions_mut().insert(crate::ui::Viewer::nobody(auth.enabled));
+        return next.run(request).await;
+    }
     if path == "/admin" || path.starts_with("/admin/") {
-        if auth.admin_key.is_none() {
-            return ApiError {
-                status: StatusCode::FORBIDDEN,
-                kind: "permission_error",
-                ..ApiError::invalid_request(
-                    None,
-                    format!(
-                        "the admin API is off: set the admin key in {}",
-                        auth.admin_key_env
-                    ),
-                )
-            }
-            .into_response();
+        if let Some(off) = admin_api_off(auth) {
+            return off;
         }
-        if !is_admin(auth, presented_key(&request).as_deref()) {
+        if !is_admin(auth, presented.as_deref()) {
             return unauthorized("the admin API needs the admin key (Authorization: Bearer ...)")
                 .into_response();
         }
@@ -223,7 +225,7 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
     {
         return next.run(request).await;
     }
-    let Some(presented) = presented_key(&request) else {
+    let Some(presented) = presented else {
         return unauthorized("missing API key: send a virtual key as Authorization: Bearer, x-api-key, x-goog-api-key or ?key=")
             .into_response_for(format);
     };
@@ -236,34 +238,117 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
     match access.authenticate(&presented).await {
         Ok(Ok(key)) => {
             drop(presented);
-            let principal = Principal {
-                key_id: key.id.clone(),
-                key_name: key.name.clone(),
-                tags: key.tags.clone(),
-                scopes: key.scopes.clone(),
-            };
-            let needed = crate::principal::needs(request.uri().path());
-            if needed.is_empty() {
-                return forbidden(format!("{} is for the admin key only", request.uri().path())).into_response_for(format);
-            }
-            if !needed.iter().any(|scope| principal.has(*scope)) {
-                let names: Vec<&str> = needed.iter().map(|s| s.as_str()).collect();
-                return forbidden(format!(
-                    "this API key may not use {}: it needs the {} scope",
-                    request.uri().path(),
-                    names.join(" or ")
-                ))
-                .into_response_for(format);
-            }
-            request.extensions_mut().insert(principal);
-            request.extensions_mut().insert(CallerKey(key));
-            next.run(request).await
+            as_key(request, key, next).await
         }
         Ok(Err(failure)) => unauthorized(failure.to_string()).into_response_for(format),
         Err(e) => {
             tracing::error!("could not look up an API key: {e}");
             unavailable("API keys cannot be checked right now").into_response_for(format)
         }
+    }
+}
+
+/// The refusal of an `/admin/*` request when no admin key is configured.
+fn admin_api_off(auth: &Auth) -> Option<Response> {
+    auth.admin_key.is_none().then(|| {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            kind: "permission_error",
+            ..ApiError::invalid_request(None, format!("the admin API is off: set the admin key in {}", auth.admin_key_env))
+        }
+        .into_response()
+    })
+}
+
+/// Runs `request` as virtual key `key`: its scopes must cover the path; its principal and
+/// the key go on the request's extensions.
+async fn as_key(mut request: Request, key: Arc<KeyRecord>, next: Next) -> Response {
+    let path = request.uri().path();
+    let format = format_of(path);
+    let principal = Principal {
+        key_id: key.id.clone(),
+        key_name: key.name.clone(),
+        tags: key.tags.clone(),
+        scopes: key.scopes.clone(),
+    };
+    let needed = crate::principal::needs(path);
+    if needed.is_empty() {
+        return forbidden(format!("{path} is for the admin key only")).into_response_for(format);
+    }
+    if !needed.iter().any(|scope| principal.has(*scope)) {
+        let names: Vec<&str> = needed.iter().map(|s| s.as_str()).collect();
+        return forbidden(format!("this API key may not use {path}: it needs the {} scope", names.join(" or ")))
+            .into_response_for(format);
+    }
+    request.extensions_mut().insert(principal);
+    request.extensions_mut().insert(CallerKey(key));
+    next.run(request).await
+}
+
+/// Who a UI session is now.
+pub(crate) enum SessionCaller {
+    Admin,
+    Key(Arc<KeyRecord>),
+    /// The key was revoked or expired, or the admin API was turned off.
+    Ended,
+}
+
+/// A request made by a signed-in page (see `ui::session`): every state change must carry
+/// the session's CSRF token; the pages get a [`crate::ui::Viewer`], the API the key or the
+/// admin rights the session stands for.
+async fn with_session(state: &AppState, session: crate::ui::Session, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let format = format_of(path);
+    let auth = &state.auth;
+    let Some(ui) = state.ui.as_ref() else {
+        return next.run(request).await;
+    };
+    let changes_state = !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if changes_state && !ui.sessions.csrf_ok(&session, request.headers()) {
+        return forbidden(format!(
+            "a signed-in page's {} needs the page's CSRF token in {}",
+            request.method(),
+            crate::ui::CSRF_HEADER
+        ))
+        .into_response_for(format);
+    }
+    let caller = match &session.who {
+        crate::ui::Who::Admin if auth.admin_key.is_some() => SessionCaller::Admin,
+        crate::ui::Who::Admin => SessionCaller::Ended,
+        crate::ui::Who::Key { hash } => match &auth.access {
+            None => SessionCaller::Ended,
+            Some(access) => match access.authenticate_hash(hash.clone()).await {
+                Ok(Ok(key)) => SessionCaller::Key(key),
+                Ok(Err(_)) => SessionCaller::Ended,
+                Err(e) => {
+                    tracing::error!("could not look up a signed-in key: {e}");
+                    return unavailable("API keys cannot be checked right now").into_response_for(format);
+                }
+            },
+        },
+    };
+    if crate::ui::is_ui_path(path) {
+        let viewer = crate::ui::Viewer::signed_in(auth.enabled, session, &caller);
+        if let SessionCaller::Key(key) = caller {
+            request.extensions_mut().insert(CallerKey(key));
+        }
+        request.extensions_mut().insert(viewer);
+        return next.run(request).await;
+    }
+    let is_admin_path = path == "/admin" || path.starts_with("/admin/");
+    match caller {
+        SessionCaller::Ended => unauthorized("the session has ended: sign in again").into_response_for(format),
+        SessionCaller::Admin => match admin_api_off(auth).filter(|_| is_admin_path) {
+            Some(off) => off,
+            None => next.run(request).await,
+        },
+        SessionCaller::Key(_) if is_admin_path => {
+            unauthorized("the admin API needs the admin key: sign in with it").into_response_for(format)
+        }
+        SessionCaller::Key(_) if !auth.enabled || auth.open_routes.iter().any(|p| fungible_access::glob_matches(p, path)) => {
+            next.run(request).await
+        }
+        SessionCaller::Key(key) => as_key(request, key, next).await,
     }
 }
 

@@ -241,7 +241,7 @@ pub struct StatsQuery {
     until_ms: Option<i64>,
 }
 
-/// `GET /v1/stats?by=model|provider|route|key|user|tag|day|inbound`.
+/// `GET /v1/stats?by=model|provider|route|key|user|tag|day|hour|inbound`.
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,

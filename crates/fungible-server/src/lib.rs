@@ -29,6 +29,7 @@ pub mod recording;
 pub mod routes_status;
 pub mod tune;
 pub mod serve;
+pub mod ui;
 mod streaming;
 mod tap;
 mod tags;
@@ -92,6 +93,8 @@ pub struct Shared {
     pub tuner: Option<fungible_tune::Tuner>,
     /// Few-shot examples of the routes that have `examples` (`fungible-datasets`' `fewshot`).
     pub examples: fungible_datasets::Examples,
+    /// The web UI at `/ui` (`[ui]`); `None`: off.
+    pub ui: Option<std::sync::Arc<ui::Ui>>,
 }
 
 impl AppState {
@@ -109,6 +112,7 @@ impl AppState {
             allowed_hosts: guard::AllowedHosts::default(),
             tuner: None,
             examples: fungible_datasets::Examples::default(),
+            ui: None,
         }))
     }
 
@@ -162,6 +166,12 @@ impl AppState {
         self
     }
 
+    /// Serves the web UI at `/ui` (see [`ui`]).
+    pub fn with_ui(mut self, ui: ui::Ui) -> AppState {
+        self.shared_mut().ui = Some(std::sync::Arc::new(ui));
+        self
+    }
+
     /// Prices costs with `prices` instead of the built-in table.
     pub fn with_prices(mut self, prices: fungible_store::PriceTable) -> AppState {
         self.shared_mut().recording.prices = std::sync::Arc::new(prices);
@@ -171,7 +181,12 @@ impl AppState {
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
+    let ui = match state.ui {
+        Some(_) => ui::routes(),
+        None => Router::new(),
+    };
     Router::new()
+        .merge(ui)
         .route("/health", get(health))
         .route("/openapi.json", get(openapi))
         .route("/v1/models", get(models))

@@ -79,6 +79,9 @@ impl std::fmt::Debug for Recording {
 /// What the request's context knows about one chat request, for its record.
 #[derive(Clone)]
 pub(crate) struct RequestFacts {
+    /// The id its record will have, told to the client in `x-fungible-inference-id` (for
+    /// `/v1/feedback` and `/v1/inferences/{id}`).
+    pub(crate) id: String,
     /// The caller's trace (W3C `traceparent`), for the OpenTelemetry spans.
     trace: fungible_telemetry::Parent,
     inbound: &'static str,
@@ -135,6 +138,7 @@ pub(crate) fn facts(
         None => Map::new(),
     };
     Ok(Some(RequestFacts {
+        id: fungible_store::new_id(),
         trace: fungible_telemetry::Parent::from_headers(headers),
         inbound,
         started: Instant::now(),
@@ -242,7 +246,7 @@ fn build(
             .map(str::to_owned)
     });
     InferenceRecord {
-        id: fungible_store::new_id(),
+        id: facts.id.clone(),
         time_ms: facts.time_ms,
         inbound: facts.inbound.into(),
         requested_model: req.model.clone(),

@@ -16,14 +16,14 @@ struct List {
 }
 
 #[derive(Serialize)]
-struct Route {
+pub(crate) struct Route {
     route: String,
     strategy: &'static str,
     targets: Vec<Target>,
 }
 
 #[derive(Serialize)]
-struct Target {
+pub(crate) struct Target {
     /// The variant name.
     name: String,
     /// `PROVIDER/MODEL`.
@@ -47,7 +47,9 @@ struct Target {
     failures: u64,
 }
 
-pub async fn list(State(state): State<AppState>) -> Response {
+/// Every route's state now, in configuration order: what `GET /v1/routes` and the UI's
+/// routes page show.
+pub(crate) fn snapshot(state: &AppState) -> Vec<Route> {
     let mut data: Vec<Route> = Vec::new();
     for t in state.gateway.route_status() {
         let target = Target {
@@ -68,5 +70,10 @@ pub async fn list(State(state): State<AppState>) -> Response {
             _ => data.push(Route { route: t.route, strategy: t.strategy.as_str(), targets: vec![target] }),
         }
     }
+    data
+}
+
+pub async fn list(State(state): State<AppState>) -> Response {
+    let data = snapshot(&state);
     crate::json_response(StatusCode::OK, serde_json::to_vec(&List { object: "list", data }).unwrap_or_default())
 }

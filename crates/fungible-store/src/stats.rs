@@ -27,6 +27,8 @@ pub enum GroupBy {
     Tag,
     /// UTC date.
     Day,
+    /// UTC hour (`2026-12-07T13:00Z`), from the rows only (the roll-ups are per day).
+    Hour,
     Inbound,
 }
 
@@ -41,10 +43,11 @@ impl FromStr for GroupBy {
             "key" => GroupBy::Key,
             "tag" => GroupBy::Tag,
             "day" => GroupBy::Day,
+            "hour" => GroupBy::Hour,
             "inbound" => GroupBy::Inbound,
             _ => {
                 return Err(format!(
-                    "unknown group {s:?}: expected model, provider, route, key, user, tag, day or inbound"
+                    "unknown group {s:?}: expected model, provider, route, key, user, tag, day, hour or inbound"
                 ));
             }
         })
@@ -105,6 +108,7 @@ impl Store {
             GroupBy::Key => "key_id",
             GroupBy::Tag => "inference_tags.tag",
             GroupBy::Day => "time_ms / 86400000",
+            GroupBy::Hour => "time_ms / 3600000",
             GroupBy::Inbound => "inbound",
         };
         let join = if group == GroupBy::Tag {
@@ -165,6 +169,7 @@ impl Store {
         for (k, sums, exact) in parts {
             let key = match k {
                 GroupKey::Day(d) => d.map_or_else(|| "-".into(), |d| utc_date(d * 86_400_000)),
+                GroupKey::Hour(h) => h.map_or_else(|| "-".into(), |h| format!("{}T{:02}:00Z", utc_date(h * 3_600_000), h.rem_euclid(24))),
                 GroupKey::Text(t) => t.unwrap_or_else(|| "-".into()),
             };
             let entry = groups.entry(key).or_default();
@@ -286,6 +291,7 @@ fn dimension(group: GroupBy) -> Option<(&'static str, &'static str)> {
         GroupBy::Key => ("key", "value"),
         GroupBy::Inbound => ("inbound", "value"),
         GroupBy::Day => ("all", "day"),
+        GroupBy::Hour => return None,
         GroupBy::Tag => ("tag", "value"),
     })
 }
@@ -294,12 +300,15 @@ fn dimension(group: GroupBy) -> Option<(&'static str, &'static str)> {
 /// text (`None` for NULL).
 enum GroupKey {
     Day(Option<i64>),
+    Hour(Option<i64>),
     Text(Option<String>),
 }
 
 fn group_key(group: GroupBy, r: &AnyRow) -> Result<GroupKey, StoreError> {
     Ok(if group == GroupBy::Day {
         GroupKey::Day(r.try_get::<Option<i64>, _>(0)?)
+    } else if group == GroupBy::Hour {
+        GroupKey::Hour(r.try_get::<Option<i64>, _>(0)?)
     } else {
         GroupKey::Text(r.try_get::<Option<String>, _>(0)?)
     })

@@ -239,6 +239,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let access = auth.access.clone();
     state = state.with_auth(auth);
+    if config.ui.enabled {
+        let sessions = fungible_server::ui::Sessions::new(
+            config.ui.secret.as_ref().map(|s| s.expose()),
+            config.auth.admin_key.as_ref().map(|k| k.expose()),
+            config.ui.session,
+            config.ui.secure_cookies,
+        );
+        state = state.with_ui(fungible_server::ui::Ui::new(sessions));
+        tracing::info!("web UI at http://{addr}/ui");
+    }
     // Stored Responses (`previous_response_id`) follow the other shared state: in Redis when
     // `[state] redis` is set, so every instance continues every conversation.
     if let Some(url) = &config.auth.redis {

@@ -125,7 +125,7 @@ struct ShowArgs {
 pub struct StatsArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// model, provider, route, key, user, tag, day or inbound.
+    /// model, provider, route, key, user, tag, day, hour or inbound.
     #[arg(long, default_value = "model")]
     by: String,
     /// Only the last N hours.

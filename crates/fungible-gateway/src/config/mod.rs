@@ -17,6 +17,7 @@ use crate::presets::{PRESETS, Preset};
 mod auth;
 pub(crate) mod error;
 mod local;
+mod ui;
 
 pub use self::auth::{AuthConfig, AuthSection, DEFAULT_ADMIN_KEY_ENV, StateSection};
 pub use self::error::ConfigError;
@@ -24,6 +25,7 @@ pub(crate) use self::error::invalid;
 #[cfg(not(feature = "local"))]
 pub use self::local::NO_LOCAL_INFERENCE;
 pub use self::local::LocalSection;
+pub use self::ui::{DEFAULT_UI_SECRET_ENV, UiConfig, UiSection};
 pub use crate::target::Target;
 pub use fungible_providers::local::LocalConfig;
 
@@ -58,6 +60,9 @@ pub struct ConfigFile {
     /// `[tune]`: fine-tuning jobs.
     #[serde(default)]
     pub tune: TuneSection,
+    /// `[ui]`: the web UI.
+    #[serde(default)]
+    pub ui: UiSection,
 }
 
 /// `[tune]`: how `serve` follows fine-tuning jobs.
@@ -192,6 +197,8 @@ pub struct GatewayConfig {
     pub tune_fireworks_account: Option<String>,
     /// `[tune] adapters_dir`: local jobs' checkpoints and adapters.
     pub tune_adapters_dir: std::path::PathBuf,
+    /// `[ui]`.
+    pub ui: UiConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -329,6 +336,7 @@ impl GatewayConfig {
         };
         let (routing, routes) = crate::routing::config::resolve(file.models, file.routing, &enabled)?;
         let auth = auth::resolve(file.auth, file.state, env)?;
+        let ui = ui::resolve(file.ui, env)?;
 
         Ok(GatewayConfig {
             host: server.host.unwrap_or_else(|| DEFAULT_HOST.to_owned()),
@@ -349,6 +357,7 @@ impl GatewayConfig {
             tune_poll_interval,
             tune_fireworks_account,
             tune_adapters_dir: file.tune.adapters_dir.clone().unwrap_or_else(|| "adapters".into()),
+            ui,
         })
     }
 }

@@ -89,7 +89,15 @@ pub(crate) async fn gateway(auth_toml: &str, limits: Limits) -> Gw {
     let state = AppState::new(gateway, config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes)
         .with_prices(prices())
         .with_recorder(store.clone(), recorder.clone())
-        .with_auth(auth);
+        .with_auth(auth)
+        // The web UI is on by default; its sessions are signed with a key derived from the
+        // admin key, as in `fungible serve`.
+        .with_ui(fungible_server::ui::Ui::new(fungible_server::ui::Sessions::new(
+            None,
+            Some(ADMIN),
+            Duration::from_secs(3600),
+            false,
+        )));
     Gw {
         app: app(state),
         store,

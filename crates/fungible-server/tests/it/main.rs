@@ -20,6 +20,7 @@ mod streaming;
 mod telemetry;
 mod tenant;
 mod tune;
+mod ui;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,209 @@
+//! The web UI through the whole app: signing in and out, the session cookie's flags, the
+//! CSRF token on every state change a page makes, the security headers, and what a virtual
+//! key may see (its own inferences only; no admin page). The pages' behaviour in a real
+//! browser is tested by `tests/ui/` (Playwright driving Chromium).
+
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::{Value, json};
+
+use crate::TestResponse;
+use crate::auth::{ADMIN, Gw, gateway};
+use fungible_access::Limits;
+
+/// A signed-in browser: its cookie, and the CSRF token its pages carry.
+struct Browser {
+    cookie: String,
+    csrf: String,
+}
+
+fn csrf_of(page: &str) -> String {
+    let re = regex::Regex::new(r#"<meta name="csrf-token" content="([^"]*)">"#).expect("regex");
+    re.captures(page).map(|c| c[1].to_owned()).unwrap_or_default()
+}
+
+async fn sign_in(gw: &Gw, key: &str) -> TestResponse {
+    let request = Request::post("/ui/login")
+        .header("content-type", "application/json")
+        .body(Body::from(json!({"key": key, "next": "/ui/inferences"}).to_string()))
+        .expect("request");
+    gw.send(request).await
+}
+
+async fn browser(gw: &Gw, key: &str) -> Browser {
+    let r = sign_in(gw, key).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let set = r.headers["set-cookie"].to_str().expect("ascii").to_owned();
+    let cookie = set.split(';').next().unwrap_or_default().to_owned();
+    let mut browser = Browser { cookie, csrf: String::new() };
+    let page = get(gw, &browser, "/ui/inferences").await;
+    assert_eq!(page.status.as_u16(), 200, "{}", page.text());
+    browser.csrf = csrf_of(&page.text());
+    assert!(!browser.csrf.is_empty(), "the page carries its CSRF token");
+    browser
+}
+
+async fn get(gw: &Gw, browser: &Browser, path: &str) -> TestResponse {
+    gw.send(Request::get(path).header("cookie", &browser.cookie).body(Body::empty()).expect("request")).await
+}
+
+async fn send(gw: &Gw, browser: &Browser, method: &str, path: &str, body: Value, csrf: Option<&str>) -> TestResponse {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("cookie", &browser.cookie)
+        .header("content-type", "application/json");
+    if let Some(token) = csrf {
+        request = request.header("x-fungible-csrf", token);
+    }
+    gw.send(request.body(Body::from(body.to_string())).expect("request")).await
+}
+
+#[tokio::test]
+async fn pages_need_a_sign_in_and_the_session_cookie_is_http_only_and_strict() {
+    let gw = gateway("", Limits::memory()).await;
+    let r = gw.send(Request::get("/ui/inferences?model=x").body(Body::empty()).expect("request")).await;
+    assert_eq!(r.status.as_u16(), 303);
+    assert_eq!(r.headers["location"], "/ui/login?next=%2Fui%2Finferences%3Fmodel%3Dx");
+    let login = gw.send(Request::get("/ui/login").body(Body::empty()).expect("request")).await;
+    assert_eq!(login.status.as_u16(), 200);
+    let csp = login.headers["content-security-policy"].to_str().unwrap_or_default();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(login.headers["x-frame-options"], "DENY");
+    assert!(!login.text().contains("<script>"), "no inline script");
+
+    let wrong = sign_in(&gw, "fk-not-a-key").await;
+    assert_eq!(wrong.status.as_u16(), 401, "{}", wrong.text());
+    assert!(wrong.headers.get("set-cookie").is_none());
+    let right = sign_in(&gw, ADMIN).await;
+    assert_eq!(right.status.as_u16(), 200);
+    assert_eq!(right.json()["next"], "/ui/inferences");
+    let cookie = right.headers["set-cookie"].to_str().unwrap_or_default();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=3600"] {
+        assert!(cookie.contains(flag), "{flag} in {cookie}");
+    }
+    assert!(!cookie.contains(ADMIN), "the cookie holds no key");
+    // Behind a TLS proxy the cookie is Secure.
+    let tls = gw
+        .send(
+            Request::post("/ui/login")
+                .header("content-type", "application/json")
+                .header("x-forwarded-proto", "https")
+                .body(Body::from(json!({"key": ADMIN}).to_string()))
+                .expect("request"),
+        )
+        .await;
+    assert!(tls.headers["set-cookie"].to_str().unwrap_or_default().ends_with("; Secure"));
+    // Somewhere else after signing in is refused: back to the UI.
+    let elsewhere = gw
+        .send(
+            Request::post("/ui/login")
+                .header("content-type", "application/json")
+                .body(Body::from(json!({"key": ADMIN, "next": "https://evil.example/"}).to_string()))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(elsewhere.json()["next"], "/ui");
+}
+
+#[tokio::test]
+async fn every_page_renders_for_the_admin_with_its_security_headers() {
+    let gw = gateway("", Limits::memory()).await;
+    let (_, key) = gw.key(json!({"name": "app"})).await;
+    assert_eq!(gw.chat(&key, "openai/gpt-5").await.status.as_u16(), 200);
+    gw.recorder.flush().await;
+    let id = gw.store.list(&Default::default()).await.expect("list")[0].id.clone();
+    let admin = browser(&gw, ADMIN).await;
+    for path in ["/ui", "/ui?range=7d", "/ui/inferences", "/ui/inferences?status=ok&range=1h", &format!("/ui/inferences/{id}"), "/ui/playground", "/ui/routes", "/ui/datasets", "/ui/tuning", "/ui/keys"] {
+        let r = get(&gw, &admin, path).await;
+        assert_eq!(r.status.as_u16(), 200, "{path}: {}", r.text());
+        assert!(r.headers["content-security-policy"].to_str().unwrap_or_default().starts_with("default-src 'none'"), "{path}");
+        assert_eq!(r.headers["cache-control"], "no-store", "{path}");
+        let html = r.text();
+        assert!(!html.contains("<script>") && !html.contains(" style=\""), "{path}: inline script or style");
+    }
+    let detail = get(&gw, &admin, &format!("/ui/inferences/{id}")).await.text();
+    // (minijinja escapes `/` too.)
+    for shown in ["<pre class=\"text\">Hi</pre>", "<pre class=\"text\">Hello!</pre>", "openai&#x2f;gpt-5", "class=\"bar ok\""] {
+        assert!(detail.contains(shown), "{shown} on the inference's page");
+    }
+    for asset in ["app.js", "app.css", "uPlot.iife.min.js", "uPlot.min.css"] {
+        let r = get(&gw, &admin, &format!("/ui/assets/{asset}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{asset}");
+        assert!(r.headers.contains_key("etag"), "{asset}");
+    }
+}
+
+#[tokio::test]
+async fn a_state_change_without_the_pages_csrf_token_is_refused() {
+    let gw = gateway("", Limits::memory()).await;
+    let admin = browser(&gw, ADMIN).await;
+    let settings = json!({"name": "from-the-ui"});
+    let without = send(&gw, &admin, "POST", "/admin/keys", settings.clone(), None).await;
+    assert_eq!(without.status.as_u16(), 403, "{}", without.text());
+    let forged = send(&gw, &admin, "POST", "/admin/keys", settings.clone(), Some("AAAA")).await;
+    assert_eq!(forged.status.as_u16(), 403);
+    let with = send(&gw, &admin, "POST", "/admin/keys", settings, Some(&admin.csrf)).await;
+    assert_eq!(with.status.as_u16(), 201, "{}", with.text());
+    // Another session's token does not do.
+    let other = browser(&gw, ADMIN).await;
+    let crossed = send(&gw, &admin, "POST", "/ui/logout", json!({}), Some(&other.csrf)).await;
+    assert_eq!(crossed.status.as_u16(), 403);
+    // Reading needs no token.
+    assert_eq!(get(&gw, &admin, "/admin/keys").await.status.as_u16(), 200);
+}
+
+#[tokio::test]
+async fn a_virtual_key_sees_only_its_own_inferences_and_no_admin_page() {
+    let gw = gateway("", Limits::memory()).await;
+    let (a_id, a) = gw.key(json!({"name": "tenant-a"})).await;
+    let (b_id, b) = gw.key(json!({"name": "tenant-b"})).await;
+    assert_eq!(gw.chat(&a, "openai/gpt-5").await.status.as_u16(), 200);
+    let mine = gw.chat(&b, "openai/gpt-5").await;
+    assert_eq!(mine.status.as_u16(), 200);
+    let mine_id = mine.headers["x-fungible-inference-id"].to_str().expect("id").to_owned();
+    gw.recorder.flush().await;
+    let records = gw.store.list(&Default::default()).await.expect("list");
+    let theirs = records.iter().find(|r| r.key_id.as_deref() == Some(a_id.as_str())).expect("tenant a's inference");
+    let tenant_b = browser(&gw, &b).await;
+    let list = get(&gw, &tenant_b, "/ui/inferences").await.text();
+    assert!(list.contains(&mine_id) && !list.contains(&theirs.id), "only its own inferences are listed");
+    // Asking for the other key's is answered with its own.
+    let asked = get(&gw, &tenant_b, &format!("/ui/inferences?key_id={a_id}")).await.text();
+    assert!(!asked.contains(&theirs.id));
+    let other = get(&gw, &tenant_b, &format!("/ui/inferences/{}", theirs.id)).await;
+    assert_eq!(other.status.as_u16(), 404, "another tenant's inference is not found");
+    assert_eq!(get(&gw, &tenant_b, &format!("/ui/inferences/{mine_id}")).await.status.as_u16(), 200);
+    for admin_page in ["/ui/keys", "/ui/tuning"] {
+        assert_eq!(get(&gw, &tenant_b, admin_page).await.status.as_u16(), 403, "{admin_page}");
+    }
+    // Without read:all, the routes and datasets pages are closed too.
+    assert_eq!(get(&gw, &tenant_b, "/ui/routes").await.status.as_u16(), 403);
+    // The API through the session is the key's API.
+    assert_eq!(get(&gw, &tenant_b, "/admin/keys").await.status.as_u16(), 401);
+    let api = get(&gw, &tenant_b, "/v1/inferences").await.json();
+    assert!(api["data"].as_array().is_some_and(|d| d.iter().all(|r| r["key_id"] == b_id.as_str())));
+    let feedback = send(&gw, &tenant_b, "POST", "/v1/feedback", json!({"inference_id": theirs.id, "boolean": true}), Some(&tenant_b.csrf)).await;
+    assert_eq!(feedback.status.as_u16(), 404, "no feedback on another tenant's inference");
+    let own = send(&gw, &tenant_b, "POST", "/v1/feedback", json!({"inference_id": mine_id, "boolean": true}), Some(&tenant_b.csrf)).await;
+    assert_eq!(own.status.as_u16(), 200, "{}", own.text());
+}
+
+#[tokio::test]
+async fn signing_out_or_revoking_the_key_ends_the_session() {
+    let gw = gateway("", Limits::memory()).await;
+    let admin = browser(&gw, ADMIN).await;
+    let out = send(&gw, &admin, "POST", "/ui/logout", json!({}), Some(&admin.csrf)).await;
+    assert_eq!(out.status.as_u16(), 200);
+    assert!(out.headers["set-cookie"].to_str().unwrap_or_default().contains("Max-Age=0"));
+    assert_eq!(get(&gw, &admin, "/ui").await.status.as_u16(), 303, "the old cookie no longer works");
+    assert_eq!(get(&gw, &admin, "/admin/keys").await.status.as_u16(), 401);
+
+    let (id, key) = gw.key(json!({"name": "short-lived"})).await;
+    let tenant = browser(&gw, &key).await;
+    assert_eq!(gw.admin("DELETE", &format!("/admin/keys/{id}"), None).await.status.as_u16(), 200);
+    // A revocation through this instance forgets its cached lookups at once.
+    let r = get(&gw, &tenant, "/ui/inferences").await;
+    assert_eq!(r.status.as_u16(), 303, "a revoked key's session has ended");
+    assert_eq!(get(&gw, &tenant, "/v1/inferences").await.status.as_u16(), 401);
+}
