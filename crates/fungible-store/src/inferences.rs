@@ -24,6 +24,9 @@ pub struct InferenceFilter {
     pub tags: Vec<String>,
     /// `true`: only failures; `false`: only successes.
     pub errors: Option<bool>,
+    /// `true`: only inferences with feedback (on them or on their episode); `false`: only
+    /// those without.
+    pub has_feedback: Option<bool>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     pub before: Option<String>,
@@ -254,6 +257,12 @@ impl Store {
             Some(true) => sql.push_str(" AND error IS NOT NULL"),
             Some(false) => sql.push_str(" AND error IS NULL"),
             None => {}
+        }
+        if let Some(has) = filter.has_feedback {
+            let not = if has { "" } else { "NOT " };
+            sql.push_str(&format!(
+                " AND {not}EXISTS (SELECT 1 FROM feedback WHERE (feedback.target = 'inference' AND feedback.target_id = inferences.id) OR (feedback.target = 'episode' AND feedback.target_id = inferences.episode_id))"
+            ));
         }
         if let Some(since) = filter.since_ms {
             binds.push(Bind::Int(since));

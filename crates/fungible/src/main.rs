@@ -246,7 +246,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             config.ui.session,
             config.ui.secure_cookies,
         );
-        state = state.with_ui(fungible_server::ui::Ui::new(sessions));
+        state = state.with_ui(fungible_server::ui::Ui::new(sessions).with_eval_runs(config.ui.eval_runs_dir.clone()));
         tracing::info!("web UI at http://{addr}/ui");
     }
     // Stored Responses (`previous_response_id`) follow the other shared state: in Redis when

@@ -290,6 +290,13 @@ pub fn write_report_with_options(
     })
 }
 
+/// The HTML report of `run_dir`, computed now and not written (the web UI's eval pages).
+pub fn render_html(run_dir: &Path, options: &ReportOptions) -> Result<String, ReportError> {
+    let run = load::load(run_dir)?;
+    let report = compute(&run, options);
+    Ok(html::report(&report, &run))
+}
+
 /// Computes the report of `run_dir` without writing anything.
 pub fn build_report(run_dir: &Path, options: &ReportOptions) -> Result<Report, ReportError> {
     let run = load::load(run_dir)?;

@@ -27,6 +27,9 @@ pub struct UiSection {
     /// Mark the session cookie `Secure` on every response, for a gateway behind a TLS proxy
     /// that does not send `X-Forwarded-Proto: https` (default false; that header sets it).
     pub secure_cookies: Option<bool>,
+    /// Where `fungible eval run` writes its runs, for the evals page (default `eval-runs`,
+    /// the CLI's default, relative to the working directory).
+    pub eval_runs_dir: Option<std::path::PathBuf>,
 }
 
 /// Validated `[ui]`.
@@ -38,6 +41,7 @@ pub struct UiConfig {
     pub secret: Option<Secret>,
     pub secret_env: String,
     pub secure_cookies: bool,
+    pub eval_runs_dir: std::path::PathBuf,
 }
 
 impl Default for UiConfig {
@@ -48,6 +52,7 @@ impl Default for UiConfig {
             secret: None,
             secret_env: DEFAULT_UI_SECRET_ENV.to_owned(),
             secure_cookies: false,
+            eval_runs_dir: "eval-runs".into(),
         }
     }
 }
@@ -78,5 +83,6 @@ pub(crate) fn resolve(ui: UiSection, env: &dyn Fn(&str) -> Option<String>) -> Re
         secret,
         secret_env,
         secure_cookies: ui.secure_cookies.unwrap_or(false),
+        eval_runs_dir: ui.eval_runs_dir.unwrap_or(defaults.eval_runs_dir),
     })
 }

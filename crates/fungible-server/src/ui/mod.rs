@@ -13,6 +13,7 @@
 //! script or style, nothing from another origin) and may not be framed.
 
 mod assets;
+mod evals;
 mod pages;
 mod session;
 mod view;
@@ -36,11 +37,19 @@ pub use session::{CSRF_HEADER, Session, Sessions, Who};
 pub struct Ui {
     pub sessions: Sessions,
     templates: minijinja::Environment<'static>,
+    /// Where `fungible eval run` writes its runs (`[ui] eval_runs_dir`).
+    eval_runs: std::path::PathBuf,
 }
 
 impl Ui {
     pub fn new(sessions: Sessions) -> Ui {
-        Ui { sessions, templates: pages::templates() }
+        Ui { sessions, templates: pages::templates(), eval_runs: "eval-runs".into() }
+    }
+
+    /// Lists the eval runs under `dir` on the evals page.
+    pub fn with_eval_runs(mut self, dir: std::path::PathBuf) -> Ui {
+        self.eval_runs = dir;
+        self
     }
 }
 
@@ -128,6 +137,11 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/datasets", get(pages::datasets))
         .route("/ui/tuning", get(pages::tuning))
         .route("/ui/keys", get(pages::keys))
+        .route("/ui/evals", get(evals::list))
+        .route("/ui/evals/compare", get(evals::compare_page))
+        .route("/ui/evals/compare/report", get(evals::compare_report))
+        .route("/ui/evals/{run}", get(evals::run_page))
+        .route("/ui/evals/{run}/report", get(evals::run_report))
         .route("/ui/assets/{name}", get(assets::serve))
         .layer(axum::middleware::from_fn(headers))
 }
@@ -135,16 +149,19 @@ pub fn routes() -> Router<AppState> {
 /// The Content-Security-Policy of every UI response: scripts, styles, images and requests
 /// from this origin only (images also as `data:` URLs, which recorded conversations carry),
 /// no inline script or style attribute, no plugins, no framing, forms posting nowhere else.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; frame-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Middleware on the UI's routes: the security headers, and no caching of pages.
 async fn headers(request: Request, next: Next) -> Response {
     let is_asset = request.uri().path().starts_with("/ui/assets/");
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    // An eval report (framed by its page) sets its own.
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     if !is_asset {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

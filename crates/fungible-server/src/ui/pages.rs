@@ -32,6 +32,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("datasets.html", include_str!("templates/datasets.html")),
     ("tuning.html", include_str!("templates/tuning.html")),
     ("keys.html", include_str!("templates/keys.html")),
+    ("evals.html", include_str!("templates/evals.html")),
+    ("eval.html", include_str!("templates/eval.html")),
 ];
 
 /// The templates, compiled, with the filters they format numbers with.
@@ -55,7 +57,7 @@ pub(super) fn templates() -> Environment<'static> {
 
 /// What a page needs of its viewer.
 #[derive(Clone, Copy, PartialEq)]
-enum Need {
+pub(super) enum Need {
     /// Recorded inferences and stats (a key needs `read:own` or `read:all`).
     Read,
     /// What holds every key's traffic: routes, datasets (`read:all`).
@@ -68,7 +70,7 @@ enum Need {
 
 /// `Ok` when `viewer` may see the page at `uri`; else the sign-in page (nobody signed in)
 /// or a 403 page.
-fn gate(state: &AppState, viewer: &Viewer, need: Need, uri: &Uri) -> Result<(), Response> {
+pub(super) fn gate(state: &AppState, viewer: &Viewer, need: Need, uri: &Uri) -> Result<(), Response> {
     if viewer.must_sign_in() {
         return Err(to_login(uri));
     }
@@ -139,7 +141,7 @@ fn me(viewer: &Viewer) -> Me {
 }
 
 /// Renders `template` with `page` as its data.
-fn render(state: &AppState, viewer: &Viewer, status: StatusCode, template: &str, page: minijinja::Value) -> Response {
+pub(super) fn render(state: &AppState, viewer: &Viewer, status: StatusCode, template: &str, page: minijinja::Value) -> Response {
     let Some(ui) = state.ui.as_deref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -154,7 +156,7 @@ fn render(state: &AppState, viewer: &Viewer, status: StatusCode, template: &str,
     }
 }
 
-fn message(state: &AppState, viewer: &Viewer, status: StatusCode, title: &str, text: &str) -> Response {
+pub(super) fn message(state: &AppState, viewer: &Viewer, status: StatusCode, title: &str, text: &str) -> Response {
     render(state, viewer, status, "message.html", minijinja::Value::from_serialize(json!({"title": title, "text": text})))
 }
 
@@ -390,6 +392,9 @@ pub(super) struct ListQuery {
     /// `ok`, `error` or empty.
     #[serde(default)]
     status: String,
+    /// `yes`, `no` or empty.
+    #[serde(default)]
+    feedback: String,
     #[serde(default)]
     range: String,
     #[serde(default)]
@@ -445,6 +450,11 @@ pub(super) async fn inferences(
             "ok" => Some(false),
             _ => None,
         },
+        has_feedback: match q.feedback.as_str() {
+            "yes" => Some(true),
+            "no" => Some(false),
+            _ => None,
+        },
         since_ms,
         until_ms: None,
         before: given(&q.before),
@@ -458,7 +468,7 @@ pub(super) async fn inferences(
     let rows: Vec<view::Row> = records.iter().map(view::row).collect();
     let next_url = next.map(|before| {
         let mut params = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in [("model", &q.model), ("route", &q.route), ("key_id", &q.key_id), ("user", &q.user), ("tag", &q.tag), ("status", &q.status)] {
+        for (k, v) in [("model", &q.model), ("route", &q.route), ("key_id", &q.key_id), ("user", &q.user), ("tag", &q.tag), ("status", &q.status), ("feedback", &q.feedback)] {
             if !v.is_empty() {
                 params.append_pair(k, v);
             }

@@ -31,6 +31,8 @@ pub(crate) struct Gw {
     pub(crate) store: Store,
     pub(crate) recorder: Recorder,
     pub(crate) mock: MockUpstream,
+    /// Where the UI's evals page looks for runs (empty until a test writes one).
+    pub(crate) eval_runs: std::path::PathBuf,
 }
 
 fn prices() -> PriceTable {
@@ -86,23 +88,23 @@ pub(crate) async fn gateway(auth_toml: &str, limits: Limits) -> Gw {
         limits,
         config.auth.key_cache,
     )));
+    let eval_runs = std::env::temp_dir().join("fungible-server-ui-evals").join(fungible_store::new_id());
     let state = AppState::new(gateway, config.max_body_bytes).with_inflight_budget(config.max_inflight_body_bytes)
         .with_prices(prices())
         .with_recorder(store.clone(), recorder.clone())
         .with_auth(auth)
         // The web UI is on by default; its sessions are signed with a key derived from the
         // admin key, as in `fungible serve`.
-        .with_ui(fungible_server::ui::Ui::new(fungible_server::ui::Sessions::new(
-            None,
-            Some(ADMIN),
-            Duration::from_secs(3600),
-            false,
-        )));
+        .with_ui(
+            fungible_server::ui::Ui::new(fungible_server::ui::Sessions::new(None, Some(ADMIN), Duration::from_secs(3600), false))
+                .with_eval_runs(eval_runs.clone()),
+        );
     Gw {
         app: app(state),
         store,
         recorder,
         mock,
+        eval_runs,
     }
 }
 

@@ -207,3 +207,59 @@ async fn signing_out_or_revoking_the_key_ends_the_session() {
     assert_eq!(r.status.as_u16(), 303, "a revoked key's session has ended");
     assert_eq!(get(&gw, &tenant, "/v1/inferences").await.status.as_u16(), 401);
 }
+
+/// Writes an eval run directory as `fungible eval run` leaves it: two models, three items.
+fn write_run(dir: &std::path::Path, name: &str, correct_b: usize) {
+    let run = dir.join(name);
+    std::fs::create_dir_all(&run).expect("run dir");
+    let meta = json!({
+        "version": 1, "run_id": name, "started_at": "2026-12-07T10:00:00Z", "finished_at": "2026-12-07T10:01:00Z",
+        "dataset": "items.jsonl", "dataset_name": "items", "dataset_sha256": null, "items": 3,
+        "models": ["openai/a", "openai/b"], "scorers": ["exact"], "concurrency": 1, "max_cost_usd": null, "stopped_by_budget": false
+    });
+    std::fs::write(run.join("run.json"), meta.to_string()).expect("run.json");
+    let mut lines = String::new();
+    for i in 0..3 {
+        for (model, passed) in [("openai/a", true), ("openai/b", i < correct_b)] {
+            let score = if passed { 1.0 } else { 0.0 };
+            lines.push_str(&json!({
+                "item_id": format!("item-{i}"), "model": model, "target": model, "input": format!("question {i}"),
+                "reference": "yes", "output": if passed { "yes" } else { "no" }, "error": null,
+                "scores": {"exact": score}, "passed": passed, "details": {}, "latency_ms": 100, "ttft_ms": 50,
+                "input_tokens": 10, "output_tokens": 2, "cost_usd": 0.001
+            }).to_string());
+            lines.push('\n');
+        }
+    }
+    std::fs::write(run.join("results.jsonl"), lines).expect("results.jsonl");
+}
+
+#[tokio::test]
+async fn the_evals_pages_show_each_runs_report_and_a_comparison() {
+    let gw = gateway("", Limits::memory()).await;
+    write_run(&gw.eval_runs, "monday", 1);
+    write_run(&gw.eval_runs, "tuesday", 3);
+    let admin = browser(&gw, ADMIN).await;
+    let list = get(&gw, &admin, "/ui/evals").await;
+    assert_eq!(list.status.as_u16(), 200, "{}", list.text());
+    assert!(list.text().contains("monday") && list.text().contains("tuesday"));
+    let page = get(&gw, &admin, "/ui/evals/monday").await;
+    assert_eq!(page.status.as_u16(), 200);
+    assert!(page.text().contains(r#"<iframe class="report" src="&#x2f;ui&#x2f;evals&#x2f;monday&#x2f;report""#), "{}", page.text());
+    let report = get(&gw, &admin, "/ui/evals/monday/report").await;
+    assert_eq!(report.status.as_u16(), 200, "{}", report.text());
+    assert!(report.text().contains("openai/b"), "the report names the models");
+    let csp = report.headers["content-security-policy"].to_str().unwrap_or_default();
+    assert!(csp.contains("frame-ancestors 'self'") && !csp.contains("script-src"), "{csp}");
+    let compare = get(&gw, &admin, "/ui/evals/compare/report?a=monday&b=tuesday").await;
+    assert_eq!(compare.status.as_u16(), 200, "{}", compare.text());
+    // Only runs the listing has are read: no path reaches outside the folder.
+    for bad in ["/ui/evals/..%2F..%2Fetc/report", "/ui/evals/compare/report?a=monday&b=..%2Fmonday", "/ui/evals/nope/report"] {
+        assert_eq!(get(&gw, &admin, bad).await.status.as_u16(), 404, "{bad}");
+    }
+    // A key without read:all sees no eval.
+    let (_, key) = gw.key(json!({"name": "app"})).await;
+    let tenant = browser(&gw, &key).await;
+    assert_eq!(get(&gw, &tenant, "/ui/evals").await.status.as_u16(), 403);
+    assert_eq!(get(&gw, &tenant, "/ui/evals/monday/report").await.status.as_u16(), 403);
+}

@@ -262,6 +262,39 @@ async fn list_filters_and_pages(store: Store) {
 }
 both!(list, list_filters_and_pages);
 
+async fn list_filters_by_feedback(store: Store) {
+    let mut records: Vec<_> = (0..3).map(record).collect();
+    for (i, r) in records.iter_mut().enumerate() {
+        r.episode_id = Some(format!("episode-{i}"));
+    }
+    store.insert(&records).await.unwrap();
+    let feedback = |target, target_id: &str| Feedback {
+        id: new_id(),
+        time_ms: 5,
+        target,
+        target_id: target_id.to_owned(),
+        boolean: Some(true),
+        score: None,
+        comment: None,
+        demonstration: None,
+    };
+    // One on an inference, one on another's episode.
+    store.insert_feedback(&feedback(FeedbackTarget::Inference, &records[0].id)).await.unwrap();
+    store.insert_feedback(&feedback(FeedbackTarget::Episode, "episode-2")).await.unwrap();
+    let ids = |list: Vec<fungible_store::InferenceRecord>| {
+        let mut ids: Vec<String> = list.into_iter().map(|r| r.id).collect();
+        ids.sort();
+        ids
+    };
+    let with = store.list(&InferenceFilter { has_feedback: Some(true), ..Default::default() }).await.unwrap();
+    let mut expected = vec![records[0].id.clone(), records[2].id.clone()];
+    expected.sort();
+    assert_eq!(ids(with), expected);
+    let without = store.list(&InferenceFilter { has_feedback: Some(false), ..Default::default() }).await.unwrap();
+    assert_eq!(ids(without), vec![records[1].id.clone()]);
+}
+both!(list_feedback, list_filters_by_feedback);
+
 async fn feedback_round_trip(store: Store) {
     let r = record(1);
     store.insert(std::slice::from_ref(&r)).await.unwrap();
