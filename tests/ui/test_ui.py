@@ -22,7 +22,10 @@ def sign_in(page, url: str, key: str, path: str = "/ui") -> None:
 def test_the_admin_walks_through_every_page(gateway, page):
     _, app_key = gateway.key("app")
     first = gateway.chat(app_key, "openai/plain", "What is the capital of France?")
-    gateway.chat(app_key, "anthropic/plain", "Name a prime number.")
+    second = gateway.chat(app_key, "anthropic/plain", "Name a prime number.")
+    # Reading an inference back waits for the recorder to write it.
+    for inference in (first, second):
+        assert gateway.call("GET", f"/v1/inferences/{inference}")[0] == 200
     url = gateway.url
 
     sign_in(page, url, ADMIN_KEY)
@@ -58,6 +61,12 @@ def test_the_admin_walks_through_every_page(gateway, page):
     assert status == 200 and record["feedback"][0]["boolean"] is True
     assert record["feedback"][0]["comment"] == "Right answer, well put."
 
+    # Add it to a dataset from its page.
+    page.fill("#dataset-form input[name=dataset_name]", "picked")
+    page.click("#dataset-form button[type=submit]")
+    page.wait_for_selector("#toast:not([hidden])", timeout=TIMEOUT)
+    assert "Added to picked" in page.inner_text("#toast"), page.inner_text("#toast")
+
     # The playground: two models, both columns stream.
     page.click("nav.main-nav >> text=Playground")
     page.wait_for_selector("#pg-columns .column >> nth=1", timeout=TIMEOUT)
@@ -74,13 +83,23 @@ def test_the_admin_walks_through_every_page(gateway, page):
         assert "first token" in columns.nth(i).locator(".pg-stats").inner_text()
     page.wait_for_selector("#pg-columns .column .pg-stats a", timeout=TIMEOUT)
     screenshot(page, "playground")
+    # Keep the second column's answer in the dataset.
+    page.fill("#pg-dataset-name", "picked")
+    columns.nth(1).locator(".pg-choose").click()
+    page.wait_for_selector("#toast:has-text('Saved to picked')", timeout=TIMEOUT)
 
     # Routes, datasets and tuning render.
     page.click("nav.main-nav >> text=Routes")
     assert "assistant" in page.inner_text("main")
     screenshot(page, "routes")
     page.click("nav.main-nav >> text=Datasets")
-    page.wait_for_selector("#datasets-empty:not([hidden]), #datasets-table tbody tr", timeout=TIMEOUT)
+    page.click("#datasets-table tbody button:has-text('picked')", timeout=TIMEOUT)
+    page.wait_for_selector("#dataset-rows ol.rows li >> nth=1", timeout=TIMEOUT)
+    rows_text = page.inner_text("#dataset-rows ol.rows")
+    assert "What is the capital of France?" in rows_text and "Say hello." in rows_text
+    screenshot(page, "datasets")
+    page.click("nav.main-nav >> text=Evals")
+    page.wait_for_selector("main p.empty", timeout=TIMEOUT)
     page.click("nav.main-nav >> text=Tuning")
     page.wait_for_selector("#jobs-empty:not([hidden]), #jobs-table tbody tr", timeout=TIMEOUT)
 
@@ -112,6 +131,8 @@ def test_a_tenant_sees_its_own_and_cannot_change_anything_without_the_token(gate
     _, theirs = gateway.key("tenant-theirs")
     own_id = gateway.chat(mine, "openai/plain", "My question")
     other_id = gateway.chat(theirs, "openai/plain", "Their secret question")
+    for inference in (own_id, other_id):
+        assert gateway.call("GET", f"/v1/inferences/{inference}")[0] == 200
     url = gateway.url
 
     sign_in(page, url, mine, "/ui/inferences")

@@ -413,6 +413,17 @@ fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         Some(t) => println!("telemetry: OTLP to {} as {:?} (sampling {})", traces::shown(&t.endpoint), t.service_name, t.sample_ratio),
         None => println!("telemetry: off"),
     }
+    let ui = &config.ui;
+    if ui.enabled {
+        let signing = match (&ui.secret, &config.auth.admin_key) {
+            (Some(_), _) => format!("sessions signed with {}", ui.secret_env),
+            (None, Some(_)) => "sessions signed with a secret derived from the admin key".to_owned(),
+            (None, None) => "sessions signed with a random secret per process".to_owned(),
+        };
+        println!("ui:        http://{}:{}/ui ({signing}, {} h)", config.host, config.port, ui.session.as_secs() / 3600);
+    } else {
+        println!("ui:        off");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -254,3 +254,22 @@ fn example_config_loads() {
     assert_eq!(cfg.routes["smart"].targets.len(), 2);
     assert_eq!(cfg.routes["ab"].sticky, Some(crate::routing::config::Sticky::User));
 }
+
+#[test]
+fn the_ui_section_is_validated_and_its_secret_never_printed() {
+    let cfg = resolve("", &[]).unwrap();
+    assert!(cfg.ui.enabled && cfg.ui.secret.is_none());
+    assert_eq!(cfg.ui.session, Duration::from_secs(12 * 3600));
+    assert_eq!(cfg.ui.eval_runs_dir, std::path::PathBuf::from("eval-runs"));
+    let secret = "a-ui-secret-that-is-long-enough-0123456789";
+    let cfg = resolve("[ui]\nsession_hours = 1\nsecret_env = \"MY_UI_SECRET\"\n", &[("MY_UI_SECRET", secret)]).unwrap();
+    assert_eq!(cfg.ui.secret.as_ref().map(|s| s.expose()), Some(secret));
+    assert_eq!(cfg.ui.session, Duration::from_secs(3600));
+    let err = resolve("", &[("FUNGIBLE_UI_SECRET", "too-short-secret")]).unwrap_err().to_string();
+    assert_eq!(err, "ui.secret_env: FUNGIBLE_UI_SECRET is shorter than 32 characters");
+    for (toml, at) in [("[ui]\nsession_hours = 0\n", "ui.session_hours"), ("[ui]\nsession_hours = 721\n", "ui.session_hours"), ("[ui]\nsecret_env = \" \"\n", "ui.secret_env")] {
+        let err = resolve(toml, &[]).unwrap_err().to_string();
+        assert!(err.starts_with(at), "{toml}: {err}");
+    }
+    assert!(!resolve("[ui]\nenabled = false\n", &[]).unwrap().ui.enabled);
+}

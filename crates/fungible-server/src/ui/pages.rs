@@ -183,13 +183,16 @@ fn now_ms() -> i64 {
     fungible_access::now_ms()
 }
 
-/// A time range as the pages offer it: its start and the chart's bucket.
+/// A time range as the pages offer it: its start and the chart's bucket. The ranges of days
+/// start at a UTC midnight, so the store answers them from its daily roll-ups but for today.
 fn range_of(range: Option<&str>) -> (&'static str, Option<i64>, &'static str) {
     const H: i64 = 3_600_000;
+    const DAY: i64 = 24 * H;
+    let today = now_ms().div_euclid(DAY) * DAY;
     match range.unwrap_or("24h") {
         "1h" => ("1h", Some(now_ms() - H), "hour"),
-        "7d" => ("7d", Some(now_ms() - 7 * 24 * H), "hour"),
-        "30d" => ("30d", Some(now_ms() - 30 * 24 * H), "day"),
+        "7d" => ("7d", Some(today - 6 * DAY), "day"),
+        "30d" => ("30d", Some(today - 29 * DAY), "day"),
         "all" => ("all", None, "day"),
         _ => ("24h", Some(now_ms() - 24 * H), "hour"),
     }

@@ -207,7 +207,7 @@ function inferencePage() {
       const answer = dataset.use_demonstration.checked ? form.demonstration.value : record.response?.message?.content;
       if (answer === undefined || answer === null) { toast("This inference has no text answer: add a demonstration.", true); return; }
       messages.push({ role: "assistant", content: answer });
-      const name = dataset.dataset.value.trim();
+      const name = dataset.dataset_name.value.trim();
       await api("POST", `/v1/datasets/${encodeURIComponent(name)}/rows`, { rows: [{ messages, inference_id: record.id, source: dataset.use_demonstration.checked ? "demonstration" : "recorded" }] });
       toast(`Added to ${name}.`);
     } catch (e) { toast(e.message, true); }
@@ -369,13 +369,34 @@ async function datasetsPage() {
   const list = section.querySelector("ol.rows");
   const more = document.getElementById("rows-more");
   let current = null;
+  let version = null;
   let after = null;
-  async function showRows(name, reset) {
-    if (reset) { list.textContent = ""; after = null; current = name; }
+  async function showVersions(name) {
+    const dataset = await api("GET", `/v1/datasets/${encodeURIComponent(name)}`);
+    const tbody = document.querySelector("#versions-table tbody");
+    tbody.textContent = "";
+    for (const v of dataset.versions) {
+      const open = el("button", { type: "button", text: "v" + v.version });
+      open.addEventListener("click", () => { version = v.version; showRows(name, true, true); });
+      tbody.append(el("tr", {}, el("td", {}, open), el("td", { class: "num", text: fmt.count(v.rows) }), el("td", { text: fmt.time(v.created_ms) }), el("td", { text: (v.used_by || []).join(", ") || "–" })));
+    }
+    return dataset.versions;
+  }
+  async function showRows(name, reset, keepVersion) {
+    if (reset) {
+      list.textContent = "";
+      after = null;
+      current = name;
+      if (!keepVersion) {
+        const versions = await showVersions(name).catch((e) => { toast(e.message, true); return []; });
+        version = versions.length ? Math.max(...versions.map((v) => v.version)) : null;
+      }
+    }
     document.getElementById("rows-name").textContent = name;
+    document.getElementById("rows-version").textContent = version === null ? "–" : "v" + version;
     section.hidden = false;
     try {
-      const page = await api("GET", `/v1/datasets/${encodeURIComponent(name)}/rows?limit=50` + (after !== null ? `&after=${after}` : ""));
+      const page = await api("GET", `/v1/datasets/${encodeURIComponent(name)}/rows?limit=50` + (version !== null ? `&version=${version}` : "") + (after !== null ? `&after=${after}` : ""));
       for (const row of page.data) {
         const msgs = row.messages || [];
         const item = el("li", {});
