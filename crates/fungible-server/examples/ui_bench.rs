@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::Request;
 use fungible_gateway::{ConfigFile, Gateway, GatewayConfig};
 use fungible_server::{AppState, app};
-use fungible_store::{Feedback, FeedbackTarget, InferenceFilter, Store, new_id};
+use fungible_store::{Feedback, FeedbackTarget, GroupBy, InferenceFilter, Store, new_id};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -65,6 +65,14 @@ async fn main() {
         let started = Instant::now();
         store.roll_up(now_ms()).await.expect("roll-up");
         println!("rolled up in {:.1} s", started.elapsed().as_secs_f64());
+    }
+
+    // Where the overview's time goes: each grouping alone.
+    let since = Some(now_ms() - 86_400_000);
+    for group in [GroupBy::Model, GroupBy::Provider, GroupBy::Route, GroupBy::Key, GroupBy::Tag] {
+        let started = Instant::now();
+        store.stats_of(group, since, None, None).await.expect("stats");
+        println!("stats_of {group:?}, 24 h: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     }
 
     let toml = "[providers.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\n[models.smart]\ntargets = [{ target = \"openai/gpt-5\" }, { target = \"openai/gpt-5-mini\" }]\n";

@@ -100,22 +100,32 @@ impl Store {
         until_ms: Option<i64>,
         key_id: Option<&str>,
     ) -> Result<Vec<StatsRow>, StoreError> {
-        let key = match group {
-            GroupBy::Model => "provider || '/' || model",
-            GroupBy::Provider => "provider",
-            GroupBy::Route => "route",
-            GroupBy::User => "user_id",
-            GroupBy::Key => "key_id",
-            GroupBy::Tag => "inference_tags.tag",
-            GroupBy::Day => "time_ms / 86400000",
-            GroupBy::Hour => "time_ms / 3600000",
-            GroupBy::Inbound => "inbound",
-        };
-        let join = if group == GroupBy::Tag {
-            " LEFT JOIN inference_tags ON inference_tags.inference_id = inferences.id"
-        } else {
-            ""
-        };
+        let plan = self.plan(group, since_ms, until_ms, key_id).await?;
+        let mut parts = self.rolled_parts(group, &plan).await?;
+        let (key, join) = group_sql(group);
+        for &(since_ms, until_ms) in &plan.raw {
+            for r in self.raw_stats(key, join, since_ms, until_ms, key_id, plan.exact).await? {
+                let k = label(group_key(group, &r)?);
+                if plan.exact {
+                    // Same layout without the bucket: the percentiles in columns 9 and 10.
+                    let mut sums = Sums::from_bucket_row_exact(&r)?;
+                    sums.latencies.clear();
+                    let p = (r.try_get::<Option<f64>, _>(9)?.unwrap_or(0.0), r.try_get::<Option<f64>, _>(10)?.unwrap_or(0.0));
+                    parts.push((k, sums, Some(p)));
+                } else if self.backend == Backend::Sqlite {
+                    let mut sums = Sums::from_bucket_row_exact(&r)?;
+                    sums.latencies = Sums::parse_latencies(&r.try_get::<String, _>(9)?)?;
+                    parts.push((k, sums, None));
+                } else {
+                    parts.push((k, Sums::from_bucket_row(&r)?, None));
+                }
+            }
+        }
+        Ok(finish(parts))
+    }
+
+    /// Which part of a range comes from the roll-ups and which from the rows.
+    async fn plan(&self, group: GroupBy, since_ms: Option<i64>, until_ms: Option<i64>, key_id: Option<&str>) -> Result<Plan, StoreError> {
         // Whole days up to the roll-up watermark come from the roll-ups; the rest (a range's
         // edges off the day, what is newer than the watermark, tags) from the rows.
         let day = DAY_MS;
@@ -130,81 +140,37 @@ impl Store {
                 (watermark > 0 && from < to).then_some((from, to))
             }
         };
-        // PostgreSQL's exact percentiles when the rows alone answer; histograms otherwise.
-        let exact = rolled.is_none() && self.backend == Backend::Postgres;
-        let mut parts: Vec<(GroupKey, Sums, Option<(f64, f64)>)> = Vec::new();
-        let mut raw_ranges = Vec::new();
+        let mut raw = Vec::new();
         match rolled {
             Some((from, to)) => {
-                for (k, sums) in self.rolled_up_stats(group, from, to).await? {
-                    parts.push((k, sums, None));
-                }
                 if from > i64::MIN / day {
-                    raw_ranges.push((since_ms, Some(from * day)));
+                    raw.push((since_ms, Some(from * day)));
                 }
-                raw_ranges.push((Some(to * day), until_ms));
+                raw.push((Some(to * day), until_ms));
             }
-            None => raw_ranges.push((since_ms, until_ms)),
+            None => raw.push((since_ms, until_ms)),
         }
-        for (since_ms, until_ms) in raw_ranges {
-            if let (Some(a), Some(b)) = (since_ms, until_ms)
-                && a >= b
-            {
-                continue;
-            }
-            for r in self.raw_stats(key, join, since_ms, until_ms, key_id, exact).await? {
-                let k = group_key(group, &r)?;
-                if exact {
-                    // Same layout without the bucket: the percentiles in columns 9 and 10.
-                    let mut sums = Sums::from_bucket_row_exact(&r)?;
-                    sums.latencies.clear();
-                    let p = (r.try_get::<Option<f64>, _>(9)?.unwrap_or(0.0), r.try_get::<Option<f64>, _>(10)?.unwrap_or(0.0));
-                    parts.push((k, sums, Some(p)));
-                } else {
-                    parts.push((k, Sums::from_bucket_row(&r)?, None));
-                }
+        raw.retain(|r| !matches!(r, (Some(a), Some(b)) if a >= b));
+        // PostgreSQL's exact percentiles when the rows alone answer; histograms otherwise.
+        let exact = rolled.is_none() && self.backend == Backend::Postgres;
+        Ok(Plan { rolled, raw, exact })
+    }
+
+    /// The roll-ups' share of a plan, labelled.
+    async fn rolled_parts(&self, group: GroupBy, plan: &Plan) -> Result<Vec<Part>, StoreError> {
+        let mut parts = Vec::new();
+        if let Some((from, to)) = plan.rolled {
+            for (k, sums) in self.rolled_up_stats(group, from, to).await? {
+                parts.push((label(k), sums, None));
             }
         }
-        let mut groups: BTreeMap<String, (Sums, Option<(f64, f64)>)> = BTreeMap::new();
-        for (k, sums, exact) in parts {
-            let key = match k {
-                GroupKey::Day(d) => d.map_or_else(|| "-".into(), |d| utc_date(d * 86_400_000)),
-                GroupKey::Hour(h) => h.map_or_else(|| "-".into(), |h| format!("{}T{:02}:00Z", utc_date(h * 3_600_000), h.rem_euclid(24))),
-                GroupKey::Text(t) => t.unwrap_or_else(|| "-".into()),
-            };
-            let entry = groups.entry(key).or_default();
-            entry.0.add(sums);
-            if exact.is_some() {
-                entry.1 = exact;
-            }
-        }
-        let mut out: Vec<StatsRow> = groups
-            .into_iter()
-            .map(|(key, (sums, exact))| {
-                let buckets: Vec<Bucket> = sums.latencies.values().copied().collect();
-                let (p50, p95) = exact.unwrap_or_else(|| (bucket_percentile(&buckets, 0.50), bucket_percentile(&buckets, 0.95)));
-                StatsRow {
-                    key,
-                    requests: sums.requests,
-                    errors: sums.errors,
-                    input_tokens: sums.input_tokens,
-                    output_tokens: sums.output_tokens,
-                    cache_read_tokens: sums.cache_read_tokens,
-                    cost: sums.cost,
-                    unpriced: sums.unpriced,
-                    cache_hits: sums.cache_hits,
-                    p50_latency_ms: p50,
-                    p95_latency_ms: p95,
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.key.cmp(&b.key)));
-        Ok(out)
+        Ok(parts)
     }
 
     /// Stats rows straight from `inferences` in `[since_ms, until_ms)`: with `exact`
-    /// (PostgreSQL), one row per key with its percentiles; else one row per key and latency
-    /// bucket with the bucket's min and max.
+    /// (PostgreSQL), one row per key with its percentiles; on SQLite one row per key with
+    /// its latency histogram as JSON; else one row per key and latency bucket with the
+    /// bucket's min and max.
     async fn raw_stats(
         &self,
         key: &str,
@@ -237,6 +203,17 @@ impl Store {
             format!(
                 "SELECT {key} AS k, {sums}, percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms), percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM inferences{join}{filter} GROUP BY k"
             )
+        } else if self.backend == Backend::Sqlite {
+            // One row per group with its histogram as JSON (the roll-ups' format), not one per
+            // group and bucket: a key's 400 buckets were 400 rows to decode. A bare column is
+            // grouped as `+column`, so that SQLite does not walk that column's index over
+            // every row (`inferences_key` for `key_id`) instead of the time range.
+            let bare = key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+            let key = if bare { format!("+{key}") } else { key.to_owned() };
+            let bucket = latency_bucket(self.backend);
+            format!(
+                "SELECT k, SUM(n), SUM(e), SUM(i), SUM(o), SUM(cr), SUM(c), SUM(u), SUM(h), json_group_array(json_array(b, n, mn, mx)) FROM (SELECT {key} AS k, {bucket} AS b, COUNT(*) AS n, SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS e, SUM(input_tokens) AS i, SUM(output_tokens) AS o, SUM(cache_read_tokens) AS cr, SUM(cost) AS c, SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END) AS u, SUM(cache_hit) AS h, MIN(latency_ms) AS mn, MAX(latency_ms) AS mx FROM inferences{join}{filter} GROUP BY k, b) GROUP BY k"
+            )
         } else {
             let bucket = latency_bucket(self.backend);
             format!(
@@ -254,6 +231,77 @@ impl Store {
     }
 }
 
+
+/// Which part of a stats range the roll-ups answer (whole days `[from, to)`), which ranges
+/// of rows the rest is read from, and whether PostgreSQL gives exact percentiles.
+struct Plan {
+    rolled: Option<(i64, i64)>,
+    raw: Vec<(Option<i64>, Option<i64>)>,
+    exact: bool,
+}
+
+/// A group's label, its sums, and its exact (p50, p95) when the database computed them.
+type Part = (String, Sums, Option<(f64, f64)>);
+
+/// The SQL of a grouping's key over `inferences`, and the join it needs.
+fn group_sql(group: GroupBy) -> (&'static str, &'static str) {
+    let key = match group {
+        GroupBy::Model => "provider || '/' || model",
+        GroupBy::Provider => "provider",
+        GroupBy::Route => "route",
+        GroupBy::User => "user_id",
+        GroupBy::Key => "key_id",
+        GroupBy::Tag => "inference_tags.tag",
+        GroupBy::Day => "time_ms / 86400000",
+        GroupBy::Hour => "time_ms / 3600000",
+        GroupBy::Inbound => "inbound",
+    };
+    let join = if group == GroupBy::Tag { " LEFT JOIN inference_tags ON inference_tags.inference_id = inferences.id" } else { "" };
+    (key, join)
+}
+
+/// How a group is named in stats: a UTC date, a UTC hour, or the value (`-` for none).
+fn label(key: GroupKey) -> String {
+    match key {
+        GroupKey::Day(d) => d.map_or_else(|| "-".into(), |d| utc_date(d * 86_400_000)),
+        GroupKey::Hour(h) => h.map_or_else(|| "-".into(), |h| format!("{}T{:02}:00Z", utc_date(h * 3_600_000), h.rem_euclid(24))),
+        GroupKey::Text(t) => t.unwrap_or_else(|| "-".into()),
+    }
+}
+
+/// The parts of each group merged into its row; sorted by requests, most first.
+fn finish(parts: Vec<Part>) -> Vec<StatsRow> {
+    let mut groups: BTreeMap<String, (Sums, Option<(f64, f64)>)> = BTreeMap::new();
+    for (key, sums, exact) in parts {
+        let entry = groups.entry(key).or_default();
+        entry.0.add(sums);
+        if exact.is_some() {
+            entry.1 = exact;
+        }
+    }
+    let mut out: Vec<StatsRow> = groups
+        .into_iter()
+        .map(|(key, (sums, exact))| {
+            let buckets: Vec<Bucket> = sums.latencies.values().copied().collect();
+            let (p50, p95) = exact.unwrap_or_else(|| (bucket_percentile(&buckets, 0.50), bucket_percentile(&buckets, 0.95)));
+            StatsRow {
+                key,
+                requests: sums.requests,
+                errors: sums.errors,
+                input_tokens: sums.input_tokens,
+                output_tokens: sums.output_tokens,
+                cache_read_tokens: sums.cache_read_tokens,
+                cost: sums.cost,
+                unpriced: sums.unpriced,
+                cache_hits: sums.cache_hits,
+                p50_latency_ms: p50,
+                p95_latency_ms: p95,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.key.cmp(&b.key)));
+    out
+}
 
 /// The nearest-rank percentile `q` of the latencies summarised by `buckets` (sorted, and
 /// not overlapping): the bucket holding the rank, and within it, the smallest latency for

@@ -51,6 +51,7 @@ pub(super) fn templates() -> Environment<'static> {
     env.add_filter("ms", view::duration);
     env.add_filter("time", view::utc_time);
     env.add_filter("num", view::count);
+    env.add_filter("compact", view::compact);
     env.add_filter("urlencode", |s: String| -> String { form_urlencoded::byte_serialize(s.as_bytes()).collect() });
     env
 }
@@ -343,6 +344,7 @@ pub(super) async fn overview(
         DataScope::Key(k) => Some(k.as_str()),
     };
     let groups = [GroupBy::Model, GroupBy::Provider, GroupBy::Route, GroupBy::Key, GroupBy::Tag];
+    // Side by side: SQLite reads on several connections.
     let reads = groups.map(|g| store.stats_of(g, since_ms, None, key_id));
     let [model, provider, route, key, tag] = match futures::future::try_join_all(reads).await {
         Ok(v) => match <[Vec<StatsRow>; 5]>::try_from(v) {

@@ -287,6 +287,18 @@ pub fn usd(v: f64) -> String {
     }
 }
 
+/// A large count in few characters: `950`, `12.3k`, `229.8M`.
+pub fn compact(v: f64) -> String {
+    let a = v.abs();
+    let (scaled, unit) = match a {
+        a if a >= 1e9 => (v / 1e9, "G"),
+        a if a >= 1e6 => (v / 1e6, "M"),
+        a if a >= 1e4 => (v / 1e3, "k"),
+        _ => return count(v.round() as i64),
+    };
+    format!("{scaled:.1}{unit}")
+}
+
 /// An integer with thousands separators: `1,234,567`.
 pub fn count(v: i64) -> String {
     let digits = v.unsigned_abs().to_string();
@@ -358,6 +370,9 @@ mod tests {
         assert_eq!(usd(12.345), "$12.35");
         assert_eq!(count(1_234_567), "1,234,567");
         assert_eq!(count(12), "12");
+        assert_eq!(compact(229_817_518.0), "229.8M");
+        assert_eq!(compact(9_999.0), "9,999");
+        assert_eq!(compact(12_300.0), "12.3k");
         assert_eq!(cut("héllo world", 5), "héllo…");
     }
 }

@@ -854,6 +854,7 @@ async fn stats_from_rollups_match_the_rows(store: Store) {
 }
 both!(rollups, stats_from_rollups_match_the_rows);
 
+
 async fn concurrent_roll_ups_count_each_hour_once(store: Store) {
     store.insert(&spread_records()).await.unwrap();
     let now = 1_764_460_800_000 + 6 * 86_400_000;

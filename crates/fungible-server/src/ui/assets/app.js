@@ -92,17 +92,34 @@ function loginPage() {
 
 function cssVar(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
 
-/** Draws a time series with uPlot into `target`, sized to it and redrawn as it resizes. */
+/** A number for an axis: 1.2k, 3.4M. */
+function compact(v) {
+  if (v === null || v === undefined) return "";
+  const a = Math.abs(v);
+  if (a >= 1e9) return (v / 1e9).toFixed(a >= 1e10 ? 0 : 1) + "G";
+  if (a >= 1e6) return (v / 1e6).toFixed(a >= 1e7 ? 0 : 1) + "M";
+  if (a >= 1e3) return (v / 1e3).toFixed(a >= 1e4 ? 0 : 1) + "k";
+  return String(Math.round(v * 1000) / 1000);
+}
+
+/** Draws a series chart with uPlot into `target`, sized to it and redrawn as it resizes.
+ * `opts.step`: the x distance between points (bars get half of it as padding each side). */
 function lineChart(target, xs, series, opts) {
   if (typeof uPlot === "undefined") { target.textContent = "The charting library did not load."; return null; }
   const colors = [cssVar("--accent"), cssVar("--err"), cssVar("--ok"), cssVar("--warn")];
   const axis = { stroke: cssVar("--muted"), grid: { stroke: cssVar("--line"), width: 1 }, ticks: { stroke: cssVar("--line") } };
+  const bars = series.some((s) => s.bars);
+  const pad = (opts?.step ?? 0) / 2;
   const chart = new uPlot({
     width: Math.max(target.clientWidth, 200),
     height: 200,
-    scales: { x: { time: opts?.time !== false } },
-    axes: [axis, { ...axis, size: 60 }],
-    series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: colors[i % colors.length], width: 2, points: { show: xs.length < 3 }, ...(s.bars ? { paths: uPlot.paths.bars({ size: [0.7, 40] }), fill: colors[i % colors.length] + "55" } : {}) }))],
+    scales: {
+      x: { time: opts?.time !== false, range: (u, min, max) => [min - pad, max + pad] },
+      // Bars and counts from zero.
+      y: { range: (u, min, max) => [bars || min >= 0 ? 0 : min, max > 0 ? max * 1.1 : 1] },
+    },
+    axes: [axis, { ...axis, size: 56, values: (u, ticks) => ticks.map(compact) }],
+    series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: colors[i % colors.length], width: 2, points: { show: xs.length < 3 }, ...(s.bars ? { paths: uPlot.paths.bars({ size: [0.7, 40], align: 0 }), fill: colors[i % colors.length] + "55" } : {}) }))],
   }, [xs, ...series.map((s) => s.values)], target);
   new ResizeObserver(() => chart.setSize({ width: Math.max(target.clientWidth, 200), height: 200 })).observe(target);
   return chart;
@@ -136,7 +153,7 @@ async function overviewPage() {
     const draw = (name, series) => {
       const target = charts.querySelector(`[data-chart="${name}"]`);
       if (!rows.length) { target.textContent = "No traffic in this range."; target.classList.add("empty"); return; }
-      lineChart(target, xs, series);
+      lineChart(target, xs, series, { step });
     };
     draw("requests", [{ label: "requests", values: rows.map((r) => r.requests), bars: true }, { label: "errors", values: rows.map((r) => r.errors), bars: true }]);
     draw("latency", [{ label: "p50", values: rows.map((r) => r.p50_latency_ms) }, { label: "p95", values: rows.map((r) => r.p95_latency_ms) }]);
