@@ -24,6 +24,8 @@ pub struct InferenceFilter {
     pub tags: Vec<String>,
     /// `true`: only failures; `false`: only successes.
     pub errors: Option<bool>,
+    /// Only failures of this class (`rate_limited`, `timeout`, ...).
+    pub error_class: Option<String>,
     /// `true`: only inferences with feedback (on them or on their episode); `false`: only
     /// those without.
     pub has_feedback: Option<bool>,
@@ -245,6 +247,7 @@ impl Store {
         text(&mut sql, "user_id", &filter.user);
         text(&mut sql, "episode_id", &filter.episode_id);
         text(&mut sql, "key_id", &filter.key_id);
+        text(&mut sql, "error", &filter.error_class);
         for tag in &filter.tags {
             binds.push(Bind::Text(tag.clone()));
             sql.push_str(&format!(" AND id IN (SELECT inference_id FROM inference_tags WHERE tag = ${})", binds.len()));

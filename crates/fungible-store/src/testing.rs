@@ -185,9 +185,9 @@ pub fn synthetic_record(i: u64, n: u64, end_ms: i64) -> InferenceRecord {
     ];
     let h = mix(i);
     let (provider, model) = TARGETS[(h % 9) as usize];
-    let failed = (h >> 8) % 50 == 0;
+    let failed = (h >> 8).is_multiple_of(50);
     // Mostly 50..550 ms, a 5% tail up to 30 s.
-    let latency_ms = if (h >> 16) % 20 == 0 {
+    let latency_ms = if (h >> 16).is_multiple_of(20) {
         500.0 + ((h >> 24) % 29_500_000) as f64 / 1000.0
     } else {
         50.0 + ((h >> 24) % 500_000) as f64 / 1000.0
@@ -197,10 +197,10 @@ pub fn synthetic_record(i: u64, n: u64, end_ms: i64) -> InferenceRecord {
     let usage = Usage {
         input_tokens: if failed { 0 } else { input },
         output_tokens: output,
-        cache_read_tokens: if (h >> 12) % 4 == 0 { input / 2 } else { 0 },
+        cache_read_tokens: if (h >> 12).is_multiple_of(4) { input / 2 } else { 0 },
         ..Usage::default()
     };
-    let priced = provider != "local-vllm" && (h >> 32) % 20 != 0;
+    let priced = provider != "local-vllm" && !(h >> 32).is_multiple_of(20);
     let cost = if failed {
         Some(0.0)
     } else {
@@ -221,16 +221,16 @@ pub fn synthetic_record(i: u64, n: u64, end_ms: i64) -> InferenceRecord {
         variant: route.map(|_| "a".to_owned()),
         provider: Some(provider.into()),
         model: Some(model.into()),
-        stream: h % 2 == 0,
+        stream: h.is_multiple_of(2),
         error: failed.then(|| "rate_limited".to_owned()),
         request: json!({"model": route.unwrap_or(model), "messages": [{"role": "system", "content": "You are a terse assistant. Answer in one sentence."}, {"role": "user", "content": format!("Question number {i}: what is the capital of France, and why is it that city?")}], "params": {"temperature": 0.2, "max_tokens": 512}}),
         response: (!failed).then(|| json!({"id": format!("chatcmpl-{i}"), "model": model, "created": 1_764_460_800, "message": {"content": "Paris, because it has been the seat of the French state for centuries."}, "finish_reason": "stop", "usage": {"input_tokens": usage.input_tokens, "output_tokens": output}})),
         usage,
         cost,
-        ttft_ms: (h % 2 == 0).then_some(latency_ms / 4.0),
+        ttft_ms: (h.is_multiple_of(2)).then_some(latency_ms / 4.0),
         latency_ms,
         user: Some(format!("user-{}", (h >> 28) % 1000)),
-        tags: json!({"team": format!("team-{}", (h >> 36) % 5), "env": if (h >> 44) % 4 == 0 { "dev" } else { "prod" }}),
+        tags: json!({"team": format!("team-{}", (h >> 36) % 5), "env": if (h >> 44).is_multiple_of(4) { "dev" } else { "prod" }}),
         episode_id: None,
         key_id: Some(format!("key_{:02}", (h >> 48) % 50)),
         cache_hit: false,

@@ -43,6 +43,25 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// The kind as recorded and reported (metrics, stored records, eval reports): the
     /// `snake_case` of its name. These names are stored: a kind's name never changes.
+    /// Every kind, in the order declared.
+    pub const ALL: [ErrorKind; 15] = [
+        ErrorKind::InvalidRequest,
+        ErrorKind::Authentication,
+        ErrorKind::PermissionDenied,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::ContextLengthExceeded,
+        ErrorKind::Unprocessable,
+        ErrorKind::RateLimited,
+        ErrorKind::Overloaded,
+        ErrorKind::Unavailable,
+        ErrorKind::UpstreamServer,
+        ErrorKind::Timeout,
+        ErrorKind::Connection,
+        ErrorKind::MalformedResponse,
+    ];
+
     pub fn class(self) -> &'static str {
         match self {
             ErrorKind::InvalidRequest => "invalid_request",

@@ -70,7 +70,7 @@ fn run_dir(dir: &FsPath, name: &str) -> Option<PathBuf> {
 
 /// `GET /ui/evals`.
 pub(super) async fn list(State(state): State<AppState>, Extension(viewer): Extension<Viewer>, uri: Uri) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
         return r;
     }
     let dir = runs_dir(&state);
@@ -86,7 +86,7 @@ pub(super) async fn run_page(
     uri: Uri,
     Path(run): Path<String>,
 ) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
         return r;
     }
     let dir = runs_dir(&state);
@@ -106,7 +106,7 @@ pub(super) async fn run_report(
     uri: Uri,
     Path(run): Path<String>,
 ) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
         return r;
     }
     let dir = runs_dir(&state);
@@ -133,7 +133,7 @@ pub(super) async fn compare_page(
     uri: Uri,
     query: Result<Query<CompareQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
         return r;
     }
     let Ok(Query(q)) = query else {
@@ -159,7 +159,7 @@ pub(super) async fn compare_report(
     uri: Uri,
     query: Result<Query<CompareQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
         return r;
     }
     let Ok(Query(q)) = query else {

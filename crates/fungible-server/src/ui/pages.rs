@@ -69,11 +69,11 @@ pub(super) enum Need {
     Admin,
 }
 
-/// `Ok` when `viewer` may see the page at `uri`; else the sign-in page (nobody signed in)
-/// or a 403 page.
-pub(super) fn gate(state: &AppState, viewer: &Viewer, need: Need, uri: &Uri) -> Result<(), Response> {
+/// `None` when `viewer` may see the page at `uri`; else what to answer instead: the sign-in
+/// page (nobody signed in) or a 403 page.
+pub(super) fn gate(state: &AppState, viewer: &Viewer, need: Need, uri: &Uri) -> Option<Response> {
     if viewer.must_sign_in() {
-        return Err(to_login(uri));
+        return Some(to_login(uri));
     }
     let allowed = match need {
         Need::Read => viewer.may_read(),
@@ -82,11 +82,11 @@ pub(super) fn gate(state: &AppState, viewer: &Viewer, need: Need, uri: &Uri) -> 
         Need::Admin => viewer.is_admin(),
     };
     if allowed {
-        return Ok(());
+        return None;
     }
     if need == Need::Admin && viewer.session.is_none() {
         // Auth is off and nobody signed in: the admin pages still need the admin key.
-        return Err(to_login(uri));
+        return Some(to_login(uri));
     }
     let why = match need {
         Need::Admin => "This page is for the admin key.",
@@ -94,7 +94,7 @@ pub(super) fn gate(state: &AppState, viewer: &Viewer, need: Need, uri: &Uri) -> 
         Need::Read => "Reading recorded inferences needs a key with the read:own or read:all scope.",
         Need::Chat => "The playground needs a key with the inference scope.",
     };
-    Err(message(state, viewer, StatusCode::FORBIDDEN, "Not allowed", why))
+    Some(message(state, viewer, StatusCode::FORBIDDEN, "Not allowed", why))
 }
 
 /// A 303 to the sign-in page, coming back to `uri` after.
@@ -327,7 +327,7 @@ pub(super) async fn overview(
     uri: Uri,
     query: Result<Query<RangeQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::Read, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::Read, &uri) {
         return r;
     }
     let Query(q) = match query {
@@ -397,6 +397,9 @@ pub(super) struct ListQuery {
     /// `ok`, `error` or empty.
     #[serde(default)]
     status: String,
+    /// An error class (`rate_limited`, ...), or empty.
+    #[serde(default)]
+    error: String,
     /// `yes`, `no` or empty.
     #[serde(default)]
     feedback: String,
@@ -418,7 +421,7 @@ pub(super) async fn inferences(
     uri: Uri,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::Read, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::Read, &uri) {
         return r;
     }
     let Query(mut q) = match query {
@@ -455,6 +458,7 @@ pub(super) async fn inferences(
             "ok" => Some(false),
             _ => None,
         },
+        error_class: given(&q.error),
         has_feedback: match q.feedback.as_str() {
             "yes" => Some(true),
             "no" => Some(false),
@@ -473,7 +477,7 @@ pub(super) async fn inferences(
     let rows: Vec<view::Row> = records.iter().map(view::row).collect();
     let next_url = next.map(|before| {
         let mut params = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in [("model", &q.model), ("route", &q.route), ("key_id", &q.key_id), ("user", &q.user), ("tag", &q.tag), ("status", &q.status), ("feedback", &q.feedback)] {
+        for (k, v) in [("model", &q.model), ("route", &q.route), ("key_id", &q.key_id), ("user", &q.user), ("tag", &q.tag), ("status", &q.status), ("error", &q.error), ("feedback", &q.feedback)] {
             if !v.is_empty() {
                 params.append_pair(k, v);
             }
@@ -490,6 +494,7 @@ pub(super) async fn inferences(
         "next_url": next_url,
         "first_page": q.before.is_empty(),
         "own_only": matches!(viewer.scope(), DataScope::Key(_)),
+        "error_classes": fungible_types::ErrorKind::ALL.iter().map(|k| k.class()).chain(["unknown_model"]).collect::<Vec<_>>(),
     });
     render(&state, &viewer, StatusCode::OK, "inferences.html", minijinja::Value::from_serialize(page))
 }
@@ -502,7 +507,7 @@ pub(super) async fn inference(
     uri: Uri,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::Read, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::Read, &uri) {
         return r;
     }
     let Some(store) = state.store.as_ref() else {
@@ -580,7 +585,7 @@ pub(super) async fn playground(
     key: Option<Extension<CallerKey>>,
     uri: Uri,
 ) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::Chat, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::Chat, &uri) {
         return r;
     }
     let key = key.map(|Extension(k)| k.0);
@@ -592,7 +597,7 @@ pub(super) async fn playground(
 
 /// `GET /ui/routes`: what `GET /v1/routes` serves, as tables.
 pub(super) async fn routes_page(State(state): State<AppState>, Extension(viewer): Extension<Viewer>, uri: Uri) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
         return r;
     }
     let page = json!({"routes": crate::routes_status::snapshot(&state)});
@@ -601,7 +606,7 @@ pub(super) async fn routes_page(State(state): State<AppState>, Extension(viewer)
 
 /// `GET /ui/datasets`: the page's script lists `/v1/datasets` and pages through rows.
 pub(super) async fn datasets(State(state): State<AppState>, Extension(viewer): Extension<Viewer>, uri: Uri) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
         return r;
     }
     let page = json!({"may_change_datasets": viewer.principal.is_none()});
@@ -610,7 +615,7 @@ pub(super) async fn datasets(State(state): State<AppState>, Extension(viewer): E
 
 /// `GET /ui/tuning`: the page's script lists `/v1/tune/jobs` (admin key only).
 pub(super) async fn tuning(State(state): State<AppState>, Extension(viewer): Extension<Viewer>, uri: Uri) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::Admin, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::Admin, &uri) {
         return r;
     }
     render(&state, &viewer, StatusCode::OK, "tuning.html", minijinja::Value::from_serialize(json!({})))
@@ -619,7 +624,7 @@ pub(super) async fn tuning(State(state): State<AppState>, Extension(viewer): Ext
 /// `GET /ui/keys`: the page's script lists, creates, changes and revokes keys through
 /// `/admin/keys`.
 pub(super) async fn keys(State(state): State<AppState>, Extension(viewer): Extension<Viewer>, uri: Uri) -> Response {
-    if let Err(r) = gate(&state, &viewer, Need::Admin, &uri) {
+    if let Some(r) = gate(&state, &viewer, Need::Admin, &uri) {
         return r;
     }
     render(&state, &viewer, StatusCode::OK, "keys.html", minijinja::Value::from_serialize(json!({})))

@@ -263,3 +263,26 @@ async fn the_evals_pages_show_each_runs_report_and_a_comparison() {
     assert_eq!(get(&gw, &tenant, "/ui/evals").await.status.as_u16(), 403);
     assert_eq!(get(&gw, &tenant, "/ui/evals/monday/report").await.status.as_u16(), 403);
 }
+
+#[tokio::test]
+async fn with_auth_off_the_pages_are_open_on_loopback_only_and_the_admin_pages_still_need_the_admin_key() {
+    let h = crate::Harness::new(crate::OPENAI).await;
+    let app = fungible_server::app(h.state.clone().with_ui(fungible_server::ui::Ui::new(fungible_server::ui::Sessions::default())));
+    let send = |host: &'static str, path: &'static str| {
+        let app = app.clone();
+        async move {
+            use tower::ServiceExt;
+            app.oneshot(Request::get(path).header("host", host).body(Body::empty()).expect("request")).await.expect("infallible")
+        }
+    };
+    // No store here: the pages say so (503), but they are served to loopback names.
+    assert_eq!(send("localhost:4000", "/ui/routes").await.status().as_u16(), 200);
+    assert_eq!(send("127.0.0.1:4000", "/ui/inferences").await.status().as_u16(), 503);
+    // A rebinding page's name is refused before the UI is reached.
+    assert_eq!(send("evil.example:4000", "/ui/routes").await.status().as_u16(), 403);
+    assert_eq!(send("evil.example", "/ui/login").await.status().as_u16(), 403);
+    // The keys page needs a sign-in with the admin key even with auth off.
+    let keys = send("localhost", "/ui/keys").await;
+    assert_eq!(keys.status().as_u16(), 303);
+    assert_eq!(keys.headers()["location"], "/ui/login?next=%2Fui%2Fkeys");
+}

@@ -251,6 +251,10 @@ async fn list_filters_and_pages(store: Store) {
         .unwrap();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].error.as_deref(), Some("timeout"));
+    for (class, found) in [("timeout", 1), ("rate_limited", 0)] {
+        let filter = InferenceFilter { error_class: Some(class.into()), ..Default::default() };
+        assert_eq!(store.list(&filter).await.unwrap().len(), found, "{class}");
+    }
     let since = store
         .list(&InferenceFilter {
             since_ms: Some(records[3].time_ms),
