@@ -294,8 +294,10 @@ pub(crate) enum SessionCaller {
 }
 
 /// A request made by a signed-in page (see `ui::session`): every state change must carry
-/// the session's CSRF token; the pages get a [`crate::ui::Viewer`], the API the key or the
-/// admin rights the session stands for.
+/// the session's CSRF token (and, when the browser says where it comes from, come from this
+/// origin); the pages get a [`crate::ui::Viewer`], the API the key or the admin rights the
+/// session stands for. A session that has ended (its key revoked or expired, the admin key
+/// changed) is cleared from the browser; with auth off its requests go on as nobody's.
 async fn with_session(state: &AppState, session: crate::ui::Session, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let format = format_of(path);
@@ -304,17 +306,26 @@ async fn with_session(state: &AppState, session: crate::ui::Session, mut request
         return next.run(request).await;
     };
     let changes_state = !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
-    if changes_state && !ui.sessions.csrf_ok(&session, request.headers()) {
-        return forbidden(format!(
-            "a signed-in page's {} needs the page's CSRF token in {}",
-            request.method(),
-            crate::ui::CSRF_HEADER
-        ))
-        .into_response_for(format);
+    if changes_state {
+        if !ui.sessions.csrf_ok(&session, request.headers()) {
+            return forbidden(format!(
+                "a signed-in page's {} needs the page's CSRF token in {}",
+                request.method(),
+                crate::ui::CSRF_HEADER
+            ))
+            .into_response_for(format);
+        }
+        if !crate::ui::same_origin(request.headers()) {
+            return forbidden("a signed-in page's change must come from the gateway's own pages").into_response_for(format);
+        }
     }
     let caller = match &session.who {
-        crate::ui::Who::Admin if auth.admin_key.is_some() => SessionCaller::Admin,
-        crate::ui::Who::Admin => SessionCaller::Ended,
+        crate::ui::Who::Admin { fingerprint } => match &auth.admin_key {
+            Some(admin) if fungible_access::key::secrets_equal(fingerprint, &ui.sessions.admin_fingerprint(admin.expose())) => {
+                SessionCaller::Admin
+            }
+            _ => SessionCaller::Ended,
+        },
         crate::ui::Who::Key { hash } => match &auth.access {
             None => SessionCaller::Ended,
             Some(access) => match access.authenticate_hash(hash.clone()).await {
@@ -327,29 +338,40 @@ async fn with_session(state: &AppState, session: crate::ui::Session, mut request
             },
         },
     };
-    if crate::ui::is_ui_path(path) {
-        let viewer = crate::ui::Viewer::signed_in(auth.enabled, session, &caller);
+    let ended = matches!(caller, SessionCaller::Ended);
+    let clear = ended.then(|| ui.sessions.clear_cookie(request.headers()));
+    let mut response = if crate::ui::is_ui_path(path) {
+        let viewer = match caller {
+            // With auth off, the pages need nobody: an ended session is just gone.
+            SessionCaller::Ended if !auth.enabled => crate::ui::Viewer::nobody(false),
+            _ => crate::ui::Viewer::signed_in(auth.enabled, session, &caller),
+        };
         if let SessionCaller::Key(key) = caller {
             request.extensions_mut().insert(CallerKey(key));
         }
         request.extensions_mut().insert(viewer);
-        return next.run(request).await;
-    }
-    let is_admin_path = path == "/admin" || path.starts_with("/admin/");
-    match caller {
-        SessionCaller::Ended => unauthorized("the session has ended: sign in again").into_response_for(format),
-        SessionCaller::Admin => match admin_api_off(auth).filter(|_| is_admin_path) {
-            Some(off) => off,
-            None => next.run(request).await,
-        },
-        SessionCaller::Key(_) if is_admin_path => {
-            unauthorized("the admin API needs the admin key: sign in with it").into_response_for(format)
+        next.run(request).await
+    } else {
+        let is_admin_path = path == "/admin" || path.starts_with("/admin/");
+        let open = !auth.enabled || auth.open_routes.iter().any(|p| fungible_access::glob_matches(p, path));
+        match caller {
+            SessionCaller::Ended if open && !is_admin_path => next.run(request).await,
+            SessionCaller::Ended => unauthorized("the session has ended: sign in again").into_response_for(format),
+            SessionCaller::Admin => match admin_api_off(auth).filter(|_| is_admin_path) {
+                Some(off) => off,
+                None => next.run(request).await,
+            },
+            SessionCaller::Key(_) if is_admin_path => {
+                unauthorized("the admin API needs the admin key: sign in with it").into_response_for(format)
+            }
+            SessionCaller::Key(_) if open => next.run(request).await,
+            SessionCaller::Key(key) => as_key(request, key, next).await,
         }
-        SessionCaller::Key(_) if !auth.enabled || auth.open_routes.iter().any(|p| fungible_access::glob_matches(p, path)) => {
-            next.run(request).await
-        }
-        SessionCaller::Key(key) => as_key(request, key, next).await,
+    };
+    if let Some(clear) = clear {
+        response.headers_mut().append(axum::http::header::SET_COOKIE, clear);
     }
+    response
 }
 
 fn refusal(kind: ErrorKind, message: String, retry_after: Option<u64>) -> GatewayError {

@@ -96,16 +96,20 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
     });
     request.extensions_mut().insert(context.clone());
     let mut response = next.run(request).await;
+    // A record is made for what was routed (answered or failed) and for cache hits.
+    let mut recorded = false;
     if let Some(route) = context.route.lock().ok().and_then(|mut r| r.take()) {
         mark(&mut response, &route);
+        recorded = true;
     }
     if let Some(outcome) = context.cache_outcome.lock().ok().and_then(|o| *o) {
         crate::cache::mark(&mut response, outcome);
+        recorded |= !matches!(outcome, crate::cache::Outcome::Miss);
     }
     if let Some(n) = context.examples.lock().ok().and_then(|n| *n) {
         response.headers_mut().insert("x-fungible-examples", HeaderValue::from(n));
     }
-    if let Some(id) = inference_id {
+    if let Some(id) = inference_id.filter(|_| recorded) {
         response.headers_mut().insert("x-fungible-inference-id", id);
     }
     response

@@ -41,8 +41,6 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The kind as recorded and reported (metrics, stored records, eval reports): the
-    /// `snake_case` of its name. These names are stored: a kind's name never changes.
     /// Every kind, in the order declared.
     pub const ALL: [ErrorKind; 15] = [
         ErrorKind::InvalidRequest,
@@ -62,6 +60,8 @@ impl ErrorKind {
         ErrorKind::MalformedResponse,
     ];
 
+    /// The kind as recorded and reported (metrics, stored records, eval reports): the
+    /// `snake_case` of its name. These names are stored: a kind's name never changes.
     pub fn class(self) -> &'static str {
         match self {
             ErrorKind::InvalidRequest => "invalid_request",

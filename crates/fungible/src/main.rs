@@ -240,12 +240,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let access = auth.access.clone();
     state = state.with_auth(auth);
     if config.ui.enabled {
-        let sessions = fungible_server::ui::Sessions::new(
-            config.ui.secret.as_ref().map(|s| s.expose()),
-            config.auth.admin_key.as_ref().map(|k| k.expose()),
-            config.ui.session,
-            config.ui.secure_cookies,
-        );
+        let sessions =
+            fungible_server::ui::Sessions::new(config.ui.secret.as_ref().map(|s| s.expose()), config.ui.session, config.ui.secure_cookies);
         state = state.with_ui(fungible_server::ui::Ui::new(sessions).with_eval_runs(config.ui.eval_runs_dir.clone()));
         tracing::info!("web UI at http://{addr}/ui");
     }
@@ -415,10 +411,9 @@ fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     }
     let ui = &config.ui;
     if ui.enabled {
-        let signing = match (&ui.secret, &config.auth.admin_key) {
-            (Some(_), _) => format!("sessions signed with {}", ui.secret_env),
-            (None, Some(_)) => "sessions signed with a secret derived from the admin key".to_owned(),
-            (None, None) => "sessions signed with a random secret per process".to_owned(),
+        let signing = match &ui.secret {
+            Some(_) => format!("sessions signed with {}", ui.secret_env),
+            None => format!("sessions signed with a random secret per process (set {} to share them)", ui.secret_env),
         };
         println!("ui:        http://{}:{}/ui ({signing}, {} h)", config.host, config.port, ui.session.as_secs() / 3600);
     } else {

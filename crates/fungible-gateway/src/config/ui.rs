@@ -22,7 +22,8 @@ pub struct UiSection {
     /// How long a sign-in lasts, in hours (default 12, at most 720).
     pub session_hours: Option<u64>,
     /// The environment variable holding the secret that signs session cookies (default
-    /// `FUNGIBLE_UI_SECRET`). Unset: derived from the admin key, else random per process.
+    /// `FUNGIBLE_UI_SECRET`). Unset: a random secret per process (sessions end when it
+    /// stops, and other instances do not accept them).
     pub secret_env: Option<String>,
     /// Mark the session cookie `Secure` on every response, for a gateway behind a TLS proxy
     /// that does not send `X-Forwarded-Proto: https` (default false; that header sets it).

@@ -95,7 +95,7 @@ pub(super) async fn run_page(
     let Some(found) = found else {
         return message(&state, &viewer, StatusCode::NOT_FOUND, "Not found", &format!("No eval run is named {run:?}."));
     };
-    let src = format!("/ui/evals/{}/report", form_urlencoded::byte_serialize(run.as_bytes()).collect::<String>());
+    let src = format!("/ui/evals/{}/report", super::view::percent_encode(&run));
     render(&state, &viewer, StatusCode::OK, "eval.html", minijinja::Value::from_serialize(json!({"title": format!("Eval {run}"), "run": found, "src": src})))
 }
 

@@ -53,6 +53,16 @@ impl Ui {
     }
 }
 
+/// Whether a state change comes from this gateway's own pages, as far as the browser says:
+/// `Sec-Fetch-Site` (sent by every current browser) must be `same-origin` (or `none`: typed
+/// by the user) when present. Requests that are not a browser's carry no such header.
+pub fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|site| matches!(site.trim().to_ascii_lowercase().as_str(), "same-origin" | "none"))
+}
+
 /// Whether `path` is one of the UI's.
 pub fn is_ui_path(path: &str) -> bool {
     path == "/ui" || path.starts_with("/ui/")

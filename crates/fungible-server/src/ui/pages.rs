@@ -52,7 +52,7 @@ pub(super) fn templates() -> Environment<'static> {
     env.add_filter("time", view::utc_time);
     env.add_filter("num", view::count);
     env.add_filter("compact", view::compact);
-    env.add_filter("urlencode", |s: String| -> String { form_urlencoded::byte_serialize(s.as_bytes()).collect() });
+    env.add_filter("urlencode", |s: String| view::percent_encode(&s));
     env
 }
 
@@ -100,7 +100,7 @@ pub(super) fn gate(state: &AppState, viewer: &Viewer, need: Need, uri: &Uri) -> 
 /// A 303 to the sign-in page, coming back to `uri` after.
 fn to_login(uri: &Uri) -> Response {
     let back = uri.path_and_query().map_or("/ui", |p| p.as_str());
-    let next: String = form_urlencoded::byte_serialize(back.as_bytes()).collect();
+    let next = view::percent_encode(back);
     see_other(&format!("/ui/login?next={next}"))
 }
 
@@ -249,6 +249,18 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, bod
     let Some(ui) = state.ui.as_deref() else {
         return Err(ApiError::not_found("the UI is off"));
     };
+    // Only the sign-in page's own script: JSON (a page elsewhere can send a body without a
+    // type, which no preflight stops) from this origin.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+    if !json {
+        return Err(ApiError::unsupported_media_type("sign in with a JSON body (Content-Type: application/json)"));
+    }
+    if !super::same_origin(&headers) {
+        return Err(crate::auth::forbidden("sign in from the gateway's own sign-in page"));
+    }
     let bytes = crate::read_body(body, 16 * 1024).await?;
     let body: LoginBody =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_request(None, format!("invalid sign-in: {e}")))?;
@@ -256,9 +268,10 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, bod
     if presented.is_empty() {
         return Err(ApiError::invalid_request(Some("key".into()), "enter a key"));
     }
-    let admin = state.auth.admin_key.as_ref().is_some_and(|k| fungible_access::key::secrets_equal(presented, k.expose()));
-    let who = if admin {
-        Who::Admin
+    let admin = state.auth.admin_key.as_ref().filter(|k| fungible_access::key::secrets_equal(presented, k.expose()));
+    let mut may_read = true;
+    let who = if let Some(admin) = admin {
+        Who::Admin { fingerprint: ui.sessions.admin_fingerprint(admin.expose()) }
     } else {
         let Some(access) = state.auth.access.as_ref().filter(|_| state.auth.enabled) else {
             return Err(crate::auth::unauthorized(if state.auth.admin_key.is_some() {
@@ -268,7 +281,10 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, bod
             }));
         };
         match access.authenticate(presented).await {
-            Ok(Ok(key)) => Who::Key { hash: key.hash.clone() },
+            Ok(Ok(key)) => {
+                may_read = key.scopes.iter().any(|s| matches!(s, fungible_store::Scope::ReadOwn | fungible_store::Scope::ReadAll));
+                Who::Key { hash: key.hash.clone() }
+            }
             Ok(Err(failure)) => return Err(crate::auth::unauthorized(failure.to_string())),
             Err(e) => {
                 tracing::error!("ui: could not look up a key: {e}");
@@ -280,10 +296,12 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, bod
         }
     };
     let (cookie, _) = ui.sessions.issue(who, now_ms());
-    let mut response = crate::json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&json!({"next": safe_next(body.next.as_deref())})).unwrap_or_default(),
-    );
+    // A key that may not read inferences starts in the playground, not on a 403.
+    let next = match safe_next(body.next.as_deref()) {
+        n if n == "/ui" && !may_read => "/ui/playground".to_owned(),
+        n => n,
+    };
+    let mut response = crate::json_response(StatusCode::OK, serde_json::to_vec(&json!({"next": next})).unwrap_or_default());
     response.headers_mut().insert(header::SET_COOKIE, ui.sessions.set_cookie(&cookie, &headers));
     Ok(response)
 }
@@ -533,7 +551,12 @@ pub(super) async fn inference(
     };
     let turns = view::request_turns(&record.request);
     let answer = record.response.as_ref().and_then(view::response_turn);
-    let finish = record.response.as_ref().and_then(|r| r.get("finish_reason")).cloned();
+    let finish = record
+        .response
+        .as_ref()
+        .and_then(|r| r.get("finish_reason"))
+        .and_then(|f| serde_json::from_value::<fungible_types::FinishReason>(f.clone()).ok())
+        .map(|f| f.as_openai_str());
     let raw: Vec<_> = record
         .raw
         .iter()

@@ -1,12 +1,15 @@
 //! Signing in to the web UI: a session cookie, and the CSRF token that goes with it.
 //!
 //! The cookie (`fungible_session`, HttpOnly, SameSite=Strict, `Secure` under TLS) holds who
-//! signed in — the admin key, or the SHA-256 of a virtual key, never a key itself — when the
-//! session ends and a random nonce, signed with HMAC-SHA256. Nothing is kept on the server,
-//! so a session works on every instance that shares the secret (`[ui] secret_env`, else one
-//! derived from the admin key, else a random one per process). A virtual key's session is
-//! checked against the key on every request (a revoked or expired key ends it at once).
-//! Signing out forgets the nonce on this instance until the session would have ended.
+//! signed in — the admin key (by a fingerprint: an HMAC of it, so a new admin key ends its
+//! sessions), or the SHA-256 of a virtual key, never a key itself — when the session ends and
+//! a random nonce, signed with HMAC-SHA256. Nothing is kept on the server, so a session works
+//! on every instance that shares the secret (`[ui] secret_env`); without one, the secret is
+//! random per process (sessions end with it). It is never derived from the admin key: a
+//! cookie or a CSRF token would then let whoever holds one guess the admin key offline. A
+//! virtual key's session is checked against the key on every request (a revoked or expired
+//! key ends it at once). Signing out forgets the nonce on this instance until the session
+//! would have ended.
 //!
 //! Every state change a session makes (any method but GET and HEAD) must carry the session's
 //! CSRF token in `x-fungible-csrf`: an HMAC of the nonce, which the pages put in a `<meta>`
@@ -35,7 +38,8 @@ type HmacSha256 = Hmac<Sha256>;
 /// Who a session signed in as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Who {
-    Admin,
+    /// The admin key, by its fingerprint ([`Sessions::admin_fingerprint`]).
+    Admin { fingerprint: String },
     /// A virtual key, by the SHA-256 (hex) the store keeps of it.
     Key { hash: String },
 }
@@ -66,25 +70,29 @@ impl std::fmt::Debug for Sessions {
 impl Default for Sessions {
     /// A random secret, 12-hour sessions.
     fn default() -> Sessions {
-        Sessions::new(None, None, Duration::from_secs(12 * 3600), false)
+        Sessions::new(None, Duration::from_secs(12 * 3600), false)
     }
 }
 
 impl Sessions {
-    /// Signs with `secret` (`[ui] secret_env`), else with a key derived from `admin_key`
-    /// (so instances sharing the admin key share sessions, and a new admin key ends them
-    /// all), else with a random key (sessions last as long as the process).
-    pub fn new(secret: Option<&str>, admin_key: Option<&str>, lifetime: Duration, secure_always: bool) -> Sessions {
-        let key: [u8; 32] = match (secret, admin_key) {
-            (Some(secret), _) => Sha256::new().chain_update(b"fungible-ui-secret\0").chain_update(secret).finalize().into(),
-            (None, Some(admin)) => Sha256::new().chain_update(b"fungible-ui-admin\0").chain_update(admin).finalize().into(),
-            (None, None) => {
+    /// Signs with `secret` (`[ui] secret_env`), else with a random key (sessions last as long
+    /// as the process, and only its own are valid).
+    pub fn new(secret: Option<&str>, lifetime: Duration, secure_always: bool) -> Sessions {
+        let key: [u8; 32] = match secret {
+            Some(secret) => Sha256::new().chain_update(b"fungible-ui-secret\0").chain_update(secret).finalize().into(),
+            None => {
                 let mut bytes = [0u8; 32];
                 rand::fill(&mut bytes[..]);
                 bytes
             }
         };
         Sessions { key: Arc::new(key), lifetime, secure_always, signed_out: Arc::default() }
+    }
+
+    /// What an admin session holds of the admin key: an HMAC of it under the session secret
+    /// (so it tells nothing without the secret), compared again on every request.
+    pub fn admin_fingerprint(&self, admin_key: &str) -> String {
+        URL_SAFE_NO_PAD.encode(&self.mac(&[b"admin", admin_key.as_bytes()]).finalize().into_bytes()[..16])
     }
 
     fn mac(&self, parts: &[&[u8]]) -> HmacSha256 {
@@ -107,7 +115,7 @@ impl Sessions {
             nonce: URL_SAFE_NO_PAD.encode(nonce),
         };
         let payload = match &session.who {
-            Who::Admin => format!("1|a||{}|{}", session.expires_ms, session.nonce),
+            Who::Admin { fingerprint } => format!("1|a|{fingerprint}|{}|{}", session.expires_ms, session.nonce),
             Who::Key { hash } => format!("1|k|{hash}|{}|{}", session.expires_ms, session.nonce),
         };
         let tag = self.mac(&[b"session", payload.as_bytes()]).finalize().into_bytes();
@@ -129,7 +137,7 @@ impl Sessions {
             return None;
         }
         let who = match kind {
-            "a" => Who::Admin,
+            "a" if !hash.is_empty() => Who::Admin { fingerprint: hash.to_owned() },
             "k" if !hash.is_empty() => Who::Key { hash: hash.to_owned() },
             _ => return None,
         };
@@ -164,15 +172,20 @@ impl Sessions {
         self.mac(&[b"csrf", session.nonce.as_bytes()]).verify_slice(&presented).is_ok()
     }
 
-    /// Ends `session` on this instance.
+    /// Ends `session` on this instance. The list is bounded: when it is full of sessions
+    /// still running, the one that would end first is forgotten (and works again until it
+    /// ends).
     pub fn sign_out(&self, session: &Session, now_ms: i64) {
         let mut signed_out = self.signed_out.lock().unwrap_or_else(|e| e.into_inner());
         if signed_out.len() >= MAX_SIGNED_OUT {
             signed_out.retain(|_, expires| *expires > now_ms);
         }
-        if signed_out.len() < MAX_SIGNED_OUT {
-            signed_out.insert(session.nonce.clone(), session.expires_ms);
+        if signed_out.len() >= MAX_SIGNED_OUT
+            && let Some(first) = signed_out.iter().min_by_key(|(_, expires)| **expires).map(|(nonce, _)| nonce.clone())
+        {
+            signed_out.remove(&first);
         }
+        signed_out.insert(session.nonce.clone(), session.expires_ms);
     }
 
     /// Whether cookies set in answer to `headers` should be `Secure`.
@@ -222,7 +235,11 @@ mod tests {
     use super::*;
 
     fn sessions() -> Sessions {
-        Sessions::new(Some("a-test-secret-that-is-long-enough-for-ui"), None, Duration::from_secs(3600), false)
+        Sessions::new(Some("a-test-secret-that-is-long-enough-for-ui"), Duration::from_secs(3600), false)
+    }
+
+    fn admin(s: &Sessions) -> Who {
+        Who::Admin { fingerprint: s.admin_fingerprint("admin-key-0123456789") }
     }
 
     #[test]
@@ -242,27 +259,32 @@ mod tests {
         let text = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap_or_default()).unwrap_or_default();
         let forged = text.replacen("|k|", "|a|", 1);
         assert_eq!(s.verify(&format!("{}.{tag}", URL_SAFE_NO_PAD.encode(forged)), 2_000), None);
-        let other = Sessions::new(Some("another-secret-that-is-long-enough-for-ui"), None, Duration::from_secs(3600), false);
+        let other = Sessions::new(Some("another-secret-that-is-long-enough-for-ui"), Duration::from_secs(3600), false);
         assert_eq!(other.verify(&cookie, 2_000), None);
         assert_eq!(s.verify("garbage", 2_000), None);
         assert_eq!(s.verify("", 2_000), None);
     }
 
     #[test]
-    fn the_admin_key_derives_a_shared_secret() {
-        let a = Sessions::new(None, Some("admin-key-0123456789"), Duration::from_secs(60), false);
-        let b = Sessions::new(None, Some("admin-key-0123456789"), Duration::from_secs(60), false);
-        let c = Sessions::new(None, Some("another-admin-key-012"), Duration::from_secs(60), false);
-        let (cookie, _) = a.issue(Who::Admin, 0);
+    fn instances_share_sessions_through_the_secret_only() {
+        let a = Sessions::new(Some("a-shared-secret-that-is-long-enough-0"), Duration::from_secs(60), false);
+        let b = Sessions::new(Some("a-shared-secret-that-is-long-enough-0"), Duration::from_secs(60), false);
+        let (cookie, _) = a.issue(admin(&a), 0);
         assert!(b.verify(&cookie, 1).is_some());
-        assert!(c.verify(&cookie, 1).is_none());
+        // Without a secret, each process has its own.
+        let (c, d) = (Sessions::default(), Sessions::default());
+        let (cookie, _) = c.issue(admin(&c), 0);
+        assert!(c.verify(&cookie, 1).is_some() && d.verify(&cookie, 1).is_none());
+        // The fingerprint follows the admin key, and means nothing under another secret.
+        assert_ne!(a.admin_fingerprint("admin-key-0123456789"), a.admin_fingerprint("another-admin-key-0"));
+        assert_ne!(a.admin_fingerprint("admin-key-0123456789"), c.admin_fingerprint("admin-key-0123456789"));
     }
 
     #[test]
     fn csrf_tokens_belong_to_their_session() {
         let s = sessions();
-        let (_, one) = s.issue(Who::Admin, 0);
-        let (_, two) = s.issue(Who::Admin, 0);
+        let (_, one) = s.issue(admin(&s), 0);
+        let (_, two) = s.issue(admin(&s), 0);
         let mut headers = HeaderMap::new();
         assert!(!s.csrf_ok(&one, &headers));
         headers.insert(CSRF_HEADER, HeaderValue::from_str(&s.csrf_token(&one)).unwrap_or(HeaderValue::from_static("x")));
@@ -273,15 +295,29 @@ mod tests {
     #[test]
     fn a_signed_out_session_is_refused() {
         let s = sessions();
-        let (cookie, session) = s.issue(Who::Admin, 0);
+        let (cookie, session) = s.issue(admin(&s), 0);
         s.sign_out(&session, 1);
         assert_eq!(s.verify(&cookie, 2), None);
     }
 
     #[test]
+    fn a_full_sign_out_list_still_records_the_newest() {
+        let s = sessions();
+        let (_, first) = s.issue(admin(&s), 0);
+        s.sign_out(&first, 1);
+        for i in 1..MAX_SIGNED_OUT {
+            let (_, session) = s.issue(admin(&s), i as i64);
+            s.sign_out(&session, 1);
+        }
+        let (cookie, last) = s.issue(admin(&s), 1_000_000);
+        s.sign_out(&last, 1);
+        assert_eq!(s.verify(&cookie, 2), None, "the newest sign-out is kept");
+    }
+
+    #[test]
     fn cookies_are_found_among_others() {
         let s = sessions();
-        let (cookie, session) = s.issue(Who::Admin, 0);
+        let (cookie, session) = s.issue(admin(&s), 0);
         let mut headers = HeaderMap::new();
         let text = format!("theme=dark; {COOKIE}=bogus; {COOKIE}={cookie}");
         headers.insert(header::COOKIE, HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("x")));

@@ -77,13 +77,17 @@ fn part(p: &Value) -> Option<Part> {
     }
     let source = p.pointer("/Image/source")?;
     if let Some(url) = source.get("Url").and_then(Value::as_str) {
-        return Some(Part::ImageUrl { url: url.to_owned() });
+        // Linked only when it is a web address (no `javascript:` or `data:` link).
+        let lower = url.trim_start().to_ascii_lowercase();
+        let web = lower.starts_with("https://") || lower.starts_with("http://");
+        return Some(if web { Part::ImageUrl { url: url.to_owned() } } else { Part::Text { text: format!("[image: {}]", cut(url, 80)) } });
     }
     let inline = source.get("Base64")?;
     let media_type = inline.get("media_type").and_then(Value::as_str)?;
     let data = inline.get("data").and_then(Value::as_str)?;
     // Only image types, so a recorded `data:` URL cannot be made into a page or a script.
-    let safe = media_type.starts_with("image/") && !media_type.contains(['"', '<', '>', ' ', ';', ',']) && media_type != "image/svg+xml";
+    let lower = media_type.to_ascii_lowercase();
+    let safe = lower.starts_with("image/") && !lower.contains(['"', '<', '>', ' ', ';', ',']) && !lower.starts_with("image/svg");
     safe.then(|| Part::Image { src: format!("data:{media_type};base64,{data}") })
 }
 
@@ -228,6 +232,12 @@ pub fn row(r: &InferenceRecord) -> Row {
     }
 }
 
+/// `text` percent-encoded for a URL's path segment or query value (a space as `%20`, which
+/// both read as a space; form encoding's `+` is a literal `+` in a path).
+pub fn percent_encode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
 /// `text` cut to at most `max` characters, with an ellipsis when cut.
 pub fn cut(text: &str, max: usize) -> String {
     let text = text.trim();
@@ -325,7 +335,9 @@ mod tests {
                 {"Text": {"text": "What is this?"}},
                 {"Image": {"source": {"Base64": {"media_type": "image/png", "data": "iVBOR"}}, "detail": null}},
                 {"Image": {"source": {"Url": "https://example.com/cat.png"}, "detail": null}},
-                {"Image": {"source": {"Base64": {"media_type": "text/html", "data": "PHNjcmlwdD4="}}, "detail": null}}
+                {"Image": {"source": {"Base64": {"media_type": "text/html", "data": "PHNjcmlwdD4="}}, "detail": null}},
+                {"Image": {"source": {"Base64": {"media_type": "image/SVG+XML", "data": "PHN2Zz4="}}, "detail": null}},
+                {"Image": {"source": {"Url": "javascript:alert(1)"}, "detail": null}}
             ]},
             {"role": "assistant", "content": [], "tool_calls": [{"id": "c1", "name": "look", "arguments": "{\"x\":1}"}]},
             {"role": "tool", "content": [{"Text": {"text": "a cat"}}], "tool_call_id": "c1", "is_error": false}
@@ -336,7 +348,8 @@ mod tests {
             Part::Text { text: "What is this?".into() },
             Part::Image { src: "data:image/png;base64,iVBOR".into() },
             Part::ImageUrl { url: "https://example.com/cat.png".into() },
-        ], "a data URL of another type is left out");
+            Part::Text { text: "[image: javascript:alert(1)]".into() },
+        ], "a data URL of another type, or SVG, is left out; a URL that is not a web address is not linked");
         assert_eq!(turns[2].tool_calls[0].arguments, "{\n  \"x\": 1\n}");
         assert_eq!(turns[3].tool_call_id.as_deref(), Some("c1"));
         // A record cut to size, or not a request at all, shows what it can.
@@ -374,5 +387,6 @@ mod tests {
         assert_eq!(compact(9_999.0), "9,999");
         assert_eq!(compact(12_300.0), "12.3k");
         assert_eq!(cut("héllo world", 5), "héllo…");
+        assert_eq!(percent_encode("a run/2 +x"), "a%20run%2F2%20%2Bx");
     }
 }

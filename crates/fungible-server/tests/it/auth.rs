@@ -23,6 +23,8 @@ use tower::ServiceExt;
 use crate::{OPENAI, TestResponse, fixtures};
 
 pub(crate) const ADMIN: &str = "admin-key-0123456789abcdef";
+/// `[ui] secret_env`'s value in these tests.
+pub(crate) const UI_SECRET: &str = "ui-secret-for-the-tests-0123456789abcdef";
 /// What one answered request costs with [`prices`]: 25 tokens at $1,000 per million.
 const COST: f64 = 0.025;
 
@@ -96,7 +98,7 @@ pub(crate) async fn gateway(auth_toml: &str, limits: Limits) -> Gw {
         // The web UI is on by default; its sessions are signed with a key derived from the
         // admin key, as in `fungible serve`.
         .with_ui(
-            fungible_server::ui::Ui::new(fungible_server::ui::Sessions::new(None, Some(ADMIN), Duration::from_secs(3600), false))
+            fungible_server::ui::Ui::new(fungible_server::ui::Sessions::new(Some(UI_SECRET), Duration::from_secs(3600), false))
                 .with_eval_runs(eval_runs.clone()),
         );
     Gw {

@@ -71,6 +71,8 @@ async fn every_documented_operation_is_routed() {
     let spec: serde_json::Value = serde_json::from_str(fungible_server::OPENAPI).expect("openapi.json is JSON");
     assert_eq!(spec["openapi"], "3.1.0");
     let h = Harness::new(OPENAI).await;
+    // As `fungible serve` builds it: with the web UI, whose sign-in is documented too.
+    let app = fungible_server::app(h.state.clone().with_ui(fungible_server::ui::Ui::new(fungible_server::ui::Sessions::default())));
     let paths = spec["paths"].as_object().expect("paths");
     assert!(paths.len() >= 10, "{paths:?}");
     for (path, ops) in paths {
@@ -90,7 +92,10 @@ async fn every_documented_operation_is_routed() {
                 .header("content-type", "application/json")
                 .body(Body::from("{}"))
                 .expect("request");
-            let res = h.send(request).await;
+            let response = tower::ServiceExt::oneshot(app.clone(), request).await.expect("infallible");
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+            let res = crate::TestResponse { status, headers: Default::default(), body };
             // Routed: anything but the router's own "no route" / "method not allowed".
             assert_ne!(res.status, 405, "{method} {path}");
             assert!(!res.text().contains("no route for"), "{method} {path} is documented but not routed: {}", res.text());

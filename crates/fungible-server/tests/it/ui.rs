@@ -286,3 +286,65 @@ async fn with_auth_off_the_pages_are_open_on_loopback_only_and_the_admin_pages_s
     assert_eq!(keys.status().as_u16(), 303);
     assert_eq!(keys.headers()["location"], "/ui/login?next=%2Fui%2Fkeys");
 }
+
+#[tokio::test]
+async fn an_admin_session_ends_with_the_admin_key_and_changes_from_another_site_are_refused() {
+    let gw = gateway("", Limits::memory()).await;
+    let admin = browser(&gw, ADMIN).await;
+    for (site, status) in [("cross-site", 403), ("same-site", 403), ("same-origin", 201)] {
+        let request = Request::post("/admin/keys")
+            .header("cookie", &admin.cookie)
+            .header("x-fungible-csrf", &admin.csrf)
+            .header("sec-fetch-site", site)
+            .header("content-type", "application/json")
+            .body(Body::from(json!({"name": site}).to_string()))
+            .expect("request");
+        assert_eq!(gw.send(request).await.status.as_u16(), status, "{site}");
+    }
+    // Signing in takes JSON from this origin only.
+    let untyped = gw.send(Request::post("/ui/login").body(Body::from(json!({"key": ADMIN}).to_string())).expect("request")).await;
+    assert_eq!(untyped.status.as_u16(), 415);
+    let foreign = gw
+        .send(
+            Request::post("/ui/login")
+                .header("content-type", "application/json")
+                .header("sec-fetch-site", "cross-site")
+                .body(Body::from(json!({"key": ADMIN}).to_string()))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(foreign.status.as_u16(), 403);
+    assert!(foreign.headers.get("set-cookie").is_none());
+
+    // Another gateway with the same UI secret but another admin key (here: none) does not
+    // take the admin's session, and clears it.
+    let other = gateway("admin_key_env = \"NO_SUCH_ADMIN_KEY\"", Limits::memory()).await;
+    let keys = get(&other, &admin, "/ui/keys").await;
+    assert_eq!(keys.status.as_u16(), 303, "{}", keys.text());
+    assert!(keys.headers["set-cookie"].to_str().unwrap_or_default().contains("Max-Age=0"));
+    assert_eq!(get(&other, &admin, "/admin/keys").await.status.as_u16(), 401, "the session has ended there");
+    // The same secret and admin key: the session is good on every instance.
+    let twin = gateway("", Limits::memory()).await;
+    assert_eq!(get(&twin, &admin, "/ui/keys").await.status.as_u16(), 200);
+}
+
+#[tokio::test]
+async fn only_a_recorded_request_names_its_inference() {
+    let gw = gateway("", Limits::memory()).await;
+    let (_, key) = gw.key(json!({"name": "app"})).await;
+    let answered = gw.chat(&key, "openai/gpt-5").await;
+    let id = answered.headers["x-fungible-inference-id"].to_str().expect("id").to_owned();
+    gw.recorder.flush().await;
+    assert!(gw.store.get(&id).await.expect("get").is_some());
+    let bad = gw
+        .send(
+            Request::post("/v1/chat/completions")
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .body(Body::from("{not json"))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(bad.status.as_u16(), 400);
+    assert!(bad.headers.get("x-fungible-inference-id").is_none(), "nothing is recorded for a request that does not parse");
+}

@@ -121,7 +121,10 @@ function lineChart(target, xs, series, opts) {
     axes: [axis, { ...axis, size: 56, values: (u, ticks) => ticks.map(compact) }],
     series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: colors[i % colors.length], width: 2, points: { show: xs.length < 3 }, ...(s.bars ? { paths: uPlot.paths.bars({ size: [0.7, 40], align: 0 }), fill: colors[i % colors.length] + "55" } : {}) }))],
   }, [xs, ...series.map((s) => s.values)], target);
-  new ResizeObserver(() => chart.setSize({ width: Math.max(target.clientWidth, 200), height: 200 })).observe(target);
+  const resize = new ResizeObserver(() => chart.setSize({ width: Math.max(target.clientWidth, 200), height: 200 }));
+  resize.observe(target);
+  const destroy = chart.destroy.bind(chart);
+  chart.destroy = () => { resize.disconnect(); destroy(); };
   return chart;
 }
 
@@ -420,7 +423,7 @@ async function datasetsPage() {
         for (const m of msgs) item.append(el("div", { class: "turn " + m.role }, el("header", { text: m.role }), el("pre", { class: "text", text: typeof m.content === "string" ? m.content : JSON.stringify(m.content) })));
         list.append(item);
       }
-      after = page.next ?? null;
+      after = page.next_after ?? null;
       more.hidden = after === null;
     } catch (e) { toast(e.message, true); }
   }
@@ -441,6 +444,7 @@ async function tuningPage() {
   const tbody = document.querySelector("#jobs-table tbody");
   const section = document.getElementById("job");
   let shown = null;
+  let chart = null;
   async function showJob(id) {
     const job = await api("GET", `/v1/tune/jobs/${encodeURIComponent(id)}`);
     shown = job;
@@ -448,10 +452,12 @@ async function tuningPage() {
     document.getElementById("job-id").textContent = job.id;
     document.getElementById("job-json").textContent = JSON.stringify(job, null, 2);
     const target = document.getElementById("job-loss");
+    chart?.destroy();
+    chart = null;
     target.textContent = "";
     const points = (job.events || []).filter((e) => e.step !== undefined && e.step !== null);
     if (points.length) {
-      lineChart(target, points.map((e) => e.step), [
+      chart = lineChart(target, points.map((e) => e.step), [
         { label: "train loss", values: points.map((e) => e.train_loss ?? null) },
         { label: "validation loss", values: points.map((e) => e.valid_loss ?? null) },
       ], { time: false });
