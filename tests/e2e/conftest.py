@@ -7,13 +7,14 @@ Anthropic's Messages API with model `tools`, and the mock answers with
 """
 
 import os
-import socket
 import subprocess
-import time
-import urllib.request
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from processes import free_port, wait_until_up  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("FUNGIBLE_BIN_DIR", ROOT / "target" / "debug"))
@@ -25,27 +26,6 @@ SECRETS = {
     "GEMINI_API_KEY": "gm-e2e-secret",
     "GROQ_API_KEY": "gsk-e2e-secret",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers: up
-        except OSError:
-            time.sleep(0.05)  # polling a port that is not open yet, bounded by the deadline
-    raise RuntimeError(f"{what} did not start within 60 s")
 
 
 @pytest.fixture(scope="session")

@@ -4,49 +4,22 @@ headless Chromium (the system's, driven by Playwright) for the web UI tests."""
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from processes import free_port, stop, wait_until_up  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("FUNGIBLE_BIN_DIR", ROOT / "target" / "debug"))
 SCREENSHOTS = ROOT / "target" / "ui-screenshots"
 ADMIN_KEY = "ui-test-admin-key-0123456789"
 CHROMIUM = os.environ.get("FUNGIBLE_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.05)  # polling a port that is not open yet, bounded by the deadline
-    raise RuntimeError(f"{what} did not start within 60 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 class Gateway:

@@ -1,6 +1,7 @@
 //! Signing in to the web UI: a session cookie, and the CSRF token that goes with it.
 //!
-//! The cookie (`fungible_session`, HttpOnly, SameSite=Strict, `Secure` under TLS) holds who
+//! The cookie (`fungible_session`, HttpOnly, SameSite=Strict; over TLS `Secure` and named
+//! `__Host-fungible_session`, kept to this exact host) holds who
 //! signed in — the admin key (by a fingerprint: an HMAC of it, so a new admin key ends its
 //! sessions), or the SHA-256 of a virtual key, never a key itself — when the session ends and
 //! a random nonce, signed with HMAC-SHA256. Nothing is kept on the server, so a session works
@@ -28,6 +29,9 @@ use sha2::{Digest, Sha256};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "fungible_session";
+/// Its name over TLS: browsers keep a `__Host-` cookie to this exact host (no domain), and
+/// only set it from a secure origin.
+pub const SECURE_COOKIE: &str = "__Host-fungible_session";
 /// The header a session's state changes carry their CSRF token in.
 pub const CSRF_HEADER: &str = "x-fungible-csrf";
 /// Signed-out nonces kept at most (the oldest are dropped first once expired).
@@ -153,7 +157,7 @@ impl Sessions {
 
     /// The session found in `headers`' cookies, if one is valid.
     pub fn from_headers(&self, headers: &HeaderMap, now_ms: i64) -> Option<Session> {
-        cookie_values(headers, COOKIE).find_map(|value| self.verify(value, now_ms))
+        cookie_values(headers, SECURE_COOKIE).chain(cookie_values(headers, COOKIE)).find_map(|value| self.verify(value, now_ms))
     }
 
     /// The CSRF token of `session`.
@@ -199,18 +203,15 @@ impl Sessions {
 
     /// The `Set-Cookie` that starts a session.
     pub fn set_cookie(&self, value: &str, request: &HeaderMap) -> HeaderValue {
-        let secure = if self.secure(request) { "; Secure" } else { "" };
-        let text = format!(
-            "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-            self.lifetime.as_secs()
-        );
+        let (name, secure) = if self.secure(request) { (SECURE_COOKIE, "; Secure") } else { (COOKIE, "") };
+        let text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", self.lifetime.as_secs());
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("fungible_session=; Max-Age=0"))
     }
 
     /// The `Set-Cookie` that ends a session in the browser.
     pub fn clear_cookie(&self, request: &HeaderMap) -> HeaderValue {
         if self.secure(request) {
-            HeaderValue::from_static("fungible_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0; Secure")
+            HeaderValue::from_static("__Host-fungible_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0; Secure")
         } else {
             HeaderValue::from_static("fungible_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
         }
@@ -332,6 +333,13 @@ mod tests {
         assert!(text.contains("HttpOnly") && text.contains("SameSite=Strict") && !text.contains("Secure"), "{text}");
         let mut tls = HeaderMap::new();
         tls.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        assert!(s.set_cookie("v", &tls).to_str().unwrap_or_default().ends_with("; Secure"));
+        let secure = s.set_cookie("v", &tls);
+        let secure = secure.to_str().unwrap_or_default();
+        assert!(secure.starts_with("__Host-fungible_session=v;") && secure.ends_with("; Secure"), "{secure}");
+        // Read back under either name.
+        let (cookie, session) = s.issue(admin(&s), 0);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_str(&format!("{SECURE_COOKIE}={cookie}")).unwrap_or(HeaderValue::from_static("x")));
+        assert_eq!(s.from_headers(&headers, 1), Some(session));
     }
 }

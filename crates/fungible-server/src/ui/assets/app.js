@@ -119,7 +119,8 @@ function lineChart(target, xs, series, opts) {
       y: { range: (u, min, max) => [bars || min >= 0 ? 0 : min, max > 0 ? max * 1.1 : 1] },
     },
     axes: [axis, { ...axis, size: 56, values: (u, ticks) => ticks.map(compact) }],
-    series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: colors[i % colors.length], width: 2, points: { show: xs.length < 3 }, ...(s.bars ? { paths: uPlot.paths.bars({ size: [0.7, 40], align: 0 }), fill: colors[i % colors.length] + "55" } : {}) }))],
+    // A line with only a point or two shows its points (a line needs two).
+    series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: colors[i % colors.length], width: 2, points: { show: s.values.filter((v) => v !== null && v !== undefined).length < 3 }, ...(s.bars ? { paths: uPlot.paths.bars({ size: [0.7, 40], align: 0 }), fill: colors[i % colors.length] + "55" } : {}) }))],
   }, [xs, ...series.map((s) => s.values)], target);
   const resize = new ResizeObserver(() => chart.setSize({ width: Math.max(target.clientWidth, 200), height: 200 }));
   resize.observe(target);
