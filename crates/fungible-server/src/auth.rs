@@ -193,7 +193,11 @@ fn is_admin(auth: &Auth, presented: Option<&str>) -> bool {
 pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let presented = presented_key(&request);
     // A signed-in page's session stands for its key when the request presents none.
+    // Signing in is not something a session does: it starts one (its own checks are in
+    // `ui::pages::login`), so an old or ended cookie neither blocks nor follows it.
+    let signing_in = request.uri().path() == "/ui/login" && request.method() == axum::http::Method::POST;
     if presented.is_none()
+        && !signing_in
         && let Some(sessions) = state.ui.as_ref().map(|ui| &ui.sessions)
         && let Some(session) = sessions.from_headers(request.headers(), fungible_access::now_ms())
     {
@@ -305,20 +309,6 @@ async fn with_session(state: &AppState, session: crate::ui::Session, mut request
     let Some(ui) = state.ui.as_ref() else {
         return next.run(request).await;
     };
-    let changes_state = !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
-    if changes_state {
-        if !ui.sessions.csrf_ok(&session, request.headers()) {
-            return forbidden(format!(
-                "a signed-in page's {} needs the page's CSRF token in {}",
-                request.method(),
-                crate::ui::CSRF_HEADER
-            ))
-            .into_response_for(format);
-        }
-        if !crate::ui::same_origin(request.headers()) {
-            return forbidden("a signed-in page's change must come from the gateway's own pages").into_response_for(format);
-        }
-    }
     let caller = match &session.who {
         crate::ui::Who::Admin { fingerprint } => match &auth.admin_key {
             Some(admin) if fungible_access::key::secrets_equal(fingerprint, &ui.sessions.admin_fingerprint(admin.expose())) => {
@@ -338,8 +328,24 @@ async fn with_session(state: &AppState, session: crate::ui::Session, mut request
             },
         },
     };
+    // A state change must come from one of this session's pages; an ended session has
+    // nothing to protect (with auth off its requests go on as nobody's, else are refused).
     let ended = matches!(caller, SessionCaller::Ended);
-    let clear = ended.then(|| ui.sessions.clear_cookie(request.headers()));
+    let changes_state = !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if changes_state && !ended {
+        if !ui.sessions.csrf_ok(&session, request.headers()) {
+            return forbidden(format!(
+                "a signed-in page's {} needs the page's CSRF token in {}",
+                request.method(),
+                crate::ui::CSRF_HEADER
+            ))
+            .into_response_for(format);
+        }
+        if !crate::ui::same_origin(request.headers()) {
+            return forbidden("a signed-in page's change must come from the gateway's own pages").into_response_for(format);
+        }
+    }
+    let clear = ended.then(|| ui.sessions.clear_cookies());
     let mut response = if crate::ui::is_ui_path(path) {
         let viewer = match caller {
             // With auth off, the pages need nobody: an ended session is just gone.
@@ -368,7 +374,7 @@ async fn with_session(state: &AppState, session: crate::ui::Session, mut request
             SessionCaller::Key(key) => as_key(request, key, next).await,
         }
     };
-    if let Some(clear) = clear {
+    for clear in clear.into_iter().flatten() {
         response.headers_mut().append(axum::http::header::SET_COOKIE, clear);
     }
     response

@@ -269,7 +269,7 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, bod
         return Err(ApiError::invalid_request(Some("key".into()), "enter a key"));
     }
     let admin = state.auth.admin_key.as_ref().filter(|k| fungible_access::key::secrets_equal(presented, k.expose()));
-    let mut may_read = true;
+    let (mut may_read, mut may_chat) = (true, true);
     let who = if let Some(admin) = admin {
         Who::Admin { fingerprint: ui.sessions.admin_fingerprint(admin.expose()) }
     } else {
@@ -283,6 +283,7 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, bod
         match access.authenticate(presented).await {
             Ok(Ok(key)) => {
                 may_read = key.scopes.iter().any(|s| matches!(s, fungible_store::Scope::ReadOwn | fungible_store::Scope::ReadAll));
+                may_chat = key.scopes.contains(&fungible_store::Scope::Inference);
                 Who::Key { hash: key.hash.clone() }
             }
             Ok(Err(failure)) => return Err(crate::auth::unauthorized(failure.to_string())),
@@ -297,17 +298,16 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, bod
     };
     let (cookie, _) = ui.sessions.issue(who, now_ms());
     // A key that may not read inferences starts in the playground, not on a 403.
-    let next = match safe_next(body.next.as_deref()) {
-        n if n == "/ui" && !may_read => "/ui/playground".to_owned(),
-        n => n,
-    };
+    let next = safe_next(body.next.as_deref());
+    let overview = matches!(next.split(['?', '#']).next(), Some("/ui" | "/ui/"));
+    let next = if overview && !may_read && may_chat { "/ui/playground".to_owned() } else { next };
     let mut response = crate::json_response(StatusCode::OK, serde_json::to_vec(&json!({"next": next})).unwrap_or_default());
     response.headers_mut().insert(header::SET_COOKIE, ui.sessions.set_cookie(&cookie, &headers));
     Ok(response)
 }
 
 /// `POST /ui/logout` (with the CSRF token, checked by the auth middleware).
-pub(super) async fn logout(State(state): State<AppState>, Extension(viewer): Extension<Viewer>, headers: HeaderMap) -> Response {
+pub(super) async fn logout(State(state): State<AppState>, Extension(viewer): Extension<Viewer>) -> Response {
     let Some(ui) = state.ui.as_deref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -315,7 +315,9 @@ pub(super) async fn logout(State(state): State<AppState>, Extension(viewer): Ext
         ui.sessions.sign_out(session, now_ms());
     }
     let mut response = crate::json_response(StatusCode::OK, br#"{"next":"/ui/login"}"#.to_vec());
-    response.headers_mut().insert(header::SET_COOKIE, ui.sessions.clear_cookie(&headers));
+    for clear in ui.sessions.clear_cookies() {
+        response.headers_mut().append(header::SET_COOKIE, clear);
+    }
     response
 }
 

@@ -157,7 +157,9 @@ impl Sessions {
 
     /// The session found in `headers`' cookies, if one is valid.
     pub fn from_headers(&self, headers: &HeaderMap, now_ms: i64) -> Option<Session> {
-        cookie_values(headers, SECURE_COOKIE).chain(cookie_values(headers, COOKIE)).find_map(|value| self.verify(value, now_ms))
+        // Over TLS only the `__Host-` name: a sibling domain can set the plain one.
+        let name = if self.secure(headers) { SECURE_COOKIE } else { COOKIE };
+        cookie_values(headers, name).find_map(|value| self.verify(value, now_ms))
     }
 
     /// The CSRF token of `session`.
@@ -208,13 +210,13 @@ impl Sessions {
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("fungible_session=; Max-Age=0"))
     }
 
-    /// The `Set-Cookie` that ends a session in the browser.
-    pub fn clear_cookie(&self, request: &HeaderMap) -> HeaderValue {
-        if self.secure(request) {
-            HeaderValue::from_static("__Host-fungible_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0; Secure")
-        } else {
-            HeaderValue::from_static("fungible_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
-        }
+    /// The `Set-Cookie`s that end a session in the browser, under both names (a gateway put
+    /// behind TLS later leaves plain-name cookies behind).
+    pub fn clear_cookies(&self) -> [HeaderValue; 2] {
+        [
+            HeaderValue::from_static("__Host-fungible_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0; Secure"),
+            HeaderValue::from_static("fungible_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        ]
     }
 }
 
@@ -338,8 +340,13 @@ mod tests {
         assert!(secure.starts_with("__Host-fungible_session=v;") && secure.ends_with("; Secure"), "{secure}");
         // Read back under either name.
         let (cookie, session) = s.issue(admin(&s), 0);
-        let mut headers = HeaderMap::new();
+        let mut headers = tls.clone();
         headers.insert(header::COOKIE, HeaderValue::from_str(&format!("{SECURE_COOKIE}={cookie}")).unwrap_or(HeaderValue::from_static("x")));
         assert_eq!(s.from_headers(&headers, 1), Some(session));
+        // Over TLS the plain name (which a sibling domain could set) is not read.
+        headers.insert(header::COOKIE, HeaderValue::from_str(&format!("{COOKIE}={cookie}")).unwrap_or(HeaderValue::from_static("x")));
+        assert_eq!(s.from_headers(&headers, 1), None);
+        let cleared: Vec<String> = s.clear_cookies().iter().map(|v| v.to_str().unwrap_or_default().to_owned()).collect();
+        assert!(cleared[0].starts_with("__Host-fungible_session=;") && cleared[1].starts_with("fungible_session=;"));
     }
 }

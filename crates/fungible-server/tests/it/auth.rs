@@ -95,8 +95,8 @@ pub(crate) async fn gateway(auth_toml: &str, limits: Limits) -> Gw {
         .with_prices(prices())
         .with_recorder(store.clone(), recorder.clone())
         .with_auth(auth)
-        // The web UI is on by default; its sessions are signed with a key derived from the
-        // admin key, as in `fungible serve`.
+        // The web UI is on by default; its sessions are signed with `[ui] secret_env`'s secret,
+        // shared by every gateway these tests build.
         .with_ui(
             fungible_server::ui::Ui::new(fungible_server::ui::Sessions::new(Some(UI_SECRET), Duration::from_secs(3600), false))
                 .with_eval_runs(eval_runs.clone()),

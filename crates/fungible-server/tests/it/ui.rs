@@ -348,3 +348,29 @@ async fn only_a_recorded_request_names_its_inference() {
     assert_eq!(bad.status.as_u16(), 400);
     assert!(bad.headers.get("x-fungible-inference-id").is_none(), "nothing is recorded for a request that does not parse");
 }
+
+#[tokio::test]
+async fn an_ended_session_is_cleared_and_does_not_stand_in_the_way_of_signing_in() {
+    let gw = gateway("", Limits::memory()).await;
+    let (id, key) = gw.key(json!({"name": "short-lived"})).await;
+    let tenant = browser(&gw, &key).await;
+    assert_eq!(gw.admin("DELETE", &format!("/admin/keys/{id}"), None).await.status.as_u16(), 200);
+    // A page visit clears both cookie names.
+    let page = get(&gw, &tenant, "/ui/inferences").await;
+    let cleared: Vec<&str> = page.headers.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).collect();
+    assert!(cleared.iter().any(|c| c.starts_with("fungible_session=;")) && cleared.iter().any(|c| c.starts_with("__Host-fungible_session=;")), "{cleared:?}");
+    // Signing in again with the old cookie still in the browser works, and is not undone.
+    let again = gw
+        .send(
+            Request::post("/ui/login")
+                .header("cookie", &tenant.cookie)
+                .header("content-type", "application/json")
+                .body(Body::from(json!({"key": ADMIN}).to_string()))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(again.status.as_u16(), 200, "{}", again.text());
+    let set: Vec<&str> = again.headers.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).collect();
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert!(!set[0].contains("Max-Age=0"));
+}
