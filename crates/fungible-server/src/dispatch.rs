@@ -78,13 +78,6 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         .route_hints(request.headers().iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))))
         .with_capture(facts.as_ref().and_then(|f| f.capture.clone()));
     let key = request.extensions().get::<crate::auth::CallerKey>().map(|k| k.0.clone());
-    // The record's id, when one will be written.
-    let inference_id = state
-        .recording
-        .recorder
-        .as_ref()
-        .and(facts.as_ref())
-        .and_then(|f| HeaderValue::from_str(&f.id).ok());
     let context = Arc::new(RequestContext {
         key,
         hints,
@@ -109,7 +102,12 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
     if let Some(n) = context.examples.lock().ok().and_then(|n| *n) {
         response.headers_mut().insert("x-fungible-examples", HeaderValue::from(n));
     }
-    if let Some(id) = inference_id.filter(|_| recorded) {
+    // The record's id, when one is written (a recorder, and a chat that was routed or
+    // answered from the cache).
+    if recorded
+        && state.recording.recorder.is_some()
+        && let Some(id) = context.facts().and_then(|f| HeaderValue::from_str(&f.id).ok())
+    {
         response.headers_mut().insert("x-fungible-inference-id", id);
     }
     response
