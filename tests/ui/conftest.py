@@ -51,6 +51,17 @@ class Gateway:
         assert status == 200, body
         return headers["x-fungible-inference-id"]
 
+    def chat_stream(self, key: str, model: str, text: str) -> str:
+        """A streamed chat, read to its end; its inference id."""
+        body = {"model": model, "stream": True, "messages": [{"role": "user", "content": text}]}
+        request = urllib.request.Request(self.url + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST")
+        request.add_header("authorization", f"Bearer {key}")
+        request.add_header("content-type", "application/json")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            events = response.read().decode()
+            assert response.status == 200 and "data: [DONE]" in events, events
+            return response.headers["x-fungible-inference-id"]
+
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory):

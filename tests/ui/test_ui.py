@@ -23,8 +23,9 @@ def test_the_admin_walks_through_every_page(gateway, page):
     _, app_key = gateway.key("app")
     first = gateway.chat(app_key, "openai/plain", "What is the capital of France?")
     second = gateway.chat(app_key, "anthropic/plain", "Name a prime number.")
+    streamed = gateway.chat_stream(app_key, "openai/stream", "Say hello.")
     # Reading an inference back waits for the recorder to write it.
-    for inference in (first, second):
+    for inference in (first, second, streamed):
         assert gateway.call("GET", f"/v1/inferences/{inference}")[0] == 200
     url = gateway.url
 
@@ -32,9 +33,18 @@ def test_the_admin_walks_through_every_page(gateway, page):
     # The overview: totals and the charts, drawn from /v1/stats.
     page.wait_for_selector("#charts[data-drawn]", timeout=TIMEOUT)
     assert int(page.get_attribute("#charts", "data-drawn")) >= 1
-    assert page.locator("#charts .uplot canvas").count() == 4
+    # Requests, latency, cost, tokens, time to first token (the streamed request), cache.
+    assert page.locator("#charts .uplot canvas").count() == 6
     assert page.inner_text("#total-requests").strip() not in ("", "0")
     screenshot(page, "overview")
+    # Split by model: a series per model in every chart.
+    page.select_option("#split", "model")
+    page.wait_for_url(re.compile(r".*split=model.*"), timeout=TIMEOUT)
+    page.wait_for_selector("#charts[data-drawn]", timeout=TIMEOUT)
+    legend = page.inner_text("#charts [data-chart=requests]")
+    assert "openai/plain" in legend and "anthropic/plain" in legend, legend
+    assert page.locator("#charts .uplot canvas").count() == 6
+    screenshot(page, "overview-split")
 
     # Inferences: filter, then open one.
     page.click("nav.main-nav >> text=Inferences")

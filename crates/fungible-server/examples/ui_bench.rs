@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::Request;
 use fungible_gateway::{ConfigFile, Gateway, GatewayConfig};
 use fungible_server::{AppState, app};
-use fungible_store::{Feedback, FeedbackTarget, GroupBy, InferenceFilter, Store, new_id};
+use fungible_store::{Feedback, FeedbackTarget, GroupBy, InferenceFilter, StatsQuery, Store, new_id};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -62,16 +62,17 @@ async fn main() {
             }
         }
         println!("feedback on {given} inferences in {:.1} s", started.elapsed().as_secs_f64());
-        let started = Instant::now();
-        store.roll_up(now_ms()).await.expect("roll-up");
-        println!("rolled up in {:.1} s", started.elapsed().as_secs_f64());
     }
+    // As the gateway does each minute (a kept store catches up on the days and hours since).
+    let started = Instant::now();
+    let done = store.roll_up(now_ms()).await.expect("roll-up");
+    println!("rolled up {} days and {} hours in {:.1} s", done.days, done.hours, started.elapsed().as_secs_f64());
 
     // Where the overview's time goes: each grouping alone.
     let since = Some(now_ms() - 86_400_000);
     for group in [GroupBy::Model, GroupBy::Provider, GroupBy::Route, GroupBy::Key, GroupBy::Tag] {
         let started = Instant::now();
-        store.stats_of(group, since, None, None).await.expect("stats");
+        store.stats_of(&StatsQuery { since_ms: since, ..StatsQuery::new(group) }).await.expect("stats");
         println!("stats_of {group:?}, 24 h: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     }
 
@@ -95,12 +96,15 @@ async fn main() {
     let day_ago = now_ms() - 86_400_000;
     // The 7-day view starts at a UTC midnight.
     let week_start = (now_ms().div_euclid(86_400_000) - 6) * 86_400_000;
+    let month_start = (now_ms().div_euclid(86_400_000) - 29) * 86_400_000;
     let pages: Vec<(String, String)> = vec![
         ("overview, 24 h".into(), "/ui?range=24h".into()),
         ("overview, 7 days".into(), "/ui?range=7d".into()),
         ("overview, 30 days".into(), "/ui?range=30d".into()),
         ("overview chart API, 24 h".into(), format!("/v1/stats?by=hour&since_ms={day_ago}")),
         ("overview chart API, 7 days".into(), format!("/v1/stats?by=day&since_ms={week_start}")),
+        ("chart API, 24 h split by model".into(), format!("/v1/stats?by=hour&split=model&since_ms={day_ago}")),
+        ("chart API, 30 days split by key".into(), format!("/v1/stats?by=day&split=key&since_ms={month_start}")),
         ("inferences".into(), "/ui/inferences".into()),
         ("inferences, one model".into(), "/ui/inferences?model=openai%2Fgpt-5".into()),
         ("inferences, errors".into(), "/ui/inferences?status=error".into()),

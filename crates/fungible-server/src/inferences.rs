@@ -242,11 +242,13 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct StatsQuery {
     by: Option<String>,
+    /// With `by=day` or `by=hour`: a row per time bucket and value of this dimension.
+    split: Option<String>,
     since_ms: Option<i64>,
     until_ms: Option<i64>,
 }
 
-/// `GET /v1/stats?by=model|provider|route|key|user|tag|day|hour|inbound`.
+/// `GET /v1/stats?by=model|provider|route|key|user|tag|day|hour|inbound[&split=...]`.
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,
@@ -263,12 +265,25 @@ pub async fn stats(
             .unwrap_or("model")
             .parse()
             .map_err(|e: String| ApiError::invalid_request(Some("by".into()), e))?;
-    let rows = store(&state)?
-        .stats_of(by, q.since_ms, q.until_ms, key_id)
-        .await
-        .map_err(internal)?;
+    let split = q
+        .split
+        .as_deref()
+        .map(str::parse::<GroupBy>)
+        .transpose()
+        .map_err(|e| ApiError::invalid_request(Some("split".into()), e))?;
+    let query = fungible_store::StatsQuery {
+        group: by,
+        split,
+        since_ms: q.since_ms,
+        until_ms: q.until_ms,
+        key_id,
+    };
+    query
+        .check()
+        .map_err(|e| ApiError::invalid_request(Some("split".into()), e))?;
+    let rows = store(&state)?.stats_of(&query).await.map_err(internal)?;
     Ok(json_ok(
-        &json!({"object": "list", "by": q.by.as_deref().unwrap_or("model"), "data": rows}),
+        &json!({"object": "list", "by": q.by.as_deref().unwrap_or("model"), "split": q.split, "data": rows}),
     ))
 }
 

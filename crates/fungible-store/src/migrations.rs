@@ -215,4 +215,32 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX tune_jobs_status ON tune_jobs (status)",
         ],
     ),
+    // Hourly roll-ups beside the daily ones, and a time-to-first-token histogram in both
+    // (see `rollups.rs`). The daily roll-ups are derived data: emptied, and rebuilt with
+    // their new column by the next roll-up, as the hourly ones are built from the start.
+    (
+        11,
+        &[
+            "ALTER TABLE inference_rollups ADD COLUMN ttfts TEXT NOT NULL DEFAULT '[]'",
+            "DELETE FROM inference_rollups",
+            "UPDATE rollup_state SET watermark_ms = 0 WHERE id = 1",
+            "CREATE TABLE inference_hour_rollups (
+            hour BIGINT NOT NULL,
+            dim TEXT NOT NULL,
+            value TEXT,
+            requests BIGINT NOT NULL,
+            errors BIGINT NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cost DOUBLE PRECISION NOT NULL,
+            unpriced BIGINT NOT NULL,
+            cache_hits BIGINT NOT NULL,
+            latencies TEXT NOT NULL,
+            ttfts TEXT NOT NULL
+        )",
+            "CREATE INDEX inference_hour_rollups_dim ON inference_hour_rollups (dim, hour)",
+            "INSERT INTO rollup_state (id, watermark_ms) VALUES (2, 0)",
+        ],
+    ),
 ];

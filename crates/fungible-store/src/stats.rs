@@ -1,5 +1,6 @@
-//! [`Store::stats`]: sums and latency percentiles per group, from the daily roll-ups where
-//! whole days are rolled up and from the rows for the rest.
+//! [`Store::stats`]: sums and latency percentiles per group (and per time bucket and
+//! dimension), from the roll-ups where whole days and hours are rolled up and from the rows
+//! for the rest.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -9,7 +10,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::rollups::{Bucket, DAY_MS, Sums, latency_bucket};
+use crate::rollups::{Bucket, DAY_MS, HOUR_MS, Histogram, SUMS_SQL, Sums, TIERS, bucket_from_row, bucket_sql, parse_histogram};
 use crate::store::{Backend, Store, StoreError};
 
 /// What [`Store::stats`] groups by.
@@ -27,7 +28,7 @@ pub enum GroupBy {
     Tag,
     /// UTC date.
     Day,
-    /// UTC hour (`2026-12-07T13:00Z`), from the rows only (the roll-ups are per day).
+    /// UTC hour (`2026-12-07T13:00Z`).
     Hour,
     Inbound,
 }
@@ -58,6 +59,9 @@ impl FromStr for GroupBy {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatsRow {
     pub key: String,
+    /// The value of [`StatsQuery::split`] this row is for (`-`: none), when split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
     pub requests: u64,
     pub errors: u64,
     pub input_tokens: u64,
@@ -71,116 +75,139 @@ pub struct StatsRow {
     pub cache_hits: u64,
     pub p50_latency_ms: f64,
     pub p95_latency_ms: f64,
+    /// Time to first token, over the requests that streamed a token (`None`: none did).
+    pub p50_ttft_ms: Option<f64>,
+    pub p95_ttft_ms: Option<f64>,
+}
+
+/// What [`Store::stats_of`] reads: the groups, optionally each time bucket split by a
+/// dimension (a series per model, route, ...), over `[since_ms, until_ms)`, of every key or
+/// of one virtual key.
+#[derive(Debug, Clone, Copy)]
+pub struct StatsQuery<'a> {
+    pub group: GroupBy,
+    /// Only with [`GroupBy::Day`] or [`GroupBy::Hour`]: a row per time bucket and value of
+    /// this (non-time) dimension.
+    pub split: Option<GroupBy>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// One virtual key's inferences only: read from the rows (the roll-ups are per
+    /// dimension, not per key and dimension).
+    pub key_id: Option<&'a str>,
+}
+
+impl<'a> StatsQuery<'a> {
+    pub fn new(group: GroupBy) -> StatsQuery<'a> {
+        StatsQuery {
+            group,
+            split: None,
+            since_ms: None,
+            until_ms: None,
+            key_id: None,
+        }
+    }
+
+    /// Why this query cannot be answered, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let time = |g: GroupBy| matches!(g, GroupBy::Day | GroupBy::Hour);
+        match self.split {
+            Some(_) if !time(self.group) => Err(format!(
+                "a split needs a time grouping (day or hour), not {:?}",
+                self.group
+            )),
+            Some(s) if time(s) => Err("split by model, provider, route, key, user, tag or inbound".into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Store {
     /// Requests, errors, tokens, cost and latency percentiles per group, over the inferences
     /// in `[since_ms, until_ms)`. Sorted by requests, most first.
-    ///
-    /// The database aggregates: PostgreSQL computes exact nearest-rank percentiles
-    /// (`percentile_disc`); SQLite, which has no percentile aggregate, returns one row per
-    /// group and latency bucket (1 ms wide below 1 s, 1% of the latency above), with each
-    /// bucket's smallest and largest latency, and the percentile is read from the buckets:
-    /// exact when its bucket holds one distinct latency, else within the bucket's width.
     pub async fn stats(
         &self,
         group: GroupBy,
         since_ms: Option<i64>,
         until_ms: Option<i64>,
     ) -> Result<Vec<StatsRow>, StoreError> {
-        self.stats_of(group, since_ms, until_ms, None).await
+        self.stats_of(&StatsQuery {
+            since_ms,
+            until_ms,
+            ..StatsQuery::new(group)
+        })
+        .await
     }
 
-    /// [`Store::stats`] over the inferences of one virtual key (`Some(key_id)`) only: read
-    /// from the rows (the roll-ups are per dimension, not per key and dimension).
-    pub async fn stats_of(
-        &self,
-        group: GroupBy,
-        since_ms: Option<i64>,
-        until_ms: Option<i64>,
-        key_id: Option<&str>,
-    ) -> Result<Vec<StatsRow>, StoreError> {
-        let plan = self.plan(group, since_ms, until_ms, key_id).await?;
-        let mut parts = self.rolled_parts(group, &plan).await?;
-        let (key, join) = group_sql(group);
+    /// The stats `q` asks for, sorted by requests, most first.
+    ///
+    /// Whole days come from the daily roll-ups, whole hours left from the hourly ones, the
+    /// rest from the rows (see `rollups.rs`). The database aggregates: over rows alone,
+    /// PostgreSQL computes exact nearest-rank percentiles (`percentile_disc`); otherwise
+    /// (roll-ups, or SQLite, which has no percentile aggregate) they are read from
+    /// histograms with buckets 1 ms wide below 1 s and 1% of the value above, each with its
+    /// smallest and largest value: exact when the bucket holds one distinct value, else
+    /// within the bucket's width.
+    pub async fn stats_of(&self, q: &StatsQuery<'_>) -> Result<Vec<StatsRow>, StoreError> {
+        q.check().map_err(StoreError::Invalid)?;
+        let plan = self.plan(q).await?;
+        let mut parts = Vec::new();
+        for &(tier, from, to) in &plan.rolled {
+            self.rolled_parts(q, tier, from, to, &mut parts).await?;
+        }
         for &(since_ms, until_ms) in &plan.raw {
-            for r in self.raw_stats(key, join, since_ms, until_ms, key_id, plan.exact).await? {
-                let k = label(group_key(group, &r)?);
-                if plan.exact {
-                    // Same layout without the bucket: the percentiles in columns 9 and 10.
-                    let mut sums = Sums::from_bucket_row_exact(&r)?;
-                    sums.latencies.clear();
-                    let p = (r.try_get::<Option<f64>, _>(9)?.unwrap_or(0.0), r.try_get::<Option<f64>, _>(10)?.unwrap_or(0.0));
-                    parts.push((k, sums, Some(p)));
-                } else if self.backend == Backend::Sqlite {
-                    let mut sums = Sums::from_bucket_row_exact(&r)?;
-                    sums.latencies = Sums::parse_latencies(&r.try_get::<String, _>(9)?)?;
-                    parts.push((k, sums, None));
-                } else {
-                    parts.push((k, Sums::from_bucket_row(&r)?, None));
-                }
-            }
+            self.raw_parts(q, since_ms, until_ms, plan.exact, &mut parts).await?;
         }
         Ok(finish(parts))
     }
 
-    /// Which part of a range comes from the roll-ups and which from the rows.
-    async fn plan(&self, group: GroupBy, since_ms: Option<i64>, until_ms: Option<i64>, key_id: Option<&str>) -> Result<Plan, StoreError> {
-        // Whole days up to the roll-up watermark come from the roll-ups; the rest (a range's
-        // edges off the day, what is newer than the watermark, tags) from the rows.
-        let day = DAY_MS;
-        let rolled = match dimension(group) {
-            _ if key_id.is_some() => None,
-            None => None,
-            Some(_) => {
-                let watermark = self.rollup_watermark().await?;
-                let from = since_ms.map_or(i64::MIN / day, |s| s.div_euclid(day) + i64::from(s.rem_euclid(day) != 0));
-                let to = until_ms.map_or(watermark / day, |u| u.div_euclid(day).min(watermark / day));
-                // Watermark 0: nothing is rolled up yet.
-                (watermark > 0 && from < to).then_some((from, to))
-            }
-        };
-        let mut raw = Vec::new();
-        match rolled {
-            Some((from, to)) => {
-                if from > i64::MIN / day {
-                    raw.push((since_ms, Some(from * day)));
-                }
-                raw.push((Some(to * day), until_ms));
-            }
-            None => raw.push((since_ms, until_ms)),
-        }
-        raw.retain(|r| !matches!(r, (Some(a), Some(b)) if a >= b));
+    /// Which parts of a range come from which roll-up tier and which from the rows.
+    async fn plan(&self, q: &StatsQuery<'_>) -> Result<Plan, StoreError> {
+        let mut plan = Plan { rolled: Vec::new(), raw: Vec::new(), exact: false };
+        let watermarks = if q.key_id.is_some() { [0; 2] } else { self.rollup_watermarks().await? };
+        plan.take_apart(q, &watermarks, 0, q.since_ms, q.until_ms);
         // PostgreSQL's exact percentiles when the rows alone answer; histograms otherwise.
-        let exact = rolled.is_none() && self.backend == Backend::Postgres;
-        Ok(Plan { rolled, raw, exact })
+        plan.exact = plan.rolled.is_empty() && self.backend == Backend::Postgres;
+        Ok(plan)
     }
 
-    /// The roll-ups' share of a plan, labelled.
-    async fn rolled_parts(&self, group: GroupBy, plan: &Plan) -> Result<Vec<Part>, StoreError> {
-        let mut parts = Vec::new();
-        if let Some((from, to)) = plan.rolled {
-            for (k, sums) in self.rolled_up_stats(group, from, to).await? {
-                parts.push((label(k), sums, None));
-            }
+    /// A tier's share of a query, units `[from, to)`, labelled, into `parts`.
+    async fn rolled_parts(&self, q: &StatsQuery<'_>, tier: usize, from: i64, to: i64, parts: &mut Vec<Part>) -> Result<(), StoreError> {
+        let Some((dim, key, split)) = rolled_sql(q, tier) else {
+            return Ok(());
+        };
+        let t = &TIERS[tier];
+        let sql = format!(
+            "SELECT {key} AS k, {split} AS s, requests, errors, input_tokens, output_tokens, cache_read_tokens, cost, unpriced, cache_hits, latencies, ttfts FROM {table} WHERE dim = $1 AND {column} >= $2 AND {column} < $3",
+            table = t.table,
+            column = t.column
+        );
+        let rows = sqlx::query(&sql).bind(dim).bind(from).bind(to).fetch_all(&self.pool).await?;
+        for r in &rows {
+            let mut sums = Sums::from_row(r, 2)?;
+            sums.latencies = parse_histogram(&r.try_get::<String, _>(10)?)?;
+            sums.ttfts = parse_histogram(&r.try_get::<String, _>(11)?)?;
+            parts.push((labels(q, r)?, sums, None));
         }
-        Ok(parts)
+        Ok(())
     }
 
-    /// Stats rows straight from `inferences` in `[since_ms, until_ms)`: with `exact`
-    /// (PostgreSQL), one row per key with its percentiles; on SQLite one row per key with
-    /// its latency histogram as JSON; else one row per key and latency bucket with the
-    /// bucket's min and max.
-    async fn raw_stats(
+    /// The rows' share of a query in `[since_ms, until_ms)`, labelled, into `parts`: with
+    /// `exact` (PostgreSQL), one row per group with its percentiles; on SQLite one row per
+    /// group with its latency histogram as JSON; else one row per group and latency
+    /// bucket. Time to first token: one row per group and bucket, but for `exact`.
+    async fn raw_parts(
         &self,
-        key: &str,
-        join: &str,
+        q: &StatsQuery<'_>,
         since_ms: Option<i64>,
         until_ms: Option<i64>,
-        key_id: Option<&str>,
         exact: bool,
-    ) -> Result<Vec<AnyRow>, StoreError> {
-        let sums = "COUNT(*), CAST(SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), SUM(cost), CAST(SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END) AS BIGINT), CAST(SUM(cache_hit) AS BIGINT)";
+        parts: &mut Vec<Part>,
+    ) -> Result<(), StoreError> {
+        let (key, join) = group_sql(q.group);
+        let (split, split_join) = q.split.map_or(("CAST(NULL AS TEXT)", ""), group_sql);
+        let join = if join.is_empty() { split_join } else { join };
+        // Group by `s` only when split: PostgreSQL refuses a constant in GROUP BY.
+        let by = if q.split.is_some() { "k, s" } else { "k" };
         // Only the bounds given: an unbounded range would make the planner walk the time
         // index row by row instead of scanning.
         let mut range = Vec::new();
@@ -191,57 +218,142 @@ impl Store {
                 range.push(format!("time_ms {op} ${}", binds.len()));
             }
         }
-        if key_id.is_some() {
+        if q.key_id.is_some() {
             range.push(format!("key_id = ${}", binds.len() + 1));
         }
-        let filter = if range.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", range.join(" AND "))
+        let filter = |more: &str| {
+            let mut all = range.clone();
+            if !more.is_empty() {
+                all.push(more.to_owned());
+            }
+            if all.is_empty() { String::new() } else { format!(" WHERE {}", all.join(" AND ")) }
         };
+        // On SQLite a bare column is grouped as `+column`, so that SQLite does not walk that
+        // column's index (`inferences_key` for `key_id`) over every row instead of the time
+        // range.
+        let unindexed = |c: &str| {
+            let bare = c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+            if bare && self.backend == Backend::Sqlite { format!("+{c}") } else { c.to_owned() }
+        };
+        let (key, split) = (unindexed(key), unindexed(split));
+        let latency = bucket_sql(self.backend, "latency_ms");
         let sql = if exact {
             format!(
-                "SELECT {key} AS k, {sums}, percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms), percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM inferences{join}{filter} GROUP BY k"
+                "SELECT {key} AS k, {split} AS s, {SUMS_SQL}, percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms), percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms), percentile_disc(0.5) WITHIN GROUP (ORDER BY ttft_ms), percentile_disc(0.95) WITHIN GROUP (ORDER BY ttft_ms) FROM inferences{join}{} GROUP BY {by}",
+                filter("")
             )
         } else if self.backend == Backend::Sqlite {
             // One row per group with its histogram as JSON (the roll-ups' format), not one per
-            // group and bucket: a key's 400 buckets were 400 rows to decode. A bare column is
-            // grouped as `+column`, so that SQLite does not walk that column's index over
-            // every row (`inferences_key` for `key_id`) instead of the time range.
-            let bare = key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
-            let key = if bare { format!("+{key}") } else { key.to_owned() };
-            let bucket = latency_bucket(self.backend);
+            // group and bucket: a key's 400 buckets were 400 rows to decode.
             format!(
-                "SELECT k, SUM(n), SUM(e), SUM(i), SUM(o), SUM(cr), SUM(c), SUM(u), SUM(h), json_group_array(json_array(b, n, mn, mx)) FROM (SELECT {key} AS k, {bucket} AS b, COUNT(*) AS n, SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS e, SUM(input_tokens) AS i, SUM(output_tokens) AS o, SUM(cache_read_tokens) AS cr, SUM(cost) AS c, SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END) AS u, SUM(cache_hit) AS h, MIN(latency_ms) AS mn, MAX(latency_ms) AS mx FROM inferences{join}{filter} GROUP BY k, b) GROUP BY k"
+                "SELECT k, s, SUM(n), SUM(e), SUM(i), SUM(o), SUM(cr), SUM(c), SUM(u), SUM(h), json_group_array(json_array(b, n, mn, mx)) FROM (SELECT {key} AS k, {split} AS s, {latency} AS b, COUNT(*) AS n, SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS e, SUM(input_tokens) AS i, SUM(output_tokens) AS o, SUM(cache_read_tokens) AS cr, SUM(cost) AS c, SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END) AS u, SUM(cache_hit) AS h, MIN(latency_ms) AS mn, MAX(latency_ms) AS mx FROM inferences{join}{} GROUP BY k, s, b) GROUP BY k, s",
+                filter("")
             )
         } else {
-            let bucket = latency_bucket(self.backend);
             format!(
-                "SELECT {key} AS k, {sums}, MIN(latency_ms), MAX(latency_ms), {bucket} AS b FROM inferences{join}{filter} GROUP BY k, b"
+                "SELECT {key} AS k, {split} AS s, {SUMS_SQL}, MIN(latency_ms), MAX(latency_ms), {latency} AS b FROM inferences{join}{} GROUP BY {by}, b",
+                filter("")
             )
         };
-        let mut query = sqlx::query(&sql);
-        for ms in binds {
-            query = query.bind(ms);
+        for r in bound(&sql, &binds, q.key_id).fetch_all(&self.pool).await? {
+            // Columns 0 and 1 the labels, 2 to 9 the sums.
+            let mut sums = Sums::from_row(&r, 2)?;
+            let mut exact_part = None;
+            if exact {
+                let p = |i: usize| r.try_get::<Option<f64>, _>(i);
+                exact_part = Some(Exact {
+                    latency: (p(10)?.unwrap_or(0.0), p(11)?.unwrap_or(0.0)),
+                    ttft: p(12)?.zip(p(13)?),
+                });
+            } else if self.backend == Backend::Sqlite {
+                sums.latencies = parse_histogram(&r.try_get::<String, _>(10)?)?;
+            } else {
+                let bucket = Bucket {
+                    count: sums.requests,
+                    min: r.try_get::<Option<f64>, _>(10)?.unwrap_or(0.0),
+                    max: r.try_get::<Option<f64>, _>(11)?.unwrap_or(0.0),
+                };
+                sums.latencies.insert(r.try_get::<Option<i64>, _>(12)?.unwrap_or(0), bucket);
+            }
+            parts.push((labels(q, &r)?, sums, exact_part));
         }
-        if let Some(key_id) = key_id {
-            query = query.bind(key_id);
+        if !exact {
+            let ttft = bucket_sql(self.backend, "ttft_ms");
+            let sql = format!(
+                "SELECT {key} AS k, {split} AS s, COUNT(*), MIN(ttft_ms), MAX(ttft_ms), {ttft} AS b FROM inferences{join}{} GROUP BY {by}, b",
+                filter("ttft_ms IS NOT NULL")
+            );
+            for r in bound(&sql, &binds, q.key_id).fetch_all(&self.pool).await? {
+                let (b, bucket) = bucket_from_row(&r, 2)?;
+                let mut sums = Sums::default();
+                sums.ttfts.insert(b, bucket);
+                parts.push((labels(q, &r)?, sums, None));
+            }
         }
-        Ok(query.fetch_all(&self.pool).await?)
+        Ok(())
     }
 }
 
+/// `sql` with the range's bounds and the key bound, in the order [`Store::raw_parts`]
+/// numbers them.
+fn bound<'q>(sql: &'q str, bounds: &[i64], key_id: Option<&str>) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut query = sqlx::query(sql);
+    for &ms in bounds {
+        query = query.bind(ms);
+    }
+    if let Some(key_id) = key_id {
+        query = query.bind(key_id.to_owned());
+    }
+    query
+}
 
-/// Which part of a stats range the roll-ups answer (whole days `[from, to)`), which ranges
-/// of rows the rest is read from, and whether PostgreSQL gives exact percentiles.
+/// Which parts of a stats range which roll-up tier answers (units `[from, to)` of
+/// [`TIERS`]`[tier]`), which ranges of rows the rest is read from, and whether PostgreSQL
+/// gives exact percentiles.
 struct Plan {
-    rolled: Option<(i64, i64)>,
+    rolled: Vec<(usize, i64, i64)>,
     raw: Vec<(Option<i64>, Option<i64>)>,
     exact: bool,
 }
 
-/// A group's label, its sums, and its exact (p50, p95) when the database computed them.
-type Part = (String, Sums, Option<(f64, f64)>);
+impl Plan {
+    /// Takes `[since, until)` apart from tier `tier` down: its whole units up to its
+    /// watermark from it, the edges from the finer tiers, and what no tier holds from the
+    /// rows.
+    fn take_apart(&mut self, q: &StatsQuery<'_>, watermarks: &[i64; 2], tier: usize, since: Option<i64>, until: Option<i64>) {
+        if matches!((since, until), (Some(a), Some(b)) if a >= b) {
+            return;
+        }
+        let Some(t) = TIERS.get(tier) else {
+            self.raw.push((since, until));
+            return;
+        };
+        let watermark = watermarks[tier];
+        let unit = t.unit_ms;
+        let from = since.map_or(i64::MIN / unit, |s| s.div_euclid(unit) + i64::from(s.rem_euclid(unit) != 0));
+        let to = until.map_or(watermark / unit, |u| u.div_euclid(unit).min(watermark / unit));
+        // Watermark 0: nothing is rolled up yet.
+        if watermark == 0 || from >= to || rolled_sql(q, tier).is_none() {
+            return self.take_apart(q, watermarks, tier + 1, since, until);
+        }
+        self.rolled.push((tier, from, to));
+        if from > i64::MIN / unit {
+            self.take_apart(q, watermarks, tier + 1, since, Some(from * unit));
+        }
+        self.take_apart(q, watermarks, tier + 1, Some(to * unit), until);
+    }
+}
+
+/// Exact percentiles the database computed: latency (p50, p95), and time to first token.
+#[derive(Debug, Clone, Copy)]
+struct Exact {
+    latency: (f64, f64),
+    ttft: Option<(f64, f64)>,
+}
+
+/// A group's labels (key, split), its sums, and its exact percentiles when the database
+/// computed them.
+type Part = ((String, Option<String>), Sums, Option<Exact>);
 
 /// The SQL of a grouping's key over `inferences`, and the join it needs.
 fn group_sql(group: GroupBy) -> (&'static str, &'static str) {
@@ -260,20 +372,59 @@ fn group_sql(group: GroupBy) -> (&'static str, &'static str) {
     (key, join)
 }
 
-/// How a group is named in stats: a UTC date, a UTC hour, or the value (`-` for none).
-fn label(key: GroupKey) -> String {
-    match key {
-        GroupKey::Day(d) => d.map_or_else(|| "-".into(), |d| utc_date(d * 86_400_000)),
-        GroupKey::Hour(h) => h.map_or_else(|| "-".into(), |h| format!("{}T{:02}:00Z", utc_date(h * 3_600_000), h.rem_euclid(24))),
-        GroupKey::Text(t) => t.unwrap_or_else(|| "-".into()),
+/// The roll-up dimension of a non-time grouping.
+fn dimension(group: GroupBy) -> Option<&'static str> {
+    Some(match group {
+        GroupBy::Model => "model",
+        GroupBy::Provider => "provider",
+        GroupBy::Route => "route",
+        GroupBy::User => "user",
+        GroupBy::Key => "key",
+        GroupBy::Inbound => "inbound",
+        GroupBy::Tag => "tag",
+        GroupBy::Day | GroupBy::Hour => return None,
+    })
+}
+
+/// How tier `tier` answers `q`: the dimension to read, and the SQL of the key and of the
+/// split over its table; `None` when it cannot (hours from the daily tier).
+fn rolled_sql(q: &StatsQuery<'_>, tier: usize) -> Option<(&'static str, &'static str, &'static str)> {
+    const NONE: &str = "CAST(NULL AS TEXT)";
+    let time = |group: GroupBy| match (group, TIERS[tier].column) {
+        (GroupBy::Day, "day") => Some("day"),
+        (GroupBy::Day, _) => Some("hour / 24"),
+        (GroupBy::Hour, "hour") => Some("hour"),
+        _ => None,
+    };
+    match (q.group, q.split) {
+        (GroupBy::Day | GroupBy::Hour, Some(split)) => Some((dimension(split)?, time(q.group)?, "value")),
+        (GroupBy::Day | GroupBy::Hour, None) => Some(("all", time(q.group)?, NONE)),
+        (group, _) => Some((dimension(group)?, "value", NONE)),
     }
+}
+
+/// A stats row's labels from its first two columns: the group (a UTC date, a UTC hour, or
+/// the value, `-` for none) and, when split, the split's value.
+fn labels(q: &StatsQuery<'_>, r: &AnyRow) -> Result<(String, Option<String>), StoreError> {
+    let key = match q.group {
+        GroupBy::Day => r.try_get::<Option<i64>, _>(0)?.map_or_else(|| "-".into(), |d| utc_date(d * DAY_MS)),
+        GroupBy::Hour => r
+            .try_get::<Option<i64>, _>(0)?
+            .map_or_else(|| "-".into(), |h| format!("{}T{:02}:00Z", utc_date(h * HOUR_MS), h.rem_euclid(24))),
+        _ => r.try_get::<Option<String>, _>(0)?.unwrap_or_else(|| "-".into()),
+    };
+    let split = match q.split {
+        Some(_) => Some(r.try_get::<Option<String>, _>(1)?.unwrap_or_else(|| "-".into())),
+        None => None,
+    };
+    Ok((key, split))
 }
 
 /// The parts of each group merged into its row; sorted by requests, most first.
 fn finish(parts: Vec<Part>) -> Vec<StatsRow> {
-    let mut groups: BTreeMap<String, (Sums, Option<(f64, f64)>)> = BTreeMap::new();
-    for (key, sums, exact) in parts {
-        let entry = groups.entry(key).or_default();
+    let mut groups: BTreeMap<(String, Option<String>), (Sums, Option<Exact>)> = BTreeMap::new();
+    for (labels, sums, exact) in parts {
+        let entry = groups.entry(labels).or_default();
         entry.0.add(sums);
         if exact.is_some() {
             entry.1 = exact;
@@ -281,11 +432,18 @@ fn finish(parts: Vec<Part>) -> Vec<StatsRow> {
     }
     let mut out: Vec<StatsRow> = groups
         .into_iter()
-        .map(|(key, (sums, exact))| {
-            let buckets: Vec<Bucket> = sums.latencies.values().copied().collect();
-            let (p50, p95) = exact.unwrap_or_else(|| (bucket_percentile(&buckets, 0.50), bucket_percentile(&buckets, 0.95)));
+        .map(|((key, split), (sums, exact))| {
+            let percentiles = |h: &Histogram| {
+                let buckets: Vec<Bucket> = h.values().copied().collect();
+                (bucket_percentile(&buckets, 0.50), bucket_percentile(&buckets, 0.95))
+            };
+            let (latency, ttft) = match exact {
+                Some(e) => (e.latency, e.ttft),
+                None => (percentiles(&sums.latencies), (!sums.ttfts.is_empty()).then(|| percentiles(&sums.ttfts))),
+            };
             StatsRow {
                 key,
+                split,
                 requests: sums.requests,
                 errors: sums.errors,
                 input_tokens: sums.input_tokens,
@@ -294,17 +452,19 @@ fn finish(parts: Vec<Part>) -> Vec<StatsRow> {
                 cost: sums.cost,
                 unpriced: sums.unpriced,
                 cache_hits: sums.cache_hits,
-                p50_latency_ms: p50,
-                p95_latency_ms: p95,
+                p50_latency_ms: latency.0,
+                p95_latency_ms: latency.1,
+                p50_ttft_ms: ttft.map(|t| t.0),
+                p95_ttft_ms: ttft.map(|t| t.1),
             }
         })
         .collect();
-    out.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.key.cmp(&b.key)));
+    out.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.key.cmp(&b.key)).then_with(|| a.split.cmp(&b.split)));
     out
 }
 
-/// The nearest-rank percentile `q` of the latencies summarised by `buckets` (sorted, and
-/// not overlapping): the bucket holding the rank, and within it, the smallest latency for
+/// The nearest-rank percentile `q` of the values summarised by `buckets` (sorted, and
+/// not overlapping): the bucket holding the rank, and within it, the smallest value for
 /// its first rank, the largest for its last, and a linear interpolation between them.
 fn bucket_percentile(buckets: &[Bucket], q: f64) -> f64 {
     let n: u64 = buckets.iter().map(|b| b.count).sum();
@@ -327,81 +487,6 @@ fn bucket_percentile(buckets: &[Bucket], q: f64) -> f64 {
         before += b.count;
     }
     buckets.last().map_or(0.0, |b| b.max)
-}
-
-/// The roll-up dimension of `group`, and the SQL of its key over `inference_rollups`.
-fn dimension(group: GroupBy) -> Option<(&'static str, &'static str)> {
-    Some(match group {
-        GroupBy::Model => ("model", "value"),
-        GroupBy::Provider => ("provider", "value"),
-        GroupBy::Route => ("route", "value"),
-        GroupBy::User => ("user", "value"),
-        GroupBy::Key => ("key", "value"),
-        GroupBy::Inbound => ("inbound", "value"),
-        GroupBy::Day => ("all", "day"),
-        GroupBy::Hour => return None,
-        GroupBy::Tag => ("tag", "value"),
-    })
-}
-
-/// The group key of a stats row's first column: a day number for [`GroupBy::Day`], else
-/// text (`None` for NULL).
-enum GroupKey {
-    Day(Option<i64>),
-    Hour(Option<i64>),
-    Text(Option<String>),
-}
-
-fn group_key(group: GroupBy, r: &AnyRow) -> Result<GroupKey, StoreError> {
-    Ok(if group == GroupBy::Day {
-        GroupKey::Day(r.try_get::<Option<i64>, _>(0)?)
-    } else if group == GroupBy::Hour {
-        GroupKey::Hour(r.try_get::<Option<i64>, _>(0)?)
-    } else {
-        GroupKey::Text(r.try_get::<Option<String>, _>(0)?)
-    })
-}
-
-impl Store {
-    /// Rolled-up sums of `group` over the days `[from_day, to_day)`, by group key.
-    async fn rolled_up_stats(
-        &self,
-        group: GroupBy,
-        from_day: i64,
-        to_day: i64,
-    ) -> Result<Vec<(GroupKey, Sums)>, StoreError> {
-        let Some((dim, key)) = dimension(group) else {
-            return Ok(Vec::new());
-        };
-        let sql = format!(
-            "SELECT {key} AS k, requests, errors, input_tokens, output_tokens, cache_read_tokens, cost, unpriced, cache_hits, latencies FROM inference_rollups WHERE dim = $1 AND day >= $2 AND day < $3"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(dim)
-            .bind(from_day)
-            .bind(to_day)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let count = |i: usize| -> Result<u64, sqlx::Error> {
-                Ok(r.try_get::<i64, _>(i)?.max(0) as u64)
-            };
-            let sums = Sums {
-                requests: count(1)?,
-                errors: count(2)?,
-                input_tokens: count(3)?,
-                output_tokens: count(4)?,
-                cache_read_tokens: count(5)?,
-                cost: r.try_get::<f64, _>(6)?,
-                unpriced: count(7)?,
-                cache_hits: count(8)?,
-                latencies: Sums::parse_latencies(&r.try_get::<String, _>(9)?)?,
-            };
-            out.push((group_key(group, r)?, sums));
-        }
-        Ok(out)
-    }
 }
 
 #[cfg(test)]

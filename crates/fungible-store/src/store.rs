@@ -20,6 +20,9 @@ pub enum StoreError {
     },
     #[error("store: {0}")]
     Unavailable(String),
+    /// A query the store cannot answer as asked (the caller's mistake).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl StoreError {

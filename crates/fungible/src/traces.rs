@@ -299,6 +299,7 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
         "COST $",
         "P50 ms",
         "P95 ms",
+        "TTFT P95 ms",
     ]
     .map(str::to_owned))];
     for r in &rows {
@@ -316,6 +317,7 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
             cost,
             format!("{:.0}", r.p50_latency_ms),
             format!("{:.0}", r.p95_latency_ms),
+            r.p95_ttft_ms.map_or_else(|| "-".to_owned(), |t| format!("{t:.0}")),
         ]));
     }
     print_table(&table);

@@ -326,7 +326,12 @@ pub(super) async fn logout(State(state): State<AppState>, Extension(viewer): Ext
 #[derive(Deserialize, Default)]
 pub(super) struct RangeQuery {
     range: Option<String>,
+    /// The dimension the charts draw a series per value of (empty: totals).
+    split: Option<String>,
 }
+
+/// What the overview's charts may be split by (`""`: not split).
+const SPLITS: [&str; 6] = ["", "model", "provider", "route", "key", "tag"];
 
 #[derive(Serialize, Default)]
 struct Totals {
@@ -358,6 +363,7 @@ pub(super) async fn overview(
         return no_store(&state, &viewer);
     };
     let (range, since_ms, bucket) = range_of(q.range.as_deref());
+    let split = SPLITS.into_iter().find(|s| Some(*s) == q.split.as_deref()).unwrap_or_default();
     let scope = viewer.scope();
     let key_id = match &scope {
         DataScope::All => None,
@@ -365,7 +371,8 @@ pub(super) async fn overview(
     };
     let groups = [GroupBy::Model, GroupBy::Provider, GroupBy::Route, GroupBy::Key, GroupBy::Tag];
     // Side by side: SQLite reads on several connections.
-    let reads = groups.map(|g| store.stats_of(g, since_ms, None, key_id));
+    let queries = groups.map(|group| fungible_store::StatsQuery { since_ms, key_id, ..fungible_store::StatsQuery::new(group) });
+    let reads = queries.iter().map(|q| store.stats_of(q));
     let [model, provider, route, key, tag] = match futures::future::try_join_all(reads).await {
         Ok(v) => match <[Vec<StatsRow>; 5]>::try_from(v) {
             Ok(v) => v,
@@ -388,6 +395,8 @@ pub(super) async fn overview(
         "ranges": ["1h", "24h", "7d", "30d", "all"],
         "since_ms": since_ms,
         "bucket": bucket,
+        "split": split,
+        "splits": SPLITS,
         "totals": totals,
         "groups": [
             {"name": "Model", "by": "model", "rows": model},

@@ -290,6 +290,18 @@ async fn stats_and_metrics_count_requests(r: Recorded) {
     assert_eq!(stats["data"][0]["requests"], 3);
     assert_eq!(stats["data"][0]["errors"], 0);
     assert_eq!(r.get("/v1/stats?by=colour").await.status, 400);
+    // A series per day and model; a split needs a time grouping.
+    let split = r.get("/v1/stats?by=day&split=model").await.json();
+    assert_eq!(split["data"][0]["split"], "openai/gpt-5");
+    assert_eq!(split["data"][0]["requests"], 3);
+    assert!(split["data"][0]["key"].as_str().is_some_and(|k| k.len() == 10));
+    // Not streamed: no time to first token.
+    assert!(split["data"][0]["p50_ttft_ms"].is_null());
+    for bad in ["/v1/stats?by=model&split=route", "/v1/stats?by=day&split=hour", "/v1/stats?by=day&split=colour"] {
+        let response = r.get(bad).await;
+        assert_eq!(response.status, 400, "{bad}");
+        assert_eq!(response.json()["error"]["param"], "split", "{bad}");
+    }
     let metrics = r.get("/metrics").await;
     assert!(
         metrics.headers["content-type"]

@@ -751,6 +751,7 @@ fn spread_records() -> Vec<InferenceRecord> {
             let mut r = record(i);
             r.time_ms = 1_764_460_800_000 + (i as i64 * 1_441_000) % (5 * 86_400_000);
             r.latency_ms = 20.0 + (i * 7919 % 3000) as f64 / 3.0;
+            r.ttft_ms = (i % 3 != 0).then(|| r.latency_ms / 4.0 + (i % 13) as f64);
             r.user = Some(format!("user-{}", i % 7));
             r.key_id = (i % 5 != 0).then(|| format!("key_{}", i % 3));
             if i % 11 == 0 {
@@ -774,7 +775,7 @@ fn spread_records() -> Vec<InferenceRecord> {
         .collect()
 }
 
-const GROUPS: [GroupBy; 8] = [
+const GROUPS: [GroupBy; 9] = [
     GroupBy::Model,
     GroupBy::Tag,
     GroupBy::Provider,
@@ -782,15 +783,29 @@ const GROUPS: [GroupBy; 8] = [
     GroupBy::User,
     GroupBy::Key,
     GroupBy::Day,
+    GroupBy::Hour,
     GroupBy::Inbound,
 ];
 
+/// Every grouping, and the time groupings split by every other dimension.
+fn stats_queries() -> Vec<fungible_store::StatsQuery<'static>> {
+    let mut out: Vec<_> = GROUPS.iter().map(|&g| fungible_store::StatsQuery::new(g)).collect();
+    for time in [GroupBy::Day, GroupBy::Hour] {
+        for split in GROUPS.into_iter().filter(|g| !matches!(g, GroupBy::Day | GroupBy::Hour)) {
+            out.push(fungible_store::StatsQuery { split: Some(split), ..fungible_store::StatsQuery::new(time) });
+        }
+    }
+    out
+}
+
 /// Stats rows with percentiles rounded away (roll-ups give bucketed ones).
-fn sums(rows: &[fungible_store::StatsRow]) -> Vec<(String, u64, u64, u64, u64, u64, i64, u64, u64)> {
+#[allow(clippy::type_complexity)]
+fn sums(rows: &[fungible_store::StatsRow]) -> Vec<(String, Option<String>, u64, u64, u64, u64, u64, i64, u64, u64)> {
     rows.iter()
         .map(|r| {
             (
                 r.key.clone(),
+                r.split.clone(),
                 r.requests,
                 r.errors,
                 r.input_tokens,
@@ -806,55 +821,87 @@ fn sums(rows: &[fungible_store::StatsRow]) -> Vec<(String, u64, u64, u64, u64, u
 
 async fn stats_from_rollups_match_the_rows(store: Store) {
     store.insert(&spread_records()).await.unwrap();
+    const DAY: i64 = 86_400_000;
+    const START: i64 = 1_764_460_800_000;
     let ranges = [
         (None, None),
-        // Off the day at both ends: edges from the rows, the middle from roll-ups.
-        (Some(1_764_460_800_000 + 43_200_000), Some(1_764_460_800_000 + 4 * 86_400_000 + 123)),
-        (Some(1_764_460_800_000 + 86_400_000), None),
-        (None, Some(1_764_460_800_000 + 2 * 86_400_000)),
+        // Off the day and the hour at both ends: edges from the rows, whole hours from the
+        // hourly roll-ups, whole days from the daily ones.
+        (Some(START + 43_200_000 + 1_234), Some(START + 4 * DAY + 5_400_000 + 123)),
+        (Some(START + DAY), None),
+        (None, Some(START + 2 * DAY)),
+        // Within one day: hours and rows only.
+        (Some(START + DAY + 3_600_000 + 17), Some(START + DAY + 9 * 3_600_000)),
     ];
-    let mut before = Vec::new();
-    for group in GROUPS {
-        for (since, until) in ranges {
-            before.push(store.stats(group, since, until).await.unwrap());
+    let read = |store: Store| async move {
+        let mut out = Vec::new();
+        for q in stats_queries() {
+            for (since_ms, until_ms) in ranges {
+                let q = fungible_store::StatsQuery { since_ms, until_ms, ..q };
+                out.push((q, store.stats_of(&q).await.unwrap()));
+            }
         }
-    }
+        out
+    };
+    let before = read(store.clone()).await;
     assert_eq!(store.rollup_watermark().await.unwrap(), 0);
-    let now = 1_764_460_800_000 + 6 * 86_400_000;
+    let now = START + 6 * DAY;
     let done = store.roll_up(now).await.unwrap();
-    assert_eq!(done.watermark_ms, 1_764_460_800_000 + 5 * 86_400_000);
+    assert_eq!(done.watermark_ms, START + 5 * DAY);
     assert_eq!(done.days, 5);
+    assert_eq!(done.hour_watermark_ms, START + 6 * DAY - 3_600_000);
+    assert_eq!(done.hours, 6 * 24 - 1);
     // Again: nothing left to do.
-    assert_eq!(store.roll_up(now).await.unwrap().days, 0);
-    let mut after = Vec::new();
-    for group in GROUPS {
-        for (since, until) in ranges {
-            after.push(store.stats(group, since, until).await.unwrap());
-        }
-    }
-    for (b, a) in before.iter().zip(&after) {
-        assert_eq!(sums(b), sums(a));
+    let again = store.roll_up(now).await.unwrap();
+    assert_eq!((again.days, again.hours), (0, 0));
+    let after = read(store.clone()).await;
+    for ((q, b), (_, a)) in before.iter().zip(&after) {
+        assert_eq!(sums(b), sums(a), "{q:?}");
+        assert!(!b.is_empty() || q.since_ms.is_some(), "{q:?}");
         for (b, a) in b.iter().zip(a) {
             // Bucketed percentiles: within a 1 ms bucket below 1 s.
-            assert!((b.p50_latency_ms - a.p50_latency_ms).abs() <= 1.0, "{b:?} {a:?}");
-            assert!((b.p95_latency_ms - a.p95_latency_ms).abs() <= 1.0, "{b:?} {a:?}");
+            assert!((b.p50_latency_ms - a.p50_latency_ms).abs() <= 1.0, "{q:?} {b:?} {a:?}");
+            assert!((b.p95_latency_ms - a.p95_latency_ms).abs() <= 1.0, "{q:?} {b:?} {a:?}");
+            assert_eq!(b.p50_ttft_ms.is_some(), a.p50_ttft_ms.is_some(), "{q:?} {b:?} {a:?}");
+            assert!((b.p50_ttft_ms.unwrap_or(0.0) - a.p50_ttft_ms.unwrap_or(0.0)).abs() <= 1.0, "{q:?} {b:?} {a:?}");
+            assert!((b.p95_ttft_ms.unwrap_or(0.0) - a.p95_ttft_ms.unwrap_or(0.0)).abs() <= 1.0, "{q:?} {b:?} {a:?}");
         }
     }
-    // A record for a day already rolled up is counted once, by its insert.
+    // Time to first token is over the streamed requests only: record 0 of 300 has none.
+    let all = store.stats(GroupBy::Inbound, None, None).await.unwrap();
+    assert!(all[0].p50_ttft_ms.is_some());
+    // A split's rows add up to the time bucket's.
+    let by_day = store.stats(GroupBy::Day, None, None).await.unwrap();
+    let split = store.stats_of(&fungible_store::StatsQuery { split: Some(GroupBy::Model), ..fungible_store::StatsQuery::new(GroupBy::Day) }).await.unwrap();
+    for day in &by_day {
+        let parts: u64 = split.iter().filter(|r| r.key == day.key).map(|r| r.requests).sum();
+        assert_eq!(parts, day.requests, "{}", day.key);
+    }
+    // A record for a day and an hour already rolled up is counted once, by its insert.
     let mut late = record(7);
-    late.time_ms = 1_764_460_800_000 + 60_000;
+    late.time_ms = START + 60_000;
     late.latency_ms = 5.0;
+    late.ttft_ms = Some(2.0);
     store.insert(&[late]).await.unwrap();
-    assert_eq!(store.roll_up(now).await.unwrap().days, 0);
+    let again = store.roll_up(now).await.unwrap();
+    assert_eq!((again.days, again.hours), (0, 0));
     let all = store.stats(GroupBy::Day, None, None).await.unwrap();
     assert_eq!(all.iter().map(|r| r.requests).sum::<u64>(), 301);
     assert_eq!(all.iter().find(|r| r.key == "2025-11-30").unwrap().requests, 61);
+    // The hourly tier counts it too: a range of whole hours within the day.
+    let hours = store.stats(GroupBy::Hour, Some(START), Some(START + 3_600_000)).await.unwrap();
+    assert_eq!(hours.len(), 1);
+    let first_hour = before.iter().find(|(q, _)| q.group == GroupBy::Hour && q.split.is_none() && q.since_ms.is_none() && q.until_ms.is_none()).unwrap();
+    let was = first_hour.1.iter().find(|r| r.key == "2025-11-30T00:00Z").unwrap();
+    assert_eq!(hours[0].requests, was.requests + 1);
+    assert!(hours[0].p50_latency_ms <= was.p50_latency_ms);
     let by_model = store.stats(GroupBy::Model, None, None).await.unwrap();
     assert_eq!(by_model.iter().map(|r| r.requests).sum::<u64>(), 301);
     // record(7) has two tags: it counts under each.
     let by_tag = store.stats(GroupBy::Tag, None, None).await.unwrap();
     let tagged: u64 = by_tag.iter().map(|r| r.requests).sum();
-    assert_eq!(tagged, sums(&after[GROUPS.iter().position(|g| *g == GroupBy::Tag).unwrap() * ranges.len()]).iter().map(|r| r.1).sum::<u64>() + 2);
+    let tag_before = &before.iter().find(|(q, _)| q.group == GroupBy::Tag && q.since_ms.is_none() && q.until_ms.is_none()).unwrap().1;
+    assert_eq!(tagged, tag_before.iter().map(|r| r.requests).sum::<u64>() + 2);
 }
 both!(rollups, stats_from_rollups_match_the_rows);
 
@@ -863,8 +910,17 @@ async fn concurrent_roll_ups_count_each_hour_once(store: Store) {
     store.insert(&spread_records()).await.unwrap();
     let now = 1_764_460_800_000 + 6 * 86_400_000;
     let (a, b) = tokio::join!(store.roll_up(now), store.roll_up(now));
-    assert_eq!(a.unwrap().days + b.unwrap().days, 5);
-    let all = store.stats(GroupBy::Day, None, None).await.unwrap();
-    assert_eq!(all.iter().map(|r| r.requests).sum::<u64>(), 300);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.days + b.days, 5);
+    assert_eq!(a.hours + b.hours, 6 * 24 - 1);
+    for group in [GroupBy::Day, GroupBy::Hour] {
+        let all = store.stats(group, None, None).await.unwrap();
+        assert_eq!(all.iter().map(|r| r.requests).sum::<u64>(), 300);
+    }
+    // Hours alone (a range within a day): each counted once.
+    let (lo, hi) = (1_764_460_800_000 + 3_600_000, 1_764_460_800_000 + 86_400_000);
+    let hours = store.stats(GroupBy::Hour, Some(lo), Some(hi)).await.unwrap();
+    let expected = spread_records().iter().filter(|r| (lo..hi).contains(&r.time_ms)).count() as u64;
+    assert_eq!(hours.iter().map(|r| r.requests).sum::<u64>(), expected);
 }
 both!(rollups_concurrent, concurrent_roll_ups_count_each_hour_once);

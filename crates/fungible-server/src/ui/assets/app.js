@@ -106,7 +106,7 @@ function compact(v) {
  * `opts.step`: the x distance between points (bars get half of it as padding each side). */
 function lineChart(target, xs, series, opts) {
   if (typeof uPlot === "undefined") { target.textContent = "The charting library did not load."; return null; }
-  const colors = [cssVar("--accent"), cssVar("--err"), cssVar("--ok"), cssVar("--warn")];
+  const colors = [cssVar("--accent"), cssVar("--err"), cssVar("--ok"), cssVar("--warn"), "#8b5cf6", "#0891b2", "#db2777", "#78716c"];
   const axis = { stroke: cssVar("--muted"), grid: { stroke: cssVar("--line"), width: 1 }, ticks: { stroke: cssVar("--line") } };
   const bars = series.some((s) => s.bars);
   const pad = (opts?.step ?? 0) / 2;
@@ -135,34 +135,70 @@ function bucketTime(key) {
   return Number.isNaN(t) ? null : t / 1000;
 }
 
+/** Every bucket from `first` to now (or the last found), as Unix seconds. */
+function buckets(first, last, step) {
+  const now = Math.floor(Date.now() / 1000 / step) * step;
+  const out = [];
+  for (let t = first; t <= Math.max(now, last); t += step) out.push(t);
+  return out;
+}
+
+/** How many series a split chart draws: the values with the most requests; the rest is
+ * summed as "other" where sums make sense. */
+const SPLIT_SERIES = 6;
+
 async function overviewPage() {
   const charts = document.getElementById("charts");
   const since = charts.dataset.since;
   const bucket = charts.dataset.bucket;
+  const split = charts.dataset.split;
+  document.getElementById("split")?.addEventListener("change", (e) => e.target.form.submit());
   try {
-    const stats = await api("GET", `/v1/stats?by=${bucket}` + (since ? `&since_ms=${since}` : ""));
+    const stats = await api("GET", `/v1/stats?by=${bucket}` + (split ? `&split=${encodeURIComponent(split)}` : "") + (since ? `&since_ms=${since}` : ""));
     const found = stats.data.map((r) => ({ ...r, t: bucketTime(r.key) })).filter((r) => r.t !== null).sort((a, b) => a.t - b.t);
-    // Every bucket of the range, the empty ones as zero traffic (latency: a gap).
     const step = bucket === "hour" ? 3600 : 86400;
-    const byTime = new Map(found.map((r) => [r.t, r]));
-    const now = Math.floor(Date.now() / 1000 / step) * step;
-    const first = since ? Math.floor(Number(since) / 1000 / step) * step : (found[0]?.t ?? now);
-    const rows = [];
-    if (found.length) {
-      for (let t = first; t <= Math.max(now, found[found.length - 1].t); t += step) {
-        rows.push(byTime.get(t) || { t, requests: 0, errors: 0, cost: 0, input_tokens: 0, output_tokens: 0, p50_latency_ms: null, p95_latency_ms: null });
-      }
-    }
-    const xs = rows.map((r) => r.t);
+    const first = since ? Math.floor(Number(since) / 1000 / step) * step : (found[0]?.t ?? 0);
+    const xs = found.length ? buckets(first, found[found.length - 1].t, step) : [];
     const draw = (name, series) => {
       const target = charts.querySelector(`[data-chart="${name}"]`);
-      if (!rows.length) { target.textContent = "No traffic in this range."; target.classList.add("empty"); return; }
+      if (!xs.length) { target.textContent = "No traffic in this range."; target.classList.add("empty"); return; }
+      if (!series.some((s) => s.values.some((v) => v !== null && v !== undefined))) { target.textContent = "Nothing to draw in this range."; target.classList.add("empty"); return; }
       lineChart(target, xs, series, { step });
     };
-    draw("requests", [{ label: "requests", values: rows.map((r) => r.requests), bars: true }, { label: "errors", values: rows.map((r) => r.errors), bars: true }]);
-    draw("latency", [{ label: "p50", values: rows.map((r) => r.p50_latency_ms) }, { label: "p95", values: rows.map((r) => r.p95_latency_ms) }]);
-    draw("cost", [{ label: "USD", values: rows.map((r) => r.cost), bars: true }]);
-    draw("tokens", [{ label: "input", values: rows.map((r) => r.input_tokens) }, { label: "output", values: rows.map((r) => r.output_tokens) }]);
+    if (split) {
+      // A series per value: the busiest ones, and the rest as "other" for the sums.
+      const totals = new Map();
+      for (const r of found) totals.set(r.split, (totals.get(r.split) || 0) + r.requests);
+      const top = [...totals.entries()].sort((a, b) => b[1] - a[1]).slice(0, SPLIT_SERIES).map(([v]) => v);
+      const cell = new Map(found.map((r) => [`${r.t}\u0000${r.split}`, r]));
+      const others = new Map();
+      for (const r of found.filter((r) => !top.includes(r.split))) {
+        const o = others.get(r.t) || { requests: 0, cost: 0, input_tokens: 0, output_tokens: 0, cache_hits: 0 };
+        for (const f of Object.keys(o)) o[f] += r[f];
+        others.set(r.t, o);
+      }
+      const series = (field, { sum = true, zero = true } = {}) => {
+        const out = top.map((v) => ({ label: v, values: xs.map((t) => { const r = cell.get(`${t}\u0000${v}`); return r ? (typeof field === "function" ? field(r) : r[field]) : (zero ? 0 : null); }) }));
+        if (sum && others.size) out.push({ label: "other", values: xs.map((t) => { const r = others.get(t); return r ? (typeof field === "function" ? field(r) : r[field]) : 0; }) });
+        return out;
+      };
+      draw("requests", series("requests"));
+      draw("latency", series("p95_latency_ms", { sum: false, zero: false }));
+      draw("cost", series("cost"));
+      draw("tokens", series((r) => r.input_tokens + r.output_tokens));
+      draw("ttft", series("p95_ttft_ms", { sum: false, zero: false }));
+      draw("cache", series("cache_hits"));
+    } else {
+      // Every bucket of the range, the empty ones as zero traffic (percentiles: a gap).
+      const byTime = new Map(found.map((r) => [r.t, r]));
+      const rows = xs.map((t) => byTime.get(t) || { t, requests: 0, errors: 0, cost: 0, input_tokens: 0, output_tokens: 0, cache_hits: 0, p50_latency_ms: null, p95_latency_ms: null, p50_ttft_ms: null, p95_ttft_ms: null });
+      draw("requests", [{ label: "requests", values: rows.map((r) => r.requests), bars: true }, { label: "errors", values: rows.map((r) => r.errors), bars: true }]);
+      draw("latency", [{ label: "p50", values: rows.map((r) => r.p50_latency_ms) }, { label: "p95", values: rows.map((r) => r.p95_latency_ms) }]);
+      draw("cost", [{ label: "USD", values: rows.map((r) => r.cost), bars: true }]);
+      draw("tokens", [{ label: "input", values: rows.map((r) => r.input_tokens) }, { label: "output", values: rows.map((r) => r.output_tokens) }]);
+      draw("ttft", [{ label: "p50", values: rows.map((r) => r.p50_ttft_ms ?? null) }, { label: "p95", values: rows.map((r) => r.p95_ttft_ms ?? null) }]);
+      draw("cache", [{ label: "hit rate %", values: rows.map((r) => (r.requests ? (100 * r.cache_hits) / r.requests : null)) }]);
+    }
     charts.dataset.drawn = String(found.length);
   } catch (e) { toast(e.message, true); }
   // Spend against budgets: the admin API, for the admin.
