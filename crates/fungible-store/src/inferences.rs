@@ -233,8 +233,20 @@ impl Store {
 
     /// Inferences matching `filter`, newest first, without their attempts.
     pub async fn list(&self, filter: &InferenceFilter) -> Result<Vec<InferenceRecord>, StoreError> {
-        let mut sql = format!("SELECT {INFERENCE_COLUMNS} FROM inferences WHERE 1 = 1");
         let mut binds: Vec<Bind> = Vec::new();
+        // The first tag drives the query: its index entries, in id order, join the rows, so
+        // the newest page of a tag half the inferences have reads a page of rows (an `IN`
+        // list of it would be built whole first).
+        let (mut sql, order) = match filter.tags.first() {
+            Some(tag) => {
+                binds.push(Bind::Text(tag.clone()));
+                (
+                    format!("SELECT {INFERENCE_COLUMNS} FROM inference_tags t0 JOIN inferences ON inferences.id = t0.inference_id WHERE t0.tag = $1"),
+                    "t0.inference_id",
+                )
+            }
+            None => (format!("SELECT {INFERENCE_COLUMNS} FROM inferences WHERE 1 = 1"), "id"),
+        };
         let mut text = |sql: &mut String, column: &str, value: &Option<String>| {
             if let Some(v) = value {
                 binds.push(Bind::Text(v.clone()));
@@ -248,7 +260,7 @@ impl Store {
         text(&mut sql, "episode_id", &filter.episode_id);
         text(&mut sql, "key_id", &filter.key_id);
         text(&mut sql, "error", &filter.error_class);
-        for tag in &filter.tags {
+        for tag in filter.tags.iter().skip(1) {
             binds.push(Bind::Text(tag.clone()));
             sql.push_str(&format!(" AND id IN (SELECT inference_id FROM inference_tags WHERE tag = ${})", binds.len()));
         }
@@ -276,7 +288,7 @@ impl Store {
             sql.push_str(&format!(" AND time_ms < ${}", binds.len()));
         }
         let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+        sql.push_str(&format!(" ORDER BY {order} DESC LIMIT {limit}"));
         let mut query = sqlx::query(&sql);
         for b in binds {
             query = match b {

@@ -243,4 +243,13 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "INSERT INTO rollup_state (id, watermark_ms) VALUES (2, 0)",
         ],
     ),
+    // A tag's inferences in id order (the newest page of a common tag without reading all
+    // of them); it serves lookups by tag alone too.
+    (
+        12,
+        &[
+            "CREATE INDEX inference_tags_tag_id ON inference_tags (tag, inference_id)",
+            "DROP INDEX inference_tags_tag",
+        ],
+    ),
 ];

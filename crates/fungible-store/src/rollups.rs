@@ -53,14 +53,14 @@ pub(crate) const TIERS: [Tier; 2] = [
         table: "inference_rollups",
         column: "day",
         state_id: 1,
-        per_transaction: 7,
+        per_transaction: 1,
     },
     Tier {
         unit_ms: HOUR_MS,
         table: "inference_hour_rollups",
         column: "hour",
         state_id: 2,
-        per_transaction: 7 * 24,
+        per_transaction: 24,
     },
 ];
 
@@ -109,7 +109,8 @@ fn bucket_of(ms: f64) -> i64 {
 pub struct RollUp {
     /// Inferences before this time (Unix ms, at a UTC midnight) are rolled up per day.
     pub watermark_ms: i64,
-    /// Days rolled up by this call.
+    /// Days rolled up by this call (empty stretches with no inference are skipped, not
+    /// counted).
     pub days: i64,
     /// Inferences before this time (Unix ms, on the hour) are rolled up per hour.
     pub hour_watermark_ms: i64,

@@ -2,8 +2,9 @@
 //! dimension), from the roll-ups where whole days and hours are rolled up and from the rows
 //! for the rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use fungible_types::date::utc_date;
 use serde::Serialize;
@@ -170,24 +171,45 @@ impl Store {
         Ok(plan)
     }
 
-    /// A tier's share of a query, units `[from, to)`, labelled, into `parts`.
+    /// A tier's share of a query, units `[from, to)`, merged per label, into `parts`.
+    ///
+    /// Reading a month of roll-ups is mostly parsing their histograms, so the merged share of
+    /// recent queries is kept ([`RolledCache`]), with the number of roll-up rows it was read
+    /// from: rows are only ever added (a late record adds some), so an unchanged count is an
+    /// unchanged share, on every instance sharing the store.
     async fn rolled_parts(&self, q: &StatsQuery<'_>, tier: usize, from: i64, to: i64, parts: &mut Vec<Part>) -> Result<(), StoreError> {
         let Some((dim, key, split)) = rolled_sql(q, tier) else {
             return Ok(());
         };
         let t = &TIERS[tier];
-        let sql = format!(
-            "SELECT {key} AS k, {split} AS s, requests, errors, input_tokens, output_tokens, cache_read_tokens, cost, unpriced, cache_hits, latencies, ttfts FROM {table} WHERE dim = $1 AND {column} >= $2 AND {column} < $3",
-            table = t.table,
-            column = t.column
-        );
-        let rows = sqlx::query(&sql).bind(dim).bind(from).bind(to).fetch_all(&self.pool).await?;
-        for r in &rows {
-            let mut sums = Sums::from_row(r, 2)?;
-            sums.latencies = parse_histogram(&r.try_get::<String, _>(10)?)?;
-            sums.ttfts = parse_histogram(&r.try_get::<String, _>(11)?)?;
-            parts.push((labels(q, r)?, sums, None));
-        }
+        let (table, column) = (t.table, t.column);
+        let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE dim = $1 AND {column} >= $2 AND {column} < $3"))
+            .bind(dim)
+            .bind(from)
+            .bind(to)
+            .fetch_one(&self.pool)
+            .await?;
+        let cache_key = RolledKey { tier, dim, key, split, from, to };
+        let merged = match self.rolled.get(&cache_key, count) {
+            Some(merged) => merged,
+            None => {
+                let sql = format!(
+                    "SELECT {key} AS k, {split} AS s, requests, errors, input_tokens, output_tokens, cache_read_tokens, cost, unpriced, cache_hits, latencies, ttfts FROM {table} WHERE dim = $1 AND {column} >= $2 AND {column} < $3"
+                );
+                let rows = sqlx::query(&sql).bind(dim).bind(from).bind(to).fetch_all(&self.pool).await?;
+                let mut merged: BTreeMap<(String, Option<String>), Sums> = BTreeMap::new();
+                for r in &rows {
+                    let mut sums = Sums::from_row(r, 2)?;
+                    sums.latencies = parse_histogram(&r.try_get::<String, _>(10)?)?;
+                    sums.ttfts = parse_histogram(&r.try_get::<String, _>(11)?)?;
+                    merged.entry(labels(q, r)?).or_default().add(sums);
+                }
+                let merged = Arc::new(merged.into_iter().collect::<Vec<_>>());
+                self.rolled.put(cache_key, count, merged.clone());
+                merged
+            }
+        };
+        parts.extend(merged.iter().map(|(labels, sums)| (labels.clone(), sums.clone(), None)));
         Ok(())
     }
 
@@ -341,6 +363,58 @@ impl Plan {
             self.take_apart(q, watermarks, tier + 1, since, Some(from * unit));
         }
         self.take_apart(q, watermarks, tier + 1, Some(to * unit), until);
+    }
+}
+
+/// What a tier's share of a stats query is cached under: the tier, the dimension and the
+/// key and split SQL read, and the units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RolledKey {
+    tier: usize,
+    dim: &'static str,
+    key: &'static str,
+    split: &'static str,
+    from: i64,
+    to: i64,
+}
+
+/// A roll-up share, merged per label.
+type Merged = Arc<Vec<((String, Option<String>), Sums)>>;
+
+/// The merged roll-up shares of the last [`RolledCache::ENTRIES`] distinct stats queries,
+/// each with the count of roll-up rows it was read from.
+#[derive(Default)]
+pub(crate) struct RolledCache {
+    entries: Mutex<VecDeque<(RolledKey, i64, Merged)>>,
+}
+
+impl std::fmt::Debug for RolledCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RolledCache").finish_non_exhaustive()
+    }
+}
+
+impl RolledCache {
+    /// A dashboard's worth: five groupings and a few series, for a few ranges.
+    const ENTRIES: usize = 64;
+
+    fn get(&self, key: &RolledKey, rows: i64) -> Option<Merged> {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = entries.iter().position(|(k, n, _)| k == key && *n == rows)?;
+        // Most recently used last.
+        let entry = entries.remove(at)?;
+        let merged = entry.2.clone();
+        entries.push_back(entry);
+        Some(merged)
+    }
+
+    fn put(&self, key: RolledKey, rows: i64, merged: Merged) {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.retain(|(k, _, _)| *k != key);
+        if entries.len() >= Self::ENTRIES {
+            entries.pop_front();
+        }
+        entries.push_back((key, rows, merged));
     }
 }
 

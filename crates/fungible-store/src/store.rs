@@ -67,6 +67,8 @@ pub(crate) enum Backend {
 pub struct Store {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
+    /// The merged roll-up share of recent stats queries (`stats.rs`).
+    pub(crate) rolled: std::sync::Arc<crate::stats::RolledCache>,
 }
 
 impl Store {
@@ -94,7 +96,7 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        let store = Store { pool, backend };
+        let store = Store { pool, backend, rolled: Default::default() };
         store.migrate().await?;
         Ok(store)
     }

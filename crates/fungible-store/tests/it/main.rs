@@ -850,7 +850,8 @@ async fn stats_from_rollups_match_the_rows(store: Store) {
     assert_eq!(done.watermark_ms, START + 5 * DAY);
     assert_eq!(done.days, 5);
     assert_eq!(done.hour_watermark_ms, START + 6 * DAY - 3_600_000);
-    assert_eq!(done.hours, 6 * 24 - 1);
+    // The hours of the days that have inferences (the empty ones after are skipped at once).
+    assert_eq!(done.hours, 5 * 24);
     // Again: nothing left to do.
     let again = store.roll_up(now).await.unwrap();
     assert_eq!((again.days, again.hours), (0, 0));
@@ -912,7 +913,7 @@ async fn concurrent_roll_ups_count_each_hour_once(store: Store) {
     let (a, b) = tokio::join!(store.roll_up(now), store.roll_up(now));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.days + b.days, 5);
-    assert_eq!(a.hours + b.hours, 6 * 24 - 1);
+    assert_eq!(a.hours + b.hours, 5 * 24);
     for group in [GroupBy::Day, GroupBy::Hour] {
         let all = store.stats(group, None, None).await.unwrap();
         assert_eq!(all.iter().map(|r| r.requests).sum::<u64>(), 300);
