@@ -29,6 +29,7 @@ pub mod recording;
 pub mod routes_status;
 pub mod tune;
 pub mod serve;
+pub mod shadow;
 pub mod ui;
 mod streaming;
 mod tap;
@@ -95,6 +96,8 @@ pub struct Shared {
     pub examples: fungible_datasets::Examples,
     /// The web UI at `/ui` (`[ui]`); `None`: off.
     pub ui: Option<std::sync::Arc<ui::Ui>>,
+    /// The routes' shadow candidates (see [`shadow`]).
+    pub shadows: shadow::Shadows,
 }
 
 impl AppState {
@@ -113,6 +116,7 @@ impl AppState {
             tuner: None,
             examples: fungible_datasets::Examples::default(),
             ui: None,
+            shadows: shadow::Shadows::default(),
         }))
     }
 
@@ -151,6 +155,12 @@ impl AppState {
     /// Inserts retrieved few-shot examples into the requests of the routes `examples` has.
     pub fn with_examples(mut self, examples: fungible_datasets::Examples) -> AppState {
         self.shared_mut().examples = examples;
+        self
+    }
+
+    /// Sends samples of the routes' traffic to their shadow candidates (see [`shadow`]).
+    pub fn with_shadows(mut self, shadows: shadow::Shadows) -> AppState {
+        self.shared_mut().shadows = shadows;
         self
     }
 

@@ -97,12 +97,55 @@ pub(crate) struct RequestFacts {
     pub(crate) capture: Option<fungible_providers::capture::Capture>,
 }
 
+/// The inbound API of a shadow candidate's call (`crate::shadow`).
+const SHADOW_INBOUND: &str = "shadow";
+
 impl RequestFacts {
     /// These facts with one more tag (one fungible sets, such as `fungible.examples`).
     pub(crate) fn with_tag(&self, key: &str, value: String) -> RequestFacts {
         let mut facts = self.clone();
         facts.tags.insert(key.to_owned(), Value::String(value));
         facts
+    }
+
+    /// The facts of a shadow call for the request these facts are of (`crate::shadow`): a
+    /// record of its own, starting now, for the same key and user, tagged with the route and
+    /// the primary's id.
+    pub(crate) fn for_shadow(&self, route: &str, primary_id: &str) -> RequestFacts {
+        let mut facts = self.clone();
+        facts.id = fungible_store::new_id();
+        facts.inbound = SHADOW_INBOUND;
+        facts.started = Instant::now();
+        facts.time_ms = fungible_store_now_ms();
+        facts.capture = None;
+        facts.tags.insert("fungible.shadow_of".into(), Value::String(primary_id.to_owned()));
+        facts.tags.insert("fungible.shadow_route".into(), Value::String(route.to_owned()));
+        facts
+    }
+
+    /// Whether these are a shadow call's facts.
+    pub(crate) fn is_shadow(&self) -> bool {
+        self.inbound == SHADOW_INBOUND
+    }
+
+    pub(crate) fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
+    }
+
+    /// Whether the request has `tag` (`k=v`, or a bare `k` for any value), from its headers
+    /// or its key.
+    pub(crate) fn has_tag(&self, tag: &str) -> bool {
+        let (key, value) = match tag.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (tag.trim(), None),
+        };
+        [&self.tags, &self.key_tags].into_iter().any(|tags| match (tags.get(key), value) {
+            (Some(_), None) => true,
+            (Some(Value::String(s)), Some(v)) => s == v,
+            (Some(Value::Bool(b)), Some(v)) => v.parse::<bool>() == Ok(*b),
+            (Some(_), Some(_)) => false,
+            (None, _) => false,
+        })
     }
 }
 
@@ -339,8 +382,17 @@ pub(crate) fn observe_chat(
             facts,
         ),
     };
+    let (latency_ms, cost) = (record.latency_ms, record.cost);
     // At most `max_record_bytes` of the request is encoded, however large it is.
     submit(state, record, &facts.trace, req, result.as_ref().ok().map(|r| &r.value), None);
+    if let Ok(r) = &result {
+        let picked = state.shadows.pick(r.route.route.as_deref(), facts);
+        if !picked.is_empty() {
+            let text = r.value.message.content.clone().unwrap_or_default();
+            let primary = crate::shadow::Primary { id: facts.id.clone(), text, latency_ms, cost };
+            crate::shadow::send(state, picked, Arc::new(req.clone()), primary, facts);
+        }
+    }
     result
 }
 
@@ -361,14 +413,17 @@ pub(crate) fn observe_stream(
             None
         }
         Ok(routed) => {
-            // The stream outlives the handler's request: it keeps what the record will hold.
+            // The stream outlives the handler's request: it keeps what the record will hold,
+            // and the whole request when shadow candidates will get it too.
             let kept = Bodies::capped(req, None, state.recording.record_cap());
+            let picked = state.shadows.pick(routed.route.route.as_deref(), facts);
             Some(StreamRecord {
                 state: state.clone(),
                 req: kept.request,
                 truncation: kept.truncation,
                 route: routed.route.clone(),
                 facts: facts.clone(),
+                shadow: (!picked.is_empty()).then(|| (picked, Arc::new(req.clone()))),
             })
         }
     }
@@ -382,6 +437,8 @@ pub(crate) struct StreamRecord {
     truncation: Option<fungible_store::Truncation>,
     route: RouteInfo,
     facts: RequestFacts,
+    /// The shadow candidates sampled for it, and the whole request they get.
+    shadow: Option<(Vec<Arc<crate::shadow::Candidate>>, Arc<ChatRequest>)>,
 }
 
 impl StreamRecord {
@@ -400,8 +457,16 @@ impl StreamRecord {
     ) -> Option<impl std::future::Future<Output = ()> + Send + 'static + use<>> {
         let settled = self.state.recording.settled();
         let answered = error.is_none() || !response.message.content.as_deref().unwrap_or("").is_empty();
+        let complete = error.is_none();
         let record = build(&self.state, &self.req, &self.route, answered.then_some(response), error, ttft_ms, true, &self.facts);
+        let (latency_ms, cost) = (record.latency_ms, record.cost);
         submit(&self.state, record, &self.facts.trace, &self.req, answered.then_some(response), self.truncation);
+        // Shadows compare with complete answers only.
+        if let Some((picked, req)) = self.shadow.filter(|_| complete) {
+            let text = response.message.content.clone().unwrap_or_default();
+            let primary = crate::shadow::Primary { id: self.facts.id.clone(), text, latency_ms, cost };
+            crate::shadow::send(&self.state, picked, req, primary, &self.facts);
+        }
         settled
     }
 }

@@ -1,6 +1,7 @@
 //! `GET /v1/routes`: the live state of every configured route, from
 //! `Gateway::route_status`: each target's circuit breaker, requests in flight, moving
-//! average of time to first token, and its A/B and attempt counts.
+//! average of time to first token, and its A/B and attempt counts; and each shadow
+//! candidate's tallies (`crate::shadow`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,6 +21,8 @@ pub(crate) struct Route {
     route: String,
     strategy: &'static str,
     targets: Vec<Target>,
+    /// The route's shadow candidates and how they compare (since the process started).
+    shadows: Vec<crate::shadow::ShadowStatus>,
 }
 
 #[derive(Serialize)]
@@ -67,7 +70,12 @@ pub(crate) fn snapshot(state: &AppState) -> Vec<Route> {
         };
         match data.last_mut() {
             Some(route) if route.route == t.route => route.targets.push(target),
-            _ => data.push(Route { route: t.route, strategy: t.strategy.as_str(), targets: vec![target] }),
+            _ => data.push(Route {
+                shadows: state.shadows.status(&t.route),
+                route: t.route,
+                strategy: t.strategy.as_str(),
+                targets: vec![target],
+            }),
         }
     }
     data

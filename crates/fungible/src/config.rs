@@ -54,6 +54,11 @@ impl Config {
         {
             anyhow::bail!("models.{route}.examples: examples come from a dataset in the store, and [store] enabled = false");
         }
+        for (name, route) in &gateway.routes {
+            for (i, c) in route.shadow.iter().enumerate() {
+                fungible_eval::scorers::Scorer::parse(&c.score).with_context(|| format!("models.{name}.shadow[{i}].score"))?;
+            }
+        }
         Ok(Config { gateway, store, prices, telemetry, cache })
     }
 

@@ -89,7 +89,7 @@ struct RunArgs {
     #[arg(long, required = true, value_delimiter = ',')]
     models: Vec<String>,
     /// Scorers (repeatable or comma-separated): exact, normalized, contains, regex:PATTERN,
-    /// numeric, json, json-schema, similarity[:THRESHOLD], code[:TIMEOUT_S],
+    /// numeric, json, json-schema, json-equal, similarity[:THRESHOLD], code[:TIMEOUT_S],
     /// judge:MODEL[:RUBRIC_FILE], pairwise:MODEL [default: by item: code when it has tests,
     /// json-schema when it has a schema, else numeric or normalized on the reference].
     #[arg(long = "scorer")]

@@ -174,10 +174,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(provider = %p.name, kind = p.kind.as_str(), base_url = %p.base_url, "provider enabled");
     }
     let gateway = gateway.with_prices(price_lookup(&prices));
+    let shadows = fungible_server::shadow::Shadows::new(&config.routes, &gateway, &prices).map_err(anyhow::Error::msg)?;
     let mut state = AppState::new(gateway, config.max_body_bytes)
         .with_inflight_budget(config.max_inflight_body_bytes)
         .with_prices(prices)
-        .with_allowed_hosts(config.allowed_hosts.clone());
+        .with_allowed_hosts(config.allowed_hosts.clone())
+        .with_shadows(shadows);
     if store_config.enabled {
         state.shared_mut().recording.raw_bodies = store_config.raw_bodies;
         state.shared_mut().recording.durable = store_config.durable;
@@ -387,6 +389,21 @@ fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
                 e.split.as_deref().unwrap_or("all"),
                 e.max_distance,
                 e.embedding_model
+            );
+        }
+        for c in &route.shadow {
+            println!(
+                "         {:<12}    shadow {} on {}% of requests{}, scored by {}, {} in flight, ${}/day",
+                "",
+                c.target,
+                c.sample_rate * 100.0,
+                match (c.keys.is_empty(), c.tags.is_empty()) {
+                    (true, true) => String::new(),
+                    _ => format!(" (keys {:?}, tags {:?})", c.keys, c.tags),
+                },
+                c.score,
+                c.max_concurrent,
+                c.daily_usd
             );
         }
     }

@@ -27,6 +27,20 @@ pub fn valid(output: &str) -> Score {
     }
 }
 
+/// Whether the answer and the reference are the same JSON value (object key order and
+/// whitespace aside; numbers compared as JSON numbers).
+pub fn equal(output: &str, reference: &str) -> Score {
+    let value = match parse(output) {
+        Ok(v) => v,
+        Err(s) => return s,
+    };
+    match serde_json::from_str::<Value>(strip_fence(reference)) {
+        Ok(expected) if expected == value => Score::pass_fail(true, "equal JSON"),
+        Ok(_) => Score::pass_fail(false, "different JSON"),
+        Err(e) => Score::pass_fail(false, format!("the reference is not JSON: {e}")),
+    }
+}
+
 pub fn schema(output: &str, schema: &Value) -> Score {
     let value = match parse(output) {
         Ok(v) => v,
@@ -60,6 +74,16 @@ mod tests {
         assert!(valid("```json\n{\"a\": 1}\n```").passed);
         assert!(!valid("{\"a\": 1").passed);
         assert!(!valid("Sure! {\"a\": 1}").passed);
+    }
+
+    #[test]
+    fn json_equality_ignores_key_order_and_fences() {
+        assert!(equal("```json\n{\"b\": [1, 2], \"a\": \"x\"}\n```", "{\"a\":\"x\",\"b\":[1,2]}").passed);
+        assert!(!equal("{\"a\": 1}", "{\"a\": 2}").passed);
+        assert!(!equal("{\"a\": [1, 2]}", "{\"a\": [2, 1]}").passed);
+        assert!(!equal("not json", "{}").passed);
+        let bad_reference = equal("{}", "nope");
+        assert!(!bad_reference.passed && bad_reference.detail.contains("reference"));
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub enum Scorer {
     Numeric,
     Json,
     JsonSchema,
+    /// The answer's JSON equals the reference's (key order and spacing aside).
+    JsonEqual,
     Similarity {
         threshold: f64,
     },
@@ -185,6 +187,7 @@ impl Scorer {
             "numeric" => no_arg(Scorer::Numeric),
             "json" => no_arg(Scorer::Json),
             "json-schema" | "json_schema" => no_arg(Scorer::JsonSchema),
+            "json-equal" | "json_equal" => no_arg(Scorer::JsonEqual),
             "regex" => {
                 let pattern = arg
                     .filter(|p| !p.is_empty())
@@ -252,6 +255,7 @@ impl Scorer {
             Scorer::Numeric => "numeric",
             Scorer::Json => "json",
             Scorer::JsonSchema => "json-schema",
+            Scorer::JsonEqual => "json-equal",
             Scorer::Similarity { .. } => "similarity",
             Scorer::Code { .. } => "code",
             Scorer::Judge { .. } => "judge",
@@ -276,6 +280,7 @@ impl Scorer {
             Scorer::Numeric => reference.map(|r| text::numeric(output, r)),
             Scorer::Json => Some(json::valid(output)),
             Scorer::JsonSchema => item.schema.as_ref().map(|s| json::schema(output, s)),
+            Scorer::JsonEqual => reference.map(|r| json::equal(output, r)),
             Scorer::Similarity { threshold } => match reference {
                 None => None,
                 Some(r) => Some(similarity(ctx, output, r, *threshold).await?),

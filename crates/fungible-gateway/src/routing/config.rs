@@ -42,6 +42,75 @@ pub struct ModelSection {
     pub continue_on_stream_failure: Option<bool>,
     /// Few-shot examples retrieved from a dataset for each request.
     pub examples: Option<ExamplesSection>,
+    /// Candidates each sampled request is also sent to, off the client's path, and scored
+    /// against the answer the client got.
+    pub shadow: Option<Vec<ShadowSection>>,
+}
+
+/// `[models.NAME] shadow = [{ target = ..., sample_rate = ... }, ...]`: a candidate model
+/// tried on a sample of the route's live traffic (applied by `fungible-server`'s `shadow`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSection {
+    /// `PROVIDER/MODEL`.
+    pub target: String,
+    /// The share of the route's requests also sent to it, in [0, 1].
+    pub sample_rate: f64,
+    /// How its answer is compared with the client's: `exact`, `normalized`, `numeric`,
+    /// `json-equal`, `similarity[:THRESHOLD]` (default, `similarity:0.8`) or `judge:MODEL`.
+    pub score: Option<String>,
+    /// Calls in flight at most; a sampled request finding none free is skipped (default 4).
+    pub max_concurrent: Option<usize>,
+    /// USD per UTC day at most; once spent, it is skipped until the next day (default 1).
+    pub daily_usd: Option<f64>,
+    /// Only requests made with these virtual key ids (default: every key).
+    pub keys: Option<Vec<String>>,
+    /// Only requests with one of these tags (`k=v` or a bare `k`; default: every request).
+    pub tags: Option<Vec<String>>,
+}
+
+/// A route's validated shadow candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    pub target: Target,
+    pub sample_rate: f64,
+    /// The scorer's spec (parsed by `fungible-server`, which has the scorers).
+    pub score: String,
+    pub max_concurrent: usize,
+    pub daily_usd: f64,
+    pub keys: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+pub const DEFAULT_SHADOW_SCORE: &str = "similarity";
+pub const DEFAULT_SHADOW_MAX_CONCURRENT: usize = 4;
+pub const DEFAULT_SHADOW_DAILY_USD: f64 = 1.0;
+/// The scorers a shadow comparison may use (those that compare two answers).
+pub const SHADOW_SCORERS: &[&str] = &["exact", "normalized", "numeric", "json-equal", "similarity", "judge"];
+
+fn shadow(section: ShadowSection, at: &str, enabled: &dyn Fn(&str) -> bool) -> Result<ShadowConfig, ConfigError> {
+    let target = target_of(&format!("{at}.target"), &section.target, enabled)?;
+    if !(0.0..=1.0).contains(&section.sample_rate) {
+        return Err(invalid(format!("{at}.sample_rate"), "must be between 0 and 1"));
+    }
+    let score = section.score.unwrap_or_else(|| DEFAULT_SHADOW_SCORE.to_owned());
+    let name = score.split(':').next().unwrap_or_default();
+    if !SHADOW_SCORERS.contains(&name) {
+        return Err(invalid(format!("{at}.score"), format!("{score:?}: expected one of {}", SHADOW_SCORERS.join(", "))));
+    }
+    let max_concurrent = section.max_concurrent.unwrap_or(DEFAULT_SHADOW_MAX_CONCURRENT);
+    if !(1..=1024).contains(&max_concurrent) {
+        return Err(invalid(format!("{at}.max_concurrent"), "must be between 1 and 1024"));
+    }
+    let daily_usd = section.daily_usd.unwrap_or(DEFAULT_SHADOW_DAILY_USD);
+    if !daily_usd.is_finite() || daily_usd < 0.0 {
+        return Err(invalid(format!("{at}.daily_usd"), "must be a number of USD, 0 or more"));
+    }
+    let tags = section.tags.unwrap_or_default();
+    if let Some(bad) = tags.iter().find(|t| t.trim().is_empty() || t.split_once('=').is_some_and(|(k, _)| k.trim().is_empty())) {
+        return Err(invalid(format!("{at}.tags"), format!("{bad:?}: expected \"key=value\" or \"key\"")));
+    }
+    Ok(ShadowConfig { target, sample_rate: section.sample_rate, score, max_concurrent, daily_usd, keys: section.keys.unwrap_or_default(), tags })
 }
 
 /// `[models.NAME] examples`: the rows of a dataset version nearest to each request's
@@ -243,6 +312,8 @@ pub struct RouteConfig {
     pub continue_on_stream_failure: bool,
     /// Few-shot examples retrieved for each request (applied by `fungible-server`).
     pub examples: Option<ExamplesConfig>,
+    /// Shadow candidates (applied by `fungible-server`).
+    pub shadow: Vec<ShadowConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -430,6 +501,18 @@ fn route(
         attempt_timeout,
         continue_on_stream_failure: section.continue_on_stream_failure.unwrap_or(defaults.continue_on_stream_failure),
         examples: section.examples.map(|e| examples(e, &format!("{at}.examples"))).transpose()?,
+        shadow: {
+            let mut out: Vec<ShadowConfig> = Vec::new();
+            for (i, c) in section.shadow.unwrap_or_default().into_iter().enumerate() {
+                let here = format!("{at}.shadow[{i}]");
+                let c = shadow(c, &here, enabled)?;
+                if out.iter().any(|o| o.target == c.target) {
+                    return Err(invalid(format!("{here}.target"), format!("{} is a shadow twice", c.target)));
+                }
+                out.push(c);
+            }
+            out
+        },
     })
 }
 

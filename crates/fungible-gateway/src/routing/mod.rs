@@ -677,6 +677,7 @@ impl Gateway {
                 attempt_timeout: None,
                 continue_on_stream_failure: true,
                 examples: None,
+                shadow: Vec::new(),
             });
             config.targets.push(RouteTargetConfig::plain(o.target.clone(), routing.direct_timeouts));
         }

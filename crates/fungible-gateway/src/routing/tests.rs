@@ -34,6 +34,7 @@ fn route(targets: &[&str], retries: u32, breaker: BreakerConfig) -> Arc<Route> {
         attempt_timeout: None,
         continue_on_stream_failure: true,
         examples: None,
+        shadow: Vec::new(),
     };
     Arc::new(Route::configured("r", &config))
 }
@@ -577,6 +578,7 @@ fn route_with_windows(targets: &[(&str, Option<u64>)]) -> Arc<Route> {
         attempt_timeout: None,
         continue_on_stream_failure: true,
         examples: None,
+        shadow: Vec::new(),
     };
     Arc::new(Route::configured("r", &config))
 }

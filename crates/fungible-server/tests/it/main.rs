@@ -16,6 +16,7 @@ mod datasets;
 mod recording;
 mod routing;
 mod serve;
+mod shadow;
 mod streaming;
 mod telemetry;
 mod tenant;
