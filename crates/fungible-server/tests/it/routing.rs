@@ -60,7 +60,7 @@ impl TwoUpstreams {
 }
 
 /// An OpenAI completion whose text says who answered.
-fn completion(text: &str) -> MockResponse {
+pub(crate) fn completion(text: &str) -> MockResponse {
     MockResponse::json(
         200,
         json!({

@@ -11,6 +11,7 @@ use fungible_server::{AppState, app};
 use fungible_store::{InferenceFilter, PriceTable, Recorder, RecorderOptions, Store};
 use serde_json::{Value, json};
 
+use crate::routing::completion;
 use crate::{Harness, TestResponse, fixtures};
 
 /// A gateway whose route `smart` answers from mock `a` and shadows to mock `b` with the
@@ -75,18 +76,6 @@ impl Shadowed {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-}
-
-fn completion(text: &str) -> MockResponse {
-    MockResponse::json(
-        200,
-        json!({
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-        })
-        .to_string(),
-    )
 }
 
 /// A streamed answer's text.

@@ -18,6 +18,7 @@ mod load;
 mod lora;
 mod overhead;
 mod recording;
+mod shadow;
 mod soak;
 
 use std::process::ExitCode;
@@ -87,6 +88,13 @@ pub struct BenchArgs {
     /// same fixed `--rate` through each, reporting the added p50/p99.
     #[arg(long)]
     auth: bool,
+    /// Instead of the overhead phases: the cost of shadow traffic. Two gateways over the
+    /// mock, both recording to SQLite, one whose route also sends every request to a shadow
+    /// candidate (scored `exact` against the answer); the same fixed `--rate` through each,
+    /// JSON and streamed, alternating for `--rounds` rounds, reporting p50 and p99 and what
+    /// the candidate did.
+    #[arg(long)]
+    shadow: bool,
     /// Instead of the overhead phases: the cost of recording. Four gateways over the mock:
     /// one with `[store] enabled = false`, one recording every inference to SQLite as `serve`
     /// does by default (its writer `SCHED_IDLE`), one recording with its writer at nice 10,
@@ -118,7 +126,7 @@ pub struct BenchArgs {
     #[cfg(feature = "local")]
     #[arg(long)]
     lora: bool,
-    /// `--recording`: rounds (each runs every phase for `--duration` s).
+    /// `--recording`, `--shadow`: rounds (each runs every phase for `--duration` s).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// `--auth`: the Redis holding the counters; `--cache --shared`: the shared cache.
@@ -170,6 +178,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.recording {
         return recording::recording_bench(args).await;
+    }
+    if args.shadow {
+        return shadow::shadow_bench(args).await;
     }
     if args.soak {
         return soak::soak(args).await;
