@@ -118,6 +118,9 @@ impl RequestFacts {
         facts.started = Instant::now();
         facts.time_ms = fungible_store_now_ms();
         facts.capture = None;
+        // Not a turn of the client's episode, nor a span of the client's trace.
+        facts.episode_id = None;
+        facts.trace = fungible_telemetry::Parent::default();
         facts.tags.insert("fungible.shadow_of".into(), Value::String(primary_id.to_owned()));
         facts.tags.insert("fungible.shadow_route".into(), Value::String(route.to_owned()));
         facts
@@ -284,6 +287,9 @@ fn build(
     // The key's tags are the operator's, so they win over the client's.
     tags.extend(facts.key_tags.clone());
     let episode_id = facts.episode_id.clone().or_else(|| {
+        if facts.is_shadow() {
+            return None;
+        }
         tags.get("episode_id")
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -388,8 +394,7 @@ pub(crate) fn observe_chat(
     if let Ok(r) = &result {
         let picked = state.shadows.pick(r.route.route.as_deref(), facts);
         if !picked.is_empty() {
-            let text = r.value.message.content.clone().unwrap_or_default();
-            let primary = crate::shadow::Primary { id: facts.id.clone(), text, latency_ms, cost };
+            let primary = crate::shadow::Primary::of(&facts.id, &r.value.message, latency_ms, cost);
             crate::shadow::send(state, picked, Arc::new(req.clone()), primary, facts);
         }
     }
@@ -463,8 +468,7 @@ impl StreamRecord {
         submit(&self.state, record, &self.facts.trace, &self.req, answered.then_some(response), self.truncation);
         // Shadows compare with complete answers only.
         if let Some((picked, req)) = self.shadow.filter(|_| complete) {
-            let text = response.message.content.clone().unwrap_or_default();
-            let primary = crate::shadow::Primary { id: self.facts.id.clone(), text, latency_ms, cost };
+            let primary = crate::shadow::Primary::of(&self.facts.id, &response.message, latency_ms, cost);
             crate::shadow::send(&self.state, picked, req, primary, &self.facts);
         }
         settled

@@ -26,8 +26,10 @@ use fungible_eval::scorers::{CodeLimits, ScoreContext, Scorer};
 use fungible_gateway::routing::config::{RouteConfig, ShadowConfig};
 use fungible_gateway::{Gateway, RouteHints};
 use fungible_store::{Feedback, FeedbackTarget, PriceTable};
-use fungible_types::ChatRequest;
+use fungible_eval::scorers::Score;
+use fungible_types::{AssistantMessage, ChatRequest};
 use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::recording::RequestFacts;
@@ -132,8 +134,34 @@ pub struct ShadowStatus {
 pub(crate) struct Primary {
     pub id: String,
     pub text: String,
+    /// Its tool calls, as [`calls_of`] compares them.
+    pub calls: Vec<(String, Value)>,
     pub latency_ms: f64,
     pub cost: Option<f64>,
+}
+
+impl Primary {
+    pub(crate) fn of(id: &str, message: &AssistantMessage, latency_ms: f64, cost: Option<f64>) -> Primary {
+        Primary {
+            id: id.to_owned(),
+            text: message.content.clone().unwrap_or_default(),
+            calls: calls_of(message),
+            latency_ms,
+            cost,
+        }
+    }
+}
+
+/// An answer's tool calls as (name, arguments as JSON), sorted: two answers that call the
+/// same tools with the same arguments agree, whatever the calls' ids and order.
+fn calls_of(message: &AssistantMessage) -> Vec<(String, Value)> {
+    let mut calls: Vec<(String, Value)> = message
+        .tool_calls
+        .iter()
+        .map(|c| (c.name.clone(), serde_json::from_str(&c.arguments).unwrap_or_else(|_| Value::String(c.arguments.clone()))))
+        .collect();
+    calls.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.to_string().cmp(&b.1.to_string())));
+    calls
 }
 
 impl Shadows {
@@ -154,6 +182,14 @@ impl Shadows {
                 };
                 if let Some(model) = needs {
                     gateway.resolve(model).map_err(|e| format!("{at}: {model}: {e}"))?;
+                }
+                let probe = fungible_types::Usage { input_tokens: 1, ..Default::default() };
+                if prices.cost(&config.target.provider, &config.target.model, &probe).is_none() {
+                    tracing::warn!(
+                        "models.{name}.shadow[{i}]: {} has no price, so daily_usd cannot bound it; add [prices.\"{}\"]",
+                        config.target,
+                        config.target
+                    );
                 }
                 list.push(Arc::new(Candidate {
                     route: name.clone(),
@@ -325,12 +361,22 @@ async fn run(state: &crate::AppState, candidate: &Candidate, req: &ChatRequest, 
         code_limits: CodeLimits::default(),
         judge_max_tokens: JUDGE_MAX_TOKENS,
     };
-    let score = match candidate.scorer.score(&item, &text, &ctx).await {
-        Ok(Some(score)) => score,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(route = %candidate.route, target = %candidate.config.target, "shadow scoring failed: {e}");
-            return;
+    let calls = calls_of(&answer.value.message);
+    let score = if !calls.is_empty() || !primary.calls.is_empty() {
+        // Tool calls are compared as calls (names and arguments), not as text.
+        let same = calls == primary.calls && text.trim() == primary.text.trim();
+        Score::pass_fail(same, if same { "the same tool calls" } else { "different tool calls" })
+    } else if text.trim().is_empty() && primary.text.trim().is_empty() {
+        // Two empty answers say nothing about agreement.
+        return;
+    } else {
+        match candidate.scorer.score(&item, &text, &ctx).await {
+            Ok(Some(score)) => score,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(route = %candidate.route, target = %candidate.config.target, "shadow scoring failed: {e}");
+                return;
+            }
         }
     };
     {

@@ -78,6 +78,21 @@ impl Shadowed {
     }
 }
 
+/// An OpenAI answer with one tool call and no text.
+fn tool_call(id: &str, arguments: &str) -> MockResponse {
+    MockResponse::json(
+        200,
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": id, "type": "function", "function": {"name": "weather", "arguments": arguments}}
+            ]}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        })
+        .to_string(),
+    )
+}
+
 /// A streamed answer's text.
 fn deltas(res: &TestResponse) -> String {
     assert_eq!(res.status, 200, "{}", res.text());
@@ -100,7 +115,7 @@ async fn a_shadow_is_recorded_linked_and_scored_and_never_changes_the_answer() {
     // Agrees.
     s.h.mock.push(completion("Hello!"));
     s.b.push(completion("Hello!"));
-    let res = s.chat(false, &[("x-fungible-tags", "team=ads")]).await;
+    let res = s.chat(false, &[("x-fungible-tags", "team=ads"), ("x-fungible-episode-id", "ep-1")]).await;
     assert_eq!(content(&res), "Hello!");
     let primary = res.headers["x-fungible-inference-id"].to_str().expect("id").to_owned();
     let t = s.wait_for("scored", |t| t["scored"] == 1).await;
@@ -122,6 +137,8 @@ async fn a_shadow_is_recorded_linked_and_scored_and_never_changes_the_answer() {
     let shadow = &shadows[0];
     assert_eq!((shadow.inbound.as_str(), shadow.provider.as_deref()), ("shadow", Some("b")));
     assert_eq!(shadow.tags["fungible.shadow_route"], "smart");
+    // Not a turn of the client's episode.
+    assert_eq!(shadow.episode_id, None);
     // The client's tags go with it; the primary is untouched.
     assert_eq!(shadow.tags["team"], "ads");
     let feedback = s.store.feedback(&shadow.id).await.expect("feedback");
@@ -130,6 +147,7 @@ async fn a_shadow_is_recorded_linked_and_scored_and_never_changes_the_answer() {
     assert!(feedback[0].comment.as_deref().is_some_and(|c| c.contains(&primary)), "{feedback:?}");
     let record = s.store.get(&primary).await.expect("get").expect("the primary is recorded");
     assert_eq!((record.inbound.as_str(), record.provider.as_deref(), record.cost), ("openai_chat", Some("a"), None));
+    assert_eq!(record.episode_id.as_deref(), Some("ep-1"));
     assert!(s.store.feedback(&primary).await.expect("feedback").is_empty());
 
     // The routes page shows the candidate's tallies.
@@ -171,6 +189,19 @@ async fn a_shadow_is_recorded_linked_and_scored_and_never_changes_the_answer() {
     assert_eq!(t["agreed"], 2, "{t}");
     let last = s.b.received().pop().expect("the candidate was called").json();
     assert_ne!(last["stream"], true);
+
+    // Tool calls are compared as calls: the same call with other ids and spacing agrees, a
+    // call with other arguments does not (as text, both answers are empty).
+    s.h.mock.push(tool_call("call_a", r#"{"city": "Paris"}"#));
+    s.b.push(tool_call("call_b", r#"{"city":"Paris"}"#));
+    assert_eq!(s.chat(false, &[]).await.status, 200);
+    let t = s.wait_for("the same call", |t| t["scored"] == 4).await;
+    assert_eq!(t["agreed"], 3, "{t}");
+    s.h.mock.push(tool_call("call_a", r#"{"city": "Paris"}"#));
+    s.b.push(tool_call("call_b", r#"{"city": "Lyon"}"#));
+    assert_eq!(s.chat(false, &[]).await.status, 200);
+    let t = s.wait_for("another call", |t| t["scored"] == 5).await;
+    assert_eq!(t["agreed"], 3, "{t}");
 
     // A hanging candidate: the client's answer does not wait for it.
     s.h.mock.push(completion("Hello!"));
