@@ -197,7 +197,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads).enable_all().build()?;
-    let recording = runtime.block_on(traces::start(&store_config))?;
+    let recording = runtime.block_on(traces::start(&store_config, config.ui.enabled))?;
     let recorder = recording.as_ref().map(|(_, recorder)| recorder.clone());
     if let Some(cache) = runtime.block_on(open_cache(cache_config))? {
         state = state.with_cache(cache);

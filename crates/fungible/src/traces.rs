@@ -10,9 +10,10 @@ use fungible_store::{
 
 use crate::ConfigArgs;
 
-/// Opens the store (applying migrations) and starts the recorder; `None` when `[store]` is
+/// Opens the store (applying migrations), starts the recorder and the minutely roll-up
+/// (with `warm_ui`, which also warms the UI overview's stats); `None` when `[store]` is
 /// disabled.
-pub async fn start(config: &StoreConfig) -> anyhow::Result<Option<(Store, Recorder)>> {
+pub async fn start(config: &StoreConfig, warm_ui: bool) -> anyhow::Result<Option<(Store, Recorder)>> {
     if !config.enabled {
         tracing::info!("inference store disabled");
         return Ok(None);
@@ -38,20 +39,30 @@ pub async fn start(config: &StoreConfig) -> anyhow::Result<Option<(Store, Record
     .await
     .with_context(|| format!("could not start recording to {}", shown(&config.url)))?;
     tracing::info!(store = %shown(&config.url), "recording inferences");
-    tokio::spawn(roll_up_every_minute(store.clone()));
+    tokio::spawn(roll_up_every_minute(store.clone(), warm_ui));
     Ok(Some((store, recorder)))
 }
 
-/// Keeps the stats roll-ups current (whole UTC days, some minutes after they end), so that
-/// `fungible stats` and `GET /v1/stats` read thousands of rows, not millions.
-async fn roll_up_every_minute(store: Store) {
+/// Keeps the stats roll-ups current (whole UTC days and hours, some minutes after they end),
+/// so that `fungible stats` and `GET /v1/stats` read thousands of rows, not millions; with
+/// `warm_ui`, then reads what the UI's overview will (`fungible_server::ui::warm`), at start
+/// and after each roll-up that moved.
+async fn roll_up_every_minute(store: Store, warm_ui: bool) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
         tick.tick().await;
         match store.roll_up(fungible_store_now_ms()).await {
-            Ok(done) if done.days > 0 => tracing::debug!(days = done.days, "store: stats rolled up"),
-            Ok(_) => {}
+            Ok(done) => {
+                if done.days > 0 || done.hours > 0 {
+                    tracing::debug!(days = done.days, hours = done.hours, "store: stats rolled up");
+                }
+                if warm_ui && (first || done.days > 0 || done.hours > 0) {
+                    fungible_server::ui::warm(&store).await;
+                }
+                first = false;
+            }
             Err(e) => tracing::warn!("store: could not roll up stats (will retry): {e}"),
         }
     }

@@ -30,6 +30,7 @@ use crate::AppState;
 use crate::auth::SessionCaller;
 use crate::principal::{DataScope, Principal};
 
+pub use pages::warm;
 pub use session::{CSRF_HEADER, Session, Sessions, Who};
 
 /// The UI's state: sessions and the compiled templates.
