@@ -453,16 +453,18 @@ impl StreamRecord {
     }
 
     /// Records the answer (`error`: how the stream failed; an answer with text is kept all
-    /// the same). Durable mode: the commit, which the stream's end waits for.
+    /// the same; `finished`: the stream's finish event passed). Durable mode: the commit,
+    /// which the stream's end waits for.
     pub(crate) fn finish(
         self,
         response: &ChatResponse,
         error: Option<String>,
+        finished: bool,
         ttft_ms: Option<f64>,
     ) -> Option<impl std::future::Future<Output = ()> + Send + 'static + use<>> {
         let settled = self.state.recording.settled();
         let answered = error.is_none() || !response.message.content.as_deref().unwrap_or("").is_empty();
-        let complete = error.is_none();
+        let complete = error.is_none() && finished;
         let record = build(&self.state, &self.req, &self.route, answered.then_some(response), error, ttft_ms, true, &self.facts);
         let (latency_ms, cost) = (record.latency_ms, record.cost);
         submit(&self.state, record, &self.facts.trace, &self.req, answered.then_some(response), self.truncation);

@@ -68,7 +68,7 @@ impl Tap {
         if let Some(cache) = cache.filter(|_| error.is_none() && self.finished) {
             cache.store(&response);
         }
-        let settled = record?.finish(&response, error, self.acc.ttft_ms())?;
+        let settled = record?.finish(&response, error, self.finished, self.acc.ttft_ms())?;
         Some(Box::pin(settled))
     }
 }
