@@ -287,6 +287,32 @@ pub async fn stats(
     ))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RangeQuery {
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+}
+
+/// `GET /v1/stats/shadows`: each route's shadow candidates over their recorded calls (of the
+/// caller's key, for a key that reads its own): calls, failures, agreement with its 95%
+/// Wilson interval, mean score, latency and cost against the primaries.
+pub async fn shadow_stats(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<RangeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let scope = scope_of(&caller);
+    let key_id = match &scope {
+        DataScope::All => None,
+        DataScope::Key(own) => Some(own.as_str()),
+    };
+    let rows = store(&state)?.shadow_stats(q.since_ms, q.until_ms, key_id).await.map_err(internal)?;
+    let data: Vec<Value> = rows.iter().map(crate::shadow::recorded_row).collect();
+    Ok(json_ok(&json!({"object": "list", "data": data})))
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let text = state

@@ -216,6 +216,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/inferences", get(inferences::list))
         .route("/v1/inferences/{id}", get(inferences::get))
         .route("/v1/stats", get(inferences::stats))
+        .route("/v1/stats/shadows", get(inferences::shadow_stats))
         .route("/v1/routes", get(routes_status::list))
         .route("/v1/datasets", get(datasets::list).post(datasets::build))
         .route("/v1/datasets/{name}", get(datasets::get).delete(datasets::delete))

@@ -76,7 +76,7 @@ pub fn needs(path: &str) -> &'static [Scope] {
         || path.starts_with("/v1/datasets/")
     {
         &[Scope::ReadAll]
-    } else if path.starts_with("/v1/inferences") || path == "/v1/stats" || path == "/v1/feedback" {
+    } else if path.starts_with("/v1/inferences") || path == "/v1/stats" || path == "/v1/stats/shadows" || path == "/v1/feedback" {
         &[Scope::ReadOwn, Scope::ReadAll]
     } else {
         &[Scope::Inference]

@@ -130,6 +130,17 @@ pub struct ShadowStatus {
     pub daily_usd: f64,
 }
 
+/// A candidate's recorded calls (`Store::shadow_stats`) as `/v1/stats/shadows` and the UI
+/// show them: with the agreement rate and its 95% Wilson interval.
+pub(crate) fn recorded_row(r: &fungible_store::ShadowStatsRow) -> Value {
+    let interval = fungible_eval::stats::wilson(r.agreed, r.scored, fungible_eval::stats::Z95);
+    let mut row = serde_json::to_value(r).unwrap_or_default();
+    row["agreement"] = Value::from((r.scored > 0).then(|| r.agreed as f64 / r.scored as f64));
+    row["agreement_low"] = Value::from(interval.map(|i| i.low));
+    row["agreement_high"] = Value::from(interval.map(|i| i.high));
+    row
+}
+
 /// The answer the client got, which the candidates are compared with.
 pub(crate) struct Primary {
     pub id: String,
@@ -379,14 +390,6 @@ async fn run(state: &crate::AppState, candidate: &Candidate, req: &ChatRequest, 
             }
         }
     };
-    {
-        let mut t = candidate.tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        t.scored += 1;
-        t.agreed += u64::from(score.passed);
-        t.score_sum += score.value;
-        // A judge's call is the candidate's spend too.
-        *t.today(fungible_access::now_ms()) += score.cost_usd;
-    }
     if let Some(store) = &state.store {
         let feedback = Feedback {
             id: fungible_store::new_id(),
@@ -402,4 +405,11 @@ async fn run(state: &crate::AppState, candidate: &Candidate, req: &ChatRequest, 
             tracing::warn!("shadow: could not store the score of {}: {e}", facts.id);
         }
     }
+    // Counted once stored, so that a tally read after it finds the score in the store too.
+    let mut t = candidate.tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    t.scored += 1;
+    t.agreed += u64::from(score.passed);
+    t.score_sum += score.value;
+    // A judge's call is the candidate's spend too.
+    *t.today(fungible_access::now_ms()) += score.cost_usd;
 }

@@ -48,6 +48,6 @@ pub use responses::StoredResponseRow;
 pub use rollups::{RollUp, SETTLE_MS};
 pub use recorder::{BatchSink, DEFAULT_QUEUE_BYTES, Recorder, RecorderCounters, RecorderOptions, WriterPriority};
 pub use inferences::InferenceFilter;
-pub use stats::{GroupBy, StatsQuery, StatsRow};
+pub use stats::{GroupBy, ShadowStatsRow, StatsQuery, StatsRow};
 pub use store::{Store, StoreError};
 pub use tune_jobs::{TERMINAL_STATUSES, TuneJobRow};

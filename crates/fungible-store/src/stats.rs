@@ -316,6 +316,70 @@ impl Store {
     }
 }
 
+/// What a route's shadow candidate did, from its records (`fungible-server`'s `shadow`:
+/// inbound `shadow`, tagged `fungible.shadow_route` and `fungible.shadow_of`, scored by
+/// feedback on them).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShadowStatsRow {
+    pub route: String,
+    /// `PROVIDER/MODEL`.
+    pub candidate: String,
+    pub calls: u64,
+    pub failed: u64,
+    /// Answers with a score, and how many agreed with the primary.
+    pub scored: u64,
+    pub agreed: u64,
+    pub mean_score: Option<f64>,
+    /// Over the answered calls: the candidate's, and the primaries they shadowed.
+    pub mean_latency_ms: Option<f64>,
+    pub primary_mean_latency_ms: Option<f64>,
+    pub cost: f64,
+    pub primary_cost: f64,
+}
+
+impl Store {
+    /// Each route's shadow candidates over the shadow calls recorded in
+    /// `[since_ms, until_ms)`, of one virtual key's requests (`Some(key_id)`) or of all.
+    /// Read through the tag index: as many rows as shadow calls, however many inferences.
+    pub async fn shadow_stats(&self, since_ms: Option<i64>, until_ms: Option<i64>, key_id: Option<&str>) -> Result<Vec<ShadowStatsRow>, StoreError> {
+        let mut filter = String::new();
+        let mut binds = Vec::new();
+        for (bound, op) in [(since_ms, ">="), (until_ms, "<")] {
+            if let Some(ms) = bound {
+                binds.push(ms);
+                filter.push_str(&format!(" AND s.time_ms {op} ${}", binds.len()));
+            }
+        }
+        if key_id.is_some() {
+            filter.push_str(&format!(" AND s.key_id = ${}", binds.len() + 1));
+        }
+        // `fungible.shadow_route=` and `fungible.shadow_of=` are 22 and 19 characters; the
+        // range `[prefix=, prefix>)` holds exactly the tags that start with `prefix=`.
+        let sql = format!(
+            "SELECT SUBSTR(rt.tag, 23) AS route, s.provider || '/' || s.model AS candidate,              COUNT(*),              CAST(SUM(CASE WHEN s.error IS NULL THEN 0 ELSE 1 END) AS BIGINT),              COUNT(f.id),              CAST(SUM(CASE WHEN f.boolean = 1 THEN 1 ELSE 0 END) AS BIGINT),              AVG(f.score),              AVG(CASE WHEN s.error IS NULL THEN s.latency_ms END),              AVG(CASE WHEN s.error IS NULL THEN p.latency_ms END),              SUM(s.cost),              SUM(CASE WHEN s.error IS NULL THEN p.cost END)              FROM inference_tags rt              JOIN inferences s ON s.id = rt.inference_id              LEFT JOIN inference_tags po ON po.inference_id = s.id AND po.tag >= 'fungible.shadow_of=' AND po.tag < 'fungible.shadow_of>'              LEFT JOIN inferences p ON p.id = SUBSTR(po.tag, 20)              LEFT JOIN feedback f ON f.target = 'inference' AND f.target_id = s.id              WHERE rt.tag >= 'fungible.shadow_route=' AND rt.tag < 'fungible.shadow_route>' AND s.inbound = 'shadow'{filter}              GROUP BY SUBSTR(rt.tag, 23), s.provider || '/' || s.model              ORDER BY 1, 2"
+        );
+        let rows = bound(&sql, &binds, key_id).fetch_all(&self.pool).await?;
+        let count = |r: &AnyRow, i: usize| -> Result<u64, sqlx::Error> { Ok(r.try_get::<Option<i64>, _>(i)?.unwrap_or(0).max(0) as u64) };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(ShadowStatsRow {
+                route: r.try_get::<Option<String>, _>(0)?.unwrap_or_default(),
+                candidate: r.try_get::<Option<String>, _>(1)?.unwrap_or_else(|| "-".into()),
+                calls: count(r, 2)?,
+                failed: count(r, 3)?,
+                scored: count(r, 4)?,
+                agreed: count(r, 5)?,
+                mean_score: r.try_get(6)?,
+                mean_latency_ms: r.try_get(7)?,
+                primary_mean_latency_ms: r.try_get(8)?,
+                cost: r.try_get::<Option<f64>, _>(9)?.unwrap_or(0.0),
+                primary_cost: r.try_get::<Option<f64>, _>(10)?.unwrap_or(0.0),
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// `sql` with the range's bounds and the key bound, in the order [`Store::raw_parts`]
 /// numbers them.
 fn bound<'q>(sql: &'q str, bounds: &[i64], key_id: Option<&str>) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {

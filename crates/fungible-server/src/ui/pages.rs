@@ -3,6 +3,8 @@
 //! renders a template. The templates (`templates/`) are compiled once, HTML-escaped by
 //! default.
 
+use std::collections::BTreeMap;
+
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -12,7 +14,7 @@ use axum::response::{Html, IntoResponse, Response};
 use fungible_store::{GroupBy, InferenceFilter, StatsRow};
 use minijinja::{Environment, context};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{Viewer, Who, view};
 use crate::AppState;
@@ -653,7 +655,19 @@ pub(super) async fn routes_page(State(state): State<AppState>, Extension(viewer)
     if let Some(r) = gate(&state, &viewer, Need::ReadAll, &uri) {
         return r;
     }
-    let page = json!({"routes": crate::routes_status::snapshot(&state)});
+    // The shadow calls recorded over the last 7 days (the live tallies are per process).
+    let mut recorded: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    if let Some(store) = &state.store {
+        match store.shadow_stats(Some(now_ms() - 7 * 86_400_000), None, None).await {
+            Ok(rows) => {
+                for r in rows {
+                    recorded.entry(r.route.clone()).or_default().push(crate::shadow::recorded_row(&r));
+                }
+            }
+            Err(e) => return store_failed(&state, &viewer, &e),
+        }
+    }
+    let page = json!({"routes": crate::routes_status::snapshot(&state), "recorded": recorded});
     render(&state, &viewer, StatusCode::OK, "routes.html", minijinja::Value::from_serialize(page))
 }
 

@@ -203,6 +203,21 @@ async fn a_shadow_is_recorded_linked_and_scored_and_never_changes_the_answer() {
     let t = s.wait_for("another call", |t| t["scored"] == 5).await;
     assert_eq!(t["agreed"], 3, "{t}");
 
+    // The recorded calls, from the store: 6 calls (1 failed), 5 scored, 3 agreed.
+    s.recorder.flush().await;
+    let recorded = s.h.send(axum::http::Request::get("/v1/stats/shadows").body(axum::body::Body::empty()).expect("request")).await.json();
+    let row = &recorded["data"][0];
+    assert_eq!((row["route"].as_str(), row["candidate"].as_str()), (Some("smart"), Some("b/m")), "{recorded}");
+    assert_eq!((row["calls"].as_u64(), row["failed"].as_u64(), row["scored"].as_u64(), row["agreed"].as_u64()), (Some(6), Some(1), Some(5), Some(3)), "{row}");
+    assert_eq!(row["agreement"].as_f64(), Some(0.6));
+    assert!(row["primary_mean_latency_ms"].as_f64().is_some() && row["cost"].as_f64().is_some_and(|c| (c - 4.0).abs() < 1e-9), "{row}");
+    let page = s
+        .h
+        .send(axum::http::Request::get("/ui/routes").header("host", "localhost").body(axum::body::Body::empty()).expect("request"))
+        .await
+        .text();
+    assert!(page.contains("Shadow calls recorded") && page.contains("60.0% <small>"), "{page}");
+
     // A hanging candidate: the client's answer does not wait for it.
     s.h.mock.push(completion("Hello!"));
     s.b.push(completion("").with_body(MockBody::Hang));

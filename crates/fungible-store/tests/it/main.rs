@@ -925,3 +925,48 @@ async fn concurrent_roll_ups_count_each_hour_once(store: Store) {
     assert_eq!(hours.iter().map(|r| r.requests).sum::<u64>(), expected);
 }
 both!(rollups_concurrent, concurrent_roll_ups_count_each_hour_once);
+
+async fn shadow_stats_read_the_shadow_records(store: Store) {
+    let primary = record(1);
+    let mut shadows = Vec::new();
+    for (i, agreed) in [(2, Some(true)), (3, Some(false)), (4, None)] {
+        let mut r = record(i);
+        r.inbound = "shadow".into();
+        r.provider = Some("b".into());
+        r.model = Some("m".into());
+        r.cost = Some(0.5);
+        r.error = agreed.is_none().then(|| "timeout".into());
+        r.tags = json!({"fungible.shadow_of": primary.id, "fungible.shadow_route": "smart", "team": "ads"});
+        shadows.push((r, agreed));
+    }
+    let mut all = vec![primary.clone()];
+    all.extend(shadows.iter().map(|(r, _)| r.clone()));
+    store.insert(&all).await.unwrap();
+    for (r, agreed) in &shadows {
+        if let Some(agreed) = agreed {
+            let f = Feedback {
+                id: new_id(),
+                time_ms: r.time_ms,
+                target: FeedbackTarget::Inference,
+                target_id: r.id.clone(),
+                boolean: Some(*agreed),
+                score: Some(if *agreed { 1.0 } else { 0.0 }),
+                comment: None,
+                demonstration: None,
+            };
+            store.insert_feedback(&f).await.unwrap();
+        }
+    }
+    let rows = store.shadow_stats(None, None, None).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!((r.route.as_str(), r.candidate.as_str()), ("smart", "b/m"));
+    assert_eq!((r.calls, r.failed, r.scored, r.agreed), (3, 1, 2, 1));
+    assert_eq!(r.mean_score, Some(0.5));
+    assert_eq!(r.primary_mean_latency_ms, Some(primary.latency_ms));
+    assert!((r.cost - 1.5).abs() < 1e-9);
+    // Another key's, or a range without them: nothing.
+    assert!(store.shadow_stats(None, None, Some("key_other")).await.unwrap().is_empty());
+    assert!(store.shadow_stats(Some(primary.time_ms + 1_000_000), None, None).await.unwrap().is_empty());
+}
+both!(shadow_stats, shadow_stats_read_the_shadow_records);
