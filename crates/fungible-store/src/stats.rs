@@ -445,11 +445,18 @@ struct RolledKey {
 /// A roll-up share, merged per label.
 type Merged = Arc<Vec<((String, Option<String>), Sums)>>;
 
-/// The merged roll-up shares of the last [`RolledCache::ENTRIES`] distinct stats queries,
-/// each with the count of roll-up rows it was read from.
-#[derive(Default)]
+/// The merged roll-up shares of the most recent distinct stats queries, each with the count
+/// of roll-up rows it was read from: at most [`RolledCache::ENTRIES`] of them and
+/// [`RolledCache::BYTES`] (estimated) in all; a share over half of that is not kept.
 pub(crate) struct RolledCache {
-    entries: Mutex<VecDeque<(RolledKey, i64, Merged)>>,
+    entries: Mutex<VecDeque<(RolledKey, i64, Merged, usize)>>,
+    bytes: usize,
+}
+
+impl Default for RolledCache {
+    fn default() -> RolledCache {
+        RolledCache::with_bytes(RolledCache::BYTES)
+    }
 }
 
 impl std::fmt::Debug for RolledCache {
@@ -461,10 +468,26 @@ impl std::fmt::Debug for RolledCache {
 impl RolledCache {
     /// A dashboard's worth: five groupings and a few series, for a few ranges.
     const ENTRIES: usize = 64;
+    /// The overview's three ranges of five groupings on 1M inferences take about 25 MB; a
+    /// month split by 50 keys would take some 140 MB, and is read each time instead.
+    const BYTES: usize = 32 << 20;
+
+    fn with_bytes(bytes: usize) -> RolledCache {
+        RolledCache { entries: Mutex::default(), bytes }
+    }
+
+    /// An estimate of a share's memory: a histogram bucket in a `BTreeMap` takes about 48
+    /// bytes.
+    fn size(merged: &[((String, Option<String>), Sums)]) -> usize {
+        merged
+            .iter()
+            .map(|((key, split), sums)| 128 + key.len() + split.as_ref().map_or(0, String::len) + 48 * (sums.latencies.len() + sums.ttfts.len()))
+            .sum()
+    }
 
     fn get(&self, key: &RolledKey, rows: i64) -> Option<Merged> {
         let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let at = entries.iter().position(|(k, n, _)| k == key && *n == rows)?;
+        let at = entries.iter().position(|(k, n, _, _)| k == key && *n == rows)?;
         // Most recently used last.
         let entry = entries.remove(at)?;
         let merged = entry.2.clone();
@@ -473,12 +496,18 @@ impl RolledCache {
     }
 
     fn put(&self, key: RolledKey, rows: i64, merged: Merged) {
+        let size = RolledCache::size(&merged);
         let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.retain(|(k, _, _)| *k != key);
-        if entries.len() >= Self::ENTRIES {
-            entries.pop_front();
+        entries.retain(|(k, _, _, _)| *k != key);
+        if size > self.bytes / 2 {
+            return;
         }
-        entries.push_back((key, rows, merged));
+        let mut total: usize = entries.iter().map(|e| e.3).sum::<usize>() + size;
+        while entries.len() >= Self::ENTRIES || total > self.bytes {
+            let Some(oldest) = entries.pop_front() else { break };
+            total -= oldest.3;
+        }
+        entries.push_back((key, rows, merged, size));
     }
 }
 
@@ -648,6 +677,34 @@ mod tests {
         let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(bucket_percentile(&ones(&hundred), 0.95), 95.0);
         assert_eq!(bucket_percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn the_rolled_cache_keeps_the_newest_within_its_bytes() {
+        let key = |from| RolledKey { tier: 0, dim: "model", key: "value", split: "NULL", from, to: from + 1 };
+        // One label with `n` latency buckets.
+        let share = |n: i64| -> Merged {
+            let mut sums = Sums::default();
+            for b in 0..n {
+                sums.latencies.insert(b, Bucket { count: 1, min: b as f64, max: b as f64 });
+            }
+            Arc::new(vec![(("m".to_owned(), None), sums)])
+        };
+        let one = RolledCache::size(&share(100));
+        let cache = RolledCache::with_bytes(3 * one);
+        for from in 0..3 {
+            cache.put(key(from), 7, share(100));
+        }
+        assert!(cache.get(&key(0), 7).is_some());
+        // A fourth evicts the least recently used: 1 (0 was just read).
+        cache.put(key(3), 7, share(100));
+        assert!(cache.get(&key(1), 7).is_none());
+        assert!(cache.get(&key(0), 7).is_some() && cache.get(&key(3), 7).is_some());
+        // Another row count is another share; one over half the bytes is not kept.
+        assert!(cache.get(&key(0), 8).is_none());
+        cache.put(key(9), 7, share(200));
+        assert!(cache.get(&key(9), 7).is_none());
+        assert!(cache.get(&key(0), 7).is_some());
     }
 
     #[test]

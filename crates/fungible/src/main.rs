@@ -397,10 +397,11 @@ fn check(args: ConfigArgs) -> anyhow::Result<ExitCode> {
                 "",
                 c.target,
                 c.sample_rate * 100.0,
-                match (c.keys.is_empty(), c.tags.is_empty()) {
-                    (true, true) => String::new(),
-                    _ => format!(" (keys {:?}, tags {:?})", c.keys, c.tags),
-                },
+                [("keys", &c.keys), ("tags", &c.tags)]
+                    .iter()
+                    .filter(|(_, list)| !list.is_empty())
+                    .map(|(name, list)| format!(" with {name} {}", list.join(", ")))
+                    .collect::<String>(),
                 c.score,
                 c.max_concurrent,
                 c.daily_usd
