@@ -256,10 +256,7 @@ pub async fn stats(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     let scope = scope_of(&caller);
-    let key_id = match &scope {
-        DataScope::All => None,
-        DataScope::Key(own) => Some(own.as_str()),
-    };
+    let key_id = scope.key_id();
     let by: GroupBy =
         q.by.as_deref()
             .unwrap_or("model")
@@ -304,10 +301,7 @@ pub async fn shadow_stats(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     let scope = scope_of(&caller);
-    let key_id = match &scope {
-        DataScope::All => None,
-        DataScope::Key(own) => Some(own.as_str()),
-    };
+    let key_id = scope.key_id();
     let rows = store(&state)?.shadow_stats(q.since_ms, q.until_ms, key_id).await.map_err(internal)?;
     let data: Vec<Value> = rows.iter().map(crate::shadow::recorded_row).collect();
     Ok(json_ok(&json!({"object": "list", "data": data})))

@@ -42,6 +42,14 @@ impl DataScope {
         }
     }
 
+    /// The one key whose records are visible; `None`: every key's.
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            DataScope::All => None,
+            DataScope::Key(own) => Some(own),
+        }
+    }
+
     /// Whether a record made by `key_id` (none: made without a key) is visible.
     pub fn sees(&self, key_id: Option<&str>) -> bool {
         match self {

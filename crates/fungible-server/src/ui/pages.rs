@@ -387,10 +387,7 @@ pub(super) async fn overview(
     let (range, since_ms, bucket) = range_of(q.range.as_deref());
     let split = SPLITS.into_iter().find(|s| Some(*s) == q.split.as_deref()).unwrap_or_default();
     let scope = viewer.scope();
-    let key_id = match &scope {
-        DataScope::All => None,
-        DataScope::Key(k) => Some(k.as_str()),
-    };
+    let key_id = scope.key_id();
     // Side by side: SQLite reads on several connections.
     let queries = OVERVIEW_GROUPS.map(|group| fungible_store::StatsQuery { since_ms, key_id, ..fungible_store::StatsQuery::new(group) });
     let reads = queries.iter().map(|q| store.stats_of(q));
