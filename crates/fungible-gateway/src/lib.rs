@@ -21,8 +21,8 @@ use fungible_types::{ChatRequest, ChatResponse, Embeddings, ErrorKind, ProviderE
 
 pub use config::{ConfigError, ConfigFile, GatewayConfig, Target};
 pub use routing::{
-    Attempt, AttemptOutcome, LateAttempts, Leg, PriceLookup, RouteError, RouteHints, RouteInfo, RouteOverlay, Routed,
-    TargetStatus,
+    Attempt, AttemptOutcome, Decide, LateAttempts, Leg, PriceLookup, RouteDecision, RouteError, RouteHints, RouteInfo,
+    RouteOverlay, Routed, TargetStatus,
 };
 
 /// Why the gateway could not answer.

@@ -25,6 +25,60 @@ pub struct EmbeddingModel {
     name: String,
     dir: PathBuf,
     loaded: OnceCell<Arc<Loaded>>,
+    token_table: OnceCell<Arc<StaticEmbedding>>,
+}
+
+/// A static embedding from a BERT model's input token embeddings: the mean of the text's
+/// token vectors, L2-normalised. No encoder pass, so tens of microseconds a text instead of
+/// milliseconds: what the learned router embeds requests with. Coarser than the sentence
+/// embedding (it sees words, not their context), which the router's report measures.
+pub struct StaticEmbedding {
+    name: String,
+    tokenizer: Tokenizer,
+    dims: usize,
+    /// Vocabulary × dims, half precision (23 MB for MiniLM's 30,522 × 384).
+    table: Vec<half::f16>,
+}
+
+impl std::fmt::Debug for StaticEmbedding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticEmbedding").field("name", &self.name).field("dims", &self.dims).finish_non_exhaustive()
+    }
+}
+
+impl StaticEmbedding {
+    /// `static:MODEL`: what a router records as its embedding.
+    pub fn name(&self) -> String {
+        format!("static:{}", self.name)
+    }
+
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// The text's vector: all zeros for a text without tokens.
+    pub fn embed(&self, text: &str) -> Result<Vec<f32>, ProviderError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| error(ErrorKind::UpstreamServer, format!("tokenizing failed: {e}")))?;
+        let mut sum = vec![0f32; self.dims];
+        let rows = self.table.len() / self.dims.max(1);
+        for &id in encoding.get_ids() {
+            let id = id as usize;
+            if id >= rows {
+                continue;
+            }
+            for (acc, v) in sum.iter_mut().zip(&self.table[id * self.dims..(id + 1) * self.dims]) {
+                *acc += v.to_f32();
+            }
+        }
+        let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            sum.iter_mut().for_each(|x| *x /= norm);
+        }
+        Ok(sum)
+    }
 }
 
 pub(crate) struct Loaded {
@@ -40,7 +94,22 @@ impl std::fmt::Debug for Loaded {
 
 impl EmbeddingModel {
     pub fn new(name: &str, dir: PathBuf) -> EmbeddingModel {
-        EmbeddingModel { name: name.to_owned(), dir, loaded: OnceCell::new() }
+        EmbeddingModel { name: name.to_owned(), dir, loaded: OnceCell::new(), token_table: OnceCell::new() }
+    }
+
+    /// The model's static embedding ([`StaticEmbedding`]), loaded on first use.
+    pub async fn static_embedding(&self) -> Result<Arc<StaticEmbedding>, ProviderError> {
+        self.token_table
+            .get_or_try_init(|| async {
+                let name = self.name.clone();
+                let dir = self.dir.clone();
+                tokio::task::spawn_blocking(move || load_static(&name, &dir))
+                    .await
+                    .map_err(|e| error(ErrorKind::Unavailable, e.to_string()))?
+                    .map(Arc::new)
+            })
+            .await
+            .cloned()
     }
 
     pub(crate) async fn loaded(&self) -> Result<Arc<Loaded>, ProviderError> {
@@ -119,6 +188,34 @@ fn load(name: &str, dir: PathBuf) -> Result<Loaded, ProviderError> {
         started.elapsed().as_millis()
     );
     Ok(Loaded { model, tokenizer })
+}
+
+fn load_static(name: &str, dir: &std::path::Path) -> Result<StaticEmbedding, ProviderError> {
+    let unavailable = |message: String| error(ErrorKind::Unavailable, format!("local embedding model {name:?}: {message}"));
+    let config_text = std::fs::read_to_string(dir.join("config.json"))
+        .map_err(|e| unavailable(format!("cannot read {}: {e}", dir.join("config.json").display())))?;
+    let config: Config = serde_json::from_str(&config_text)
+        .map_err(|e| unavailable(format!("{} is not a BERT config: {e}", dir.join("config.json").display())))?;
+    let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+        .map_err(|e| unavailable(format!("cannot load {}: {e}", dir.join("tokenizer.json").display())))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams { max_length: config.max_position_embeddings, ..TruncationParams::default() }))
+        .map_err(|e| unavailable(e.to_string()))?;
+    let weights = dir.join("model.safetensors");
+    let vb = VarBuilder::from_mmaped_safetensors_checked(&weights)
+        .map_err(|e| unavailable(format!("cannot load {}: {e}", weights.display())))?;
+    // Where candle's BERT finds it: under `bert.` in some checkpoints.
+    let key = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+        "bert.embeddings.word_embeddings.weight"
+    } else {
+        "embeddings.word_embeddings.weight"
+    };
+    let table = vb
+        .get((config.vocab_size, config.hidden_size), key)
+        .and_then(|t| t.to_dtype(DType::F16)?.flatten_all()?.to_vec1::<half::f16>())
+        .map_err(|e| unavailable(format!("{}: {e}", weights.display())))?;
+    Ok(StaticEmbedding { name: name.to_owned(), tokenizer, dims: config.hidden_size, table })
 }
 
 /// `sentence_bert_config.json`'s `max_seq_length` (256 for all-MiniLM-L6-v2).

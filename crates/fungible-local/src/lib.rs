@@ -30,6 +30,7 @@ use futures::Stream;
 use fungible_types::{ChatRequest, ChatResponse, Embeddings, ErrorKind, ProviderError, StreamEvent};
 
 pub use convert::WeightType;
+pub use embed::StaticEmbedding;
 pub use defaults::{DEFAULT_MAX_TOKENS, Defaults, Overrides};
 
 /// The provider name in errors and in `local/MODEL`.
@@ -395,6 +396,14 @@ impl LocalEngine {
             )
         })?;
         entry.embed(inputs).await
+    }
+
+    /// The static embedding ([`StaticEmbedding`]) of embedding model `model`.
+    pub async fn static_embedding(&self, model: &str) -> Result<Arc<StaticEmbedding>, ProviderError> {
+        let entry = self.inner.embed.get(model).ok_or_else(|| {
+            error(ErrorKind::NotFound, format!("no local embedding model {model:?} (the learned router embeds requests with it)"))
+        })?;
+        entry.static_embedding().await
     }
 }
 

@@ -11,7 +11,7 @@ use crate::{ChatProvider, EventStream};
 
 pub use fungible_local::{
     DEFAULT_CHAT_FILE, DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, DEFAULT_MAX_TOKENS, Defaults, LocalConfig, Overrides,
-    PROVIDER as NAME, WeightType,
+    PROVIDER as NAME, StaticEmbedding, WeightType,
 };
 
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@ pub mod fuzzing;
 pub mod gemini_api;
 pub mod guard;
 pub mod inferences;
+pub mod learned;
 pub mod limits;
 pub mod openai_chat;
 pub mod openai_embeddings;

@@ -286,6 +286,12 @@ fn build(
     tags.extend(facts.tags.clone());
     // The key's tags are the operator's, so they win over the client's.
     tags.extend(facts.key_tags.clone());
+    // Why a learned route picked its target: the version (a label stats can group by) and the
+    // scores (an object, kept with the record but not indexed).
+    if let Some(decision) = &route.decision {
+        tags.insert("fungible.router".into(), Value::String(decision.by.clone()));
+        tags.insert("fungible.router_decision".into(), decision.detail.clone());
+    }
     let episode_id = facts.episode_id.clone().or_else(|| {
         if facts.is_shadow() {
             return None;

@@ -60,11 +60,11 @@ impl From<sqlx::Error> for DatasetStoreError {
 const ROWS_PER_INSERT: usize = 500;
 
 /// Tries of a write that lost a race (two writers took the same next version or position).
-const RACE_TRIES: usize = 5;
+pub(crate) const RACE_TRIES: usize = 5;
 
 /// Whether `e` is a lost race another try wins: a unique key taken meanwhile, or SQLite's
 /// snapshot that another writer moved past (SQLITE_BUSY_SNAPSHOT, 517).
-fn lost_race(e: &sqlx::Error) -> bool {
+pub(crate) fn lost_race(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => db.is_unique_violation() || db.code().is_some_and(|c| c == "517" || c == "5"),
         _ => false,

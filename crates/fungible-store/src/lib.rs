@@ -27,6 +27,7 @@ pub mod migrations;
 mod prices;
 mod record;
 mod rollups;
+mod routers;
 mod recorder;
 mod responses;
 mod stats;
@@ -46,6 +47,7 @@ pub use record::{
 };
 pub use responses::StoredResponseRow;
 pub use rollups::{RollUp, SETTLE_MS};
+pub use routers::{FeedbackLabel, RouterRow, ShadowLabel};
 pub use recorder::{BatchSink, DEFAULT_QUEUE_BYTES, Recorder, RecorderCounters, RecorderOptions, WriterPriority};
 pub use inferences::InferenceFilter;
 pub use stats::{GroupBy, ShadowStatsRow, StatsQuery, StatsRow};

@@ -252,4 +252,19 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "DROP INDEX inference_tags_tag",
         ],
     ),
+    // Learned routers (`fungible route train`): one row per trained version; the active one
+    // is the newest not retired (a rollback retires the newer ones).
+    (
+        13,
+        &["CREATE TABLE routers (
+            route TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            report TEXT NOT NULL,
+            model TEXT NOT NULL,
+            retired_ms BIGINT,
+            PRIMARY KEY (route, version)
+        )"],
+    ),
 ];

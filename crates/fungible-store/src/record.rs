@@ -77,13 +77,17 @@ pub struct RawExchange {
 
 impl InferenceRecord {
     /// The tags as the rows stats group by: `key=value` for a string value, a bare `key` for
-    /// `true`, `key=JSON` for any other value. Sorted, without duplicates.
+    /// `true`, `key=JSON` for any other value but an object (left out). Sorted, without
+    /// duplicates.
     pub fn tag_list(&self) -> Vec<String> {
         let Some(tags) = self.tags.as_object() else {
             return Vec::new();
         };
+        // An object is detail kept with the record (a learned route's scores), not a label:
+        // indexing it would give every inference a tag of its own.
         let mut list: Vec<String> = tags
             .iter()
+            .filter(|(_, v)| !v.is_object())
             .map(|(k, v)| match v {
                 Value::String(s) => format!("{k}={s}"),
                 Value::Bool(true) => k.clone(),

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use fungible_cache::CacheConfig;
+use fungible_gateway::routing::balance::Strategy;
 use fungible_gateway::{ConfigFile, GatewayConfig};
 use fungible_store::{PriceTable, StoreConfig};
 use fungible_telemetry::TelemetryConfig;
@@ -53,6 +54,11 @@ impl Config {
             && let Some(route) = gateway.routes.iter().find_map(|(name, r)| r.examples.as_ref().map(|_| name))
         {
             anyhow::bail!("models.{route}.examples: examples come from a dataset in the store, and [store] enabled = false");
+        }
+        if !store.enabled
+            && let Some(route) = gateway.routes.iter().find_map(|(name, r)| (r.strategy == Strategy::Learned).then_some(name))
+        {
+            anyhow::bail!("models.{route}.strategy: a learned route's router is kept in the store, and [store] enabled = false");
         }
         for (name, route) in &gateway.routes {
             for (i, c) in route.shadow.iter().enumerate() {

@@ -7,6 +7,7 @@ mod config;
 mod datasets;
 mod eval;
 mod keys;
+mod route;
 mod telemetry;
 mod traces;
 mod tune;
@@ -93,6 +94,10 @@ enum Command {
     /// `tune create` (estimate, confirm, launch), `list`, `show`, `watch`, `cancel`,
     /// `promote` (a share of a route). A finished job's model is served at once.
     Tune(tune::TuneArgs),
+    /// Learned routers (`strategy = "learned"`): `route train ROUTE` (from eval runs,
+    /// shadow scores and feedback; reports each kind on held-out requests), `list`, `show`,
+    /// `rollback`.
+    Route(route::RouteArgs),
 }
 
 #[derive(clap::Args)]
@@ -141,6 +146,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval::eval(args),
         Command::Datasets(args) => datasets::datasets(args),
         Command::Tune(args) => tune::tune(args),
+        Command::Route(args) => route::route(args),
     }
 }
 
@@ -274,6 +280,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let _runtime = runtime.enter();
         fungible_server::tune::spawn_poller(state.clone(), config.tune_poll_interval)
     });
+    // Learned routes route with their active router version, and pick up new ones.
+    let router_poller = state.store.clone().and_then(|store| {
+        let _runtime = runtime.enter();
+        fungible_server::learned::spawn_poller(state.gateway.clone(), store)
+    });
     let tuner = state.tuner.clone();
     runtime
         .block_on(fungible_server::serve(state, addr, limits, shutdown_signal()))
@@ -281,6 +292,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Local tuning jobs training here stop at their next step and go back to the queue, to
     // resume from their checkpoints on the next start (or on another instance).
     if let Some(poller) = poller {
+        poller.abort();
+    }
+    if let Some(poller) = router_poller {
         poller.abort();
     }
     if let Some(tuner) = tuner {

@@ -5,7 +5,9 @@
 //! `least_latency` prefers the lowest moving average of time to first token; `least_busy`
 //! the fewest requests in flight; `cheapest` the lowest price per token (from the price table
 //! the binary injects, see `Gateway::with_prices`), unknown prices last. Ties are broken at
-//! random so equal targets share traffic.
+//! random so equal targets share traffic. `learned` is decided per request by the route's
+//! trained router (`Gateway::set_deciders`); here it is the configured order, what the route
+//! does while it has no router.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,6 +30,9 @@ pub enum Strategy {
     LeastBusy,
     /// Lowest blended price per token first; targets without a known price last.
     Cheapest,
+    /// Per request, the cheapest target that the route's trained router predicts good
+    /// enough (`fungible route train`); the configured order while it has none.
+    Learned,
 }
 
 impl Strategy {
@@ -38,6 +43,7 @@ impl Strategy {
             Strategy::LeastLatency => "least_latency",
             Strategy::LeastBusy => "least_busy",
             Strategy::Cheapest => "cheapest",
+            Strategy::Learned => "learned",
         }
     }
 }
@@ -55,7 +61,7 @@ pub struct Load {
 /// The indices of `loads` in the order to try them.
 pub fn order(strategy: Strategy, loads: &[Load], rng: &mut impl rand::Rng) -> Vec<usize> {
     match strategy {
-        Strategy::Fallback => (0..loads.len()).collect(),
+        Strategy::Fallback | Strategy::Learned => (0..loads.len()).collect(),
         Strategy::Weighted => weighted_order(loads, rng),
         Strategy::LeastLatency => {
             let mut idx = shuffled(loads.len(), rng);

@@ -477,6 +477,9 @@ fn route(
             return Err(invalid(at, "set exactly one of target = \"PROVIDER/MODEL\" or targets = [{ target = ... }, ...]"));
         }
     };
+    if strategy == Strategy::Learned && targets.len() < 2 {
+        return Err(invalid(format!("{at}.targets"), "strategy \"learned\" chooses between targets: list at least two"));
+    }
     if strategy == Strategy::Weighted && targets.iter().all(|t| t.weight == 0) {
         return Err(invalid(format!("{at}.targets"), "strategy \"weighted\" needs a target with weight > 0"));
     }

@@ -37,6 +37,7 @@ pub mod config;
 mod continuation;
 mod execute;
 mod holdoff;
+mod learned;
 pub mod policy;
 
 use std::borrow::Cow;
@@ -64,6 +65,8 @@ use self::policy::{RetryBudget, RetryPolicy};
 use crate::target::Target;
 use crate::{Gateway, GatewayError};
 
+pub use self::learned::{Decide, RouteDecision};
+
 /// How a request was routed: returned with every answer (and every failure), so a front end
 /// can report the target (`x-fungible-target`) and a log can record the attempts.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -75,6 +78,8 @@ pub struct RouteInfo {
     /// The A/B variant: the name of the first target the balancer picked, for routes with
     /// several targets (the answer may still come from a fallback: see `target`).
     pub variant: Option<String>,
+    /// A learned route's decision: what decided the order, and its scores.
+    pub decision: Option<RouteDecision>,
     /// Every call made, and every target skipped for an open breaker, in order.
     pub attempts: Vec<Attempt>,
     /// Calls made after the answer was handed over: a stream that failed after content and
@@ -301,8 +306,22 @@ impl Route {
     /// The order to try the targets in for one request: the configured targets in their
     /// strategy's order, with a run-time variant (a tuned model) drawn first for its share of
     /// the requests ([`balance::with_shares`]).
-    fn order(&self, req: &ChatRequest, hints: &RouteHints, prices: Option<&PriceLookup>) -> Vec<usize> {
+    fn order(
+        &self,
+        req: &ChatRequest,
+        hints: &RouteHints,
+        prices: Option<&PriceLookup>,
+        decider: Option<&Arc<dyn Decide>>,
+    ) -> (Vec<usize>, Option<RouteDecision>) {
         let own: Vec<usize> = (0..self.targets.len()).filter(|&i| self.targets[i].config.share.is_none()).collect();
+        let shares: Vec<(usize, u32)> =
+            self.targets.iter().enumerate().filter_map(|(i, t)| Some((i, t.config.share?))).collect();
+        if self.strategy == Strategy::Learned {
+            let targets: Vec<Target> = own.iter().map(|&i| self.targets[i].config.target.clone()).collect();
+            let (order, decision) = learned::decide(decider, req, &targets);
+            let own_order = order.into_iter().map(|j| own[j]).collect();
+            return (balance::with_shares(own_order, &shares, &mut rand::rng()), Some(decision));
+        }
         let loads: Vec<Load> = own
             .iter()
             .map(|&i| &self.targets[i])
@@ -316,21 +335,20 @@ impl Route {
                 },
             })
             .collect();
-        let shares: Vec<(usize, u32)> =
-            self.targets.iter().enumerate().filter_map(|(i, t)| Some((i, t.config.share?))).collect();
         let key = match &self.sticky {
             Some(Sticky::User) => req.user.as_deref(),
             Some(Sticky::Header(name)) => hints.header(name),
             None => None,
         };
-        match key {
+        let order = match key {
             // A sticky key keeps its variant too.
             Some(key) => {
                 let mut rng = SmallRng::seed_from_u64(balance::sticky_seed(self.name.as_deref().unwrap_or_default(), key));
                 self.ordered(&own, &loads, &shares, &mut rng)
             }
             None => self.ordered(&own, &loads, &shares, &mut rand::rng()),
-        }
+        };
+        (order, None)
     }
 
     fn ordered(&self, own: &[usize], loads: &[Load], shares: &[(usize, u32)], rng: &mut impl rand::Rng) -> Vec<usize> {
@@ -360,6 +378,9 @@ pub(crate) struct Routing {
     direct_timeouts: StreamTimeouts,
     /// Set once at start (`Gateway::with_prices`).
     prices: Prices,
+    /// Learned routes' deciders by route name (`Gateway::set_deciders`), apart from the
+    /// routes so that overlays leave them be.
+    deciders: ArcSwap<BTreeMap<String, Arc<dyn Decide>>>,
 }
 
 #[derive(Default)]
@@ -396,6 +417,7 @@ impl Routing {
             sticky_headers,
             direct_timeouts: limits.stream_timeouts,
             prices: Prices::default(),
+            deciders: ArcSwap::from_pointee(BTreeMap::new()),
         }
     }
 }
@@ -749,6 +771,8 @@ impl Gateway {
         let names = std::iter::once((None, req.model.as_str()))
             .chain(fallbacks.iter().map(|(path, name)| (Some(path.as_str()), name.as_str())));
         let routes = self.inner.routing.routes.load();
+        let deciders = self.inner.routing.deciders.load();
+        let mut decision = None;
         for (path, name) in names {
             if seen.contains(&name) {
                 continue;
@@ -764,10 +788,13 @@ impl Gateway {
                     (Err(error), _) => return Err(error),
                 },
             };
-            let order = route.order(&req, hints, self.inner.routing.prices.0.get());
+            let (order, decided) = route.order(&req, hints, self.inner.routing.prices.0.get(), deciders.get(name));
+            if legs.is_empty() {
+                decision = decided;
+            }
             legs.push((route, order));
         }
-        let mut info = RouteInfo::default();
+        let mut info = RouteInfo { decision, ..RouteInfo::default() };
         if let Some((route, order)) = legs.first() {
             info.route = route.name.clone();
             if let Some(&first) = order.first() {

@@ -670,3 +670,58 @@ fn cheapest_orders_by_the_injected_prices_with_unknown_last() {
     let status = gw.route_status();
     assert_eq!(status[0].strategy, Strategy::Cheapest);
 }
+
+/// A decider that sends requests mentioning "hard" to the second target.
+#[derive(Debug)]
+struct ByWord;
+
+impl Decide for ByWord {
+    fn decide(&self, req: &ChatRequest, targets: &[Target]) -> Result<(Vec<usize>, RouteDecision), String> {
+        if targets.len() != 2 {
+            return Err(format!("trained for 2 targets, the route has {}", targets.len()));
+        }
+        let hard = req.messages.iter().any(|m| m.joined_text().contains("hard"));
+        let order = if hard { vec![1] } else { vec![0, 1] };
+        Ok((order, RouteDecision { by: "v7".into(), detail: json!({ "hard": hard }) }))
+    }
+}
+
+const LEARNED: &str = r#"
+[models.smart]
+strategy = "learned"
+targets = [{ target = "groq/small" }, { target = "openai/large" }]
+"#;
+
+#[test]
+fn a_learned_route_follows_its_decider_and_keeps_its_order_without_one() {
+    use fungible_types::{Message, Role};
+    let gw = gateway(LEARNED);
+    let ask = |text: &str| ChatRequest { model: "smart".into(), messages: vec![Message::text(Role::User, text)], ..ChatRequest::default() };
+    // No router yet: the configured order, and why.
+    let (_, plan) = gw.plan(&ask("a hard one"), &RouteHints::default()).unwrap();
+    assert_eq!(leg_targets(&plan), [["groq/small", "openai/large"]]);
+    let decision = plan.info.decision.expect("recorded");
+    assert_eq!(decision.by, "none");
+    assert!(decision.detail["reason"].as_str().unwrap().contains("fungible route train"), "{decision:?}");
+
+    gw.set_deciders(BTreeMap::from([("smart".to_owned(), Arc::new(ByWord) as Arc<dyn Decide>)]));
+    let (_, plan) = gw.plan(&ask("a hard one"), &RouteHints::default()).unwrap();
+    // A target the decider left out is still a fallback.
+    assert_eq!(leg_targets(&plan), [["openai/large", "groq/small"]]);
+    assert_eq!(plan.info.variant.as_deref(), Some("openai/large"));
+    assert_eq!(plan.info.decision.as_ref().map(|d| d.by.as_str()), Some("v7"));
+    let (_, plan) = gw.plan(&ask("an easy one"), &RouteHints::default()).unwrap();
+    assert_eq!(leg_targets(&plan), [["groq/small", "openai/large"]]);
+    assert_eq!(plan.info.decision.unwrap().detail, json!({ "hard": false }));
+    // Other routes and direct calls record no decision.
+    let (_, plan) = gw.plan(&request("openai/x", json!({})), &RouteHints::default()).unwrap();
+    assert_eq!(plan.info.decision, None);
+    assert_eq!(gw.learned_routes(), [("smart".to_owned(), vec![Target::parse("groq/small").unwrap(), Target::parse("openai/large").unwrap()])]);
+}
+
+#[test]
+fn a_learned_route_needs_two_targets() {
+    let file = ConfigFile::parse("[models.one]\nstrategy = \"learned\"\ntarget = \"openai/a\"\n", "t.toml").unwrap();
+    let error = GatewayConfig::resolve(file, &|k: &str| (k == "OPENAI_API_KEY").then(|| "k".to_owned())).unwrap_err();
+    assert!(error.to_string().contains("models.one.targets: strategy \"learned\" chooses between targets"), "{error}");
+}

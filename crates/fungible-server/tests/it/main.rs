@@ -9,6 +9,7 @@ mod cache;
 mod errors;
 mod examples;
 mod guard;
+mod learned;
 mod local;
 mod memory;
 mod conformance;

@@ -970,3 +970,65 @@ async fn shadow_stats_read_the_shadow_records(store: Store) {
     assert!(store.shadow_stats(Some(primary.time_ms + 1_000_000), None, None).await.unwrap().is_empty());
 }
 both!(shadow_stats, shadow_stats_read_the_shadow_records);
+
+async fn router_versions_roll_back_and_labels_read(store: Store) {
+    assert_eq!(store.router("smart", None).await.unwrap(), None);
+    assert_eq!(store.create_router("smart", "logistic", "{\"r\":1}", "{\"m\":1}").await.unwrap(), 1);
+    assert_eq!(store.create_router("smart", "knn", "{\"r\":2}", "{\"m\":2}").await.unwrap(), 2);
+    assert_eq!(store.create_router("other", "knn", "{}", "{}").await.unwrap(), 1);
+    assert_eq!(store.active_router_versions().await.unwrap(), [("other".to_owned(), 1), ("smart".to_owned(), 2)]);
+    let active = store.router("smart", None).await.unwrap().unwrap();
+    assert_eq!((active.version, active.kind.as_str(), active.model.as_str()), (2, "knn", "{\"m\":2}"));
+    let listed = store.router_versions("smart").await.unwrap();
+    assert_eq!(listed.iter().map(|v| v.version).collect::<Vec<_>>(), [2, 1]);
+    assert!(listed.iter().all(|v| v.model.is_empty() && v.retired_ms.is_none()), "a listing leaves the models out");
+    // Back to v1: v2 retired, kept.
+    assert_eq!(store.roll_back_router("smart", None).await.unwrap(), 1);
+    assert_eq!(store.router("smart", None).await.unwrap().unwrap().version, 1);
+    assert!(store.router("smart", Some(2)).await.unwrap().unwrap().retired_ms.is_some());
+    let error = store.roll_back_router("smart", None).await.unwrap_err();
+    assert!(error.to_string().contains("version 1 is the first"), "{error}");
+    assert!(store.roll_back_router("smart", Some(9)).await.unwrap_err().to_string().contains("no router version 9"));
+    // Forward again to v2; a new version after a rollback is the next number.
+    assert_eq!(store.roll_back_router("smart", Some(2)).await.unwrap(), 2);
+    assert_eq!(store.router("smart", None).await.unwrap().unwrap().version, 2);
+    assert_eq!(store.create_router("smart", "knn", "{}", "{}").await.unwrap(), 3);
+
+    // Labels: feedback on the route's answers, and a shadow's score against its primary.
+    let primary = record(1);
+    let mut shadow = record(2);
+    shadow.inbound = "shadow".into();
+    shadow.route = None;
+    shadow.provider = Some("b".into());
+    shadow.model = Some("m".into());
+    shadow.tags = json!({"fungible.shadow_of": primary.id, "fungible.shadow_route": "smart"});
+    let mut failed = record(3);
+    failed.error = Some("timeout".into());
+    let unrated = record(4);
+    store.insert(&[primary.clone(), shadow.clone(), failed.clone(), unrated]).await.unwrap();
+    let feedback = |id: &str, boolean: Option<bool>, score: Option<f64>| Feedback {
+        id: new_id(),
+        time_ms: 1,
+        target: FeedbackTarget::Inference,
+        target_id: id.to_owned(),
+        boolean,
+        score,
+        comment: None,
+        demonstration: None,
+    };
+    for f in [feedback(&primary.id, Some(false), None), feedback(&shadow.id, Some(true), Some(0.8)), feedback(&failed.id, Some(true), None)] {
+        store.insert_feedback(&f).await.unwrap();
+    }
+    let labels = store.feedback_labels("smart", None, 100).await.unwrap();
+    assert_eq!(labels.len(), 1, "the failed answer, the unrated one and the shadow call are not labels: {labels:?}");
+    assert_eq!((labels[0].inference_id.as_str(), labels[0].target.as_str(), labels[0].boolean), (primary.id.as_str(), "anthropic/claude-sonnet-4-5", Some(false)));
+    let request: serde_json::Value = serde_json::from_str(&labels[0].request).unwrap();
+    assert_eq!(request["model"], "smart");
+    let shadows = store.shadow_labels("smart", None, 100).await.unwrap();
+    assert_eq!(shadows.len(), 1, "{shadows:?}");
+    assert_eq!((shadows[0].primary.as_str(), shadows[0].candidate.as_str(), shadows[0].score), ("anthropic/claude-sonnet-4-5", "b/m", Some(0.8)));
+    assert_eq!(shadows[0].primary_id, primary.id);
+    assert!(store.shadow_labels("other", None, 100).await.unwrap().is_empty());
+    assert!(store.feedback_labels("smart", Some(primary.time_ms + 1), 100).await.unwrap().is_empty());
+}
+both!(routers, router_versions_roll_back_and_labels_read);

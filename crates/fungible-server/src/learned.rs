@@ -1,0 +1,185 @@
+//! Learned routes (`strategy = "learned"`): the decider each one routes with, built from the
+//! route's active router version in the store and refreshed as versions are trained or
+//! rolled back (`fungible route`), and the one way a request becomes router inputs, which
+//! training (`fungible route train`) uses too.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fungible_gateway::Gateway;
+use fungible_gateway::routing::{Decide, RouteDecision};
+use fungible_router::{Router, Shape};
+use fungible_store::Store;
+use fungible_types::{ChatRequest, Message};
+use serde_json::{Value, json};
+
+/// How often a server looks for a new or rolled-back router version.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A text embedding fast enough to run on the request path.
+pub trait TextEmbed: Send + Sync + std::fmt::Debug {
+    /// What a router records as its embedding, e.g. `static:all-minilm-l6-v2`.
+    fn name(&self) -> String;
+    fn embed(&self, text: &str) -> Result<Vec<f32>, String>;
+}
+
+#[cfg(feature = "local")]
+impl TextEmbed for fungible_providers::local::StaticEmbedding {
+    fn name(&self) -> String {
+        fungible_providers::local::StaticEmbedding::name(self)
+    }
+
+    fn embed(&self, text: &str) -> Result<Vec<f32>, String> {
+        fungible_providers::local::StaticEmbedding::embed(self, text).map_err(|e| e.message)
+    }
+}
+
+/// The embedding learned routes use: the static embedding of the local MiniLM.
+pub async fn embedder(gateway: &Gateway) -> Result<Arc<dyn TextEmbed>, String> {
+    #[cfg(feature = "local")]
+    {
+        let local = gateway.local().ok_or("learned routes embed requests with the local MiniLM, and no local models are set up (scripts/setup-models.sh)")?;
+        let embedding = local
+            .engine()
+            .static_embedding(fungible_providers::local::DEFAULT_EMBEDDING_MODEL)
+            .await
+            .map_err(|e| e.message)?;
+        Ok(embedding as Arc<dyn TextEmbed>)
+    }
+    #[cfg(not(feature = "local"))]
+    {
+        let _ = gateway;
+        Err("this build has no local inference, with which learned routes embed requests: rebuild with --features local".to_owned())
+    }
+}
+
+/// A request (its messages, and whether it offers tools) as router inputs: its text's
+/// embedding and its shape.
+pub fn features(messages: &[Message], tools: bool, embed: &dyn TextEmbed) -> Result<(Vec<f32>, Shape), String> {
+    let embedding = embed.embed(&fungible_router::request_text(messages))?;
+    Ok((embedding, Shape::of(messages, tools)))
+}
+
+/// One route's router version, deciding its requests.
+#[derive(Debug)]
+pub struct Decider {
+    version: i64,
+    router: Router,
+    embed: Arc<dyn TextEmbed>,
+}
+
+impl Decider {
+    pub fn new(version: i64, router: Router, embed: Arc<dyn TextEmbed>) -> Decider {
+        Decider { version, router, embed }
+    }
+}
+
+impl Decide for Decider {
+    fn decide(&self, req: &ChatRequest, targets: &[fungible_gateway::Target]) -> Result<(Vec<usize>, RouteDecision), String> {
+        let started = Instant::now();
+        let names: Vec<String> = targets.iter().map(ToString::to_string).collect();
+        let mut theirs = self.router.targets.clone();
+        let mut ours = names.clone();
+        theirs.sort();
+        ours.sort();
+        if theirs != ours {
+            return Err(format!(
+                "router v{} was trained for {}, and the route's targets are now {}: train it again (fungible route train)",
+                self.version,
+                self.router.targets.join(", "),
+                names.join(", ")
+            ));
+        }
+        let (embedding, shape) = features(&req.messages, !req.tools.is_empty(), self.embed.as_ref())?;
+        let decision = self.router.decide(&embedding, shape);
+        // The router's indices are into its own target list; the route's may be in another order.
+        let order: Vec<usize> =
+            decision.order.iter().filter_map(|&i| names.iter().position(|n| *n == self.router.targets[i])).collect();
+        let scores: serde_json::Map<String, Value> =
+            self.router.targets.iter().zip(&decision.scores).map(|(t, s)| (t.clone(), json!((s * 1e4).round() / 1e4))).collect();
+        let detail = json!({
+            "version": self.version,
+            "kind": self.router.kind().as_str(),
+            "scores": scores,
+            "threshold": (self.router.threshold * 1e4).round() / 1e4,
+            "pick": order.first().map(|&i| names[i].clone()),
+            "micros": started.elapsed().as_micros() as u64,
+        });
+        Ok((order, RouteDecision { by: format!("v{}", self.version), detail }))
+    }
+}
+
+/// Sets the deciders of the gateway's learned routes from the store's active versions.
+/// `served` holds the versions set before (kept across calls, so an unchanged version is not
+/// read again); a route whose version cannot be read or used keeps its configured order,
+/// and the reason is logged.
+pub async fn refresh(gateway: &Gateway, store: &Store, embed: &Result<Arc<dyn TextEmbed>, String>, served: &mut BTreeMap<String, (i64, Arc<dyn Decide>)>) {
+    let learned = gateway.learned_routes();
+    if learned.is_empty() {
+        return;
+    }
+    let active: BTreeMap<String, i64> = match store.active_router_versions().await {
+        Ok(rows) => rows.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!("learned routers not refreshed: {e}");
+            return;
+        }
+    };
+    let mut changed = false;
+    for (route, _) in &learned {
+        let Some(&version) = active.get(route) else {
+            if served.remove(route).is_some() {
+                tracing::info!(route = %route, "no router version is active: the configured order until one is trained");
+                changed = true;
+            }
+            continue;
+        };
+        if served.get(route).is_some_and(|(v, _)| *v == version) {
+            continue;
+        }
+        let embed = match embed {
+            Ok(embed) => embed.clone(),
+            Err(e) => {
+                tracing::warn!(route = %route, "learned route keeps its configured order: {e}");
+                continue;
+            }
+        };
+        let loaded = match store.router(route, Some(version)).await {
+            Ok(Some(row)) => Router::from_json(&row.model),
+            Ok(None) => Err("the version is gone".to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        match loaded {
+            Ok(router) if router.embedding != embed.name() => {
+                tracing::warn!(route = %route, version, "router embeds with {}, this server with {}: train it again", router.embedding, embed.name());
+            }
+            Ok(router) => {
+                tracing::info!(route = %route, version, kind = router.kind().as_str(), threshold = router.threshold, "learned route: serving router v{version}");
+                served.insert(route.clone(), (version, Arc::new(Decider::new(version, router, embed)) as Arc<dyn Decide>));
+                changed = true;
+            }
+            Err(e) => tracing::warn!(route = %route, version, "router version not served: {e}"),
+        }
+    }
+    if changed {
+        gateway.set_deciders(served.iter().map(|(route, (_, d))| (route.clone(), d.clone())).collect());
+    }
+}
+
+/// Serves the active routers now, then looks for new versions every [`POLL_INTERVAL`].
+pub fn spawn_poller(gateway: Gateway, store: Store) -> Option<tokio::task::JoinHandle<()>> {
+    if gateway.learned_routes().is_empty() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let embed = embedder(&gateway).await;
+        let mut served = BTreeMap::new();
+        let mut ticks = tokio::time::interval(POLL_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            refresh(&gateway, &store, &embed, &mut served).await;
+        }
+    }))
+}
