@@ -5,8 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::Shape;
 
-/// How the nearest neighbours' similarity weighs their labels: `exp(GAMMA * (sim - best))`.
-const GAMMA: f32 = 10.0;
+/// How sharply the nearest neighbours' similarity weighs their labels: `exp(gamma * (sim -
+/// best))`. Training picks one of these on the validation split: a static embedding puts all
+/// texts close together (cosines of 0.8 and more), where only a sharp weighting tells them
+/// apart.
+pub(crate) const GAMMAS: [f32; 3] = [10.0, 40.0, 160.0];
 /// The weight of a target's mean quality beside its neighbours' (the best neighbour weighs 1),
 /// so a request unlike any labelled one is predicted near the mean.
 const PRIOR: f64 = 0.1;
@@ -73,7 +76,9 @@ impl Model {
                         && m.points.len() == n * dims
                         && m.labels.len() == n * targets
                         && m.means.len() == targets
-                        && m.k > 0,
+                        && m.center.len() == dims
+                        && m.k > 0
+                        && m.gamma.is_finite(),
                     "nearest-neighbour points",
                 )
             }
@@ -174,7 +179,12 @@ pub(crate) struct Knn {
     targets: usize,
     /// Neighbours per prediction.
     pub(crate) k: usize,
-    /// Points × dims.
+    pub(crate) gamma: f32,
+    /// The training embeddings' mean, taken off every embedding before it is scaled to unit
+    /// length: what all texts share (frequent words) then no longer makes them all alike.
+    #[serde(with = "crate::b64")]
+    center: Vec<f32>,
+    /// Points × dims, centred, unit length.
     #[serde(with = "crate::b64")]
     points: Vec<f32>,
     /// Points × targets; NaN where a point has no label for the target.
@@ -186,11 +196,18 @@ pub(crate) struct Knn {
 }
 
 impl Knn {
-    pub(crate) fn new(dims: usize, targets: usize, k: usize, rows: &[(&[f32], Vec<Option<f64>>)]) -> Knn {
-        let mut points = Vec::with_capacity(rows.len().min(MAX_POINTS) * dims);
-        let mut labels = Vec::with_capacity(rows.len().min(MAX_POINTS) * targets);
-        for (embedding, ys) in rows.iter().take(MAX_POINTS) {
-            points.extend(unit(embedding, dims));
+    pub(crate) fn new(dims: usize, targets: usize, k: usize, gamma: f32, rows: &[(&[f32], Vec<Option<f64>>)]) -> Knn {
+        let kept = &rows[..rows.len().min(MAX_POINTS)];
+        let mut center = vec![0f32; dims];
+        for (embedding, _) in kept {
+            for (c, v) in center.iter_mut().zip(embedding.iter()) {
+                *c += v / kept.len() as f32;
+            }
+        }
+        let mut points = Vec::with_capacity(kept.len() * dims);
+        let mut labels = Vec::with_capacity(kept.len() * targets);
+        for (embedding, ys) in kept {
+            points.extend(unit(embedding, &center));
             labels.extend((0..targets).map(|t| ys.get(t).copied().flatten().map_or(f32::NAN, |y| y as f32)));
         }
         let means = (0..targets)
@@ -199,11 +216,11 @@ impl Knn {
                 if known.is_empty() { 0.5 } else { known.iter().sum::<f32>() / known.len() as f32 }
             })
             .collect();
-        Knn { dims, targets, k: k.max(1), points, labels, means }
+        Knn { dims, targets, k: k.max(1), gamma, center, points, labels, means }
     }
 
     fn predict(&self, embedding: &[f32]) -> Vec<f64> {
-        let q = unit(embedding, self.dims);
+        let q = unit(embedding, &self.center);
         let sims: Vec<f32> = self.points.chunks_exact(self.dims).map(|p| p.iter().zip(&q).map(|(a, b)| a * b).sum()).collect();
         let mut out = Vec::with_capacity(self.targets);
         let mut near: Vec<(f32, f32)> = Vec::with_capacity(sims.len());
@@ -220,7 +237,7 @@ impl Knn {
             let best = top.iter().map(|(s, _)| *s).fold(f32::NEG_INFINITY, f32::max);
             let (mut sum, mut weight) = (PRIOR * f64::from(self.means[t]), PRIOR);
             for (s, y) in top {
-                let w = f64::from((GAMMA * (s - best)).exp());
+                let w = f64::from((self.gamma * (s - best)).exp());
                 sum += w * f64::from(*y);
                 weight += w;
             }
@@ -230,10 +247,12 @@ impl Knn {
     }
 }
 
-/// `v` cut or padded to `dims`, scaled to unit length (left as it is when all zero).
-fn unit(v: &[f32], dims: usize) -> Vec<f32> {
-    let mut out: Vec<f32> = v.iter().take(dims).copied().collect();
-    out.resize(dims, 0.0);
+/// `v` cut or padded to `center`'s length, less `center`, scaled to unit length (left as it
+/// is when all zero).
+fn unit(v: &[f32], center: &[f32]) -> Vec<f32> {
+    let mut out: Vec<f32> = v.iter().take(center.len()).copied().collect();
+    out.resize(center.len(), 0.0);
+    out.iter_mut().zip(center).for_each(|(x, c)| *x -= c);
     let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
         out.iter_mut().for_each(|x| *x /= norm);

@@ -195,10 +195,11 @@ pub fn train(targets: &[String], costs: &[f64], samples: &[Sample], options: &Tr
             }
             Kind::Knn => {
                 let rows: Vec<(&[f32], Vec<Option<f64>>)> = train.iter().map(|s| (s.embedding.as_slice(), label_row(s))).collect();
-                // The neighbour count with the lowest squared error on the validation split.
+                // The neighbour count and weighting with the lowest squared error on the
+                // validation split.
                 let mut best: Option<(f64, Knn)> = None;
-                for k in KS {
-                    let knn = Knn::new(dims, targets.len(), k, &rows);
+                for (k, gamma) in KS.into_iter().flat_map(|k| model::GAMMAS.map(|g| (k, g))) {
+                    let knn = Knn::new(dims, targets.len(), k, gamma, &rows);
                     let m = Model::Knn(knn.clone());
                     let error: f64 = validation
                         .iter()
@@ -209,7 +210,7 @@ pub fn train(targets: &[String], costs: &[f64], samples: &[Sample], options: &Tr
                         best = Some((error, knn));
                     }
                 }
-                let knn = best.map(|(_, knn)| knn).unwrap_or_else(|| Knn::new(dims, targets.len(), KS[0], &rows));
+                let knn = best.map(|(_, knn)| knn).unwrap_or_else(|| Knn::new(dims, targets.len(), KS[0], model::GAMMAS[0], &rows));
                 let k = knn.k;
                 (Model::Knn(knn), Some(k))
             }

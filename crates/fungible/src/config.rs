@@ -107,6 +107,10 @@ mod tests {
                 "[store]\nenabled = false\n[models.s]\ntarget = \"openai/m\"\nexamples = { dataset = \"support\" }\n",
                 "models.s.examples: examples come from a dataset in the store",
             ),
+            (
+                "[store]\nenabled = false\n[models.s]\nstrategy = \"learned\"\ntargets = [{ target = \"openai/a\" }, { target = \"openai/b\" }]\n",
+                "models.s.strategy: a learned route's router is kept in the store",
+            ),
         ] {
             let err = format!("{:#}", config(text).err().unwrap_or_else(|| panic!("{text} was accepted")));
             assert!(err.contains(path), "{text}: {err}");

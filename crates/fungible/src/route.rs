@@ -48,8 +48,9 @@ enum RouteCommand {
         #[command(flatten)]
         config: ConfigArgs,
         route: String,
-        #[arg(long)]
-        version: Option<i64>,
+        /// The version [default: the active one].
+        #[arg(value_name = "VERSION")]
+        number: Option<i64>,
         /// The report as JSON, cost–quality curves included.
         #[arg(long)]
         json: bool,
@@ -143,7 +144,7 @@ pub(crate) fn route(args: RouteArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        RouteCommand::Show { config, route, version, json } => {
+        RouteCommand::Show { config, route, number: version, json } => {
             let (runtime, store) = open(&config)?;
             let row = runtime
                 .block_on(store.router(&route, version))?
@@ -179,21 +180,21 @@ fn open(config: &ConfigArgs) -> anyhow::Result<(tokio::runtime::Runtime, Store)>
 }
 
 /// A labelled request before it is embedded.
-struct Labelled {
-    key: String,
-    messages: Vec<Message>,
-    tools: bool,
+pub(crate) struct Labelled {
+    pub(crate) key: String,
+    pub(crate) messages: Vec<Message>,
+    pub(crate) tools: bool,
     /// Target → quality.
-    labels: BTreeMap<String, f64>,
+    pub(crate) labels: BTreeMap<String, f64>,
 }
 
 /// What one target's answers cost, summed over the labels.
 #[derive(Default)]
-struct Spend {
-    usd: f64,
-    priced: usize,
-    ms: f64,
-    answers: usize,
+pub(crate) struct Spend {
+    pub(crate) usd: f64,
+    pub(crate) priced: usize,
+    pub(crate) ms: f64,
+    pub(crate) answers: usize,
 }
 
 impl Spend {
@@ -241,7 +242,7 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut spend: BTreeMap<String, Spend> = targets.iter().map(|t| (t.clone(), Spend::default())).collect();
     let mut sources: Vec<String> = Vec::new();
     for dir in &args.eval_runs {
-        let n = runtime.block_on(eval_labels(dir, &targets, args.scorer.as_deref(), &store, &mut labelled, &mut spend))?;
+        let n = runtime.block_on(eval_labels(dir, &targets, args.scorer.as_deref(), Some(&store), false, &mut labelled, &mut spend))?;
         sources.push(format!("{n} eval results from {}", dir.display()));
     }
     const LIMIT: i64 = 50_000;
@@ -350,12 +351,15 @@ fn request_of(text: &str) -> Option<(Vec<Message>, bool)> {
     Some((req.messages, !req.tools.is_empty()))
 }
 
-/// Adds an eval run's results for the route's targets; returns how many it used.
-async fn eval_labels(
+/// Adds an eval run's results for `targets` (each result's answering target, or with
+/// `by_model` the model it names: an eval's arms, such as `MODEL+examples`, are no target);
+/// returns how many it used.
+pub(crate) async fn eval_labels(
     dir: &Path,
     targets: &[String],
     scorer: Option<&str>,
-    store: &Store,
+    store: Option<&Store>,
+    by_model: bool,
     labelled: &mut BTreeMap<String, Labelled>,
     spend: &mut BTreeMap<String, Spend>,
 ) -> anyhow::Result<usize> {
@@ -378,7 +382,7 @@ async fn eval_labels(
         let result: ItemResult =
             serde_json::from_str(line).with_context(|| format!("{}/results.jsonl line {}", dir.display(), i + 1))?;
         // The target that answered: a route's result names it; a direct call is its model.
-        let target = result.target.clone().unwrap_or_else(|| result.model.clone());
+        let target = if by_model { result.model.clone() } else { result.target.clone().unwrap_or_else(|| result.model.clone()) };
         if !targets.contains(&target) || result.error.is_some() {
             continue;
         }
@@ -406,10 +410,10 @@ async fn eval_labels(
 }
 
 /// The run's dataset items by id, if the dataset is still where the run read it.
-async fn dataset_items(meta: &RunMeta, store: &Store) -> Option<BTreeMap<String, Vec<Message>>> {
+async fn dataset_items(meta: &RunMeta, store: Option<&Store>) -> Option<BTreeMap<String, Vec<Message>>> {
     let dataset = if let Some(reference) = meta.dataset.strip_prefix("dataset:") {
         let (name, version) = fungible_datasets::versions::parse_reference(reference).ok()?;
-        fungible_eval::traces::dataset_from_store(store, &name, version, None).await.ok()?.0
+        fungible_eval::traces::dataset_from_store(store?, &name, version, None).await.ok()?.0
     } else {
         let dataset = fungible_eval::dataset::Dataset::read(Path::new(&meta.dataset), None).ok()?;
         // Only the very file the run read.

@@ -17,7 +17,10 @@ mod load;
 #[cfg(feature = "local")]
 mod lora;
 mod overhead;
+
 mod recording;
+#[cfg(feature = "local")]
+mod router;
 mod shadow;
 mod soak;
 
@@ -126,6 +129,23 @@ pub struct BenchArgs {
     #[cfg(feature = "local")]
     #[arg(long)]
     lora: bool,
+    /// Instead of the overhead phases: the learned router on a real task. From an eval run
+    /// (`--eval-run DIR`) where two models answered the same items (`--models CHEAP,STRONG`,
+    /// as the run names them), trains each kind of router on 60% of the items with the
+    /// static embedding the server routes with (and with the MiniLM sentence embedding beside
+    /// it), calibrates it on 20% and reports on the 20% it never saw: APGR, quality and cost
+    /// (each model's mean ms per answer in the run), the share the cheaper model serves at
+    /// 95% of the stronger's quality against random mixing; and the router's own µs per
+    /// request. Writes the curves to DIR/router-curves.svg.
+    #[cfg(feature = "local")]
+    #[arg(long, requires = "eval_run")]
+    router: bool,
+    /// `--router`: the eval run directory.
+    #[arg(long)]
+    eval_run: Option<std::path::PathBuf>,
+    /// `--router`: the cheaper and the stronger model, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
     /// `--recording`, `--shadow`: rounds (each runs every phase for `--duration` s).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -188,6 +208,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     #[cfg(feature = "local")]
     if args.lora {
         return lora::lora(args).await;
+    }
+    #[cfg(feature = "local")]
+    if args.router {
+        return router::router(args).await;
     }
     overhead::overhead(args).await
 }
