@@ -14,6 +14,7 @@
 //! way at training and serving time.
 
 mod b64;
+pub mod bandit;
 mod calibrate;
 mod model;
 mod train;

@@ -1,13 +1,16 @@
 //! Learned routes (`strategy = "learned"`): the decider each one routes with, built from the
 //! route's active router version in the store and refreshed as versions are trained or
 //! rolled back (`fungible route`), and the one way a request becomes router inputs, which
-//! training (`fungible route train`) uses too.
+//! training (`fungible route train`) uses too. The poller here also refreshes the adaptive
+//! A/B tests' deciders (`crate::adaptive`): the gateway holds one map of deciders.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fungible_gateway::Gateway;
+use fungible_gateway::routing::balance::Strategy;
+use fungible_gateway::routing::config::RouteConfig;
 use fungible_gateway::routing::{Decide, RouteDecision};
 use fungible_router::{Router, Shape};
 use fungible_store::Store;
@@ -76,7 +79,19 @@ impl Decider {
 }
 
 impl Decide for Decider {
-    fn decide(&self, req: &ChatRequest, targets: &[fungible_gateway::Target]) -> Result<(Vec<usize>, RouteDecision), String> {
+    fn status(&self) -> Value {
+        json!({
+            "kind": "learned",
+            "version": self.version,
+            "router": self.router.kind().as_str(),
+            "threshold": self.router.threshold,
+            "targets": self.router.targets,
+            "costs": self.router.costs,
+            "cost_unit": self.router.cost_unit,
+        })
+    }
+
+    fn decide(&self, req: &ChatRequest, targets: &[fungible_gateway::Target], _sticky: Option<&str>) -> Result<(Vec<usize>, RouteDecision), String> {
         let started = Instant::now();
         let names: Vec<String> = targets.iter().map(ToString::to_string).collect();
         let mut theirs = self.router.targets.clone();
@@ -110,20 +125,50 @@ impl Decide for Decider {
     }
 }
 
-/// Sets the deciders of the gateway's learned routes from the store's active versions.
-/// `served` holds the versions set before (kept across calls, so an unchanged version is not
-/// read again); a route whose version cannot be read or used keeps its configured order,
-/// and the reason is logged.
-pub async fn refresh(gateway: &Gateway, store: &Store, embed: &Result<Arc<dyn TextEmbed>, String>, served: &mut BTreeMap<String, (i64, Arc<dyn Decide>)>) {
-    let learned = gateway.learned_routes();
+/// The deciders a server has set, kept between refreshes.
+#[derive(Debug, Default)]
+pub struct Served {
+    /// Learned routes: the version served and its decider.
+    pub learned: BTreeMap<String, (i64, Arc<dyn Decide>)>,
+    /// Adaptive routes' bandits, and the winners already announced.
+    pub adaptive: crate::adaptive::Tests,
+}
+
+/// Sets the deciders of the gateway's learned routes from the store's active versions, and
+/// of its adaptive routes (`routes`) from their feedback. A learned route whose version
+/// cannot be read or used keeps its configured order, and the reason is logged.
+pub async fn refresh(
+    gateway: &Gateway,
+    routes: &BTreeMap<String, RouteConfig>,
+    store: &Store,
+    embed: &Result<Arc<dyn TextEmbed>, String>,
+    served: &mut Served,
+) {
+    let learned = refresh_learned(gateway, store, embed, &mut served.learned).await;
+    let adaptive = served.adaptive.refresh(routes, store).await;
+    if learned || adaptive {
+        let mut all: BTreeMap<String, Arc<dyn Decide>> = served.learned.iter().map(|(route, (_, d))| (route.clone(), d.clone())).collect();
+        all.extend(served.adaptive.deciders());
+        gateway.set_deciders(all);
+    }
+}
+
+/// Refreshes the learned routes' deciders; whether any changed.
+async fn refresh_learned(
+    gateway: &Gateway,
+    store: &Store,
+    embed: &Result<Arc<dyn TextEmbed>, String>,
+    served: &mut BTreeMap<String, (i64, Arc<dyn Decide>)>,
+) -> bool {
+    let learned = gateway.routes_with(Strategy::Learned);
     if learned.is_empty() {
-        return;
+        return false;
     }
     let active: BTreeMap<String, i64> = match store.active_router_versions().await {
         Ok(rows) => rows.into_iter().collect(),
         Err(e) => {
             tracing::warn!("learned routers not refreshed: {e}");
-            return;
+            return false;
         }
     };
     let mut changed = false;
@@ -162,24 +207,28 @@ pub async fn refresh(gateway: &Gateway, store: &Store, embed: &Result<Arc<dyn Te
             Err(e) => tracing::warn!(route = %route, version, "router version not served: {e}"),
         }
     }
-    if changed {
-        gateway.set_deciders(served.iter().map(|(route, (_, d))| (route.clone(), d.clone())).collect());
-    }
+    changed
 }
 
-/// Serves the active routers now, then looks for new versions every [`POLL_INTERVAL`].
-pub fn spawn_poller(gateway: Gateway, store: Store) -> Option<tokio::task::JoinHandle<()>> {
-    if gateway.learned_routes().is_empty() {
+/// Serves the active routers and the adaptive tests' shares now, then refreshes them every
+/// [`POLL_INTERVAL`]; `None` when no route needs it.
+pub fn spawn_poller(gateway: Gateway, routes: BTreeMap<String, RouteConfig>, store: Store) -> Option<tokio::task::JoinHandle<()>> {
+    let needed = routes.values().any(|r| matches!(r.strategy, Strategy::Learned | Strategy::Adaptive));
+    if !needed {
         return None;
     }
     Some(tokio::spawn(async move {
-        let embed = embedder(&gateway).await;
-        let mut served = BTreeMap::new();
+        let embed = if gateway.routes_with(Strategy::Learned).is_empty() {
+            Err("no learned route".to_owned())
+        } else {
+            embedder(&gateway).await
+        };
+        let mut served = Served::default();
         let mut ticks = tokio::time::interval(POLL_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            refresh(&gateway, &store, &embed, &mut served).await;
+            refresh(&gateway, &routes, &store, &embed, &mut served).await;
         }
     }))
 }

@@ -5,6 +5,7 @@
 //! [`serve`] binds it to an address with connection timeouts, a connection cap and a
 //! shutdown deadline (`serve.rs`).
 
+pub mod adaptive;
 pub mod admin;
 pub mod anthropic_messages;
 pub mod auth;

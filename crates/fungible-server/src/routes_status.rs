@@ -23,6 +23,10 @@ pub(crate) struct Route {
     targets: Vec<Target>,
     /// The route's shadow candidates and how they compare (since the process started).
     shadows: Vec<crate::shadow::ShadowStatus>,
+    /// A learned route's router (version, kind, threshold) or an adaptive test's state
+    /// (each variant's rated answers, mean, probability of being best and share; the
+    /// winner once it stopped); `null` for other routes, and until one is read.
+    decider: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -72,6 +76,7 @@ pub(crate) fn snapshot(state: &AppState) -> Vec<Route> {
             Some(route) if route.route == t.route => route.targets.push(target),
             _ => data.push(Route {
                 shadows: state.shadows.status(&t.route),
+                decider: state.gateway.decider_status(&t.route),
                 route: t.route,
                 strategy: t.strategy.as_str(),
                 targets: vec![target],

@@ -47,7 +47,7 @@ pub use record::{
 };
 pub use responses::StoredResponseRow;
 pub use rollups::{RollUp, SETTLE_MS};
-pub use routers::{FeedbackLabel, RouterRow, ShadowLabel};
+pub use routers::{FeedbackLabel, RouterRow, ShadowLabel, VariantFeedback};
 pub use recorder::{BatchSink, DEFAULT_QUEUE_BYTES, Recorder, RecorderCounters, RecorderOptions, WriterPriority};
 pub use inferences::InferenceFilter;
 pub use stats::{GroupBy, ShadowStatsRow, StatsQuery, StatsRow};

@@ -257,3 +257,47 @@ fn router_of(r: &sqlx::any::AnyRow) -> Result<RouterRow, StoreError> {
         retired_ms: r.try_get(6)?,
     })
 }
+
+/// The feedback on one variant of an A/B route's answers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VariantFeedback {
+    pub variant: String,
+    /// Feedback rows with a boolean, and how many said true.
+    pub booleans: u64,
+    pub positives: u64,
+    /// Feedback rows with a score, their sum and the sum of their squares.
+    pub scores: u64,
+    pub score_sum: f64,
+    pub score_sq_sum: f64,
+}
+
+impl Store {
+    /// The feedback on `route`'s answers by the variant each request was assigned (its
+    /// first pick, whoever answered), client requests only.
+    pub async fn variant_feedback(&self, route: &str) -> Result<Vec<VariantFeedback>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT i.variant, COUNT(f.boolean), CAST(SUM(CASE WHEN f.boolean = 1 THEN 1 ELSE 0 END) AS BIGINT), \
+             COUNT(f.score), SUM(f.score), SUM(f.score * f.score) \
+             FROM inferences i JOIN feedback f ON f.target = 'inference' AND f.target_id = i.id \
+             WHERE i.route = $1 AND i.inbound <> 'shadow' AND i.variant IS NOT NULL \
+             GROUP BY i.variant ORDER BY i.variant",
+        )
+        .persistent(self.cache_statements())
+        .bind(route)
+        .fetch_all(&self.pool)
+        .await?;
+        let count = |r: &sqlx::any::AnyRow, i: usize| -> Result<u64, sqlx::Error> { Ok(r.try_get::<Option<i64>, _>(i)?.unwrap_or(0).max(0) as u64) };
+        rows.iter()
+            .map(|r| {
+                Ok(VariantFeedback {
+                    variant: r.try_get(0)?,
+                    booleans: count(r, 1)?,
+                    positives: count(r, 2)?,
+                    scores: count(r, 3)?,
+                    score_sum: r.try_get::<Option<f64>, _>(4)?.unwrap_or(0.0),
+                    score_sq_sum: r.try_get::<Option<f64>, _>(5)?.unwrap_or(0.0),
+                })
+            })
+            .collect()
+    }
+}

@@ -280,10 +280,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let _runtime = runtime.enter();
         fungible_server::tune::spawn_poller(state.clone(), config.tune_poll_interval)
     });
-    // Learned routes route with their active router version, and pick up new ones.
+    // Learned routes route with their active router version, and pick up new ones; adaptive
+    // tests follow their feedback.
     let router_poller = state.store.clone().and_then(|store| {
         let _runtime = runtime.enter();
-        fungible_server::learned::spawn_poller(state.gateway.clone(), store)
+        fungible_server::learned::spawn_poller(state.gateway.clone(), config.routes.clone(), store)
     });
     let tuner = state.tuner.clone();
     runtime

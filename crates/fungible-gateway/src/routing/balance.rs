@@ -7,7 +7,8 @@
 //! the binary injects, see `Gateway::with_prices`), unknown prices last. Ties are broken at
 //! random so equal targets share traffic. `learned` is decided per request by the route's
 //! trained router (`Gateway::set_deciders`); here it is the configured order, what the route
-//! does while it has no router.
+//! does while it has no router. `adaptive` is drawn by its bandit's shares, likewise set at
+//! run time; here (no feedback read yet) it is an even `weighted` draw.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,6 +34,9 @@ pub enum Strategy {
     /// Per request, the cheapest target that the route's trained router predicts good
     /// enough (`fungible route train`); the configured order while it has none.
     Learned,
+    /// An A/B test that moves traffic to the variant its feedback favours and stops with a
+    /// winner (a bandit, `Gateway::set_deciders`); an even split until it has feedback.
+    Adaptive,
 }
 
 impl Strategy {
@@ -44,6 +48,7 @@ impl Strategy {
             Strategy::LeastBusy => "least_busy",
             Strategy::Cheapest => "cheapest",
             Strategy::Learned => "learned",
+            Strategy::Adaptive => "adaptive",
         }
     }
 }
@@ -62,7 +67,7 @@ pub struct Load {
 pub fn order(strategy: Strategy, loads: &[Load], rng: &mut impl rand::Rng) -> Vec<usize> {
     match strategy {
         Strategy::Fallback | Strategy::Learned => (0..loads.len()).collect(),
-        Strategy::Weighted => weighted_order(loads, rng),
+        Strategy::Weighted | Strategy::Adaptive => weighted_order(loads, rng),
         Strategy::LeastLatency => {
             let mut idx = shuffled(loads.len(), rng);
             // Unmeasured targets sort first, so every target gets measured.

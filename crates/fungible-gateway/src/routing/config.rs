@@ -24,12 +24,16 @@ pub struct ModelSection {
     pub target: Option<String>,
     /// Several targets, tried in the order `strategy` picks.
     pub targets: Option<Vec<TargetSection>>,
-    /// `fallback` (default), `weighted`, `least_latency`, `least_busy` or `cheapest`.
+    /// `fallback` (default), `weighted`, `least_latency`, `least_busy`, `cheapest`, `learned`
+    /// or `adaptive`.
     pub strategy: Option<Strategy>,
     pub retries: Option<RetriesSection>,
     pub breaker: Option<BreakerSection>,
-    /// `weighted` only: `"user"` or `"header:NAME"` keeps each user or session on one variant.
+    /// `weighted` and `adaptive`: `"user"` or `"header:NAME"` keeps each user or session on
+    /// one variant.
     pub sticky: Option<String>,
+    /// `adaptive` only: the feedback metric and when the test stops.
+    pub adaptive: Option<AdaptiveSection>,
     /// Deadline of one try of one target (for a stream: until its first token), so a hung
     /// target falls back in time. Default: whatever is left of `server.request_timeout_secs`.
     pub attempt_timeout_ms: Option<u64>,
@@ -128,6 +132,54 @@ pub struct ExamplesSection {
     pub split: Option<String>,
     /// Default: the in-process `local/all-minilm-l6-v2`.
     pub embedding_model: Option<String>,
+}
+
+/// `[models.NAME] adaptive = { ... }`: an adaptive A/B test's settings (applied by
+/// `fungible-server`'s `learned` deciders, with `fungible-router`'s bandit).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveSection {
+    /// `boolean` (default: the share of answers rated true) or `score` (the mean score).
+    pub metric: Option<String>,
+    /// Each variant's least share of requests while the test runs (default 0.1).
+    pub min_share: Option<f64>,
+    /// How sure the winner must be the best to stop the test (default 0.95).
+    pub confidence: Option<f64>,
+    /// Rated answers each variant needs before the test may stop (default 100).
+    pub min_samples: Option<u64>,
+}
+
+/// A route's validated `adaptive` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveConfig {
+    /// `boolean` or `score`.
+    pub metric: AdaptiveMetric,
+    pub min_share: f64,
+    pub confidence: f64,
+    pub min_samples: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdaptiveMetric {
+    Boolean,
+    Score,
+}
+
+fn adaptive(section: AdaptiveSection, at: &str, variants: usize) -> Result<AdaptiveConfig, ConfigError> {
+    let metric = match section.metric.as_deref() {
+        None | Some("boolean") => AdaptiveMetric::Boolean,
+        Some("score") => AdaptiveMetric::Score,
+        Some(other) => return Err(invalid(format!("{at}.metric"), format!("{other:?}: expected \"boolean\" or \"score\""))),
+    };
+    let min_share = section.min_share.unwrap_or(0.1);
+    if !(0.0..=1.0 / variants as f64).contains(&min_share) {
+        return Err(invalid(format!("{at}.min_share"), format!("must be between 0 and 1/{variants} (one share per variant)")));
+    }
+    let confidence = section.confidence.unwrap_or(0.95);
+    if !(0.5..1.0).contains(&confidence) {
+        return Err(invalid(format!("{at}.confidence"), "must be at least 0.5 and below 1"));
+    }
+    Ok(AdaptiveConfig { metric, min_share, confidence, min_samples: section.min_samples.unwrap_or(100) })
 }
 
 /// A route's validated `examples`.
@@ -314,6 +366,8 @@ pub struct RouteConfig {
     pub examples: Option<ExamplesConfig>,
     /// Shadow candidates (applied by `fungible-server`).
     pub shadow: Vec<ShadowConfig>,
+    /// `strategy = "adaptive"`: the test's settings (defaults when the section is left out).
+    pub adaptive: Option<AdaptiveConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -477,16 +531,28 @@ fn route(
             return Err(invalid(at, "set exactly one of target = \"PROVIDER/MODEL\" or targets = [{ target = ... }, ...]"));
         }
     };
-    if strategy == Strategy::Learned && targets.len() < 2 {
-        return Err(invalid(format!("{at}.targets"), "strategy \"learned\" chooses between targets: list at least two"));
+    if matches!(strategy, Strategy::Learned | Strategy::Adaptive) && targets.len() < 2 {
+        return Err(invalid(
+            format!("{at}.targets"),
+            format!("strategy \"{}\" chooses between targets: list at least two", strategy.as_str()),
+        ));
     }
+    let adaptive = match (strategy, section.adaptive) {
+        (Strategy::Adaptive, section) => Some(adaptive(
+            section.unwrap_or(AdaptiveSection { metric: None, min_share: None, confidence: None, min_samples: None }),
+            &format!("{at}.adaptive"),
+            targets.len(),
+        )?),
+        (_, Some(_)) => return Err(invalid(format!("{at}.adaptive"), "only used with strategy = \"adaptive\"")),
+        (_, None) => None,
+    };
     if strategy == Strategy::Weighted && targets.iter().all(|t| t.weight == 0) {
         return Err(invalid(format!("{at}.targets"), "strategy \"weighted\" needs a target with weight > 0"));
     }
     let sticky = match section.sticky {
         None => None,
-        Some(_) if strategy != Strategy::Weighted => {
-            return Err(invalid(format!("{at}.sticky"), "only used with strategy = \"weighted\""));
+        Some(_) if !matches!(strategy, Strategy::Weighted | Strategy::Adaptive) => {
+            return Err(invalid(format!("{at}.sticky"), "only used with strategy = \"weighted\" or \"adaptive\""));
         }
         Some(text) => Some(sticky(&format!("{at}.sticky"), &text)?),
     };
@@ -516,6 +582,7 @@ fn route(
             }
             out
         },
+        adaptive,
     })
 }
 

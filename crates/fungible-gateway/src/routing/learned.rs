@@ -1,7 +1,8 @@
-//! `strategy = "learned"`: the route's order comes, per request, from a decider the binary
-//! sets at run time ([`Gateway::set_deciders`]), built from the router trained for the route
-//! (`fungible-router`, kept in the store). The gateway knows neither the store nor the model:
-//! it asks the decider for an order and records what it said.
+//! `strategy = "learned"` and `"adaptive"`: the route's order comes, per request, from a
+//! decider the binary sets at run time ([`Gateway::set_deciders`]): the router trained for
+//! the route, or the A/B test's bandit, both from the store (`fungible-router`). The gateway
+//! knows neither the store nor the model: it asks the decider for an order and records what
+//! it said.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,13 +13,18 @@ use serde_json::Value;
 use crate::Gateway;
 use crate::target::Target;
 
-/// Orders a learned route's targets for one request.
+/// Orders a learned or adaptive route's targets for one request.
 pub trait Decide: Send + Sync + std::fmt::Debug {
     /// The order to try `targets` in for `req` (indices into `targets`, each once; any left
-    /// out are tried after, in their configured order), with what to record. `Err` says why
-    /// this decider cannot decide for these targets (a router trained for others): the
-    /// route then keeps its configured order, and the reason is recorded.
-    fn decide(&self, req: &ChatRequest, targets: &[Target]) -> Result<(Vec<usize>, RouteDecision), String>;
+    /// out are tried after, in their configured order), with what to record. `sticky` is the
+    /// request's sticky key (its user, or its session header), for a route that has one.
+    /// `Err` says why this decider cannot decide for these targets (a router trained for
+    /// others): the route then keeps its own order, and the reason is recorded.
+    fn decide(&self, req: &ChatRequest, targets: &[Target], sticky: Option<&str>) -> Result<(Vec<usize>, RouteDecision), String>;
+
+    /// Where the decider stands, for `GET /v1/routes` (the router version, the test's shares
+    /// and winner).
+    fn status(&self) -> Value;
 }
 
 /// What a learned route's decision was, recorded with the inference.
@@ -31,19 +37,21 @@ pub struct RouteDecision {
 }
 
 impl RouteDecision {
-    fn none(reason: impl Into<String>) -> RouteDecision {
+    pub(crate) fn none(reason: impl Into<String>) -> RouteDecision {
         RouteDecision { by: "none".to_owned(), detail: serde_json::json!({ "reason": reason.into() }) }
     }
 }
 
 /// The learned order of `targets` for `req`: the decider's, completed with any target it
 /// left out, or the configured order and why.
-pub(crate) fn decide(decider: Option<&Arc<dyn Decide>>, req: &ChatRequest, targets: &[Target]) -> (Vec<usize>, RouteDecision) {
+pub(crate) fn decide(
+    decider: &Arc<dyn Decide>,
+    req: &ChatRequest,
+    targets: &[Target],
+    sticky: Option<&str>,
+) -> (Vec<usize>, RouteDecision) {
     let configured = || (0..targets.len()).collect::<Vec<usize>>();
-    let Some(decider) = decider else {
-        return (configured(), RouteDecision::none("no router is trained for this route yet (fungible route train)"));
-    };
-    match decider.decide(req, targets) {
+    match decider.decide(req, targets, sticky) {
         Ok((order, decision)) => {
             let mut seen = vec![false; targets.len()];
             let mut out = Vec::with_capacity(targets.len());
@@ -68,15 +76,20 @@ impl Gateway {
         self.inner.routing.deciders.store(Arc::new(deciders));
     }
 
-    /// The learned routes and their targets: what the binary trains and loads routers for.
-    pub fn learned_routes(&self) -> Vec<(String, Vec<Target>)> {
+    /// The routes with `strategy` and their targets: what the binary loads deciders for.
+    pub fn routes_with(&self, strategy: super::Strategy) -> Vec<(String, Vec<Target>)> {
         self.inner
             .routing
             .routes
             .load()
             .iter()
-            .filter(|(_, r)| r.strategy == super::Strategy::Learned)
+            .filter(|(_, r)| r.strategy == strategy)
             .map(|(name, r)| (name.clone(), r.targets.iter().filter(|t| t.config.share.is_none()).map(|t| t.config.target.clone()).collect()))
             .collect()
+    }
+
+    /// What the decider of route `name` says of itself, if it has one.
+    pub fn decider_status(&self, name: &str) -> Option<Value> {
+        self.inner.routing.deciders.load().get(name).map(|d| d.status())
     }
 }

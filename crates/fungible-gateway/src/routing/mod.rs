@@ -316,11 +316,28 @@ impl Route {
         let own: Vec<usize> = (0..self.targets.len()).filter(|&i| self.targets[i].config.share.is_none()).collect();
         let shares: Vec<(usize, u32)> =
             self.targets.iter().enumerate().filter_map(|(i, t)| Some((i, t.config.share?))).collect();
-        if self.strategy == Strategy::Learned {
-            let targets: Vec<Target> = own.iter().map(|&i| self.targets[i].config.target.clone()).collect();
-            let (order, decision) = learned::decide(decider, req, &targets);
-            let own_order = order.into_iter().map(|j| own[j]).collect();
-            return (balance::with_shares(own_order, &shares, &mut rand::rng()), Some(decision));
+        let key = match &self.sticky {
+            Some(Sticky::User) => req.user.as_deref(),
+            Some(Sticky::Header(name)) => hints.header(name),
+            None => None,
+        };
+        if matches!(self.strategy, Strategy::Learned | Strategy::Adaptive) {
+            let decided = match decider {
+                Some(decider) => {
+                    let targets: Vec<Target> = own.iter().map(|&i| self.targets[i].config.target.clone()).collect();
+                    Some(learned::decide(decider, req, &targets, key))
+                }
+                None if self.strategy == Strategy::Learned => Some((
+                    (0..own.len()).collect(),
+                    RouteDecision::none("no router is trained for this route yet (fungible route train)"),
+                )),
+                // An adaptive test with no feedback read yet: an even draw, below.
+                None => None,
+            };
+            if let Some((order, decision)) = decided {
+                let own_order = order.into_iter().map(|j| own[j]).collect();
+                return (balance::with_shares(own_order, &shares, &mut rand::rng()), Some(decision));
+            }
         }
         let loads: Vec<Load> = own
             .iter()
@@ -335,11 +352,6 @@ impl Route {
                 },
             })
             .collect();
-        let key = match &self.sticky {
-            Some(Sticky::User) => req.user.as_deref(),
-            Some(Sticky::Header(name)) => hints.header(name),
-            None => None,
-        };
         let order = match key {
             // A sticky key keeps its variant too.
             Some(key) => {
@@ -700,6 +712,7 @@ impl Gateway {
                 continue_on_stream_failure: true,
                 examples: None,
                 shadow: Vec::new(),
+                adaptive: None,
             });
             config.targets.push(RouteTargetConfig::plain(o.target.clone(), routing.direct_timeouts));
         }

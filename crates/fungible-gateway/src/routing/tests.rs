@@ -35,6 +35,7 @@ fn route(targets: &[&str], retries: u32, breaker: BreakerConfig) -> Arc<Route> {
         continue_on_stream_failure: true,
         examples: None,
         shadow: Vec::new(),
+                adaptive: None,
     };
     Arc::new(Route::configured("r", &config))
 }
@@ -579,6 +580,7 @@ fn route_with_windows(targets: &[(&str, Option<u64>)]) -> Arc<Route> {
         continue_on_stream_failure: true,
         examples: None,
         shadow: Vec::new(),
+                adaptive: None,
     };
     Arc::new(Route::configured("r", &config))
 }
@@ -676,13 +678,17 @@ fn cheapest_orders_by_the_injected_prices_with_unknown_last() {
 struct ByWord;
 
 impl Decide for ByWord {
-    fn decide(&self, req: &ChatRequest, targets: &[Target]) -> Result<(Vec<usize>, RouteDecision), String> {
+    fn decide(&self, req: &ChatRequest, targets: &[Target], _sticky: Option<&str>) -> Result<(Vec<usize>, RouteDecision), String> {
         if targets.len() != 2 {
             return Err(format!("trained for 2 targets, the route has {}", targets.len()));
         }
         let hard = req.messages.iter().any(|m| m.joined_text().contains("hard"));
         let order = if hard { vec![1] } else { vec![0, 1] };
         Ok((order, RouteDecision { by: "v7".into(), detail: json!({ "hard": hard }) }))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        json!({ "version": 7 })
     }
 }
 
@@ -716,7 +722,12 @@ fn a_learned_route_follows_its_decider_and_keeps_its_order_without_one() {
     // Other routes and direct calls record no decision.
     let (_, plan) = gw.plan(&request("openai/x", json!({})), &RouteHints::default()).unwrap();
     assert_eq!(plan.info.decision, None);
-    assert_eq!(gw.learned_routes(), [("smart".to_owned(), vec![Target::parse("groq/small").unwrap(), Target::parse("openai/large").unwrap()])]);
+    assert_eq!(
+        gw.routes_with(Strategy::Learned),
+        [("smart".to_owned(), vec![Target::parse("groq/small").unwrap(), Target::parse("openai/large").unwrap()])]
+    );
+    assert_eq!(gw.decider_status("smart"), Some(json!({ "version": 7 })));
+    assert_eq!(gw.decider_status("other"), None);
 }
 
 #[test]
@@ -724,4 +735,25 @@ fn a_learned_route_needs_two_targets() {
     let file = ConfigFile::parse("[models.one]\nstrategy = \"learned\"\ntarget = \"openai/a\"\n", "t.toml").unwrap();
     let error = GatewayConfig::resolve(file, &|k: &str| (k == "OPENAI_API_KEY").then(|| "k".to_owned())).unwrap_err();
     assert!(error.to_string().contains("models.one.targets: strategy \"learned\" chooses between targets"), "{error}");
+}
+
+#[test]
+fn adaptive_settings_are_checked_with_their_paths() {
+    let env = |k: &str| (k == "OPENAI_API_KEY").then(|| "k".to_owned());
+    let two = "targets = [{ target = \"openai/a\" }, { target = \"openai/b\" }]\n";
+    for (section, path) in [
+        (format!("strategy = \"adaptive\"\nadaptive = {{ min_share = 0.6 }}\n{two}"), "models.t.adaptive.min_share: must be between 0 and 1/2"),
+        (format!("strategy = \"adaptive\"\nadaptive = {{ metric = \"clicks\" }}\n{two}"), "models.t.adaptive.metric: \"clicks\""),
+        (format!("strategy = \"adaptive\"\nadaptive = {{ confidence = 1.0 }}\n{two}"), "models.t.adaptive.confidence"),
+        (format!("adaptive = {{ metric = \"score\" }}\n{two}"), "models.t.adaptive: only used with strategy = \"adaptive\""),
+        ("strategy = \"adaptive\"\ntarget = \"openai/a\"\n".to_owned(), "strategy \"adaptive\" chooses between targets"),
+    ] {
+        let file = ConfigFile::parse(&format!("[models.t]\n{section}"), "t.toml").unwrap();
+        let error = GatewayConfig::resolve(file, &env).unwrap_err().to_string();
+        assert!(error.contains(path), "{section}: {error}");
+    }
+    let file = ConfigFile::parse(&format!("[models.t]\nstrategy = \"adaptive\"\nsticky = \"user\"\n{two}"), "t.toml").unwrap();
+    let config = GatewayConfig::resolve(file, &env).unwrap();
+    let adaptive = config.routes["t"].adaptive.clone().expect("defaults");
+    assert_eq!((adaptive.min_share, adaptive.confidence, adaptive.min_samples), (0.1, 0.95, 100));
 }

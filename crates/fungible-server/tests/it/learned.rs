@@ -8,7 +8,8 @@ use std::sync::Arc;
 use fungible_gateway::{ConfigFile, Gateway, GatewayConfig};
 use fungible_mock::{Fallback, MockUpstream};
 use fungible_router::{Sample, TrainOptions};
-use fungible_server::learned::{TextEmbed, features, refresh};
+use fungible_gateway::routing::config::RouteConfig;
+use fungible_server::learned::{Served, TextEmbed, features, refresh};
 use fungible_server::{AppState, app};
 use fungible_store::{InferenceFilter, Recorder, RecorderOptions, Store};
 use fungible_types::{Message, Role};
@@ -65,6 +66,7 @@ struct Learned {
     store: Store,
     recorder: Recorder,
     gateway: Gateway,
+    routes: BTreeMap<String, RouteConfig>,
 }
 
 impl Learned {
@@ -82,7 +84,7 @@ impl Learned {
         let store = crate::recording::sqlite_store().await;
         let recorder = Recorder::start(store.clone(), RecorderOptions::default());
         let state = AppState::new(gateway.clone(), config.max_body_bytes).with_recorder(store.clone(), recorder.clone());
-        Learned { h: Harness { mock: a, app: app(state.clone()), state }, _b: b, store, recorder, gateway }
+        Learned { h: Harness { mock: a, app: app(state.clone()), state }, _b: b, store, recorder, gateway, routes: config.routes }
     }
 
     /// Asks `text`; returns which upstream answered and the recorded tags.
@@ -105,16 +107,16 @@ impl Learned {
         (answer, record.tags)
     }
 
-    async fn refresh(&self, served: &mut BTreeMap<String, (i64, Arc<dyn fungible_gateway::Decide>)>) {
+    async fn refresh(&self, served: &mut Served) {
         let embed: Result<Arc<dyn TextEmbed>, String> = Ok(Arc::new(Words));
-        refresh(&self.gateway, &self.store, &embed, served).await;
+        refresh(&self.gateway, &self.routes, &self.store, &embed, served).await;
     }
 }
 
 #[tokio::test]
 async fn a_learned_route_sends_each_request_where_its_router_says_and_records_why() {
     let l = Learned::new().await;
-    let mut served = BTreeMap::new();
+    let mut served = Served::default();
 
     // No router yet: the configured order, and the reason recorded.
     l.refresh(&mut served).await;
@@ -157,7 +159,7 @@ async fn a_learned_route_sends_each_request_where_its_router_says_and_records_wh
     // A corrupt v3 is not served: v2 stays.
     assert_eq!(l.store.create_router("smart", "knn", "{}", "{\"targets\": 1}").await.expect("stored"), 3);
     l.refresh(&mut served).await;
-    assert_eq!(served["smart"].0, 2);
+    assert_eq!(served.learned["smart"].0, 2);
 
     // Rolled back to v1: routed by it again.
     assert_eq!(l.store.roll_back_router("smart", Some(1)).await.expect("rolled back"), 1);

@@ -10,6 +10,7 @@ mod errors;
 mod examples;
 mod guard;
 mod learned;
+mod adaptive;
 mod local;
 mod memory;
 mod conformance;

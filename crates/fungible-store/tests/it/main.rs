@@ -1032,3 +1032,42 @@ async fn router_versions_roll_back_and_labels_read(store: Store) {
     assert!(store.feedback_labels("smart", Some(primary.time_ms + 1), 100).await.unwrap().is_empty());
 }
 both!(routers, router_versions_roll_back_and_labels_read);
+
+async fn variant_feedback_counts_each_variants_ratings(store: Store) {
+    let mut records = Vec::new();
+    for (i, variant) in ["A", "A", "B", "B", "B"].into_iter().enumerate() {
+        let mut r = record(i as u64);
+        r.variant = Some(variant.into());
+        records.push(r);
+    }
+    let mut shadow = record(9);
+    shadow.inbound = "shadow".into();
+    records.push(shadow.clone());
+    store.insert(&records).await.unwrap();
+    let rate = |r: &InferenceRecord, boolean: Option<bool>, score: Option<f64>| Feedback {
+        id: new_id(),
+        time_ms: 1,
+        target: FeedbackTarget::Inference,
+        target_id: r.id.clone(),
+        boolean,
+        score,
+        comment: None,
+        demonstration: None,
+    };
+    for f in [
+        rate(&records[0], Some(true), None),
+        rate(&records[1], Some(false), Some(0.5)),
+        rate(&records[2], Some(true), Some(1.0)),
+        rate(&records[3], None, Some(0.25)),
+        rate(&shadow, Some(true), None),
+    ] {
+        store.insert_feedback(&f).await.unwrap();
+    }
+    let rows = store.variant_feedback("smart").await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!((rows[0].variant.as_str(), rows[0].booleans, rows[0].positives, rows[0].scores), ("A", 2, 1, 1));
+    assert_eq!((rows[1].variant.as_str(), rows[1].booleans, rows[1].positives, rows[1].scores), ("B", 1, 1, 2));
+    assert!((rows[1].score_sum - 1.25).abs() < 1e-9 && (rows[1].score_sq_sum - 1.0625).abs() < 1e-9, "{rows:?}");
+    assert!(store.variant_feedback("other").await.unwrap().is_empty());
+}
+both!(variant_feedback, variant_feedback_counts_each_variants_ratings);
