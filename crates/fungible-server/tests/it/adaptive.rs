@@ -49,7 +49,9 @@ impl Test {
         let gateway = Gateway::new(&config).expect("gateway");
         let store = crate::recording::sqlite_store().await;
         let recorder = Recorder::start(store.clone(), RecorderOptions::default());
-        let state = AppState::new(gateway.clone(), config.max_body_bytes).with_recorder(store.clone(), recorder.clone());
+        let state = AppState::new(gateway.clone(), config.max_body_bytes)
+            .with_recorder(store.clone(), recorder.clone())
+            .with_ui(fungible_server::ui::Ui::new(fungible_server::ui::Sessions::default()));
         Test { h: Harness { mock: a, app: app(state.clone()), state }, _b: b, store, recorder, gateway, config }
     }
 
@@ -123,6 +125,14 @@ async fn an_adaptive_test_follows_its_feedback_and_stops_with_the_better_variant
     assert_eq!((status["state"].as_str(), status["winner"].as_str()), (Some("stopped"), Some("B")), "{status}");
     assert!(status["variants"][1]["p_best"].as_f64() > Some(0.95), "{status}");
     assert_eq!(status["variants"][0]["rated"].as_u64(), rated.get("A").map(|&n| u64::from(n)), "{status}");
+    // The routes page shows it.
+    let page = t
+        .h
+        .send(axum::http::Request::get("/ui/routes").header("host", "localhost").body(axum::body::Body::empty()).expect("request"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let html = page.text();
+    assert!(html.contains("Adaptive test") && html.contains("stopped: every request goes to B") && html.contains("winner</span>"), "{html}");
     // Stopped: every request to the winner, the sticky user's too, recorded as such.
     for i in 0..20 {
         assert_eq!(t.ask(&format!("late-{i}")).await.0, "B");

@@ -83,7 +83,9 @@ impl Learned {
         let gateway = Gateway::new(&config).expect("gateway");
         let store = crate::recording::sqlite_store().await;
         let recorder = Recorder::start(store.clone(), RecorderOptions::default());
-        let state = AppState::new(gateway.clone(), config.max_body_bytes).with_recorder(store.clone(), recorder.clone());
+        let state = AppState::new(gateway.clone(), config.max_body_bytes)
+            .with_recorder(store.clone(), recorder.clone())
+            .with_ui(fungible_server::ui::Ui::new(fungible_server::ui::Sessions::default()));
         Learned { h: Harness { mock: a, app: app(state.clone()), state }, _b: b, store, recorder, gateway, routes: config.routes }
     }
 
@@ -135,6 +137,11 @@ async fn a_learned_route_sends_each_request_where_its_router_says_and_records_wh
     assert_eq!((decision["version"].as_i64(), decision["pick"].as_str()), (Some(1), Some("b/m")), "{tags}");
     assert!(decision["scores"]["b/m"].as_f64() > decision["scores"]["a/m"].as_f64(), "{tags}");
     assert!(decision["micros"].as_u64().is_some());
+    let page = l
+        .h
+        .send(axum::http::Request::get("/ui/routes").header("host", "localhost").body(axum::body::Body::empty()).expect("request"))
+        .await;
+    assert!(page.text().contains("Routed by router"), "{}", page.text());
     let (answer, tags) = l.ask("an easy one").await;
     assert_eq!(answer, "from a");
     assert_eq!(tags["fungible.router_decision"]["pick"], "a/m");
