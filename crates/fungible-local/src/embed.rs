@@ -153,12 +153,7 @@ fn load(name: &str, dir: PathBuf) -> Result<Loaded, ProviderError> {
     let unavailable = |message: String| error(ErrorKind::Unavailable, format!("local embedding model {name:?}: {message}"));
     let before = resident_bytes();
     let started = Instant::now();
-    let config_text = std::fs::read_to_string(dir.join("config.json"))
-        .map_err(|e| unavailable(format!("cannot read {}: {e}", dir.join("config.json").display())))?;
-    let config: Config = serde_json::from_str(&config_text)
-        .map_err(|e| unavailable(format!("{} is not a BERT config: {e}", dir.join("config.json").display())))?;
-    let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-        .map_err(|e| unavailable(format!("cannot load {}: {e}", dir.join("tokenizer.json").display())))?;
+    let (config, mut tokenizer) = config_and_tokenizer(&dir, &unavailable)?;
     let pad_id = tokenizer.get_padding().map_or(0, |p| p.pad_id);
     let pad_token = tokenizer.get_padding().map_or_else(|| "[PAD]".to_owned(), |p| p.pad_token.clone());
     tokenizer.with_padding(Some(PaddingParams {
@@ -190,14 +185,20 @@ fn load(name: &str, dir: PathBuf) -> Result<Loaded, ProviderError> {
     Ok(Loaded { model, tokenizer })
 }
 
-fn load_static(name: &str, dir: &std::path::Path) -> Result<StaticEmbedding, ProviderError> {
-    let unavailable = |message: String| error(ErrorKind::Unavailable, format!("local embedding model {name:?}: {message}"));
+/// The model folder's `config.json` and `tokenizer.json`, read.
+fn config_and_tokenizer(dir: &std::path::Path, unavailable: &dyn Fn(String) -> ProviderError) -> Result<(Config, Tokenizer), ProviderError> {
     let config_text = std::fs::read_to_string(dir.join("config.json"))
         .map_err(|e| unavailable(format!("cannot read {}: {e}", dir.join("config.json").display())))?;
     let config: Config = serde_json::from_str(&config_text)
         .map_err(|e| unavailable(format!("{} is not a BERT config: {e}", dir.join("config.json").display())))?;
-    let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
         .map_err(|e| unavailable(format!("cannot load {}: {e}", dir.join("tokenizer.json").display())))?;
+    Ok((config, tokenizer))
+}
+
+fn load_static(name: &str, dir: &std::path::Path) -> Result<StaticEmbedding, ProviderError> {
+    let unavailable = |message: String| error(ErrorKind::Unavailable, format!("local embedding model {name:?}: {message}"));
+    let (config, mut tokenizer) = config_and_tokenizer(dir, &unavailable)?;
     tokenizer.with_padding(None);
     tokenizer
         .with_truncation(Some(TruncationParams { max_length: config.max_position_embeddings, ..TruncationParams::default() }))

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::{Harness, TestResponse};
 
 /// An upstream that answers every request with `text`.
-fn answers(text: &str) -> Fallback {
+pub(crate) fn answers(text: &str) -> Fallback {
     let json = json!({
         "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
@@ -60,47 +60,57 @@ fn router(targets: [&str; 2]) -> String {
     router.to_json()
 }
 
-struct Learned {
-    h: Harness,
+/// A gateway over two upstreams, `a/m` answering "from a" and `b/m` "from b", with `route`
+/// (a `[models.NAME]` section over them), recording to SQLite, the UI on.
+pub(crate) struct TwoUpstreams {
+    pub(crate) h: Harness,
     _b: MockUpstream,
-    store: Store,
-    recorder: Recorder,
+    pub(crate) store: Store,
+    pub(crate) recorder: Recorder,
     gateway: Gateway,
     routes: BTreeMap<String, RouteConfig>,
 }
 
-impl Learned {
-    async fn new() -> Learned {
+impl TwoUpstreams {
+    pub(crate) async fn new(route: &str) -> TwoUpstreams {
         let a = MockUpstream::start(answers("from a")).await;
         let b = MockUpstream::start(answers("from b")).await;
-        let toml = format!(
-            "[providers.a]\nbase_url = \"{}/v1\"\n[providers.b]\nbase_url = \"{}/v1\"\n\
-             [models.smart]\nstrategy = \"learned\"\ntargets = [{{ target = \"a/m\" }}, {{ target = \"b/m\" }}]\n",
-            a.url(),
-            b.url()
-        );
-        let config = GatewayConfig::resolve(ConfigFile::parse(&toml, "learned.toml").expect("parses"), &|_: &str| None).expect("valid");
+        let toml = format!("[providers.a]\nbase_url = \"{}/v1\"\n[providers.b]\nbase_url = \"{}/v1\"\n{route}", a.url(), b.url());
+        let config = GatewayConfig::resolve(ConfigFile::parse(&toml, "routes.toml").expect("parses"), &|_: &str| None).expect("valid");
         let gateway = Gateway::new(&config).expect("gateway");
         let store = crate::recording::sqlite_store().await;
         let recorder = Recorder::start(store.clone(), RecorderOptions::default());
         let state = AppState::new(gateway.clone(), config.max_body_bytes)
             .with_recorder(store.clone(), recorder.clone())
             .with_ui(fungible_server::ui::Ui::new(fungible_server::ui::Sessions::default()));
-        Learned { h: Harness { mock: a, app: app(state.clone()), state }, _b: b, store, recorder, gateway, routes: config.routes }
+        TwoUpstreams { h: Harness { mock: a, app: app(state.clone()), state }, _b: b, store, recorder, gateway, routes: config.routes }
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> TestResponse {
+        self.h
+            .send(
+                axum::http::Request::post(path)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(body.to_string()))
+                    .expect("request"),
+            )
+            .await
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> TestResponse {
+        self.h.send(axum::http::Request::get(path).header("host", "localhost").body(axum::body::Body::empty()).expect("request")).await
+    }
+
+    /// What a server's poller does every 10 s, with [`Words`] as the embedding.
+    pub(crate) async fn refresh(&self, served: &mut Served) {
+        let embed: Result<Arc<dyn TextEmbed>, String> = Ok(Arc::new(Words));
+        refresh(&self.gateway, &self.routes, &self.store, &embed, served).await;
     }
 
     /// Asks `text`; returns which upstream answered and the recorded tags.
     async fn ask(&self, text: &str) -> (String, Value) {
         let body = json!({"model": "smart", "messages": [{"role": "user", "content": text}]});
-        let res: TestResponse = self
-            .h
-            .send(
-                axum::http::Request::post("/v1/chat/completions")
-                    .header("content-type", "application/json")
-                    .body(axum::body::Body::from(body.to_string()))
-                    .expect("request"),
-            )
-            .await;
+        let res = self.post("/v1/chat/completions", &body).await;
         assert_eq!(res.status, 200, "{}", res.text());
         let answer = res.json()["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
         let id = res.headers["x-fungible-inference-id"].to_str().expect("id").to_owned();
@@ -109,15 +119,11 @@ impl Learned {
         (answer, record.tags)
     }
 
-    async fn refresh(&self, served: &mut Served) {
-        let embed: Result<Arc<dyn TextEmbed>, String> = Ok(Arc::new(Words));
-        refresh(&self.gateway, &self.routes, &self.store, &embed, served).await;
-    }
 }
 
 #[tokio::test]
 async fn a_learned_route_sends_each_request_where_its_router_says_and_records_why() {
-    let l = Learned::new().await;
+    let l = TwoUpstreams::new("[models.smart]\nstrategy = \"learned\"\ntargets = [{ target = \"a/m\" }, { target = \"b/m\" }]\n").await;
     let mut served = Served::default();
 
     // No router yet: the configured order, and the reason recorded.
@@ -137,10 +143,7 @@ async fn a_learned_route_sends_each_request_where_its_router_says_and_records_wh
     assert_eq!((decision["version"].as_i64(), decision["pick"].as_str()), (Some(1), Some("b/m")), "{tags}");
     assert!(decision["scores"]["b/m"].as_f64() > decision["scores"]["a/m"].as_f64(), "{tags}");
     assert!(decision["micros"].as_u64().is_some());
-    let page = l
-        .h
-        .send(axum::http::Request::get("/ui/routes").header("host", "localhost").body(axum::body::Body::empty()).expect("request"))
-        .await;
+    let page = l.get("/ui/routes").await;
     assert!(page.text().contains("Routed by router"), "{}", page.text());
     let (answer, tags) = l.ask("an easy one").await;
     assert_eq!(answer, "from a");
