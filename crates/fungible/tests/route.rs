@@ -137,3 +137,106 @@ fn a_router_is_trained_from_an_eval_run_kept_listed_shown_and_rolled_back() {
     let out = fungible(dir, &["route", "train", "smart", "--eval-run", "missing"]);
     assert!(text(&out).contains("missing: not an eval run (no run.json)"), "{}", text(&out));
 }
+
+/// A record of route `smart` answered by `target` (`a/m` or `b/m`), asking `text`.
+fn record(text: &str, target: &str, tags: serde_json::Value) -> fungible_store::InferenceRecord {
+    let (provider, model) = target.split_once('/').expect("PROVIDER/MODEL");
+    fungible_store::InferenceRecord {
+        id: fungible_store::new_id(),
+        time_ms: fungible_store::now_ms(),
+        inbound: "openai_chat".into(),
+        requested_model: "smart".into(),
+        route: Some("smart".into()),
+        variant: Some(target.into()),
+        provider: Some(provider.into()),
+        model: Some(model.into()),
+        stream: false,
+        error: None,
+        // The canonical request, as the recorder stores it.
+        request: serde_json::to_value(fungible_types::ChatRequest {
+            model: "smart".into(),
+            messages: vec![fungible_types::Message::text(fungible_types::Role::User, text)],
+            ..fungible_types::ChatRequest::default()
+        })
+        .expect("json"),
+        response: None,
+        usage: fungible_types::Usage::default(),
+        cost: Some(if provider == "a" { 0.0001 } else { 0.002 }),
+        ttft_ms: None,
+        latency_ms: 100.0,
+        user: None,
+        tags,
+        episode_id: None,
+        attempts: Vec::new(),
+        key_id: None,
+        cache_hit: false,
+        truncated: false,
+        raw: Vec::new(),
+    }
+}
+
+#[test]
+fn a_router_trains_from_the_feedback_and_shadow_scores_in_the_store() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let dir = work.path();
+    let models = root().join("models");
+    let url = format!("sqlite://{}/store.db?mode=rwc", dir.display());
+    std::fs::write(
+        dir.join("fungible.toml"),
+        format!(
+            "[store]\nurl = \"{url}\"\n[local]\nmodels_dir = \"{}\"\n\
+             [providers.a]\nbase_url = \"http://127.0.0.1:9/v1\"\n[providers.b]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+             [models.smart]\nstrategy = \"learned\"\ntargets = [{{ target = \"a/m\" }}, {{ target = \"b/m\" }}]\n",
+            models.display()
+        ),
+    )
+    .expect("config");
+    // Live traffic on b/m, each request also shadowed to a/m: a/m agrees on small talk and
+    // not on arithmetic. Feedback rates some of b/m's answers.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let store = fungible_store::Store::open(&url).await.expect("store");
+        let mut records = Vec::new();
+        let mut feedback = Vec::new();
+        for i in 0..300 {
+            let hard = i % 3 == 0;
+            let text = if hard { format!("Compute {} times {} plus {i}.", 17 + i, 23 + i % 7) } else { format!("Hi! How is the weather today? ({i})") };
+            let primary = record(&text, "b/m", serde_json::json!({}));
+            let shadow = record(&text, "a/m", serde_json::json!({"fungible.shadow_of": primary.id, "fungible.shadow_route": "smart"}));
+            let shadow = fungible_store::InferenceRecord { inbound: "shadow".into(), route: None, ..shadow };
+            let rate = |id: &str, good: bool| fungible_store::Feedback {
+                id: fungible_store::new_id(),
+                time_ms: 1,
+                target: fungible_store::FeedbackTarget::Inference,
+                target_id: id.to_owned(),
+                boolean: Some(good),
+                score: None,
+                comment: None,
+                demonstration: None,
+            };
+            feedback.push(rate(&shadow.id, !hard));
+            if i % 10 == 0 {
+                feedback.push(rate(&primary.id, true));
+            }
+            records.push(primary);
+            records.push(shadow);
+        }
+        store.insert(&records).await.expect("insert");
+        for f in &feedback {
+            store.insert_feedback(f).await.expect("feedback");
+        }
+    });
+
+    let out = fungible(dir, &["route", "train", "smart"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("300 labelled requests (300 shadow scores, 30 feedback labels)"), "{said}");
+    assert!(said.contains("kept as smart router v1"), "{said}");
+    let report: serde_json::Value = serde_json::from_slice(&fungible(dir, &["route", "show", "smart", "--json"]).stdout).expect("report");
+    let chosen = report["kinds"].as_array().expect("kinds").iter().find(|k| k["kind"] == report["chosen"]).expect("kept");
+    assert!(chosen["test_apgr"].as_f64().is_some_and(|a| a > 0.7), "{report}");
+    // Without the shadow scores, a/m has no labels: refused, saying where labels come from.
+    let out = fungible(dir, &["route", "train", "smart", "--no-shadow"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no labels for a/m, a target of smart: run an eval that includes it"), "{}", text(&out));
+}

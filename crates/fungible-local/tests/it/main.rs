@@ -419,6 +419,24 @@ async fn a_batch_gives_the_same_vectors_as_one_by_one() {
 }
 
 #[tokio::test]
+async fn the_static_embedding_is_unit_length_lexical_and_the_same_every_time() {
+    let embedding = engine().static_embedding(EMBED).await.unwrap();
+    assert_eq!((embedding.name().as_str(), embedding.dims()), ("static:all-minilm-l6-v2", 384));
+    let vector = |text: &str| embedding.embed(text).unwrap();
+    let (refund, refund_again, weather) =
+        (vector("I want a refund for my card payment"), vector("please refund this card payment"), vector("sunny weather in Lyon tomorrow"));
+    for v in [&refund, &refund_again, &weather] {
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+    assert!(cosine(&refund, &refund_again) > cosine(&refund, &weather), "{} vs {}", cosine(&refund, &refund_again), cosine(&refund, &weather));
+    assert_eq!(vector("I want a refund for my card payment"), refund);
+    // No token at all: the zero vector, not an error.
+    assert!(vector("").iter().all(|x| *x == 0.0));
+    assert_eq!(engine().static_embedding("nope").await.unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[tokio::test]
 async fn embedding_bad_input_is_an_invalid_request() {
     let err = engine().embed(EMBED, vec![]).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidRequest);
