@@ -6,7 +6,7 @@
 //! Two kinds of model, both trained here from [`Sample`]s (labelled requests: eval results,
 //! shadow scores, feedback; the binary gathers them): per-target logistic regression on the
 //! embedding and shape ([`Kind::Logistic`]), and similarity-weighted nearest neighbours
-//! ([`Kind::Knn`], as RouteLLM's SW ranking). [`train`] fits each on one split, calibrates its
+//! ([`Kind::Knn`], in the spirit of RouteLLM's similarity-weighted ranking). [`train`] fits each on one split, calibrates its
 //! threshold on a second to the route's [`Goal`], reports each on a third it never saw, and
 //! keeps the kind with the better average performance gap recovered (APGR).
 //!
@@ -118,6 +118,11 @@ pub struct Decision {
 impl Router {
     pub fn kind(&self) -> Kind {
         self.model.kind()
+    }
+
+    /// The labelled requests a nearest-neighbour router keeps (`None` for logistic).
+    pub fn points(&self) -> Option<usize> {
+        self.model.points()
     }
 
     /// Predicts each target's quality and orders the targets. `embedding` must have

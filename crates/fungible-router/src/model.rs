@@ -65,9 +65,19 @@ impl Model {
 
     /// That the stored arrays fit `targets` and `dims` (a corrupted or hand-edited version
     /// must not index out of bounds at request time).
+    /// The labelled requests a nearest-neighbour model keeps.
+    pub(crate) fn points(&self) -> Option<usize> {
+        match self {
+            Model::Logistic(_) => None,
+            Model::Knn(m) => Some(m.points.len() / m.dims.max(1)),
+        }
+    }
+
     pub(crate) fn check(&self, targets: usize, dims: usize) -> Result<(), String> {
         let (ok, what) = match self {
-            Model::Logistic(m) => (m.dims == dims && m.weights.len() == targets * (dims + EXTRA), "logistic weights"),
+            Model::Logistic(m) => {
+                (m.dims == dims && m.center.len() == dims && m.weights.len() == targets * (dims + EXTRA), "logistic weights")
+            }
             Model::Knn(m) => {
                 let n = m.points.len() / dims.max(1);
                 (
@@ -83,8 +93,13 @@ impl Model {
                 )
             }
         };
-        if ok { Ok(()) } else { Err(format!("the {what} do not fit {targets} targets of {dims} dimensions")) }
+        if ok && dims > 0 { Ok(()) } else { Err(format!("the {what} do not fit {targets} targets of {dims} dimensions")) }
     }
+}
+
+/// `embedding` less `center` (cut or padded to its length).
+fn centred(embedding: &[f32], center: &[f32]) -> Vec<f32> {
+    center.iter().enumerate().map(|(i, c)| embedding.get(i).copied().unwrap_or(0.0) - c).collect()
 }
 
 /// The shape's features and a bias, after the embedding.
@@ -92,7 +107,7 @@ const EXTRA: usize = 4;
 
 /// The model's inputs for one request: the embedding (cut or zero-padded to `dims`), the
 /// shape, and 1 for the bias.
-pub(crate) fn inputs(embedding: &[f32], dims: usize, shape: Shape) -> Vec<f32> {
+fn inputs(embedding: &[f32], dims: usize, shape: Shape) -> Vec<f32> {
     let mut x = Vec::with_capacity(dims + EXTRA);
     x.extend(embedding.iter().take(dims));
     x.resize(dims, 0.0);
@@ -101,10 +116,14 @@ pub(crate) fn inputs(embedding: &[f32], dims: usize, shape: Shape) -> Vec<f32> {
     x
 }
 
-/// Per target, weights over [`inputs`].
+/// Per target, weights over [`inputs`] of the centred embedding.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Logistic {
     dims: usize,
+    /// The training embeddings' mean, taken off every embedding first (a static embedding's
+    /// shared direction would otherwise dwarf what tells requests apart).
+    #[serde(with = "crate::b64")]
+    center: Vec<f32>,
     /// Targets × (dims + 4), row by row.
     #[serde(with = "crate::b64")]
     weights: Vec<f32>,
@@ -113,19 +132,27 @@ pub(crate) struct Logistic {
 impl Logistic {
     /// Fits each target on the rows labelled for it: mean cross-entropy (labels may be
     /// fractions) plus `l2` times half the squared weights (not the bias), full-batch Adam.
-    pub(crate) fn fit(dims: usize, targets: usize, rows: &[(Vec<f32>, Vec<Option<f64>>)], l2: f64, steps: usize) -> Logistic {
+    /// `rows` are (embedding, shape, labels).
+    pub(crate) fn fit(dims: usize, targets: usize, rows: &[(&[f32], Shape, Vec<Option<f64>>)], l2: f64, steps: usize) -> Logistic {
+        let mut center = vec![0f32; dims];
+        for (embedding, _, _) in rows {
+            for (c, v) in center.iter_mut().zip(embedding.iter()) {
+                *c += v / rows.len() as f32;
+            }
+        }
+        let xs: Vec<Vec<f32>> = rows.iter().map(|(e, shape, _)| inputs(&centred(e, &center), dims, *shape)).collect();
         let width = dims + EXTRA;
         let mut weights = Vec::with_capacity(targets * width);
         for t in 0..targets {
             let labelled: Vec<(&[f32], f64)> =
-                rows.iter().filter_map(|(x, labels)| Some((x.as_slice(), labels.get(t).copied().flatten()?))).collect();
+                xs.iter().zip(rows).filter_map(|(x, (_, _, labels))| Some((x.as_slice(), labels.get(t).copied().flatten()?))).collect();
             weights.extend(fit_one(&labelled, width, l2, steps).into_iter().map(|w| w as f32));
         }
-        Logistic { dims, weights }
+        Logistic { dims, center, weights }
     }
 
     fn predict(&self, embedding: &[f32], shape: Shape) -> Vec<f64> {
-        let x = inputs(embedding, self.dims, shape);
+        let x = inputs(&centred(embedding, &self.center), self.dims, shape);
         self.weights.chunks_exact(x.len()).map(|w| sigmoid(dot(w, &x))).collect()
     }
 }
@@ -197,16 +224,19 @@ pub(crate) struct Knn {
 
 impl Knn {
     pub(crate) fn new(dims: usize, targets: usize, k: usize, gamma: f32, rows: &[(&[f32], Vec<Option<f64>>)]) -> Knn {
-        let kept = &rows[..rows.len().min(MAX_POINTS)];
+        // At most MAX_POINTS, spread evenly over the rows (not the first ones: the rows come
+        // in key order, which groups them by source).
+        let step = rows.len().div_ceil(MAX_POINTS).max(1);
+        let kept: Vec<&(&[f32], Vec<Option<f64>>)> = rows.iter().step_by(step).collect();
         let mut center = vec![0f32; dims];
-        for (embedding, _) in kept {
+        for (embedding, _) in &kept {
             for (c, v) in center.iter_mut().zip(embedding.iter()) {
                 *c += v / kept.len() as f32;
             }
         }
         let mut points = Vec::with_capacity(kept.len() * dims);
         let mut labels = Vec::with_capacity(kept.len() * targets);
-        for (embedding, ys) in kept {
+        for (embedding, ys) in &kept {
             points.extend(unit(embedding, &center));
             labels.extend((0..targets).map(|t| ys.get(t).copied().flatten().map_or(f32::NAN, |y| y as f32)));
         }
@@ -220,8 +250,18 @@ impl Knn {
     }
 
     fn predict(&self, embedding: &[f32]) -> Vec<f64> {
+        self.predict_with(&self.similarities(embedding), self.k, self.gamma)
+    }
+
+    /// The cosine similarity of `embedding` with each point.
+    pub(crate) fn similarities(&self, embedding: &[f32]) -> Vec<f32> {
         let q = unit(embedding, &self.center);
-        let sims: Vec<f32> = self.points.chunks_exact(self.dims).map(|p| p.iter().zip(&q).map(|(a, b)| a * b).sum()).collect();
+        self.points.chunks_exact(self.dims.max(1)).map(|p| dot8(p, &q)).collect()
+    }
+
+    /// The prediction from `sims` ([`Knn::similarities`]) with `k` neighbours weighted by
+    /// `gamma`.
+    pub(crate) fn predict_with(&self, sims: &[f32], k: usize, gamma: f32) -> Vec<f64> {
         let mut out = Vec::with_capacity(self.targets);
         let mut near: Vec<(f32, f32)> = Vec::with_capacity(sims.len());
         for t in 0..self.targets {
@@ -229,7 +269,7 @@ impl Knn {
             near.extend(
                 sims.iter().enumerate().map(|(i, s)| (*s, self.labels[i * self.targets + t])).filter(|(_, y)| !y.is_nan()),
             );
-            let k = self.k.min(near.len());
+            let k = k.max(1).min(near.len());
             if k > 0 && k < near.len() {
                 near.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
             }
@@ -237,7 +277,7 @@ impl Knn {
             let best = top.iter().map(|(s, _)| *s).fold(f32::NEG_INFINITY, f32::max);
             let (mut sum, mut weight) = (PRIOR * f64::from(self.means[t]), PRIOR);
             for (s, y) in top {
-                let w = f64::from((self.gamma * (s - best)).exp());
+                let w = f64::from((gamma * (s - best)).exp());
                 sum += w * f64::from(*y);
                 weight += w;
             }
@@ -245,6 +285,20 @@ impl Knn {
         }
         out
     }
+}
+
+/// The dot product in eight lanes, which the compiler turns into SIMD (a plain float sum
+/// must keep its order, and stays scalar).
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `v` cut or padded to `center`'s length, less `center`, scaled to unit length (left as it

@@ -59,6 +59,8 @@ pub enum TrainError {
     MixedDimensions { first: usize, other: usize },
     #[error("{0} costs for {1} targets")]
     Costs(usize, usize),
+    #[error("no samples, or samples without an embedding")]
+    NoEmbedding,
 }
 
 /// One kind of model, as trained.
@@ -74,7 +76,8 @@ pub struct KindReport {
     /// The test split routed at the calibrated threshold.
     pub test: Point,
     /// The largest share of test requests the cheapest target serves while the quality stays
-    /// at 95% of the best target's or more.
+    /// at 95% of the best target's or more, at the best threshold for that on the test split
+    /// itself: what the router can do, where `test` is what its calibration did.
     pub cheapest_share_at_95: Option<f64>,
     /// Every threshold on the test split, by cost.
     pub curve: Vec<Point>,
@@ -121,16 +124,21 @@ fn split_of(sample: &Sample, targets: &[String]) -> Split {
     if !targets.iter().all(|t| sample.labels.contains_key(t)) {
         return Split::Train;
     }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in sample.key.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    match (hash ^ (hash >> 29)) % 10 {
+    match key_hash(&sample.key) % 10 {
         0..=5 => Split::Train,
         6 | 7 => Split::Validation,
         _ => Split::Test,
     }
+}
+
+/// A stable hash of a sample's key (FNV-1a, mixed), which decides its split.
+fn key_hash(key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^ (hash >> 29)
 }
 
 /// Fits a router for `targets` (whose cost per request is `costs`) from `samples`.
@@ -142,6 +150,9 @@ pub fn train(targets: &[String], costs: &[f64], samples: &[Sample], options: &Tr
         return Err(TrainError::Costs(costs.len(), targets.len()));
     }
     let dims = samples.first().map_or(0, |s| s.embedding.len());
+    if dims == 0 {
+        return Err(TrainError::NoEmbedding);
+    }
     if let Some(other) = samples.iter().map(|s| s.embedding.len()).find(|&d| d != dims) {
         return Err(TrainError::MixedDimensions { first: dims, other });
     }
@@ -189,37 +200,45 @@ pub fn train(targets: &[String], costs: &[f64], samples: &[Sample], options: &Tr
     for kind in kinds {
         let (model, k) = match kind {
             Kind::Logistic => {
-                let rows: Vec<(Vec<f32>, Vec<Option<f64>>)> =
-                    train.iter().map(|s| (model::inputs(&s.embedding, dims, s.shape), label_row(s))).collect();
+                let rows: Vec<(&[f32], crate::Shape, Vec<Option<f64>>)> =
+                    train.iter().map(|s| (s.embedding.as_slice(), s.shape, label_row(s))).collect();
                 (Model::Logistic(Logistic::fit(dims, targets.len(), &rows, L2, STEPS)), None)
             }
             Kind::Knn => {
-                let rows: Vec<(&[f32], Vec<Option<f64>>)> = train.iter().map(|s| (s.embedding.as_slice(), label_row(s))).collect();
-                // The neighbour count and weighting with the lowest squared error on the
-                // validation split.
-                let mut best: Option<(f64, Knn)> = None;
-                for (k, gamma) in KS.into_iter().flat_map(|k| model::GAMMAS.map(|g| (k, g))) {
-                    let knn = Knn::new(dims, targets.len(), k, gamma, &rows);
-                    let m = Model::Knn(knn.clone());
-                    let error: f64 = validation
-                        .iter()
-                        .zip(&truth_validation)
-                        .map(|(s, t)| m.predict(&s.embedding, s.shape).iter().zip(t).map(|(p, y)| (p - y).powi(2)).sum::<f64>())
-                        .sum();
-                    if best.as_ref().is_none_or(|(e, _)| error < *e) {
-                        best = Some((error, knn));
+                // The neighbour count and weighting with the lowest squared error on a fifth
+                // of the training split, held out from the rest (not on the validation split,
+                // which chooses between the kinds), then the points of the whole split.
+                let (inner, tune): (Vec<&Sample>, Vec<&Sample>) = train.iter().partition(|s| key_hash(&s.key) % 5 != 0);
+                let rows: Vec<(&[f32], Vec<Option<f64>>)> = inner.iter().map(|s| (s.embedding.as_slice(), label_row(s))).collect();
+                let probe = Knn::new(dims, targets.len(), KS[0], model::GAMMAS[0], &rows);
+                let mut errors = vec![0.0f64; KS.len() * model::GAMMAS.len()];
+                for s in &tune {
+                    let sims = probe.similarities(&s.embedding);
+                    for (i, (k, gamma)) in KS.into_iter().flat_map(|k| model::GAMMAS.map(|g| (k, g))).enumerate() {
+                        let predicted = probe.predict_with(&sims, k, gamma);
+                        errors[i] += targets
+                            .iter()
+                            .zip(&predicted)
+                            .filter_map(|(t, p)| Some((p - s.labels.get(t)?.clamp(0.0, 1.0)).powi(2)))
+                            .sum::<f64>();
                     }
                 }
-                let knn = best.map(|(_, knn)| knn).unwrap_or_else(|| Knn::new(dims, targets.len(), KS[0], model::GAMMAS[0], &rows));
-                let k = knn.k;
-                (Model::Knn(knn), Some(k))
+                let best = (0..errors.len()).min_by(|&a, &b| errors[a].total_cmp(&errors[b])).unwrap_or(0);
+                let (k, gamma) = (KS[best / model::GAMMAS.len()], model::GAMMAS[best % model::GAMMAS.len()]);
+                let rows: Vec<(&[f32], Vec<Option<f64>>)> = train.iter().map(|s| (s.embedding.as_slice(), label_row(s))).collect();
+                (Model::Knn(Knn::new(dims, targets.len(), k, gamma, &rows)), Some(k))
             }
         };
         let predict = |part: &[&Sample]| -> Vec<Vec<f64>> { part.iter().map(|s| model.predict(&s.embedding, s.shape)).collect() };
         let (preds_v, preds_t) = (predict(&validation), predict(&test));
         let curve_v = calibrate::curve(&preds_v, &truth_validation, costs);
+        // A goal no threshold meets: as near as the curve comes (the best quality; the lowest
+        // cost for a budget below every target's cost).
         let chosen = calibrate::choose(&curve_v, options.goal, strong_v.1)
-            .or_else(|| curve_v.iter().copied().max_by(|a, b| a.quality.total_cmp(&b.quality)))
+            .or_else(|| match options.goal {
+                Goal::Quality(_) => curve_v.iter().copied().max_by(|a, b| a.quality.total_cmp(&b.quality)),
+                Goal::MaxCost(_) => curve_v.iter().copied().min_by(|a, b| a.cost.total_cmp(&b.cost)),
+            })
             .map_or(calibrate::NONE_CLEARS, |p| p.threshold);
         validation_quality.push(calibrate::evaluate(&preds_v, &truth_validation, costs, chosen).quality);
         let curve_t = calibrate::curve(&preds_t, &truth_test, costs);

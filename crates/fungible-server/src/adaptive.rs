@@ -50,15 +50,23 @@ impl Tests {
             let arms: Vec<Arm> = variants.iter().map(|(v, _)| arm(feedback.iter().find(|f| &f.variant == v), settings.metric)).collect();
             // Seeded by the route and its counts: the same feedback gives every instance the
             // same shares.
-            let seed = sticky_seed(name, &format!("{arms:?}"));
-            let assessment = bandit::assess(&arms, &settings, seed);
             let before = self.deciders.get(name);
             if before.is_some_and(|b| b.arms == arms) {
                 continue;
             }
-            if let Some(w) = assessment.winner
-                && before.is_none_or(|b| b.assessment.winner != Some(w))
+            // A stopped test stays stopped in this process: after the stop only the winner
+            // gets traffic, and its later feedback must not reopen the test.
+            if let Some(b) = before
+                && b.assessment.winner.is_some()
             {
+                let decider = Bandit { arms, ..b.as_ref().clone() };
+                self.deciders.insert(name.clone(), Arc::new(decider));
+                changed = true;
+                continue;
+            }
+            let seed = sticky_seed(name, &format!("{arms:?}"));
+            let assessment = bandit::assess(&arms, &settings, seed);
+            if let Some(w) = assessment.winner {
                 tracing::info!(
                     route = %name,
                     winner = %variants[w].0,
@@ -86,7 +94,7 @@ fn arm(feedback: Option<&VariantFeedback>, metric: Metric) -> Arm {
 }
 
 /// One adaptive route's test, as last assessed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Bandit {
     route: String,
     /// Variant name and `PROVIDER/MODEL`, in the route's order.

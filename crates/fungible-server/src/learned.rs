@@ -67,14 +67,38 @@ pub fn features(messages: &[Message], tools: bool, embed: &dyn TextEmbed) -> Res
 /// One route's router version, deciding its requests.
 #[derive(Debug)]
 pub struct Decider {
+    /// `ROUTE@vN`: what the inferences it routes are tagged with.
+    label: String,
     version: i64,
     router: Router,
     embed: Arc<dyn TextEmbed>,
+    /// The router's targets, sorted: what the route's must be.
+    sorted_targets: Vec<String>,
 }
 
 impl Decider {
-    pub fn new(version: i64, router: Router, embed: Arc<dyn TextEmbed>) -> Decider {
-        Decider { version, router, embed }
+    pub fn new(route: &str, version: i64, router: Router, embed: Arc<dyn TextEmbed>) -> Decider {
+        let mut sorted_targets = router.targets.clone();
+        sorted_targets.sort();
+        Decider { label: format!("{route}@v{version}"), version, router, embed, sorted_targets }
+    }
+}
+
+/// A version this server cannot route with (unreadable, another embedding, no embedding at
+/// all): the route keeps its configured order, and each request records why.
+#[derive(Debug)]
+struct Unusable {
+    version: i64,
+    reason: String,
+}
+
+impl Decide for Unusable {
+    fn decide(&self, _: &ChatRequest, _: &[fungible_gateway::Target], _: Option<&str>) -> Result<(Vec<usize>, RouteDecision), String> {
+        Err(format!("router v{} is not used: {}", self.version, self.reason))
+    }
+
+    fn status(&self) -> Value {
+        json!({ "kind": "learned", "version": self.version, "unusable": self.reason })
     }
 }
 
@@ -94,11 +118,9 @@ impl Decide for Decider {
     fn decide(&self, req: &ChatRequest, targets: &[fungible_gateway::Target], _sticky: Option<&str>) -> Result<(Vec<usize>, RouteDecision), String> {
         let started = Instant::now();
         let names: Vec<String> = targets.iter().map(ToString::to_string).collect();
-        let mut theirs = self.router.targets.clone();
         let mut ours = names.clone();
-        theirs.sort();
         ours.sort();
-        if theirs != ours {
+        if self.sorted_targets != ours {
             return Err(format!(
                 "router v{} was trained for {}, and the route's targets are now {}: train it again (fungible route train)",
                 self.version,
@@ -121,7 +143,7 @@ impl Decide for Decider {
             "pick": order.first().map(|&i| names[i].clone()),
             "micros": started.elapsed().as_micros() as u64,
         });
-        Ok((order, RouteDecision { by: format!("v{}", self.version), detail }))
+        Ok((order, RouteDecision { by: self.label.clone(), detail }))
     }
 }
 
@@ -183,29 +205,34 @@ async fn refresh_learned(
         if served.get(route).is_some_and(|(v, _)| *v == version) {
             continue;
         }
-        let embed = match embed {
-            Ok(embed) => embed.clone(),
-            Err(e) => {
-                tracing::warn!(route = %route, "learned route keeps its configured order: {e}");
+        let decider: Result<Decider, String> = match (embed, store.router(route, Some(version)).await) {
+            (Err(e), _) => Err(e.clone()),
+            (_, Err(e)) => {
+                // The store may be back at the next refresh: nothing changes meanwhile.
+                tracing::warn!(route = %route, version, "router version not read: {e}");
                 continue;
             }
+            (_, Ok(None)) => Err("the version is gone".to_owned()),
+            (Ok(embed), Ok(Some(row))) => match Router::from_json(&row.model) {
+                Ok(router) if router.embedding != embed.name() => {
+                    Err(format!("it embeds with {}, this server with {}: train it again", router.embedding, embed.name()))
+                }
+                Ok(router) => Ok(Decider::new(route, version, router, embed.clone())),
+                Err(e) => Err(e),
+            },
         };
-        let loaded = match store.router(route, Some(version)).await {
-            Ok(Some(row)) => Router::from_json(&row.model),
-            Ok(None) => Err("the version is gone".to_owned()),
-            Err(e) => Err(e.to_string()),
+        let decider: Arc<dyn Decide> = match decider {
+            Ok(d) => {
+                tracing::info!(route = %route, version, kind = d.router.kind().as_str(), threshold = d.router.threshold, "learned route: serving router v{version}");
+                Arc::new(d)
+            }
+            Err(reason) => {
+                tracing::warn!(route = %route, version, "learned route keeps its configured order: router v{version} is not used: {reason}");
+                Arc::new(Unusable { version, reason })
+            }
         };
-        match loaded {
-            Ok(router) if router.embedding != embed.name() => {
-                tracing::warn!(route = %route, version, "router embeds with {}, this server with {}: train it again", router.embedding, embed.name());
-            }
-            Ok(router) => {
-                tracing::info!(route = %route, version, kind = router.kind().as_str(), threshold = router.threshold, "learned route: serving router v{version}");
-                served.insert(route.clone(), (version, Arc::new(Decider::new(version, router, embed)) as Arc<dyn Decide>));
-                changed = true;
-            }
-            Err(e) => tracing::warn!(route = %route, version, "router version not served: {e}"),
-        }
+        served.insert(route.clone(), (version, decider));
+        changed = true;
     }
     changed
 }

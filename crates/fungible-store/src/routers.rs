@@ -131,10 +131,21 @@ impl Store {
         rows.iter().map(router_of).collect()
     }
 
-    /// Makes `to` (by default, the version before the active one) `route`'s active router:
+    /// Makes `to` (by default, the latest version before the active one that was not rolled
+    /// back itself) `route`'s active router:
     /// retires every later version and brings `to` back if it was retired. Returns the
     /// version now active.
     pub async fn roll_back_router(&self, route: &str, to: Option<i64>) -> Result<i64, StoreError> {
+        let mut tries = 0;
+        loop {
+            match self.try_roll_back_router(route, to).await {
+                Err(StoreError::Database(e)) if lost_race(&e) && tries + 1 < RACE_TRIES => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_roll_back_router(&self, route: &str, to: Option<i64>) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let active: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM routers WHERE route = $1 AND retired_ms IS NULL")
             .bind(route)
@@ -143,12 +154,17 @@ impl Store {
         let to = match (to, active) {
             (Some(v), _) => v,
             (None, Some(a)) => {
-                let before: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM routers WHERE route = $1 AND version < $2")
+                // The version before that was not itself rolled back.
+                let before: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(version) FROM routers WHERE route = $1 AND version < $2 AND retired_ms IS NULL",
+                )
                     .bind(route)
                     .bind(a)
                     .fetch_one(&mut *tx)
                     .await?;
-                before.ok_or_else(|| StoreError::Invalid(format!("{route}: version {a} is the first; there is nothing to roll back to")))?
+                before.ok_or_else(|| {
+                    StoreError::Invalid(format!("{route}: no version before {a} is left to roll back to (name one with --to)"))
+                })?
             }
             (None, None) => return Err(StoreError::Invalid(format!("{route}: no router version is active"))),
         };
@@ -176,11 +192,12 @@ impl Store {
     }
 
     /// Feedback on `route`'s answers (successful, whole records of client requests, not
-    /// shadow calls), newest first, at most `limit`.
+    /// shadow calls; an answer rated more than once counts with its latest), newest first,
+    /// at most `limit`.
     pub async fn feedback_labels(&self, route: &str, since_ms: Option<i64>, limit: i64) -> Result<Vec<FeedbackLabel>, StoreError> {
         let rows = sqlx::query(
             "SELECT i.id, i.request, i.provider || '/' || i.model, f.boolean, f.score, i.cost, i.latency_ms FROM inferences i \
-             JOIN feedback f ON f.target = 'inference' AND f.target_id = i.id \
+             JOIN feedback f ON f.id = (SELECT l.id FROM feedback l WHERE l.target = 'inference' AND l.target_id = i.id ORDER BY l.time_ms DESC, l.id DESC LIMIT 1) \
              WHERE i.route = $1 AND i.inbound <> 'shadow' AND i.error IS NULL AND i.truncated = 0 AND i.provider IS NOT NULL AND i.time_ms >= $2 \
              ORDER BY i.time_ms DESC LIMIT $3",
         )
@@ -273,12 +290,13 @@ pub struct VariantFeedback {
 
 impl Store {
     /// The feedback on `route`'s answers by the variant each request was assigned (its
-    /// first pick, whoever answered), client requests only.
+    /// first pick, whoever answered), client requests only; an answer rated more than once
+    /// counts once, with its latest rating.
     pub async fn variant_feedback(&self, route: &str) -> Result<Vec<VariantFeedback>, StoreError> {
         let rows = sqlx::query(
             "SELECT i.variant, COUNT(f.boolean), CAST(SUM(CASE WHEN f.boolean = 1 THEN 1 ELSE 0 END) AS BIGINT), \
              COUNT(f.score), SUM(f.score), SUM(f.score * f.score) \
-             FROM inferences i JOIN feedback f ON f.target = 'inference' AND f.target_id = i.id \
+             FROM inferences i JOIN feedback f ON f.id = (SELECT l.id FROM feedback l WHERE l.target = 'inference' AND l.target_id = i.id ORDER BY l.time_ms DESC, l.id DESC LIMIT 1) \
              WHERE i.route = $1 AND i.inbound <> 'shadow' AND i.variant IS NOT NULL \
              GROUP BY i.variant ORDER BY i.variant",
         )

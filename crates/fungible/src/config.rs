@@ -56,9 +56,15 @@ impl Config {
             anyhow::bail!("models.{route}.examples: examples come from a dataset in the store, and [store] enabled = false");
         }
         if !store.enabled
-            && let Some(route) = gateway.routes.iter().find_map(|(name, r)| (r.strategy == Strategy::Learned).then_some(name))
+            && let Some((route, strategy)) = gateway
+                .routes
+                .iter()
+                .find_map(|(name, r)| matches!(r.strategy, Strategy::Learned | Strategy::Adaptive).then_some((name, r.strategy)))
         {
-            anyhow::bail!("models.{route}.strategy: a learned route's router is kept in the store, and [store] enabled = false");
+            anyhow::bail!(
+                "models.{route}.strategy: a{} route learns from the store (its router, its feedback), and [store] enabled = false",
+                if strategy == Strategy::Adaptive { "n adaptive" } else { " learned" }
+            );
         }
         for (name, route) in &gateway.routes {
             for (i, c) in route.shadow.iter().enumerate() {
@@ -108,8 +114,12 @@ mod tests {
                 "models.s.examples: examples come from a dataset in the store",
             ),
             (
+                "[store]\nenabled = false\n[models.s]\nstrategy = \"adaptive\"\ntargets = [{ target = \"openai/a\" }, { target = \"openai/b\" }]\n",
+                "models.s.strategy: an adaptive route learns from the store",
+            ),
+            (
                 "[store]\nenabled = false\n[models.s]\nstrategy = \"learned\"\ntargets = [{ target = \"openai/a\" }, { target = \"openai/b\" }]\n",
-                "models.s.strategy: a learned route's router is kept in the store",
+                "models.s.strategy: a learned route learns from the store",
             ),
         ] {
             let err = format!("{:#}", config(text).err().unwrap_or_else(|| panic!("{text} was accepted")));

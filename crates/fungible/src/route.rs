@@ -16,7 +16,6 @@ use fungible_server::learned::features;
 use fungible_store::Store;
 use fungible_types::{ChatRequest, Message, Role};
 
-
 use crate::ConfigArgs;
 use crate::traces::shown;
 
@@ -308,7 +307,7 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .collect();
-    if let Some(t) = targets.iter().zip(&spend).find(|(_, (_, s))| s.answers == 0).map(|(t, _)| t) {
+    if let Some(t) = targets.iter().find(|t| spend[*t].answers == 0) {
         anyhow::bail!(
             "no labels for {t}, a target of {}: run an eval that includes it (--eval-run), shadow it, or send feedback on its answers ({})",
             args.route,

@@ -135,7 +135,7 @@ pub struct ExamplesSection {
 }
 
 /// `[models.NAME] adaptive = { ... }`: an adaptive A/B test's settings (applied by
-/// `fungible-server`'s `learned` deciders, with `fungible-router`'s bandit).
+/// `fungible-server`'s `adaptive` deciders, with `fungible-router`'s bandit).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveSection {

@@ -35,7 +35,7 @@ fn route(targets: &[&str], retries: u32, breaker: BreakerConfig) -> Arc<Route> {
         continue_on_stream_failure: true,
         examples: None,
         shadow: Vec::new(),
-                adaptive: None,
+        adaptive: None,
     };
     Arc::new(Route::configured("r", &config))
 }
@@ -580,7 +580,7 @@ fn route_with_windows(targets: &[(&str, Option<u64>)]) -> Arc<Route> {
         continue_on_stream_failure: true,
         examples: None,
         shadow: Vec::new(),
-                adaptive: None,
+        adaptive: None,
     };
     Arc::new(Route::configured("r", &config))
 }

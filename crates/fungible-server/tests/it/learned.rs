@@ -139,7 +139,7 @@ async fn a_learned_route_sends_each_request_where_its_router_says_and_records_wh
     let (answer, tags) = l.ask("a hard one").await;
     assert_eq!(answer, "from b");
     let decision = &tags["fungible.router_decision"];
-    assert_eq!(tags["fungible.router"], "v1");
+    assert_eq!(tags["fungible.router"], "smart@v1");
     assert_eq!((decision["version"].as_i64(), decision["pick"].as_str()), (Some(1), Some("b/m")), "{tags}");
     assert!(decision["scores"]["b/m"].as_f64() > decision["scores"]["a/m"].as_f64(), "{tags}");
     assert!(decision["micros"].as_u64().is_some());
@@ -149,7 +149,7 @@ async fn a_learned_route_sends_each_request_where_its_router_says_and_records_wh
     assert_eq!(answer, "from a");
     assert_eq!(tags["fungible.router_decision"]["pick"], "a/m");
     // The version is a label stats and filters read; the scores are not indexed.
-    let tagged = l.store.list(&InferenceFilter { tags: vec!["fungible.router=v1".into()], ..InferenceFilter::default() }).await.expect("list");
+    let tagged = l.store.list(&InferenceFilter { tags: vec!["fungible.router=smart@v1".into()], ..InferenceFilter::default() }).await.expect("list");
     assert_eq!(tagged.len(), 2);
     let by_tag = l
         .store
@@ -166,14 +166,18 @@ async fn a_learned_route_sends_each_request_where_its_router_says_and_records_wh
     assert_eq!(tags["fungible.router"], "none");
     assert!(tags["fungible.router_decision"]["reason"].as_str().is_some_and(|r| r.contains("train it again")), "{tags}");
 
-    // A corrupt v3 is not served: v2 stays.
+    // A corrupt v3 is not used: the configured order, and why, here and on the routes page.
     assert_eq!(l.store.create_router("smart", "knn", "{}", "{\"targets\": 1}").await.expect("stored"), 3);
     l.refresh(&mut served).await;
-    assert_eq!(served.learned["smart"].0, 2);
+    assert_eq!(served.learned["smart"].0, 3);
+    let (answer, tags) = l.ask("a hard one").await;
+    assert_eq!((answer.as_str(), tags["fungible.router"].as_str()), ("from a", Some("none")));
+    assert!(tags["fungible.router_decision"]["reason"].as_str().is_some_and(|r| r.starts_with("router v3 is not used: not a router")), "{tags}");
+    assert!(l.get("/ui/routes").await.text().contains("Router v3 is not used"));
 
     // Rolled back to v1: routed by it again.
     assert_eq!(l.store.roll_back_router("smart", Some(1)).await.expect("rolled back"), 1);
     l.refresh(&mut served).await;
     let (answer, tags) = l.ask("a hard one").await;
-    assert_eq!((answer.as_str(), tags["fungible.router"].as_str()), ("from b", Some("v1")));
+    assert_eq!((answer.as_str(), tags["fungible.router"].as_str()), ("from b", Some("smart@v1")));
 }

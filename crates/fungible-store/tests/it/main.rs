@@ -987,12 +987,16 @@ async fn router_versions_roll_back_and_labels_read(store: Store) {
     assert_eq!(store.router("smart", None).await.unwrap().unwrap().version, 1);
     assert!(store.router("smart", Some(2)).await.unwrap().unwrap().retired_ms.is_some());
     let error = store.roll_back_router("smart", None).await.unwrap_err();
-    assert!(error.to_string().contains("version 1 is the first"), "{error}");
+    assert!(error.to_string().contains("no version before 1 is left"), "{error}");
     assert!(store.roll_back_router("smart", Some(9)).await.unwrap_err().to_string().contains("no router version 9"));
     // Forward again to v2; a new version after a rollback is the next number.
     assert_eq!(store.roll_back_router("smart", Some(2)).await.unwrap(), 2);
     assert_eq!(store.router("smart", None).await.unwrap().unwrap().version, 2);
     assert_eq!(store.create_router("smart", "knn", "{}", "{}").await.unwrap(), 3);
+    // A version rolled back is not what the next default rollback returns to.
+    assert_eq!(store.roll_back_router("smart", None).await.unwrap(), 2);
+    assert_eq!(store.create_router("smart", "knn", "{}", "{}").await.unwrap(), 4);
+    assert_eq!(store.roll_back_router("smart", None).await.unwrap(), 2, "v3 was rolled back: skipped");
 
     // Labels: feedback on the route's answers, and a shadow's score against its primary.
     let primary = record(1);
@@ -1063,9 +1067,11 @@ async fn variant_feedback_counts_each_variants_ratings(store: Store) {
     ] {
         store.insert_feedback(&f).await.unwrap();
     }
+    // Rated again, later: only the latest rating counts.
+    store.insert_feedback(&Feedback { time_ms: 2, ..rate(&records[0], Some(false), None) }).await.unwrap();
     let rows = store.variant_feedback("smart").await.unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
-    assert_eq!((rows[0].variant.as_str(), rows[0].booleans, rows[0].positives, rows[0].scores), ("A", 2, 1, 1));
+    assert_eq!((rows[0].variant.as_str(), rows[0].booleans, rows[0].positives, rows[0].scores), ("A", 2, 0, 1));
     assert_eq!((rows[1].variant.as_str(), rows[1].booleans, rows[1].positives, rows[1].scores), ("B", 1, 1, 2));
     assert!((rows[1].score_sum - 1.25).abs() < 1e-9 && (rows[1].score_sq_sum - 1.0625).abs() < 1e-9, "{rows:?}");
     assert!(store.variant_feedback("other").await.unwrap().is_empty());
