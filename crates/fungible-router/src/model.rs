@@ -226,8 +226,11 @@ impl Knn {
     pub(crate) fn new(dims: usize, targets: usize, k: usize, gamma: f32, rows: &[(&[f32], Vec<Option<f64>>)]) -> Knn {
         // At most MAX_POINTS, spread evenly over the rows (not the first ones: the rows come
         // in key order, which groups them by source).
-        let step = rows.len().div_ceil(MAX_POINTS).max(1);
-        let kept: Vec<&(&[f32], Vec<Option<f64>>)> = rows.iter().step_by(step).collect();
+        let kept: Vec<&(&[f32], Vec<Option<f64>>)> = if rows.len() <= MAX_POINTS {
+            rows.iter().collect()
+        } else {
+            (0..MAX_POINTS).map(|i| &rows[i * rows.len() / MAX_POINTS]).collect()
+        };
         let mut center = vec![0f32; dims];
         for (embedding, _) in &kept {
             for (c, v) in center.iter_mut().zip(embedding.iter()) {

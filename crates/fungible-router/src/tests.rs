@@ -161,3 +161,13 @@ fn request_text_is_the_last_user_message_cut_to_the_limit() {
     let shape = Shape::of(&messages, true);
     assert_eq!(shape, Shape { chars: 610, tools: true, turns: 3 });
 }
+
+#[test]
+fn a_nearest_neighbour_router_keeps_at_most_its_cap_of_points() {
+    // 14,000 samples: 60% train, more than the 8,000 points a router keeps.
+    let samples = fixture(14_000, 7);
+    let options = TrainOptions { kinds: vec![Kind::Knn], ..TrainOptions::default() };
+    let (router, report) = train(&targets(), &[1.0, 10.0], &samples, &options).expect("trains");
+    assert!(report.train > 8_000, "{}", report.train);
+    assert_eq!(router.points(), Some(8_000));
+}

@@ -156,9 +156,13 @@ fn plot(runs: &[(&str, Router, Report)], models: &[String]) -> String {
     let (w, h, pad) = (640.0, 420.0, 56.0);
     let curves: Vec<(String, &[Point])> =
         runs.iter().flat_map(|(name, _, r)| r.kinds.iter().map(move |k| (format!("{} · {name}", k.kind.as_str()), k.curve.as_slice()))).collect();
-    let all = curves.iter().flat_map(|(_, c)| c.iter());
-    let (c0, c1) = all.clone().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.cost), b.max(p.cost)));
-    let (q0, q1) = all.fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.quality), b.max(p.quality)));
+    // Random mixing: the straight line from the cheap model alone to the strong one alone.
+    let report = &runs[0].2;
+    let alone = |m: &String| (report.costs.get(m).copied().unwrap_or(0.0), report.test_quality.get(m).copied().unwrap_or(0.0));
+    let (cheap, strong) = (alone(&models[0]), alone(&models[1]));
+    let all = curves.iter().flat_map(|(_, c)| c.iter().map(|p| (p.cost, p.quality))).chain([cheap, strong]);
+    let (c0, c1) = all.clone().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (q0, q1) = all.fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let x = |c: f64| pad + (c - c0) / (c1 - c0).max(1e-9) * (w - 2.0 * pad);
     let y = |q: f64| h - pad - (q - q0) / (q1 - q0).max(1e-9) * (h - 2.0 * pad);
     let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
@@ -182,18 +186,13 @@ fn plot(runs: &[(&str, Router, Report)], models: &[String]) -> String {
         q0 * 100.0,
         q1 * 100.0
     );
-    // Random mixing: the straight line between the cheap model alone and the strong one alone.
-    if let Some((_, curve)) = curves.first()
-        && let (Some(a), Some(b)) = (curve.first(), curve.last())
-    {
-        out.push_str(&format!(
-            "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#999\" stroke-dasharray=\"5,4\"/>",
-            x(a.cost),
-            y(a.quality),
-            x(b.cost),
-            y(b.quality)
-        ));
-    }
+    out.push_str(&format!(
+        "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#999\" stroke-dasharray=\"5,4\"/>",
+        x(cheap.0),
+        y(cheap.1),
+        x(strong.0),
+        y(strong.1)
+    ));
     for (i, (name, curve)) in curves.iter().enumerate() {
         let colour = colours[i % colours.len()];
         let points: Vec<String> = curve.iter().map(|p| format!("{:.1},{:.1}", x(p.cost), y(p.quality))).collect();
