@@ -116,6 +116,9 @@ fn inputs(embedding: &[f32], dims: usize, shape: Shape) -> Vec<f32> {
     x
 }
 
+/// One training row of a logistic model: the embedding, the shape, each target's label.
+pub(crate) type Row<'a> = (&'a [f32], Shape, Vec<Option<f64>>);
+
 /// Per target, weights over [`inputs`] of the centred embedding.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Logistic {
@@ -133,7 +136,7 @@ impl Logistic {
     /// Fits each target on the rows labelled for it: mean cross-entropy (labels may be
     /// fractions) plus `l2` times half the squared weights (not the bias), full-batch Adam.
     /// `rows` are (embedding, shape, labels).
-    pub(crate) fn fit(dims: usize, targets: usize, rows: &[(&[f32], Shape, Vec<Option<f64>>)], l2: f64, steps: usize) -> Logistic {
+    pub(crate) fn fit(dims: usize, targets: usize, rows: &[Row<'_>], l2: f64, steps: usize) -> Logistic {
         let mut center = vec![0f32; dims];
         for (embedding, _, _) in rows {
             for (c, v) in center.iter_mut().zip(embedding.iter()) {

@@ -200,15 +200,14 @@ pub fn train(targets: &[String], costs: &[f64], samples: &[Sample], options: &Tr
     for kind in kinds {
         let (model, k) = match kind {
             Kind::Logistic => {
-                let rows: Vec<(&[f32], crate::Shape, Vec<Option<f64>>)> =
-                    train.iter().map(|s| (s.embedding.as_slice(), s.shape, label_row(s))).collect();
+                let rows: Vec<model::Row<'_>> = train.iter().map(|s| (s.embedding.as_slice(), s.shape, label_row(s))).collect();
                 (Model::Logistic(Logistic::fit(dims, targets.len(), &rows, L2, STEPS)), None)
             }
             Kind::Knn => {
                 // The neighbour count and weighting with the lowest squared error on a fifth
                 // of the training split, held out from the rest (not on the validation split,
                 // which chooses between the kinds), then the points of the whole split.
-                let (inner, tune): (Vec<&Sample>, Vec<&Sample>) = train.iter().partition(|s| key_hash(&s.key) % 5 != 0);
+                let (inner, tune): (Vec<&Sample>, Vec<&Sample>) = train.iter().partition(|s| !key_hash(&s.key).is_multiple_of(5));
                 let rows: Vec<(&[f32], Vec<Option<f64>>)> = inner.iter().map(|s| (s.embedding.as_slice(), label_row(s))).collect();
                 let probe = Knn::new(dims, targets.len(), KS[0], model::GAMMAS[0], &rows);
                 let mut errors = vec![0.0f64; KS.len() * model::GAMMAS.len()];
