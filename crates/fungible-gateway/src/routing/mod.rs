@@ -78,7 +78,8 @@ pub struct RouteInfo {
     /// The A/B variant: the name of the first target the balancer picked, for routes with
     /// several targets (the answer may still come from a fallback: see `target`).
     pub variant: Option<String>,
-    /// A learned route's decision: what decided the order, and its scores.
+    /// A learned or adaptive route's decision: what decided the order (a router version, the
+    /// A/B test), and its detail.
     pub decision: Option<RouteDecision>,
     /// Every call made, and every target skipped for an open breaker, in order.
     pub attempts: Vec<Attempt>,
@@ -390,8 +391,8 @@ pub(crate) struct Routing {
     direct_timeouts: StreamTimeouts,
     /// Set once at start (`Gateway::with_prices`).
     prices: Prices,
-    /// Learned routes' deciders by route name (`Gateway::set_deciders`), apart from the
-    /// routes so that overlays leave them be.
+    /// Learned and adaptive routes' deciders by route name (`Gateway::set_deciders`), apart
+    /// from the routes so that overlays leave them be.
     deciders: ArcSwap<BTreeMap<String, Arc<dyn Decide>>>,
 }
 
