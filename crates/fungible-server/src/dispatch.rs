@@ -8,7 +8,8 @@
 //! request was routed into the response headers — `x-fungible-target` (the `PROVIDER/MODEL`
 //! that answered), `x-fungible-attempts`, and `x-fungible-route` / `x-fungible-variant` for
 //! aliases — the cache outcome, and `x-fungible-examples` (how many retrieved examples the
-//! request got). [`chat`] and [`chat_stream`] run the stages in one order: admit the virtual
+//! request got). [`chat`] and [`chat_stream`] run the stages in one order: the route's
+//! guardrails (refuse, or flag the request), admit the virtual
 //! key (`auth::admit`: model allowance, rate limits, budget), insert the route's retrieved
 //! examples (`examples`), ask the cache, route, and settle the real usage and cost when the
 //! answer is known.
@@ -20,9 +21,10 @@ use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use fungible_gateway::routing::Verdict;
 use fungible_gateway::{GatewayError, RouteHints, RouteInfo};
 use fungible_providers::EventStream;
-use fungible_types::{ChatRequest, ChatResponse};
+use fungible_types::{ChatRequest, ChatResponse, ErrorKind, ProviderError};
 
 use crate::AppState;
 
@@ -122,15 +124,31 @@ struct Prepared<'a> {
 /// Inserts the route's retrieved examples, if it has any (`[models.NAME] examples`, built at
 /// start by `fungible-datasets`' `Examples::load`); the record names the rows used in its
 /// `fungible.examples` tag and the response says how many in `x-fungible-examples`.
-async fn prepare<'a>(state: &AppState, context: &'a RequestContext, req: &'a ChatRequest) -> Prepared<'a> {
+/// A guardrail that flagged the request names its rule in the `fungible.guardrail` tag.
+async fn prepare<'a>(state: &AppState, context: &'a RequestContext, req: &'a ChatRequest, flagged: Option<String>) -> Prepared<'a> {
+    let facts: Option<Cow<'a, crate::recording::RequestFacts>> = match (context.facts(), flagged) {
+        (Some(f), Some(rule)) => Some(Cow::Owned(f.with_tag("fungible.guardrail", rule))),
+        (f, _) => f.map(Cow::Borrowed),
+    };
     let Some((augmented, used)) = state.examples.augment(req, &state.gateway).await else {
-        return Prepared { req: Cow::Borrowed(req), facts: context.facts().map(Cow::Borrowed) };
+        return Prepared { req: Cow::Borrowed(req), facts };
     };
     if let Ok(mut slot) = context.examples.lock() {
         *slot = Some(used.rows.len());
     }
-    let facts = context.facts().map(|f| Cow::Owned(f.with_tag("fungible.examples", used.tag())));
+    let facts = facts.map(|f| Cow::Owned(f.with_tag("fungible.examples", used.tag())));
     Prepared { req: Cow::Owned(augmented), facts }
+}
+
+/// The route's guardrails first of all (`[models.NAME] guardrails`): a refused request is a
+/// 400 in the client's API shape naming the rule, before it counts against the key's limits;
+/// a flagged one goes on with its rule.
+fn guard(state: &AppState, req: &ChatRequest) -> Result<Option<String>, GatewayError> {
+    match state.gateway.check_input(req) {
+        Verdict::Pass => Ok(None),
+        Verdict::Flag(rule) => Ok(Some(rule)),
+        Verdict::Block(why) => Err(GatewayError::Provider(ProviderError::new(ErrorKind::InvalidRequest, "guardrails", why))),
+    }
 }
 
 fn mark(response: &mut Response, route: &RouteInfo) {
@@ -170,10 +188,11 @@ async fn cache_lookup(state: &AppState, context: &RequestContext, req: &ChatRequ
 
 /// A whole response, routed.
 pub async fn chat(state: &AppState, context: &RequestContext, req: &ChatRequest) -> Result<ChatResponse, GatewayError> {
-    // The key's allowance, rate limits and budget come first: a cached answer is no way
+    let flagged = guard(state, req)?;
+    // The key's allowance, rate limits and budget come next: a cached answer is no way
     // around them (it costs nothing, so its ticket settles nothing but the request).
     let ticket = crate::auth::admit(state, context.key(), req).await?;
-    let prepared = prepare(state, context, req).await;
+    let prepared = prepare(state, context, req, flagged).await;
     let (req, facts) = (prepared.req.as_ref(), prepared.facts.as_deref());
     let plan = match cache_lookup(state, context, req).await {
         crate::cache::Lookup::Hit { answer, .. } => {
@@ -211,8 +230,9 @@ pub async fn chat(state: &AppState, context: &RequestContext, req: &ChatRequest)
 
 /// A stream, routed; resolves once a target's stream is under way.
 pub async fn chat_stream(state: &AppState, context: &RequestContext, req: &ChatRequest) -> Result<EventStream, GatewayError> {
+    let flagged = guard(state, req)?;
     let ticket = crate::auth::admit(state, context.key(), req).await?;
-    let prepared = prepare(state, context, req).await;
+    let prepared = prepare(state, context, req, flagged).await;
     let (req, facts) = (prepared.req.as_ref(), prepared.facts.as_deref());
     let plan = match cache_lookup(state, context, req).await {
         crate::cache::Lookup::Hit { answer, .. } => {

@@ -34,6 +34,8 @@ pub struct ModelSection {
     pub sticky: Option<String>,
     /// `adaptive` only: the feedback metric and when the test stops.
     pub adaptive: Option<AdaptiveSection>,
+    /// Checks on each request before it leaves the gateway.
+    pub guardrails: Option<GuardrailsSection>,
     /// Deadline of one try of one target (for a stream: until its first token), so a hung
     /// target falls back in time. Default: whatever is left of `server.request_timeout_secs`.
     pub attempt_timeout_ms: Option<u64>,
@@ -180,6 +182,77 @@ fn adaptive(section: AdaptiveSection, at: &str, variants: usize) -> Result<Adapt
         return Err(invalid(format!("{at}.confidence"), "must be at least 0.5 and below 1"));
     }
     Ok(AdaptiveConfig { metric, min_share, confidence, min_samples: section.min_samples.unwrap_or(100) })
+}
+
+/// `[models.NAME] guardrails = { ... }`: input checks each request to the route passes
+/// before anything else (`fungible-server`'s dispatch asks [`crate::Gateway::check_input`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailsSection {
+    /// Regular expressions (Rust syntax); a request whose text matches one is refused (or
+    /// flagged).
+    pub deny: Option<Vec<String>>,
+    /// Words or phrases, matched as whole words, ignoring case.
+    pub deny_words: Option<Vec<String>>,
+    /// The most input tokens (estimated) a request may have.
+    pub max_input_tokens: Option<u64>,
+    /// `block` (default: refused with an error naming the rule) or `flag` (sent on, and
+    /// recorded with the tag `fungible.guardrail`).
+    pub action: Option<String>,
+}
+
+/// A route's validated `guardrails`.
+#[derive(Debug, Clone)]
+pub struct GuardrailsConfig {
+    /// Each deny rule by its config path (`deny[0]`, `deny_words[2]`) and its pattern.
+    pub rules: Vec<(String, regex::Regex)>,
+    pub max_input_tokens: Option<u64>,
+    pub action: GuardAction,
+}
+
+impl PartialEq for GuardrailsConfig {
+    fn eq(&self, other: &GuardrailsConfig) -> bool {
+        self.max_input_tokens == other.max_input_tokens
+            && self.action == other.action
+            && self.rules.len() == other.rules.len()
+            && self.rules.iter().zip(&other.rules).all(|(a, b)| a.0 == b.0 && a.1.as_str() == b.1.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardAction {
+    Block,
+    Flag,
+}
+
+fn guardrails(section: GuardrailsSection, at: &str) -> Result<GuardrailsConfig, ConfigError> {
+    let action = match section.action.as_deref() {
+        None | Some("block") => GuardAction::Block,
+        Some("flag") => GuardAction::Flag,
+        Some(other) => return Err(invalid(format!("{at}.action"), format!("{other:?}: expected \"block\" or \"flag\""))),
+    };
+    let mut rules = Vec::new();
+    for (i, pattern) in section.deny.unwrap_or_default().into_iter().enumerate() {
+        let regex = regex::RegexBuilder::new(&pattern)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| invalid(format!("{at}.deny[{i}]"), format!("not a regular expression: {e}")))?;
+        rules.push((format!("deny[{i}]"), regex));
+    }
+    for (i, word) in section.deny_words.unwrap_or_default().into_iter().enumerate() {
+        if word.trim().is_empty() {
+            return Err(invalid(format!("{at}.deny_words[{i}]"), "must not be empty"));
+        }
+        let regex = regex::RegexBuilder::new(&format!(r"\b{}\b", regex::escape(word.trim())))
+            .case_insensitive(true)
+            .build()
+            .map_err(|e| invalid(format!("{at}.deny_words[{i}]"), e.to_string()))?;
+        rules.push((format!("deny_words[{i}]"), regex));
+    }
+    if section.max_input_tokens == Some(0) {
+        return Err(invalid(format!("{at}.max_input_tokens"), "must be greater than 0"));
+    }
+    Ok(GuardrailsConfig { rules, max_input_tokens: section.max_input_tokens, action })
 }
 
 /// A route's validated `examples`.
@@ -368,6 +441,8 @@ pub struct RouteConfig {
     pub shadow: Vec<ShadowConfig>,
     /// `strategy = "adaptive"`: the test's settings (defaults when the section is left out).
     pub adaptive: Option<AdaptiveConfig>,
+    /// Input checks (applied by `fungible-server`'s dispatch).
+    pub guardrails: Option<GuardrailsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -583,6 +658,7 @@ fn route(
             out
         },
         adaptive,
+        guardrails: section.guardrails.map(|g| guardrails(g, &format!("{at}.guardrails"))).transpose()?,
     })
 }
 

@@ -36,6 +36,7 @@ pub mod breaker;
 pub mod config;
 mod continuation;
 mod execute;
+mod guardrails;
 mod holdoff;
 mod learned;
 pub mod policy;
@@ -65,6 +66,7 @@ use self::policy::{RetryBudget, RetryPolicy};
 use crate::target::Target;
 use crate::{Gateway, GatewayError};
 
+pub use self::guardrails::Verdict;
 pub use self::learned::{Decide, RouteDecision};
 
 /// How a request was routed: returned with every answer (and every failure), so a front end
@@ -714,6 +716,7 @@ impl Gateway {
                 examples: None,
                 shadow: Vec::new(),
                 adaptive: None,
+                guardrails: None,
             });
             config.targets.push(RouteTargetConfig::plain(o.target.clone(), routing.direct_timeouts));
         }

@@ -36,6 +36,7 @@ fn route(targets: &[&str], retries: u32, breaker: BreakerConfig) -> Arc<Route> {
         examples: None,
         shadow: Vec::new(),
         adaptive: None,
+        guardrails: None,
     };
     Arc::new(Route::configured("r", &config))
 }
@@ -581,6 +582,7 @@ fn route_with_windows(targets: &[(&str, Option<u64>)]) -> Arc<Route> {
         examples: None,
         shadow: Vec::new(),
         adaptive: None,
+        guardrails: None,
     };
     Arc::new(Route::configured("r", &config))
 }
@@ -756,4 +758,19 @@ fn adaptive_settings_are_checked_with_their_paths() {
     let config = GatewayConfig::resolve(file, &env).unwrap();
     let adaptive = config.routes["t"].adaptive.clone().expect("defaults");
     assert_eq!((adaptive.min_share, adaptive.confidence, adaptive.min_samples), (0.1, 0.95, 100));
+}
+
+#[test]
+fn guardrail_settings_are_checked_with_their_paths() {
+    let env = |k: &str| (k == "OPENAI_API_KEY").then(|| "k".to_owned());
+    for (section, path) in [
+        ("guardrails = { deny = ['(unclosed'] }", "models.t.guardrails.deny[0]: not a regular expression"),
+        ("guardrails = { deny_words = [' '] }", "models.t.guardrails.deny_words[0]: must not be empty"),
+        ("guardrails = { max_input_tokens = 0 }", "models.t.guardrails.max_input_tokens"),
+        ("guardrails = { action = \"redact\" }", "models.t.guardrails.action: \"redact\""),
+    ] {
+        let file = ConfigFile::parse(&format!("[models.t]\ntarget = \"openai/a\"\n{section}\n"), "t.toml").unwrap();
+        let error = GatewayConfig::resolve(file, &env).unwrap_err().to_string();
+        assert!(error.contains(path), "{section}: {error}");
+    }
 }

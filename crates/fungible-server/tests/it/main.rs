@@ -9,6 +9,7 @@ mod cache;
 mod errors;
 mod examples;
 mod guard;
+mod guardrails;
 mod learned;
 mod adaptive;
 mod local;
