@@ -194,6 +194,12 @@ pub struct GuardrailsSection {
     pub deny: Option<Vec<String>>,
     /// Words or phrases, matched as whole words, ignoring case.
     pub deny_words: Option<Vec<String>>,
+    /// Regular expressions of which a request's user text must match at least one (a topic
+    /// the route is for); none: any text.
+    pub allow: Option<Vec<String>>,
+    /// Words or phrases of which a request's user text must hold at least one (whole words,
+    /// any case).
+    pub allow_words: Option<Vec<String>>,
     /// The most input tokens (estimated) a request may have.
     pub max_input_tokens: Option<u64>,
     /// `block` (default: refused with an error naming the rule) or `flag` (sent on, and
@@ -206,6 +212,8 @@ pub struct GuardrailsSection {
 pub struct GuardrailsConfig {
     /// Each deny rule by its config path (`deny[0]`, `deny_words[2]`) and its pattern.
     pub rules: Vec<(String, regex::Regex)>,
+    /// The allow rules, likewise; the user text must match one of them when there are any.
+    pub allow: Vec<(String, regex::Regex)>,
     pub max_input_tokens: Option<u64>,
     pub action: GuardAction,
 }
@@ -216,6 +224,8 @@ impl PartialEq for GuardrailsConfig {
             && self.action == other.action
             && self.rules.len() == other.rules.len()
             && self.rules.iter().zip(&other.rules).all(|(a, b)| a.0 == b.0 && a.1.as_str() == b.1.as_str())
+            && self.allow.len() == other.allow.len()
+            && self.allow.iter().zip(&other.allow).all(|(a, b)| a.0 == b.0 && a.1.as_str() == b.1.as_str())
     }
 }
 
@@ -231,28 +241,42 @@ fn guardrails(section: GuardrailsSection, at: &str) -> Result<GuardrailsConfig, 
         Some("flag") => GuardAction::Flag,
         Some(other) => return Err(invalid(format!("{at}.action"), format!("{other:?}: expected \"block\" or \"flag\""))),
     };
-    let mut rules = Vec::new();
-    for (i, pattern) in section.deny.unwrap_or_default().into_iter().enumerate() {
+    let rules = patterns(at, "deny", section.deny, "deny_words", section.deny_words)?;
+    let allow = patterns(at, "allow", section.allow, "allow_words", section.allow_words)?;
+    if section.max_input_tokens == Some(0) {
+        return Err(invalid(format!("{at}.max_input_tokens"), "must be greater than 0"));
+    }
+    Ok(GuardrailsConfig { rules, allow, max_input_tokens: section.max_input_tokens, action })
+}
+
+/// Regular expressions (`name`) and whole words (`words_name`), compiled, each named by its
+/// config path.
+fn patterns(
+    at: &str,
+    name: &str,
+    regexes: Option<Vec<String>>,
+    words_name: &str,
+    words: Option<Vec<String>>,
+) -> Result<Vec<(String, regex::Regex)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, pattern) in regexes.unwrap_or_default().into_iter().enumerate() {
         let regex = regex::RegexBuilder::new(&pattern)
             .size_limit(1 << 20)
             .build()
-            .map_err(|e| invalid(format!("{at}.deny[{i}]"), format!("not a regular expression: {e}")))?;
-        rules.push((format!("deny[{i}]"), regex));
+            .map_err(|e| invalid(format!("{at}.{name}[{i}]"), format!("not a regular expression: {e}")))?;
+        out.push((format!("{name}[{i}]"), regex));
     }
-    for (i, word) in section.deny_words.unwrap_or_default().into_iter().enumerate() {
+    for (i, word) in words.unwrap_or_default().into_iter().enumerate() {
         if word.trim().is_empty() {
-            return Err(invalid(format!("{at}.deny_words[{i}]"), "must not be empty"));
+            return Err(invalid(format!("{at}.{words_name}[{i}]"), "must not be empty"));
         }
         let regex = regex::RegexBuilder::new(&format!(r"\b{}\b", regex::escape(word.trim())))
             .case_insensitive(true)
             .build()
-            .map_err(|e| invalid(format!("{at}.deny_words[{i}]"), e.to_string()))?;
-        rules.push((format!("deny_words[{i}]"), regex));
+            .map_err(|e| invalid(format!("{at}.{words_name}[{i}]"), e.to_string()))?;
+        out.push((format!("{words_name}[{i}]"), regex));
     }
-    if section.max_input_tokens == Some(0) {
-        return Err(invalid(format!("{at}.max_input_tokens"), "must be greater than 0"));
-    }
-    Ok(GuardrailsConfig { rules, max_input_tokens: section.max_input_tokens, action })
+    Ok(out)
 }
 
 /// A route's validated `examples`.

@@ -1,10 +1,11 @@
 //! `[models.NAME] guardrails`: the input checks a request to a route passes before anything
 //! else happens to it (admission, the cache, routing): deny patterns and words over the
-//! text of its messages, and a most of estimated input tokens. A request that fails one is
+//! text of its messages, allow patterns and words one of which its user text must match,
+//! and a most of estimated input tokens. A request that fails one is
 //! refused with an error naming the rule, or, with `action = "flag"`, sent on and recorded
 //! with the rule.
 
-use fungible_types::ChatRequest;
+use fungible_types::{ChatRequest, Role};
 
 use super::config::GuardAction;
 use crate::Gateway;
@@ -36,6 +37,15 @@ impl Gateway {
                     let text = m.joined_text();
                     guard.rules.iter().find(|(_, regex)| regex.is_match(&text)).map(|(rule, _)| (at(rule), "its text matches a denied pattern".to_owned()))
                 })
+            })
+            .or_else(|| {
+                // An allow list: some user message must match one of its patterns.
+                let allowed = guard.allow.is_empty()
+                    || req.messages.iter().filter(|m| m.role == Role::User).any(|m| {
+                        let text = m.joined_text();
+                        guard.allow.iter().any(|(_, regex)| regex.is_match(&text))
+                    });
+                (!allowed).then(|| (at("allow"), "its text matches none of the allowed patterns".to_owned()))
             });
         match (broken, guard.action) {
             (None, _) => Verdict::Pass,

@@ -10,6 +10,9 @@ const ROUTES: &str = r#"
 [models.guarded]
 target = "a/m"
 guardrails = { deny = ['(?i)ignore (all )?previous instructions'], deny_words = ["password"], max_input_tokens = 200 }
+[models.banking]
+target = "a/m"
+guardrails = { allow_words = ["card", "transfer", "account"], allow = ['(?i)\biban\b'] }
 [models.flagged]
 target = "a/m"
 guardrails = { deny_words = ["password"], action = "flag" }
@@ -65,4 +68,21 @@ async fn a_flagging_guardrail_answers_and_records_the_rule() {
     let id = res.headers["x-fungible-inference-id"].to_str().expect("id").to_owned();
     t.recorder.flush().await;
     assert!(t.store.get(&id).await.expect("get").expect("recorded").tags.get("fungible.guardrail").is_none());
+}
+
+#[tokio::test]
+async fn an_allow_list_refuses_what_matches_none_of_it() {
+    let t = TwoUpstreams::new(ROUTES).await;
+    for text in ["My CARD was declined", "What is my IBAN?", "move money to my savings account"] {
+        let res = t.post("/v1/chat/completions", &chat("banking", text, false)).await;
+        assert_eq!(res.status, 200, "{text}: {}", res.text());
+    }
+    let res = t.post("/v1/chat/completions", &chat("banking", "Write me a poem about the sea", false)).await;
+    assert_eq!(res.status, 400, "{}", res.text());
+    let body = res.json();
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| m.contains("models.banking.guardrails.allow: its text matches none")),
+        "{body}"
+    );
+    assert_eq!(t.h.mock.received().len(), 3);
 }
