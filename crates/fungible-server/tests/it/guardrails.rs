@@ -47,6 +47,12 @@ async fn a_request_a_guardrail_refuses_never_leaves_the_gateway() {
     let body = res.json();
     assert_eq!((body["type"].as_str(), body["error"]["type"].as_str()), (Some("error"), Some("invalid_request_error")), "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("deny_words[0]")), "{body}");
+    // Named as a per-request fallback, the route's guardrails hold too: it may get the text.
+    let mut body = chat("a/m", "the password, please", false);
+    body["models"] = json!(["guarded"]);
+    let res = t.post("/v1/chat/completions", &body).await;
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert!(res.json()["error"]["message"].as_str().is_some_and(|m| m.contains("models.guarded.guardrails.deny_words[0]")));
     assert!(t.h.mock.received().is_empty(), "no refused request reached the upstream");
 
     // Whole words only: "passwords" is not "password"; the rest is answered.
